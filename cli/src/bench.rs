@@ -1,0 +1,275 @@
+//! `sluice bench range`: the seed's `range_to_parquet` job timed side by side
+//! in one run, printed as JSON: (a) the embedded cluster, (b) a scheduler and
+//! two executor processes, (c) plain single-process DataFusion `COPY`, and
+//! (d) Spark `local[2]` when `pyspark` imports. Figures are ratios from the
+//! same run because these machines are shared and noisy.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde_json::{Value, json};
+use sluice_core::runner::{self, JobRunner, NoProgress};
+
+use crate::embedded::EmbeddedCluster;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// range_to_parquet: embedded vs processes vs DataFusion COPY vs Spark.
+    Range {
+        /// Rows to write.
+        #[arg(long, default_value_t = 200_000_000)]
+        rows: u64,
+        /// Partitions (and files).
+        #[arg(long, default_value_t = 100)]
+        partitions: u64,
+        /// Scratch directory (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Python with pyspark for the Spark run (skipped when it cannot import pyspark).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Skip the Spark run.
+        #[arg(long)]
+        no_spark: bool,
+    },
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    match args.which {
+        Bench::Range {
+            rows,
+            partitions,
+            dir,
+            python,
+            no_spark,
+        } => {
+            let scratch = tempfile::Builder::new().prefix("sluice-bench").tempdir_in(
+                dir.unwrap_or_else(std::env::temp_dir),
+            )?;
+            let report = range_bench(rows, partitions, scratch.path(), &python, no_spark).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
+
+const JOB: &str = include_str!("../../jobs/range_to_parquet.sql");
+
+fn figures(name: &str, rows: u64, secs: f64, files: usize) -> Value {
+    json!({
+        "name": name,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "rows_per_sec": (rows as f64 / secs).round(),
+        "files": files,
+    })
+}
+
+fn count_parquet(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn sluice_run(endpoint: &str, rows: u64, partitions: u64, out: &Path) -> Result<f64> {
+    let ctx = runner::connect(endpoint, Duration::from_secs(10)).await?;
+    let runner = JobRunner::new(ctx, endpoint, Arc::new(NoProgress))?;
+    let vars = HashMap::from([
+        ("rows".to_string(), rows.to_string()),
+        ("partitions".to_string(), partitions.to_string()),
+        ("output".to_string(), out.display().to_string()),
+    ]);
+    let t = Instant::now();
+    let report = runner.run("range_to_parquet.sql", JOB, &vars).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if report.rows_written != rows {
+        bail!("wrote {} rows, expected {rows}", report.rows_written);
+    }
+    Ok(secs)
+}
+
+async fn datafusion_copy(rows: u64, partitions: u64, out: &Path) -> Result<f64> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(cores));
+    ctx.register_udtf("range", Arc::new(sluice_udfs::range::RangeFunction));
+    let sql = format!(
+        "COPY (SELECT * FROM range(0, {rows}, 1, {partitions})) TO '{}/' STORED AS PARQUET",
+        out.display()
+    );
+    let t = Instant::now();
+    ctx.sql(&sql).await?.collect().await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Free loopback port, released just before the child binds it.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!("{} not found next to {} (build the workspace first)", name, exe.display());
+    }
+    Ok(path)
+}
+
+struct Children(Vec<std::process::Child>);
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn processes_run(rows: u64, partitions: u64, out: &Path, work: &Path) -> Result<f64> {
+    let port = free_port()?;
+    let mut children = Children(vec![]);
+    children.0.push(
+        std::process::Command::new(sibling_binary("sluice-scheduler")?)
+            .args(["--bind-host", "127.0.0.1", "--bind-port", &port.to_string()])
+            .args(["--scheduler-policy", "pull-staged"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting sluice-scheduler")?,
+    );
+    let endpoint = format!("127.0.0.1:{port}");
+    runner::wait_for_scheduler(&endpoint, Duration::from_secs(20)).await?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for i in 0..2 {
+        let dir = work.join(format!("executor-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        children.0.push(
+            std::process::Command::new(sibling_binary("sluice-executor")?)
+                .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+                .args(["--scheduler-host", "127.0.0.1", "--scheduler-port", &port.to_string()])
+                .args(["--bind-port", &free_port()?.to_string()])
+                .args(["--bind-grpc-port", &free_port()?.to_string()])
+                .args(["--bind-health-port", &free_port()?.to_string()])
+                .args(["--concurrent-tasks", &(cores / 2).max(1).to_string()])
+                .args(["--task-scheduling-policy", "pull-staged"])
+                .arg("--work-dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting sluice-executor")?,
+        );
+    }
+    let api = runner::SchedulerApi::new(&endpoint)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.executors().await.map(|e| e.len()).unwrap_or(0) < 2 {
+        if Instant::now() > deadline {
+            bail!("executors did not register within 20s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sluice_run(&endpoint, rows, partitions, out).await
+}
+
+fn spark_run(python: &str, rows: u64, partitions: u64, out: &Path) -> Result<Option<f64>> {
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import pyspark"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return Ok(None);
+    }
+    let script = format!(
+        r#"
+import time
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").config("spark.driver.memory", "4g").getOrCreate()
+spark.sparkContext.setLogLevel("ERROR")
+t = time.time()
+spark.sql("INSERT OVERWRITE DIRECTORY '{out}' USING PARQUET SELECT * FROM range(0, {rows}, 1, {partitions})")
+print(time.time() - t)
+"#,
+        out = out.display()
+    );
+    let output = std::process::Command::new(python)
+        .args(["-c", &script])
+        .stderr(Stdio::null())
+        .output()
+        .context("running pyspark")?;
+    if !output.status.success() {
+        bail!("the Spark run failed");
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let secs: f64 = text
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .context("reading Spark's time")?;
+    Ok(Some(secs))
+}
+
+async fn range_bench(rows: u64, partitions: u64, dir: &Path, python: &str, no_spark: bool) -> Result<Value> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut runs = vec![];
+
+    let out = dir.join("embedded");
+    let cluster = EmbeddedCluster::start(2, (cores / 2).max(1)).await?;
+    let embedded = sluice_run(&cluster.endpoint, rows, partitions, &out).await?;
+    runs.push(figures("sluice_embedded", rows, embedded, count_parquet(&out)));
+    std::fs::remove_dir_all(&out)?;
+
+    let out = dir.join("processes");
+    let processes = processes_run(rows, partitions, &out, dir).await?;
+    runs.push(figures("sluice_processes", rows, processes, count_parquet(&out)));
+    std::fs::remove_dir_all(&out)?;
+
+    let out = dir.join("datafusion");
+    let df = datafusion_copy(rows, partitions, &out).await?;
+    runs.push(figures("datafusion_copy", rows, df, count_parquet(&out)));
+    std::fs::remove_dir_all(&out)?;
+
+    let spark = if no_spark {
+        None
+    } else {
+        let out = dir.join("spark");
+        let s = spark_run(python, rows, partitions, &out)?;
+        if let Some(secs) = s {
+            runs.push(figures("spark_local2", rows, secs, count_parquet(&out)));
+        }
+        s
+    };
+    let r = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
+    Ok(json!({
+        "bench": "range_to_parquet",
+        "rows": rows,
+        "partitions": partitions,
+        "cores": cores,
+        "runs": runs,
+        "ratios": {
+            "embedded_time_over_datafusion": r(embedded, df),
+            "processes_time_over_datafusion": r(processes, df),
+            "embedded_speedup_over_spark": spark.map(|s| r(s, embedded)),
+            "processes_speedup_over_spark": spark.map(|s| r(s, processes)),
+            "datafusion_speedup_over_spark": spark.map(|s| r(s, df)),
+        },
+        "spark": if spark.is_some() { "pyspark local[2]" } else { "skipped: pyspark not importable (or --no-spark)" },
+    }))
+}

@@ -1,0 +1,35 @@
+//! `sluice`: run and submit SQL jobs, list, inspect and cancel them.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice_cli::args::Cli;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = sluice_cli::load_config(&cli).map(|c| c.log).unwrap_or_else(|_| "warn".into());
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(log);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::new(filter))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 * 1024 * 1024)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sluice_cli::dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Typed client configuration, documented in one place (README, "Configuration").
+//! Sources, later ones winning: built-in defaults, a TOML file (`--config`,
+//! `SLUICE_CONFIG`, or `./sluice.toml` when present), `SLUICE_*` environment
+//! variables, then command-line flags (applied by the CLI).
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::error::SluiceError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SluiceConfig {
+    /// Scheduler `host:port` for `submit`, `jobs`, `status`, `cancel`.
+    pub scheduler: String,
+    /// Executors the embedded cluster of `sluice run` starts.
+    pub executors: usize,
+    /// Concurrent tasks per embedded executor (0: cores / executors, at least 1).
+    pub executor_slots: usize,
+    /// Seconds to wait for a scheduler to answer before giving up.
+    pub connect_timeout_secs: u64,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log: String,
+}
+
+impl Default for SluiceConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: "localhost:50050".to_string(),
+            executors: 2,
+            executor_slots: 0,
+            connect_timeout_secs: 10,
+            log: "warn".to_string(),
+        }
+    }
+}
+
+impl SluiceConfig {
+    /// Loads defaults, then the file, then `SLUICE_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, SluiceError> {
+        let file: Option<PathBuf> = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("SLUICE_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                let local = PathBuf::from("sluice.toml");
+                local.exists().then_some(local)
+            });
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(path) = &file {
+            if !path.exists() {
+                return Err(SluiceError::Config(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment
+            .merge(Env::prefixed("SLUICE_").ignore(&["config"]))
+            .extract()
+            .map_err(|e| SluiceError::Config(e.to_string()))
+    }
+
+    /// Task slots per embedded executor.
+    pub fn slots(&self) -> usize {
+        if self.executor_slots > 0 {
+            return self.executor_slots;
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores / self.executors.max(1)).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() -> Result<(), SluiceError> {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "executors = 4\nscheduler = \"h:1\"\n")?;
+            jail.set_env("SLUICE_SCHEDULER", "e:2");
+            let c = SluiceConfig::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.executors, 4);
+            assert_eq!(c.scheduler, "e:2");
+            assert_eq!(c.connect_timeout_secs, 10);
+            Ok(())
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = SluiceConfig::load(Some(Path::new("/nonexistent/sluice.toml")));
+        assert!(err.is_err_and(|e| e.to_string().contains("/nonexistent/sluice.toml")));
+    }
+}
+
+/// Layers a server binary's flags the same way as the client's settings: a
+/// TOML file (keys are the long flag names, `bind-port = 50050`) gives
+/// defaults, `SLUICE_<FLAG>` variables override the file, flags override both.
+pub fn layered_command(
+    mut cmd: clap::Command,
+    file: Option<&Path>,
+) -> Result<clap::Command, SluiceError> {
+    let mut from_file: std::collections::HashMap<String, String> = Default::default();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SluiceError::Config(format!("reading {}: {e}", path.display())))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| SluiceError::Config(format!("{}: {e}", path.display())))?;
+        for (key, value) in table {
+            let value = match value {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            from_file.insert(key.replace('_', "-"), value);
+        }
+    }
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    if let Some(unknown) = from_file.keys().find(|k| !known.contains(k)) {
+        return Err(SluiceError::Config(format!(
+            "unknown setting '{unknown}' in config file (settings are the long flag names)"
+        )));
+    }
+    cmd = cmd.mut_args(|arg| {
+        let Some(long) = arg.get_long().map(str::to_string) else {
+            return arg;
+        };
+        if long == "help" || long == "version" {
+            return arg;
+        }
+        let env = format!("SLUICE_{}", long.replace('-', "_").to_ascii_uppercase());
+        let arg = arg.env(env);
+        match from_file.get(&long) {
+            Some(v) => arg.default_value(v.clone()),
+            None => arg,
+        }
+    });
+    Ok(cmd)
+}
+
+/// Finds `--config FILE` in raw arguments before clap runs.
+pub fn config_file_arg(args: &[String]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(v));
+        }
+    }
+    std::env::var_os("SLUICE_CONFIG").map(PathBuf::from)
+}

@@ -1,0 +1,495 @@
+//! Runs a job file against a Ballista scheduler: statement by statement,
+//! writes through sluice's distributed writer, progress from the scheduler's
+//! REST API, and cleanup of staged files when a write fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::UInt64Type;
+use ballista::prelude::SessionContextExt;
+use ballista_core::execution_plans::DistributedQueryExec;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::protobuf::LogicalPlanNode;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::error::SluiceError;
+use crate::job::{Action, classify, split_statements, substitute};
+use crate::session;
+use crate::write::{WriteNode, WriteSpec, remove_staging};
+
+/// What the runner tells whoever watches it (a progress bar, a log).
+pub trait Progress: Send + Sync {
+    fn statement_started(&self, _index: usize, _total: usize, _line: usize, _text: &str) {}
+    fn job_submitted(&self, _job_id: &str) {}
+    fn job_progress(&self, _p: &JobProgress) {}
+    fn statement_finished(&self, _outcome: &StatementOutcome) {}
+}
+
+/// Ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// A snapshot of a running Ballista job, from the scheduler's REST API.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobProgress {
+    pub job_id: String,
+    pub status: String,
+    pub stages_done: usize,
+    pub stages: usize,
+    pub tasks_done: usize,
+    pub tasks: usize,
+    pub percent: u8,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WriteOutcome {
+    pub output: String,
+    pub write_id: String,
+    pub rows: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementOutcome {
+    pub line: usize,
+    pub kind: &'static str,
+    pub job_id: Option<String>,
+    pub duration_ms: u64,
+    pub write: Option<WriteOutcome>,
+    /// Rows a query returned (not written).
+    pub result_rows: u64,
+    #[serde(skip)]
+    pub batches: Vec<RecordBatch>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub job_file: String,
+    pub statements: Vec<StatementOutcome>,
+    pub job_ids: Vec<String>,
+    pub rows_written: u64,
+    pub files_written: u64,
+    pub bytes_written: u64,
+    pub duration_ms: u64,
+}
+
+/// Connects to a scheduler, waiting at most `timeout` for it to answer.
+pub async fn connect(endpoint: &str, timeout: Duration) -> Result<SessionContext, SluiceError> {
+    wait_for_scheduler(endpoint, timeout).await?;
+    let unreachable = |reason: String| SluiceError::Unreachable {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let state = session::client_state().map_err(|e| unreachable(e.to_string()))?;
+    let url = format!("df://{}", host_port(endpoint));
+    let ctx = SessionContext::remote_with_state(&url, state)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    session::register_functions(&ctx);
+    Ok(ctx)
+}
+
+fn host_port(endpoint: &str) -> &str {
+    endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("df://")
+        .trim_end_matches('/')
+}
+
+pub fn rest_base(endpoint: &str) -> String {
+    format!("http://{}", host_port(endpoint))
+}
+
+fn http_client() -> Result<reqwest::Client, SluiceError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| SluiceError::Config(e.to_string()))
+}
+
+/// Polls `/api/version` until the scheduler answers or `timeout` passes.
+pub async fn wait_for_scheduler(endpoint: &str, timeout: Duration) -> Result<(), SluiceError> {
+    let client = http_client()?;
+    let url = format!("{}/api/version", rest_base(endpoint));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = client.get(&url).send().await;
+        let reason = match attempt {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("HTTP {} from {url}", r.status()),
+            Err(e) => format!("{e} ({url})"),
+        };
+        if Instant::now() >= deadline {
+            return Err(SluiceError::Unreachable {
+                endpoint: endpoint.to_string(),
+                reason: format!("no answer within {}s: {reason}", timeout.as_secs()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The scheduler's REST API: job listing, status and cancel.
+pub struct SchedulerApi {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl SchedulerApi {
+    pub fn new(endpoint: &str) -> Result<Self, SluiceError> {
+        Ok(Self {
+            base: rest_base(endpoint),
+            client: http_client()?,
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<serde_json::Value, SluiceError> {
+        let url = format!("{}{path}", self.base);
+        let err = |reason: String| SluiceError::Unreachable {
+            endpoint: self.base.clone(),
+            reason,
+        };
+        let resp = self.client.get(&url).send().await.map_err(|e| err(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(err(format!("HTTP {status} from {url}")));
+        }
+        resp.json().await.map_err(|e| err(e.to_string()))
+    }
+
+    pub async fn executors(&self) -> Result<Vec<serde_json::Value>, SluiceError> {
+        let v = self.get("/api/executors").await?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    pub async fn jobs(&self) -> Result<serde_json::Value, SluiceError> {
+        self.get("/api/jobs").await
+    }
+
+    pub async fn job(&self, job_id: &str) -> Result<serde_json::Value, SluiceError> {
+        self.get(&format!("/api/job/{job_id}")).await
+    }
+
+    pub async fn stages(&self, job_id: &str) -> Result<serde_json::Value, SluiceError> {
+        self.get(&format!("/api/job/{job_id}/stages")).await
+    }
+
+    pub async fn cancel(&self, job_id: &str) -> Result<(), SluiceError> {
+        let url = format!("{}/api/job/{job_id}", self.base);
+        let resp = self
+            .client
+            .patch(&url)
+            .send()
+            .await
+            .map_err(|e| SluiceError::Unreachable {
+                endpoint: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(SluiceError::Unreachable {
+                endpoint: self.base.clone(),
+                reason: format!("cancel of {job_id}: HTTP {}", resp.status()),
+            })
+        }
+    }
+
+    pub async fn progress(&self, job_id: &str) -> Result<JobProgress, SluiceError> {
+        let job = self.job(job_id).await?;
+        let mut p = JobProgress {
+            job_id: job_id.to_string(),
+            status: job["job_status"].as_str().unwrap_or_default().to_string(),
+            stages: job["num_stages"].as_u64().unwrap_or(0) as usize,
+            stages_done: job["completed_stages"].as_u64().unwrap_or(0) as usize,
+            percent: job["percent_complete"].as_u64().unwrap_or(0).min(100) as u8,
+            ..Default::default()
+        };
+        if let Ok(stages) = self.stages(job_id).await
+            && let Some(list) = stages["stages"].as_array()
+        {
+            for stage in list {
+                if let Some(tasks) = stage["tasks"].as_array() {
+                    p.tasks += tasks.len();
+                    p.tasks_done += tasks
+                        .iter()
+                        .filter(|t| t["status"].to_string().to_ascii_lowercase().contains("success"))
+                        .count();
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+pub struct JobRunner {
+    ctx: SessionContext,
+    api: SchedulerApi,
+    progress: Arc<dyn Progress>,
+    poll: Duration,
+}
+
+impl JobRunner {
+    pub fn new(ctx: SessionContext, endpoint: &str, progress: Arc<dyn Progress>) -> Result<Self, SluiceError> {
+        Ok(Self {
+            ctx,
+            api: SchedulerApi::new(endpoint)?,
+            progress,
+            poll: Duration::from_millis(250),
+        })
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs every statement of `source` in order; stops at the first failure.
+    pub async fn run(
+        &self,
+        file: &str,
+        source: &str,
+        cli_vars: &HashMap<String, String>,
+    ) -> Result<JobReport, SluiceError> {
+        let started = Instant::now();
+        let mut vars = cli_vars.clone();
+        let statements = split_statements(source);
+        if statements.is_empty() {
+            return Err(SluiceError::Syntax {
+                file: file.to_string(),
+                line: 1,
+                message: "the job has no statements".into(),
+            });
+        }
+        let mut outcomes = Vec::new();
+        let total = statements.len();
+        for (i, raw) in statements.iter().enumerate() {
+            let text = substitute(&raw.text, &vars, file, raw.line)?;
+            self.progress.statement_started(i, total, raw.line, &text);
+            let span = tracing::info_span!("sluice.statement", file, line = raw.line);
+            let t0 = Instant::now();
+            let action = classify(&text, file, raw.line)?;
+            let stmt_err = |e: DataFusionError| SluiceError::Statement {
+                file: file.to_string(),
+                line: raw.line,
+                source: Box::new(e),
+            };
+            let mut outcome = StatementOutcome {
+                line: raw.line,
+                kind: "sql",
+                job_id: None,
+                duration_ms: 0,
+                write: None,
+                result_rows: 0,
+                batches: vec![],
+            };
+            match action {
+                Action::SetVar { key, value } => {
+                    outcome.kind = "set";
+                    // A `--var` wins: SETs in the file are defaults.
+                    if !cli_vars.contains_key(&key) {
+                        vars.insert(key, value);
+                    }
+                }
+                Action::Sql(sql) => {
+                    let (job_id, batches) = self
+                        .run_sql(&sql, file, raw.line)
+                        .instrument(span)
+                        .await
+                        .map_err(stmt_err)?;
+                    outcome.job_id = job_id;
+                    outcome.result_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                    outcome.batches = batches;
+                }
+                Action::Write {
+                    query,
+                    url,
+                    format,
+                    overwrite,
+                    options,
+                    partition_by,
+                } => {
+                    if !partition_by.is_empty() {
+                        return Err(SluiceError::Syntax {
+                            file: file.to_string(),
+                            line: raw.line,
+                            message: "PARTITIONED BY is not supported by sluice's writer yet".into(),
+                        });
+                    }
+                    let spec = WriteSpec::new(&url, format, overwrite, options)?;
+                    outcome.kind = "write";
+                    let (job_id, write) = self
+                        .run_write(&query, spec, file, raw.line)
+                        .instrument(span)
+                        .await?;
+                    outcome.job_id = job_id;
+                    outcome.write = Some(write);
+                }
+            }
+            outcome.duration_ms = t0.elapsed().as_millis() as u64;
+            self.progress.statement_finished(&outcome);
+            outcomes.push(outcome);
+        }
+        let writes = || outcomes.iter().filter_map(|o| o.write.as_ref());
+        Ok(JobReport {
+            job_file: file.to_string(),
+            job_ids: outcomes.iter().filter_map(|o| o.job_id.clone()).collect(),
+            rows_written: writes().map(|w| w.rows).sum(),
+            files_written: writes().map(|w| w.files).sum(),
+            bytes_written: writes().map(|w| w.bytes).sum(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            statements: outcomes,
+        })
+    }
+
+    fn set_job_name(&self, file: &str, line: usize) {
+        let name = format!("sluice {file}:{line}");
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        // Unknown keys only when Ballista's extension is missing; the name is cosmetic.
+        let _ = state.config_mut().options_mut().set("ballista.job.name", &name);
+    }
+
+    async fn run_sql(
+        &self,
+        sql: &str,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, Vec<RecordBatch>), DataFusionError> {
+        self.set_job_name(file, line);
+        let df = self.ctx.sql(sql).await?;
+        let plan = df.create_physical_plan().await?;
+        self.execute(plan).await
+    }
+
+    async fn run_write(
+        &self,
+        query: &str,
+        spec: WriteSpec,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
+        let stmt_err = |e: DataFusionError| SluiceError::Statement {
+            file: file.to_string(),
+            line,
+            source: Box::new(e),
+        };
+        preflight_output(&spec).await?;
+        self.set_job_name(file, line);
+        let planned = async {
+            let df = self.ctx.sql(query).await?;
+            let input = df.into_unoptimized_plan();
+            let plan = WriteNode::try_new(input, spec.clone())?.into_plan();
+            self.ctx.execute_logical_plan(plan).await?.create_physical_plan().await
+        }
+        .await
+        .map_err(stmt_err)?;
+        let result = self.execute(planned).await;
+        let (job_id, batches) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A failed job commits nothing; remove what its tasks staged.
+                if let Err(clean) = self.cleanup(&spec).await {
+                    tracing::warn!(error = %clean, write_id = %spec.write_id, "staging cleanup failed");
+                }
+                return Err(stmt_err(e));
+            }
+        };
+        let batch = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| {
+            stmt_err(DataFusionError::Execution(
+                "the write returned no commit summary".into(),
+            ))
+        })?;
+        let u64_at = |i: usize| batch.column(i).as_primitive::<UInt64Type>().value(0);
+        Ok((
+            job_id,
+            WriteOutcome {
+                output: spec.url.clone(),
+                write_id: spec.write_id.clone(),
+                rows: u64_at(0),
+                files: u64_at(1),
+                bytes: u64_at(2),
+            },
+        ))
+    }
+
+    async fn cleanup(&self, spec: &WriteSpec) -> Result<(), DataFusionError> {
+        let store = self.ctx.runtime_env().object_store_registry.get_store(&spec.output_url()?)?;
+        remove_staging(spec, &store).await?;
+        Ok(())
+    }
+
+    /// Runs a plan, reporting progress while the scheduler works on it.
+    async fn execute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<(Option<String>, Vec<RecordBatch>), DataFusionError> {
+        let task_ctx = self.ctx.task_ctx();
+        let running = collect(Arc::clone(&plan), task_ctx);
+        tokio::pin!(running);
+        let mut job_id: Option<String> = None;
+        let mut ticker = tokio::time::interval(self.poll);
+        loop {
+            tokio::select! {
+                result = &mut running => {
+                    if let Some(id) = &job_id
+                        && let Ok(p) = self.api.progress(id).await
+                    {
+                        self.progress.job_progress(&p);
+                    }
+                    return result.map(|b| (job_id, b));
+                }
+                _ = ticker.tick() => {
+                    if job_id.is_none() {
+                        job_id = plan
+                            .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+                            .and_then(|d| d.job_id())
+                            .map(|id| id.to_string());
+                        if let Some(id) = &job_id {
+                            tracing::info!(job_id = %id, "job submitted");
+                            self.progress.job_submitted(id);
+                        }
+                    }
+                    if let Some(id) = &job_id
+                        && let Ok(p) = self.api.progress(id).await
+                    {
+                        self.progress.job_progress(&p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fails early, before any task runs, when a local output cannot be written.
+async fn preflight_output(spec: &WriteSpec) -> Result<(), SluiceError> {
+    let url = spec.output_url()?;
+    if url.scheme() != "file" {
+        return Ok(());
+    }
+    let unwritable = |reason: String| SluiceError::Unwritable {
+        url: spec.url.clone(),
+        reason,
+    };
+    let dir = url
+        .to_file_path()
+        .map_err(|_| unwritable("not a local path".into()))?;
+    if dir.exists() && !dir.is_dir() {
+        return Err(unwritable("it exists and is not a directory".into()));
+    }
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| unwritable(format!("cannot create {}: {e}", dir.display())))?;
+    let probe = dir.join(format!(".sluice-probe-{}", spec.write_id));
+    tokio::fs::write(&probe, b"")
+        .await
+        .map_err(|e| unwritable(format!("cannot create files in {}: {e}", dir.display())))?;
+    let _ = tokio::fs::remove_file(&probe).await;
+    Ok(())
+}

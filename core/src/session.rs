@@ -1,0 +1,144 @@
+//! Session setup shared by the client, the scheduler and the executors: the
+//! same codecs, functions and object stores everywhere, so a plan built in one
+//! process decodes and runs in another.
+//!
+//! Credentials never travel in session settings (the scheduler serves every
+//! setting over REST): object stores take them from the environment or the
+//! instance profile of the process that uses them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::extension::SessionConfigExt;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::aws::AmazonS3Builder;
+use object_store::{ClientOptions, ObjectStore};
+use url::Url;
+
+use crate::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
+use crate::write::SluiceQueryPlanner;
+
+/// Session config with sluice's codecs on top of Ballista's defaults.
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_information_schema(true)
+        .with_ballista_logical_extension_codec(Arc::new(SluiceLogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()))
+}
+
+/// Runtime with sluice's object store registry.
+pub fn runtime_env() -> Result<Arc<RuntimeEnv>> {
+    Ok(Arc::new(
+        RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(SluiceObjectStores::default()))
+            .build()?,
+    ))
+}
+
+/// Registers sluice's functions on a context. Done after Ballista upgrades a
+/// state, because that upgrade replaces the scalar function list.
+pub fn register_functions(ctx: &SessionContext) {
+    for udf in sluice_udfs::scalar_functions() {
+        ctx.register_udf(udf.as_ref().clone());
+    }
+    ctx.register_udtf("range", Arc::new(sluice_udfs::range::RangeFunction));
+}
+
+/// The state the scheduler plans with (and executors decode with): DataFusion
+/// defaults, sluice's physical planner for writes, functions and stores.
+pub fn server_state(config: SessionConfig) -> Result<SessionState> {
+    let config = config
+        .with_ballista_logical_extension_codec(Arc::new(SluiceLogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()));
+    let mut functions = ballista_core::extension::ballista_scalar_functions();
+    functions.extend(sluice_udfs::scalar_functions());
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime_env()?)
+        .with_query_planner(Arc::new(SluiceQueryPlanner))
+        .with_scalar_functions(functions)
+        .with_aggregate_functions(ballista_core::extension::ballista_aggregate_functions())
+        .with_window_functions(ballista_core::extension::ballista_window_functions())
+        .build();
+    Ok(state)
+}
+
+/// The state a client starts from before Ballista turns it into a remote one.
+pub fn client_state() -> Result<SessionState> {
+    Ok(SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(session_config())
+        .with_runtime_env(runtime_env()?)
+        .build())
+}
+
+/// Timeouts on every object store request: a hung endpoint must fail a task,
+/// not stall it.
+pub fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(120))
+}
+
+/// Local files through DataFusion's default registry; `s3://bucket` stores
+/// built on first use from the standard AWS environment (`AWS_ENDPOINT_URL_S3`,
+/// `AWS_ENDPOINT_URL`, keys, region, or the instance profile).
+#[derive(Debug, Default)]
+pub struct SluiceObjectStores {
+    inner: DefaultObjectStoreRegistry,
+}
+
+impl SluiceObjectStores {
+    fn build_s3(url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        let bucket = url.host_str().ok_or_else(|| {
+            DataFusionError::Configuration(format!("s3 URL without a bucket: {url}"))
+        })?;
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_client_options(client_options());
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .ok();
+        if let Some(endpoint) = endpoint {
+            builder = builder
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            builder = builder.with_region("us-east-1");
+        }
+        Ok(Arc::new(builder.build()?))
+    }
+}
+
+impl ObjectStoreRegistry for SluiceObjectStores {
+    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.inner.get_store(url) {
+            return Ok(store);
+        }
+        match url.scheme() {
+            "s3" | "s3a" => {
+                let store = Self::build_s3(url)?;
+                self.inner.register_store(url, Arc::clone(&store));
+                Ok(store)
+            }
+            scheme => Err(DataFusionError::Configuration(format!(
+                "no object store for scheme '{scheme}' in {url} (supported: file, s3)"
+            ))),
+        }
+    }
+}

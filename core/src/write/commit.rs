@@ -1,0 +1,423 @@
+//! `CommitExec`: the single task after the write stage. It checks that every
+//! input partition reported exactly one staged file, moves the staged files to
+//! their final names, writes the `_SUCCESS` manifest, and for an overwrite
+//! removes what earlier runs left, only after the new files are in place.
+//! Until it runs nothing of the write is visible in the output directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{AsArray, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{UInt32Type, UInt64Type};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
+};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use super::logical::write_result_schema;
+use super::spec::{STAGING_DIR, SUCCESS_FILE, WriteSpec};
+use crate::error::SluiceError;
+
+/// How many files the commit moves at once.
+const COMMIT_CONCURRENCY: usize = 16;
+
+#[derive(Debug)]
+pub struct CommitExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: WriteSpec,
+    properties: Arc<PlanProperties>,
+}
+
+impl CommitExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, spec: WriteSpec) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(write_result_schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            spec,
+            properties: Arc::new(properties),
+        }
+    }
+
+    pub fn spec(&self) -> &WriteSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for CommitExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "SluiceCommitExec: url={}, overwrite={}, write_id={}",
+            self.spec.url, self.spec.overwrite, self.spec.write_id
+        )
+    }
+}
+
+impl ExecutionPlan for CommitExec {
+    fn name(&self) -> &str {
+        "SluiceCommitExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(child) if children.is_empty() => {
+                Ok(Arc::new(Self::new(child, self.spec.clone())))
+            }
+            _ => Err(DataFusionError::Internal(
+                "SluiceCommitExec takes exactly one child".into(),
+            )),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "SluiceCommitExec has one partition, asked for {partition}"
+            )));
+        }
+        let input = self.input.execute(0, Arc::clone(&context))?;
+        let spec = self.spec.clone();
+        let span = tracing::info_span!("sluice.commit", write_id = %spec.write_id, url = %spec.url);
+        let fut = async move {
+            let staged: Vec<RecordBatch> = input.try_collect().await?;
+            let store = context.runtime_env().object_store_registry.get_store(&spec.output_url()?)?;
+            let summary = commit(&spec, store, &staged).await?;
+            summary.to_batch(&spec)
+        }
+        .instrument(span);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            write_result_schema(),
+            futures::stream::once(fut),
+        )))
+    }
+}
+
+/// One committed file, as the manifest lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommittedFile {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The `_SUCCESS` manifest: Hadoop S3A's SuccessData fields plus per-file
+/// rows and bytes, so readers and tests can check what a write committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessData {
+    pub name: String,
+    pub timestamp: i64,
+    pub date: String,
+    pub hostname: String,
+    pub committer: String,
+    pub description: String,
+    pub job_id: String,
+    pub job_id_source: String,
+    pub filenames: Vec<String>,
+    pub files: Vec<CommittedFile>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub diagnostics: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommitSummary {
+    pub files: Vec<CommittedFile>,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl CommitSummary {
+    fn to_batch(&self, spec: &WriteSpec) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            write_result_schema(),
+            vec![
+                Arc::new(UInt64Array::from(vec![self.rows])),
+                Arc::new(UInt64Array::from(vec![self.files.len() as u64])),
+                Arc::new(UInt64Array::from(vec![self.bytes])),
+                Arc::new(StringArray::from(vec![spec.write_id.clone()])),
+                Arc::new(StringArray::from(vec![spec.url.clone()])),
+            ],
+        )?)
+    }
+}
+
+struct Staged {
+    partition: usize,
+    staging_path: String,
+    rows: u64,
+    bytes: u64,
+}
+
+/// Reads the writer rows and insists on exactly one file per input partition:
+/// a missing partition would lose rows, an extra one would duplicate them.
+fn collect_staged(spec: &WriteSpec, batches: &[RecordBatch]) -> Result<Vec<Staged>, SluiceError> {
+    let fail = |reason: String| SluiceError::Commit {
+        write_id: spec.write_id.clone(),
+        url: spec.url.clone(),
+        reason,
+    };
+    let mut by_partition: BTreeMap<usize, Staged> = BTreeMap::new();
+    let mut expected: Option<usize> = None;
+    for batch in batches {
+        let col = |i: usize| batch.column(i);
+        let parts = col(0).as_primitive::<UInt32Type>();
+        let totals = col(1).as_primitive::<UInt32Type>();
+        let paths = col(2).as_string::<i32>();
+        let rows = col(3).as_primitive::<UInt64Type>();
+        let bytes = col(4).as_primitive::<UInt64Type>();
+        for i in 0..batch.num_rows() {
+            let total = totals.value(i) as usize;
+            match expected {
+                None => expected = Some(total),
+                Some(e) if e != total => {
+                    return Err(fail(format!(
+                        "writers disagree on the partition count ({e} vs {total})"
+                    )));
+                }
+                Some(_) => {}
+            }
+            let staged = Staged {
+                partition: parts.value(i) as usize,
+                staging_path: paths.value(i).to_string(),
+                rows: rows.value(i),
+                bytes: bytes.value(i),
+            };
+            if let Some(prev) = by_partition.get(&staged.partition) {
+                // Retried attempts write the same key; identical reports are one file.
+                if prev.staging_path != staged.staging_path || prev.rows != staged.rows {
+                    return Err(fail(format!(
+                        "partition {} reported twice with different output",
+                        staged.partition
+                    )));
+                }
+                continue;
+            }
+            by_partition.insert(staged.partition, staged);
+        }
+    }
+    let expected = expected.unwrap_or(0);
+    let missing: Vec<usize> = (0..expected)
+        .filter(|p| !by_partition.contains_key(p))
+        .collect();
+    if !missing.is_empty() || by_partition.len() != expected {
+        return Err(fail(format!(
+            "expected one staged file for each of {expected} partitions, missing {missing:?}"
+        )));
+    }
+    Ok(by_partition.into_values().collect())
+}
+
+pub async fn commit(
+    spec: &WriteSpec,
+    store: Arc<dyn ObjectStore>,
+    batches: &[RecordBatch],
+) -> Result<CommitSummary> {
+    let started = Instant::now();
+    let fail = |reason: String| SluiceError::Commit {
+        write_id: spec.write_id.clone(),
+        url: spec.url.clone(),
+        reason,
+    };
+    let staged = collect_staged(spec, batches)?;
+    let base = spec.base_path()?;
+
+    // Files of earlier runs, listed before ours land so they cannot be confused.
+    let previous: Vec<Path> = if spec.overwrite {
+        list_data_files(&store, &base).await?
+    } else {
+        vec![]
+    };
+
+    let mut moves = Vec::with_capacity(staged.len());
+    for s in &staged {
+        moves.push(move_into_place(
+            Arc::clone(&store),
+            Path::from(s.staging_path.as_str()),
+            spec.final_path(s.partition)?,
+            s.rows,
+            s.bytes,
+        ));
+    }
+    let files: Vec<CommittedFile> = futures::stream::iter(moves)
+        .buffered(COMMIT_CONCURRENCY)
+        .try_collect()
+        .await
+        .map_err(|e: object_store::Error| fail(e.to_string()))?;
+
+    let rows = files.iter().map(|f| f.rows).sum();
+    let bytes = files.iter().map(|f| f.bytes).sum();
+    let ours: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let mut diagnostics = BTreeMap::new();
+    diagnostics.insert("format".to_string(), format!("{:?}", spec.format));
+    diagnostics.insert("overwrite".to_string(), spec.overwrite.to_string());
+    diagnostics.insert(
+        "commit_ms".to_string(),
+        started.elapsed().as_millis().to_string(),
+    );
+    let now = chrono::Utc::now();
+    let manifest = SuccessData {
+        name: "org.apache.hadoop.fs.s3a.commit.files.SuccessData/1".to_string(),
+        timestamp: now.timestamp_millis(),
+        date: now.to_rfc3339(),
+        hostname: hostname(),
+        committer: "sluice-staging".to_string(),
+        description: format!("sluice write {} to {}", spec.write_id, spec.url),
+        job_id: spec.write_id.clone(),
+        job_id_source: "sluice.write_id".to_string(),
+        filenames: files.iter().map(|f| format!("/{}", f.path)).collect(),
+        files: files.clone(),
+        rows,
+        bytes,
+        diagnostics,
+    };
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| fail(e.to_string()))?;
+    store
+        .put(&base.clone().join(SUCCESS_FILE), body.into())
+        .await
+        .map_err(|e| fail(format!("writing {SUCCESS_FILE}: {e}")))?;
+
+    for old in previous.iter().filter(|p| !ours.contains(p.as_ref())) {
+        store
+            .delete(old)
+            .await
+            .map_err(|e| fail(format!("removing earlier output {old}: {e}")))?;
+    }
+    remove_staging(spec, &store).await?;
+    tracing::info!(
+        files = files.len(),
+        rows,
+        bytes,
+        commit_ms = started.elapsed().as_millis() as u64,
+        "committed"
+    );
+    Ok(CommitSummary { files, rows, bytes })
+}
+
+async fn move_into_place(
+    store: Arc<dyn ObjectStore>,
+    from: Path,
+    to: Path,
+    rows: u64,
+    bytes: u64,
+) -> Result<CommittedFile, object_store::Error> {
+    store.rename(&from, &to).await?;
+    Ok(CommittedFile {
+        path: to.to_string(),
+        rows,
+        bytes,
+    })
+}
+
+/// Data files directly in or below `base`, skipping the manifest and hidden
+/// entries (staging, `_temporary`, dot files).
+async fn list_data_files(store: &Arc<dyn ObjectStore>, base: &Path) -> Result<Vec<Path>> {
+    let base_len = base.parts().count();
+    let listed: Vec<_> = store.list(Some(base)).try_collect().await.map_err(|e| {
+        DataFusionError::External(Box::new(SluiceError::Commit {
+            write_id: String::new(),
+            url: base.to_string(),
+            reason: format!("listing earlier output: {e}"),
+        }))
+    })?;
+    Ok(listed
+        .into_iter()
+        .map(|m| m.location)
+        .filter(|p| {
+            p.parts().skip(base_len).all(|part| {
+                let s = part.as_ref();
+                !s.starts_with('_') && !s.starts_with('.')
+            })
+        })
+        .collect())
+}
+
+/// Removes the write's staging prefix. Local directories are removed with
+/// the filesystem so half-written temporary files (which `object_store`'s
+/// local listing hides) go too.
+pub async fn remove_staging(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<(), SluiceError> {
+    let url = spec.output_url()?;
+    let fail = |reason: String| SluiceError::Commit {
+        write_id: spec.write_id.clone(),
+        url: spec.url.clone(),
+        reason,
+    };
+    if url.scheme() == "file" {
+        let dir = url
+            .to_file_path()
+            .map_err(|_| fail("not a local path".into()))?
+            .join(STAGING_DIR);
+        let ours = dir.join(&spec.write_id);
+        match tokio::fs::remove_dir_all(&ours).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(format!("removing {}: {e}", ours.display()))),
+        }
+        // Only succeeds when no other write is staging here.
+        let _ = tokio::fs::remove_dir(&dir).await;
+        return Ok(());
+    }
+    let prefix = spec.staging_prefix()?;
+    let paths = store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+    store
+        .delete_stream(paths)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| fail(format!("removing staging files: {e}")))?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

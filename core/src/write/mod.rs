@@ -1,0 +1,14 @@
+//! sluice's distributed write path: a writer operator in every task of the
+//! write stage, then one commit operator that makes the output visible.
+//! DataFusion's `DataSinkExec` needs a single input partition, which would
+//! funnel every row through one task; this path keeps the writes parallel.
+
+mod commit;
+mod logical;
+mod spec;
+mod writer;
+
+pub use commit::{CommitExec, CommittedFile, SuccessData, commit, remove_staging};
+pub use logical::{SluiceQueryPlanner, WriteNode, WritePlanner, write_result_schema};
+pub use spec::{STAGING_DIR, SUCCESS_FILE, WriteFormat, WriteSpec, normalize_output_url};
+pub use writer::{WriterExec, parquet_properties, written_file_schema};

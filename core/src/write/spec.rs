@@ -1,0 +1,165 @@
+//! What a write statement asks for, decided on the client and carried
+//! unchanged through the logical and physical plans to every task.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::error::SluiceError;
+
+/// File formats the distributed writer can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub enum WriteFormat {
+    Parquet,
+}
+
+impl WriteFormat {
+    pub fn parse(name: &str) -> Result<Self, SluiceError> {
+        match name.to_ascii_lowercase().as_str() {
+            "parquet" => Ok(Self::Parquet),
+            other => Err(SluiceError::UnsupportedFormat {
+                format: other.to_string(),
+            }),
+        }
+    }
+
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+        }
+    }
+}
+
+/// Directory under the output where tasks stage files before the commit.
+/// Hidden (leading `_`) so engines listing the output skip it.
+pub const STAGING_DIR: &str = "_sluice_staging";
+/// The manifest the commit writes last.
+pub const SUCCESS_FILE: &str = "_SUCCESS";
+
+/// One write: where, how, and the id that names its files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub struct WriteSpec {
+    /// Output directory URL, always ending in `/`.
+    pub url: String,
+    pub format: WriteFormat,
+    /// Replace what the directory held (`INSERT OVERWRITE`), or add to it (`COPY`).
+    pub overwrite: bool,
+    /// Unique per statement; names the staging directory and the final files,
+    /// so every attempt of one task partition writes the same keys.
+    pub write_id: String,
+    /// Format options (`compression`, ...), as in `COPY ... OPTIONS`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl WriteSpec {
+    pub fn new(
+        url: &str,
+        format: WriteFormat,
+        overwrite: bool,
+        options: BTreeMap<String, String>,
+    ) -> Result<Self, SluiceError> {
+        Ok(Self {
+            url: normalize_output_url(url)?.to_string(),
+            format,
+            overwrite,
+            write_id: uuid::Uuid::new_v4().simple().to_string(),
+            options,
+        })
+    }
+
+    pub fn output_url(&self) -> Result<Url, SluiceError> {
+        Url::parse(&self.url).map_err(|e| SluiceError::InvalidOutput {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Object-store path of the output directory (no trailing slash).
+    pub fn base_path(&self) -> Result<object_store::path::Path, SluiceError> {
+        let url = self.output_url()?;
+        object_store::path::Path::from_url_path(url.path()).map_err(|e| {
+            SluiceError::InvalidOutput {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    pub fn staging_prefix(&self) -> Result<object_store::path::Path, SluiceError> {
+        Ok(self
+            .base_path()?
+            .join(STAGING_DIR)
+            .join(self.write_id.as_str()))
+    }
+
+    pub fn staging_path(&self, partition: usize) -> Result<object_store::path::Path, SluiceError> {
+        Ok(self
+            .staging_prefix()?
+            .join(format!("part-{partition:05}.{}", self.format.extension())))
+    }
+
+    pub fn final_path(&self, partition: usize) -> Result<object_store::path::Path, SluiceError> {
+        let short = self.write_id.get(..12).unwrap_or(&self.write_id);
+        Ok(self.base_path()?.join(format!(
+            "part-{partition:05}-{short}.{}",
+            self.format.extension()
+        )))
+    }
+}
+
+/// Turns what a user wrote (`/tmp/out`, `out/`, `file:///x`, `s3://b/p`) into an
+/// absolute directory URL ending in `/`.
+pub fn normalize_output_url(raw: &str) -> Result<Url, SluiceError> {
+    let invalid = |reason: String| SluiceError::InvalidOutput {
+        url: raw.to_string(),
+        reason,
+    };
+    if raw.trim().is_empty() {
+        return Err(invalid("the output location is empty".into()));
+    }
+    let mut url = match Url::parse(raw) {
+        Ok(u) if u.scheme().len() > 1 => u,
+        _ => {
+            let path = std::path::Path::new(raw);
+            let abs = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                std::env::current_dir()
+                    .map_err(|e| invalid(e.to_string()))?
+                    .join(path)
+            };
+            Url::from_directory_path(&abs)
+                .map_err(|_| invalid("not a valid local path".into()))?
+        }
+    };
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_become_directory_urls() -> Result<(), SluiceError> {
+        let u = normalize_output_url("/tmp/x")?;
+        assert_eq!(u.as_str(), "file:///tmp/x/");
+        let u = normalize_output_url("s3://bucket/a/b")?;
+        assert_eq!(u.as_str(), "s3://bucket/a/b/");
+        assert!(normalize_output_url("  ").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn names_are_deterministic_per_partition() -> Result<(), SluiceError> {
+        let spec = WriteSpec::new("/tmp/o", WriteFormat::Parquet, true, BTreeMap::new())?;
+        assert_eq!(spec.final_path(3)?, spec.final_path(3)?);
+        assert_ne!(spec.final_path(3)?, spec.final_path(4)?);
+        assert!(spec.staging_path(3)?.as_ref().contains(STAGING_DIR));
+        Ok(())
+    }
+}

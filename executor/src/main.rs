@@ -1,0 +1,49 @@
+//! `sluice-executor`: Ballista's executor flags, plus `--config FILE` and
+//! `SLUICE_<FLAG>` environment variables for every flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ballista_executor::config::Config;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::health::spawn_health_server;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tracing_subscriber::EnvFilter;
+
+/// sluice's executor: runs the tasks of sluice jobs.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-executor", version)]
+struct Cli {
+    /// TOML file of settings, keys named like the long flags (e.g. `scheduler-port = 50050`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    ballista: Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let file = sluice_core::config::config_file_arg(&args);
+    let cmd = sluice_core::config::layered_command(Cli::command(), file.as_deref())?;
+    let opt = Cli::from_arg_matches(&cmd.get_matches_from(args))?.ballista;
+    let health_addr: SocketAddr = format!("{}:{}", opt.bind_host, opt.bind_health_port)
+        .parse()
+        .context("--bind-host/--bind-health-port")?;
+    let config: ExecutorProcessConfig = opt.try_into().context("executor settings")?;
+    let config = sluice_executor::with_sluice(config)?;
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(EnvFilter::new(filter))
+        .init();
+    let (stop_health, health_rx) = tokio::sync::oneshot::channel();
+    let health = spawn_health_server(health_addr, config.health.clone(), health_rx);
+    let result = start_executor_process(Arc::new(config)).await;
+    let _ = stop_health.send(());
+    let _ = health.await;
+    result?;
+    Ok(())
+}

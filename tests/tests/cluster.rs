@@ -1,0 +1,121 @@
+//! Multi-process: a real scheduler and executor processes, the CLI submitting.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sluice_test_support::{Cluster, run_with_timeout, sluice, visible_files, workspace_root};
+
+#[test]
+fn submit_runs_the_range_job_on_two_executor_processes() {
+    let cluster = Cluster::start(2, 2).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("range");
+    let o = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("submit")
+            .arg(workspace_root().join("jobs/range_to_parquet.sql"))
+            .args(["--scheduler", &cluster.endpoint])
+            .args(["--var", "rows=500000", "--var", "partitions=10"])
+            .arg("--var")
+            .arg(format!("output={}", dir.display()))
+            .args(["--output", "json"]),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert!(
+        o.status.success(),
+        "submit failed: {}\nscheduler log:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        cluster.scheduler_log()
+    );
+    assert_eq!(common::check_range_output(&dir, 500_000).unwrap(), 10);
+    common::check_manifest(&dir, 500_000).unwrap();
+
+    // The job is visible through `sluice jobs` and `sluice status`.
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let job_id = report["job_ids"][0].as_str().unwrap().to_string();
+    let jobs = run_with_timeout(
+        sluice().unwrap().args(["jobs", "--scheduler", &cluster.endpoint]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(jobs.status.success());
+    assert!(String::from_utf8_lossy(&jobs.stdout).contains(&job_id));
+    let status = run_with_timeout(
+        sluice().unwrap().args(["status", &job_id, "--scheduler", &cluster.endpoint]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(text.contains("Successful") || text.contains("Completed"), "{text}");
+}
+
+/// SIGKILL one executor while the write stage runs. Ballista notices the lost
+/// executor (heartbeat timeout, 6 s here), re-runs its tasks and any shuffle
+/// output it held on the surviving executor; sluice's writers stage to
+/// deterministic keys, so a re-run overwrites rather than adds, and the commit
+/// sees one file per partition. So the job completes with exactly the rows;
+/// the test also accepts a clean failure, and checks nothing is then visible.
+#[test]
+fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
+    let mut cluster = Cluster::start(2, 1).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("range");
+    let rows: u64 = 24_000_000;
+    let mut child = sluice()
+        .unwrap()
+        .arg("submit")
+        .arg(workspace_root().join("jobs/range_to_parquet.sql"))
+        .args(["--scheduler", &cluster.endpoint])
+        .args(["--var", &format!("rows={rows}"), "--var", "partitions=12"])
+        .arg("--var")
+        .arg(format!("output={}", dir.display()))
+        .args(["--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Wait until the job runs and a staged file appears, then kill.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let staging = dir.join("_sluice_staging");
+        let staged = staging.exists()
+            && sluice_test_support::all_entries(&staging).unwrap().len() > 1;
+        if staged {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started writing");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before the kill");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing is visible while tasks write.
+    assert!(visible_files(&dir).unwrap().is_empty());
+    cluster.kill_executor(0).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the job hung after the executor was killed");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if o.status.success() {
+        println!("outcome: the job completed after the kill (tasks re-run)");
+        assert_eq!(common::check_range_output(&dir, rows).unwrap(), 12);
+        common::check_manifest(&dir, rows).unwrap();
+    } else {
+        println!("outcome: the job failed after the kill: {stderr}");
+        assert!(!stderr.trim().is_empty());
+        assert!(visible_files(&dir).unwrap_or_default().is_empty());
+        assert!(!dir.join("_SUCCESS").exists());
+    }
+}

@@ -1,0 +1,98 @@
+// Shared by the integration tests: reading back what a job wrote.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use arrow::array::{AsArray, Int64Array};
+use arrow::datatypes::Int64Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Reads every `.parquet` file in `dir` and checks the `id` column holds
+/// `0..rows` exactly once. Returns the number of files.
+pub fn check_range_output(dir: &Path, rows: u64) -> Result<usize> {
+    let mut files = 0;
+    let mut count = 0u64;
+    let mut sum: i128 = 0;
+    let mut min = i64::MAX;
+    let mut max = i64::MIN;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("parquet") {
+            continue;
+        }
+        files += 1;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path)?)?.build()?;
+        for batch in reader {
+            let batch = batch?;
+            let ids: &Int64Array = batch.column(0).as_primitive::<Int64Type>();
+            for v in ids.values() {
+                count += 1;
+                sum += i128::from(*v);
+                min = min.min(*v);
+                max = max.max(*v);
+            }
+        }
+    }
+    ensure!(count == rows, "read {count} rows, expected {rows}");
+    if rows > 0 {
+        // With count == rows and min/max at the ends, equal sums mean no id is
+        // missing or repeated unless errors cancel exactly; ids are also checked
+        // for uniqueness on small outputs below.
+        ensure!(min == 0 && max == rows as i64 - 1, "ids span {min}..={max}");
+        let expected: i128 = i128::from(rows) * (i128::from(rows) - 1) / 2;
+        ensure!(sum == expected, "id sum {sum}, expected {expected}");
+    }
+    Ok(files)
+}
+
+/// All ids in the output, for exact checks on small outputs.
+pub fn ids(dir: &Path) -> Result<BTreeSet<i64>> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("parquet") {
+            continue;
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path)?)?.build()?;
+        for batch in reader {
+            let batch = batch?;
+            for v in batch.column(0).as_primitive::<Int64Type>().values() {
+                ensure!(out.insert(*v), "id {v} written twice");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `_SUCCESS` manifest as JSON.
+pub fn manifest(dir: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("_SUCCESS")).context("reading _SUCCESS")?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Checks `_SUCCESS` lists exactly the visible files, with `rows` in total.
+pub fn check_manifest(dir: &Path, rows: u64) -> Result<()> {
+    let m = manifest(dir)?;
+    let mut listed: Vec<String> = m["filenames"]
+        .as_array()
+        .context("filenames")?
+        .iter()
+        .filter_map(|f| f.as_str())
+        .filter_map(|f| f.rsplit('/').next().map(str::to_string))
+        .collect();
+    listed.sort();
+    let present = sluice_test_support::visible_files(dir)?;
+    ensure!(listed == present, "manifest lists {listed:?}, directory has {present:?}");
+    ensure!(m["rows"].as_u64() == Some(rows), "manifest rows {}", m["rows"]);
+    let per_file: u64 = m["files"]
+        .as_array()
+        .context("files")?
+        .iter()
+        .filter_map(|f| f["rows"].as_u64())
+        .sum();
+    ensure!(per_file == rows, "per-file rows add to {per_file}");
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `sluice run` on the embedded cluster: the README's first command, read back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use sluice_test_support::{all_entries, run_with_timeout, sluice, visible_files, workspace_root};
+
+#[test]
+fn range_job_writes_exactly_the_rows_in_the_asked_number_of_files() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("range");
+    let job = workspace_root().join("jobs/range_to_parquet.sql");
+    let output = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("run")
+            .arg(&job)
+            .args(["--var", "rows=1000003", "--var", "partitions=100"])
+            .arg("--var")
+            .arg(format!("output={}", dir.display()))
+            .args(["--output", "json"]),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "sluice run failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["rows_written"], 1_000_003);
+    assert_eq!(report["files_written"], 100);
+
+    let files = common::check_range_output(&dir, 1_000_003).unwrap();
+    assert_eq!(files, 100);
+    common::check_manifest(&dir, 1_000_003).unwrap();
+    // Nothing but the data files and the manifest: no staging left behind.
+    let leftovers: Vec<_> = all_entries(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            !(name.ends_with(".parquet") || name == "_SUCCESS")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
+
+#[test]
+fn overwrite_replaces_earlier_output_and_copy_adds_to_it() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("o");
+    let job = out.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "SET out={};\n\
+             INSERT OVERWRITE DIRECTORY '${{out}}' USING PARQUET SELECT * FROM range(0, 50, 1, 5);\n\
+             INSERT OVERWRITE DIRECTORY '${{out}}' USING PARQUET SELECT * FROM range(0, 30, 1, 3);\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let o = run_with_timeout(sluice().unwrap().arg("run").arg(&job), Duration::from_secs(120)).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(visible_files(&dir).unwrap().len(), 3);
+    assert_eq!(common::ids(&dir).unwrap(), (0..30).collect());
+    common::check_manifest(&dir, 30).unwrap();
+
+    let copy = out.path().join("copy.sql");
+    std::fs::write(
+        &copy,
+        format!(
+            "COPY (SELECT id + 1000 AS id FROM range(0, 20, 1, 2)) TO '{}' STORED AS PARQUET;",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let o = run_with_timeout(sluice().unwrap().arg("run").arg(&copy), Duration::from_secs(120)).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ids = common::ids(&dir).unwrap();
+    assert_eq!(ids.len(), 50);
+    assert!(ids.contains(&1019) && ids.contains(&29));
+}
+
+#[test]
+fn queries_print_results_and_variables_substitute() {
+    let out = tempfile::tempdir().unwrap();
+    let job = out.path().join("q.sql");
+    std::fs::write(
+        &job,
+        "SET n=1000;\nSELECT count(*) AS c, sum(id) AS s FROM range(0, ${n}, 1, 4);\n",
+    )
+    .unwrap();
+    let o = run_with_timeout(
+        sluice().unwrap().arg("run").arg(&job).args(["--var", "n=10"]),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // --var wins over the file's SET: 10 rows, sum 45.
+    assert!(stdout.contains("| 10 | 45 |"), "{stdout}");
+}

@@ -1,0 +1,120 @@
+//! Bad input: a clear error naming what and where, a non-zero exit, no hang.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use sluice_test_support::{free_port, run_with_timeout, sluice};
+
+fn run_job(dir: &Path, sql: &str, extra: &[&str]) -> Output {
+    let job = dir.join("job.sql");
+    std::fs::write(&job, sql).unwrap();
+    run_with_timeout(
+        sluice().unwrap().arg("run").arg(&job).args(extra),
+        Duration::from_secs(120),
+    )
+    .unwrap()
+}
+
+fn assert_fails_with(o: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
+
+#[test]
+fn malformed_sql_names_file_line_and_position() {
+    let d = tempfile::tempdir().unwrap();
+    let o = run_job(d.path(), "SELECT 1;\n\nSELECT * FRM range(0, 10);\n", &[]);
+    assert_fails_with(&o, &["job.sql:3", "Line: 1, Column"]);
+}
+
+#[test]
+fn unknown_variable_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let o = run_job(d.path(), "SET a=1;\nSELECT ${a}, ${missing_one};\n", &[]);
+    assert_fails_with(&o, &["job.sql:2", "unknown variable ${missing_one}"]);
+}
+
+#[test]
+fn missing_input_path_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("no-such-dir");
+    let o = run_job(
+        d.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}/';\nSELECT count(*) FROM t;\n",
+            missing.display()
+        ),
+        &[],
+    );
+    assert_fails_with(&o, &["job.sql:1", "no-such-dir"]);
+}
+
+#[test]
+fn unwritable_output_fails_before_running() {
+    let d = tempfile::tempdir().unwrap();
+    let blocker = d.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let o = run_job(
+        d.path(),
+        &format!(
+            "INSERT OVERWRITE DIRECTORY '{}/out' USING PARQUET SELECT * FROM range(0, 10, 1, 2);",
+            blocker.display()
+        ),
+        &[],
+    );
+    assert_fails_with(&o, &["not writable", "a-file/out"]);
+}
+
+#[test]
+fn unsupported_format_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let o = run_job(
+        d.path(),
+        &format!(
+            "INSERT OVERWRITE DIRECTORY '{}/o' USING ORC SELECT 1;",
+            d.path().display()
+        ),
+        &[],
+    );
+    assert_fails_with(&o, &["unsupported output format 'orc'"]);
+}
+
+#[test]
+fn unreachable_scheduler_fails_within_the_connect_timeout() {
+    let d = tempfile::tempdir().unwrap();
+    let job = d.path().join("job.sql");
+    std::fs::write(&job, "SELECT 1;").unwrap();
+    let port = free_port().unwrap();
+    let started = Instant::now();
+    let o = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("submit")
+            .arg(&job)
+            .args(["--scheduler", &format!("127.0.0.1:{port}"), "--connect-timeout", "2"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_fails_with(&o, &["unreachable", &format!("127.0.0.1:{port}"), "within 2s"]);
+    // Bounded: the 2 s budget plus process start, far below the 60 s guard.
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn bad_var_flag_and_missing_job_file() {
+    let d = tempfile::tempdir().unwrap();
+    let o = run_job(d.path(), "SELECT 1;", &["--var", "novalue"]);
+    assert_fails_with(&o, &["--var novalue: expected key=value"]);
+    let o = run_with_timeout(
+        sluice().unwrap().args(["run", "/nonexistent/job.sql"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_fails_with(&o, &["reading job file /nonexistent/job.sql"]);
+}

@@ -1,0 +1,20 @@
+//! Functions sluice adds to SQL, registered the same way on the client, the
+//! scheduler and every executor so that plans using them decode anywhere.
+//!
+//! - [`range`]: Spark's `range(start, end, step, numPartitions)` table function,
+//!   which yields exactly `numPartitions` partitions so a job file written for
+//!   Spark writes the same number of files under sluice.
+//! - [`fail`]: scalar functions that fail on purpose, used by fault tests to
+//!   make one task attempt fail in a controlled way.
+
+pub mod fail;
+pub mod range;
+
+use std::sync::Arc;
+
+use datafusion::logical_expr::ScalarUDF;
+
+/// Scalar functions every sluice session registers.
+pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
+    vec![Arc::new(ScalarUDF::from(fail::FailIf::new()))]
+}
