@@ -170,7 +170,11 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
         };
         Ok(match node? {
             PhysicalNode::Range { spec, with_id } => {
-                Arc::new(RangeExec::new(spec.into_spec()?, with_id))
+                Arc::new(RangeExec::try_new(
+                    spec.into_spec()?,
+                    with_id,
+                    one_input(inputs, "RangeExec")?,
+                )?)
             }
             PhysicalNode::Writer(spec) => {
                 Arc::new(WriterExec::new(one_input(inputs, "SluiceWriterExec")?, spec))

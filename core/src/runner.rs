@@ -438,6 +438,9 @@ impl JobRunner {
         loop {
             tokio::select! {
                 result = &mut running => {
+                    if job_id.is_none() {
+                        job_id = distributed_job_id(&plan);
+                    }
                     if let Some(id) = &job_id
                         && let Ok(p) = self.api.progress(id).await
                     {
@@ -447,10 +450,7 @@ impl JobRunner {
                 }
                 _ = ticker.tick() => {
                     if job_id.is_none() {
-                        job_id = plan
-                            .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
-                            .and_then(|d| d.job_id())
-                            .map(|id| id.to_string());
+                        job_id = distributed_job_id(&plan);
                         if let Some(id) = &job_id {
                             tracing::info!(job_id = %id, "job submitted");
                             self.progress.job_submitted(id);
@@ -465,6 +465,18 @@ impl JobRunner {
             }
         }
     }
+}
+
+/// The scheduler's id for a plan submitted to it, once it has accepted it.
+fn distributed_job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    let found = plan
+        .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+        .and_then(|d| d.job_id())
+        .map(|id| id.to_string());
+    if found.is_none() {
+        tracing::debug!(plan = plan.name(), "no scheduler job id on plan");
+    }
+    found
 }
 
 /// Fails early, before any task runs, when a local output cannot be written.

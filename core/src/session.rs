@@ -20,6 +20,7 @@ use object_store::{ClientOptions, ObjectStore};
 use url::Url;
 
 use crate::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
+use crate::tables::install_table_factories;
 use crate::write::SluiceQueryPlanner;
 
 /// Session config with sluice's codecs on top of Ballista's defaults.
@@ -56,7 +57,7 @@ pub fn server_state(config: SessionConfig) -> Result<SessionState> {
         .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()));
     let mut functions = ballista_core::extension::ballista_scalar_functions();
     functions.extend(sluice_udfs::scalar_functions());
-    let state = SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime_env()?)
@@ -65,16 +66,23 @@ pub fn server_state(config: SessionConfig) -> Result<SessionState> {
         .with_aggregate_functions(ballista_core::extension::ballista_aggregate_functions())
         .with_window_functions(ballista_core::extension::ballista_window_functions())
         .build();
+    install_table_factories(&mut state);
     Ok(state)
 }
 
 /// The state a client starts from before Ballista turns it into a remote one.
 pub fn client_state() -> Result<SessionState> {
-    Ok(SessionStateBuilder::new()
+    // Pull tracking records the scheduler's job id as soon as the job is
+    // accepted; push tracking only reports it with the first status change,
+    // which leaves the progress bar blind for a short job.
+    let config = session_config().set_bool(ballista_core::config::BALLISTA_CLIENT_PULL, true);
+    let mut state = SessionStateBuilder::new()
         .with_default_features()
-        .with_config(session_config())
+        .with_config(config)
         .with_runtime_env(runtime_env()?)
-        .build())
+        .build();
+    install_table_factories(&mut state);
+    Ok(state)
 }
 
 /// Timeouts on every object store request: a hung endpoint must fail a task,

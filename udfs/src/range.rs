@@ -6,19 +6,23 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{AsArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
 use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::TryStreamExt;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 
 /// Rows per generated batch.
 const BATCH_ROWS: i64 = 8192;
@@ -184,20 +188,65 @@ impl TableProvider for RangeTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let with_id = projection.is_none_or(|p| p.contains(&0));
-        Ok(Arc::new(RangeExec::new(self.spec, with_id)))
+        Ok(Arc::new(RangeExec::try_new(
+            self.spec,
+            with_id,
+            slice_source(self.spec)?,
+        )?))
     }
 }
 
-/// Generates one slice of the range per partition.
+/// Schema of the slice descriptors `RangeExec` reads: one row per partition.
+pub fn slice_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("from", DataType::UInt64, false),
+        Field::new("to", DataType::UInt64, false),
+    ]))
+}
+
+/// One in-memory partition per range slice, each holding a single
+/// `(from, to)` row. Ballista 55 runs several partitions in one task and
+/// narrows a stage's leaves to the task's partitions; it knows how to narrow a
+/// memory source but not a custom leaf, which every task would then run whole.
+/// Describing the slices as a memory source keeps each id generated once.
+pub fn slice_source(spec: RangeSpec) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = slice_schema();
+    let partitions = (0..spec.partitions)
+        .map(|p| {
+            let (from, to) = spec.slice(p);
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(UInt64Array::from(vec![from])),
+                    Arc::new(UInt64Array::from(vec![to])),
+                ],
+            )
+            .map(|b| vec![b])
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+    Ok(exec)
+}
+
+/// Expands each `(from, to)` slice row of its input into the range's ids.
 #[derive(Debug)]
 pub struct RangeExec {
     spec: RangeSpec,
     with_id: bool,
+    input: Arc<dyn ExecutionPlan>,
     properties: Arc<PlanProperties>,
 }
 
 impl RangeExec {
-    pub fn new(spec: RangeSpec, with_id: bool) -> Self {
+    /// `input` yields slice rows (see [`slice_source`]); its partitions are
+    /// this operator's partitions.
+    pub fn try_new(spec: RangeSpec, with_id: bool, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        if input.schema() != slice_schema() {
+            return Err(DataFusionError::Internal(format!(
+                "RangeExec input must have the slice schema, got {}",
+                input.schema()
+            )));
+        }
         let schema = if with_id {
             range_schema()
         } else {
@@ -205,15 +254,16 @@ impl RangeExec {
         };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(spec.partitions),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self {
+        Ok(Self {
             spec,
             with_id,
+            input,
             properties: Arc::new(properties),
-        }
+        })
     }
 
     pub fn spec(&self) -> RangeSpec {
@@ -246,7 +296,7 @@ impl ExecutionPlan for RangeExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        vec![&self.input]
     }
 
     fn apply_expressions(
@@ -256,49 +306,65 @@ impl ExecutionPlan for RangeExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
+    // Splitting the slice source further would change the file count a
+    // `range(..., numPartitions)` write promises.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
     fn with_new_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+        match children.pop() {
+            Some(child) if children.is_empty() => {
+                Ok(Arc::new(Self::try_new(self.spec, self.with_id, child)?))
+            }
+            _ => Err(DataFusionError::Internal("RangeExec takes exactly one child".into())),
+        }
     }
 
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition >= self.spec.partitions {
-            return Err(DataFusionError::Internal(format!(
-                "RangeExec: partition {partition} of {}",
-                self.spec.partitions
-            )));
-        }
-        let (from, to) = self.spec.slice(partition);
+        let slices = self.input.execute(partition, context)?;
         let spec = self.spec;
-        let schema = self.schema();
         let with_id = self.with_id;
+        let schema = self.schema();
         let out_schema = Arc::clone(&schema);
-        let batches = (from..to)
-            .step_by(BATCH_ROWS as usize)
-            .map(move |lo| {
-                let hi = (lo + BATCH_ROWS as u64).min(to);
-                if with_id {
-                    let ids: Int64Array = (lo..hi).map(|i| spec.value(i)).collect();
-                    RecordBatch::try_new(Arc::clone(&out_schema), vec![Arc::new(ids)])
-                } else {
-                    RecordBatch::try_new_with_options(
-                        Arc::clone(&out_schema),
-                        vec![],
-                        &RecordBatchOptions::new().with_row_count(Some((hi - lo) as usize)),
-                    )
-                }
-                .map_err(DataFusionError::from)
-            });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
-            futures::stream::iter(batches),
-        )))
+        let batches = slices
+            .map_ok(move |batch| {
+                let froms = batch.column(0).as_primitive::<UInt64Type>().clone();
+                let tos = batch.column(1).as_primitive::<UInt64Type>().clone();
+                let out_schema = Arc::clone(&out_schema);
+                let chunks: Vec<(u64, u64)> = froms
+                    .values()
+                    .iter()
+                    .zip(tos.values().iter())
+                    .flat_map(|(&from, &to)| {
+                        (from..to)
+                            .step_by(BATCH_ROWS as usize)
+                            .map(move |lo| (lo, (lo + BATCH_ROWS as u64).min(to)))
+                    })
+                    .collect();
+                futures::stream::iter(chunks.into_iter().map(move |(lo, hi)| {
+                    if with_id {
+                        let ids: Int64Array = (lo..hi).map(|i| spec.value(i)).collect();
+                        RecordBatch::try_new(Arc::clone(&out_schema), vec![Arc::new(ids)])
+                    } else {
+                        RecordBatch::try_new_with_options(
+                            Arc::clone(&out_schema),
+                            vec![],
+                            &RecordBatchOptions::new().with_row_count(Some((hi - lo) as usize)),
+                        )
+                    }
+                    .map_err(DataFusionError::from)
+                }))
+            })
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 }
 
@@ -328,5 +394,31 @@ mod tests {
         assert!(RangeSpec::new(0, 10, 0, 1).is_err());
         assert!(RangeSpec::new(0, 10, 1, 0).is_err());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod sql_tests {
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::Int64Type;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use super::RangeFunction;
+
+    async fn query(sql: &str) -> Vec<RecordBatch> {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
+        ctx.register_udtf("range", Arc::new(RangeFunction));
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_row_once_across_partitions() {
+        let batches = query("SELECT count(*) AS c, sum(id) AS s, count(DISTINCT id) AS d FROM range(0, 1003, 1, 7)").await;
+        let b = &batches[0];
+        assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 1003);
+        assert_eq!(b.column(1).as_primitive::<Int64Type>().value(0), 1003 * 1002 / 2);
+        assert_eq!(b.column(2).as_primitive::<Int64Type>().value(0), 1003);
     }
 }

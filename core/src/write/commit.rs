@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{UInt32Type, UInt64Type};
+use arrow::datatypes::UInt64Type;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -57,6 +59,16 @@ impl CommitExec {
 
     pub fn spec(&self) -> &WriteSpec {
         &self.spec
+    }
+
+    /// How many writer partitions must report: the input under the
+    /// coalesce that gathers them (a shuffle reader once Ballista cut the
+    /// stage), which is never narrowed to a task's slice.
+    fn writer_partitions(&self) -> usize {
+        match self.input.downcast_ref::<CoalescePartitionsExec>() {
+            Some(coalesce) => coalesce.input().output_partitioning().partition_count(),
+            None => self.input.output_partitioning().partition_count(),
+        }
     }
 }
 
@@ -122,13 +134,14 @@ impl ExecutionPlan for CommitExec {
                 "SluiceCommitExec has one partition, asked for {partition}"
             )));
         }
+        let expected = self.writer_partitions();
         let input = self.input.execute(0, Arc::clone(&context))?;
         let spec = self.spec.clone();
         let span = tracing::info_span!("sluice.commit", write_id = %spec.write_id, url = %spec.url);
         let fut = async move {
             let staged: Vec<RecordBatch> = input.try_collect().await?;
             let store = context.runtime_env().object_store_registry.get_store(&spec.output_url()?)?;
-            let summary = commit(&spec, store, &staged).await?;
+            let summary = commit(&spec, store, expected, &staged).await?;
             summary.to_batch(&spec)
         }
         .instrument(span);
@@ -190,74 +203,65 @@ impl CommitSummary {
 }
 
 struct Staged {
-    partition: usize,
+    task: String,
     staging_path: String,
     rows: u64,
     bytes: u64,
 }
 
-/// Reads the writer rows and insists on exactly one file per input partition:
-/// a missing partition would lose rows, an extra one would duplicate them.
-fn collect_staged(spec: &WriteSpec, batches: &[RecordBatch]) -> Result<Vec<Staged>, SluiceError> {
+/// Reads the writer rows and insists on exactly one file per writer
+/// partition: a missing report would lose rows, an extra one duplicate them.
+/// Only reported files are committed; anything else in staging (a lost
+/// attempt's output) is deleted with the staging directory.
+fn collect_staged(
+    spec: &WriteSpec,
+    expected: usize,
+    batches: &[RecordBatch],
+) -> Result<Vec<Staged>, SluiceError> {
     let fail = |reason: String| SluiceError::Commit {
         write_id: spec.write_id.clone(),
         url: spec.url.clone(),
         reason,
     };
-    let mut by_partition: BTreeMap<usize, Staged> = BTreeMap::new();
-    let mut expected: Option<usize> = None;
+    let mut staged: Vec<Staged> = Vec::new();
     for batch in batches {
         let col = |i: usize| batch.column(i);
-        let parts = col(0).as_primitive::<UInt32Type>();
-        let totals = col(1).as_primitive::<UInt32Type>();
-        let paths = col(2).as_string::<i32>();
-        let rows = col(3).as_primitive::<UInt64Type>();
-        let bytes = col(4).as_primitive::<UInt64Type>();
+        let tasks = col(0).as_string::<i32>();
+        let paths = col(1).as_string::<i32>();
+        let rows = col(2).as_primitive::<UInt64Type>();
+        let bytes = col(3).as_primitive::<UInt64Type>();
         for i in 0..batch.num_rows() {
-            let total = totals.value(i) as usize;
-            match expected {
-                None => expected = Some(total),
-                Some(e) if e != total => {
-                    return Err(fail(format!(
-                        "writers disagree on the partition count ({e} vs {total})"
-                    )));
-                }
-                Some(_) => {}
-            }
-            let staged = Staged {
-                partition: parts.value(i) as usize,
+            staged.push(Staged {
+                task: tasks.value(i).to_string(),
                 staging_path: paths.value(i).to_string(),
                 rows: rows.value(i),
                 bytes: bytes.value(i),
-            };
-            if let Some(prev) = by_partition.get(&staged.partition) {
-                // Retried attempts write the same key; identical reports are one file.
-                if prev.staging_path != staged.staging_path || prev.rows != staged.rows {
-                    return Err(fail(format!(
-                        "partition {} reported twice with different output",
-                        staged.partition
-                    )));
-                }
-                continue;
-            }
-            by_partition.insert(staged.partition, staged);
+            });
         }
     }
-    let expected = expected.unwrap_or(0);
-    let missing: Vec<usize> = (0..expected)
-        .filter(|p| !by_partition.contains_key(p))
-        .collect();
-    if !missing.is_empty() || by_partition.len() != expected {
+    staged.sort_by(|a, b| a.staging_path.cmp(&b.staging_path));
+    if let Some(dup) = staged
+        .windows(2)
+        .find(|w| w[0].staging_path == w[1].staging_path)
+    {
         return Err(fail(format!(
-            "expected one staged file for each of {expected} partitions, missing {missing:?}"
+            "staged file {} reported twice (task {})",
+            dup[0].staging_path, dup[1].task
         )));
     }
-    Ok(by_partition.into_values().collect())
+    if staged.len() != expected {
+        return Err(fail(format!(
+            "expected one staged file from each of {expected} writer partitions, got {}",
+            staged.len()
+        )));
+    }
+    Ok(staged)
 }
 
 pub async fn commit(
     spec: &WriteSpec,
     store: Arc<dyn ObjectStore>,
+    expected: usize,
     batches: &[RecordBatch],
 ) -> Result<CommitSummary> {
     let started = Instant::now();
@@ -266,7 +270,7 @@ pub async fn commit(
         url: spec.url.clone(),
         reason,
     };
-    let staged = collect_staged(spec, batches)?;
+    let staged = collect_staged(spec, expected, batches)?;
     let base = spec.base_path()?;
 
     // Files of earlier runs, listed before ours land so they cannot be confused.
@@ -277,11 +281,11 @@ pub async fn commit(
     };
 
     let mut moves = Vec::with_capacity(staged.len());
-    for s in &staged {
+    for (index, s) in staged.iter().enumerate() {
         moves.push(move_into_place(
             Arc::clone(&store),
             Path::from(s.staging_path.as_str()),
-            spec.final_path(s.partition)?,
+            spec.final_path(index)?,
             s.rows,
             s.bytes,
         ));

@@ -45,8 +45,7 @@ pub struct WriteSpec {
     pub format: WriteFormat,
     /// Replace what the directory held (`INSERT OVERWRITE`), or add to it (`COPY`).
     pub overwrite: bool,
-    /// Unique per statement; names the staging directory and the final files,
-    /// so every attempt of one task partition writes the same keys.
+    /// Unique per statement; names the staging directory and the final files.
     pub write_id: String,
     /// Format options (`compression`, ...), as in `COPY ... OPTIONS`.
     pub options: BTreeMap<String, String>,
@@ -93,10 +92,10 @@ impl WriteSpec {
             .join(self.write_id.as_str()))
     }
 
-    pub fn staging_path(&self, partition: usize) -> Result<object_store::path::Path, SluiceError> {
+    pub fn staging_path(&self, stem: &str) -> Result<object_store::path::Path, SluiceError> {
         Ok(self
             .staging_prefix()?
-            .join(format!("part-{partition:05}.{}", self.format.extension())))
+            .join(format!("{stem}.{}", self.format.extension())))
     }
 
     pub fn final_path(&self, partition: usize) -> Result<object_store::path::Path, SluiceError> {
@@ -155,11 +154,14 @@ mod tests {
     }
 
     #[test]
-    fn names_are_deterministic_per_partition() -> Result<(), SluiceError> {
+    fn final_names_follow_the_index_and_staging_stays_apart() -> Result<(), SluiceError> {
         let spec = WriteSpec::new("/tmp/o", WriteFormat::Parquet, true, BTreeMap::new())?;
         assert_eq!(spec.final_path(3)?, spec.final_path(3)?);
         assert_ne!(spec.final_path(3)?, spec.final_path(4)?);
-        assert!(spec.staging_path(3)?.as_ref().contains(STAGING_DIR));
+        assert!(spec.final_path(3)?.as_ref().ends_with(".parquet"));
+        let staged = spec.staging_path("s001.0-t000002.0-p0003")?;
+        assert!(staged.as_ref().contains(STAGING_DIR));
+        assert!(staged.as_ref().contains(&spec.write_id));
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-use arrow::array::{RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::{ConfigField, TableParquetOptions};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -22,6 +22,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use object_store::buffered::BufWriter;
 use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
@@ -33,8 +34,7 @@ use crate::error::SluiceError;
 pub fn written_file_schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Arc::new(Schema::new(vec![
-            Field::new("partition", DataType::UInt32, false),
-            Field::new("partitions", DataType::UInt32, false),
+            Field::new("task", DataType::Utf8, false),
             Field::new("staging_path", DataType::Utf8, false),
             Field::new("rows", DataType::UInt64, false),
             Field::new("bytes", DataType::UInt64, false),
@@ -89,7 +89,11 @@ impl DisplayAs for WriterExec {
 
 /// Writer properties as DataFusion's `COPY` would use them: the session's
 /// `datafusion.execution.parquet.*` settings, then the statement's options.
-pub fn parquet_properties(spec: &WriteSpec, ctx: &TaskContext) -> Result<WriterPropertiesBuilder> {
+pub fn parquet_properties(
+    spec: &WriteSpec,
+    schema: &SchemaRef,
+    ctx: &TaskContext,
+) -> Result<WriterPropertiesBuilder> {
     let mut options = TableParquetOptions {
         global: ctx.session_config().options().execution.parquet.clone(),
         ..Default::default()
@@ -97,6 +101,11 @@ pub fn parquet_properties(spec: &WriteSpec, ctx: &TaskContext) -> Result<WriterP
     for (key, value) in &spec.options {
         let key = key.strip_prefix("format.").unwrap_or(key);
         options.set(key, value)?;
+    }
+    // Like DataFusion's ParquetSink: the arrow schema travels in the footer's
+    // key-value metadata unless the user turned it off.
+    if !options.global.skip_arrow_metadata {
+        options.arrow_schema(schema);
     }
     WriterPropertiesBuilder::try_from(&options)
 }
@@ -144,8 +153,10 @@ impl ExecutionPlan for WriterExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let partitions = self.input.output_partitioning().partition_count();
         let input = self.input.execute(partition, Arc::clone(&context))?;
+        // Ballista runs several partitions per task and renumbers them from 0
+        // in each task, so `partition` alone does not name a file uniquely.
+        let task = staged_file_stem(context.task_id().as_deref(), partition);
         let spec = self.spec.clone();
         let rows_metric = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes_metric = MetricBuilder::new(&self.metrics).counter("bytes_written", partition);
@@ -153,11 +164,11 @@ impl ExecutionPlan for WriterExec {
             "sluice.write_task",
             write_id = %spec.write_id,
             partition,
-            partitions
+            task = %task
         );
         let fut = async move {
             let started = Instant::now();
-            let (path, rows, bytes) = write_partition(&spec, partition, input, &context).await?;
+            let (path, rows, bytes) = write_partition(&spec, &task, input, &context).await?;
             rows_metric.add(rows as usize);
             bytes_metric.add(bytes as usize);
             tracing::info!(
@@ -170,8 +181,7 @@ impl ExecutionPlan for WriterExec {
             let batch = RecordBatch::try_new(
                 written_file_schema(),
                 vec![
-                    Arc::new(UInt32Array::from(vec![partition as u32])),
-                    Arc::new(UInt32Array::from(vec![partitions as u32])),
+                    Arc::new(StringArray::from(vec![task])),
                     Arc::new(StringArray::from(vec![path])),
                     Arc::new(UInt64Array::from(vec![rows])),
                     Arc::new(UInt64Array::from(vec![bytes])),
@@ -187,23 +197,52 @@ impl ExecutionPlan for WriterExec {
     }
 }
 
+/// A staged file's name: Ballista's task identity (`TID job/stage.attempt/
+/// task.attempt`) and the task-local partition, zero-padded so names sort in
+/// task order; a fresh id when there is no task identity (plain DataFusion).
+pub fn staged_file_stem(task_id: Option<&str>, partition: usize) -> String {
+    let numbers = |part: &str| -> Option<(u64, u64)> {
+        let (a, b) = part.split_once('.')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    let parsed = task_id.and_then(|t| {
+        let mut parts = t.rsplit('/');
+        let (task, task_attempt) = numbers(parts.next()?)?;
+        let (stage, stage_attempt) = numbers(parts.next()?)?;
+        Some(format!(
+            "s{stage:03}.{stage_attempt}-t{task:06}.{task_attempt}-p{partition:04}"
+        ))
+    });
+    parsed.unwrap_or_else(|| {
+        format!(
+            "local-{}-p{partition:04}",
+            uuid::Uuid::new_v4().simple()
+        )
+    })
+}
+
 async fn write_partition(
     spec: &WriteSpec,
-    partition: usize,
+    stem: &str,
     mut input: SendableRecordBatchStream,
     context: &TaskContext,
 ) -> Result<(String, u64, u64)> {
     let url = spec.output_url()?;
     let store = context.runtime_env().object_store_registry.get_store(&url)?;
-    let path = spec.staging_path(partition)?;
+    let path = spec.staging_path(stem)?;
     let shown = format!("{}://{}/{}", url.scheme(), url.host_str().unwrap_or_default(), path);
     let fail = |reason: String| SluiceError::Write {
         path: shown.clone(),
         reason,
     };
-    let props = parquet_properties(spec, context)?.build();
+    let schema = input.schema();
+    let props = parquet_properties(spec, &schema, context)?.build();
     let object_writer = BufWriter::new(Arc::clone(&store), path.clone());
-    let mut writer = AsyncArrowWriter::try_new(object_writer, input.schema(), Some(props))
+    // The schema is already in `props`' metadata; stop the writer adding it twice.
+    let options = ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true);
+    let mut writer = AsyncArrowWriter::try_new_with_options(object_writer, schema, options)
         .map_err(|e| fail(e.to_string()))?;
     let mut rows = 0u64;
     while let Some(batch) = input.next().await {
@@ -217,4 +256,24 @@ async fn write_partition(
     writer.finish().await.map_err(|e| fail(e.to_string()))?;
     let bytes = writer.bytes_written() as u64;
     Ok((path.to_string(), rows, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staged_file_stem;
+
+    #[test]
+    fn stems_name_task_attempt_and_partition() {
+        assert_eq!(
+            staged_file_stem(Some("TID 038G4G1KG6000/1.0/12.2"), 3),
+            "s001.0-t000012.2-p0003"
+        );
+        // Sorting the stems sorts by task, then partition.
+        assert!(
+            staged_file_stem(Some("TID j/1.0/2.0"), 5) < staged_file_stem(Some("TID j/1.0/10.0"), 0)
+        );
+        let a = staged_file_stem(None, 0);
+        let b = staged_file_stem(None, 0);
+        assert!(a.starts_with("local-") && a != b);
+    }
 }
