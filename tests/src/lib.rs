@@ -109,7 +109,7 @@ impl Cluster {
                 .args(["--bind-port", &free_port()?.to_string()])
                 .args(["--bind-grpc-port", &free_port()?.to_string()])
                 .args(["--bind-health-port", &free_port()?.to_string()])
-                .args(["--concurrent-tasks", &slots.to_string()])
+                .args(["--vcores", &slots.to_string()])
                 .args(["--task-scheduling-policy", "pull-staged"])
                 .args(["--executor-heartbeat-interval-seconds", "1"])
                 .arg("--work-dir")
