@@ -57,10 +57,12 @@ fn submit_runs_the_range_job_on_two_executor_processes() {
 
 /// SIGKILL one executor while the write stage runs. Ballista notices the lost
 /// executor (heartbeat timeout, 6 s here), re-runs its tasks and any shuffle
-/// output it held on the surviving executor; sluice's writers stage to
-/// deterministic keys, so a re-run overwrites rather than adds, and the commit
-/// sees one file per partition. So the job completes with exactly the rows;
-/// the test also accepts a clean failure, and checks nothing is then visible.
+/// output it held on the surviving executor. Each attempt stages under its own
+/// task-attempt name, and the commit takes only the files that successful
+/// attempts reported (one per writer partition); the lost attempt's partial
+/// file is deleted with the staging directory. So the job completes with
+/// exactly the rows; the test also accepts a clean failure, and then checks
+/// nothing is visible.
 #[test]
 fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
     let mut cluster = Cluster::start(2, 1).unwrap();
