@@ -11,6 +11,7 @@ use arrow::datatypes::UInt64Type;
 use ballista::prelude::SessionContextExt;
 use ballista_core::execution_plans::DistributedQueryExec;
 use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::protobuf::LogicalPlanNode;
@@ -20,7 +21,13 @@ use tracing::Instrument;
 use crate::error::SluiceError;
 use crate::job::{Action, classify, split_statements, substitute};
 use crate::session;
-use crate::write::{WriteNode, WriteSpec, remove_staging};
+use crate::write::{WriteNode, WriteSpec, abandon};
+
+/// How long the pre-run check of an object store output may take (the
+/// store's own request timeouts and retries apply inside it).
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(45);
+/// Delay before the second cleanup sweep of a failed write.
+const CLEANUP_RESWEEP: Duration = Duration::from_secs(2);
 
 /// What the runner tells whoever watches it (a progress bar, a log).
 pub trait Progress: Send + Sync {
@@ -380,7 +387,7 @@ impl JobRunner {
             line,
             source: Box::new(e),
         };
-        preflight_output(&spec).await?;
+        preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
         self.set_job_name(file, line);
         let planned = async {
             let df = self.ctx.sql(query).await?;
@@ -419,9 +426,15 @@ impl JobRunner {
         ))
     }
 
+    /// A failed job commits nothing: abort its uploads and remove what its
+    /// tasks staged. Swept twice, because a task the scheduler is still
+    /// cancelling can start an upload just after the first sweep.
     async fn cleanup(&self, spec: &WriteSpec) -> Result<(), DataFusionError> {
         let store = self.ctx.runtime_env().object_store_registry.get_store(&spec.output_url()?)?;
-        remove_staging(spec, &store).await?;
+        let mut aborted = abandon(spec, &store).await?;
+        tokio::time::sleep(CLEANUP_RESWEEP).await;
+        aborted += abandon(spec, &store).await?;
+        tracing::info!(write_id = %spec.write_id, aborted_uploads = aborted, "cleaned up failed write");
         Ok(())
     }
 
@@ -479,11 +492,31 @@ fn distributed_job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
     found
 }
 
-/// Fails early, before any task runs, when a local output cannot be written.
-async fn preflight_output(spec: &WriteSpec) -> Result<(), SluiceError> {
+/// Fails early, before any task runs, when the output cannot be written: a
+/// local directory that cannot be created or written, or an object store
+/// whose bucket, credentials or endpoint do not answer a listing.
+async fn preflight_output(
+    spec: &WriteSpec,
+    registry: &Arc<dyn ObjectStoreRegistry>,
+) -> Result<(), SluiceError> {
     let url = spec.output_url()?;
     if url.scheme() != "file" {
-        return Ok(());
+        let unreachable = |reason: String| SluiceError::Unwritable {
+            url: spec.url.clone(),
+            reason,
+        };
+        let store = registry
+            .get_store(&url)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let base = spec.base_path()?;
+        return match tokio::time::timeout(PREFLIGHT_TIMEOUT, store.list_with_delimiter(Some(&base))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!(
+                "no answer within {}s",
+                PREFLIGHT_TIMEOUT.as_secs()
+            ))),
+        };
     }
     let unwritable = |reason: String| SluiceError::Unwritable {
         url: spec.url.clone(),

@@ -15,8 +15,8 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use object_store::aws::AmazonS3Builder;
-use object_store::{ClientOptions, ObjectStore};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
@@ -101,28 +101,34 @@ pub struct SluiceObjectStores {
     inner: DefaultObjectStoreRegistry,
 }
 
-impl SluiceObjectStores {
-    fn build_s3(url: &Url) -> Result<Arc<dyn ObjectStore>> {
-        let bucket = url.host_str().ok_or_else(|| {
-            DataFusionError::Configuration(format!("s3 URL without a bucket: {url}"))
-        })?;
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_client_options(client_options());
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
-            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .ok();
-        if let Some(endpoint) = endpoint {
-            builder = builder
-                .with_allow_http(endpoint.starts_with("http://"))
-                .with_endpoint(endpoint)
-                .with_virtual_hosted_style_request(false);
-        }
-        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
-            builder = builder.with_region("us-east-1");
-        }
-        Ok(Arc::new(builder.build()?))
+/// An S3 store for `url`'s bucket from the standard AWS environment
+/// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, keys, region, or the instance
+/// profile), with request timeouts and bounded retries.
+pub fn build_s3(url: &Url) -> Result<AmazonS3> {
+    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
+        DataFusionError::Configuration(format!("s3 URL without a bucket: {url}"))
+    })?;
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_client_options(client_options())
+        .with_retry(RetryConfig {
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(60),
+            ..RetryConfig::default()
+        });
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok();
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint)
+            .with_virtual_hosted_style_request(false);
     }
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        builder = builder.with_region("us-east-1");
+    }
+    Ok(builder.build()?)
 }
 
 impl ObjectStoreRegistry for SluiceObjectStores {
@@ -140,7 +146,7 @@ impl ObjectStoreRegistry for SluiceObjectStores {
         }
         match url.scheme() {
             "s3" | "s3a" => {
-                let store = Self::build_s3(url)?;
+                let store: Arc<dyn ObjectStore> = crate::write::multipart::s3_store(url)?;
                 self.inner.register_store(url, Arc::clone(&store));
                 Ok(store)
             }

@@ -11,11 +11,13 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::common::{Constraints, Result};
-use datafusion::datasource::listing::{ListingTable, ListingTableConfig};
+use datafusion::common::{Constraints, Result, ToDFSchema};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::datasource::listing_table_factory::ListingTableFactory;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
@@ -35,7 +37,20 @@ impl TableProviderFactory for DataFilesFactory {
         state: &dyn Session,
         cmd: &CreateExternalTable,
     ) -> Result<Arc<dyn TableProvider>> {
-        let provider = self.inner.create(state, cmd).await?;
+        // DataFusion infers a local directory's schema from `*.ext` only, but
+        // an object store directory's from every object in it, `_SUCCESS`
+        // included: infer it here from the data files instead.
+        let mut cmd = cmd.clone();
+        if cmd.schema.fields().is_empty()
+            && let [location] = cmd.locations.as_slice()
+            && let Some(ext) = default_extension(&cmd.file_type)
+        {
+            let url = ListingTableUrl::parse(location)?;
+            if url.is_collection() && !url.is_folder() {
+                infer_from_data_files(state, &mut cmd, &url, ext).await?;
+            }
+        }
+        let provider = self.inner.create(state, &cmd).await?;
         let Some(table) = provider.downcast_ref::<ListingTable>() else {
             return Ok(provider);
         };
@@ -67,6 +82,52 @@ impl TableProviderFactory for DataFilesFactory {
             .with_column_defaults(defaults)
             .with_definition(table.get_table_definition().map(str::to_string));
         Ok(Arc::new(rebuilt))
+    }
+}
+
+async fn infer_from_data_files(
+    state: &dyn Session,
+    cmd: &mut CreateExternalTable,
+    url: &ListingTableUrl,
+    ext: &str,
+) -> Result<()> {
+    let Some(session) = state.as_any().downcast_ref::<SessionState>() else {
+        return Ok(());
+    };
+    let Some(format) = session.get_file_format_factory(&cmd.file_type) else {
+        return Ok(());
+    };
+    let options =
+        ListingOptions::new(format.create(session, &cmd.options)?).with_file_extension(ext);
+    let partitions = if cmd.table_partition_cols.is_empty()
+        && session.config_options().execution.listing_table_factory_infer_partitions
+    {
+        options.infer_partitions(state, url).await?
+    } else {
+        cmd.table_partition_cols.clone()
+    };
+    let file_schema = options.infer_schema(state, url).await?;
+    let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for name in &partitions {
+        fields.push(Field::new(
+            name,
+            DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8)),
+            false,
+        ));
+    }
+    let schema = Schema::new_with_metadata(fields, file_schema.metadata().clone());
+    cmd.schema = Arc::new(schema.to_dfschema()?);
+    cmd.table_partition_cols = partitions;
+    Ok(())
+}
+
+fn default_extension(file_type: &str) -> Option<&'static str> {
+    match file_type.to_ascii_uppercase().as_str() {
+        "PARQUET" => Some(".parquet"),
+        "CSV" => Some(".csv"),
+        "JSON" => Some(".json"),
+        "ARROW" => Some(".arrow"),
+        _ => None,
     }
 }
 

@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{AsArray, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::UInt64Type;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
@@ -28,7 +28,12 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use object_store::aws::AmazonS3;
+
 use super::logical::write_result_schema;
+use super::multipart::{
+    PendingUpload, abort_uploads, complete_upload, is_multipart, recorded_uploads, s3_store,
+};
 use super::spec::{STAGING_DIR, SUCCESS_FILE, WriteSpec};
 use crate::error::SluiceError;
 
@@ -207,6 +212,7 @@ struct Staged {
     staging_path: String,
     rows: u64,
     bytes: u64,
+    upload: Option<PendingUpload>,
 }
 
 /// Reads the writer rows and insists on exactly one file per writer
@@ -230,12 +236,26 @@ fn collect_staged(
         let paths = col(1).as_string::<i32>();
         let rows = col(2).as_primitive::<UInt64Type>();
         let bytes = col(3).as_primitive::<UInt64Type>();
+        let upload_ids = col(4).as_string::<i32>();
+        let parts = col(5).as_string::<i32>();
         for i in 0..batch.num_rows() {
+            let upload = if upload_ids.is_valid(i) {
+                let part_ids: Vec<String> = serde_json::from_str(parts.value(i))
+                    .map_err(|e| fail(format!("unreadable part list: {e}")))?;
+                Some(PendingUpload {
+                    key: paths.value(i).to_string(),
+                    upload_id: upload_ids.value(i).to_string(),
+                    parts: part_ids,
+                })
+            } else {
+                None
+            };
             staged.push(Staged {
                 task: tasks.value(i).to_string(),
                 staging_path: paths.value(i).to_string(),
                 rows: rows.value(i),
                 bytes: bytes.value(i),
+                upload,
             });
         }
     }
@@ -280,21 +300,62 @@ pub async fn commit(
         vec![]
     };
 
-    let mut moves = Vec::with_capacity(staged.len());
+    let multipart = is_multipart(&spec.output_url()?);
+    let s3 = if multipart {
+        Some(s3_store(&spec.output_url()?)?)
+    } else {
+        None
+    };
+    let mut publishes = Vec::with_capacity(staged.len());
     for (index, s) in staged.iter().enumerate() {
-        moves.push(move_into_place(
+        publishes.push(publish(
             Arc::clone(&store),
-            Path::from(s.staging_path.as_str()),
+            s3.clone(),
+            s,
             spec.final_path(index)?,
-            s.rows,
-            s.bytes,
         ));
     }
-    let files: Vec<CommittedFile> = futures::stream::iter(moves)
-        .buffered(COMMIT_CONCURRENCY)
-        .try_collect()
-        .await
-        .map_err(|e: object_store::Error| fail(e.to_string()))?;
+    let results: Vec<Result<CommittedFile, (String, object_store::Error)>> =
+        futures::stream::iter(publishes)
+            .buffered(COMMIT_CONCURRENCY)
+            .collect()
+            .await;
+    let mut files = Vec::with_capacity(results.len());
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(f) => files.push(f),
+            Err((path, e)) => failures.push(format!("{path}: {e}")),
+        }
+    }
+    if !failures.is_empty() {
+        // Take back what did land so the failed write leaves nothing visible.
+        for f in &files {
+            let _ = store.delete(&Path::from(f.path.as_str())).await;
+        }
+        if let Some(s3) = &s3 {
+            let _ = abort_recorded(spec, &store, s3, &HashSet::new()).await;
+        }
+        return Err(fail(format!(
+            "{} of {} files failed to commit: {}",
+            failures.len(),
+            staged.len(),
+            failures.join("; ")
+        ))
+        .into());
+    }
+    // Uploads of attempts whose output the commit did not receive (lost
+    // executors, retried tasks) are recorded but never completed: abort them.
+    let aborted = match &s3 {
+        Some(s3) => {
+            let completed: HashSet<String> = staged
+                .iter()
+                .filter_map(|s| s.upload.as_ref().map(|u| u.upload_id.clone()))
+                .collect();
+            abort_recorded(spec, &store, s3, &completed).await?
+        }
+        None => 0,
+    };
 
     let rows = files.iter().map(|f| f.rows).sum();
     let bytes = files.iter().map(|f| f.bytes).sum();
@@ -302,6 +363,7 @@ pub async fn commit(
     let mut diagnostics = BTreeMap::new();
     diagnostics.insert("format".to_string(), format!("{:?}", spec.format));
     diagnostics.insert("overwrite".to_string(), spec.overwrite.to_string());
+    diagnostics.insert("aborted_uploads".to_string(), aborted.to_string());
     diagnostics.insert(
         "commit_ms".to_string(),
         started.elapsed().as_millis().to_string(),
@@ -312,7 +374,7 @@ pub async fn commit(
         timestamp: now.timestamp_millis(),
         date: now.to_rfc3339(),
         hostname: hostname(),
-        committer: "sluice-staging".to_string(),
+        committer: if multipart { "sluice-multipart" } else { "sluice-staging" }.to_string(),
         description: format!("sluice write {} to {}", spec.write_id, spec.url),
         job_id: spec.write_id.clone(),
         job_id_source: "sluice.write_id".to_string(),
@@ -345,19 +407,75 @@ pub async fn commit(
     Ok(CommitSummary { files, rows, bytes })
 }
 
-async fn move_into_place(
+/// Makes one file visible: completes its upload, or renames the staged file.
+async fn publish(
     store: Arc<dyn ObjectStore>,
-    from: Path,
-    to: Path,
-    rows: u64,
-    bytes: u64,
-) -> Result<CommittedFile, object_store::Error> {
-    store.rename(&from, &to).await?;
+    s3: Option<Arc<AmazonS3>>,
+    staged: &Staged,
+    local_target: Path,
+) -> Result<CommittedFile, (String, object_store::Error)> {
+    let path = match (&staged.upload, s3) {
+        (Some(upload), Some(s3)) => {
+            complete_upload(&s3, upload, staged.bytes)
+                .await
+                .map_err(|e| (upload.key.clone(), e))?;
+            upload.key.clone()
+        }
+        (Some(upload), None) => {
+            return Err((
+                upload.key.clone(),
+                object_store::Error::NotSupported {
+                    source: "a multipart upload reported for a store without multipart uploads"
+                        .into(),
+                },
+            ));
+        }
+        (None, _) => {
+            store
+                .rename(&Path::from(staged.staging_path.as_str()), &local_target)
+                .await
+                .map_err(|e| (staged.staging_path.clone(), e))?;
+            local_target.to_string()
+        }
+    };
     Ok(CommittedFile {
-        path: to.to_string(),
-        rows,
-        bytes,
+        path,
+        rows: staged.rows,
+        bytes: staged.bytes,
     })
+}
+
+/// Aborts every recorded upload of this write not in `keep`; returns how many.
+async fn abort_recorded(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    s3: &Arc<AmazonS3>,
+    keep: &HashSet<String>,
+) -> Result<usize> {
+    let recorded = recorded_uploads(store, spec).await?;
+    let stale: Vec<PendingUpload> = recorded
+        .into_iter()
+        .map(|(_, u)| u)
+        .filter(|u| !keep.contains(&u.upload_id))
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(uploads = stale.len(), "aborting uploads of lost or failed attempts");
+    }
+    abort_uploads(s3, stale).await
+}
+
+/// After a failed or cancelled job: aborts all of the write's uploads and
+/// removes its staging. Nothing of the write was visible, and nothing stays.
+pub async fn abandon(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<usize> {
+    let url = spec.output_url()?;
+    let aborted = if is_multipart(&url) {
+        let s3 = s3_store(&url)?;
+        abort_recorded(spec, store, &s3, &HashSet::new()).await?
+    } else {
+        0
+    };
+    remove_staging(spec, store).await?;
+    Ok(aborted)
 }
 
 /// Data files directly in or below `base`, skipping the manifest and hidden

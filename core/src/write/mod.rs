@@ -5,10 +5,11 @@
 
 mod commit;
 mod logical;
+pub mod multipart;
 mod spec;
 mod writer;
 
-pub use commit::{CommitExec, CommittedFile, SuccessData, commit, remove_staging};
+pub use commit::{CommitExec, CommittedFile, SuccessData, abandon, commit, remove_staging};
 pub use logical::{SluiceQueryPlanner, WriteNode, WritePlanner, write_result_schema};
 pub use spec::{STAGING_DIR, SUCCESS_FILE, WriteFormat, WriteSpec, normalize_output_url};
 pub use writer::{WriterExec, parquet_properties, written_file_schema};

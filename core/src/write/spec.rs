@@ -92,10 +92,26 @@ impl WriteSpec {
             .join(self.write_id.as_str()))
     }
 
+    /// Where the markers of this write's multipart uploads live.
+    pub fn uploads_prefix(&self) -> Result<object_store::path::Path, SluiceError> {
+        Ok(self.staging_prefix()?.join("uploads"))
+    }
+
+    /// A staged file. The `.inprogress` suffix keeps readers that list the
+    /// output recursively and filter on `.parquet` from picking it up.
     pub fn staging_path(&self, stem: &str) -> Result<object_store::path::Path, SluiceError> {
         Ok(self
             .staging_prefix()?
-            .join(format!("{stem}.{}", self.format.extension())))
+            .join(format!("{stem}.{}.inprogress", self.format.extension())))
+    }
+
+    /// The final key of a file written in place (multipart upload): named by
+    /// the task attempt that wrote it, since the upload fixes the key.
+    pub fn final_path_for(&self, stem: &str) -> Result<object_store::path::Path, SluiceError> {
+        let short = self.write_id.get(..12).unwrap_or(&self.write_id);
+        Ok(self
+            .base_path()?
+            .join(format!("part-{stem}-{short}.{}", self.format.extension())))
     }
 
     pub fn final_path(&self, partition: usize) -> Result<object_store::path::Path, SluiceError> {

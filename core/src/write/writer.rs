@@ -22,11 +22,13 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use object_store::buffered::BufWriter;
 use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
 
+use super::multipart;
 use super::spec::WriteSpec;
 use crate::error::SluiceError;
 
@@ -35,9 +37,13 @@ pub fn written_file_schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Arc::new(Schema::new(vec![
             Field::new("task", DataType::Utf8, false),
-            Field::new("staging_path", DataType::Utf8, false),
+            // The staged file, or for a multipart upload its final key.
+            Field::new("path", DataType::Utf8, false),
             Field::new("rows", DataType::UInt64, false),
             Field::new("bytes", DataType::UInt64, false),
+            // A pending multipart upload: its id and part ids (JSON list).
+            Field::new("upload_id", DataType::Utf8, true),
+            Field::new("parts", DataType::Utf8, true),
         ]))
     });
     Arc::clone(&SCHEMA)
@@ -168,7 +174,8 @@ impl ExecutionPlan for WriterExec {
         );
         let fut = async move {
             let started = Instant::now();
-            let (path, rows, bytes) = write_partition(&spec, &task, input, &context).await?;
+            let written = write_partition(&spec, &task, input, &context).await?;
+            let (path, rows, bytes) = (written.path, written.rows, written.bytes);
             rows_metric.add(rows as usize);
             bytes_metric.add(bytes as usize);
             tracing::info!(
@@ -185,6 +192,8 @@ impl ExecutionPlan for WriterExec {
                     Arc::new(StringArray::from(vec![path])),
                     Arc::new(UInt64Array::from(vec![rows])),
                     Arc::new(UInt64Array::from(vec![bytes])),
+                    Arc::new(StringArray::from(vec![written.upload_id])),
+                    Arc::new(StringArray::from(vec![written.parts])),
                 ],
             )?;
             Ok(batch)
@@ -221,29 +230,83 @@ pub fn staged_file_stem(task_id: Option<&str>, partition: usize) -> String {
     })
 }
 
+/// What one writer partition produced.
+struct Written {
+    path: String,
+    rows: u64,
+    bytes: u64,
+    upload_id: Option<String>,
+    parts: Option<String>,
+}
+
 async fn write_partition(
     spec: &WriteSpec,
     stem: &str,
-    mut input: SendableRecordBatchStream,
+    input: SendableRecordBatchStream,
     context: &TaskContext,
-) -> Result<(String, u64, u64)> {
+) -> Result<Written> {
     let url = spec.output_url()?;
     let store = context.runtime_env().object_store_registry.get_store(&url)?;
-    let path = spec.staging_path(stem)?;
-    let shown = format!("{}://{}/{}", url.scheme(), url.host_str().unwrap_or_default(), path);
-    let fail = |reason: String| SluiceError::Write {
-        path: shown.clone(),
-        reason,
-    };
     let schema = input.schema();
     let props = parquet_properties(spec, &schema, context)?.build();
-    let object_writer = BufWriter::new(Arc::clone(&store), path.clone());
     // The schema is already in `props`' metadata; stop the writer adding it twice.
     let options = ArrowWriterOptions::new()
         .with_properties(props)
         .with_skip_arrow_metadata(true);
+    if multipart::is_multipart(&url) {
+        let s3 = multipart::s3_store(&url)?;
+        let key = spec.final_path_for(stem)?;
+        let shown = format!("{}{}", spec.url, key.filename().unwrap_or_default());
+        let upload_id = multipart::start_upload(&s3, &store, spec, stem, &key)
+            .await
+            .map_err(|e| write_error(&shown, e.to_string()))?;
+        let file = multipart::MultipartFileWriter::new(s3, key.clone(), upload_id);
+        let mut writer = AsyncArrowWriter::try_new_with_options(file, schema, options)
+            .map_err(|e| write_error(&shown, e.to_string()))?;
+        let rows = encode(&mut writer, input, &shown).await?;
+        writer.finish().await.map_err(|e| write_error(&shown, e.to_string()))?;
+        let bytes = writer.bytes_written() as u64;
+        let file = writer.into_inner();
+        let pending = file.pending();
+        let parts = serde_json::to_string(&pending.parts)
+            .map_err(|e| write_error(&shown, e.to_string()))?;
+        return Ok(Written {
+            path: pending.key,
+            rows,
+            bytes,
+            upload_id: Some(pending.upload_id),
+            parts: Some(parts),
+        });
+    }
+    let path = spec.staging_path(stem)?;
+    let shown = format!("{}://{}/{}", url.scheme(), url.host_str().unwrap_or_default(), path);
+    let object_writer = BufWriter::new(Arc::clone(&store), path.clone());
     let mut writer = AsyncArrowWriter::try_new_with_options(object_writer, schema, options)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| write_error(&shown, e.to_string()))?;
+    let rows = encode(&mut writer, input, &shown).await?;
+    writer.finish().await.map_err(|e| write_error(&shown, e.to_string()))?;
+    let bytes = writer.bytes_written() as u64;
+    Ok(Written {
+        path: path.to_string(),
+        rows,
+        bytes,
+        upload_id: None,
+        parts: None,
+    })
+}
+
+fn write_error(path: &str, reason: String) -> DataFusionError {
+    DataFusionError::External(Box::new(SluiceError::Write {
+        path: path.to_string(),
+        reason,
+    }))
+}
+
+async fn encode<W: AsyncFileWriter>(
+    writer: &mut AsyncArrowWriter<W>,
+    mut input: SendableRecordBatchStream,
+    shown: &str,
+) -> Result<u64> {
     let mut rows = 0u64;
     while let Some(batch) = input.next().await {
         let batch = batch?;
@@ -251,11 +314,9 @@ async fn write_partition(
         writer
             .write(&batch)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| write_error(shown, e.to_string()))?;
     }
-    writer.finish().await.map_err(|e| fail(e.to_string()))?;
-    let bytes = writer.bytes_written() as u64;
-    Ok((path.to_string(), rows, bytes))
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -1,0 +1,269 @@
+//! The rename-free S3 committer's moving parts.
+//!
+//! A write task streams its file straight to the final key as a multipart
+//! upload and never completes it: its output row carries the pending upload
+//! (key, upload id, part ids). Nothing is visible until the commit step
+//! completes the uploads the commit received, one per writer partition.
+//!
+//! Every upload is also recorded, right after it is created, as a small marker
+//! object under the write's staging prefix. An upload whose task died with its
+//! executor is known only from its marker: the commit aborts every recorded
+//! upload it did not complete, and a failed or cancelled job aborts them all,
+//! so no upload outlives its job (`object_store` cannot list uploads).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use datafusion::common::{DataFusionError, Result};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::async_writer::AsyncFileWriter;
+use parquet::errors::ParquetError;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use url::Url;
+
+use super::spec::WriteSpec;
+use crate::error::SluiceError;
+use crate::session::build_s3;
+
+/// S3's minimum for every part but the last.
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
+/// Parts in flight per file while encoding continues: bounds memory to
+/// about `(MAX_IN_FLIGHT + 1) * PART_SIZE` per writer.
+const MAX_IN_FLIGHT: usize = 2;
+/// Uploads the commit completes (or aborts) at once.
+pub const COMPLETE_CONCURRENCY: usize = 16;
+
+static S3_STORES: LazyLock<Mutex<std::collections::HashMap<String, Arc<AmazonS3>>>> =
+    LazyLock::new(Default::default);
+
+/// The concrete S3 store for a bucket (the object store registry only hands
+/// out `dyn ObjectStore`, which has no multipart API). Built once per bucket
+/// per process from the standard AWS environment.
+pub fn s3_store(url: &Url) -> Result<Arc<AmazonS3>> {
+    let bucket = url.host_str().unwrap_or_default().to_string();
+    let mut stores = S3_STORES
+        .lock()
+        .map_err(|_| DataFusionError::Internal("S3 store cache poisoned".into()))?;
+    if let Some(store) = stores.get(&bucket) {
+        return Ok(Arc::clone(store));
+    }
+    let store = Arc::new(build_s3(url)?);
+    stores.insert(bucket, Arc::clone(&store));
+    Ok(store)
+}
+
+/// Whether writes to `url` go through multipart uploads.
+pub fn is_multipart(url: &Url) -> bool {
+    matches!(url.scheme(), "s3" | "s3a")
+}
+
+/// A started, not yet completed, upload: what the commit needs to finish it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    #[serde(default)]
+    pub parts: Vec<String>,
+}
+
+/// Where the marker of the upload a task writes under `stem` lives.
+pub fn marker_path(spec: &WriteSpec, stem: &str) -> Result<Path, SluiceError> {
+    Ok(spec.uploads_prefix()?.join(format!("{stem}.json")))
+}
+
+/// Every upload recorded for this write, with its marker's path.
+pub async fn recorded_uploads(
+    store: &Arc<dyn ObjectStore>,
+    spec: &WriteSpec,
+) -> Result<Vec<(Path, PendingUpload)>> {
+    let prefix = spec.uploads_prefix()?;
+    let markers: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+    let mut out = Vec::with_capacity(markers.len());
+    for meta in markers {
+        let body = store.get(&meta.location).await?.bytes().await?;
+        let upload: PendingUpload = serde_json::from_slice(&body).map_err(|e| {
+            DataFusionError::External(Box::new(SluiceError::Write {
+                path: meta.location.to_string(),
+                reason: format!("unreadable upload marker: {e}"),
+            }))
+        })?;
+        out.push((meta.location, upload));
+    }
+    Ok(out)
+}
+
+/// Aborts uploads; an upload already gone (completed or aborted) is fine.
+pub async fn abort_uploads(
+    s3: &Arc<AmazonS3>,
+    uploads: impl IntoIterator<Item = PendingUpload>,
+) -> Result<usize> {
+    let aborted = futures::stream::iter(uploads.into_iter().map(|u| {
+        let s3 = Arc::clone(s3);
+        async move {
+            let key = Path::from(u.key.as_str());
+            match s3.abort_multipart(&key, &u.upload_id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }))
+    .buffer_unordered(COMPLETE_CONCURRENCY)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(aborted.len())
+}
+
+/// Completes one upload. A completion retried after it already went through
+/// finds no upload; the object at the key with the expected size is success.
+pub async fn complete_upload(
+    s3: &Arc<AmazonS3>,
+    upload: &PendingUpload,
+    expected_bytes: u64,
+) -> Result<(), object_store::Error> {
+    let key = Path::from(upload.key.as_str());
+    let parts = upload
+        .parts
+        .iter()
+        .map(|p| PartId {
+            content_id: p.clone(),
+        })
+        .collect();
+    match s3.complete_multipart(&key, &upload.upload_id, parts).await {
+        Ok(_) => Ok(()),
+        Err(err) => match s3.head(&key).await {
+            Ok(meta) if meta.size == expected_bytes => Ok(()),
+            _ => Err(err),
+        },
+    }
+}
+
+/// Starts an upload for `key` and records it before any byte is sent.
+pub async fn start_upload(
+    s3: &Arc<AmazonS3>,
+    store: &Arc<dyn ObjectStore>,
+    spec: &WriteSpec,
+    stem: &str,
+    key: &Path,
+) -> Result<String> {
+    let upload_id = s3.create_multipart(key).await?;
+    let marker = PendingUpload {
+        key: key.to_string(),
+        upload_id: upload_id.clone(),
+        parts: vec![],
+    };
+    let body = serde_json::to_vec(&marker).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    if let Err(e) = store.put(&marker_path(spec, stem)?, body.into()).await {
+        // Unrecorded, it could never be cleaned up: abort it now.
+        let _ = s3.abort_multipart(key, &upload_id).await;
+        return Err(e.into());
+    }
+    Ok(upload_id)
+}
+
+/// An `AsyncFileWriter` that sends each full part while encoding goes on and,
+/// at `complete`, sends the last part but leaves the upload open.
+pub struct MultipartFileWriter {
+    s3: Arc<AmazonS3>,
+    key: Path,
+    upload_id: String,
+    buffer: BytesMut,
+    in_flight: VecDeque<JoinHandle<Result<PartId, object_store::Error>>>,
+    parts: Vec<String>,
+    next_part: usize,
+    bytes: u64,
+}
+
+impl MultipartFileWriter {
+    pub fn new(s3: Arc<AmazonS3>, key: Path, upload_id: String) -> Self {
+        Self {
+            s3,
+            key,
+            upload_id,
+            buffer: BytesMut::new(),
+            in_flight: VecDeque::new(),
+            parts: vec![],
+            next_part: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The upload after `complete`: key, id and part ids in order.
+    pub fn pending(&self) -> PendingUpload {
+        PendingUpload {
+            key: self.key.to_string(),
+            upload_id: self.upload_id.clone(),
+            parts: self.parts.clone(),
+        }
+    }
+
+    fn send(&mut self, data: Bytes) {
+        let s3 = Arc::clone(&self.s3);
+        let key = self.key.clone();
+        let id = self.upload_id.clone();
+        let idx = self.next_part;
+        self.next_part += 1;
+        self.in_flight.push_back(tokio::spawn(async move {
+            s3.put_part(&key, &id, idx, PutPayload::from(data)).await
+        }));
+    }
+
+    async fn finish_oldest(&mut self) -> Result<(), ParquetError> {
+        if let Some(handle) = self.in_flight.pop_front() {
+            let part = handle
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))?
+                .map_err(|e| ParquetError::External(Box::new(e)))?;
+            self.parts.push(part.content_id);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MultipartFileWriter {
+    fn drop(&mut self) {
+        // A failed or cancelled task must not leave parts uploading.
+        for handle in &self.in_flight {
+            handle.abort();
+        }
+    }
+}
+
+impl AsyncFileWriter for MultipartFileWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, Result<(), ParquetError>> {
+        async move {
+            self.bytes += bs.len() as u64;
+            self.buffer.extend_from_slice(&bs);
+            while self.buffer.len() >= PART_SIZE {
+                let part = self.buffer.split_to(PART_SIZE).freeze();
+                self.send(part);
+                while self.in_flight.len() > MAX_IN_FLIGHT {
+                    self.finish_oldest().await?;
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, Result<(), ParquetError>> {
+        async move {
+            // S3 needs at least one part, and the last may be short.
+            if !self.buffer.is_empty() || self.next_part == 0 {
+                let rest = self.buffer.split().freeze();
+                self.send(rest);
+            }
+            while !self.in_flight.is_empty() {
+                self.finish_oldest().await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
