@@ -1,0 +1,315 @@
+//! Writes to S3 (the moto server from `scripts/test-servers.sh`) through the
+//! multipart committer: exact output, nothing visible before the commit, and
+//! no partial output or open upload after any failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sluice_test_support::s3::S3;
+use sluice_test_support::{Cluster, free_port, run_with_timeout, sluice, workspace_root};
+
+const JOB: &str = "jobs/range_to_parquet.sql";
+
+/// Reads every data object under the prefix with the parquet crate and checks
+/// the ids are exactly `0..rows`, each once. Returns the data keys.
+fn check_s3_range_output(s3: &S3, bucket: &str, prefix: &str, rows: u64) -> Result<Vec<String>> {
+    let keys = s3.data_keys(bucket, prefix)?;
+    let mut seen = vec![false; rows as usize];
+    let mut count = 0u64;
+    for key in &keys {
+        ensure!(key.ends_with(".parquet"), "unexpected object {key}");
+        let body = bytes::Bytes::from(s3.get(bucket, key)?);
+        for batch in ParquetRecordBatchReaderBuilder::try_new(body)?.build()? {
+            for id in batch?.column(0).as_primitive::<Int64Type>().values() {
+                let i = usize::try_from(*id)?;
+                ensure!(i < seen.len(), "id {id} out of range");
+                ensure!(!seen[i], "id {id} written twice");
+                seen[i] = true;
+                count += 1;
+            }
+        }
+    }
+    ensure!(count == rows, "read {count} rows, expected {rows}");
+    Ok(keys)
+}
+
+/// `_SUCCESS` lists exactly the data objects, with the total rows.
+fn check_s3_manifest(s3: &S3, bucket: &str, prefix: &str, keys: &[String], rows: u64) -> Result<serde_json::Value> {
+    let m: serde_json::Value = serde_json::from_slice(&s3.get(bucket, &format!("{prefix}_SUCCESS"))?)?;
+    let mut listed: Vec<String> = m["filenames"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f.as_str()).map(|f| f.trim_start_matches('/').to_string()).collect())
+        .unwrap_or_default();
+    listed.sort();
+    ensure!(listed == keys, "manifest lists {listed:?}, bucket has {keys:?}");
+    ensure!(m["rows"].as_u64() == Some(rows), "manifest rows {}", m["rows"]);
+    ensure!(m["committer"] == "sluice-multipart", "committer {}", m["committer"]);
+    Ok(m)
+}
+
+fn assert_nothing_left(s3: &S3, bucket: &str, prefix: &str) {
+    assert_eq!(s3.open_uploads(bucket, prefix).unwrap(), Vec::<String>::new(), "open uploads");
+    let staging: Vec<_> = s3
+        .list(bucket, prefix)
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.key.contains("_sluice_staging"))
+        .collect();
+    assert!(staging.is_empty(), "staging objects left: {staging:?}");
+}
+
+#[test]
+fn submit_to_s3_on_two_executors_commits_exactly_the_rows() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("happy").unwrap();
+    let cluster = Cluster::start(2, 2).unwrap();
+    let rows = 3_000_000;
+    let o = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("submit")
+            .arg(workspace_root().join(JOB))
+            .args(["--scheduler", &cluster.endpoint])
+            .args(["--var", &format!("rows={rows}"), "--var", "partitions=8"])
+            .args(["--var", &format!("output=s3://{bucket}/out")])
+            .args(["--output", "json"]),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
+    assert_eq!(keys.len(), 8);
+    check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
+    assert_nothing_left(&s3, &bucket, "out/");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["rows_written"], rows);
+    assert_eq!(report["files_written"], 8);
+}
+
+/// A poller lists the prefix while the job runs. Until every writer has
+/// started (fewer upload markers than partitions) the commit cannot have
+/// begun, and no data object may be listed; after the commit, `_SUCCESS` is.
+#[test]
+fn nothing_is_listed_before_the_commit() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("poll").unwrap();
+    let cluster = Cluster::start(2, 1).unwrap();
+    let partitions = 12;
+    let mut child = sluice()
+        .unwrap()
+        .arg("submit")
+        .arg(workspace_root().join(JOB))
+        .args(["--scheduler", &cluster.endpoint])
+        .args(["--var", "rows=12000000", "--var", &format!("partitions={partitions}")])
+        .args(["--var", &format!("output=s3://{bucket}/out")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut while_writing = 0;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "job hung");
+        let listed = s3.list(&bucket, "out/").unwrap();
+        let markers = listed.iter().filter(|o| o.key.contains("/uploads/")).count();
+        let success = listed.iter().any(|o| o.key == "out/_SUCCESS");
+        let data = s3.data_keys(&bucket, "out/").unwrap();
+        if markers > 0 && markers < partitions {
+            while_writing += 1;
+        }
+        assert!(
+            data.is_empty() || markers >= partitions || success,
+            "data listed while only {markers} of {partitions} writers had started: {data:?}"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(while_writing > 0, "the poller never saw the write stage");
+    let keys = check_s3_range_output(&s3, &bucket, "out/", 12_000_000).unwrap();
+    check_s3_manifest(&s3, &bucket, "out/", &keys, 12_000_000).unwrap();
+    assert_nothing_left(&s3, &bucket, "out/");
+}
+
+/// The first attempt of one task fails mid-file (a retryable I/O error from
+/// the test UDF): Ballista re-runs it, the commit completes the retry's upload
+/// and aborts the failed attempt's.
+#[test]
+fn a_failed_first_attempt_is_retried_and_its_upload_aborted() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("retry").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("failed-once");
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "INSERT OVERWRITE DIRECTORY 's3://{bucket}/out' USING PARQUET \
+             SELECT id, sluice_fail_if(id = 1500000, 'injected failure', '{}') AS f \
+             FROM range(0, 2000000, 1, 4);",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let o = run_with_timeout(
+        sluice().unwrap().arg("run").arg(&job),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(marker.exists(), "the injected failure never fired");
+    let keys = check_s3_range_output(&s3, &bucket, "out/", 2_000_000).unwrap();
+    assert_eq!(keys.len(), 4);
+    let m = check_s3_manifest(&s3, &bucket, "out/", &keys, 2_000_000).unwrap();
+    assert_eq!(m["diagnostics"]["aborted_uploads"], "1", "{m}");
+    assert_nothing_left(&s3, &bucket, "out/");
+}
+
+/// SIGKILL an executor while its uploads are open: either the job completes
+/// with exactly the rows or it fails; either way no upload stays open.
+#[test]
+fn killing_an_executor_mid_upload_leaves_no_partial_output() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("kill").unwrap();
+    let mut cluster = Cluster::start(2, 1).unwrap();
+    let rows: u64 = 16_000_000;
+    let mut child = sluice()
+        .unwrap()
+        .arg("submit")
+        .arg(workspace_root().join(JOB))
+        .args(["--scheduler", &cluster.endpoint])
+        .args(["--var", &format!("rows={rows}"), "--var", "partitions=8"])
+        .args(["--var", &format!("output=s3://{bucket}/out")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s3.open_uploads(&bucket, "out/").unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "uploads never started");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before the kill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
+    cluster.kill_executor(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the job hung after the kill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        println!("outcome: completed after the kill");
+        let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
+        assert_eq!(keys.len(), 8);
+        check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
+    } else {
+        println!("outcome: failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
+    }
+    assert_nothing_left(&s3, &bucket, "out/");
+}
+
+/// `sluice cancel` while tasks upload: the job fails, nothing is visible and
+/// every upload it started is aborted.
+#[test]
+fn a_job_cancelled_mid_write_leaves_nothing() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("cancel").unwrap();
+    let cluster = Cluster::start(2, 1).unwrap();
+    let mut child = sluice()
+        .unwrap()
+        .arg("submit")
+        .arg(workspace_root().join(JOB))
+        .args(["--scheduler", &cluster.endpoint])
+        .args(["--var", "rows=40000000", "--var", "partitions=20"])
+        .args(["--var", &format!("output=s3://{bucket}/out")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s3.open_uploads(&bucket, "out/").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "uploads never started");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before the cancel");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let job_id = cluster
+        .jobs()
+        .unwrap()
+        .into_iter()
+        .find_map(|j| j["job_id"].as_str().map(str::to_string))
+        .expect("a job on the scheduler");
+    let c = run_with_timeout(
+        sluice().unwrap().args(["cancel", &job_id, "--scheduler", &cluster.endpoint]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the job did not stop after the cancel");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a cancelled job reported success");
+    assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
+    assert!(s3.list(&bucket, "out/_SUCCESS").unwrap().is_empty());
+    assert_nothing_left(&s3, &bucket, "out/");
+}
+
+fn run_to(output: &str, env: &[(&str, &str)], remove: &[&str]) -> (bool, String, Duration) {
+    let mut cmd = sluice().unwrap();
+    cmd.arg("run")
+        .arg(workspace_root().join(JOB))
+        .args(["--var", "rows=1000", "--var", &format!("output={output}")]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    for k in remove {
+        cmd.env_remove(k);
+    }
+    let started = Instant::now();
+    let o = run_with_timeout(&mut cmd, Duration::from_secs(180)).unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string(), started.elapsed())
+}
+
+#[test]
+fn a_missing_bucket_is_named() {
+    let (ok, stderr, _) = run_to("s3://sluice-no-such-bucket/out", &[], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("s3://sluice-no-such-bucket/out/"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("bucket"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_cleanly() {
+    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let (ok, stderr, _) = run_to("s3://any-bucket/out", &[("AWS_ENDPOINT_URL_S3", &dead)], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("s3://any-bucket/out/"), "{stderr}");
+    assert!(stderr.contains("cannot be written") || stderr.contains("error"), "{stderr}");
+}
+
+#[test]
+fn missing_credentials_fail_cleanly() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("nocreds").unwrap();
+    // Point the instance-metadata lookup at a closed loopback port.
+    let imds = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let (ok, stderr, _) = run_to(
+        &format!("s3://{bucket}/out"),
+        &[("AWS_METADATA_ENDPOINT", &imds), ("AWS_EC2_METADATA_DISABLED", "true")],
+        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"],
+    );
+    assert!(!ok, "wrote without credentials");
+    assert!(stderr.contains(&format!("s3://{bucket}/out/")), "{stderr}");
+    assert!(s3.list(&bucket, "").unwrap().is_empty());
+}
