@@ -492,6 +492,27 @@ fn distributed_job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
     found
 }
 
+/// Shortens an object store error to what a user acts on: S3's error code
+/// and message instead of its XML, and a hint when no credentials were found.
+fn explain_store_error(raw: &str) -> String {
+    let tag = |name: &str| -> Option<&str> {
+        let start = raw.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = raw[start..].find(&format!("</{name}>"))? + start;
+        Some(&raw[start..end])
+    };
+    if let (Some(code), Some(message)) = (tag("Code"), tag("Message")) {
+        return format!("{code}: {message}");
+    }
+    if raw.contains("/latest/api/token") || raw.contains("/latest/meta-data/iam") {
+        return format!(
+            "no AWS credentials: none in the environment (AWS_ACCESS_KEY_ID, \
+             AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE) and no instance profile \
+             answered ({raw})"
+        );
+    }
+    raw.to_string()
+}
+
 /// Fails early, before any task runs, when the output cannot be written: a
 /// local directory that cannot be created or written, or an object store
 /// whose bucket, credentials or endpoint do not answer a listing.
@@ -511,7 +532,7 @@ async fn preflight_output(
         let base = spec.base_path()?;
         return match tokio::time::timeout(PREFLIGHT_TIMEOUT, store.list_with_delimiter(Some(&base))).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Ok(Err(e)) => Err(unreachable(explain_store_error(&e.to_string()))),
             Err(_) => Err(unreachable(format!(
                 "no answer within {}s",
                 PREFLIGHT_TIMEOUT.as_secs()

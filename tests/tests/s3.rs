@@ -286,7 +286,7 @@ fn a_missing_bucket_is_named() {
     let (ok, stderr, _) = run_to("s3://sluice-no-such-bucket/out", &[], &[]);
     assert!(!ok);
     assert!(stderr.contains("s3://sluice-no-such-bucket/out/"), "{stderr}");
-    assert!(stderr.to_lowercase().contains("bucket"), "{stderr}");
+    assert!(stderr.contains("NoSuchBucket"), "{stderr}");
 }
 
 #[test]
@@ -311,5 +311,6 @@ fn missing_credentials_fail_cleanly() {
     );
     assert!(!ok, "wrote without credentials");
     assert!(stderr.contains(&format!("s3://{bucket}/out/")), "{stderr}");
+    assert!(stderr.contains("no AWS credentials"), "{stderr}");
     assert!(s3.list(&bucket, "").unwrap().is_empty());
 }
