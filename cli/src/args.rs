@@ -59,7 +59,7 @@ pub enum Command {
         /// Executors to start [config: executors; default 2].
         #[arg(long)]
         executors: Option<usize>,
-        /// Task slots per executor [config: executor_slots; default cores / executors].
+        /// Task slots per executor [config: executor_slots; default: the core count].
         #[arg(long)]
         slots: Option<usize>,
     },

