@@ -15,6 +15,7 @@ use clap::{Args, Subcommand};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::{Value, json};
 use sluice_core::runner::{self, JobRunner, NoProgress};
+use sluice_core::write::COMMITTER_OPTION;
 
 use crate::embedded::EmbeddedCluster;
 
@@ -44,6 +45,21 @@ pub enum Bench {
         #[arg(long)]
         no_spark: bool,
     },
+    /// range_to_parquet to S3: the multipart committer vs rename-based v1 and v2.
+    S3Commit {
+        /// Rows to write.
+        #[arg(long, default_value_t = 20_000_000)]
+        rows: u64,
+        /// Partitions (and files).
+        #[arg(long, default_value_t = 100)]
+        partitions: u64,
+        /// An existing bucket on the S3 server of `AWS_ENDPOINT_URL_S3`.
+        #[arg(long)]
+        bucket: String,
+        /// The S3 server's name, for the report.
+        #[arg(long, env = "SLUICE_BENCH_S3_SERVER", default_value = "unknown")]
+        server: String,
+    },
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -62,7 +78,88 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Bench::S3Commit {
+            rows,
+            partitions,
+            bucket,
+            server,
+        } => {
+            let report = s3_commit_bench(rows, partitions, &bucket, &server).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
     }
+}
+
+/// One write per committer into a fresh prefix, on one embedded cluster.
+async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str) -> Result<Value> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cluster = EmbeddedCluster::start(2, cores).await?;
+    let ctx = runner::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    // Warm the cluster and the store's connections so the first committer
+    // measured does not pay for them.
+    let warm = format!(
+        "INSERT OVERWRITE DIRECTORY 's3://{bucket}/bench-{run_id}/warmup' USING PARQUET \
+         SELECT * FROM range(0, 1000, 1, {partitions});"
+    );
+    runner.run("s3-commit-warmup.sql", &warm, &HashMap::new()).await?;
+    let mut runs = vec![];
+    let mut seconds = HashMap::new();
+    let mut commit_seconds = HashMap::new();
+    for committer in ["auto", "rename-v1", "rename-v2"] {
+        let prefix = format!("bench-{run_id}/{committer}");
+        let sql = format!(
+            "INSERT OVERWRITE DIRECTORY 's3://{bucket}/{prefix}' USING PARQUET \
+             OPTIONS ('{COMMITTER_OPTION}' '{committer}') \
+             SELECT * FROM range(0, {rows}, 1, {partitions});"
+        );
+        let t = Instant::now();
+        let report = runner.run(&format!("s3-commit-{committer}.sql"), &sql, &HashMap::new()).await?;
+        let secs = t.elapsed().as_secs_f64();
+        if report.rows_written != rows {
+            bail!("{committer}: wrote {} rows, expected {rows}", report.rows_written);
+        }
+        let manifest = read_manifest(bucket, &prefix).await?;
+        let commit_ms: f64 = manifest["diagnostics"]["commit_ms"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .context("commit_ms in _SUCCESS")?;
+        let name = if committer == "auto" { "sluice_multipart" } else { committer };
+        let mut f = figures(name, rows, secs, report.files_written as usize);
+        f["commit_seconds"] = json!(commit_ms / 1000.0);
+        f["commit_share_of_job"] = json!(((commit_ms / 1000.0 / secs) * 10000.0).round() / 10000.0);
+        runs.push(f);
+        seconds.insert(committer, secs);
+        commit_seconds.insert(committer, commit_ms / 1000.0);
+    }
+    let r = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
+    Ok(json!({
+        "bench": "range_to_parquet to S3: commit protocols",
+        "s3_server": server,
+        "endpoint": std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default(),
+        "rows": rows,
+        "partitions": partitions,
+        "cores": cores,
+        "runs": runs,
+        "ratios": {
+            "v1_time_over_sluice": r(seconds["rename-v1"], seconds["auto"]),
+            "v2_time_over_sluice": r(seconds["rename-v2"], seconds["auto"]),
+            "sluice_commit_share_of_job": r(commit_seconds["auto"], seconds["auto"]),
+            "v1_commit_over_sluice_commit": r(commit_seconds["rename-v1"], commit_seconds["auto"]),
+        },
+        "note": "rename = copy + delete on S3; v2 renames inside the tasks, so its job commit only writes _SUCCESS",
+    }))
+}
+
+async fn read_manifest(bucket: &str, prefix: &str) -> Result<Value> {
+    use object_store::ObjectStoreExt;
+    let url = url::Url::parse(&format!("s3://{bucket}/"))?;
+    let store = sluice_core::write::multipart::s3_store(&url)?;
+    let path = object_store::path::Path::from(format!("{prefix}/_SUCCESS"));
+    let body = store.get(&path).await?.bytes().await?;
+    Ok(serde_json::from_slice(&body)?)
 }
 
 const JOB: &str = include_str!("../../jobs/range_to_parquet.sql");
@@ -231,7 +328,7 @@ async fn range_bench(rows: u64, partitions: u64, dir: &Path, python: &str, no_sp
     let mut runs = vec![];
 
     let out = dir.join("embedded");
-    let cluster = EmbeddedCluster::start(2, (cores / 2).max(1)).await?;
+    let cluster = EmbeddedCluster::start(2, cores).await?;
     let embedded = sluice_run(&cluster.endpoint, rows, partitions, &out).await?;
     runs.push(figures("sluice_embedded", rows, embedded, count_parquet(&out)));
     std::fs::remove_dir_all(&out)?;

@@ -34,7 +34,7 @@ use super::logical::write_result_schema;
 use super::multipart::{
     PendingUpload, abort_uploads, complete_upload, is_multipart, recorded_uploads, s3_store,
 };
-use super::spec::{STAGING_DIR, SUCCESS_FILE, WriteSpec};
+use super::spec::{Committer, STAGING_DIR, SUCCESS_FILE, WriteSpec};
 use crate::error::SluiceError;
 
 /// How many files the commit moves at once.
@@ -300,7 +300,7 @@ pub async fn commit(
         vec![]
     };
 
-    let multipart = is_multipart(&spec.output_url()?);
+    let multipart = spec.uses_multipart()?;
     let s3 = if multipart {
         Some(s3_store(&spec.output_url()?)?)
     } else {
@@ -313,6 +313,7 @@ pub async fn commit(
             s3.clone(),
             s,
             spec.final_path(index)?,
+            spec.committer == Committer::RenameV2,
         ));
     }
     let results: Vec<Result<CommittedFile, (String, object_store::Error)>> =
@@ -374,7 +375,13 @@ pub async fn commit(
         timestamp: now.timestamp_millis(),
         date: now.to_rfc3339(),
         hostname: hostname(),
-        committer: if multipart { "sluice-multipart" } else { "sluice-staging" }.to_string(),
+        committer: match spec.committer {
+            Committer::Auto if multipart => "sluice-multipart",
+            Committer::Auto => "sluice-staging",
+            Committer::RenameV1 => "rename-v1",
+            Committer::RenameV2 => "rename-v2",
+        }
+        .to_string(),
         description: format!("sluice write {} to {}", spec.write_id, spec.url),
         job_id: spec.write_id.clone(),
         job_id_source: "sluice.write_id".to_string(),
@@ -413,8 +420,10 @@ async fn publish(
     s3: Option<Arc<AmazonS3>>,
     staged: &Staged,
     local_target: Path,
+    already_in_place: bool,
 ) -> Result<CommittedFile, (String, object_store::Error)> {
     let path = match (&staged.upload, s3) {
+        (None, _) if already_in_place => staged.staging_path.clone(),
         (Some(upload), Some(s3)) => {
             complete_upload(&s3, upload, staged.bytes)
                 .await
@@ -469,6 +478,7 @@ async fn abort_recorded(
 pub async fn abandon(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<usize> {
     let url = spec.output_url()?;
     let aborted = if is_multipart(&url) {
+        // Also for the rename committers: a marker-free prefix lists nothing.
         let s3 = s3_store(&url)?;
         abort_recorded(spec, store, &s3, &HashSet::new()).await?
     } else {

@@ -11,5 +11,8 @@ mod writer;
 
 pub use commit::{CommitExec, CommittedFile, SuccessData, abandon, commit, remove_staging};
 pub use logical::{SluiceQueryPlanner, WriteNode, WritePlanner, write_result_schema};
-pub use spec::{STAGING_DIR, SUCCESS_FILE, WriteFormat, WriteSpec, normalize_output_url};
+pub use spec::{
+    COMMITTER_OPTION, Committer, STAGING_DIR, SUCCESS_FILE, WriteFormat, WriteSpec,
+    normalize_output_url,
+};
 pub use writer::{WriterExec, parquet_properties, written_file_schema};

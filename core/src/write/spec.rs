@@ -31,6 +31,41 @@ impl WriteFormat {
     }
 }
 
+/// How a write makes its files visible. `Auto` is the one to use: multipart
+/// uploads on S3, staged files and a rename at commit elsewhere. The rename
+/// shapes of Hadoop's FileOutputCommitter exist to be measured against it
+/// (`sluice bench s3-commit`); on S3 each rename is a copy and a delete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub enum Committer {
+    #[default]
+    Auto,
+    /// v1: the task renames its file into a task-committed area, the job
+    /// commit renames it again into place.
+    RenameV1,
+    /// v2: the task renames its file into place itself (visible before the
+    /// job commits); the job commit only writes the manifest.
+    RenameV2,
+}
+
+/// The statement option that picks a [`Committer`].
+pub const COMMITTER_OPTION: &str = "sluice.committer";
+
+impl Committer {
+    pub fn parse(value: &str) -> Result<Self, SluiceError> {
+        match value.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "rename-v1" => Ok(Self::RenameV1),
+            "rename-v2" => Ok(Self::RenameV2),
+            other => Err(SluiceError::InvalidOutput {
+                url: String::new(),
+                reason: format!(
+                    "unknown {COMMITTER_OPTION} '{other}' (expected auto, rename-v1 or rename-v2)"
+                ),
+            }),
+        }
+    }
+}
+
 /// Directory under the output where tasks stage files before the commit.
 /// Hidden (leading `_`) so engines listing the output skip it.
 pub const STAGING_DIR: &str = "_sluice_staging";
@@ -49,6 +84,8 @@ pub struct WriteSpec {
     pub write_id: String,
     /// Format options (`compression`, ...), as in `COPY ... OPTIONS`.
     pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub committer: Committer,
 }
 
 impl WriteSpec {
@@ -56,15 +93,34 @@ impl WriteSpec {
         url: &str,
         format: WriteFormat,
         overwrite: bool,
-        options: BTreeMap<String, String>,
+        mut options: BTreeMap<String, String>,
     ) -> Result<Self, SluiceError> {
+        let committer = match options.remove(COMMITTER_OPTION) {
+            Some(v) => Committer::parse(&v)?,
+            None => Committer::Auto,
+        };
         Ok(Self {
             url: normalize_output_url(url)?.to_string(),
             format,
             overwrite,
             write_id: uuid::Uuid::new_v4().simple().to_string(),
             options,
+            committer,
         })
+    }
+
+    /// Whether writers stream multipart uploads to the final keys.
+    pub fn uses_multipart(&self) -> Result<bool, SluiceError> {
+        Ok(self.committer == Committer::Auto
+            && matches!(self.output_url()?.scheme(), "s3" | "s3a"))
+    }
+
+    /// Where a v1 task commit moves its file (still hidden under staging).
+    pub fn task_committed_path(&self, stem: &str) -> Result<object_store::path::Path, SluiceError> {
+        Ok(self
+            .staging_prefix()?
+            .join("committed")
+            .join(format!("{stem}.{}.inprogress", self.format.extension())))
     }
 
     pub fn output_url(&self) -> Result<Url, SluiceError> {

@@ -24,12 +24,13 @@ use futures::StreamExt;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
 
 use super::multipart;
-use super::spec::WriteSpec;
+use super::spec::{Committer, WriteSpec};
 use crate::error::SluiceError;
 
 /// Schema of the rows a writer task emits: one per task, read by the commit.
@@ -253,7 +254,7 @@ async fn write_partition(
     let options = ArrowWriterOptions::new()
         .with_properties(props)
         .with_skip_arrow_metadata(true);
-    if multipart::is_multipart(&url) {
+    if spec.uses_multipart()? {
         let s3 = multipart::s3_store(&url)?;
         let key = spec.final_path_for(stem)?;
         let shown = format!("{}{}", spec.url, key.filename().unwrap_or_default());
@@ -286,6 +287,20 @@ async fn write_partition(
     let rows = encode(&mut writer, input, &shown).await?;
     writer.finish().await.map_err(|e| write_error(&shown, e.to_string()))?;
     let bytes = writer.bytes_written() as u64;
+    // The rename committers' task commit (comparison shapes, see `Committer`).
+    let path = match spec.committer {
+        Committer::Auto => path,
+        Committer::RenameV1 => {
+            let to = spec.task_committed_path(stem)?;
+            store.rename(&path, &to).await.map_err(|e| write_error(&shown, e.to_string()))?;
+            to
+        }
+        Committer::RenameV2 => {
+            let to = spec.final_path_for(stem)?;
+            store.rename(&path, &to).await.map_err(|e| write_error(&shown, e.to_string()))?;
+            to
+        }
+    };
     Ok(Written {
         path: path.to_string(),
         rows,
