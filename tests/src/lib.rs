@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod faulty;
 pub mod s3;
 
 /// The target directory's binary `name` (e.g. `sluice`).

@@ -314,3 +314,27 @@ fn missing_credentials_fail_cleanly() {
     assert!(stderr.contains("no AWS credentials"), "{stderr}");
     assert!(s3.list(&bucket, "").unwrap().is_empty());
 }
+
+/// A third of the part uploads fail with 500: the S3 client retries them, the
+/// job completes with exactly its rows and leaves no upload open.
+#[test]
+fn part_uploads_failing_with_500_are_retried() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("flaky").unwrap();
+    let proxy = sluice_test_support::faulty::FaultyS3::start(&s3.endpoint, 3).unwrap();
+    let rows: u64 = 24_000_000;
+    let mut cmd = sluice().unwrap();
+    cmd.arg("run")
+        .arg(workspace_root().join(JOB))
+        .args(["--var", &format!("rows={rows}"), "--var", "partitions=4"])
+        .args(["--var", &format!("output=s3://{bucket}/out")])
+        .env("AWS_ENDPOINT_URL_S3", &proxy.endpoint);
+    let o = run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let injected = proxy.injected.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(injected >= 2, "only {injected} failures injected");
+    let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
+    assert_eq!(keys.len(), 4);
+    check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
+    assert_nothing_left(&s3, &bucket, "out/");
+}

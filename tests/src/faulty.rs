@@ -1,0 +1,163 @@
+//! A loopback HTTP proxy in front of the test S3 server that answers a share
+//! of multipart part uploads (`PUT ...?partNumber=...`) with `500 Internal
+//! Server Error` instead of forwarding them: the flaky S3 of the fault tests.
+//! Plain HTTP/1.1 with `Content-Length` bodies, which is what the S3 clients
+//! under test send and moto answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running proxy; stops with its runtime when dropped.
+pub struct FaultyS3 {
+    pub endpoint: String,
+    pub injected: Arc<AtomicU64>,
+    pub part_uploads: Arc<AtomicU64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FaultyS3 {
+    /// Proxies to `upstream` (`http://host:port`), failing every `every`-th
+    /// part upload.
+    pub fn start(upstream: &str, every: u64) -> Result<Self> {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let injected = Arc::new(AtomicU64::new(0));
+        let part_uploads = Arc::new(AtomicU64::new(0));
+        let (inj, parts) = (Arc::clone(&injected), Arc::clone(&part_uploads));
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (up, inj, parts) = (upstream.clone(), Arc::clone(&inj), Arc::clone(&parts));
+                tokio::spawn(async move {
+                    let _ = serve(client, &up, every, &inj, &parts).await;
+                });
+            }
+        });
+        Ok(Self {
+            endpoint,
+            injected,
+            part_uploads,
+            _runtime: runtime,
+        })
+    }
+}
+
+/// One request: its head (request line and headers, as sent) and body.
+struct Request {
+    head: String,
+    body: Vec<u8>,
+}
+
+async fn read_message<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Result<Option<Request>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        bail!("chunked bodies are not supported by the fault proxy");
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await?;
+    Ok(Some(Request { head, body }))
+}
+
+async fn serve(
+    client: TcpStream,
+    upstream: &str,
+    every: u64,
+    injected: &AtomicU64,
+    part_uploads: &AtomicU64,
+) -> Result<()> {
+    let (read, mut write) = client.into_split();
+    let mut reader = BufReader::new(read);
+    while let Some(req) = read_message(&mut reader).await? {
+        let first = req.head.lines().next().unwrap_or_default().to_string();
+        let is_part = first.starts_with("PUT ") && first.contains("partNumber=");
+        if is_part && part_uploads.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
+            injected.fetch_add(1, Ordering::SeqCst);
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                <Error><Code>InternalError</Code><Message>injected</Message></Error>";
+            let resp = format!(
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            write.write_all(resp.as_bytes()).await?;
+            continue;
+        }
+        let response = forward(upstream, &req).await?;
+        write.write_all(&response).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request upstream on its own connection and returns the raw
+/// response (head and `Content-Length` body).
+async fn forward(upstream: &str, req: &Request) -> Result<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream)
+        .await
+        .with_context(|| format!("connecting to {upstream}"))?;
+    up.write_all(req.head.as_bytes()).await?;
+    up.write_all(&req.body).await?;
+    let mut reader = BufReader::new(up);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            bail!("upstream closed mid-response");
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let status_line = head.lines().next().unwrap_or_default().to_string();
+    let bodyless = req.head.starts_with("HEAD ")
+        || status_line.contains(" 204 ")
+        || status_line.contains(" 304 ");
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        });
+    let mut out = head.into_bytes();
+    if !bodyless {
+        match length {
+            Some(n) => {
+                let mut body = vec![0; n];
+                reader.read_exact(&mut body).await?;
+                out.extend_from_slice(&body);
+            }
+            None => {
+                bail!("upstream response without Content-Length: {status_line}");
+            }
+        }
+    }
+    Ok(out)
+}
