@@ -338,3 +338,40 @@ fn part_uploads_failing_with_500_are_retried() {
     check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
     assert_nothing_left(&s3, &bucket, "out/");
 }
+
+/// CSV to S3 and NDJSON to a local directory through the same committers;
+/// both read back through SQL with their `_SUCCESS` in place.
+#[test]
+fn csv_and_ndjson_go_through_the_same_committers() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("formats").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json_dir = dir.path().join("json");
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "INSERT OVERWRITE DIRECTORY 's3://{bucket}/csv' USING CSV \
+               SELECT id, id * 2 AS twice FROM range(0, 100000, 1, 3);\n\
+             COPY (SELECT id, 'x' || id AS s FROM range(0, 50000, 1, 2)) TO '{json}' STORED AS JSON;\n\
+             CREATE EXTERNAL TABLE c STORED AS CSV LOCATION 's3://{bucket}/csv/' OPTIONS ('format.has_header' 'true');\n\
+             CREATE EXTERNAL TABLE j STORED AS JSON LOCATION '{json}/';\n\
+             SELECT count(*) AS n, sum(twice) AS t, count(DISTINCT id) AS d FROM c;\n\
+             SELECT count(*) AS n, count(DISTINCT s) AS d FROM j;\n",
+            json = json_dir.display()
+        ),
+    )
+    .unwrap();
+    let o = run_with_timeout(sluice().unwrap().arg("run").arg(&job), Duration::from_secs(300)).unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("| 100000 | 9999900000 | 100000 |"), "{stdout}");
+    assert!(stdout.contains("| 50000 | 50000 |"), "{stdout}");
+    let csv = s3.data_keys(&bucket, "csv/").unwrap();
+    assert_eq!(csv.len(), 3);
+    assert!(csv.iter().all(|k| k.ends_with(".csv")), "{csv:?}");
+    assert_nothing_left(&s3, &bucket, "csv/");
+    let json = sluice_test_support::visible_files(&json_dir).unwrap();
+    assert_eq!(json.len(), 2);
+    assert!(json.iter().all(|k| k.ends_with(".json")), "{json:?}");
+}

@@ -12,12 +12,17 @@ use crate::error::SluiceError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
 pub enum WriteFormat {
     Parquet,
+    Csv,
+    /// Newline-delimited JSON.
+    Json,
 }
 
 impl WriteFormat {
     pub fn parse(name: &str) -> Result<Self, SluiceError> {
         match name.to_ascii_lowercase().as_str() {
             "parquet" => Ok(Self::Parquet),
+            "csv" => Ok(Self::Csv),
+            "json" | "ndjson" => Ok(Self::Json),
             other => Err(SluiceError::UnsupportedFormat {
                 format: other.to_string(),
             }),
@@ -27,6 +32,8 @@ impl WriteFormat {
     pub fn extension(&self) -> &'static str {
         match self {
             Self::Parquet => "parquet",
+            Self::Csv => "csv",
+            Self::Json => "json",
         }
     }
 }

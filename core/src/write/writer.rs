@@ -30,7 +30,7 @@ use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
 
 use super::multipart;
-use super::spec::{Committer, WriteSpec};
+use super::spec::{Committer, WriteFormat, WriteSpec};
 use crate::error::SluiceError;
 
 /// Schema of the rows a writer task emits: one per task, read by the commit.
@@ -248,12 +248,6 @@ async fn write_partition(
 ) -> Result<Written> {
     let url = spec.output_url()?;
     let store = context.runtime_env().object_store_registry.get_store(&url)?;
-    let schema = input.schema();
-    let props = parquet_properties(spec, &schema, context)?.build();
-    // The schema is already in `props`' metadata; stop the writer adding it twice.
-    let options = ArrowWriterOptions::new()
-        .with_properties(props)
-        .with_skip_arrow_metadata(true);
     if spec.uses_multipart()? {
         let s3 = multipart::s3_store(&url)?;
         let key = spec.final_path_for(stem)?;
@@ -262,12 +256,7 @@ async fn write_partition(
             .await
             .map_err(|e| write_error(&shown, e.to_string()))?;
         let file = multipart::MultipartFileWriter::new(s3, key.clone(), upload_id);
-        let mut writer = AsyncArrowWriter::try_new_with_options(file, schema, options)
-            .map_err(|e| write_error(&shown, e.to_string()))?;
-        let rows = encode(&mut writer, input, &shown).await?;
-        writer.finish().await.map_err(|e| write_error(&shown, e.to_string()))?;
-        let bytes = writer.bytes_written() as u64;
-        let file = writer.into_inner();
+        let (rows, bytes, file) = encode_file(spec, file, input, context, &shown).await?;
         let pending = file.pending();
         let parts = serde_json::to_string(&pending.parts)
             .map_err(|e| write_error(&shown, e.to_string()))?;
@@ -281,12 +270,8 @@ async fn write_partition(
     }
     let path = spec.staging_path(stem)?;
     let shown = format!("{}://{}/{}", url.scheme(), url.host_str().unwrap_or_default(), path);
-    let object_writer = BufWriter::new(Arc::clone(&store), path.clone());
-    let mut writer = AsyncArrowWriter::try_new_with_options(object_writer, schema, options)
-        .map_err(|e| write_error(&shown, e.to_string()))?;
-    let rows = encode(&mut writer, input, &shown).await?;
-    writer.finish().await.map_err(|e| write_error(&shown, e.to_string()))?;
-    let bytes = writer.bytes_written() as u64;
+    let file = BufWriter::new(Arc::clone(&store), path.clone());
+    let (rows, bytes, _) = encode_file(spec, file, input, context, &shown).await?;
     // The rename committers' task commit (comparison shapes, see `Committer`).
     let path = match spec.committer {
         Committer::Auto => path,
@@ -310,28 +295,122 @@ async fn write_partition(
     })
 }
 
+/// Encodes the partition into `file` in the write's format and finishes the
+/// file (which for a multipart upload sends the last part, no more).
+/// Returns rows, bytes and the file writer.
+async fn encode_file<W: AsyncFileWriter>(
+    spec: &WriteSpec,
+    mut file: W,
+    mut input: SendableRecordBatchStream,
+    context: &TaskContext,
+    shown: &str,
+) -> Result<(u64, u64, W)> {
+    let schema = input.schema();
+    let fail = |e: &dyn std::fmt::Display| write_error(shown, e.to_string());
+    if spec.format == WriteFormat::Parquet {
+        let props = parquet_properties(spec, &schema, context)?.build();
+        // The schema is already in `props`' metadata; stop the writer adding it twice.
+        let options = ArrowWriterOptions::new()
+            .with_properties(props)
+            .with_skip_arrow_metadata(true);
+        let mut writer = AsyncArrowWriter::try_new_with_options(file, schema, options)
+            .map_err(|e| fail(&e))?;
+        let mut rows = 0u64;
+        while let Some(batch) = input.next().await {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            writer.write(&batch).await.map_err(|e| fail(&e))?;
+        }
+        writer.finish().await.map_err(|e| fail(&e))?;
+        let bytes = writer.bytes_written() as u64;
+        return Ok((rows, bytes, writer.into_inner()));
+    }
+    let text = TextOptions::from_spec(spec)?;
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    let mut first = true;
+    while let Some(batch) = input.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        let mut buf = Vec::with_capacity(batch.get_array_memory_size());
+        match spec.format {
+            WriteFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(text.header && first)
+                    .with_delimiter(text.delimiter)
+                    .build(&mut buf);
+                w.write(&batch).map_err(|e| fail(&e))?;
+            }
+            _ => {
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+                w.write(&batch).map_err(|e| fail(&e))?;
+                w.finish().map_err(|e| fail(&e))?;
+            }
+        }
+        first = false;
+        bytes += buf.len() as u64;
+        file.write(buf.into()).await.map_err(|e| fail(&e))?;
+    }
+    if first && text.header && spec.format == WriteFormat::Csv {
+        // An empty partition still gets its header line.
+        let mut buf = Vec::new();
+        arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .with_delimiter(text.delimiter)
+            .build(&mut buf)
+            .write(&RecordBatch::new_empty(schema))
+            .map_err(|e| fail(&e))?;
+        bytes += buf.len() as u64;
+        file.write(buf.into()).await.map_err(|e| fail(&e))?;
+    }
+    file.complete().await.map_err(|e| fail(&e))?;
+    Ok((rows, bytes, file))
+}
+
+/// CSV options a statement may give (`OPTIONS ('format.has_header' 'false',
+/// 'format.delimiter' '|')`), DataFusion's names.
+struct TextOptions {
+    header: bool,
+    delimiter: u8,
+}
+
+impl TextOptions {
+    fn from_spec(spec: &WriteSpec) -> Result<Self> {
+        let mut out = Self {
+            header: true,
+            delimiter: b',',
+        };
+        for (key, value) in &spec.options {
+            match key.strip_prefix("format.").unwrap_or(key) {
+                "has_header" => {
+                    out.header = value.parse().map_err(|_| {
+                        DataFusionError::Configuration(format!("has_header must be true or false, got '{value}'"))
+                    })?;
+                }
+                "delimiter" => match value.as_bytes() {
+                    [b] => out.delimiter = *b,
+                    _ => {
+                        return Err(DataFusionError::Configuration(format!(
+                            "delimiter must be one byte, got '{value}'"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(DataFusionError::Configuration(format!(
+                        "unknown {:?} write option '{other}'",
+                        spec.format
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn write_error(path: &str, reason: String) -> DataFusionError {
     DataFusionError::External(Box::new(SluiceError::Write {
         path: path.to_string(),
         reason,
     }))
-}
-
-async fn encode<W: AsyncFileWriter>(
-    writer: &mut AsyncArrowWriter<W>,
-    mut input: SendableRecordBatchStream,
-    shown: &str,
-) -> Result<u64> {
-    let mut rows = 0u64;
-    while let Some(batch) = input.next().await {
-        let batch = batch?;
-        rows += batch.num_rows() as u64;
-        writer
-            .write(&batch)
-            .await
-            .map_err(|e| write_error(shown, e.to_string()))?;
-    }
-    Ok(rows)
 }
 
 #[cfg(test)]
