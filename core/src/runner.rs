@@ -11,7 +11,11 @@ use arrow::datatypes::UInt64Type;
 use ballista::prelude::SessionContextExt;
 use ballista_core::execution_plans::DistributedQueryExec;
 use datafusion::error::DataFusionError;
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::datasource::listing::ListingTable;
 use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{LogicalPlan, WriteOp};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::protobuf::LogicalPlanNode;
@@ -21,7 +25,7 @@ use tracing::Instrument;
 use crate::error::SluiceError;
 use crate::job::{Action, classify, split_statements, substitute};
 use crate::session;
-use crate::write::{WriteNode, WriteSpec, abandon};
+use crate::write::{WriteFormat, WriteNode, WriteSpec, abandon};
 
 /// How long the pre-run check of an object store output may take (the
 /// store's own request timeouts and retries apply inside it).
@@ -71,8 +75,27 @@ pub struct StatementOutcome {
     pub write: Option<WriteOutcome>,
     /// Rows a query returned (not written).
     pub result_rows: u64,
-    #[serde(skip)]
+    /// A query's result; in JSON, an array of row objects under `rows`.
+    #[serde(rename = "rows", serialize_with = "batches_as_json")]
     pub batches: Vec<RecordBatch>,
+}
+
+fn batches_as_json<S: serde::Serializer>(batches: &[RecordBatch], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::ArrayWriter::new(&mut buf);
+        for b in batches {
+            w.write(b).map_err(S::Error::custom)?;
+        }
+        w.finish().map_err(S::Error::custom)?;
+    }
+    let rows: serde_json::Value = if buf.is_empty() {
+        serde_json::Value::Array(vec![])
+    } else {
+        serde_json::from_slice(&buf).map_err(S::Error::custom)?
+    };
+    rows.serialize(s)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -304,6 +327,37 @@ impl JobRunner {
                         vars.insert(key, value);
                     }
                 }
+                Action::Sql(sql) if starts_with_insert(&sql) => {
+                    self.set_job_name(file, raw.line);
+                    let plan = self
+                        .ctx
+                        .sql(&sql)
+                        .await
+                        .map_err(stmt_err)?
+                        .into_unoptimized_plan();
+                    match table_insert(&plan).map_err(stmt_err)? {
+                        Some((input, spec)) => {
+                            outcome.kind = "write";
+                            let (job_id, write) = self
+                                .run_write_plan(input, spec, file, raw.line)
+                                .instrument(span)
+                                .await?;
+                            outcome.job_id = job_id;
+                            outcome.write = Some(write);
+                        }
+                        None => {
+                            let (job_id, batches) = async {
+                                let df = self.ctx.execute_logical_plan(plan).await?;
+                                self.execute(df.create_physical_plan().await?).await
+                            }
+                            .instrument(span)
+                            .await
+                            .map_err(stmt_err)?;
+                            outcome.job_id = job_id;
+                            outcome.batches = batches;
+                        }
+                    }
+                }
                 Action::Sql(sql) => {
                     let (job_id, batches) = self
                         .run_sql(&sql, file, raw.line)
@@ -387,11 +441,25 @@ impl JobRunner {
             line,
             source: Box::new(e),
         };
+        let input = self.ctx.sql(query).await.map_err(stmt_err)?.into_unoptimized_plan();
+        self.run_write_plan(input, spec, file, line).await
+    }
+
+    async fn run_write_plan(
+        &self,
+        input: LogicalPlan,
+        spec: WriteSpec,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
+        let stmt_err = |e: DataFusionError| SluiceError::Statement {
+            file: file.to_string(),
+            line,
+            source: Box::new(e),
+        };
         preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
         self.set_job_name(file, line);
         let planned = async {
-            let df = self.ctx.sql(query).await?;
-            let input = df.into_unoptimized_plan();
             let plan = WriteNode::try_new(input, spec.clone())?.into_plan();
             self.ctx.execute_logical_plan(plan).await?.create_physical_plan().await
         }
@@ -490,6 +558,56 @@ fn distributed_job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
         tracing::debug!(plan = plan.name(), "no scheduler job id on plan");
     }
     found
+}
+
+fn starts_with_insert(sql: &str) -> bool {
+    sql.trim_start()
+        .get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case("insert"))
+}
+
+/// `INSERT INTO` / `INSERT OVERWRITE` a listing table whose location is a
+/// directory: the rows to write and where, so the insert goes through
+/// sluice's writers and committer instead of DataFusion's single-task sink
+/// (which writes files in place, visible before it finishes). `None` for any
+/// other insert, which runs as DataFusion plans it.
+fn table_insert(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, WriteSpec)>, DataFusionError> {
+    let LogicalPlan::Dml(dml) = plan else {
+        return Ok(None);
+    };
+    let overwrite = match dml.op {
+        WriteOp::Insert(InsertOp::Append) => false,
+        WriteOp::Insert(InsertOp::Overwrite) => true,
+        _ => return Ok(None),
+    };
+    let Ok(provider) = source_as_provider(&dml.target) else {
+        return Ok(None);
+    };
+    let Some(table) = provider.downcast_ref::<ListingTable>() else {
+        return Ok(None);
+    };
+    let [path] = table.table_paths().as_slice() else {
+        return Ok(None);
+    };
+    if !path.is_collection() {
+        return Ok(None);
+    }
+    if !table.options().table_partition_cols.is_empty() {
+        return Err(DataFusionError::External(Box::new(SluiceError::Syntax {
+            file: String::new(),
+            line: 0,
+            message: format!(
+                "INSERT into the partitioned table {} is not supported by sluice's writer yet",
+                dml.table_name
+            ),
+        })));
+    }
+    let ext = table.options().format.get_ext();
+    let format = WriteFormat::parse(ext.trim_start_matches('.'))
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let spec = WriteSpec::new(path.as_str(), format, overwrite, Default::default())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(Some((dml.input.as_ref().clone(), spec)))
 }
 
 /// Shortens an object store error to what a user acts on: S3's error code

@@ -375,3 +375,39 @@ fn csv_and_ndjson_go_through_the_same_committers() {
     assert_eq!(json.len(), 2);
     assert!(json.iter().all(|k| k.ends_with(".json")), "{json:?}");
 }
+
+/// `INSERT INTO` and `INSERT OVERWRITE` an external table on S3 go through the
+/// committer: appends add files, the overwrite replaces them.
+#[test]
+fn inserts_into_an_external_table_are_committed() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("insert").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE t (id BIGINT, name VARCHAR) STORED AS PARQUET LOCATION 's3://{bucket}/tbl/';\n\
+             INSERT INTO t SELECT id, 'n' || id FROM range(0, 1000, 1, 4);\n\
+             INSERT INTO t SELECT id + 1000, 'm' FROM range(0, 500, 1, 2);\n\
+             SELECT count(*) AS n, count(DISTINCT id) AS d FROM t;\n\
+             INSERT OVERWRITE t SELECT id, 'o' FROM range(0, 10, 1, 1);\n\
+             SELECT count(*) AS after_overwrite FROM t;\n"
+        ),
+    )
+    .unwrap();
+    let o = run_with_timeout(
+        sluice().unwrap().arg("run").arg(&job).args(["--output", "json"]),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["rows_written"], 1510);
+    assert_eq!(report["files_written"], 7);
+    let text = report.to_string();
+    assert!(text.contains("1500"), "{text}");
+    let keys = s3.data_keys(&bucket, "tbl/").unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_nothing_left(&s3, &bucket, "tbl/");
+}
