@@ -71,9 +71,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             python,
             no_spark,
         } => {
-            let scratch = tempfile::Builder::new().prefix("sluice-bench").tempdir_in(
-                dir.unwrap_or_else(std::env::temp_dir),
-            )?;
+            let scratch = tempfile::Builder::new()
+                .prefix("sluice-bench")
+                .tempdir_in(dir.unwrap_or_else(std::env::temp_dir))?;
             let report = range_bench(rows, partitions, scratch.path(), &python, no_spark).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
@@ -104,7 +104,9 @@ async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str)
         "INSERT OVERWRITE DIRECTORY 's3://{bucket}/bench-{run_id}/warmup' USING PARQUET \
          SELECT * FROM range(0, 1000, 1, {partitions});"
     );
-    runner.run("s3-commit-warmup.sql", &warm, &HashMap::new()).await?;
+    runner
+        .run("s3-commit-warmup.sql", &warm, &HashMap::new())
+        .await?;
     let mut runs = vec![];
     let mut seconds = HashMap::new();
     let mut commit_seconds = HashMap::new();
@@ -116,17 +118,26 @@ async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str)
              SELECT * FROM range(0, {rows}, 1, {partitions});"
         );
         let t = Instant::now();
-        let report = runner.run(&format!("s3-commit-{committer}.sql"), &sql, &HashMap::new()).await?;
+        let report = runner
+            .run(&format!("s3-commit-{committer}.sql"), &sql, &HashMap::new())
+            .await?;
         let secs = t.elapsed().as_secs_f64();
         if report.rows_written != rows {
-            bail!("{committer}: wrote {} rows, expected {rows}", report.rows_written);
+            bail!(
+                "{committer}: wrote {} rows, expected {rows}",
+                report.rows_written
+            );
         }
         let manifest = read_manifest(bucket, &prefix).await?;
         let commit_ms: f64 = manifest["diagnostics"]["commit_ms"]
             .as_str()
             .and_then(|v| v.parse().ok())
             .context("commit_ms in _SUCCESS")?;
-        let name = if committer == "auto" { "sluice_multipart" } else { committer };
+        let name = if committer == "auto" {
+            "sluice_multipart"
+        } else {
+            committer
+        };
         let mut f = figures(name, rows, secs, report.files_written as usize);
         f["commit_seconds"] = json!(commit_ms / 1000.0);
         f["commit_share_of_job"] = json!(((commit_ms / 1000.0 / secs) * 10000.0).round() / 10000.0);
@@ -215,14 +226,20 @@ async fn datafusion_copy(rows: u64, partitions: u64, out: &Path) -> Result<f64> 
 
 /// Free loopback port, released just before the child binds it.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if !path.exists() {
-        bail!("{} not found next to {} (build the workspace first)", name, exe.display());
+        bail!(
+            "{} not found next to {} (build the workspace first)",
+            name,
+            exe.display()
+        );
     }
     Ok(path)
 }
@@ -258,7 +275,12 @@ async fn processes_run(rows: u64, partitions: u64, out: &Path, work: &Path) -> R
         children.0.push(
             std::process::Command::new(sibling_binary("sluice-executor")?)
                 .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
-                .args(["--scheduler-host", "127.0.0.1", "--scheduler-port", &port.to_string()])
+                .args([
+                    "--scheduler-host",
+                    "127.0.0.1",
+                    "--scheduler-port",
+                    &port.to_string(),
+                ])
                 .args(["--bind-port", &free_port()?.to_string()])
                 .args(["--bind-grpc-port", &free_port()?.to_string()])
                 .args(["--bind-health-port", &free_port()?.to_string()])
@@ -323,19 +345,35 @@ print(time.time() - t)
     Ok(Some(secs))
 }
 
-async fn range_bench(rows: u64, partitions: u64, dir: &Path, python: &str, no_spark: bool) -> Result<Value> {
+async fn range_bench(
+    rows: u64,
+    partitions: u64,
+    dir: &Path,
+    python: &str,
+    no_spark: bool,
+) -> Result<Value> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut runs = vec![];
 
     let out = dir.join("embedded");
     let cluster = EmbeddedCluster::start(2, cores).await?;
     let embedded = sluice_run(&cluster.endpoint, rows, partitions, &out).await?;
-    runs.push(figures("sluice_embedded", rows, embedded, count_parquet(&out)));
+    runs.push(figures(
+        "sluice_embedded",
+        rows,
+        embedded,
+        count_parquet(&out),
+    ));
     std::fs::remove_dir_all(&out)?;
 
     let out = dir.join("processes");
     let processes = processes_run(rows, partitions, &out, dir).await?;
-    runs.push(figures("sluice_processes", rows, processes, count_parquet(&out)));
+    runs.push(figures(
+        "sluice_processes",
+        rows,
+        processes,
+        count_parquet(&out),
+    ));
     std::fs::remove_dir_all(&out)?;
 
     let out = dir.join("datafusion");

@@ -122,7 +122,10 @@ pub fn print_jobs(jobs: &serde_json::Value, output: OutputFormat) {
     }
     let empty = vec![];
     let list = jobs.as_array().unwrap_or(&empty);
-    println!("{:<12} {:<12} {:>8} {:>8}  NAME", "JOB", "STATUS", "STAGES", "PERCENT");
+    println!(
+        "{:<12} {:<12} {:>8} {:>8}  NAME",
+        "JOB", "STATUS", "STAGES", "PERCENT"
+    );
     for j in list {
         println!(
             "{:<12} {:<12} {:>8} {:>7}%  {}",

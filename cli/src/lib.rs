@@ -66,7 +66,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             if config.executors == 0 {
                 bail!("--executors must be at least 1");
             }
-            let cluster = embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
+            let cluster =
+                embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
             run_job(&job, &cluster.endpoint, timeout).await
         }
         Command::Submit { job } => run_job(&job, &config.scheduler, timeout).await,
@@ -79,17 +80,25 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status { job_id, output } => {
             runner::wait_for_scheduler(&config.scheduler, timeout).await?;
             let api = SchedulerApi::new(&config.scheduler)?;
-            let job = api.job(&job_id).await.with_context(|| format!("job {job_id}"))?;
+            let job = api
+                .job(&job_id)
+                .await
+                .with_context(|| format!("job {job_id}"))?;
             let progress = api.progress(&job_id).await?;
             display::print_status(&job, &progress, output);
-            if job["job_status"].as_str().is_some_and(|s| s.contains("Failed")) {
+            if job["job_status"]
+                .as_str()
+                .is_some_and(|s| s.contains("Failed"))
+            {
                 bail!("job {job_id} failed: {}", job["status"]);
             }
             Ok(())
         }
         Command::Cancel { job_id } => {
             runner::wait_for_scheduler(&config.scheduler, timeout).await?;
-            SchedulerApi::new(&config.scheduler)?.cancel(&job_id).await?;
+            SchedulerApi::new(&config.scheduler)?
+                .cancel(&job_id)
+                .await?;
             println!("cancelled {job_id}");
             Ok(())
         }

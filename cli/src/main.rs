@@ -8,7 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = sluice_cli::load_config(&cli).map(|c| c.log).unwrap_or_else(|_| "warn".into());
+    let log = sluice_cli::load_config(&cli)
+        .map(|c| c.log)
+        .unwrap_or_else(|_| "warn".into());
     let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(log);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -93,7 +93,12 @@ pub struct SluiceLogicalCodec {
 }
 
 impl LogicalExtensionCodec for SluiceLogicalCodec {
-    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> Result<Extension> {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> Result<Extension> {
         match decode::<LogicalNode>(buf) {
             Some(node) => match node? {
                 LogicalNode::Write(spec) => {
@@ -127,7 +132,9 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                     spec: spec.into_spec()?,
                 })),
             },
-            None => self.inner.try_decode_table_provider(buf, table_ref, schema, ctx),
+            None => self
+                .inner
+                .try_decode_table_provider(buf, table_ref, schema, ctx),
         }
     }
 
@@ -143,11 +150,19 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         }
     }
 
-    fn try_decode_file_format(&self, buf: &[u8], ctx: &TaskContext) -> Result<Arc<dyn FileFormatFactory>> {
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn FileFormatFactory>> {
         self.inner.try_decode_file_format(buf, ctx)
     }
 
-    fn try_encode_file_format(&self, buf: &mut Vec<u8>, node: Arc<dyn FileFormatFactory>) -> Result<()> {
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn FileFormatFactory>,
+    ) -> Result<()> {
         self.inner.try_encode_file_format(buf, node)
     }
 }
@@ -169,19 +184,19 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
         Ok(match node? {
-            PhysicalNode::Range { spec, with_id } => {
-                Arc::new(RangeExec::try_new(
-                    spec.into_spec()?,
-                    with_id,
-                    one_input(inputs, "RangeExec")?,
-                )?)
-            }
-            PhysicalNode::Writer(spec) => {
-                Arc::new(WriterExec::new(one_input(inputs, "SluiceWriterExec")?, spec))
-            }
-            PhysicalNode::Commit(spec) => {
-                Arc::new(CommitExec::new(one_input(inputs, "SluiceCommitExec")?, spec))
-            }
+            PhysicalNode::Range { spec, with_id } => Arc::new(RangeExec::try_new(
+                spec.into_spec()?,
+                with_id,
+                one_input(inputs, "RangeExec")?,
+            )?),
+            PhysicalNode::Writer(spec) => Arc::new(WriterExec::new(
+                one_input(inputs, "SluiceWriterExec")?,
+                spec,
+            )),
+            PhysicalNode::Commit(spec) => Arc::new(CommitExec::new(
+                one_input(inputs, "SluiceCommitExec")?,
+                spec,
+            )),
         })
     }
 

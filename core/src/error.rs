@@ -6,7 +6,9 @@ use datafusion::error::DataFusionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SluiceError {
-    #[error("{file}:{line}: unknown variable ${{{name}}} (set it with `SET {name}=...;` or `--var {name}=...`)")]
+    #[error(
+        "{file}:{line}: unknown variable ${{{name}}} (set it with `SET {name}=...;` or `--var {name}=...`)"
+    )]
     UnknownVariable {
         file: String,
         line: usize,

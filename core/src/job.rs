@@ -158,8 +158,9 @@ pub enum Action {
     Sql(String),
 }
 
-static SET_RE: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(r"(?is)^SET\s+([A-Za-z_][A-Za-z0-9_.\-]*)\s*(?:=|\s+TO\s+)\s*(.*?)\s*$").ok());
+static SET_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"(?is)^SET\s+([A-Za-z_][A-Za-z0-9_.\-]*)\s*(?:=|\s+TO\s+)\s*(.*?)\s*$").ok()
+});
 static INSERT_DIR_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
         r"(?is)^INSERT\s+OVERWRITE\s+(?:LOCAL\s+)?DIRECTORY\s+'([^']*)'\s+(?:USING|STORED\s+AS)\s+([A-Za-z]+)\s*(?:OPTIONS\s*\((.*?)\)\s*)?(.*)$",
@@ -187,7 +188,11 @@ fn is_engine_setting(key: &str) -> bool {
         .any(|p| key.starts_with(p))
 }
 
-fn parse_options(raw: &str, file: &str, line: usize) -> Result<BTreeMap<String, String>, SluiceError> {
+fn parse_options(
+    raw: &str,
+    file: &str,
+    line: usize,
+) -> Result<BTreeMap<String, String>, SluiceError> {
     let mut out = BTreeMap::new();
     let Some(re) = OPTION_RE.as_ref() else {
         return Ok(out);
@@ -240,7 +245,9 @@ pub fn classify(text: &str, file: &str, line: usize) -> Result<Action, SluiceErr
         };
         let query = c.get(4).map(|m| m.as_str().trim()).unwrap_or_default();
         if query.is_empty() {
-            return Err(syntax("INSERT OVERWRITE DIRECTORY needs a query after the format".into()));
+            return Err(syntax(
+                "INSERT OVERWRITE DIRECTORY needs a query after the format".into(),
+            ));
         }
         return Ok(Action::Write {
             query: query.to_string(),
@@ -298,7 +305,13 @@ mod tests {
         let src = "-- header; not a statement\nSET a=1;\nSELECT 'x;y' AS s; /* c; */\n\nSELECT 2\n";
         let st = split_statements(src);
         assert_eq!(st.len(), 3);
-        assert_eq!(st[0], RawStatement { line: 2, text: "SET a=1".into() });
+        assert_eq!(
+            st[0],
+            RawStatement {
+                line: 2,
+                text: "SET a=1".into()
+            }
+        );
         assert_eq!(st[1].text, "SELECT 'x;y' AS s");
         assert_eq!(st[1].line, 3);
         assert_eq!(st[2].line, 5);
@@ -307,8 +320,13 @@ mod tests {
     #[test]
     fn unknown_variable_is_named_with_its_line() {
         let vars = HashMap::from([("a".to_string(), "1".to_string())]);
-        assert_eq!(substitute("x ${a} y", &vars, "j.sql", 1).ok(), Some("x 1 y".into()));
-        let err = substitute("x\n${b}", &vars, "j.sql", 4).err().map(|e| e.to_string());
+        assert_eq!(
+            substitute("x ${a} y", &vars, "j.sql", 1).ok(),
+            Some("x 1 y".into())
+        );
+        let err = substitute("x\n${b}", &vars, "j.sql", 4)
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
             Some("j.sql:5: unknown variable ${b} (set it with `SET b=...;` or `--var b=...`)")
@@ -323,25 +341,45 @@ mod tests {
             1,
         )?;
         match a {
-            Action::Write { url, overwrite, query, .. } => {
+            Action::Write {
+                url,
+                overwrite,
+                query,
+                ..
+            } => {
                 assert_eq!(url, "/tmp/o");
                 assert!(overwrite);
                 assert_eq!(query, "SELECT * FROM range(0, 10, 1, 2)");
             }
             other => return Err(SluiceError::Config(format!("{other:?}"))),
         }
-        let c = classify("COPY (SELECT 1 AS x) TO '/tmp/c' STORED AS PARQUET OPTIONS ('compression' 'snappy')", "j", 1)?;
+        let c = classify(
+            "COPY (SELECT 1 AS x) TO '/tmp/c' STORED AS PARQUET OPTIONS ('compression' 'snappy')",
+            "j",
+            1,
+        )?;
         match c {
-            Action::Write { url, overwrite, options, .. } => {
+            Action::Write {
+                url,
+                overwrite,
+                options,
+                ..
+            } => {
                 assert_eq!(url, "/tmp/c");
                 assert!(!overwrite);
-                assert_eq!(options.get("compression").map(String::as_str), Some("snappy"));
+                assert_eq!(
+                    options.get("compression").map(String::as_str),
+                    Some("snappy")
+                );
             }
             other => return Err(SluiceError::Config(format!("{other:?}"))),
         }
         assert_eq!(
             classify("SET rows = 100", "j", 1)?,
-            Action::SetVar { key: "rows".into(), value: "100".into() }
+            Action::SetVar {
+                key: "rows".into(),
+                value: "100".into()
+            }
         );
         assert!(matches!(
             classify("SET datafusion.execution.batch_size = 100", "j", 1)?,

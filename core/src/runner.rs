@@ -10,9 +10,9 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use ballista::prelude::SessionContextExt;
 use ballista_core::execution_plans::DistributedQueryExec;
-use datafusion::error::DataFusionError;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::datasource::listing::ListingTable;
+use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{LogicalPlan, WriteOp};
@@ -186,7 +186,12 @@ impl SchedulerApi {
             endpoint: self.base.clone(),
             reason,
         };
-        let resp = self.client.get(&url).send().await.map_err(|e| err(e.to_string()))?;
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(err(format!("HTTP {status} from {url}")));
@@ -250,7 +255,12 @@ impl SchedulerApi {
                     p.tasks += tasks.len();
                     p.tasks_done += tasks
                         .iter()
-                        .filter(|t| t["status"].to_string().to_ascii_lowercase().contains("success"))
+                        .filter(|t| {
+                            t["status"]
+                                .to_string()
+                                .to_ascii_lowercase()
+                                .contains("success")
+                        })
                         .count();
                 }
             }
@@ -267,7 +277,11 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    pub fn new(ctx: SessionContext, endpoint: &str, progress: Arc<dyn Progress>) -> Result<Self, SluiceError> {
+    pub fn new(
+        ctx: SessionContext,
+        endpoint: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Self, SluiceError> {
         Ok(Self {
             ctx,
             api: SchedulerApi::new(endpoint)?,
@@ -380,7 +394,8 @@ impl JobRunner {
                         return Err(SluiceError::Syntax {
                             file: file.to_string(),
                             line: raw.line,
-                            message: "PARTITIONED BY is not supported by sluice's writer yet".into(),
+                            message: "PARTITIONED BY is not supported by sluice's writer yet"
+                                .into(),
                         });
                     }
                     let spec = WriteSpec::new(&url, format, overwrite, options)?;
@@ -414,7 +429,10 @@ impl JobRunner {
         let state = self.ctx.state_ref();
         let mut state = state.write();
         // Unknown keys only when Ballista's extension is missing; the name is cosmetic.
-        let _ = state.config_mut().options_mut().set("ballista.job.name", &name);
+        let _ = state
+            .config_mut()
+            .options_mut()
+            .set("ballista.job.name", &name);
     }
 
     async fn run_sql(
@@ -441,7 +459,12 @@ impl JobRunner {
             line,
             source: Box::new(e),
         };
-        let input = self.ctx.sql(query).await.map_err(stmt_err)?.into_unoptimized_plan();
+        let input = self
+            .ctx
+            .sql(query)
+            .await
+            .map_err(stmt_err)?
+            .into_unoptimized_plan();
         self.run_write_plan(input, spec, file, line).await
     }
 
@@ -461,7 +484,11 @@ impl JobRunner {
         self.set_job_name(file, line);
         let planned = async {
             let plan = WriteNode::try_new(input, spec.clone())?.into_plan();
-            self.ctx.execute_logical_plan(plan).await?.create_physical_plan().await
+            self.ctx
+                .execute_logical_plan(plan)
+                .await?
+                .create_physical_plan()
+                .await
         }
         .await
         .map_err(stmt_err)?;
@@ -498,7 +525,11 @@ impl JobRunner {
     /// tasks staged. Swept twice, because a task the scheduler is still
     /// cancelling can start an upload just after the first sweep.
     async fn cleanup(&self, spec: &WriteSpec) -> Result<(), DataFusionError> {
-        let store = self.ctx.runtime_env().object_store_registry.get_store(&spec.output_url()?)?;
+        let store = self
+            .ctx
+            .runtime_env()
+            .object_store_registry
+            .get_store(&spec.output_url()?)?;
         let mut aborted = abandon(spec, &store).await?;
         tokio::time::sleep(CLEANUP_RESWEEP).await;
         aborted += abandon(spec, &store).await?;
@@ -648,7 +679,9 @@ async fn preflight_output(
             .get_store(&url)
             .map_err(|e| unreachable(e.to_string()))?;
         let base = spec.base_path()?;
-        return match tokio::time::timeout(PREFLIGHT_TIMEOUT, store.list_with_delimiter(Some(&base))).await {
+        return match tokio::time::timeout(PREFLIGHT_TIMEOUT, store.list_with_delimiter(Some(&base)))
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unreachable(explain_store_error(&e.to_string()))),
             Err(_) => Err(unreachable(format!(

@@ -105,9 +105,10 @@ pub struct SluiceObjectStores {
 /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, keys, region, or the instance
 /// profile), with request timeouts and bounded retries.
 pub fn build_s3(url: &Url) -> Result<AmazonS3> {
-    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
-        DataFusionError::Configuration(format!("s3 URL without a bucket: {url}"))
-    })?;
+    let bucket = url
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| DataFusionError::Configuration(format!("s3 URL without a bucket: {url}")))?;
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_client_options(client_options())
@@ -132,7 +133,11 @@ pub fn build_s3(url: &Url) -> Result<AmazonS3> {
 }
 
 impl ObjectStoreRegistry for SluiceObjectStores {
-    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
         self.inner.register_store(url, store)
     }
 

@@ -78,7 +78,12 @@ impl TableProviderFactory for DataFilesFactory {
             .with_listing_options(options.with_file_extension(extension))
             .with_schema(file_schema);
         let rebuilt = ListingTable::try_new(config)?
-            .with_constraints(table.constraints().cloned().unwrap_or_else(Constraints::default))
+            .with_constraints(
+                table
+                    .constraints()
+                    .cloned()
+                    .unwrap_or_else(Constraints::default),
+            )
             .with_column_defaults(defaults)
             .with_definition(table.get_table_definition().map(str::to_string));
         Ok(Arc::new(rebuilt))
@@ -100,14 +105,21 @@ async fn infer_from_data_files(
     let options =
         ListingOptions::new(format.create(session, &cmd.options)?).with_file_extension(ext);
     let partitions = if cmd.table_partition_cols.is_empty()
-        && session.config_options().execution.listing_table_factory_infer_partitions
+        && session
+            .config_options()
+            .execution
+            .listing_table_factory_infer_partitions
     {
         options.infer_partitions(state, url).await?
     } else {
         cmd.table_partition_cols.clone()
     };
     let file_schema = options.infer_schema(state, url).await?;
-    let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = file_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     for name in &partitions {
         fields.push(Field::new(
             name,

@@ -24,7 +24,9 @@ fn runtime_producer() -> RuntimeProducer {
 }
 
 /// Installs sluice's codecs, functions and object stores on an executor config.
-pub fn with_sluice(mut config: ExecutorProcessConfig) -> ballista_core::error::Result<ExecutorProcessConfig> {
+pub fn with_sluice(
+    mut config: ExecutorProcessConfig,
+) -> ballista_core::error::Result<ExecutorProcessConfig> {
     config.override_config_producer = Some(Arc::new(session::session_config));
     config.override_runtime_producer = Some(runtime_producer());
     config.override_logical_codec = Some(Arc::new(SluiceLogicalCodec::default()));
@@ -35,7 +37,10 @@ pub fn with_sluice(mut config: ExecutorProcessConfig) -> ballista_core::error::R
 
 /// An executor with `slots` task slots in this process, pulling work from the
 /// scheduler at `scheduler_url` (`http://host:port`).
-pub async fn start_in_process(scheduler_url: &str, slots: usize) -> ballista_core::error::Result<()> {
+pub async fn start_in_process(
+    scheduler_url: &str,
+    slots: usize,
+) -> ballista_core::error::Result<()> {
     let scheduler = SchedulerGrpcClient::connect(scheduler_url.to_string())
         .await
         .map_err(|e| BallistaError::General(format!("connecting to {scheduler_url}: {e}")))?;

@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
         .context("--bind-host/--bind-health-port")?;
     let config: ExecutorProcessConfig = opt.try_into().context("executor settings")?;
     let config = sluice_executor::with_sluice(config)?;
-    let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());
+    let filter =
+        std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());
     tracing_subscriber::fmt()
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))

@@ -30,7 +30,11 @@ pub async fn start_in_process(
     config: SchedulerConfig,
 ) -> ballista_core::error::Result<(SocketAddr, JoinHandle<ballista_core::error::Result<()>>)> {
     let addr = listener.local_addr()?;
-    let config = with_sluice(config.with_hostname(addr.ip().to_string()).with_port(addr.port()));
+    let config = with_sluice(
+        config
+            .with_hostname(addr.ip().to_string())
+            .with_port(addr.port()),
+    );
     let cluster = BallistaCluster::new_from_config(&config).await?;
     let scheduler =
         create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config)).await?;

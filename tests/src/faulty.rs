@@ -75,10 +75,14 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Result<Opti
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         bail!("chunked bodies are not supported by the fault proxy");
     }
     let mut body = vec![0; length];
@@ -140,12 +144,11 @@ async fn forward(upstream: &str, req: &Request) -> Result<Vec<u8>> {
     let bodyless = req.head.starts_with("HEAD ")
         || status_line.contains(" 204 ")
         || status_line.contains(" 304 ");
-    let length = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
-        });
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
     let mut out = head.into_bytes();
     if !bodyless {
         match length {

@@ -22,7 +22,10 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         .context("locating the target directory")?;
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} is missing: run `cargo build --workspace --bins` first", path.display());
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -36,7 +39,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A `sluice` command with a clean log setting.
@@ -92,7 +97,9 @@ impl Cluster {
             .args(["--executor-timeout-seconds", "6"])
             .args(["--expire-dead-executor-interval-seconds", "2"])
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(work.path().join("scheduler.log"))?))
+            .stderr(Stdio::from(std::fs::File::create(
+                work.path().join("scheduler.log"),
+            )?))
             .spawn()
             .context("starting sluice-scheduler")?;
         let endpoint = format!("127.0.0.1:{port}");
@@ -108,7 +115,12 @@ impl Cluster {
             std::fs::create_dir_all(&dir)?;
             let child = Command::new(binary("sluice-executor")?)
                 .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
-                .args(["--scheduler-host", "127.0.0.1", "--scheduler-port", &port.to_string()])
+                .args([
+                    "--scheduler-host",
+                    "127.0.0.1",
+                    "--scheduler-port",
+                    &port.to_string(),
+                ])
                 .args(["--bind-port", &free_port()?.to_string()])
                 .args(["--bind-grpc-port", &free_port()?.to_string()])
                 .args(["--bind-health-port", &free_port()?.to_string()])
@@ -118,7 +130,9 @@ impl Cluster {
                 .arg("--work-dir")
                 .arg(&dir)
                 .stdout(Stdio::null())
-                .stderr(Stdio::from(std::fs::File::create(dir.join("executor.log"))?))
+                .stderr(Stdio::from(std::fs::File::create(
+                    dir.join("executor.log"),
+                )?))
                 .spawn()
                 .context("starting sluice-executor")?;
             cluster.executors.push(child);
@@ -129,9 +143,13 @@ impl Cluster {
 
     fn get(&self, path: &str) -> Result<serde_json::Value> {
         let url = format!("http://{}{path}", self.endpoint);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()?;
             let resp = client.get(&url).send().await?.error_for_status()?;
             Ok(resp.json().await?)
         })
@@ -169,7 +187,11 @@ impl Cluster {
 
     /// Jobs as the scheduler lists them.
     pub fn jobs(&self) -> Result<Vec<serde_json::Value>> {
-        Ok(self.get("/api/jobs")?.as_array().cloned().unwrap_or_default())
+        Ok(self
+            .get("/api/jobs")?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// SIGKILL, as a crashed machine would.
@@ -188,7 +210,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for c in self.executors.iter_mut().chain(std::iter::once(&mut self.scheduler)) {
+        for c in self
+            .executors
+            .iter_mut()
+            .chain(std::iter::once(&mut self.scheduler))
+        {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -41,9 +41,13 @@ impl S3 {
         path_and_query: &str,
     ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
         let url = format!("{}/{}", self.endpoint.trim_end_matches('/'), path_and_query);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?;
             let resp = client.request(method, &url).send().await?;
             let status = resp.status();
             Ok((status, resp.bytes().await?.to_vec()))
@@ -60,7 +64,10 @@ impl S3 {
         );
         let (status, body) = self.request(reqwest::Method::PUT, &name)?;
         if !status.is_success() {
-            bail!("creating bucket {name}: {status} {}", String::from_utf8_lossy(&body));
+            bail!(
+                "creating bucket {name}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         Ok(name)
     }
@@ -122,7 +129,9 @@ impl S3 {
             .with_allow_http(true)
             .with_region("us-east-1")
             .build()?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let path = object_store::path::Path::from(key);
         rt.block_on(async {
             let body = store
@@ -137,8 +146,10 @@ impl S3 {
 
     /// Multipart uploads still open under `prefix` (ListMultipartUploads).
     pub fn open_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
-        let (status, body) =
-            self.request(reqwest::Method::GET, &format!("{bucket}?uploads&prefix={prefix}"))?;
+        let (status, body) = self.request(
+            reqwest::Method::GET,
+            &format!("{bucket}?uploads&prefix={prefix}"),
+        )?;
         let xml = String::from_utf8_lossy(&body).to_string();
         if !status.is_success() {
             bail!("listing uploads in {bucket}: {status} {xml}");

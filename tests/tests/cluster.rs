@@ -39,20 +39,31 @@ fn submit_runs_the_range_job_on_two_executor_processes() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let job_id = report["job_ids"][0].as_str().unwrap().to_string();
     let jobs = run_with_timeout(
-        sluice().unwrap().args(["jobs", "--scheduler", &cluster.endpoint]),
+        sluice()
+            .unwrap()
+            .args(["jobs", "--scheduler", &cluster.endpoint]),
         Duration::from_secs(30),
     )
     .unwrap();
     assert!(jobs.status.success());
     assert!(String::from_utf8_lossy(&jobs.stdout).contains(&job_id));
     let status = run_with_timeout(
-        sluice().unwrap().args(["status", &job_id, "--scheduler", &cluster.endpoint]),
+        sluice()
+            .unwrap()
+            .args(["status", &job_id, "--scheduler", &cluster.endpoint]),
         Duration::from_secs(30),
     )
     .unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    assert!(text.contains("Successful") || text.contains("Completed"), "{text}");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        text.contains("Successful") || text.contains("Completed"),
+        "{text}"
+    );
 }
 
 /// SIGKILL one executor while the write stage runs. Ballista notices the lost
@@ -87,13 +98,16 @@ fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let staging = dir.join("_sluice_staging");
-        let staged = staging.exists()
-            && sluice_test_support::all_entries(&staging).unwrap().len() > 1;
+        let staged =
+            staging.exists() && sluice_test_support::all_entries(&staging).unwrap().len() > 1;
         if staged {
             break;
         }
         assert!(Instant::now() < deadline, "the job never started writing");
-        assert!(child.try_wait().unwrap().is_none(), "the job ended before the kill");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before the kill"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Nothing is visible while tasks write.

@@ -85,8 +85,15 @@ pub fn check_manifest(dir: &Path, rows: u64) -> Result<()> {
         .collect();
     listed.sort();
     let present = sluice_test_support::visible_files(dir)?;
-    ensure!(listed == present, "manifest lists {listed:?}, directory has {present:?}");
-    ensure!(m["rows"].as_u64() == Some(rows), "manifest rows {}", m["rows"]);
+    ensure!(
+        listed == present,
+        "manifest lists {listed:?}, directory has {present:?}"
+    );
+    ensure!(
+        m["rows"].as_u64() == Some(rows),
+        "manifest rows {}",
+        m["rows"]
+    );
     let per_file: u64 = m["files"]
         .as_array()
         .context("files")?

@@ -36,7 +36,10 @@ fn compose_commands_use_real_flags() {
         if !bin.starts_with("sluice") {
             continue;
         }
-        let help = Command::new(binary(bin).unwrap()).arg("--help").output().unwrap();
+        let help = Command::new(binary(bin).unwrap())
+            .arg("--help")
+            .output()
+            .unwrap();
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in args.iter().filter(|a| a.starts_with("--")) {
             assert!(help.contains(flag.as_str()), "{bin} has no flag {flag}");

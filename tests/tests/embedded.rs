@@ -60,7 +60,11 @@ fn overwrite_replaces_earlier_output_and_copy_adds_to_it() {
         ),
     )
     .unwrap();
-    let o = run_with_timeout(sluice().unwrap().arg("run").arg(&job), Duration::from_secs(120)).unwrap();
+    let o = run_with_timeout(
+        sluice().unwrap().arg("run").arg(&job),
+        Duration::from_secs(120),
+    )
+    .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(visible_files(&dir).unwrap().len(), 3);
     assert_eq!(common::ids(&dir).unwrap(), (0..30).collect());
@@ -75,7 +79,11 @@ fn overwrite_replaces_earlier_output_and_copy_adds_to_it() {
         ),
     )
     .unwrap();
-    let o = run_with_timeout(sluice().unwrap().arg("run").arg(&copy), Duration::from_secs(120)).unwrap();
+    let o = run_with_timeout(
+        sluice().unwrap().arg("run").arg(&copy),
+        Duration::from_secs(120),
+    )
+    .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ids = common::ids(&dir).unwrap();
     assert_eq!(ids.len(), 50);
@@ -92,7 +100,11 @@ fn queries_print_results_and_variables_substitute() {
     )
     .unwrap();
     let o = run_with_timeout(
-        sluice().unwrap().arg("run").arg(&job).args(["--var", "n=10"]),
+        sluice()
+            .unwrap()
+            .arg("run")
+            .arg(&job)
+            .args(["--var", "n=10"]),
         Duration::from_secs(120),
     )
     .unwrap();
@@ -126,7 +138,11 @@ fn multi_stage_queries_see_every_row_once_and_output_reads_back() {
     )
     .unwrap();
     let o = run_with_timeout(
-        sluice().unwrap().arg("run").arg(&job).args(["--executors", "2", "--slots", "3"]),
+        sluice()
+            .unwrap()
+            .arg("run")
+            .arg(&job)
+            .args(["--executors", "2", "--slots", "3"]),
         Duration::from_secs(300),
     )
     .unwrap();
@@ -135,6 +151,9 @@ fn multi_stage_queries_see_every_row_once_and_output_reads_back() {
     let totals = "| 100003 | 5000250003 | 100003 |";
     assert_eq!(stdout.matches(totals).count(), 2, "{stdout}");
     assert!(stdout.contains("| 50002 |"), "{stdout}");
-    assert!(stdout.contains("| 100002 |") && stdout.contains("| 100001 |"), "{stdout}");
+    assert!(
+        stdout.contains("| 100002 |") && stdout.contains("| 100001 |"),
+        "{stdout}"
+    );
     assert_eq!(visible_files(&dir).unwrap().len(), 13);
 }

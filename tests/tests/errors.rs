@@ -93,15 +93,19 @@ fn unreachable_scheduler_fails_within_the_connect_timeout() {
     let port = free_port().unwrap();
     let started = Instant::now();
     let o = run_with_timeout(
-        sluice()
-            .unwrap()
-            .arg("submit")
-            .arg(&job)
-            .args(["--scheduler", &format!("127.0.0.1:{port}"), "--connect-timeout", "2"]),
+        sluice().unwrap().arg("submit").arg(&job).args([
+            "--scheduler",
+            &format!("127.0.0.1:{port}"),
+            "--connect-timeout",
+            "2",
+        ]),
         Duration::from_secs(60),
     )
     .unwrap();
-    assert_fails_with(&o, &["unreachable", &format!("127.0.0.1:{port}"), "within 2s"]);
+    assert_fails_with(
+        &o,
+        &["unreachable", &format!("127.0.0.1:{port}"), "within 2s"],
+    );
     // Bounded: the 2 s budget plus process start, far below the 60 s guard.
     assert!(started.elapsed() < Duration::from_secs(30));
 }

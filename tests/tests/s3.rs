@@ -41,21 +41,48 @@ fn check_s3_range_output(s3: &S3, bucket: &str, prefix: &str, rows: u64) -> Resu
 }
 
 /// `_SUCCESS` lists exactly the data objects, with the total rows.
-fn check_s3_manifest(s3: &S3, bucket: &str, prefix: &str, keys: &[String], rows: u64) -> Result<serde_json::Value> {
-    let m: serde_json::Value = serde_json::from_slice(&s3.get(bucket, &format!("{prefix}_SUCCESS"))?)?;
+fn check_s3_manifest(
+    s3: &S3,
+    bucket: &str,
+    prefix: &str,
+    keys: &[String],
+    rows: u64,
+) -> Result<serde_json::Value> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&s3.get(bucket, &format!("{prefix}_SUCCESS"))?)?;
     let mut listed: Vec<String> = m["filenames"]
         .as_array()
-        .map(|a| a.iter().filter_map(|f| f.as_str()).map(|f| f.trim_start_matches('/').to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str())
+                .map(|f| f.trim_start_matches('/').to_string())
+                .collect()
+        })
         .unwrap_or_default();
     listed.sort();
-    ensure!(listed == keys, "manifest lists {listed:?}, bucket has {keys:?}");
-    ensure!(m["rows"].as_u64() == Some(rows), "manifest rows {}", m["rows"]);
-    ensure!(m["committer"] == "sluice-multipart", "committer {}", m["committer"]);
+    ensure!(
+        listed == keys,
+        "manifest lists {listed:?}, bucket has {keys:?}"
+    );
+    ensure!(
+        m["rows"].as_u64() == Some(rows),
+        "manifest rows {}",
+        m["rows"]
+    );
+    ensure!(
+        m["committer"] == "sluice-multipart",
+        "committer {}",
+        m["committer"]
+    );
     Ok(m)
 }
 
 fn assert_nothing_left(s3: &S3, bucket: &str, prefix: &str) {
-    assert_eq!(s3.open_uploads(bucket, prefix).unwrap(), Vec::<String>::new(), "open uploads");
+    assert_eq!(
+        s3.open_uploads(bucket, prefix).unwrap(),
+        Vec::<String>::new(),
+        "open uploads"
+    );
     let staging: Vec<_> = s3
         .list(bucket, prefix)
         .unwrap()
@@ -107,7 +134,12 @@ fn nothing_is_listed_before_the_commit() {
         .arg("submit")
         .arg(workspace_root().join(JOB))
         .args(["--scheduler", &cluster.endpoint])
-        .args(["--var", "rows=12000000", "--var", &format!("partitions={partitions}")])
+        .args([
+            "--var",
+            "rows=12000000",
+            "--var",
+            &format!("partitions={partitions}"),
+        ])
         .args(["--var", &format!("output=s3://{bucket}/out")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -118,7 +150,10 @@ fn nothing_is_listed_before_the_commit() {
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "job hung");
         let listed = s3.list(&bucket, "out/").unwrap();
-        let markers = listed.iter().filter(|o| o.key.contains("/uploads/")).count();
+        let markers = listed
+            .iter()
+            .filter(|o| o.key.contains("/uploads/"))
+            .count();
         let success = listed.iter().any(|o| o.key == "out/_SUCCESS");
         let data = s3.data_keys(&bucket, "out/").unwrap();
         if markers > 0 && markers < partitions {
@@ -131,7 +166,11 @@ fn nothing_is_listed_before_the_commit() {
         std::thread::sleep(Duration::from_millis(30));
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(while_writing > 0, "the poller never saw the write stage");
     let keys = check_s3_range_output(&s3, &bucket, "out/", 12_000_000).unwrap();
     check_s3_manifest(&s3, &bucket, "out/", &keys, 12_000_000).unwrap();
@@ -194,7 +233,10 @@ fn killing_an_executor_mid_upload_leaves_no_partial_output() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while s3.open_uploads(&bucket, "out/").unwrap().len() < 2 {
         assert!(Instant::now() < deadline, "uploads never started");
-        assert!(child.try_wait().unwrap().is_none(), "the job ended before the kill");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before the kill"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
@@ -238,7 +280,10 @@ fn a_job_cancelled_mid_write_leaves_nothing() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while s3.open_uploads(&bucket, "out/").unwrap().is_empty() {
         assert!(Instant::now() < deadline, "uploads never started");
-        assert!(child.try_wait().unwrap().is_none(), "the job ended before the cancel");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before the cancel"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let job_id = cluster
@@ -248,14 +293,19 @@ fn a_job_cancelled_mid_write_leaves_nothing() {
         .find_map(|j| j["job_id"].as_str().map(str::to_string))
         .expect("a job on the scheduler");
     let c = run_with_timeout(
-        sluice().unwrap().args(["cancel", &job_id, "--scheduler", &cluster.endpoint]),
+        sluice()
+            .unwrap()
+            .args(["cancel", &job_id, "--scheduler", &cluster.endpoint]),
         Duration::from_secs(30),
     )
     .unwrap();
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the job did not stop after the cancel");
+        assert!(
+            Instant::now() < deadline,
+            "the job did not stop after the cancel"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = child.wait_with_output().unwrap();
@@ -267,9 +317,12 @@ fn a_job_cancelled_mid_write_leaves_nothing() {
 
 fn run_to(output: &str, env: &[(&str, &str)], remove: &[&str]) -> (bool, String, Duration) {
     let mut cmd = sluice().unwrap();
-    cmd.arg("run")
-        .arg(workspace_root().join(JOB))
-        .args(["--var", "rows=1000", "--var", &format!("output={output}")]);
+    cmd.arg("run").arg(workspace_root().join(JOB)).args([
+        "--var",
+        "rows=1000",
+        "--var",
+        &format!("output={output}"),
+    ]);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -278,24 +331,38 @@ fn run_to(output: &str, env: &[(&str, &str)], remove: &[&str]) -> (bool, String,
     }
     let started = Instant::now();
     let o = run_with_timeout(&mut cmd, Duration::from_secs(180)).unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string(), started.elapsed())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+        started.elapsed(),
+    )
 }
 
 #[test]
 fn a_missing_bucket_is_named() {
     let (ok, stderr, _) = run_to("s3://sluice-no-such-bucket/out", &[], &[]);
     assert!(!ok);
-    assert!(stderr.contains("s3://sluice-no-such-bucket/out/"), "{stderr}");
+    assert!(
+        stderr.contains("s3://sluice-no-such-bucket/out/"),
+        "{stderr}"
+    );
     assert!(stderr.contains("NoSuchBucket"), "{stderr}");
 }
 
 #[test]
 fn an_unreachable_endpoint_fails_cleanly() {
     let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
-    let (ok, stderr, _) = run_to("s3://any-bucket/out", &[("AWS_ENDPOINT_URL_S3", &dead)], &[]);
+    let (ok, stderr, _) = run_to(
+        "s3://any-bucket/out",
+        &[("AWS_ENDPOINT_URL_S3", &dead)],
+        &[],
+    );
     assert!(!ok);
     assert!(stderr.contains("s3://any-bucket/out/"), "{stderr}");
-    assert!(stderr.contains("cannot be written") || stderr.contains("error"), "{stderr}");
+    assert!(
+        stderr.contains("cannot be written") || stderr.contains("error"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -306,8 +373,16 @@ fn missing_credentials_fail_cleanly() {
     let imds = format!("http://127.0.0.1:{}", free_port().unwrap());
     let (ok, stderr, _) = run_to(
         &format!("s3://{bucket}/out"),
-        &[("AWS_METADATA_ENDPOINT", &imds), ("AWS_EC2_METADATA_DISABLED", "true")],
-        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"],
+        &[
+            ("AWS_METADATA_ENDPOINT", &imds),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ],
     );
     assert!(!ok, "wrote without credentials");
     assert!(stderr.contains(&format!("s3://{bucket}/out/")), "{stderr}");
@@ -362,10 +437,17 @@ fn csv_and_ndjson_go_through_the_same_committers() {
         ),
     )
     .unwrap();
-    let o = run_with_timeout(sluice().unwrap().arg("run").arg(&job), Duration::from_secs(300)).unwrap();
+    let o = run_with_timeout(
+        sluice().unwrap().arg("run").arg(&job),
+        Duration::from_secs(300),
+    )
+    .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("| 100000 | 9999900000 | 100000 |"), "{stdout}");
+    assert!(
+        stdout.contains("| 100000 | 9999900000 | 100000 |"),
+        "{stdout}"
+    );
     assert!(stdout.contains("| 50000 | 50000 |"), "{stdout}");
     let csv = s3.data_keys(&bucket, "csv/").unwrap();
     assert_eq!(csv.len(), 3);
@@ -397,7 +479,11 @@ fn inserts_into_an_external_table_are_committed() {
     )
     .unwrap();
     let o = run_with_timeout(
-        sluice().unwrap().arg("run").arg(&job).args(["--output", "json"]),
+        sluice()
+            .unwrap()
+            .arg("run")
+            .arg(&job)
+            .args(["--output", "json"]),
         Duration::from_secs(300),
     )
     .unwrap();

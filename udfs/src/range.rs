@@ -19,10 +19,10 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::TryStreamExt;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
+use futures::TryStreamExt;
 
 /// Rows per generated batch.
 const BATCH_ROWS: i64 = 8192;
@@ -320,7 +320,9 @@ impl ExecutionPlan for RangeExec {
             Some(child) if children.is_empty() => {
                 Ok(Arc::new(Self::try_new(self.spec, self.with_id, child)?))
             }
-            _ => Err(DataFusionError::Internal("RangeExec takes exactly one child".into())),
+            _ => Err(DataFusionError::Internal(
+                "RangeExec takes exactly one child".into(),
+            )),
         }
     }
 
@@ -415,10 +417,16 @@ mod sql_tests {
 
     #[tokio::test]
     async fn every_row_once_across_partitions() {
-        let batches = query("SELECT count(*) AS c, sum(id) AS s, count(DISTINCT id) AS d FROM range(0, 1003, 1, 7)").await;
+        let batches = query(
+            "SELECT count(*) AS c, sum(id) AS s, count(DISTINCT id) AS d FROM range(0, 1003, 1, 7)",
+        )
+        .await;
         let b = &batches[0];
         assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 1003);
-        assert_eq!(b.column(1).as_primitive::<Int64Type>().value(0), 1003 * 1002 / 2);
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>().value(0),
+            1003 * 1002 / 2
+        );
         assert_eq!(b.column(2).as_primitive::<Int64Type>().value(0), 1003);
     }
 }

@@ -15,16 +15,16 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
@@ -120,9 +120,7 @@ impl ExecutionPlan for CommitExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match children.pop() {
-            Some(child) if children.is_empty() => {
-                Ok(Arc::new(Self::new(child, self.spec.clone())))
-            }
+            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child, self.spec.clone()))),
             _ => Err(DataFusionError::Internal(
                 "SluiceCommitExec takes exactly one child".into(),
             )),
@@ -145,7 +143,10 @@ impl ExecutionPlan for CommitExec {
         let span = tracing::info_span!("sluice.commit", write_id = %spec.write_id, url = %spec.url);
         let fut = async move {
             let staged: Vec<RecordBatch> = input.try_collect().await?;
-            let store = context.runtime_env().object_store_registry.get_store(&spec.output_url()?)?;
+            let store = context
+                .runtime_env()
+                .object_store_registry
+                .get_store(&spec.output_url()?)?;
             let summary = commit(&spec, store, expected, &staged).await?;
             summary.to_batch(&spec)
         }
@@ -468,7 +469,10 @@ async fn abort_recorded(
         .filter(|u| !keep.contains(&u.upload_id))
         .collect();
     if !stale.is_empty() {
-        tracing::info!(uploads = stale.len(), "aborting uploads of lost or failed attempts");
+        tracing::info!(
+            uploads = stale.len(),
+            "aborting uploads of lost or failed attempts"
+        );
     }
     abort_uploads(s3, stale).await
 }
@@ -514,7 +518,10 @@ async fn list_data_files(store: &Arc<dyn ObjectStore>, base: &Path) -> Result<Ve
 /// Removes the write's staging prefix. Local directories are removed with
 /// the filesystem so half-written temporary files (which `object_store`'s
 /// local listing hides) go too.
-pub async fn remove_staging(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<(), SluiceError> {
+pub async fn remove_staging(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<(), SluiceError> {
     let url = spec.output_url()?;
     let fail = |reason: String| SluiceError::Commit {
         write_id: spec.write_id.clone(),

@@ -10,18 +10,16 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
+use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, DFSchemaRef, Result, internal_err};
 use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_planner::{
-    DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner,
-};
-use datafusion::catalog::Session;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 use super::commit::CommitExec;
 use super::spec::WriteSpec;
@@ -108,7 +106,11 @@ impl UserDefinedLogicalNodeCore for WriteNode {
         )
     }
 
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
         match inputs.pop() {
             Some(input) if inputs.is_empty() => Self::try_new(input, self.spec.clone()),
             _ => internal_err!("SluiceWrite takes exactly one input"),
@@ -139,7 +141,10 @@ impl ExtensionPlanner for WritePlanner {
         };
         let writer = Arc::new(WriterExec::new(Arc::clone(input), write.spec.clone()));
         let gathered = Arc::new(CoalescePartitionsExec::new(writer));
-        Ok(Some(Arc::new(CommitExec::new(gathered, write.spec.clone()))))
+        Ok(Some(Arc::new(CommitExec::new(
+            gathered,
+            write.spec.clone(),
+        ))))
     }
 }
 

@@ -118,8 +118,10 @@ impl WriteSpec {
 
     /// Whether writers stream multipart uploads to the final keys.
     pub fn uses_multipart(&self) -> Result<bool, SluiceError> {
-        Ok(self.committer == Committer::Auto
-            && matches!(self.output_url()?.scheme(), "s3" | "s3a"))
+        Ok(
+            self.committer == Committer::Auto
+                && matches!(self.output_url()?.scheme(), "s3" | "s3a"),
+        )
     }
 
     /// Where a v1 task commit moves its file (still hidden under staging).
@@ -207,8 +209,7 @@ pub fn normalize_output_url(raw: &str) -> Result<Url, SluiceError> {
                     .map_err(|e| invalid(e.to_string()))?
                     .join(path)
             };
-            Url::from_directory_path(&abs)
-                .map_err(|_| invalid("not a valid local path".into()))?
+            Url::from_directory_path(&abs).map_err(|_| invalid("not a valid local path".into()))?
         }
     };
     if !url.path().ends_with('/') {

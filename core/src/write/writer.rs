@@ -21,11 +21,11 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use futures::StreamExt;
-use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::async_writer::AsyncFileWriter;
-use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
 
@@ -142,9 +142,7 @@ impl ExecutionPlan for WriterExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match children.pop() {
-            Some(child) if children.is_empty() => {
-                Ok(Arc::new(Self::new(child, self.spec.clone())))
-            }
+            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child, self.spec.clone()))),
             _ => Err(DataFusionError::Internal(
                 "SluiceWriterExec takes exactly one child".into(),
             )),
@@ -223,12 +221,7 @@ pub fn staged_file_stem(task_id: Option<&str>, partition: usize) -> String {
             "s{stage:03}.{stage_attempt}-t{task:06}.{task_attempt}-p{partition:04}"
         ))
     });
-    parsed.unwrap_or_else(|| {
-        format!(
-            "local-{}-p{partition:04}",
-            uuid::Uuid::new_v4().simple()
-        )
-    })
+    parsed.unwrap_or_else(|| format!("local-{}-p{partition:04}", uuid::Uuid::new_v4().simple()))
 }
 
 /// What one writer partition produced.
@@ -247,7 +240,10 @@ async fn write_partition(
     context: &TaskContext,
 ) -> Result<Written> {
     let url = spec.output_url()?;
-    let store = context.runtime_env().object_store_registry.get_store(&url)?;
+    let store = context
+        .runtime_env()
+        .object_store_registry
+        .get_store(&url)?;
     if spec.uses_multipart()? {
         let s3 = multipart::s3_store(&url)?;
         let key = spec.final_path_for(stem)?;
@@ -269,7 +265,12 @@ async fn write_partition(
         });
     }
     let path = spec.staging_path(stem)?;
-    let shown = format!("{}://{}/{}", url.scheme(), url.host_str().unwrap_or_default(), path);
+    let shown = format!(
+        "{}://{}/{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        path
+    );
     let file = BufWriter::new(Arc::clone(&store), path.clone());
     let (rows, bytes, _) = encode_file(spec, file, input, context, &shown).await?;
     // The rename committers' task commit (comparison shapes, see `Committer`).
@@ -277,12 +278,18 @@ async fn write_partition(
         Committer::Auto => path,
         Committer::RenameV1 => {
             let to = spec.task_committed_path(stem)?;
-            store.rename(&path, &to).await.map_err(|e| write_error(&shown, e.to_string()))?;
+            store
+                .rename(&path, &to)
+                .await
+                .map_err(|e| write_error(&shown, e.to_string()))?;
             to
         }
         Committer::RenameV2 => {
             let to = spec.final_path_for(stem)?;
-            store.rename(&path, &to).await.map_err(|e| write_error(&shown, e.to_string()))?;
+            store
+                .rename(&path, &to)
+                .await
+                .map_err(|e| write_error(&shown, e.to_string()))?;
             to
         }
     };
@@ -313,8 +320,8 @@ async fn encode_file<W: AsyncFileWriter>(
         let options = ArrowWriterOptions::new()
             .with_properties(props)
             .with_skip_arrow_metadata(true);
-        let mut writer = AsyncArrowWriter::try_new_with_options(file, schema, options)
-            .map_err(|e| fail(&e))?;
+        let mut writer =
+            AsyncArrowWriter::try_new_with_options(file, schema, options).map_err(|e| fail(&e))?;
         let mut rows = 0u64;
         while let Some(batch) = input.next().await {
             let batch = batch?;
@@ -383,7 +390,9 @@ impl TextOptions {
             match key.strip_prefix("format.").unwrap_or(key) {
                 "has_header" => {
                     out.header = value.parse().map_err(|_| {
-                        DataFusionError::Configuration(format!("has_header must be true or false, got '{value}'"))
+                        DataFusionError::Configuration(format!(
+                            "has_header must be true or false, got '{value}'"
+                        ))
                     })?;
                 }
                 "delimiter" => match value.as_bytes() {
@@ -425,7 +434,8 @@ mod tests {
         );
         // Sorting the stems sorts by task, then partition.
         assert!(
-            staged_file_stem(Some("TID j/1.0/2.0"), 5) < staged_file_stem(Some("TID j/1.0/10.0"), 0)
+            staged_file_stem(Some("TID j/1.0/2.0"), 5)
+                < staged_file_stem(Some("TID j/1.0/10.0"), 0)
         );
         let a = staged_file_stem(None, 0);
         let b = staged_file_stem(None, 0);
