@@ -77,31 +77,6 @@ impl SluiceConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_then_env_override_defaults() -> Result<(), SluiceError> {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "executors = 4\nscheduler = \"h:1\"\n")?;
-            jail.set_env("SLUICE_SCHEDULER", "e:2");
-            let c = SluiceConfig::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
-            assert_eq!(c.executors, 4);
-            assert_eq!(c.scheduler, "e:2");
-            assert_eq!(c.connect_timeout_secs, 10);
-            Ok(())
-        });
-        Ok(())
-    }
-
-    #[test]
-    fn missing_file_is_an_error() {
-        let err = SluiceConfig::load(Some(Path::new("/nonexistent/sluice.toml")));
-        assert!(err.is_err_and(|e| e.to_string().contains("/nonexistent/sluice.toml")));
-    }
-}
-
 /// Layers a server binary's flags the same way as the client's settings: a
 /// TOML file (keys are the long flag names, `bind-port = 50050`) gives
 /// defaults, `SLUICE_<FLAG>` variables override the file, flags override both.
@@ -162,4 +137,31 @@ pub fn config_file_arg(args: &[String]) -> Option<PathBuf> {
         }
     }
     std::env::var_os("SLUICE_CONFIG").map(PathBuf::from)
+}
+
+#[cfg(test)]
+// figment's test jail returns its own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() -> Result<(), SluiceError> {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "executors = 4\nscheduler = \"h:1\"\n")?;
+            jail.set_env("SLUICE_SCHEDULER", "e:2");
+            let c = SluiceConfig::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.executors, 4);
+            assert_eq!(c.scheduler, "e:2");
+            assert_eq!(c.connect_timeout_secs, 10);
+            Ok(())
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = SluiceConfig::load(Some(Path::new("/nonexistent/sluice.toml")));
+        assert!(err.is_err_and(|e| e.to_string().contains("/nonexistent/sluice.toml")));
+    }
 }
