@@ -27,7 +27,7 @@ pub enum SluiceError {
         #[source]
         source: Box<DataFusionError>,
     },
-    #[error("unsupported output format '{format}' (supported: parquet)")]
+    #[error("unsupported output format '{format}' (supported: parquet, csv, json)")]
     UnsupportedFormat { format: String },
     #[error("invalid output location '{url}': {reason}")]
     InvalidOutput { url: String, reason: String },
@@ -58,5 +58,19 @@ impl SluiceError {
 impl From<SluiceError> for DataFusionError {
     fn from(e: SluiceError) -> Self {
         e.into_datafusion()
+    }
+}
+
+impl SluiceError {
+    /// Wraps an engine error with the job file and line it came from.
+    pub fn in_statement(
+        file: &str,
+        line: usize,
+    ) -> impl Fn(DataFusionError) -> SluiceError + Copy + '_ {
+        move |e| SluiceError::Statement {
+            file: file.to_string(),
+            line,
+            source: Box::new(e),
+        }
     }
 }

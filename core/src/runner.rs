@@ -319,11 +319,7 @@ impl JobRunner {
             let span = tracing::info_span!("sluice.statement", file, line = raw.line);
             let t0 = Instant::now();
             let action = classify(&text, file, raw.line)?;
-            let stmt_err = |e: DataFusionError| SluiceError::Statement {
-                file: file.to_string(),
-                line: raw.line,
-                source: Box::new(e),
-            };
+            let stmt_err = SluiceError::in_statement(file, raw.line);
             let mut outcome = StatementOutcome {
                 line: raw.line,
                 kind: "sql",
@@ -454,11 +450,7 @@ impl JobRunner {
         file: &str,
         line: usize,
     ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
-        let stmt_err = |e: DataFusionError| SluiceError::Statement {
-            file: file.to_string(),
-            line,
-            source: Box::new(e),
-        };
+        let stmt_err = SluiceError::in_statement(file, line);
         let input = self
             .ctx
             .sql(query)
@@ -475,11 +467,7 @@ impl JobRunner {
         file: &str,
         line: usize,
     ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
-        let stmt_err = |e: DataFusionError| SluiceError::Statement {
-            file: file.to_string(),
-            line,
-            source: Box::new(e),
-        };
+        let stmt_err = SluiceError::in_statement(file, line);
         preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
         self.set_job_name(file, line);
         let planned = async {

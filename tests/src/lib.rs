@@ -76,6 +76,17 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> 
     }
 }
 
+/// Writes `sql` as a job file in `dir` and runs it with `sluice run` and
+/// `args`, giving it five minutes.
+pub fn run_job_text(dir: &Path, sql: &str, args: &[&str]) -> Result<Output> {
+    let job = dir.join("job.sql");
+    std::fs::write(&job, sql)?;
+    run_with_timeout(
+        sluice()?.arg("run").arg(&job).args(args),
+        Duration::from_secs(300),
+    )
+}
+
 /// A scheduler and executors as real processes; killed on drop.
 pub struct Cluster {
     pub endpoint: String,

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use sluice_test_support::{all_entries, run_with_timeout, sluice, visible_files, workspace_root};
+use sluice_test_support::{
+    all_entries, run_job_text, run_with_timeout, sluice, visible_files, workspace_root,
+};
 
 #[test]
 fn range_job_writes_exactly_the_rows_in_the_asked_number_of_files() {
@@ -123,29 +125,16 @@ fn queries_print_results_and_variables_substitute() {
 fn multi_stage_queries_see_every_row_once_and_output_reads_back() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("t");
-    let job = out.path().join("q.sql");
-    std::fs::write(
-        &job,
-        format!(
-            "INSERT OVERWRITE DIRECTORY '{dir}' USING PARQUET SELECT * FROM range(0, 100003, 1, 13);\n\
+    let sql = format!(
+        "INSERT OVERWRITE DIRECTORY '{dir}' USING PARQUET SELECT * FROM range(0, 100003, 1, 13);\n\
              CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{dir}';\n\
              SELECT count(*) AS c, sum(id) AS s, count(DISTINCT id) AS d FROM range(0, 100003, 1, 13);\n\
              SELECT count(*) AS c, sum(id) AS s, count(DISTINCT id) AS d FROM t;\n\
              SELECT count(*) AS j FROM t JOIN range(0, 100003, 2, 7) r ON t.id = r.id;\n\
              SELECT id FROM range(0, 100003, 1, 13) ORDER BY id DESC LIMIT 2;\n",
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    let o = run_with_timeout(
-        sluice()
-            .unwrap()
-            .arg("run")
-            .arg(&job)
-            .args(["--executors", "2", "--slots", "3"]),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+        dir = dir.display()
+    );
+    let o = run_job_text(out.path(), &sql, &["--executors", "2", "--slots", "3"]).unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let totals = "| 100003 | 5000250003 | 100003 |";

@@ -13,7 +13,9 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_test_support::s3::S3;
-use sluice_test_support::{Cluster, free_port, run_with_timeout, sluice, workspace_root};
+use sluice_test_support::{
+    Cluster, free_port, run_job_text, run_with_timeout, sluice, workspace_root,
+};
 
 const JOB: &str = "jobs/range_to_parquet.sql";
 
@@ -186,28 +188,22 @@ fn a_failed_first_attempt_is_retried_and_its_upload_aborted() {
     let bucket = s3.new_bucket("retry").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("failed-once");
-    let job = dir.path().join("job.sql");
-    std::fs::write(
-        &job,
-        format!(
-            "INSERT OVERWRITE DIRECTORY 's3://{bucket}/out' USING PARQUET \
-             SELECT id, sluice_fail_if(id = 1500000, 'injected failure', '{}') AS f \
-             FROM range(0, 2000000, 1, 4);",
-            marker.display()
-        ),
-    )
-    .unwrap();
-    let o = run_with_timeout(
-        sluice().unwrap().arg("run").arg(&job),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    let sql = format!(
+        "INSERT OVERWRITE DIRECTORY 's3://{bucket}/out' USING PARQUET \
+         SELECT id, sluice_fail_if(id = 1500000, 'injected failure', '{}') AS f \
+         FROM range(0, 2000000, 1, 4);",
+        marker.display()
+    );
+    let o = run_job_text(dir.path(), &sql, &[]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(marker.exists(), "the injected failure never fired");
     let keys = check_s3_range_output(&s3, &bucket, "out/", 2_000_000).unwrap();
     assert_eq!(keys.len(), 4);
     let m = check_s3_manifest(&s3, &bucket, "out/", &keys, 2_000_000).unwrap();
-    assert_eq!(m["diagnostics"]["aborted_uploads"], "1", "{m}");
+    // The failed task's uploads: one per partition it ran (Ballista 55 may
+    // group the failing partition with another in one task).
+    let aborted: u64 = m["diagnostics"]["aborted_uploads"].as_str().unwrap().parse().unwrap();
+    assert!(aborted >= 1, "{m}");
     assert_nothing_left(&s3, &bucket, "out/");
 }
 
@@ -422,26 +418,17 @@ fn csv_and_ndjson_go_through_the_same_committers() {
     let bucket = s3.new_bucket("formats").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let json_dir = dir.path().join("json");
-    let job = dir.path().join("job.sql");
-    std::fs::write(
-        &job,
-        format!(
-            "INSERT OVERWRITE DIRECTORY 's3://{bucket}/csv' USING CSV \
+    let sql = format!(
+        "INSERT OVERWRITE DIRECTORY 's3://{bucket}/csv' USING CSV \
                SELECT id, id * 2 AS twice FROM range(0, 100000, 1, 3);\n\
              COPY (SELECT id, 'x' || id AS s FROM range(0, 50000, 1, 2)) TO '{json}' STORED AS JSON;\n\
              CREATE EXTERNAL TABLE c STORED AS CSV LOCATION 's3://{bucket}/csv/' OPTIONS ('format.has_header' 'true');\n\
              CREATE EXTERNAL TABLE j STORED AS JSON LOCATION '{json}/';\n\
              SELECT count(*) AS n, sum(twice) AS t, count(DISTINCT id) AS d FROM c;\n\
              SELECT count(*) AS n, count(DISTINCT s) AS d FROM j;\n",
-            json = json_dir.display()
-        ),
-    )
-    .unwrap();
-    let o = run_with_timeout(
-        sluice().unwrap().arg("run").arg(&job),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+        json = json_dir.display()
+    );
+    let o = run_job_text(dir.path(), &sql, &[]).unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
@@ -465,34 +452,25 @@ fn inserts_into_an_external_table_are_committed() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("insert").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("job.sql");
-    std::fs::write(
-        &job,
-        format!(
-            "CREATE EXTERNAL TABLE t (id BIGINT, name VARCHAR) STORED AS PARQUET LOCATION 's3://{bucket}/tbl/';\n\
+    let sql = format!(
+        "CREATE EXTERNAL TABLE t (id BIGINT, name VARCHAR) STORED AS PARQUET LOCATION 's3://{bucket}/tbl/';\n\
              INSERT INTO t SELECT id, 'n' || id FROM range(0, 1000, 1, 4);\n\
              INSERT INTO t SELECT id + 1000, 'm' FROM range(0, 500, 1, 2);\n\
              SELECT count(*) AS n, count(DISTINCT id) AS d FROM t;\n\
              INSERT OVERWRITE t SELECT id, 'o' FROM range(0, 10, 1, 1);\n\
              SELECT count(*) AS after_overwrite FROM t;\n"
-        ),
-    )
-    .unwrap();
-    let o = run_with_timeout(
-        sluice()
-            .unwrap()
-            .arg("run")
-            .arg(&job)
-            .args(["--output", "json"]),
-        Duration::from_secs(300),
-    )
-    .unwrap();
+    );
+    let o = run_job_text(dir.path(), &sql, &["--output", "json"]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["rows_written"], 1510);
     assert_eq!(report["files_written"], 7);
     let text = report.to_string();
-    assert!(text.contains("1500"), "{text}");
+    assert!(
+        text.contains(r#""n":1500"#) && text.contains(r#""d":1500"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""after_overwrite":10"#), "{text}");
     let keys = s3.data_keys(&bucket, "tbl/").unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_nothing_left(&s3, &bucket, "tbl/");
