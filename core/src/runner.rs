@@ -386,15 +386,8 @@ impl JobRunner {
                     options,
                     partition_by,
                 } => {
-                    if !partition_by.is_empty() {
-                        return Err(SluiceError::Syntax {
-                            file: file.to_string(),
-                            line: raw.line,
-                            message: "PARTITIONED BY is not supported by sluice's writer yet"
-                                .into(),
-                        });
-                    }
-                    let spec = WriteSpec::new(&url, format, overwrite, options)?;
+                    let spec = WriteSpec::new(&url, format, overwrite, options)?
+                        .with_partition_by(partition_by);
                     outcome.kind = "write";
                     let (job_id, write) = self
                         .run_write(&query, spec, file, raw.line)
@@ -611,21 +604,18 @@ fn table_insert(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, WriteSpec)>, 
     if !path.is_collection() {
         return Ok(None);
     }
-    if !table.options().table_partition_cols.is_empty() {
-        return Err(DataFusionError::External(Box::new(SluiceError::Syntax {
-            file: String::new(),
-            line: 0,
-            message: format!(
-                "INSERT into the partitioned table {} is not supported by sluice's writer yet",
-                dml.table_name
-            ),
-        })));
-    }
     let ext = table.options().format.get_ext();
     let format = WriteFormat::parse(ext.trim_start_matches('.'))
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let partition_by = table
+        .options()
+        .table_partition_cols
+        .iter()
+        .map(|(name, _)| name.clone())
+        .collect();
     let spec = WriteSpec::new(path.as_str(), format, overwrite, Default::default())
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+        .with_partition_by(partition_by);
     Ok(Some((dml.input.as_ref().clone(), spec)))
 }
 

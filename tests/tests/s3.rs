@@ -202,7 +202,11 @@ fn a_failed_first_attempt_is_retried_and_its_upload_aborted() {
     let m = check_s3_manifest(&s3, &bucket, "out/", &keys, 2_000_000).unwrap();
     // The failed task's uploads: one per partition it ran (Ballista 55 may
     // group the failing partition with another in one task).
-    let aborted: u64 = m["diagnostics"]["aborted_uploads"].as_str().unwrap().parse().unwrap();
+    let aborted: u64 = m["diagnostics"]["aborted_uploads"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(aborted >= 1, "{m}");
     assert_nothing_left(&s3, &bucket, "out/");
 }
@@ -474,4 +478,38 @@ fn inserts_into_an_external_table_are_committed() {
     let keys = s3.data_keys(&bucket, "tbl/").unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_nothing_left(&s3, &bucket, "tbl/");
+}
+
+/// `PARTITIONED BY` writes Hive directories through the committer; with the
+/// open-file cap forced low, writers finish files early instead of holding
+/// one per value, and every row still lands once, in its value's directory.
+#[test]
+fn partitioned_writes_respect_the_open_file_cap() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("parted").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "COPY (SELECT id, id % 10 AS k FROM range(0, 100000, 1, 4)) TO 's3://{bucket}/p' \
+           STORED AS PARQUET PARTITIONED BY (k) OPTIONS ('write.max_open_files' '3');\n\
+         CREATE EXTERNAL TABLE p STORED AS PARQUET LOCATION 's3://{bucket}/p/';\n\
+         SELECT count(*) AS n, count(DISTINCT id) AS d, \
+           sum(CASE WHEN CAST(k AS BIGINT) = id % 10 THEN 1 ELSE 0 END) AS placed, \
+           count(DISTINCT k) AS dirs FROM p;\n"
+    );
+    let o = run_job_text(dir.path(), &sql, &[]).unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains("| 100000 | 100000 | 100000 | 10   |"),
+        "{stdout}"
+    );
+    let keys = s3.data_keys(&bucket, "p/").unwrap();
+    let dirs: std::collections::BTreeSet<_> =
+        keys.iter().filter_map(|k| k.split('/').nth(1)).collect();
+    assert_eq!(dirs.len(), 10, "{dirs:?}");
+    assert!(dirs.iter().all(|d| d.starts_with("k=")), "{dirs:?}");
+    // Three open files per writer for ten values forces early finishes.
+    assert!(keys.len() > 40, "only {} files", keys.len());
+    assert!(keys.iter().all(|k| !k.contains("id=")));
+    assert_nothing_left(&s3, &bucket, "p/");
 }

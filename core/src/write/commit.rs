@@ -210,13 +210,14 @@ impl CommitSummary {
 
 struct Staged {
     task: String,
+    dir: String,
     staging_path: String,
     rows: u64,
     bytes: u64,
     upload: Option<PendingUpload>,
 }
 
-/// Reads the writer rows and insists on exactly one file per writer
+/// Reads the writer rows and insists on a report from exactly every writer
 /// partition: a missing report would lose rows, an extra one duplicate them.
 /// Only reported files are committed; anything else in staging (a lost
 /// attempt's output) is deleted with the staging directory.
@@ -231,15 +232,22 @@ fn collect_staged(
         reason,
     };
     let mut staged: Vec<Staged> = Vec::new();
+    let mut reported: HashSet<String> = HashSet::new();
     for batch in batches {
         let col = |i: usize| batch.column(i);
         let tasks = col(0).as_string::<i32>();
-        let paths = col(1).as_string::<i32>();
-        let rows = col(2).as_primitive::<UInt64Type>();
-        let bytes = col(3).as_primitive::<UInt64Type>();
-        let upload_ids = col(4).as_string::<i32>();
-        let parts = col(5).as_string::<i32>();
+        let dirs = col(1).as_string::<i32>();
+        let paths = col(2).as_string::<i32>();
+        let rows = col(3).as_primitive::<UInt64Type>();
+        let bytes = col(4).as_primitive::<UInt64Type>();
+        let upload_ids = col(5).as_string::<i32>();
+        let parts = col(6).as_string::<i32>();
         for i in 0..batch.num_rows() {
+            reported.insert(tasks.value(i).to_string());
+            if paths.value(i).is_empty() {
+                // A partitioned writer whose input was empty: no file.
+                continue;
+            }
             let upload = if upload_ids.is_valid(i) {
                 let part_ids: Vec<String> = serde_json::from_str(parts.value(i))
                     .map_err(|e| fail(format!("unreadable part list: {e}")))?;
@@ -253,6 +261,7 @@ fn collect_staged(
             };
             staged.push(Staged {
                 task: tasks.value(i).to_string(),
+                dir: dirs.value(i).to_string(),
                 staging_path: paths.value(i).to_string(),
                 rows: rows.value(i),
                 bytes: bytes.value(i),
@@ -270,10 +279,10 @@ fn collect_staged(
             dup[0].staging_path, dup[1].task
         )));
     }
-    if staged.len() != expected {
+    if reported.len() != expected {
         return Err(fail(format!(
-            "expected one staged file from each of {expected} writer partitions, got {}",
-            staged.len()
+            "expected a report from each of {expected} writer partitions, got {}",
+            reported.len()
         )));
     }
     Ok(staged)
@@ -313,7 +322,7 @@ pub async fn commit(
             Arc::clone(&store),
             s3.clone(),
             s,
-            spec.final_path(index)?,
+            spec.final_path(&s.dir, index)?,
             spec.committer == Committer::RenameV2,
         ));
     }

@@ -4,6 +4,7 @@
 //! funnel every row through one task; this path keeps the writes parallel.
 
 mod commit;
+pub mod files;
 mod logical;
 pub mod multipart;
 mod spec;

@@ -203,6 +203,11 @@ impl MultipartFileWriter {
         }
     }
 
+    /// Bytes held in memory: the unsent buffer and parts in flight.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len() + self.in_flight.len() * PART_SIZE
+    }
+
     fn send(&mut self, data: Bytes) {
         let s3 = Arc::clone(&self.s3);
         let key = self.key.clone();

@@ -93,6 +93,41 @@ pub struct WriteSpec {
     pub options: BTreeMap<String, String>,
     #[serde(default)]
     pub committer: Committer,
+    /// Hive-style partition columns (`k=v/` directories), in order.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Files a partitioned writer keeps open at once.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Bytes a partitioned writer may buffer before finishing files early.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+}
+
+/// The statement options that cap a partitioned writer.
+pub const MAX_OPEN_FILES_OPTION: &str = "write.max_open_files";
+pub const MAX_BUFFERED_BYTES_OPTION: &str = "write.max_buffered_bytes";
+
+fn default_max_open_files() -> usize {
+    32
+}
+
+fn default_max_buffered_bytes() -> usize {
+    256 * 1024 * 1024
+}
+
+fn take_usize(
+    options: &mut BTreeMap<String, String>,
+    key: &str,
+    default: usize,
+) -> Result<usize, SluiceError> {
+    match options.remove(key) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| SluiceError::InvalidOutput {
+            url: String::new(),
+            reason: format!("{key} must be a whole number, got '{v}'"),
+        }),
+    }
 }
 
 impl WriteSpec {
@@ -106,6 +141,16 @@ impl WriteSpec {
             Some(v) => Committer::parse(&v)?,
             None => Committer::Auto,
         };
+        let max_open_files = take_usize(
+            &mut options,
+            MAX_OPEN_FILES_OPTION,
+            default_max_open_files(),
+        )?;
+        let max_buffered_bytes = take_usize(
+            &mut options,
+            MAX_BUFFERED_BYTES_OPTION,
+            default_max_buffered_bytes(),
+        )?;
         Ok(Self {
             url: normalize_output_url(url)?.to_string(),
             format,
@@ -113,7 +158,25 @@ impl WriteSpec {
             write_id: uuid::Uuid::new_v4().simple().to_string(),
             options,
             committer,
+            partition_by: vec![],
+            max_open_files,
+            max_buffered_bytes,
         })
+    }
+
+    /// The same write, partitioned by `columns` (Hive directories).
+    pub fn with_partition_by(mut self, columns: Vec<String>) -> Self {
+        self.partition_by = columns;
+        self
+    }
+
+    /// `base/dir` (or `base` when `dir` is empty).
+    fn dir_path(&self, dir: &str) -> Result<object_store::path::Path, SluiceError> {
+        let mut path = self.base_path()?;
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        Ok(path)
     }
 
     /// Whether writers stream multipart uploads to the final keys.
@@ -172,16 +235,24 @@ impl WriteSpec {
 
     /// The final key of a file written in place (multipart upload): named by
     /// the task attempt that wrote it, since the upload fixes the key.
-    pub fn final_path_for(&self, stem: &str) -> Result<object_store::path::Path, SluiceError> {
+    pub fn final_path_in(
+        &self,
+        dir: &str,
+        stem: &str,
+    ) -> Result<object_store::path::Path, SluiceError> {
         let short = self.write_id.get(..12).unwrap_or(&self.write_id);
         Ok(self
-            .base_path()?
+            .dir_path(dir)?
             .join(format!("part-{stem}-{short}.{}", self.format.extension())))
     }
 
-    pub fn final_path(&self, partition: usize) -> Result<object_store::path::Path, SluiceError> {
+    pub fn final_path(
+        &self,
+        dir: &str,
+        partition: usize,
+    ) -> Result<object_store::path::Path, SluiceError> {
         let short = self.write_id.get(..12).unwrap_or(&self.write_id);
-        Ok(self.base_path()?.join(format!(
+        Ok(self.dir_path(dir)?.join(format!(
             "part-{partition:05}-{short}.{}",
             self.format.extension()
         )))
@@ -236,9 +307,14 @@ mod tests {
     #[test]
     fn final_names_follow_the_index_and_staging_stays_apart() -> Result<(), SluiceError> {
         let spec = WriteSpec::new("/tmp/o", WriteFormat::Parquet, true, BTreeMap::new())?;
-        assert_eq!(spec.final_path(3)?, spec.final_path(3)?);
-        assert_ne!(spec.final_path(3)?, spec.final_path(4)?);
-        assert!(spec.final_path(3)?.as_ref().ends_with(".parquet"));
+        assert_eq!(spec.final_path("", 3)?, spec.final_path("", 3)?);
+        assert_ne!(spec.final_path("", 3)?, spec.final_path("", 4)?);
+        assert!(spec.final_path("", 3)?.as_ref().ends_with(".parquet"));
+        assert!(
+            spec.final_path("k=a/j=1", 3)?
+                .as_ref()
+                .starts_with("tmp/o/k=a/j=1/part-00003-")
+        );
         let staged = spec.staging_path("s001.0-t000002.0-p0003")?;
         assert!(staged.as_ref().contains(STAGING_DIR));
         assert!(staged.as_ref().contains(&spec.write_id));

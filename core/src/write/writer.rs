@@ -1,7 +1,7 @@
 //! `WriterExec`: runs in every task of the write stage. It streams its input
-//! partition into one file under the write's staging prefix and emits one row
-//! saying what it wrote. Nothing it writes is visible in the output directory:
-//! only the commit step moves files there.
+//! partition into files (see [`super::files`]) and emits one row per file
+//! saying what it wrote. Nothing it writes is visible in the output
+//! directory: only the commit step makes files visible.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -20,25 +20,22 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use futures::StreamExt;
-use object_store::ObjectStoreExt;
-use object_store::buffered::BufWriter;
-use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::arrow_writer::ArrowWriterOptions;
-use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
 
-use super::multipart;
-use super::spec::{Committer, WriteFormat, WriteSpec};
-use crate::error::SluiceError;
+use super::files::{FileFactory, Written, write_partition};
+use super::spec::WriteSpec;
 
 /// Schema of the rows a writer task emits: one per task, read by the commit.
 pub fn written_file_schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Arc::new(Schema::new(vec![
+            // The writer partition (task attempt and local partition).
             Field::new("task", DataType::Utf8, false),
-            // The staged file, or for a multipart upload its final key.
+            // Output subdirectory (`k=v/...`), empty when unpartitioned.
+            Field::new("dir", DataType::Utf8, false),
+            // The staged file, or for a multipart upload its final key; empty
+            // when a partitioned writer's input was empty.
             Field::new("path", DataType::Utf8, false),
             Field::new("rows", DataType::UInt64, false),
             Field::new("bytes", DataType::UInt64, false),
@@ -173,26 +170,62 @@ impl ExecutionPlan for WriterExec {
         );
         let fut = async move {
             let started = Instant::now();
-            let written = write_partition(&spec, &task, input, &context).await?;
-            let (path, rows, bytes) = (written.path, written.rows, written.bytes);
+            let url = spec.output_url()?;
+            let factory = FileFactory {
+                spec: &spec,
+                store: context
+                    .runtime_env()
+                    .object_store_registry
+                    .get_store(&url)?,
+                context: &context,
+            };
+            let mut files = write_partition(&factory, &task, input).await?;
+            let rows: u64 = files.iter().map(|f| f.rows).sum();
+            let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             rows_metric.add(rows as usize);
             bytes_metric.add(bytes as usize);
             tracing::info!(
                 rows,
                 bytes,
+                files = files.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                path = %path,
-                "staged file"
+                "wrote partition"
             );
+            if files.is_empty() {
+                // Still report the partition, so the commit can count it.
+                files.push(Written {
+                    dir: String::new(),
+                    path: String::new(),
+                    rows: 0,
+                    bytes: 0,
+                    upload_id: None,
+                    parts: None,
+                });
+            }
+            let column = |f: fn(&Written) -> String| {
+                Arc::new(StringArray::from(files.iter().map(f).collect::<Vec<_>>()))
+            };
             let batch = RecordBatch::try_new(
                 written_file_schema(),
                 vec![
-                    Arc::new(StringArray::from(vec![task])),
-                    Arc::new(StringArray::from(vec![path])),
-                    Arc::new(UInt64Array::from(vec![rows])),
-                    Arc::new(UInt64Array::from(vec![bytes])),
-                    Arc::new(StringArray::from(vec![written.upload_id])),
-                    Arc::new(StringArray::from(vec![written.parts])),
+                    Arc::new(StringArray::from(vec![task.as_str(); files.len()])),
+                    column(|f| f.dir.clone()),
+                    column(|f| f.path.clone()),
+                    Arc::new(UInt64Array::from(
+                        files.iter().map(|f| f.rows).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(UInt64Array::from(
+                        files.iter().map(|f| f.bytes).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringArray::from(
+                        files
+                            .iter()
+                            .map(|f| f.upload_id.clone())
+                            .collect::<Vec<_>>(),
+                    )),
+                    Arc::new(StringArray::from(
+                        files.iter().map(|f| f.parts.clone()).collect::<Vec<_>>(),
+                    )),
                 ],
             )?;
             Ok(batch)
@@ -222,204 +255,6 @@ pub fn staged_file_stem(task_id: Option<&str>, partition: usize) -> String {
         ))
     });
     parsed.unwrap_or_else(|| format!("local-{}-p{partition:04}", uuid::Uuid::new_v4().simple()))
-}
-
-/// What one writer partition produced.
-struct Written {
-    path: String,
-    rows: u64,
-    bytes: u64,
-    upload_id: Option<String>,
-    parts: Option<String>,
-}
-
-async fn write_partition(
-    spec: &WriteSpec,
-    stem: &str,
-    input: SendableRecordBatchStream,
-    context: &TaskContext,
-) -> Result<Written> {
-    let url = spec.output_url()?;
-    let store = context
-        .runtime_env()
-        .object_store_registry
-        .get_store(&url)?;
-    if spec.uses_multipart()? {
-        let s3 = multipart::s3_store(&url)?;
-        let key = spec.final_path_for(stem)?;
-        let shown = format!("{}{}", spec.url, key.filename().unwrap_or_default());
-        let upload_id = multipart::start_upload(&s3, &store, spec, stem, &key)
-            .await
-            .map_err(|e| write_error(&shown, e.to_string()))?;
-        let file = multipart::MultipartFileWriter::new(s3, key.clone(), upload_id);
-        let (rows, bytes, file) = encode_file(spec, file, input, context, &shown).await?;
-        let pending = file.pending();
-        let parts = serde_json::to_string(&pending.parts)
-            .map_err(|e| write_error(&shown, e.to_string()))?;
-        return Ok(Written {
-            path: pending.key,
-            rows,
-            bytes,
-            upload_id: Some(pending.upload_id),
-            parts: Some(parts),
-        });
-    }
-    let path = spec.staging_path(stem)?;
-    let shown = format!(
-        "{}://{}/{}",
-        url.scheme(),
-        url.host_str().unwrap_or_default(),
-        path
-    );
-    let file = BufWriter::new(Arc::clone(&store), path.clone());
-    let (rows, bytes, _) = encode_file(spec, file, input, context, &shown).await?;
-    // The rename committers' task commit (comparison shapes, see `Committer`).
-    let path = match spec.committer {
-        Committer::Auto => path,
-        Committer::RenameV1 => {
-            let to = spec.task_committed_path(stem)?;
-            store
-                .rename(&path, &to)
-                .await
-                .map_err(|e| write_error(&shown, e.to_string()))?;
-            to
-        }
-        Committer::RenameV2 => {
-            let to = spec.final_path_for(stem)?;
-            store
-                .rename(&path, &to)
-                .await
-                .map_err(|e| write_error(&shown, e.to_string()))?;
-            to
-        }
-    };
-    Ok(Written {
-        path: path.to_string(),
-        rows,
-        bytes,
-        upload_id: None,
-        parts: None,
-    })
-}
-
-/// Encodes the partition into `file` in the write's format and finishes the
-/// file (which for a multipart upload sends the last part, no more).
-/// Returns rows, bytes and the file writer.
-async fn encode_file<W: AsyncFileWriter>(
-    spec: &WriteSpec,
-    mut file: W,
-    mut input: SendableRecordBatchStream,
-    context: &TaskContext,
-    shown: &str,
-) -> Result<(u64, u64, W)> {
-    let schema = input.schema();
-    let fail = |e: &dyn std::fmt::Display| write_error(shown, e.to_string());
-    if spec.format == WriteFormat::Parquet {
-        let props = parquet_properties(spec, &schema, context)?.build();
-        // The schema is already in `props`' metadata; stop the writer adding it twice.
-        let options = ArrowWriterOptions::new()
-            .with_properties(props)
-            .with_skip_arrow_metadata(true);
-        let mut writer =
-            AsyncArrowWriter::try_new_with_options(file, schema, options).map_err(|e| fail(&e))?;
-        let mut rows = 0u64;
-        while let Some(batch) = input.next().await {
-            let batch = batch?;
-            rows += batch.num_rows() as u64;
-            writer.write(&batch).await.map_err(|e| fail(&e))?;
-        }
-        writer.finish().await.map_err(|e| fail(&e))?;
-        let bytes = writer.bytes_written() as u64;
-        return Ok((rows, bytes, writer.into_inner()));
-    }
-    let text = TextOptions::from_spec(spec)?;
-    let (mut rows, mut bytes) = (0u64, 0u64);
-    let mut first = true;
-    while let Some(batch) = input.next().await {
-        let batch = batch?;
-        rows += batch.num_rows() as u64;
-        let mut buf = Vec::with_capacity(batch.get_array_memory_size());
-        match spec.format {
-            WriteFormat::Csv => {
-                let mut w = arrow::csv::WriterBuilder::new()
-                    .with_header(text.header && first)
-                    .with_delimiter(text.delimiter)
-                    .build(&mut buf);
-                w.write(&batch).map_err(|e| fail(&e))?;
-            }
-            _ => {
-                let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-                w.write(&batch).map_err(|e| fail(&e))?;
-                w.finish().map_err(|e| fail(&e))?;
-            }
-        }
-        first = false;
-        bytes += buf.len() as u64;
-        file.write(buf.into()).await.map_err(|e| fail(&e))?;
-    }
-    if first && text.header && spec.format == WriteFormat::Csv {
-        // An empty partition still gets its header line.
-        let mut buf = Vec::new();
-        arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .with_delimiter(text.delimiter)
-            .build(&mut buf)
-            .write(&RecordBatch::new_empty(schema))
-            .map_err(|e| fail(&e))?;
-        bytes += buf.len() as u64;
-        file.write(buf.into()).await.map_err(|e| fail(&e))?;
-    }
-    file.complete().await.map_err(|e| fail(&e))?;
-    Ok((rows, bytes, file))
-}
-
-/// CSV options a statement may give (`OPTIONS ('format.has_header' 'false',
-/// 'format.delimiter' '|')`), DataFusion's names.
-struct TextOptions {
-    header: bool,
-    delimiter: u8,
-}
-
-impl TextOptions {
-    fn from_spec(spec: &WriteSpec) -> Result<Self> {
-        let mut out = Self {
-            header: true,
-            delimiter: b',',
-        };
-        for (key, value) in &spec.options {
-            match key.strip_prefix("format.").unwrap_or(key) {
-                "has_header" => {
-                    out.header = value.parse().map_err(|_| {
-                        DataFusionError::Configuration(format!(
-                            "has_header must be true or false, got '{value}'"
-                        ))
-                    })?;
-                }
-                "delimiter" => match value.as_bytes() {
-                    [b] => out.delimiter = *b,
-                    _ => {
-                        return Err(DataFusionError::Configuration(format!(
-                            "delimiter must be one byte, got '{value}'"
-                        )));
-                    }
-                },
-                other => {
-                    return Err(DataFusionError::Configuration(format!(
-                        "unknown {:?} write option '{other}'",
-                        spec.format
-                    )));
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn write_error(path: &str, reason: String) -> DataFusionError {
-    DataFusionError::External(Box::new(SluiceError::Write {
-        path: path.to_string(),
-        reason,
-    }))
 }
 
 #[cfg(test)]

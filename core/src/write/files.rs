@@ -1,0 +1,520 @@
+//! The files one writer partition produces: where each goes (a multipart
+//! upload to its final key, or a staged file), how it is encoded (Parquet,
+//! CSV, NDJSON), and, for a Hive-partitioned write, one file per partition
+//! value with a cap on open files and buffered bytes per task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use parquet::arrow::async_writer::AsyncFileWriter;
+use parquet::errors::ParquetError;
+
+use super::multipart::{self, MultipartFileWriter, PART_SIZE};
+use super::spec::{Committer, WriteFormat, WriteSpec};
+use super::writer::parquet_properties;
+use crate::error::SluiceError;
+
+/// Hive's directory name for a null partition value.
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// One file a writer produced, as its output row reports it.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Directory under the output (`k=v/...`), empty when unpartitioned.
+    pub dir: String,
+    /// Staged file, or the final key of a multipart upload.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub upload_id: Option<String>,
+    pub parts: Option<String>,
+}
+
+pub fn write_error(path: &str, reason: String) -> DataFusionError {
+    DataFusionError::External(Box::new(SluiceError::Write {
+        path: path.to_string(),
+        reason,
+    }))
+}
+
+/// Where a file's bytes go.
+enum Sink {
+    Upload(MultipartFileWriter),
+    Staged(BufWriter),
+}
+
+impl Sink {
+    fn buffered(&self) -> usize {
+        match self {
+            Sink::Upload(u) => u.buffered(),
+            Sink::Staged(_) => 0,
+        }
+    }
+}
+
+impl AsyncFileWriter for Sink {
+    fn write(&mut self, bs: bytes::Bytes) -> BoxFuture<'_, Result<(), ParquetError>> {
+        match self {
+            Sink::Upload(u) => u.write(bs),
+            Sink::Staged(s) => AsyncFileWriter::write(s, bs),
+        }
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, Result<(), ParquetError>> {
+        match self {
+            Sink::Upload(u) => u.complete(),
+            Sink::Staged(s) => AsyncFileWriter::complete(s),
+        }
+    }
+}
+
+// One per open file, a few dozen per task at most: size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Encoder {
+    Parquet(AsyncArrowWriter<Sink>),
+    Text {
+        sink: Sink,
+        options: TextOptions,
+        header_written: bool,
+        bytes: u64,
+    },
+}
+
+/// A file being written.
+pub struct OpenFile {
+    encoder: Encoder,
+    format: WriteFormat,
+    schema: SchemaRef,
+    stem: String,
+    dir: String,
+    path: Path,
+    shown: String,
+    rows: u64,
+    upload: bool,
+}
+
+/// What a writer needs to open files: the spec, its store and task context.
+pub struct FileFactory<'a> {
+    pub spec: &'a WriteSpec,
+    pub store: Arc<dyn ObjectStore>,
+    pub context: &'a TaskContext,
+}
+
+impl FileFactory<'_> {
+    /// Opens a file named by `stem` in output subdirectory `dir`.
+    pub async fn open(&self, stem: &str, dir: &str, schema: SchemaRef) -> Result<OpenFile> {
+        let spec = self.spec;
+        let url = spec.output_url()?;
+        let (sink, path, shown) = if spec.uses_multipart()? {
+            let s3 = multipart::s3_store(&url)?;
+            let key = spec.final_path_in(dir, stem)?;
+            let shown = format!(
+                "{}{}",
+                spec.url,
+                key.as_ref()
+                    .trim_start_matches(spec.base_path()?.as_ref())
+                    .trim_start_matches('/')
+            );
+            let upload_id = multipart::start_upload(&s3, &self.store, spec, stem, &key)
+                .await
+                .map_err(|e| write_error(&shown, e.to_string()))?;
+            let sink = Sink::Upload(MultipartFileWriter::new(s3, key.clone(), upload_id));
+            (sink, key, shown)
+        } else {
+            let path = spec.staging_path(stem)?;
+            let shown = format!(
+                "{}://{}/{}",
+                url.scheme(),
+                url.host_str().unwrap_or_default(),
+                path
+            );
+            let sink = Sink::Staged(BufWriter::new(Arc::clone(&self.store), path.clone()));
+            (sink, path, shown)
+        };
+        let upload = matches!(sink, Sink::Upload(_));
+        let encoder = match spec.format {
+            WriteFormat::Parquet => {
+                let props = parquet_properties(spec, &schema, self.context)?.build();
+                // The schema is already in `props`' metadata; stop the writer adding it twice.
+                let options = ArrowWriterOptions::new()
+                    .with_properties(props)
+                    .with_skip_arrow_metadata(true);
+                Encoder::Parquet(
+                    AsyncArrowWriter::try_new_with_options(sink, Arc::clone(&schema), options)
+                        .map_err(|e| write_error(&shown, e.to_string()))?,
+                )
+            }
+            WriteFormat::Csv | WriteFormat::Json => Encoder::Text {
+                sink,
+                options: TextOptions::from_spec(spec)?,
+                header_written: false,
+                bytes: 0,
+            },
+        };
+        Ok(OpenFile {
+            encoder,
+            format: spec.format,
+            schema,
+            stem: stem.to_string(),
+            dir: dir.to_string(),
+            path,
+            shown,
+            rows: 0,
+            upload,
+        })
+    }
+
+    /// Finishes a file: for an upload, sends its last part and leaves it
+    /// open; for the rename committers, runs their task commit.
+    pub async fn finish(&self, mut file: OpenFile) -> Result<Written> {
+        let shown = file.shown.clone();
+        let fail = |e: &dyn std::fmt::Display| write_error(&shown, e.to_string());
+        if file.format == WriteFormat::Csv {
+            // A file with no rows still gets its header line.
+            file.write_text(&RecordBatch::new_empty(Arc::clone(&file.schema)))
+                .await?;
+        }
+        let (bytes, sink) = match file.encoder {
+            Encoder::Parquet(mut w) => {
+                w.finish().await.map_err(|e| fail(&e))?;
+                (w.bytes_written() as u64, w.into_inner())
+            }
+            Encoder::Text {
+                mut sink, bytes, ..
+            } => {
+                sink.complete().await.map_err(|e| fail(&e))?;
+                (bytes, sink)
+            }
+        };
+        let mut written = Written {
+            dir: file.dir.clone(),
+            path: file.path.to_string(),
+            rows: file.rows,
+            bytes,
+            upload_id: None,
+            parts: None,
+        };
+        match sink {
+            Sink::Upload(upload) => {
+                let pending = upload.pending();
+                written.parts = Some(serde_json::to_string(&pending.parts).map_err(|e| fail(&e))?);
+                written.upload_id = Some(pending.upload_id);
+            }
+            Sink::Staged(_) => {
+                // The rename committers' task commit (comparison shapes, see `Committer`).
+                let to = match self.spec.committer {
+                    Committer::Auto => None,
+                    Committer::RenameV1 => Some(self.spec.task_committed_path(&file.stem)?),
+                    Committer::RenameV2 => Some(self.spec.final_path_in(&file.dir, &file.stem)?),
+                };
+                if let Some(to) = to {
+                    self.store
+                        .rename(&file.path, &to)
+                        .await
+                        .map_err(|e| fail(&e))?;
+                    written.path = to.to_string();
+                }
+            }
+        }
+        Ok(written)
+    }
+}
+
+impl OpenFile {
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        if let Encoder::Parquet(w) = &mut self.encoder {
+            let shown = &self.shown;
+            return w
+                .write(batch)
+                .await
+                .map_err(|e| write_error(shown, e.to_string()));
+        }
+        self.write_text(batch).await
+    }
+
+    async fn write_text(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Encoder::Text {
+            sink,
+            options,
+            header_written,
+            bytes,
+        } = &mut self.encoder
+        else {
+            return Ok(());
+        };
+        let fail = |e: &dyn std::fmt::Display| write_error(&self.shown, e.to_string());
+        if batch.num_rows() == 0 && (*header_written || self.format != WriteFormat::Csv) {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(batch.get_array_memory_size());
+        match self.format {
+            WriteFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(options.header && !*header_written)
+                    .with_delimiter(options.delimiter)
+                    .build(&mut buf);
+                w.write(batch).map_err(|e| fail(&e))?;
+                *header_written = true;
+            }
+            _ => {
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+                w.write(batch).map_err(|e| fail(&e))?;
+                w.finish().map_err(|e| fail(&e))?;
+            }
+        }
+        *bytes += buf.len() as u64;
+        sink.write(buf.into()).await.map_err(|e| fail(&e))
+    }
+
+    /// Bytes held in memory for this file: an unflushed Parquet row group
+    /// and multipart parts not yet sent.
+    pub fn buffered(&self) -> usize {
+        match &self.encoder {
+            // The sink is out of reach inside the Parquet writer: count an
+            // upload's unsent parts at their typical two.
+            Encoder::Parquet(w) => w.memory_size() + if self.upload { 2 * PART_SIZE } else { 0 },
+            Encoder::Text { sink, .. } => sink.buffered(),
+        }
+    }
+}
+
+/// CSV options a statement may give (`OPTIONS ('format.has_header' 'false',
+/// 'format.delimiter' '|')`), DataFusion's names.
+struct TextOptions {
+    header: bool,
+    delimiter: u8,
+}
+
+impl TextOptions {
+    fn from_spec(spec: &WriteSpec) -> Result<Self> {
+        let mut out = Self {
+            header: true,
+            delimiter: b',',
+        };
+        for (key, value) in &spec.options {
+            match key.strip_prefix("format.").unwrap_or(key) {
+                "has_header" => {
+                    out.header = value.parse().map_err(|_| {
+                        DataFusionError::Configuration(format!(
+                            "has_header must be true or false, got '{value}'"
+                        ))
+                    })?;
+                }
+                "delimiter" => match value.as_bytes() {
+                    [b] => out.delimiter = *b,
+                    _ => {
+                        return Err(DataFusionError::Configuration(format!(
+                            "delimiter must be one byte, got '{value}'"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(DataFusionError::Configuration(format!(
+                        "unknown {:?} write option '{other}'",
+                        spec.format
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes one input partition. Unpartitioned: one file named `stem`, even
+/// when empty. Partitioned: one file per partition value seen (more when the
+/// caps close one early), and none when the input is empty.
+pub async fn write_partition(
+    factory: &FileFactory<'_>,
+    stem: &str,
+    mut input: SendableRecordBatchStream,
+) -> Result<Vec<Written>> {
+    let spec = factory.spec;
+    if spec.partition_by.is_empty() {
+        let mut file = factory.open(stem, "", input.schema()).await?;
+        while let Some(batch) = input.next().await {
+            file.write(&batch?).await?;
+        }
+        return Ok(vec![factory.finish(file).await?]);
+    }
+    let schema = input.schema();
+    let key_columns = spec
+        .partition_by
+        .iter()
+        .map(|c| {
+            schema.index_of(c).map_err(|_| {
+                DataFusionError::Plan(format!(
+                    "partition column '{c}' is not in the written columns ({})",
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let data_columns: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| !key_columns.contains(i))
+        .collect();
+    let data_schema: SchemaRef = Arc::new(Schema::new(
+        data_columns
+            .iter()
+            .map(|&i| schema.field(i).clone())
+            .collect::<Vec<_>>(),
+    ));
+    let mut open: HashMap<String, (OpenFile, u64)> = HashMap::new();
+    let mut done = Vec::new();
+    let mut next_file = 0usize;
+    let mut clock = 0u64;
+    while let Some(batch) = input.next().await {
+        let batch = batch?;
+        for (dir, rows) in group_rows(&batch, &spec.partition_by, &key_columns)? {
+            let indices = UInt32Array::from(rows);
+            let part = take_record_batch(&batch.project(&data_columns)?, &indices)?;
+            clock += 1;
+            if !open.contains_key(&dir) {
+                if open.len() >= spec.max_open_files.max(1)
+                    && let Some(oldest) = open
+                        .iter()
+                        .min_by_key(|(_, (_, used))| *used)
+                        .map(|(k, _)| k.clone())
+                    && let Some((file, _)) = open.remove(&oldest)
+                {
+                    done.push(factory.finish(file).await?);
+                }
+                let file_stem = format!("{stem}-f{next_file:04}");
+                next_file += 1;
+                let file = factory
+                    .open(&file_stem, &dir, Arc::clone(&data_schema))
+                    .await?;
+                open.insert(dir.clone(), (file, clock));
+            }
+            if let Some((file, used)) = open.get_mut(&dir) {
+                file.write(&part).await?;
+                *used = clock;
+            }
+        }
+        // Over the memory cap: finish the files holding the most.
+        while open.values().map(|(f, _)| f.buffered()).sum::<usize>() > spec.max_buffered_bytes
+            && let Some(biggest) = open
+                .iter()
+                .max_by_key(|(_, (f, _))| f.buffered())
+                .map(|(k, _)| k.clone())
+            && let Some((file, _)) = open.remove(&biggest)
+        {
+            done.push(factory.finish(file).await?);
+        }
+    }
+    for (_, (file, _)) in open {
+        done.push(factory.finish(file).await?);
+    }
+    Ok(done)
+}
+
+/// Row indices of `batch` grouped by their Hive directory (`k=v/k2=v2`),
+/// in first-seen order.
+fn group_rows(
+    batch: &RecordBatch,
+    names: &[String],
+    key_columns: &[usize],
+) -> Result<Vec<(String, Vec<u32>)>> {
+    let options = FormatOptions::default();
+    let formatters = key_columns
+        .iter()
+        .map(|&i| ArrayFormatter::try_new(batch.column(i).as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut order: Vec<(String, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for row in 0..batch.num_rows() {
+        let mut dir = String::new();
+        for (n, (name, f)) in names.iter().zip(&formatters).enumerate() {
+            if n > 0 {
+                dir.push('/');
+            }
+            let column = batch.column(key_columns[n]);
+            let value = if column.is_null(row) {
+                NULL_PARTITION.to_string()
+            } else {
+                escape_partition_value(&f.value(row).to_string())
+            };
+            dir.push_str(&format!("{name}={value}"));
+        }
+        match index.get(&dir) {
+            Some(&i) => order[i].1.push(row as u32),
+            None => {
+                index.insert(dir.clone(), order.len());
+                order.push((dir, vec![row as u32]));
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Escapes what cannot appear in a path segment, the way Hive does.
+fn escape_partition_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c.is_control() || "\"#%'*/:=?\\\u{7f}{[]^".contains(c) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    if out.is_empty() {
+        NULL_PARTITION.to_string()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn rows_group_by_hive_directory() -> Result<()> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    None,
+                    Some("a/b"),
+                    Some("a"),
+                ])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            ],
+        )?;
+        let groups = group_rows(&batch, &["k".to_string()], &[0])?;
+        assert_eq!(
+            groups,
+            vec![
+                ("k=a".to_string(), vec![0, 3]),
+                (format!("k={NULL_PARTITION}"), vec![1]),
+                ("k=a%2Fb".to_string(), vec![2]),
+            ]
+        );
+        Ok(())
+    }
+}
