@@ -81,6 +81,16 @@ pub enum Command {
     },
     /// Cancel a running job.
     Cancel { job_id: String },
+    /// Abort the uploads and remove the staging of writes to OUTPUT whose
+    /// client died before it could (killed with SIGKILL, lost its machine).
+    Clean {
+        /// The output directory URL the writes went to.
+        output: String,
+        /// Only writes whose newest staged object is at least this old, so a
+        /// write still running is left alone.
+        #[arg(long, default_value_t = 60)]
+        older_than_mins: u64,
+    },
     /// Benchmarks that print JSON figures.
     Bench(crate::bench::BenchArgs),
 }

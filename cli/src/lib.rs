@@ -102,6 +102,24 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             println!("cancelled {job_id}");
             Ok(())
         }
+        Command::Clean {
+            output,
+            older_than_mins,
+        } => {
+            let cleaned = sluice_core::write::clean_abandoned(
+                &output,
+                Duration::from_secs(older_than_mins * 60),
+            )
+            .await?;
+            for w in &cleaned {
+                println!(
+                    "write {}: aborted {} uploads, removed {} staged objects",
+                    w.write_id, w.aborted_uploads, w.removed_objects
+                );
+            }
+            println!("cleaned {} abandoned writes under {output}", cleaned.len());
+            Ok(())
+        }
         Command::Bench(args) => bench::run(args).await,
     }
 }

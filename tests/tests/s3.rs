@@ -513,3 +513,47 @@ fn partitioned_writes_respect_the_open_file_cap() {
     assert!(keys.iter().all(|k| !k.contains("id=")));
     assert_nothing_left(&s3, &bucket, "p/");
 }
+
+/// A client killed with SIGKILL cannot abort its uploads (the embedded
+/// cluster dies with it); `sluice clean` finds them through their markers.
+#[test]
+fn clean_aborts_the_uploads_of_a_killed_client() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("crash").unwrap();
+    let mut child = sluice()
+        .unwrap()
+        .arg("run")
+        .arg(workspace_root().join(JOB))
+        .args(["--var", "rows=40000000", "--var", "partitions=8"])
+        .args(["--var", &format!("output=s3://{bucket}/out")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s3.open_uploads(&bucket, "out/").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "uploads never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended too soon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!s3.open_uploads(&bucket, "out/").unwrap().is_empty());
+    let o = run_with_timeout(
+        sluice().unwrap().args([
+            "clean",
+            &format!("s3://{bucket}/out"),
+            "--older-than-mins",
+            "0",
+        ]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cleaned 1 abandoned writes"));
+    assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
+    assert_nothing_left(&s3, &bucket, "out/");
+}

@@ -32,7 +32,8 @@ use object_store::aws::AmazonS3;
 
 use super::logical::write_result_schema;
 use super::multipart::{
-    PendingUpload, abort_uploads, complete_upload, is_multipart, recorded_uploads, s3_store,
+    PendingUpload, abort_uploads, complete_upload, is_multipart, list_open_uploads,
+    recorded_uploads, s3_store,
 };
 use super::spec::{Committer, STAGING_DIR, SUCCESS_FILE, WriteSpec};
 use crate::error::SluiceError;
@@ -472,11 +473,33 @@ async fn abort_recorded(
     keep: &HashSet<String>,
 ) -> Result<usize> {
     let recorded = recorded_uploads(store, spec).await?;
-    let stale: Vec<PendingUpload> = recorded
+    let mut stale: Vec<PendingUpload> = recorded
         .into_iter()
         .map(|(_, u)| u)
         .filter(|u| !keep.contains(&u.upload_id))
         .collect();
+    // A task that died between starting an upload and recording it left an
+    // upload no marker names: find this write's uploads by key.
+    let short = spec.write_id.get(..12).unwrap_or(&spec.write_id);
+    let tag = format!("-{short}.");
+    let prefix = format!("{}/", spec.base_path()?);
+    // Best effort: without s3:ListBucketMultipartUploads the recorded
+    // uploads are still aborted, and a write must not fail over this.
+    let open_uploads = match list_open_uploads(&spec.output_url()?, &prefix).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list multipart uploads; aborting recorded ones only");
+            vec![]
+        }
+    };
+    for open in open_uploads {
+        if open.key.contains(&tag)
+            && !keep.contains(&open.upload_id)
+            && !stale.iter().any(|s| s.upload_id == open.upload_id)
+        {
+            stale.push(open);
+        }
+    }
     if !stale.is_empty() {
         tracing::info!(
             uploads = stale.len(),
@@ -499,6 +522,55 @@ pub async fn abandon(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<u
     };
     remove_staging(spec, store).await?;
     Ok(aborted)
+}
+
+/// What `clean_abandoned` did for one write.
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanedWrite {
+    pub write_id: String,
+    pub aborted_uploads: usize,
+    pub removed_objects: usize,
+}
+
+/// Aborts the recorded uploads and removes the staging of every write to
+/// `output` whose newest staged object is older than `older_than`: writes
+/// whose client died before its own cleanup. Committed output is untouched.
+pub async fn clean_abandoned(
+    output: &str,
+    older_than: std::time::Duration,
+) -> Result<Vec<CleanedWrite>> {
+    let template = WriteSpec::new(output, super::WriteFormat::Parquet, false, BTreeMap::new())?;
+    let store = crate::session::runtime_env()?
+        .object_store_registry
+        .get_store(&template.output_url()?)?;
+    let staging = template.base_path()?.join(STAGING_DIR);
+    let listed = store.list_with_delimiter(Some(&staging)).await?;
+    let now = chrono::Utc::now();
+    let mut cleaned = vec![];
+    for prefix in listed.common_prefixes {
+        let Some(write_id) = prefix.filename().map(str::to_string) else {
+            continue;
+        };
+        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+        let newest = objects.iter().map(|o| o.last_modified).max();
+        if newest
+            .is_some_and(|t| now.signed_duration_since(t).to_std().unwrap_or_default() < older_than)
+        {
+            continue;
+        }
+        let spec = WriteSpec {
+            write_id: write_id.clone(),
+            ..template.clone()
+        };
+        let aborted_uploads = abandon(&spec, &store).await?;
+        tracing::info!(%write_id, aborted_uploads, "cleaned abandoned write");
+        cleaned.push(CleanedWrite {
+            write_id,
+            aborted_uploads,
+            removed_objects: objects.len(),
+        });
+    }
+    Ok(cleaned)
 }
 
 /// Data files directly in or below `base`, skipping the manifest and hidden

@@ -10,7 +10,10 @@ pub mod multipart;
 mod spec;
 mod writer;
 
-pub use commit::{CommitExec, CommittedFile, SuccessData, abandon, commit, remove_staging};
+pub use commit::{
+    CleanedWrite, CommitExec, CommittedFile, SuccessData, abandon, clean_abandoned, commit,
+    remove_staging,
+};
 pub use logical::{SluiceQueryPlanner, WriteNode, WritePlanner, write_result_schema};
 pub use spec::{
     COMMITTER_OPTION, Committer, STAGING_DIR, SUCCESS_FILE, WriteFormat, WriteSpec,

@@ -99,6 +99,104 @@ pub async fn recorded_uploads(
     Ok(out)
 }
 
+/// Open multipart uploads whose key starts with `prefix`
+/// (`ListMultipartUploads`, signed with the store's own credentials:
+/// `object_store` has no call for it). The backstop for uploads created
+/// but never recorded, when their task died between the two.
+pub async fn list_open_uploads(url: &Url, prefix: &str) -> Result<Vec<PendingUpload>> {
+    let s3 = s3_store(url)?;
+    let bucket = url.host_str().unwrap_or_default();
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|_| "us-east-1".to_string());
+    let base =
+        match std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
+            Ok(endpoint) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+            Err(_) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        };
+    let credential = s3.credentials().get_credential().await?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let mut out = vec![];
+    let mut markers: Option<(String, String)> = None;
+    loop {
+        let target = format!(
+            "{base}/?uploads&{}",
+            uploads_query(prefix, markers.as_ref())
+        );
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(&target)
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        object_store::aws::AwsAuthorizer::new(&credential, "s3", &region)
+            .authorize(&mut request, None);
+        let mut send = client.get(&target);
+        for (name, value) in request.headers() {
+            send = send.header(name.as_str(), value.as_bytes());
+        }
+        let response = send
+            .send()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if !status.is_success() {
+            return Err(DataFusionError::Execution(format!(
+                "listing multipart uploads under {prefix}: HTTP {status}: {body}"
+            )));
+        }
+        for upload in xml_values(&body, "Upload") {
+            if let (Some(key), Some(upload_id)) = (
+                xml_values(&upload, "Key").pop(),
+                xml_values(&upload, "UploadId").pop(),
+            ) {
+                out.push(PendingUpload {
+                    key,
+                    upload_id,
+                    parts: vec![],
+                });
+            }
+        }
+        let truncated = xml_values(&body, "IsTruncated")
+            .pop()
+            .is_some_and(|v| v == "true");
+        let next = (
+            xml_values(&body, "NextKeyMarker").pop(),
+            xml_values(&body, "NextUploadIdMarker").pop(),
+        );
+        match next {
+            (Some(k), Some(i)) if truncated => markers = Some((k, i)),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+fn uploads_query(prefix: &str, markers: Option<&(String, String)>) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some((key, id)) = markers {
+        query.append_pair("key-marker", key);
+        query.append_pair("upload-id-marker", id);
+    }
+    query.append_pair("prefix", prefix);
+    query.finish()
+}
+
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(open.as_str())
+        .skip(1)
+        .filter_map(|rest| rest.split_once(close.as_str()).map(|(v, _)| v.to_string()))
+        .collect()
+}
+
 /// Aborts uploads; an upload already gone (completed or aborted) is fine.
 pub async fn abort_uploads(
     s3: &Arc<AmazonS3>,
