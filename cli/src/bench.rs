@@ -94,7 +94,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 /// One write per committer into a fresh prefix, on one embedded cluster.
 async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str) -> Result<Value> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let cluster = EmbeddedCluster::start(2, cores).await?;
+    let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
     let ctx = runner::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -284,7 +284,7 @@ async fn processes_run(rows: u64, partitions: u64, out: &Path, work: &Path) -> R
                 .args(["--bind-port", &free_port()?.to_string()])
                 .args(["--bind-grpc-port", &free_port()?.to_string()])
                 .args(["--bind-health-port", &free_port()?.to_string()])
-                .args(["--vcores", &cores.to_string()])
+                .args(["--vcores", &sluice_core::config::default_slots().to_string()])
                 .args(["--task-scheduling-policy", "pull-staged"])
                 .arg("--work-dir")
                 .arg(&dir)
@@ -356,7 +356,7 @@ async fn range_bench(
     let mut runs = vec![];
 
     let out = dir.join("embedded");
-    let cluster = EmbeddedCluster::start(2, cores).await?;
+    let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
     let embedded = sluice_run(&cluster.endpoint, rows, partitions, &out).await?;
     runs.push(figures(
         "sluice_embedded",

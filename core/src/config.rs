@@ -64,16 +64,12 @@ impl SluiceConfig {
             .map_err(|e| SluiceError::Config(e.to_string()))
     }
 
-    /// Task slots (vcores) per embedded executor. Defaults to the core count
-    /// for each executor: Ballista hands a task as many partitions as its
-    /// executor has free vcores, so more slots mean fewer scheduling round
-    /// trips (measured: 100 small partitions on 2 cores and 2 executors took
-    /// 2.6 s with 1 slot each and 1.0 s with 4), while the CPU stays shared.
+    /// Task slots (vcores) per embedded executor; see [`default_slots`].
     pub fn slots(&self) -> usize {
         if self.executor_slots > 0 {
             return self.executor_slots;
         }
-        std::thread::available_parallelism().map_or(2, |n| n.get())
+        default_slots()
     }
 }
 
@@ -137,6 +133,17 @@ pub fn config_file_arg(args: &[String]) -> Option<PathBuf> {
         }
     }
     std::env::var_os("SLUICE_CONFIG").map(PathBuf::from)
+}
+
+/// Default vcores per executor: twice the cores, at least 4. Ballista 55
+/// hands a task as many partitions as its executor has free vcores, and each
+/// task costs a scheduling round trip (~50 ms under pull scheduling), so more
+/// vcores mean fewer round trips while the CPU stays shared. Measured on 2
+/// cores, 2 executors, `range_to_parquet` with 2e7 rows in 100 partitions
+/// (release): 2.49 s with 2 vcores each, 1.19 s with 4, 1.20 s with 8.
+pub fn default_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).max(4)
 }
 
 #[cfg(test)]
