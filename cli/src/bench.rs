@@ -213,7 +213,11 @@ async fn sluice_run(endpoint: &str, rows: u64, partitions: u64, out: &Path) -> R
 
 async fn datafusion_copy(rows: u64, partitions: u64, out: &Path) -> Result<f64> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(cores));
+    let mut config = SessionConfig::new().with_target_partitions(cores);
+    // The codec sluice (and Spark) writes, so the three do the same work.
+    config.options_mut().execution.parquet.compression =
+        Some(sluice_core::session::PARQUET_COMPRESSION.to_string());
+    let ctx = SessionContext::new_with_config(config);
     ctx.register_udtf("range", Arc::new(sluice_udfs::range::RangeFunction));
     let sql = format!(
         "COPY (SELECT * FROM range(0, {rows}, 1, {partitions})) TO '{}/' STORED AS PARQUET",
@@ -268,7 +272,6 @@ async fn processes_run(rows: u64, partitions: u64, out: &Path, work: &Path) -> R
     );
     let endpoint = format!("127.0.0.1:{port}");
     runner::wait_for_scheduler(&endpoint, Duration::from_secs(20)).await?;
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     for i in 0..2 {
         let dir = work.join(format!("executor-{i}"));
         std::fs::create_dir_all(&dir)?;
@@ -284,7 +287,10 @@ async fn processes_run(rows: u64, partitions: u64, out: &Path, work: &Path) -> R
                 .args(["--bind-port", &free_port()?.to_string()])
                 .args(["--bind-grpc-port", &free_port()?.to_string()])
                 .args(["--bind-health-port", &free_port()?.to_string()])
-                .args(["--vcores", &sluice_core::config::default_slots().to_string()])
+                .args([
+                    "--vcores",
+                    &sluice_core::config::default_slots().to_string(),
+                ])
                 .args(["--task-scheduling-policy", "pull-staged"])
                 .arg("--work-dir")
                 .arg(&dir)
@@ -394,6 +400,7 @@ async fn range_bench(
     let r = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
     Ok(json!({
         "bench": "range_to_parquet",
+        "parquet_compression": sluice_core::session::PARQUET_COMPRESSION,
         "rows": rows,
         "partitions": partitions,
         "cores": cores,

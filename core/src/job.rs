@@ -163,7 +163,7 @@ static SET_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 static INSERT_DIR_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
-        r"(?is)^INSERT\s+OVERWRITE\s+(?:LOCAL\s+)?DIRECTORY\s+'([^']*)'\s+(?:USING|STORED\s+AS)\s+([A-Za-z]+)\s*(?:OPTIONS\s*\((.*?)\)\s*)?(.*)$",
+        r"(?is)^INSERT\s+OVERWRITE\s+(?:LOCAL\s+)?DIRECTORY\s+'([^']*)'\s+(?:USING|STORED\s+AS)\s+([A-Za-z]+)\s*(?:OPTIONS\s*\(((?:'[^']*'|[^)'])*)\)\s*)?(.*)$",
     )
     .ok()
 });
@@ -371,6 +371,22 @@ mod tests {
                     options.get("compression").map(String::as_str),
                     Some("snappy")
                 );
+            }
+            other => return Err(SluiceError::Config(format!("{other:?}"))),
+        }
+        // Parentheses inside quoted option values do not end the list.
+        match classify(
+            "INSERT OVERWRITE DIRECTORY '/o' USING PARQUET OPTIONS ('compression' 'zstd(3)', 'x' 'a)b') SELECT 1",
+            "j",
+            1,
+        )? {
+            Action::Write { options, query, .. } => {
+                assert_eq!(
+                    options.get("compression").map(String::as_str),
+                    Some("zstd(3)")
+                );
+                assert_eq!(options.get("x").map(String::as_str), Some("a)b"));
+                assert_eq!(query, "SELECT 1");
             }
             other => return Err(SluiceError::Config(format!("{other:?}"))),
         }

