@@ -59,7 +59,7 @@ pub enum Command {
         /// Executors to start [config: executors; default 2].
         #[arg(long)]
         executors: Option<usize>,
-        /// Task slots per executor [config: executor_slots; default: 2 x cores, at least 4].
+        /// Task slots per executor [config: executor_slots; default: 2 x cores, at least 16].
         #[arg(long)]
         slots: Option<usize>,
     },

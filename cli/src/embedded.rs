@@ -25,14 +25,53 @@ impl EmbeddedCluster {
             .context("starting the embedded scheduler")?;
         let endpoint = addr.to_string();
         sluice_core::runner::wait_for_scheduler(&endpoint, Duration::from_secs(10)).await?;
-        for _ in 0..executors {
-            sluice_executor::start_in_process(&format!("http://{endpoint}"), slots)
-                .await
-                .context("starting an embedded executor")?;
+        for i in 0..executors {
+            start_executor_thread(i, format!("http://{endpoint}"), slots).await?;
         }
         wait_for_executors(&endpoint, executors).await?;
         Ok(Self { endpoint })
     }
+}
+
+/// Starts one executor on its own runtime and threads, as a separate process
+/// would have: CPU-bound encoding on the executors' threads must not delay the
+/// scheduler and client on this process's runtime (measured on 2 cores,
+/// `range_to_parquet` 2e8 rows: 3.36 s sharing one runtime, 2.84 s for
+/// separate processes).
+async fn start_executor_thread(index: usize, scheduler: String, slots: usize) -> Result<()> {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::Builder::new()
+        .name(format!("sluice-executor-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name(format!("sluice-executor-{index}"))
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("executor runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let started = sluice_executor::start_in_process(&scheduler, slots)
+                    .await
+                    .context("starting an embedded executor");
+                let ok = started.is_ok();
+                let _ = ready_tx.send(started);
+                if ok {
+                    // Serve until the process exits.
+                    std::future::pending::<()>().await;
+                }
+            });
+        })
+        .context("spawning an executor thread")?;
+    ready_rx
+        .await
+        .context("the executor thread ended before starting")?
 }
 
 /// Waits until `n` executors have registered, so the first job is not planned
