@@ -129,10 +129,15 @@ async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str)
             );
         }
         let manifest = read_manifest(bucket, &prefix).await?;
-        let commit_ms: f64 = manifest["diagnostics"]["commit_ms"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .context("commit_ms in _SUCCESS")?;
+        if manifest["rows"].as_u64() != Some(rows) {
+            bail!("{committer}: _SUCCESS says {} rows", manifest["rows"]);
+        }
+        let commit_ms = report
+            .statements
+            .iter()
+            .find_map(|s| s.write.as_ref())
+            .map(|w| w.commit_ms as f64)
+            .context("the write's commit time")?;
         let name = if committer == "auto" {
             "sluice_multipart"
         } else {

@@ -6,6 +6,12 @@ use clap::Parser;
 use sluice_cli::args::Cli;
 use tracing_subscriber::EnvFilter;
 
+// mimalloc, as Ballista's own binaries use: Parquet encoding allocates a
+// lot from many threads, and in the embedded cluster all executors share
+// one process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = sluice_cli::load_config(&cli)

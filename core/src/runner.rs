@@ -64,6 +64,8 @@ pub struct WriteOutcome {
     pub rows: u64,
     pub files: u64,
     pub bytes: u64,
+    /// The commit step, from the first file made visible to staging removed.
+    pub commit_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -498,6 +500,7 @@ impl JobRunner {
                 rows: u64_at(0),
                 files: u64_at(1),
                 bytes: u64_at(2),
+                commit_ms: u64_at(5),
             },
         ))
     }

@@ -23,6 +23,12 @@ struct Cli {
     ballista: Config,
 }
 
+// mimalloc, as Ballista's own binaries use: Parquet encoding allocates a
+// lot from many threads, and in the embedded cluster all executors share
+// one process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -22,6 +22,12 @@ struct Cli {
     ballista: Config,
 }
 
+// mimalloc, as Ballista's own binaries use: Parquet encoding allocates a
+// lot from many threads, and in the embedded cluster all executors share
+// one process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let file = sluice_core::config::config_file_arg(&args);

@@ -33,13 +33,13 @@ use object_store::aws::AmazonS3;
 use super::logical::write_result_schema;
 use super::multipart::{
     PendingUpload, abort_uploads, complete_upload, is_multipart, list_open_uploads,
-    recorded_uploads, s3_store,
+    recorded_uploads, s3_store, stem_of_key,
 };
 use super::spec::{Committer, STAGING_DIR, SUCCESS_FILE, WriteSpec};
 use crate::error::SluiceError;
 
 /// How many files the commit moves at once.
-const COMMIT_CONCURRENCY: usize = 16;
+const COMMIT_CONCURRENCY: usize = 32;
 
 #[derive(Debug)]
 pub struct CommitExec {
@@ -192,6 +192,7 @@ pub struct CommitSummary {
     pub files: Vec<CommittedFile>,
     pub rows: u64,
     pub bytes: u64,
+    pub commit_ms: u64,
 }
 
 impl CommitSummary {
@@ -204,6 +205,7 @@ impl CommitSummary {
                 Arc::new(UInt64Array::from(vec![self.bytes])),
                 Arc::new(StringArray::from(vec![spec.write_id.clone()])),
                 Arc::new(StringArray::from(vec![spec.url.clone()])),
+                Arc::new(UInt64Array::from(vec![self.commit_ms])),
             ],
         )?)
     }
@@ -332,6 +334,7 @@ pub async fn commit(
             .buffered(COMMIT_CONCURRENCY)
             .collect()
             .await;
+    let publish_ms = started.elapsed().as_millis();
     let mut files = Vec::with_capacity(results.len());
     let mut failures = Vec::new();
     for r in results {
@@ -346,7 +349,7 @@ pub async fn commit(
             let _ = store.delete(&Path::from(f.path.as_str())).await;
         }
         if let Some(s3) = &s3 {
-            let _ = abort_recorded(spec, &store, s3, &HashSet::new()).await;
+            let _ = abort_recorded(spec, &store, s3, &HashSet::new(), &HashSet::new()).await;
         }
         return Err(fail(format!(
             "{} of {} files failed to commit: {}",
@@ -364,7 +367,11 @@ pub async fn commit(
                 .iter()
                 .filter_map(|s| s.upload.as_ref().map(|u| u.upload_id.clone()))
                 .collect();
-            abort_recorded(spec, &store, s3, &completed).await?
+            let known: HashSet<String> = staged
+                .iter()
+                .filter_map(|s| s.upload.as_ref().and_then(|u| stem_of_key(&u.key)))
+                .collect();
+            abort_recorded(spec, &store, s3, &completed, &known).await?
         }
         None => 0,
     };
@@ -376,6 +383,7 @@ pub async fn commit(
     diagnostics.insert("format".to_string(), format!("{:?}", spec.format));
     diagnostics.insert("overwrite".to_string(), spec.overwrite.to_string());
     diagnostics.insert("aborted_uploads".to_string(), aborted.to_string());
+    diagnostics.insert("publish_ms".to_string(), publish_ms.to_string());
     diagnostics.insert(
         "commit_ms".to_string(),
         started.elapsed().as_millis().to_string(),
@@ -414,15 +422,23 @@ pub async fn commit(
             .await
             .map_err(|e| fail(format!("removing earlier output {old}: {e}")))?;
     }
+    let before_cleanup = started.elapsed().as_millis();
     remove_staging(spec, &store).await?;
     tracing::info!(
+        publish_ms,
+        cleanup_ms = started.elapsed().as_millis() - before_cleanup,
         files = files.len(),
         rows,
         bytes,
         commit_ms = started.elapsed().as_millis() as u64,
         "committed"
     );
-    Ok(CommitSummary { files, rows, bytes })
+    Ok(CommitSummary {
+        files,
+        rows,
+        bytes,
+        commit_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 /// Makes one file visible: completes its upload, or renames the staged file.
@@ -466,13 +482,16 @@ async fn publish(
 }
 
 /// Aborts every recorded upload of this write not in `keep`; returns how many.
+/// `known`: stems of uploads the caller completed (their markers need not
+/// be read).
 async fn abort_recorded(
     spec: &WriteSpec,
     store: &Arc<dyn ObjectStore>,
     s3: &Arc<AmazonS3>,
     keep: &HashSet<String>,
+    known: &HashSet<String>,
 ) -> Result<usize> {
-    let recorded = recorded_uploads(store, spec).await?;
+    let recorded = recorded_uploads(store, spec, known).await?;
     let mut stale: Vec<PendingUpload> = recorded
         .into_iter()
         .map(|(_, u)| u)
@@ -516,7 +535,7 @@ pub async fn abandon(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<u
     let aborted = if is_multipart(&url) {
         // Also for the rename committers: a marker-free prefix lists nothing.
         let s3 = s3_store(&url)?;
-        abort_recorded(spec, store, &s3, &HashSet::new()).await?
+        abort_recorded(spec, store, &s3, &HashSet::new(), &HashSet::new()).await?
     } else {
         0
     };

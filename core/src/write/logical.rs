@@ -34,6 +34,8 @@ pub fn write_result_schema() -> SchemaRef {
             Field::new("bytes", DataType::UInt64, false),
             Field::new("write_id", DataType::Utf8, false),
             Field::new("output", DataType::Utf8, false),
+            // The whole commit step, staging cleanup included.
+            Field::new("commit_ms", DataType::UInt64, false),
         ]))
     });
     Arc::clone(&SCHEMA)

@@ -38,7 +38,7 @@ pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// about `(MAX_IN_FLIGHT + 1) * PART_SIZE` per writer.
 const MAX_IN_FLIGHT: usize = 2;
 /// Uploads the commit completes (or aborts) at once.
-pub const COMPLETE_CONCURRENCY: usize = 16;
+pub const COMPLETE_CONCURRENCY: usize = 32;
 
 static S3_STORES: LazyLock<Mutex<std::collections::HashMap<String, Arc<AmazonS3>>>> =
     LazyLock::new(Default::default);
@@ -78,25 +78,47 @@ pub fn marker_path(spec: &WriteSpec, stem: &str) -> Result<Path, SluiceError> {
     Ok(spec.uploads_prefix()?.join(format!("{stem}.json")))
 }
 
-/// Every upload recorded for this write, with its marker's path.
+/// The uploads recorded for this write, except those whose marker is named
+/// by a stem in `known` (uploads the caller already has): reading a marker is
+/// a request, and after a clean run every marker is known.
 pub async fn recorded_uploads(
     store: &Arc<dyn ObjectStore>,
     spec: &WriteSpec,
+    known: &std::collections::HashSet<String>,
 ) -> Result<Vec<(Path, PendingUpload)>> {
     let prefix = spec.uploads_prefix()?;
     let markers: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
-    let mut out = Vec::with_capacity(markers.len());
-    for meta in markers {
-        let body = store.get(&meta.location).await?.bytes().await?;
-        let upload: PendingUpload = serde_json::from_slice(&body).map_err(|e| {
-            DataFusionError::External(Box::new(SluiceError::Write {
-                path: meta.location.to_string(),
-                reason: format!("unreadable upload marker: {e}"),
-            }))
-        })?;
-        out.push((meta.location, upload));
-    }
-    Ok(out)
+    let unknown = markers.into_iter().filter(|m| {
+        m.location
+            .filename()
+            .and_then(|f| f.strip_suffix(".json"))
+            .is_none_or(|stem| !known.contains(stem))
+    });
+    futures::stream::iter(unknown.map(|meta| {
+        let store = Arc::clone(store);
+        async move {
+            let body = store.get(&meta.location).await?.bytes().await?;
+            let upload: PendingUpload = serde_json::from_slice(&body).map_err(|e| {
+                DataFusionError::External(Box::new(SluiceError::Write {
+                    path: meta.location.to_string(),
+                    reason: format!("unreadable upload marker: {e}"),
+                }))
+            })?;
+            Ok::<_, DataFusionError>((meta.location, upload))
+        }
+    }))
+    .buffer_unordered(COMPLETE_CONCURRENCY)
+    .try_collect()
+    .await
+}
+
+/// The stem a writer named an upload's key and marker after
+/// (`part-<stem>-<write id>.<ext>` → `<stem>`).
+pub fn stem_of_key(key: &str) -> Option<String> {
+    let name = key.rsplit('/').next()?;
+    let rest = name.strip_prefix("part-")?;
+    let (stem, _) = rest.rsplit_once('-')?;
+    Some(stem.to_string())
 }
 
 /// Open multipart uploads whose key starts with `prefix`
@@ -368,5 +390,20 @@ impl AsyncFileWriter for MultipartFileWriter {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stem_of_key;
+
+    #[test]
+    fn keys_name_their_stem() {
+        assert_eq!(
+            stem_of_key("out/k=1/part-s001.0-t000002.0-p0003-f0004-0123456789ab.parquet")
+                .as_deref(),
+            Some("s001.0-t000002.0-p0003-f0004")
+        );
+        assert_eq!(stem_of_key("out/_SUCCESS"), None);
     }
 }
