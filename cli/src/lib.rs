@@ -50,6 +50,10 @@ pub fn load_config(cli: &Cli) -> Result<SluiceConfig> {
 /// Runs the parsed command; the returned error is what the user sees.
 pub async fn dispatch(cli: Cli) -> Result<()> {
     let mut config = load_config(&cli)?;
+    // The embedded cluster writes and commits in this process.
+    if matches!(cli.command, Command::Run { .. }) {
+        sluice_core::metrics::serve_from_env()?;
+    }
     let timeout = Duration::from_secs(config.connect_timeout_secs);
     match cli.command {
         Command::Run {

@@ -46,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))
         .init();
+    if let Some(addr) = sluice_core::metrics::serve_from_env()? {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let (stop_health, health_rx) = tokio::sync::oneshot::channel();
     let health = spawn_health_server(health_addr, config.health.clone(), health_rx);
     let result = start_executor_process(Arc::new(config)).await;

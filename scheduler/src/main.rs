@@ -49,6 +49,9 @@ async fn run(opt: Config) -> anyhow::Result<()> {
     let addr = format!("{}:{}", opt.bind_host, opt.bind_port)
         .parse()
         .context("--bind-host/--bind-port")?;
+    if let Some(addr) = sluice_core::metrics::serve_from_env()? {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let config: SchedulerConfig = opt.try_into().context("scheduler settings")?;
     let config = sluice_scheduler::with_sluice(config);
     let cluster = BallistaCluster::new_from_config(&config).await?;

@@ -92,6 +92,8 @@ pub struct Cluster {
     pub endpoint: String,
     pub scheduler: Child,
     pub executors: Vec<Child>,
+    /// `host:port` of each executor's Prometheus `/metrics`.
+    pub metrics: Vec<String>,
     _work: tempfile::TempDir,
 }
 
@@ -118,13 +120,16 @@ impl Cluster {
             endpoint,
             scheduler,
             executors: vec![],
+            metrics: vec![],
             _work: work,
         };
         cluster.wait_http("/api/version", Duration::from_secs(30))?;
         for i in 0..executors {
             let dir = cluster._work.path().join(format!("executor-{i}"));
             std::fs::create_dir_all(&dir)?;
+            let metrics = format!("127.0.0.1:{}", free_port()?);
             let child = Command::new(binary("sluice-executor")?)
+                .env("SLUICE_METRICS_ADDR", &metrics)
                 .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
                 .args([
                     "--scheduler-host",
@@ -147,6 +152,7 @@ impl Cluster {
                 .spawn()
                 .context("starting sluice-executor")?;
             cluster.executors.push(child);
+            cluster.metrics.push(metrics);
         }
         cluster.wait_executors(executors, Duration::from_secs(30))?;
         Ok(cluster)
@@ -194,6 +200,30 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// The sum of a Prometheus metric (all label sets) over the executors.
+    pub fn executor_metric(&self, name: &str) -> Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut total = 0.0;
+        for addr in &self.metrics {
+            let text = rt.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(3))
+                    .build()?;
+                let resp = client.get(format!("http://{addr}/metrics")).send().await?;
+                Ok::<_, anyhow::Error>(resp.error_for_status()?.text().await?)
+            })?;
+            for line in text.lines() {
+                let sample = line.split([' ', '{']).next() == Some(name);
+                if sample && let Some(v) = line.rsplit(' ').next() {
+                    total += v.parse::<f64>().unwrap_or(0.0);
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Jobs as the scheduler lists them.

@@ -34,6 +34,25 @@ fn submit_runs_the_range_job_on_two_executor_processes() {
     );
     assert_eq!(common::check_range_output(&dir, 500_000).unwrap(), 10);
     common::check_manifest(&dir, 500_000).unwrap();
+    // The executors' Prometheus metrics count what was written and committed.
+    assert_eq!(
+        cluster.executor_metric("sluice_write_rows_total").unwrap(),
+        500_000.0
+    );
+    assert_eq!(
+        cluster.executor_metric("sluice_write_files_total").unwrap(),
+        10.0
+    );
+    assert_eq!(
+        cluster
+            .executor_metric("sluice_committed_rows_total")
+            .unwrap(),
+        500_000.0
+    );
+    assert_eq!(
+        cluster.executor_metric("sluice_commits_total").unwrap(),
+        1.0
+    );
 
     // The job is visible through `sluice jobs` and `sluice status`.
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -117,6 +117,13 @@ fn submit_to_s3_on_two_executors_commits_exactly_the_rows() {
     assert_eq!(keys.len(), 8);
     check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
     assert_nothing_left(&s3, &bucket, "out/");
+    assert!(cluster.executor_metric("sluice_s3_parts_total").unwrap() >= 8.0);
+    assert_eq!(
+        cluster
+            .executor_metric("sluice_uploads_aborted_total")
+            .unwrap(),
+        0.0
+    );
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["rows_written"], rows);
     assert_eq!(report["files_written"], 8);

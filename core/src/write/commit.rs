@@ -424,6 +424,7 @@ pub async fn commit(
     }
     let before_cleanup = started.elapsed().as_millis();
     remove_staging(spec, &store).await?;
+    crate::metrics::committed(spec, files.len(), rows, aborted, started.elapsed());
     tracing::info!(
         publish_ms,
         cleanup_ms = started.elapsed().as_millis() - before_cleanup,

@@ -335,7 +335,12 @@ impl MultipartFileWriter {
         let idx = self.next_part;
         self.next_part += 1;
         self.in_flight.push_back(tokio::spawn(async move {
-            s3.put_part(&key, &id, idx, PutPayload::from(data)).await
+            let started = std::time::Instant::now();
+            let part = s3.put_part(&key, &id, idx, PutPayload::from(data)).await;
+            if part.is_ok() {
+                crate::metrics::part_uploaded(started.elapsed());
+            }
+            part
         }));
     }
 

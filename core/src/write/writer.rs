@@ -184,6 +184,7 @@ impl ExecutionPlan for WriterExec {
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             rows_metric.add(rows as usize);
             bytes_metric.add(bytes as usize);
+            crate::metrics::partition_written(&spec, rows, bytes, files.len(), started.elapsed());
             tracing::info!(
                 rows,
                 bytes,
