@@ -136,20 +136,23 @@ async fn run_job(job: &JobArgs, endpoint: &str, timeout: Duration) -> Result<()>
     let ctx = runner::connect(endpoint, timeout).await?;
     let progress = Arc::new(CliProgress::new(job.output == OutputFormat::Text));
     let runner = JobRunner::new(ctx, endpoint, progress.clone())?;
-    let api = SchedulerApi::new(endpoint)?;
+    let interrupter = runner.interrupter();
     let run = runner.run(&file, &source, &vars);
     tokio::pin!(run);
     let report: JobReport = tokio::select! {
         r = &mut run => r?,
         _ = tokio::signal::ctrl_c() => {
-            if let Some(id) = progress.current_job() {
-                eprintln!("interrupted: cancelling job {id}");
-                let _ = api.cancel(&id).await;
-            }
-            // Let the runner see the cancelled job and remove staged files.
-            match tokio::time::timeout(Duration::from_secs(30), &mut run).await {
-                Ok(Err(e)) => return Err(e.into()),
-                _ => bail!("interrupted"),
+            eprintln!("interrupted: cancelling the running job");
+            interrupter.interrupt();
+            // The runner cancels the job, cleans up the write, and fails; a
+            // job that finished before the cancel took effect still reports.
+            match tokio::time::timeout(Duration::from_secs(60), &mut run).await {
+                Ok(Ok(report)) => {
+                    eprintln!("interrupted too late: the job had already finished");
+                    report
+                }
+                Ok(Err(e)) => return Err(anyhow::Error::from(e).context("interrupted")),
+                Err(_) => bail!("interrupted; the job did not stop within 60s"),
             }
         }
     };

@@ -45,6 +45,8 @@ pub enum SluiceError {
     Unreachable { endpoint: String, reason: String },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("{file}:{line}: interrupted before this statement ran")]
+    Interrupted { file: String, line: usize },
     #[error("codec: {0}")]
     Codec(String),
 }

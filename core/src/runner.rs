@@ -32,6 +32,8 @@ use crate::write::{WriteFormat, WriteNode, WriteSpec, abandon};
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Delay before the second cleanup sweep of a failed write.
 const CLEANUP_RESWEEP: Duration = Duration::from_secs(2);
+/// How long an interrupt waits for the scheduler to accept the job to cancel.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// What the runner tells whoever watches it (a progress bar, a log).
 pub trait Progress: Send + Sync {
@@ -276,6 +278,8 @@ pub struct JobRunner {
     api: SchedulerApi,
     progress: Arc<dyn Progress>,
     poll: Duration,
+    interrupt: tokio::sync::watch::Receiver<bool>,
+    interrupt_tx: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl JobRunner {
@@ -284,12 +288,22 @@ impl JobRunner {
         endpoint: &str,
         progress: Arc<dyn Progress>,
     ) -> Result<Self, SluiceError> {
+        let (interrupt_tx, interrupt) = tokio::sync::watch::channel(false);
         Ok(Self {
             ctx,
             api: SchedulerApi::new(endpoint)?,
             progress,
             poll: Duration::from_millis(250),
+            interrupt,
+            interrupt_tx: Arc::new(interrupt_tx),
         })
+    }
+
+    /// A handle that interrupts the run (Ctrl-C): the running job is
+    /// cancelled on the scheduler, its write cleaned up, and the run fails,
+    /// unless the job had already finished.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(Arc::clone(&self.interrupt_tx))
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -316,6 +330,12 @@ impl JobRunner {
         let mut outcomes = Vec::new();
         let total = statements.len();
         for (i, raw) in statements.iter().enumerate() {
+            if *self.interrupt.borrow() {
+                return Err(SluiceError::Interrupted {
+                    file: file.to_string(),
+                    line: raw.line,
+                });
+            }
             let text = substitute(&raw.text, &vars, file, raw.line)?;
             self.progress.statement_started(i, total, raw.line, &text);
             let span = tracing::info_span!("sluice.statement", file, line = raw.line);
@@ -531,8 +551,32 @@ impl JobRunner {
         tokio::pin!(running);
         let mut job_id: Option<String> = None;
         let mut ticker = tokio::time::interval(self.poll);
+        let mut interrupt = self.interrupt.clone();
+        // An interrupt waits for the scheduler to accept the job (the plan
+        // keeps being polled meanwhile, or it would never be submitted), then
+        // cancels it once; awaiting the plan then ends as cancelled.
+        let mut cancel_pending = *interrupt.borrow();
+        let mut cancel_deadline = Instant::now() + CANCEL_WAIT;
         loop {
             tokio::select! {
+                changed = interrupt.changed(), if !cancel_pending => {
+                    if changed.is_ok() && *interrupt.borrow() {
+                        cancel_pending = true;
+                        cancel_deadline = Instant::now() + CANCEL_WAIT;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)), if cancel_pending => {
+                    if let Some(id) = distributed_job_id(&plan) {
+                        cancel_pending = false;
+                        tracing::warn!(job_id = %id, "interrupted: cancelling the job");
+                        if let Err(e) = self.api.cancel(&id).await {
+                            tracing::warn!(job_id = %id, error = %e, "cancel failed");
+                        }
+                    } else if Instant::now() > cancel_deadline {
+                        cancel_pending = false;
+                        tracing::warn!("interrupted, but the scheduler never accepted the job");
+                    }
+                }
                 result = &mut running => {
                     if job_id.is_none() {
                         job_id = distributed_job_id(&plan);
@@ -560,6 +604,16 @@ impl JobRunner {
                 }
             }
         }
+    }
+}
+
+/// Interrupts a [`JobRunner`] from another task (see [`JobRunner::interrupter`]).
+#[derive(Clone)]
+pub struct Interrupter(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        let _ = self.0.send(true);
     }
 }
 

@@ -564,3 +564,49 @@ fn clean_aborts_the_uploads_of_a_killed_client() {
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
     assert_nothing_left(&s3, &bucket, "out/");
 }
+
+/// Ctrl-C on `sluice run`: the CLI cancels the job, aborts every upload and
+/// exits non-zero, leaving nothing under the output.
+#[test]
+fn interrupting_the_cli_cancels_and_cleans_up() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("sigint").unwrap();
+    let mut child = sluice()
+        .unwrap()
+        .arg("run")
+        .arg(workspace_root().join(JOB))
+        .args(["--var", "rows=60000000", "--var", "partitions=12"])
+        .args(["--var", &format!("output=s3://{bucket}/out")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s3.open_uploads(&bucket, "out/").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "uploads never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended too soon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the CLI did not stop after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "an interrupted job reported success");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
+    assert_nothing_left(&s3, &bucket, "out/");
+}
