@@ -26,6 +26,7 @@ use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::errors::ParquetError;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use url::Url;
 
 use super::spec::WriteSpec;
@@ -228,7 +229,12 @@ pub async fn abort_uploads(
         let s3 = Arc::clone(s3);
         async move {
             let key = Path::from(u.key.as_str());
-            match s3.abort_multipart(&key, &u.upload_id).await {
+            let span = tracing::debug_span!("s3.abort_multipart", key = %key);
+            match s3
+                .abort_multipart(&key, &u.upload_id)
+                .instrument(span)
+                .await
+            {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
@@ -255,7 +261,13 @@ pub async fn complete_upload(
             content_id: p.clone(),
         })
         .collect();
-    match s3.complete_multipart(&key, &upload.upload_id, parts).await {
+    let span =
+        tracing::debug_span!("s3.complete_multipart", key = %key, parts = upload.parts.len());
+    match s3
+        .complete_multipart(&key, &upload.upload_id, parts)
+        .instrument(span)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(err) => match s3.head(&key).await {
             Ok(meta) if meta.size == expected_bytes => Ok(()),
@@ -272,7 +284,10 @@ pub async fn start_upload(
     stem: &str,
     key: &Path,
 ) -> Result<String> {
-    let upload_id = s3.create_multipart(key).await?;
+    let upload_id = s3
+        .create_multipart(key)
+        .instrument(tracing::debug_span!("s3.create_multipart", key = %key))
+        .await?;
     let marker = PendingUpload {
         key: key.to_string(),
         upload_id: upload_id.clone(),
@@ -336,7 +351,12 @@ impl MultipartFileWriter {
         self.next_part += 1;
         self.in_flight.push_back(tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let part = s3.put_part(&key, &id, idx, PutPayload::from(data)).await;
+            let span =
+                tracing::debug_span!("s3.put_part", key = %key, part = idx, bytes = data.len());
+            let part = s3
+                .put_part(&key, &id, idx, PutPayload::from(data))
+                .instrument(span)
+                .await;
             if part.is_ok() {
                 crate::metrics::part_uploaded(started.elapsed());
             }
