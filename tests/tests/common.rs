@@ -103,3 +103,17 @@ pub fn check_manifest(dir: &Path, rows: u64) -> Result<()> {
     ensure!(per_file == rows, "per-file rows add to {per_file}");
     Ok(())
 }
+
+/// Rows in each `.parquet` file directly in `dir`.
+pub fn row_counts(dir: &Path) -> Result<Vec<u64>> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("parquet") {
+            continue;
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path)?)?;
+        out.push(reader.metadata().file_metadata().num_rows() as u64);
+    }
+    Ok(out)
+}

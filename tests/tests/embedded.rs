@@ -155,3 +155,52 @@ fn multi_stage_queries_see_every_row_once_and_output_reads_back() {
     );
     assert_eq!(visible_files(&dir).unwrap().len(), 13);
 }
+
+/// A skewed partitioned write with a row target: in the default `hash`
+/// distribution every value is written by one writer, so it gets exactly
+/// ceil(rows / target) files, none over the target; `none` writes where the
+/// rows are, with every row still once.
+#[test]
+fn partitioned_files_follow_each_values_rows() {
+    let out = tempfile::tempdir().unwrap();
+    let skewed = "SELECT id, CASE WHEN id % 100 < 50 THEN 100 WHEN id % 100 < 80 THEN 101 \
+                  WHEN id % 100 < 99 THEN 102 ELSE 200 END AS k FROM range(0, 100000, 1, 7)";
+    let sql = format!(
+        "COPY ({skewed}) TO '{hash}' STORED AS PARQUET PARTITIONED BY (k) \
+           OPTIONS ('write.target_file_rows' '5000');\n\
+         COPY ({skewed}) TO '{none}' STORED AS PARQUET PARTITIONED BY (k) \
+           OPTIONS ('write.target_file_rows' '5000', 'write.distribution' 'none');\n",
+        hash = out.path().join("hash").display(),
+        none = out.path().join("none").display(),
+    );
+    let o = run_job_text(out.path(), &sql, &[]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = [
+        ("k=100", 50_000u64),
+        ("k=101", 30_000),
+        ("k=102", 19_000),
+        ("k=200", 1_000),
+    ];
+    for mode in ["hash", "none"] {
+        let mut total = 0;
+        for (dir, rows) in expected {
+            let path = out.path().join(mode).join(dir);
+            let files = visible_files(&path).unwrap();
+            let counts = common::row_counts(&path).unwrap();
+            assert_eq!(counts.iter().sum::<u64>(), rows, "{mode}/{dir}");
+            assert!(
+                counts.iter().all(|&n| n <= 5_000),
+                "{mode}/{dir}: {counts:?}"
+            );
+            if mode == "hash" {
+                assert_eq!(
+                    files.len() as u64,
+                    rows.div_ceil(5_000),
+                    "{mode}/{dir}: {counts:?}"
+                );
+            }
+            total += rows;
+        }
+        assert_eq!(total, 100_000);
+    }
+}

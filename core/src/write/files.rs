@@ -234,6 +234,10 @@ impl FileFactory<'_> {
 }
 
 impl OpenFile {
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         if let Encoder::Parquet(w) = &mut self.encoder {
@@ -335,21 +339,16 @@ impl TextOptions {
 }
 
 /// Writes one input partition. Unpartitioned: one file named `stem`, even
-/// when empty. Partitioned: one file per partition value seen (more when the
-/// caps close one early), and none when the input is empty.
+/// when empty. Partitioned: one file per partition value seen, and none when
+/// the input is empty. Either way a file is finished early at
+/// `write.target_file_rows` rows (a new one follows), and, when partitioned,
+/// past the open-file and buffered-byte caps.
 pub async fn write_partition(
     factory: &FileFactory<'_>,
     stem: &str,
     mut input: SendableRecordBatchStream,
 ) -> Result<Vec<Written>> {
     let spec = factory.spec;
-    if spec.partition_by.is_empty() {
-        let mut file = factory.open(stem, "", input.schema()).await?;
-        while let Some(batch) = input.next().await {
-            file.write(&batch?).await?;
-        }
-        return Ok(vec![factory.finish(file).await?]);
-    }
     let schema = input.schema();
     let key_columns = spec
         .partition_by
@@ -377,36 +376,76 @@ pub async fn write_partition(
             .map(|&i| schema.field(i).clone())
             .collect::<Vec<_>>(),
     ));
+    let limit = spec.target_file_rows.unwrap_or(u64::MAX).max(1);
+    // Unpartitioned writes without a row target keep the plain stem.
+    let numbered = !key_columns.is_empty() || spec.target_file_rows.is_some();
     let mut open: HashMap<String, (OpenFile, u64)> = HashMap::new();
     let mut done = Vec::new();
     let mut next_file = 0usize;
     let mut clock = 0u64;
+    let open_file = |dir: &str, next_file: &mut usize| {
+        let file_stem = if numbered {
+            format!("{stem}-f{:04}", *next_file)
+        } else {
+            stem.to_string()
+        };
+        *next_file += 1;
+        let schema = Arc::clone(&data_schema);
+        let dir = dir.to_string();
+        async move { factory.open(&file_stem, &dir, schema).await }
+    };
+    if key_columns.is_empty() {
+        // Even an empty partition gets its file.
+        let file = open_file("", &mut next_file).await?;
+        open.insert(String::new(), (file, 0));
+    }
     while let Some(batch) = input.next().await {
         let batch = batch?;
-        for (dir, rows) in group_rows(&batch, &spec.partition_by, &key_columns)? {
-            let indices = UInt32Array::from(rows);
-            let part = take_record_batch(&batch.project(&data_columns)?, &indices)?;
-            clock += 1;
-            if !open.contains_key(&dir) {
-                if open.len() >= spec.max_open_files.max(1)
-                    && let Some(oldest) = open
-                        .iter()
-                        .min_by_key(|(_, (_, used))| *used)
-                        .map(|(k, _)| k.clone())
-                    && let Some((file, _)) = open.remove(&oldest)
-                {
-                    done.push(factory.finish(file).await?);
+        let groups = if key_columns.is_empty() {
+            vec![(String::new(), None)]
+        } else {
+            group_rows(&batch, &spec.partition_by, &key_columns)?
+                .into_iter()
+                .map(|(dir, rows)| (dir, Some(rows)))
+                .collect()
+        };
+        for (dir, rows) in groups {
+            let part = match rows {
+                Some(rows) => {
+                    take_record_batch(&batch.project(&data_columns)?, &UInt32Array::from(rows))?
                 }
-                let file_stem = format!("{stem}-f{next_file:04}");
-                next_file += 1;
-                let file = factory
-                    .open(&file_stem, &dir, Arc::clone(&data_schema))
-                    .await?;
-                open.insert(dir.clone(), (file, clock));
-            }
-            if let Some((file, used)) = open.get_mut(&dir) {
-                file.write(&part).await?;
+                None => batch.clone(),
+            };
+            let mut offset = 0;
+            while offset < part.num_rows() {
+                clock += 1;
+                if !open.contains_key(&dir) {
+                    if open.len() >= spec.max_open_files.max(1)
+                        && let Some(oldest) = open
+                            .iter()
+                            .min_by_key(|(_, (_, used))| *used)
+                            .map(|(k, _)| k.clone())
+                        && let Some((file, _)) = open.remove(&oldest)
+                    {
+                        done.push(factory.finish(file).await?);
+                    }
+                    let file = open_file(&dir, &mut next_file).await?;
+                    open.insert(dir.clone(), (file, clock));
+                }
+                let Some((file, used)) = open.get_mut(&dir) else {
+                    break;
+                };
+                let room = limit.saturating_sub(file.rows()).max(1);
+                let take =
+                    (part.num_rows() - offset).min(usize::try_from(room).unwrap_or(usize::MAX));
+                file.write(&part.slice(offset, take)).await?;
                 *used = clock;
+                offset += take;
+                if file.rows() >= limit
+                    && let Some((full, _)) = open.remove(&dir)
+                {
+                    done.push(factory.finish(full).await?);
+                }
             }
         }
         // Over the memory cap: finish the files holding the most.

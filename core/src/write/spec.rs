@@ -102,7 +102,28 @@ pub struct WriteSpec {
     /// Bytes a partitioned writer may buffer before finishing files early.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: usize,
+    /// Rows after which a writer starts a new file (per partition value).
+    #[serde(default)]
+    pub target_file_rows: Option<u64>,
+    /// How rows reach the writers of a partitioned write.
+    #[serde(default)]
+    pub distribution: Distribution,
 }
+
+/// How a partitioned write distributes rows to its writers
+/// (`OPTIONS ('write.distribution' 'hash'|'none')`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub enum Distribution {
+    /// One shuffle by the partition columns: each value is written by one
+    /// writer, which rolls files at `write.target_file_rows`.
+    #[default]
+    Hash,
+    /// Write where the rows are: each task writes every value it sees.
+    None,
+}
+
+pub const TARGET_FILE_ROWS_OPTION: &str = "write.target_file_rows";
+pub const DISTRIBUTION_OPTION: &str = "write.distribution";
 
 /// The statement options that cap a partitioned writer.
 pub const MAX_OPEN_FILES_OPTION: &str = "write.max_open_files";
@@ -151,6 +172,22 @@ impl WriteSpec {
             MAX_BUFFERED_BYTES_OPTION,
             default_max_buffered_bytes(),
         )?;
+        let target_file_rows = match take_usize(&mut options, TARGET_FILE_ROWS_OPTION, 0)? {
+            0 => None,
+            n => Some(n as u64),
+        };
+        let distribution = match options.remove(DISTRIBUTION_OPTION).as_deref() {
+            None | Some("hash") => Distribution::Hash,
+            Some("none") => Distribution::None,
+            Some(other) => {
+                return Err(SluiceError::InvalidOutput {
+                    url: url.to_string(),
+                    reason: format!(
+                        "unknown {DISTRIBUTION_OPTION} '{other}' (expected hash or none)"
+                    ),
+                });
+            }
+        };
         Ok(Self {
             url: normalize_output_url(url)?.to_string(),
             format,
@@ -161,6 +198,8 @@ impl WriteSpec {
             partition_by: vec![],
             max_open_files,
             max_buffered_bytes,
+            target_file_rows,
+            distribution,
         })
     }
 

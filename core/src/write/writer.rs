@@ -13,18 +13,20 @@ use datafusion::common::config::{ConfigField, TableParquetOptions};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties,
 };
 use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
 
 use super::files::{FileFactory, Written, write_partition};
-use super::spec::WriteSpec;
+use super::spec::{Distribution as Distribution_, WriteSpec};
 
 /// Schema of the rows a writer task emits: one per task, read by the commit.
 pub fn written_file_schema() -> SchemaRef {
@@ -57,7 +59,9 @@ pub struct WriterExec {
 
 impl WriterExec {
     pub fn new(input: Arc<dyn ExecutionPlan>, spec: WriteSpec) -> Self {
-        let partitioning = input.output_partitioning().clone();
+        // The rows it emits describe files, not the input's columns.
+        let partitioning =
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count());
         let properties = PlanProperties::new(
             EquivalenceProperties::new(written_file_schema()),
             partitioning,
@@ -117,6 +121,31 @@ pub fn parquet_properties(
 impl ExecutionPlan for WriterExec {
     fn name(&self) -> &str {
         "SluiceWriterExec"
+    }
+
+    /// A partitioned write in `hash` distribution wants each partition value
+    /// in one writer (one shuffle, planned by DataFusion), so that with
+    /// `write.target_file_rows` every value gets ceil(rows / target) files.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        if self.spec.partition_by.is_empty() || self.spec.distribution != Distribution_::Hash {
+            return vec![Distribution::UnspecifiedDistribution];
+        }
+        let schema = self.input.schema();
+        let exprs: Option<Vec<Arc<dyn PhysicalExpr>>> = self
+            .spec
+            .partition_by
+            .iter()
+            .map(|c| {
+                Column::new_with_schema(c, &schema)
+                    .ok()
+                    .map(|c| Arc::new(c) as Arc<dyn PhysicalExpr>)
+            })
+            .collect();
+        match exprs {
+            Some(exprs) => vec![Distribution::KeyPartitioned(exprs)],
+            // A missing column fails in the writer, with its name.
+            None => vec![Distribution::UnspecifiedDistribution],
+        }
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
