@@ -497,7 +497,8 @@ fn partitioned_writes_respect_the_open_file_cap() {
     let dir = tempfile::tempdir().unwrap();
     let sql = format!(
         "COPY (SELECT id, id % 10 AS k FROM range(0, 100000, 1, 4)) TO 's3://{bucket}/p' \
-           STORED AS PARQUET PARTITIONED BY (k) OPTIONS ('write.max_open_files' '3');\n\
+           STORED AS PARQUET PARTITIONED BY (k) \
+           OPTIONS ('write.max_open_files' '3', 'write.distribution' 'none');\n\
          CREATE EXTERNAL TABLE p STORED AS PARQUET LOCATION 's3://{bucket}/p/';\n\
          SELECT count(*) AS n, count(DISTINCT id) AS d, \
            sum(CASE WHEN CAST(k AS BIGINT) = id % 10 THEN 1 ELSE 0 END) AS placed, \
