@@ -19,6 +19,7 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 use sluice_udfs::range::{RangeExec, RangeSpec, RangeTable};
+use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 
 use crate::write::{CommitExec, WriteNode, WriteSpec, WriterExec};
 
@@ -57,11 +58,20 @@ enum LogicalNode {
 #[derive(Serialize, Deserialize)]
 enum TableNode {
     Range(RangeSpecDto),
+    Skewed { spec: RangeSpecDto, seed: i64 },
 }
 
 #[derive(Serialize, Deserialize)]
 enum PhysicalNode {
-    Range { spec: RangeSpecDto, with_id: bool },
+    Range {
+        spec: RangeSpecDto,
+        with_id: bool,
+    },
+    Skewed {
+        spec: RangeSpecDto,
+        seed: i64,
+        columns: Vec<usize>,
+    },
     Writer(WriteSpec),
     Commit(WriteSpec),
 }
@@ -131,6 +141,10 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                 TableNode::Range(spec) => Ok(Arc::new(RangeTable {
                     spec: spec.into_spec()?,
                 })),
+                TableNode::Skewed { spec, seed } => Ok(Arc::new(SkewedTable {
+                    spec: spec.into_spec()?,
+                    seed,
+                })),
             },
             None => self
                 .inner
@@ -144,10 +158,19 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        match node.downcast_ref::<RangeTable>() {
-            Some(range) => encode(&TableNode::Range(range.spec.into()), buf),
-            None => self.inner.try_encode_table_provider(table_ref, node, buf),
+        if let Some(range) = node.downcast_ref::<RangeTable>() {
+            return encode(&TableNode::Range(range.spec.into()), buf);
         }
+        if let Some(skewed) = node.downcast_ref::<SkewedTable>() {
+            return encode(
+                &TableNode::Skewed {
+                    spec: skewed.spec.into(),
+                    seed: skewed.seed,
+                },
+                buf,
+            );
+        }
+        self.inner.try_encode_table_provider(table_ref, node, buf)
     }
 
     fn try_decode_file_format(
@@ -189,6 +212,16 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 with_id,
                 one_input(inputs, "RangeExec")?,
             )?),
+            PhysicalNode::Skewed {
+                spec,
+                seed,
+                columns,
+            } => Arc::new(SkewedExec::try_new(
+                spec.into_spec()?,
+                seed,
+                columns,
+                one_input(inputs, "SkewedExec")?,
+            )?),
             PhysicalNode::Writer(spec) => Arc::new(WriterExec::new(
                 one_input(inputs, "SluiceWriterExec")?,
                 spec,
@@ -211,6 +244,16 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 &PhysicalNode::Range {
                     spec: range.spec().into(),
                     with_id: range.with_id(),
+                },
+                buf,
+            );
+        }
+        if let Some(skewed) = node.downcast_ref::<SkewedExec>() {
+            return encode(
+                &PhysicalNode::Skewed {
+                    spec: skewed.spec().into(),
+                    seed: skewed.seed(),
+                    columns: skewed.columns().to_vec(),
                 },
                 buf,
             );

@@ -55,6 +55,10 @@ pub fn register_functions(ctx: &SessionContext) {
         ctx.register_udf(udf.as_ref().clone());
     }
     ctx.register_udtf("range", Arc::new(sluice_udfs::range::RangeFunction));
+    ctx.register_udtf(
+        "skewed_events",
+        Arc::new(sluice_udfs::skewed::SkewedEventsFunction),
+    );
 }
 
 /// The state the scheduler plans with (and executors decode with): DataFusion

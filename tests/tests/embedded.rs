@@ -204,3 +204,40 @@ fn partitioned_files_follow_each_values_rows() {
         assert_eq!(total, 100_000);
     }
 }
+
+/// The field notes' skewed stream (`skewed_events`) written `PARTITIONED BY
+/// (id)` with a row target: each id's directory holds exactly its rows (as
+/// the generator defines them) in ceil(rows / target) files.
+#[test]
+fn skewed_events_write_one_file_per_target_rows_per_id() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("events");
+    let (rows, seed, target) = (300_000u64, 42u64, 20_000u64);
+    let sql = format!(
+        "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 6)) TO '{}' \
+           STORED AS PARQUET PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '{target}');",
+        dir.display()
+    );
+    let o = run_job_text(out.path(), &sql, &[]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut expected = std::collections::BTreeMap::new();
+    for r in 0..rows {
+        *expected
+            .entry(sluice_udfs::skewed::id_of(seed, r))
+            .or_insert(0u64) += 1;
+    }
+    let mut ideal = 0;
+    for (id, n) in &expected {
+        let counts = common::row_counts(&dir.join(format!("id={id}"))).unwrap();
+        assert_eq!(counts.iter().sum::<u64>(), *n, "id={id}");
+        assert_eq!(
+            counts.len() as u64,
+            n.div_ceil(target),
+            "id={id}: {counts:?}"
+        );
+        ideal += n.div_ceil(target);
+    }
+    let dirs = visible_files(&dir).unwrap();
+    assert_eq!(dirs.len(), expected.len(), "{dirs:?}");
+    assert!(ideal >= 20);
+}

@@ -4,11 +4,14 @@
 //! - [`range`]: Spark's `range(start, end, step, numPartitions)` table function,
 //!   which yields exactly `numPartitions` partitions so a job file written for
 //!   Spark writes the same number of files under sluice.
+//! - [`skewed`]: `skewed_events(rows, seed, numPartitions)`, the skewed event
+//!   stream of the field notes' small-files incident, for partitioned writes.
 //! - [`fail`]: scalar functions that fail on purpose, used by fault tests to
 //!   make one task attempt fail in a controlled way.
 
 pub mod fail;
 pub mod range;
+pub mod skewed;
 
 use std::sync::Arc;
 

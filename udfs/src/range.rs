@@ -94,7 +94,7 @@ pub fn range_schema() -> SchemaRef {
 #[derive(Debug, Default)]
 pub struct RangeFunction;
 
-fn literal_i64(expr: &Expr, what: &str) -> Result<i64> {
+pub(crate) fn literal_i64(expr: &Expr, what: &str) -> Result<i64> {
     let value = match expr {
         Expr::Literal(v, _) => v.clone(),
         Expr::Negative(inner) => match inner.as_ref() {
