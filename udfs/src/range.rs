@@ -336,38 +336,48 @@ impl ExecutionPlan for RangeExec {
         let with_id = self.with_id;
         let schema = self.schema();
         let out_schema = Arc::clone(&schema);
-        let batches = slices
-            .map_ok(move |batch| {
-                let froms = batch.column(0).as_primitive::<UInt64Type>().clone();
-                let tos = batch.column(1).as_primitive::<UInt64Type>().clone();
-                let out_schema = Arc::clone(&out_schema);
-                let chunks: Vec<(u64, u64)> = froms
-                    .values()
-                    .iter()
-                    .zip(tos.values().iter())
-                    .flat_map(|(&from, &to)| {
-                        (from..to)
-                            .step_by(BATCH_ROWS as usize)
-                            .map(move |lo| (lo, (lo + BATCH_ROWS as u64).min(to)))
-                    })
-                    .collect();
-                futures::stream::iter(chunks.into_iter().map(move |(lo, hi)| {
-                    if with_id {
-                        let ids: Int64Array = (lo..hi).map(|i| spec.value(i)).collect();
-                        RecordBatch::try_new(Arc::clone(&out_schema), vec![Arc::new(ids)])
-                    } else {
-                        RecordBatch::try_new_with_options(
-                            Arc::clone(&out_schema),
-                            vec![],
-                            &RecordBatchOptions::new().with_row_count(Some((hi - lo) as usize)),
-                        )
-                    }
-                    .map_err(DataFusionError::from)
-                }))
-            })
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+        Ok(expand_slices(slices, schema, move |lo, hi| {
+            if with_id {
+                let ids: Int64Array = (lo..hi).map(|i| spec.value(i)).collect();
+                RecordBatch::try_new(Arc::clone(&out_schema), vec![Arc::new(ids)])
+            } else {
+                RecordBatch::try_new_with_options(
+                    Arc::clone(&out_schema),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some((hi - lo) as usize)),
+                )
+            }
+            .map_err(DataFusionError::from)
+        }))
     }
+}
+
+/// Turns a stream of slice rows (see [`slice_source`]) into batches of at
+/// most 8192 rows, `make(lo, hi)` building the batch of rows `lo..hi`.
+pub fn expand_slices(
+    slices: SendableRecordBatchStream,
+    schema: SchemaRef,
+    make: impl Fn(u64, u64) -> Result<RecordBatch> + Send + Sync + Clone + 'static,
+) -> SendableRecordBatchStream {
+    let batches = slices
+        .map_ok(move |batch| {
+            let froms = batch.column(0).as_primitive::<UInt64Type>().clone();
+            let tos = batch.column(1).as_primitive::<UInt64Type>().clone();
+            let chunks: Vec<(u64, u64)> = froms
+                .values()
+                .iter()
+                .zip(tos.values().iter())
+                .flat_map(|(&from, &to)| {
+                    (from..to)
+                        .step_by(BATCH_ROWS as usize)
+                        .map(move |lo| (lo, (lo + BATCH_ROWS as u64).min(to)))
+                })
+                .collect();
+            let make = make.clone();
+            futures::stream::iter(chunks.into_iter().map(move |(lo, hi)| make(lo, hi)))
+        })
+        .try_flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
 }
 
 #[cfg(test)]

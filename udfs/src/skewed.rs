@@ -11,10 +11,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
-    TimestampMillisecondArray,
+    ArrayRef, Int64Array, RecordBatch, RecordBatchOptions, StringArray, TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt64Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -24,13 +23,11 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use futures::TryStreamExt;
 
-use crate::range::{RangeSpec, literal_i64, slice_schema, slice_source};
+use crate::range::{RangeSpec, expand_slices, literal_i64, slice_schema, slice_source};
 
 /// Each id's share of rows in units of 0.001%, from the field notes:
 /// 100-102 hold 28%, 27% and 27.8%; 103-109 hold 5, 4, 3, 2, 1.5, 1 and 0.5%;
@@ -58,7 +55,6 @@ pub const SHARES: [(i64, u32); 20] = [
     (209, 1),
 ];
 const SHARE_TOTAL: u64 = 100_000;
-const BATCH_ROWS: u64 = 8192;
 const PAYLOAD_BYTES: usize = 500;
 /// 2024-01-01T00:00:00Z in milliseconds.
 const BASE_MS: i64 = 1_704_067_200_000;
@@ -316,30 +312,9 @@ impl ExecutionPlan for SkewedExec {
         let columns = self.columns.clone();
         let schema = self.schema();
         let out_schema = Arc::clone(&schema);
-        let batches = slices
-            .map_ok(move |batch| {
-                let froms = batch.column(0).as_primitive::<UInt64Type>().clone();
-                let tos = batch.column(1).as_primitive::<UInt64Type>().clone();
-                let chunks: Vec<(u64, u64)> = froms
-                    .values()
-                    .iter()
-                    .zip(tos.values().iter())
-                    .flat_map(|(&from, &to)| {
-                        (from..to)
-                            .step_by(BATCH_ROWS as usize)
-                            .map(move |lo| (lo, (lo + BATCH_ROWS).min(to)))
-                    })
-                    .collect();
-                let columns = columns.clone();
-                let out_schema = Arc::clone(&out_schema);
-                futures::stream::iter(
-                    chunks
-                        .into_iter()
-                        .map(move |(lo, hi)| generate(seed, lo, hi, &columns, &out_schema)),
-                )
-            })
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+        Ok(expand_slices(slices, schema, move |lo, hi| {
+            generate(seed, lo, hi, &columns, &out_schema)
+        }))
     }
 }
 
