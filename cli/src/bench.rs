@@ -45,6 +45,28 @@ pub enum Bench {
         #[arg(long)]
         no_spark: bool,
     },
+    /// The field notes' skewed stream written PARTITIONED BY (id) with a row
+    /// target: files per id against the ideal, for each distribution.
+    Partitioned {
+        /// Rows of `skewed_events` to write.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Target rows per file.
+        #[arg(long, default_value_t = 240_000)]
+        target: u64,
+        /// Input partitions (map tasks).
+        #[arg(long, default_value_t = 42)]
+        partitions: u64,
+        /// Scratch directory (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Python with pyspark for Spark's REBALANCE(id) (skipped when it cannot import pyspark).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Skip the Spark run.
+        #[arg(long)]
+        no_spark: bool,
+    },
     /// range_to_parquet to S3: the multipart committer vs rename-based v1 and v2.
     S3Commit {
         /// Rows to write.
@@ -78,6 +100,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Bench::Partitioned {
+            rows,
+            target,
+            partitions,
+            dir,
+            python,
+            no_spark,
+        } => {
+            let scratch = tempfile::Builder::new()
+                .prefix("sluice-bench")
+                .tempdir_in(dir.unwrap_or_else(std::env::temp_dir))?;
+            let spark = if no_spark {
+                None
+            } else {
+                Some(python.as_str())
+            };
+            let report = partitioned_bench(rows, target, partitions, scratch.path(), spark).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Bench::S3Commit {
             rows,
             partitions,
@@ -89,6 +131,217 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// (directory name, rows) of every data file written.
+type FileRows = Vec<(String, u64)>;
+
+/// Rows per data file under `dir`, recursively, from the Parquet footers.
+fn file_rows(dir: &Path) -> Result<FileRows> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if name.ends_with(".parquet") {
+                let file = std::fs::File::open(&path)?;
+                let reader = parquet::file::reader::SerializedFileReader::new(file)?;
+                use parquet::file::reader::FileReader;
+                let rows = reader.metadata().file_metadata().num_rows() as u64;
+                let key = path
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                out.push((key, rows));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn file_figures(name: &str, secs: f64, files: &[(String, u64)], ideal: u64, target: u64) -> Value {
+    let mut rows: Vec<u64> = files.iter().map(|(_, r)| *r).collect();
+    rows.sort_unstable();
+    let pick = |q: f64| {
+        rows.get(((rows.len().saturating_sub(1)) as f64 * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    json!({
+        "name": name,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "files": files.len(),
+        "files_over_ideal": ((files.len() as f64 / ideal as f64) * 1000.0).round() / 1000.0,
+        "rows_per_file": {"min": pick(0.0), "median": pick(0.5), "max": pick(1.0)},
+        "max_file_over_target": ((pick(1.0) as f64 / target as f64) * 1000.0).round() / 1000.0,
+    })
+}
+
+async fn partitioned_bench(
+    rows: u64,
+    target: u64,
+    partitions: u64,
+    dir: &Path,
+    spark_python: Option<&str>,
+) -> Result<Value> {
+    let seed = 1u64;
+    let mut per_id: HashMap<i64, u64> = HashMap::new();
+    for r in 0..rows {
+        *per_id
+            .entry(sluice_udfs::skewed::id_of(seed, r))
+            .or_insert(0) += 1;
+    }
+    let ideal: u64 = per_id.values().map(|n| n.div_ceil(target)).sum();
+    let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
+    let ctx = runner::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
+    let mut runs = vec![];
+    let mut seconds = HashMap::new();
+    for mode in ["hash", "none"] {
+        let out = dir.join(mode);
+        let sql = format!(
+            "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, {partitions})) \
+             TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
+             OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' '{mode}');",
+            out.display()
+        );
+        let t = Instant::now();
+        let report = runner
+            .run(&format!("partitioned-{mode}.sql"), &sql, &HashMap::new())
+            .await?;
+        let secs = t.elapsed().as_secs_f64();
+        if report.rows_written != rows {
+            bail!(
+                "{mode}: wrote {} rows, expected {rows}",
+                report.rows_written
+            );
+        }
+        let files = file_rows(&out)?;
+        runs.push(file_figures(
+            &format!("sluice_{mode}"),
+            secs,
+            &files,
+            ideal,
+            target,
+        ));
+        seconds.insert(mode, secs);
+        std::fs::remove_dir_all(&out)?;
+    }
+    let spark = match spark_python {
+        Some(python) => spark_rebalance(python, rows, seed, target, partitions, dir)?,
+        None => None,
+    };
+    if let Some((secs, files)) = &spark {
+        runs.push(file_figures(
+            "spark_rebalance_id",
+            *secs,
+            files,
+            ideal,
+            target,
+        ));
+    }
+    let r = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
+    Ok(json!({
+        "bench": "skewed_events PARTITIONED BY (id)",
+        "rows": rows,
+        "target_file_rows": target,
+        "input_partitions": partitions,
+        "ideal_files": ideal,
+        "ids": per_id.len(),
+        "runs": runs,
+        "ratios": {
+            "hash_time_over_none": r(seconds["hash"], seconds["none"]),
+            "hash_time_over_spark": spark.as_ref().map(|(s, _)| r(seconds["hash"], *s)),
+        },
+        "note": "hash: one shuffle by id, each id written by one task, files rolled at the target; none: no shuffle, every task writes every id it sees; Spark: REBALANCE(id) with AQE, maxRecordsPerFile = target",
+    }))
+}
+
+/// Spark 4's `REBALANCE(id)` on the same rows (generated in Python with the
+/// same function), `maxRecordsPerFile` at the target. Times the write only.
+fn spark_rebalance(
+    python: &str,
+    rows: u64,
+    seed: u64,
+    target: u64,
+    partitions: u64,
+    dir: &Path,
+) -> Result<Option<(f64, FileRows)>> {
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import pyspark"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return Ok(None);
+    }
+    let out = dir.join("spark");
+    let shares: Vec<String> = sluice_udfs::skewed::SHARES
+        .iter()
+        .map(|(id, share)| format!("({id},{share})"))
+        .collect();
+    // The id choice mirrors `skewed_events`'s splitmix64 mapping exactly.
+    let script = format!(
+        r#"
+import time
+from pyspark.sql import SparkSession, functions as F, types as T
+spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+         .config("spark.driver.memory", "4g").config("spark.sql.adaptive.enabled", "true")
+         .config("spark.sql.files.maxRecordsPerFile", "{target}").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+SHARES = [{shares}]
+M = (1 << 64) - 1
+def mix(seed, row):
+    z = (seed * 0x9E3779B97F4A7C15 + row + 0x9E3779B97F4A7C15) & M
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+    return z ^ (z >> 31)
+def id_of(row):
+    u = mix({seed}, row) % 100000
+    for i, s in SHARES:
+        if u < s:
+            return i
+        u -= s
+    return SHARES[-1][0]
+id_udf = F.udf(id_of, T.LongType())
+df = (spark.range(0, {rows}, 1, {partitions}).withColumnRenamed("id", "seq")
+      .withColumn("id", id_udf("seq"))
+      .withColumn("payload", F.expr("repeat(lpad(hex(seq), 16, '0'), 32)")))
+df.cache().count()
+df.createOrReplaceTempView("events")
+t = time.time()
+spark.sql("INSERT OVERWRITE DIRECTORY '{out}' USING PARQUET PARTITIONED BY (id) SELECT /*+ REBALANCE(id) */ seq, payload, id FROM events")
+print(time.time() - t)
+"#,
+        shares = shares.join(","),
+        out = out.display()
+    );
+    let output = std::process::Command::new(python)
+        .args(["-c", &script])
+        .stderr(Stdio::null())
+        .output()
+        .context("running pyspark")?;
+    if !output.status.success() {
+        bail!("the Spark run failed");
+    }
+    let secs: f64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .context("reading Spark's time")?;
+    Ok(Some((secs, file_rows(&out)?)))
 }
 
 /// One write per committer into a fresh prefix, on one embedded cluster.
