@@ -23,6 +23,9 @@ use crate::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use crate::tables::install_table_factories;
 use crate::write::SluiceQueryPlanner;
 
+/// Shuffle partitions when the session does not set them (at least).
+pub const DEFAULT_TARGET_PARTITIONS: usize = 16;
+
 /// sluice's default Parquet compression (Spark's).
 pub const PARQUET_COMPRESSION: &str = "snappy";
 
@@ -34,6 +37,14 @@ pub fn session_config() -> SessionConfig {
     // `SET datafusion.execution.parquet.compression` or a statement's
     // OPTIONS ('compression' ...) override it.
     config.options_mut().execution.parquet.compression = Some(PARQUET_COMPRESSION.to_string());
+    // Shuffles (aggregations, joins, partitioned writes) into at least 16
+    // partitions rather than one per client core: the work runs on the
+    // cluster, and a partitioned write's skewed values then spread over more
+    // writers (skewed_events, 1e7 rows by id: 17.0 s with 2, 13.0 s with 8,
+    // 12.9 s with 32 on 2 cores). `SET datafusion.execution.target_partitions`
+    // overrides it.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    config.options_mut().execution.target_partitions = cores.max(DEFAULT_TARGET_PARTITIONS);
     config
         .with_ballista_logical_extension_codec(Arc::new(SluiceLogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()))
