@@ -25,6 +25,33 @@ pub struct BenchArgs {
     pub which: Bench,
 }
 
+/// Where a local benchmark writes, and the Spark it compares with.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Scratch directory (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Python with pyspark for the Spark run (skipped when it cannot import pyspark).
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Skip the Spark run.
+    #[arg(long)]
+    no_spark: bool,
+}
+
+impl CompareArgs {
+    fn scratch(&self) -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new()
+            .prefix("sluice-bench")
+            .tempdir_in(self.dir.clone().unwrap_or_else(std::env::temp_dir))?)
+    }
+
+    /// The Python to run Spark with, unless skipped.
+    fn spark(&self) -> Option<&str> {
+        (!self.no_spark).then_some(self.python.as_str())
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Bench {
     /// range_to_parquet: embedded vs processes vs DataFusion COPY vs Spark.
@@ -35,15 +62,8 @@ pub enum Bench {
         /// Partitions (and files).
         #[arg(long, default_value_t = 100)]
         partitions: u64,
-        /// Scratch directory (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Python with pyspark for the Spark run (skipped when it cannot import pyspark).
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// Skip the Spark run.
-        #[arg(long)]
-        no_spark: bool,
+        #[command(flatten)]
+        common: CompareArgs,
     },
     /// The field notes' skewed stream written PARTITIONED BY (id) with a row
     /// target: files per id against the ideal, for each distribution.
@@ -57,15 +77,8 @@ pub enum Bench {
         /// Input partitions (map tasks).
         #[arg(long, default_value_t = 42)]
         partitions: u64,
-        /// Scratch directory (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Python with pyspark for Spark's REBALANCE(id) (skipped when it cannot import pyspark).
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// Skip the Spark run.
-        #[arg(long)]
-        no_spark: bool,
+        #[command(flatten)]
+        common: CompareArgs,
     },
     /// range_to_parquet to S3: the multipart committer vs rename-based v1 and v2.
     S3Commit {
@@ -89,14 +102,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Bench::Range {
             rows,
             partitions,
-            dir,
-            python,
-            no_spark,
+            common,
         } => {
-            let scratch = tempfile::Builder::new()
-                .prefix("sluice-bench")
-                .tempdir_in(dir.unwrap_or_else(std::env::temp_dir))?;
-            let report = range_bench(rows, partitions, scratch.path(), &python, no_spark).await?;
+            let scratch = common.scratch()?;
+            let report = range_bench(rows, partitions, scratch.path(), common.spark()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -104,19 +113,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             rows,
             target,
             partitions,
-            dir,
-            python,
-            no_spark,
+            common,
         } => {
-            let scratch = tempfile::Builder::new()
-                .prefix("sluice-bench")
-                .tempdir_in(dir.unwrap_or_else(std::env::temp_dir))?;
-            let spark = if no_spark {
-                None
-            } else {
-                Some(python.as_str())
-            };
-            let report = partitioned_bench(rows, target, partitions, scratch.path(), spark).await?;
+            let scratch = common.scratch()?;
+            let report =
+                partitioned_bench(rows, target, partitions, scratch.path(), common.spark()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -282,14 +283,6 @@ fn spark_rebalance(
     partitions: u64,
     dir: &Path,
 ) -> Result<Option<(f64, FileRows)>> {
-    let probe = std::process::Command::new(python)
-        .args(["-c", "import pyspark"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        return Ok(None);
-    }
     let out = dir.join("spark");
     let shares: Vec<String> = sluice_udfs::skewed::SHARES
         .iter()
@@ -331,28 +324,10 @@ print(time.time() - t)
         shares = shares.join(","),
         out = out.display()
     );
-    let output = std::process::Command::new(python)
-        .args(["-c", &script])
-        // Python UDF workers must run the interpreter that has pyspark.
-        .env("PYSPARK_PYTHON", python)
-        .output()
-        .context("running pyspark")?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        bail!(
-            "the Spark run failed: {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        );
+    match run_spark(python, &script)? {
+        Some(secs) => Ok(Some((secs, file_rows(&out)?))),
+        None => Ok(None),
     }
-    let secs: f64 = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .context("reading Spark's time")?;
-    Ok(Some((secs, file_rows(&out)?)))
 }
 
 /// One write per committer into a fresh prefix, on one embedded cluster.
@@ -580,7 +555,9 @@ async fn processes_run(rows: u64, partitions: u64, out: &Path, work: &Path) -> R
     sluice_run(&endpoint, rows, partitions, out).await
 }
 
-fn spark_run(python: &str, rows: u64, partitions: u64, out: &Path) -> Result<Option<f64>> {
+/// Runs a pyspark `script` that prints its measured seconds last; `None`
+/// when `python` cannot import pyspark. Bounded to 30 minutes.
+fn run_spark(python: &str, script: &str) -> Result<Option<f64>> {
     let probe = std::process::Command::new(python)
         .args(["-c", "import pyspark"])
         .stdout(Stdio::null())
@@ -589,6 +566,49 @@ fn spark_run(python: &str, rows: u64, partitions: u64, out: &Path) -> Result<Opt
     if !probe.is_ok_and(|s| s.success()) {
         return Ok(None);
     }
+    // Files, not pipes: Spark can log more than a pipe holds while we wait.
+    let (stdout, stderr) = (
+        tempfile::NamedTempFile::new()?,
+        tempfile::NamedTempFile::new()?,
+    );
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        // Python UDF workers must run the interpreter that has pyspark.
+        .env("PYSPARK_PYTHON", python)
+        .stdout(stdout.reopen()?)
+        .stderr(stderr.reopen()?)
+        .spawn()
+        .context("running pyspark")?;
+    let deadline = Instant::now() + Duration::from_secs(30 * 60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the Spark run took over 30 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !status.success() {
+        let err = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        bail!(
+            "the Spark run failed: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    let secs: f64 = std::fs::read_to_string(stdout.path())?
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .context("reading Spark's time")?;
+    Ok(Some(secs))
+}
+
+fn spark_run(python: &str, rows: u64, partitions: u64, out: &Path) -> Result<Option<f64>> {
     let script = format!(
         r#"
 import time
@@ -601,31 +621,14 @@ print(time.time() - t)
 "#,
         out = out.display()
     );
-    let output = std::process::Command::new(python)
-        .args(["-c", &script])
-        .stderr(Stdio::null())
-        .output()
-        .context("running pyspark")?;
-    if !output.status.success() {
-        bail!("the Spark run failed");
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let secs: f64 = text
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .context("reading Spark's time")?;
-    Ok(Some(secs))
+    run_spark(python, &script)
 }
 
 async fn range_bench(
     rows: u64,
     partitions: u64,
     dir: &Path,
-    python: &str,
-    no_spark: bool,
+    spark_python: Option<&str>,
 ) -> Result<Value> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut runs = vec![];
@@ -656,15 +659,15 @@ async fn range_bench(
     runs.push(figures("datafusion_copy", rows, df, count_parquet(&out)));
     std::fs::remove_dir_all(&out)?;
 
-    let spark = if no_spark {
-        None
-    } else {
+    let spark = if let Some(python) = spark_python {
         let out = dir.join("spark");
         let s = spark_run(python, rows, partitions, &out)?;
         if let Some(secs) = s {
             runs.push(figures("spark_local2", rows, secs, count_parquet(&out)));
         }
         s
+    } else {
+        None
     };
     let r = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
     Ok(json!({

@@ -5,16 +5,10 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use sluice_test_support::{free_port, run_with_timeout, sluice};
+use sluice_test_support::{free_port, run_job_text, run_with_timeout, sluice};
 
 fn run_job(dir: &Path, sql: &str, extra: &[&str]) -> Output {
-    let job = dir.join("job.sql");
-    std::fs::write(&job, sql).unwrap();
-    run_with_timeout(
-        sluice().unwrap().arg("run").arg(&job).args(extra),
-        Duration::from_secs(120),
-    )
-    .unwrap()
+    run_job_text(dir, sql, extra).unwrap()
 }
 
 fn assert_fails_with(o: &Output, needles: &[&str]) {
@@ -121,4 +115,45 @@ fn bad_var_flag_and_missing_job_file() {
     )
     .unwrap();
     assert_fails_with(&o, &["reading job file /nonexistent/job.sql"]);
+}
+
+/// Write options that cannot be honoured fail before any row is written,
+/// naming the option, the value and the output (or the missing column).
+#[test]
+fn bad_write_options_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o");
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "OPTIONS ('sluice.committer' 'rename-v3')",
+            &["unknown sluice.committer 'rename-v3'", "/o'"],
+        ),
+        (
+            "OPTIONS ('write.distribution' 'range')",
+            &["unknown write.distribution 'range'"],
+        ),
+        (
+            "OPTIONS ('write.max_open_files' 'many')",
+            &[
+                "write.max_open_files must be a whole number, got 'many'",
+                "/o'",
+            ],
+        ),
+        ("OPTIONS ('no_such_option' 'x')", &["no_such_option"]),
+        ("PARTITIONED BY (nope)", &["partition column 'nope'", "id"]),
+    ];
+    for (clause, needles) in cases {
+        let sql = format!(
+            "COPY (SELECT id FROM range(0, 10, 1, 2)) TO '{}' STORED AS PARQUET {clause};",
+            out.display()
+        );
+        let o = run_job(d.path(), &sql, &[]);
+        assert_fails_with(&o, needles);
+        assert!(
+            sluice_test_support::visible_files(&out)
+                .unwrap_or_default()
+                .is_empty(),
+            "{clause}: output visible"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
@@ -94,6 +94,54 @@ fn assert_nothing_left(s3: &S3, bucket: &str, prefix: &str) {
     assert!(staging.is_empty(), "staging objects left: {staging:?}");
 }
 
+/// Starts `range_to_parquet` writing `rows` in `partitions` to
+/// `s3://bucket/out`: `sluice submit` to `cluster`, or `sluice run` embedded.
+fn spawn_range_write(cluster: Option<&Cluster>, bucket: &str, rows: u64, partitions: u64) -> Child {
+    let mut cmd = sluice().unwrap();
+    match cluster {
+        Some(c) => cmd
+            .arg("submit")
+            .arg(workspace_root().join(JOB))
+            .args(["--scheduler", &c.endpoint]),
+        None => cmd.arg("run").arg(workspace_root().join(JOB)),
+    };
+    cmd.args([
+        "--var",
+        &format!("rows={rows}"),
+        "--var",
+        &format!("partitions={partitions}"),
+    ])
+    .args(["--var", &format!("output=s3://{bucket}/out")])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits until at least `n` uploads are open under `out/` (the job is
+/// mid-write), failing if the job ends first.
+fn wait_for_uploads(s3: &S3, bucket: &str, child: &mut Child, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s3.open_uploads(bucket, "out/").unwrap().len() < n {
+        assert!(Instant::now() < deadline, "uploads never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended mid-test"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for the CLI to exit; a hang is a failure naming `after`.
+fn wait_for_exit(mut child: Child, after: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the job hung after {after}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn submit_to_s3_on_two_executors_commits_exactly_the_rows() {
     let s3 = S3::from_env().unwrap();
@@ -138,22 +186,7 @@ fn nothing_is_listed_before_the_commit() {
     let bucket = s3.new_bucket("poll").unwrap();
     let cluster = Cluster::start(2, 1).unwrap();
     let partitions = 12;
-    let mut child = sluice()
-        .unwrap()
-        .arg("submit")
-        .arg(workspace_root().join(JOB))
-        .args(["--scheduler", &cluster.endpoint])
-        .args([
-            "--var",
-            "rows=12000000",
-            "--var",
-            &format!("partitions={partitions}"),
-        ])
-        .args(["--var", &format!("output=s3://{bucket}/out")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_range_write(Some(&cluster), &bucket, 12_000_000, partitions as u64);
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut while_writing = 0;
     while child.try_wait().unwrap().is_none() {
@@ -226,34 +259,11 @@ fn killing_an_executor_mid_upload_leaves_no_partial_output() {
     let bucket = s3.new_bucket("kill").unwrap();
     let mut cluster = Cluster::start(2, 1).unwrap();
     let rows: u64 = 16_000_000;
-    let mut child = sluice()
-        .unwrap()
-        .arg("submit")
-        .arg(workspace_root().join(JOB))
-        .args(["--scheduler", &cluster.endpoint])
-        .args(["--var", &format!("rows={rows}"), "--var", "partitions=8"])
-        .args(["--var", &format!("output=s3://{bucket}/out")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s3.open_uploads(&bucket, "out/").unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "uploads never started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_range_write(Some(&cluster), &bucket, rows, 8);
+    wait_for_uploads(&s3, &bucket, &mut child, 2);
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
     cluster.kill_executor(0).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the job hung after the kill");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_for_exit(child, "the kill");
     if out.status.success() {
         println!("outcome: completed after the kill");
         let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
@@ -273,26 +283,8 @@ fn a_job_cancelled_mid_write_leaves_nothing() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("cancel").unwrap();
     let cluster = Cluster::start(2, 1).unwrap();
-    let mut child = sluice()
-        .unwrap()
-        .arg("submit")
-        .arg(workspace_root().join(JOB))
-        .args(["--scheduler", &cluster.endpoint])
-        .args(["--var", "rows=40000000", "--var", "partitions=20"])
-        .args(["--var", &format!("output=s3://{bucket}/out")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s3.open_uploads(&bucket, "out/").unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "uploads never started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended before the cancel"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_range_write(Some(&cluster), &bucket, 40_000_000, 20);
+    wait_for_uploads(&s3, &bucket, &mut child, 1);
     let job_id = cluster
         .jobs()
         .unwrap()
@@ -307,15 +299,7 @@ fn a_job_cancelled_mid_write_leaves_nothing() {
     )
     .unwrap();
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the job did not stop after the cancel"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_for_exit(child, "the cancel");
     assert!(!out.status.success(), "a cancelled job reported success");
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
     assert!(s3.list(&bucket, "out/_SUCCESS").unwrap().is_empty());
@@ -528,25 +512,8 @@ fn partitioned_writes_respect_the_open_file_cap() {
 fn clean_aborts_the_uploads_of_a_killed_client() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("crash").unwrap();
-    let mut child = sluice()
-        .unwrap()
-        .arg("run")
-        .arg(workspace_root().join(JOB))
-        .args(["--var", "rows=40000000", "--var", "partitions=8"])
-        .args(["--var", &format!("output=s3://{bucket}/out")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s3.open_uploads(&bucket, "out/").unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "uploads never started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended too soon"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_range_write(None, &bucket, 40_000_000, 8);
+    wait_for_uploads(&s3, &bucket, &mut child, 1);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!s3.open_uploads(&bucket, "out/").unwrap().is_empty());
@@ -572,39 +539,14 @@ fn clean_aborts_the_uploads_of_a_killed_client() {
 fn interrupting_the_cli_cancels_and_cleans_up() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("sigint").unwrap();
-    let mut child = sluice()
-        .unwrap()
-        .arg("run")
-        .arg(workspace_root().join(JOB))
-        .args(["--var", "rows=60000000", "--var", "partitions=12"])
-        .args(["--var", &format!("output=s3://{bucket}/out")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while s3.open_uploads(&bucket, "out/").unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "uploads never started");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the job ended too soon"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_range_write(None, &bucket, 60_000_000, 12);
+    wait_for_uploads(&s3, &bucket, &mut child, 1);
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the CLI did not stop after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_for_exit(child, "Ctrl-C");
     assert!(!out.status.success(), "an interrupted job reported success");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("interrupted"), "{stderr}");

@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -401,6 +402,7 @@ pub async fn write_partition(
     }
     while let Some(batch) = input.next().await {
         let batch = batch?;
+        let data = batch.project(&data_columns)?;
         let groups = if key_columns.is_empty() {
             vec![(String::new(), None)]
         } else {
@@ -411,10 +413,8 @@ pub async fn write_partition(
         };
         for (dir, rows) in groups {
             let part = match rows {
-                Some(rows) => {
-                    take_record_batch(&batch.project(&data_columns)?, &UInt32Array::from(rows))?
-                }
-                None => batch.clone(),
+                Some(rows) => take_record_batch(&data, &UInt32Array::from(rows))?,
+                None => data.clone(),
             };
             let mut offset = 0;
             while offset < part.num_rows() {
@@ -472,36 +472,54 @@ fn group_rows(
     names: &[String],
     key_columns: &[usize],
 ) -> Result<Vec<(String, Vec<u32>)>> {
-    let options = FormatOptions::default();
-    let formatters = key_columns
+    // Group on the key columns' row encoding (bytes, no allocation per row)
+    // and format a Hive directory once per distinct value.
+    let keys: Vec<ArrayRef> = key_columns
         .iter()
-        .map(|&i| ArrayFormatter::try_new(batch.column(i).as_ref(), &options))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut order: Vec<(String, Vec<u32>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect();
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|k| SortField::new(k.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(&keys)?;
+    let mut order: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
     for row in 0..batch.num_rows() {
-        let mut dir = String::new();
-        for (n, (name, f)) in names.iter().zip(&formatters).enumerate() {
-            if n > 0 {
-                dir.push('/');
-            }
-            let column = batch.column(key_columns[n]);
-            let value = if column.is_null(row) {
-                NULL_PARTITION.to_string()
-            } else {
-                escape_partition_value(&f.value(row).to_string())
-            };
-            dir.push_str(&format!("{name}={value}"));
-        }
-        match index.get(&dir) {
+        let key = rows.row(row).data();
+        match index.get(key) {
             Some(&i) => order[i].1.push(row as u32),
             None => {
-                index.insert(dir.clone(), order.len());
-                order.push((dir, vec![row as u32]));
+                index.insert(key, order.len());
+                order.push((row, vec![row as u32]));
             }
         }
     }
-    Ok(order)
+    let options = FormatOptions::default();
+    let formatters = keys
+        .iter()
+        .map(|k| ArrayFormatter::try_new(k.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(order
+        .into_iter()
+        .map(|(first, rows)| {
+            let dir = names
+                .iter()
+                .zip(keys.iter().zip(&formatters))
+                .map(|(name, (column, f))| {
+                    let value = if column.is_null(first) {
+                        NULL_PARTITION.to_string()
+                    } else {
+                        escape_partition_value(&f.value(first).to_string())
+                    };
+                    format!("{name}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            (dir, rows)
+        })
+        .collect())
 }
 
 /// Escapes what cannot appear in a path segment, the way Hive does.

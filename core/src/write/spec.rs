@@ -156,26 +156,38 @@ impl WriteSpec {
         url: &str,
         format: WriteFormat,
         overwrite: bool,
-        mut options: BTreeMap<String, String>,
+        options: BTreeMap<String, String>,
     ) -> Result<Self, SluiceError> {
+        // Option errors name the statement's output.
+        let named = |e: SluiceError| match e {
+            SluiceError::InvalidOutput { reason, .. } => SluiceError::InvalidOutput {
+                url: url.to_string(),
+                reason,
+            },
+            other => other,
+        };
+        let mut options = options;
         let committer = match options.remove(COMMITTER_OPTION) {
-            Some(v) => Committer::parse(&v)?,
+            Some(v) => Committer::parse(&v).map_err(named)?,
             None => Committer::Auto,
         };
         let max_open_files = take_usize(
             &mut options,
             MAX_OPEN_FILES_OPTION,
             default_max_open_files(),
-        )?;
+        )
+        .map_err(named)?;
         let max_buffered_bytes = take_usize(
             &mut options,
             MAX_BUFFERED_BYTES_OPTION,
             default_max_buffered_bytes(),
-        )?;
-        let target_file_rows = match take_usize(&mut options, TARGET_FILE_ROWS_OPTION, 0)? {
-            0 => None,
-            n => Some(n as u64),
-        };
+        )
+        .map_err(named)?;
+        let target_file_rows =
+            match take_usize(&mut options, TARGET_FILE_ROWS_OPTION, 0).map_err(named)? {
+                0 => None,
+                n => Some(n as u64),
+            };
         let distribution = match options.remove(DISTRIBUTION_OPTION).as_deref() {
             None | Some("hash") => Distribution::Hash,
             Some("none") => Distribution::None,
