@@ -23,7 +23,7 @@ pub struct Cli {
     /// Seconds to wait for the scheduler to answer before failing [config: connect_timeout_secs; default 10].
     #[arg(long, global = true)]
     pub connect_timeout: Option<u64>,
-    /// Log filter, e.g. `info` or `sluice_core=debug` [config: log; default warn; RUST_LOG wins].
+    /// Log filter, e.g. `info` or `sluice_core=debug` [config: log; default warn, quieter for executor poll loops; RUST_LOG wins].
     #[arg(long, global = true)]
     pub log: Option<String>,
     #[command(subcommand)]

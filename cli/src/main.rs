@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = sluice_cli::load_config(&cli)
         .map(|c| c.log)
-        .unwrap_or_else(|_| "warn".into());
+        .unwrap_or_else(|_| sluice_core::config::DEFAULT_LOG.into());
     let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(log);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

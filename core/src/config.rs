@@ -33,7 +33,7 @@ impl Default for SluiceConfig {
             executors: 2,
             executor_slots: 0,
             connect_timeout_secs: 10,
-            log: "warn".to_string(),
+            log: DEFAULT_LOG.to_string(),
         }
     }
 }
@@ -134,6 +134,10 @@ pub fn config_file_arg(args: &[String]) -> Option<PathBuf> {
     }
     std::env::var_os("SLUICE_CONFIG").map(PathBuf::from)
 }
+
+/// Warnings only; and not the embedded executors' poll loops, which warn
+/// once as the process shuts its scheduler down at the end of every run.
+pub const DEFAULT_LOG: &str = "warn,ballista_executor::execution_loop=error";
 
 /// Default vcores per executor: twice the cores, at least 16. Ballista 55
 /// hands a task as many partitions as its executor has free vcores, and each

@@ -33,7 +33,9 @@ pub const PARQUET_COMPRESSION: &str = "snappy";
 pub fn session_config() -> SessionConfig {
     let mut config = SessionConfig::new_with_ballista().with_information_schema(true);
     // Spark's Parquet codec rather than DataFusion's zstd(3): teams moving
-    // from Spark get the files they had, and it encodes ~10% faster here.
+    // from Spark get the files they had. Measured side by side (2e8 range
+    // ids, 100 files, embedded, 2 cores): snappy 3.5-3.6 s and 816 MB,
+    // zstd(3) 3.8 s and 244 MB.
     // `SET datafusion.execution.parquet.compression` or a statement's
     // OPTIONS ('compression' ...) override it.
     config.options_mut().execution.parquet.compression = Some(PARQUET_COMPRESSION.to_string());
