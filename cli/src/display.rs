@@ -94,7 +94,27 @@ pub fn print_report(report: &JobReport, output: OutputFormat) {
                         Err(e) => eprintln!("error: cannot format results: {e}"),
                     }
                 }
-                if let Some(w) = &s.write {
+                if let Some(d) = s.write.as_ref().and_then(|w| w.dynamodb.as_ref()) {
+                    println!(
+                        "line {}: wrote {} items to DynamoDB table {} ({} retried, {} dead-lettered{}), {} throttles, {} WCU ({:.0} WCU/s); writer time: build {} ms, call {} ms, response {} ms, limiter wait {} ms",
+                        s.line,
+                        d.items,
+                        d.table,
+                        d.retried,
+                        d.dead_lettered,
+                        d.dead_letter
+                            .as_ref()
+                            .map(|p| format!(" to {p}"))
+                            .unwrap_or_default(),
+                        d.throttles,
+                        d.consumed_wcu,
+                        d.wcu_per_sec,
+                        d.build_ms,
+                        d.call_ms,
+                        d.response_ms,
+                        d.wait_ms
+                    );
+                } else if let Some(w) = &s.write {
                     println!(
                         "line {}: wrote {} rows in {} files ({} bytes) to {} [write {}]",
                         s.line, w.rows, w.files, w.bytes, w.output, w.write_id

@@ -24,6 +24,11 @@ impl EmbeddedCluster {
             .await
             .context("starting the embedded scheduler")?;
         let endpoint = addr.to_string();
+        // The DynamoDB write coordinator, as a separate scheduler would run it.
+        let coordinator = sluice_core::dynamo::Coordinator::spawn(([127, 0, 0, 1], 0).into())
+            .await
+            .context("starting the DynamoDB write coordinator")?;
+        sluice_core::dynamo::set_coordinator_url(&format!("http://{coordinator}"));
         sluice_core::runner::wait_for_scheduler(&endpoint, Duration::from_secs(10)).await?;
         for i in 0..executors {
             start_executor_thread(i, format!("http://{endpoint}"), slots).await?;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sluice_udfs::range::{RangeExec, RangeSpec, RangeTable};
 use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 
+use crate::dynamo::{DynamoCommitExec, DynamoSpec, DynamoWriteNode, DynamoWriterExec};
 use crate::write::{CommitExec, WriteNode, WriteSpec, WriterExec};
 
 const MAGIC: &[u8] = b"SLUICE1\0";
@@ -53,6 +54,7 @@ impl RangeSpecDto {
 #[derive(Serialize, Deserialize)]
 enum LogicalNode {
     Write(WriteSpec),
+    Dynamo(DynamoSpec),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,6 +76,8 @@ enum PhysicalNode {
     },
     Writer(WriteSpec),
     Commit(WriteSpec),
+    DynamoWriter(DynamoSpec),
+    DynamoCommit(DynamoSpec),
 }
 
 fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
@@ -117,16 +121,26 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                         node: Arc::new(WriteNode::try_new(input, spec)?),
                     })
                 }
+                LogicalNode::Dynamo(spec) => {
+                    let input = one_input(inputs, "SluiceDynamoWrite")?;
+                    Ok(Extension {
+                        node: Arc::new(DynamoWriteNode::try_new(input, spec)?),
+                    })
+                }
             },
             None => self.inner.try_decode(buf, inputs, ctx),
         }
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
-        match node.node.as_any().downcast_ref::<WriteNode>() {
-            Some(write) => encode(&LogicalNode::Write(write.spec.clone()), buf),
-            None => self.inner.try_encode(node, buf),
+        let any = node.node.as_any();
+        if let Some(write) = any.downcast_ref::<WriteNode>() {
+            return encode(&LogicalNode::Write(write.spec.clone()), buf);
         }
+        if let Some(write) = any.downcast_ref::<DynamoWriteNode>() {
+            return encode(&LogicalNode::Dynamo(write.spec.clone()), buf);
+        }
+        self.inner.try_encode(node, buf)
     }
 
     fn try_decode_table_provider(
@@ -230,6 +244,14 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 one_input(inputs, "SluiceCommitExec")?,
                 spec,
             )),
+            PhysicalNode::DynamoWriter(spec) => Arc::new(DynamoWriterExec::new(
+                one_input(inputs, "SluiceDynamoWriterExec")?,
+                spec,
+            )),
+            PhysicalNode::DynamoCommit(spec) => Arc::new(DynamoCommitExec::new(
+                one_input(inputs, "SluiceDynamoCommitExec")?,
+                spec,
+            )),
         })
     }
 
@@ -263,6 +285,12 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
         }
         if let Some(commit) = node.downcast_ref::<CommitExec>() {
             return encode(&PhysicalNode::Commit(commit.spec().clone()), buf);
+        }
+        if let Some(writer) = node.downcast_ref::<DynamoWriterExec>() {
+            return encode(&PhysicalNode::DynamoWriter(writer.spec().clone()), buf);
+        }
+        if let Some(commit) = node.downcast_ref::<DynamoCommitExec>() {
+            return encode(&PhysicalNode::DynamoCommit(commit.spec().clone()), buf);
         }
         self.inner.try_encode(node, buf, proto_converter)
     }

@@ -2,10 +2,11 @@
 //! job files ([`job`]), the distributed write path ([`write`]), the codecs that
 //! carry sluice's plan nodes between processes ([`codec`]), session setup
 //! ([`session`]), directory tables that skip `_SUCCESS` ([`tables`]), configuration ([`config`]), Prometheus metrics ([`metrics`]) and the job runner
-//! ([`runner`]).
+//! ([`runner`]), and the DynamoDB sink ([`dynamo`]).
 
 pub mod codec;
 pub mod config;
+pub mod dynamo;
 pub mod error;
 pub mod job;
 pub mod metrics;

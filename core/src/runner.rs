@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use ballista::prelude::SessionContextExt;
 use ballista_core::execution_plans::DistributedQueryExec;
+use datafusion::catalog::TableProvider;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::error::DataFusionError;
@@ -22,6 +23,7 @@ use datafusion_proto::protobuf::LogicalPlanNode;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::dynamo::{DynamoTable, DynamoWriteNode};
 use crate::error::SluiceError;
 use crate::job::{Action, classify, split_statements, substitute};
 use crate::session;
@@ -68,6 +70,28 @@ pub struct WriteOutcome {
     pub bytes: u64,
     /// The commit step, from the first file made visible to staging removed.
     pub commit_ms: u64,
+    /// A DynamoDB write's counts and where its writers' time went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamodb: Option<DynamoOutcome>,
+}
+
+/// The summary of a DynamoDB write. Times are summed over writers.
+#[derive(Debug, Clone, Serialize)]
+pub struct DynamoOutcome {
+    pub table: String,
+    pub items: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub dead_letter: Option<String>,
+    pub throttles: u64,
+    pub calls: u64,
+    pub consumed_wcu: u64,
+    /// Consumed WCU per second of the write stage.
+    pub wcu_per_sec: f64,
+    pub build_ms: u64,
+    pub call_ms: u64,
+    pub response_ms: u64,
+    pub wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -367,26 +391,36 @@ impl JobRunner {
                         .await
                         .map_err(stmt_err)?
                         .into_unoptimized_plan();
-                    match table_insert(&plan).map_err(stmt_err)? {
-                        Some((input, spec)) => {
-                            outcome.kind = "write";
-                            let (job_id, write) = self
-                                .run_write_plan(input, spec, file, raw.line)
-                                .instrument(span)
-                                .await?;
-                            outcome.job_id = job_id;
-                            outcome.write = Some(write);
-                        }
-                        None => {
-                            let (job_id, batches) = async {
-                                let df = self.ctx.execute_logical_plan(plan).await?;
-                                self.execute(df.create_physical_plan().await?).await
-                            }
+                    if let Some((input, table)) = dynamo_insert(&plan) {
+                        outcome.kind = "write";
+                        let (job_id, write) = self
+                            .run_dynamo_write(input, table, file, raw.line)
                             .instrument(span)
-                            .await
-                            .map_err(stmt_err)?;
-                            outcome.job_id = job_id;
-                            outcome.batches = batches;
+                            .await?;
+                        outcome.job_id = job_id;
+                        outcome.write = Some(write);
+                    } else {
+                        match table_insert(&plan).map_err(stmt_err)? {
+                            Some((input, spec)) => {
+                                outcome.kind = "write";
+                                let (job_id, write) = self
+                                    .run_write_plan(input, spec, file, raw.line)
+                                    .instrument(span)
+                                    .await?;
+                                outcome.job_id = job_id;
+                                outcome.write = Some(write);
+                            }
+                            None => {
+                                let (job_id, batches) = async {
+                                    let df = self.ctx.execute_logical_plan(plan).await?;
+                                    self.execute(df.create_physical_plan().await?).await
+                                }
+                                .instrument(span)
+                                .await
+                                .map_err(stmt_err)?;
+                                outcome.job_id = job_id;
+                                outcome.batches = batches;
+                            }
                         }
                     }
                 }
@@ -521,6 +555,79 @@ impl JobRunner {
                 files: u64_at(1),
                 bytes: u64_at(2),
                 commit_ms: u64_at(5),
+                dynamodb: None,
+            },
+        ))
+    }
+
+    /// `INSERT INTO` a DynamoDB table: checks the key schema against
+    /// `DescribeTable` before anything runs, then writes through the
+    /// cluster's writers and limiter.
+    async fn run_dynamo_write(
+        &self,
+        input: LogicalPlan,
+        table: Arc<dyn TableProvider>,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
+        let stmt_err = SluiceError::in_statement(file, line);
+        let Some(table) = table.downcast_ref::<DynamoTable>() else {
+            return Err(stmt_err(DataFusionError::Internal(
+                "not a DynamoDB table".into(),
+            )));
+        };
+        let spec = crate::dynamo::plan_write(table, input.schema().as_arrow())
+            .await
+            .map_err(|e| stmt_err(DataFusionError::Plan(e)))?;
+        self.set_job_name(file, line);
+        let planned = async {
+            let plan = DynamoWriteNode::try_new(input, spec.clone())?.into_plan();
+            self.ctx
+                .execute_logical_plan(plan)
+                .await?
+                .create_physical_plan()
+                .await
+        }
+        .await
+        .map_err(stmt_err)?;
+        let (job_id, batches) = self.execute(planned).await.map_err(stmt_err)?;
+        let batch = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| {
+            stmt_err(DataFusionError::Execution(
+                "the write returned no summary".into(),
+            ))
+        })?;
+        let u = |i: usize| batch.column(i).as_primitive::<UInt64Type>().value(0);
+        let dead_letter = batch
+            .column(13)
+            .as_string_opt::<i32>()
+            .filter(|c| c.is_valid(0))
+            .map(|c| c.value(0).to_string());
+        let elapsed = u(10).max(1) as f64 / 1000.0;
+        let d = DynamoOutcome {
+            table: spec.table.clone(),
+            items: u(0),
+            retried: u(1),
+            dead_lettered: u(2),
+            dead_letter,
+            throttles: u(3),
+            calls: u(4),
+            consumed_wcu: u(5),
+            wcu_per_sec: u(5) as f64 / elapsed,
+            build_ms: u(6),
+            call_ms: u(7),
+            response_ms: u(8),
+            wait_ms: u(9),
+        };
+        Ok((
+            job_id,
+            WriteOutcome {
+                output: format!("dynamodb://{}", spec.table),
+                write_id: spec.write_id.clone(),
+                rows: d.items,
+                files: 0,
+                bytes: 0,
+                commit_ms: 0,
+                dynamodb: Some(d),
             },
         ))
     }
@@ -627,6 +734,16 @@ fn distributed_job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
         tracing::debug!(plan = plan.name(), "no scheduler job id on plan");
     }
     found
+}
+
+/// `INSERT INTO` a `STORED AS DYNAMODB` table: the rows and the table.
+fn dynamo_insert(plan: &LogicalPlan) -> Option<(LogicalPlan, Arc<dyn TableProvider>)> {
+    let LogicalPlan::Dml(dml) = plan else {
+        return None;
+    };
+    let provider = source_as_provider(&dml.target).ok()?;
+    provider.downcast_ref::<DynamoTable>()?;
+    Some((dml.input.as_ref().clone(), provider))
 }
 
 fn starts_with_insert(sql: &str) -> bool {

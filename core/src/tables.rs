@@ -144,4 +144,8 @@ pub fn install_table_factories(state: &mut SessionState) {
             .table_factories_mut()
             .insert(format.to_string(), Arc::clone(&factory));
     }
+    state.table_factories_mut().insert(
+        crate::dynamo::DYNAMODB.to_string(),
+        Arc::new(crate::dynamo::DynamoTableFactory),
+    );
 }

@@ -19,6 +19,10 @@ struct Cli {
     /// TOML file of settings, keys named like the long flags (e.g. `scheduler-port = 50050`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The DynamoDB write coordinator (`http://host:port`); by default the
+    /// scheduler's host, port 50090.
+    #[arg(long)]
+    coordinator_url: Option<String>,
     #[command(flatten)]
     ballista: Config,
 }
@@ -34,7 +38,16 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let file = sluice_core::config::config_file_arg(&args);
     let cmd = sluice_core::config::layered_command(Cli::command(), file.as_deref())?;
-    let opt = Cli::from_arg_matches(&cmd.get_matches_from(args))?.ballista;
+    let cli = Cli::from_arg_matches(&cmd.get_matches_from(args))?;
+    let opt = cli.ballista;
+    let coordinator = cli.coordinator_url.unwrap_or_else(|| {
+        format!(
+            "http://{}:{}",
+            opt.scheduler_host,
+            sluice_core::dynamo::limiter::DEFAULT_COORDINATOR_PORT
+        )
+    });
+    sluice_core::dynamo::set_coordinator_url(&coordinator);
     let health_addr: SocketAddr = format!("{}:{}", opt.bind_host, opt.bind_health_port)
         .parse()
         .context("--bind-host/--bind-health-port")?;

@@ -18,6 +18,10 @@ struct Cli {
     /// TOML file of settings, keys named like the long flags (e.g. `bind-port = 50050`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where the DynamoDB write coordinator listens (HTTP). Executors find
+    /// it on the scheduler's host at this port unless told otherwise.
+    #[arg(long, default_value = "0.0.0.0:50090")]
+    coordinator_addr: std::net::SocketAddr,
     #[command(flatten)]
     ballista: Config,
 }
@@ -37,10 +41,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .thread_stack_size(32 * 1024 * 1024)
         .build()?;
-    runtime.block_on(run(cli.ballista))
+    runtime.block_on(run(cli.ballista, cli.coordinator_addr))
 }
 
-async fn run(opt: Config) -> anyhow::Result<()> {
+async fn run(opt: Config, coordinator: std::net::SocketAddr) -> anyhow::Result<()> {
     let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(opt.log_level_setting.clone());
     tracing_subscriber::fmt()
         .with_ansi(false)
@@ -52,6 +56,9 @@ async fn run(opt: Config) -> anyhow::Result<()> {
     if let Some(addr) = sluice_core::metrics::serve_from_env()? {
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
+    sluice_core::dynamo::Coordinator::spawn(coordinator)
+        .await
+        .with_context(|| format!("starting the DynamoDB write coordinator on {coordinator}"))?;
     let config: SchedulerConfig = opt.try_into().context("scheduler settings")?;
     let config = sluice_scheduler::with_sluice(config);
     let cluster = BallistaCluster::new_from_config(&config).await?;

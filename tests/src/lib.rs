@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod dynamo;
 pub mod faulty;
 pub mod s3;
 
@@ -87,6 +88,20 @@ pub fn run_job_text(dir: &Path, sql: &str, args: &[&str]) -> Result<Output> {
     )
 }
 
+/// GETs a JSON document, with a short timeout.
+pub fn get_json(url: &str) -> Result<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?;
+        let resp = client.get(url).send().await?.error_for_status()?;
+        Ok(resp.json().await?)
+    })
+}
+
 /// A scheduler and executors as real processes; killed on drop.
 pub struct Cluster {
     pub endpoint: String,
@@ -94,6 +109,8 @@ pub struct Cluster {
     pub executors: Vec<Child>,
     /// `host:port` of each executor's Prometheus `/metrics`.
     pub metrics: Vec<String>,
+    /// `http://host:port` of the DynamoDB write coordinator.
+    pub coordinator: String,
     _work: tempfile::TempDir,
 }
 
@@ -101,9 +118,18 @@ impl Cluster {
     /// Starts a scheduler that notices a lost executor within seconds, and
     /// `executors` executors with `slots` task slots each.
     pub fn start(executors: usize, slots: usize) -> Result<Self> {
+        Self::start_with_env(executors, slots, &[])
+    }
+
+    /// As [`Cluster::start`], with extra environment for every process
+    /// (e.g. `AWS_ENDPOINT_URL_DYNAMODB` pointing at a proxy).
+    pub fn start_with_env(executors: usize, slots: usize, env: &[(&str, &str)]) -> Result<Self> {
         let work = tempfile::tempdir()?;
         let port = free_port()?;
+        let coordinator = format!("127.0.0.1:{}", free_port()?);
         let scheduler = Command::new(binary("sluice-scheduler")?)
+            .envs(env.iter().copied())
+            .args(["--coordinator-addr", &coordinator])
             .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
             .args(["--bind-port", &port.to_string()])
             .args(["--scheduler-policy", "pull-staged"])
@@ -121,6 +147,7 @@ impl Cluster {
             scheduler,
             executors: vec![],
             metrics: vec![],
+            coordinator: format!("http://{coordinator}"),
             _work: work,
         };
         cluster.wait_http("/api/version", Duration::from_secs(30))?;
@@ -129,7 +156,9 @@ impl Cluster {
             std::fs::create_dir_all(&dir)?;
             let metrics = format!("127.0.0.1:{}", free_port()?);
             let child = Command::new(binary("sluice-executor")?)
+                .envs(env.iter().copied())
                 .env("SLUICE_METRICS_ADDR", &metrics)
+                .args(["--coordinator-url", &cluster.coordinator])
                 .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
                 .args([
                     "--scheduler-host",
@@ -159,17 +188,12 @@ impl Cluster {
     }
 
     fn get(&self, path: &str) -> Result<serde_json::Value> {
-        let url = format!("http://{}{path}", self.endpoint);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()?;
-            let resp = client.get(&url).send().await?.error_for_status()?;
-            Ok(resp.json().await?)
-        })
+        get_json(&format!("http://{}{path}", self.endpoint))
+    }
+
+    /// The DynamoDB coordinator's view of its tables (budget, rate, writers).
+    pub fn coordinator_tables(&self) -> Result<serde_json::Value> {
+        get_json(&format!("{}/v1/dynamodb/tables", self.coordinator))
     }
 
     fn wait_http(&self, path: &str, timeout: Duration) -> Result<()> {

@@ -24,6 +24,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use super::commit::CommitExec;
 use super::spec::WriteSpec;
 use super::writer::WriterExec;
+use crate::dynamo::{DynamoCommitExec, DynamoWriteNode, DynamoWriterExec};
 
 /// Schema of a write statement's result: one row of totals.
 pub fn write_result_schema() -> SchemaRef {
@@ -135,11 +136,19 @@ impl ExtensionPlanner for WritePlanner {
         _session: &dyn Session,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(write) = node.as_any().downcast_ref::<WriteNode>() else {
+        let [input] = physical_inputs else {
             return Ok(None);
         };
-        let [input] = physical_inputs else {
-            return internal_err!("SluiceWrite takes exactly one input");
+        if let Some(write) = node.as_any().downcast_ref::<DynamoWriteNode>() {
+            let writer = Arc::new(DynamoWriterExec::new(Arc::clone(input), write.spec.clone()));
+            let gathered = Arc::new(CoalescePartitionsExec::new(writer));
+            return Ok(Some(Arc::new(DynamoCommitExec::new(
+                gathered,
+                write.spec.clone(),
+            ))));
+        }
+        let Some(write) = node.as_any().downcast_ref::<WriteNode>() else {
+            return Ok(None);
         };
         let writer = Arc::new(WriterExec::new(Arc::clone(input), write.spec.clone()));
         let gathered = Arc::new(CoalescePartitionsExec::new(writer));

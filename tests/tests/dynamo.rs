@@ -1,0 +1,439 @@
+//! The DynamoDB sink against DynamoDB Local (started by
+//! `scripts/test-servers.sh`), through the capacity-enforcing proxy where
+//! the limiter matters, with real scheduler and executor processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ProvisionedThroughput, ScalarAttributeType,
+};
+use sluice_test_support::dynamo::ThrottlingDynamo;
+use sluice_test_support::{Cluster, run_with_timeout, sluice, workspace_root};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn ddb_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .expect("AWS_ENDPOINT_URL_DYNAMODB: run the tests through scripts/test.sh")
+}
+
+/// A fresh table (`pk` S, `sk` N) with `wcu` provisioned write capacity.
+fn create_table(hint: &str, wcu: i64) -> String {
+    let name = format!("{hint}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    rt().block_on(async {
+        let client = sluice_core::dynamo::client::client().await;
+        client
+            .create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::Provisioned)
+            .provisioned_throughput(
+                ProvisionedThroughput::builder()
+                    .read_capacity_units(100)
+                    .write_capacity_units(wcu)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("sk")
+                    .key_type(KeyType::Range)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("sk")
+                    .attribute_type(ScalarAttributeType::N)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    name
+}
+
+/// Every item of `table`, keyed by (pk, sk).
+fn scan(table: &str) -> HashMap<(String, String), HashMap<String, AttributeValue>> {
+    rt().block_on(async {
+        let client = sluice_core::dynamo::client::client().await;
+        let mut out = HashMap::new();
+        let mut start = None;
+        loop {
+            let page = client
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            for item in page.items() {
+                let pk = item["pk"].as_s().unwrap().clone();
+                let sk = item["sk"].as_n().unwrap().clone();
+                out.insert((pk, sk), item.clone());
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return out;
+            }
+        }
+    })
+}
+
+fn run_job(dir: &Path, sql: &str, env: &[(&str, &str)], cluster: Option<&Cluster>) -> Output {
+    let job = dir.join("job.sql");
+    std::fs::write(&job, sql).unwrap();
+    let mut cmd = sluice().unwrap();
+    match cluster {
+        Some(c) => cmd
+            .arg("submit")
+            .arg(&job)
+            .args(["--scheduler", &c.endpoint]),
+        None => cmd.arg("run").arg(&job),
+    };
+    cmd.args(["--output", "json"]).envs(env.iter().copied());
+    run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap()
+}
+
+fn report(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "job failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn dynamo_summary(report: &serde_json::Value) -> serde_json::Value {
+    report["statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s["write"]["dynamodb"].as_object().cloned())
+        .map(serde_json::Value::Object)
+        .expect("a DynamoDB write in the report")
+}
+
+const TYPED_TABLE: &str = "CREATE EXTERNAL TABLE t (
+    pk VARCHAR, sk BIGINT, name VARCHAR, score DOUBLE, ok BOOLEAN, raw BYTEA,
+    price DECIMAL(10, 2), at TIMESTAMP, tags VARCHAR[], nums BIGINT[], labels VARCHAR[]
+) STORED AS DYNAMODB LOCATION 'dynamodb://{TBL}'
+OPTIONS ('write.percent' '100', 'write.set_columns' 'nums,labels');";
+
+#[test]
+fn every_item_arrives_as_typed_through_two_executors() {
+    let proxy = ThrottlingDynamo::start(&ddb_endpoint()).unwrap();
+    let table = create_table("typed", 1000);
+    proxy.set_capacity(&table, 1000.0);
+    let env = [("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint.as_str())];
+    let cluster = Cluster::start_with_env(2, 2, &env).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 600 rows over 100 keys of 6 sort keys; every 7th row repeats an
+    // earlier key inside the same partition (the later row must win).
+    let sql = format!(
+        "{}\nINSERT INTO t SELECT
+            concat('k', CAST(id % 100 AS VARCHAR)) AS pk,
+            id / 100 AS sk,
+            CASE WHEN id % 5 = 0 THEN NULL ELSE concat('name-', CAST(id AS VARCHAR)) END AS name,
+            CAST(id AS DOUBLE) / 4 AS score,
+            id % 2 = 0 AS ok,
+            CAST(concat('b', CAST(id AS VARCHAR)) AS BYTEA) AS raw,
+            CAST(id AS DECIMAL(10, 2)) / 100 AS price,
+            CAST(1700000000 + id AS TIMESTAMP) AS at,
+            make_array('a', CAST(id AS VARCHAR)) AS tags,
+            make_array(id, id, 1) AS nums,
+            CASE WHEN id % 3 = 0 THEN make_array() ELSE make_array('x', 'y') END AS labels
+          FROM range(0, 600, 1, 6);",
+        TYPED_TABLE.replace("{TBL}", &table)
+    );
+    let r = report(&run_job(dir.path(), &sql, &[], Some(&cluster)));
+    let d = dynamo_summary(&r);
+    assert_eq!(d["items"], 600, "{d}");
+    assert_eq!(d["dead_lettered"], 0, "{d}");
+    let items = scan(&table);
+    assert_eq!(items.len(), 600);
+    for id in [0i64, 1, 3, 7, 599] {
+        let key = (format!("k{}", id % 100), (id / 100).to_string());
+        let item = &items[&key];
+        let name = if id % 5 == 0 {
+            AttributeValue::Null(true)
+        } else {
+            AttributeValue::S(format!("name-{id}"))
+        };
+        assert_eq!(item["name"], name, "id {id}: {item:?}");
+        assert_eq!(
+            item["score"],
+            AttributeValue::N(format!("{}", id as f64 / 4.0))
+        );
+        assert_eq!(item["ok"], AttributeValue::Bool(id % 2 == 0));
+        assert_eq!(
+            item["raw"].as_b().unwrap().as_ref(),
+            format!("b{id}").as_bytes()
+        );
+        assert_eq!(
+            item["tags"],
+            AttributeValue::L(vec![
+                AttributeValue::S("a".into()),
+                AttributeValue::S(id.to_string())
+            ])
+        );
+        let mut nums: Vec<String> = item["nums"].as_ns().unwrap().clone();
+        nums.sort();
+        let mut want = vec![id.to_string(), "1".to_string()];
+        want.sort();
+        want.dedup();
+        assert_eq!(nums, want, "id {id}");
+        // An empty set cannot be stored: the attribute is left out.
+        assert_eq!(item.contains_key("labels"), id % 3 != 0, "id {id}");
+        assert!(
+            item["at"].as_s().unwrap().starts_with("2023-11-14T22:"),
+            "{:?}",
+            item["at"]
+        );
+        assert!(item["price"].as_n().is_ok());
+    }
+}
+
+#[test]
+fn key_schema_and_type_mismatches_fail_before_writing() {
+    let table = create_table("keys", 100);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "CREATE EXTERNAL TABLE t (pk BIGINT, sk BIGINT) STORED AS DYNAMODB LOCATION 'dynamodb://{TBL}';
+             INSERT INTO t SELECT id AS pk, id AS sk FROM range(0, 10, 1, 1);",
+            "key attribute 'pk' of table '{TBL}' is S, but column 'pk' is Int64",
+        ),
+        (
+            "CREATE EXTERNAL TABLE t (pk VARCHAR, other BIGINT) STORED AS DYNAMODB LOCATION 'dynamodb://{TBL}';
+             INSERT INTO t SELECT 'a' AS pk, id AS other FROM range(0, 10, 1, 1);",
+            "has key attribute 'sk' (N) but the statement has no column 'sk'",
+        ),
+        (
+            "CREATE EXTERNAL TABLE t (pk VARCHAR, sk BIGINT, span INTERVAL) STORED AS DYNAMODB LOCATION 'dynamodb://{TBL}';
+             INSERT INTO t SELECT 'a' AS pk, id AS sk, INTERVAL '1 day' AS span FROM range(0, 10, 1, 1);",
+            "column 'span'",
+        ),
+        (
+            "CREATE EXTERNAL TABLE t (pk VARCHAR, sk BIGINT) STORED AS DYNAMODB LOCATION 'dynamodb://no-such-table';
+             INSERT INTO t SELECT 'a' AS pk, id AS sk FROM range(0, 10, 1, 1);",
+            "DescribeTable no-such-table: ResourceNotFoundException",
+        ),
+        (
+            "CREATE EXTERNAL TABLE t (pk VARCHAR, sk BIGINT) STORED AS DYNAMODB LOCATION 'dynamodb://{TBL}'
+             OPTIONS ('write.precent' '50');
+             INSERT INTO t SELECT 'a' AS pk, id AS sk FROM range(0, 10, 1, 1);",
+            "unknown option 'write.precent'",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let o = run_job(dir.path(), &sql.replace("{TBL}", &table), &[], None);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{sql} succeeded");
+        assert!(
+            stderr.contains(&expected.replace("{TBL}", &table)),
+            "expected '{expected}' in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(scan(&table).is_empty(), "nothing may be written");
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_within_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = sluice_test_support::free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let o = run_job(
+        dir.path(),
+        "CREATE EXTERNAL TABLE t (pk VARCHAR, sk BIGINT) STORED AS DYNAMODB LOCATION 'dynamodb://anything';
+         INSERT INTO t SELECT 'a' AS pk, id AS sk FROM range(0, 10, 1, 1);",
+        &[("AWS_ENDPOINT_URL_DYNAMODB", endpoint.as_str())],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("DescribeTable anything"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn oversized_items_go_to_the_dead_letter_location() {
+    let table = create_table("big", 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead");
+    let sql = |options: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE t (pk VARCHAR, sk BIGINT, body VARCHAR) STORED AS DYNAMODB
+             LOCATION 'dynamodb://{table}' OPTIONS ('write.percent' '100'{options});
+             INSERT INTO t SELECT 'k' AS pk, id AS sk,
+               CASE WHEN id = 7 THEN repeat('x', 500000) ELSE 'small' END AS body
+             FROM range(0, 50, 1, 2);"
+        )
+    };
+    // Without a dead-letter location the job fails and says why.
+    let o = run_job(dir.path(), &sql(""), &[], None);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("1 items could not be written to DynamoDB table")
+            && stderr.contains("over DynamoDB's 409600 byte limit"),
+        "{stderr}"
+    );
+    let with_dlq = format!(", 'write.dead_letter' '{}'", dead.display());
+    let r = report(&run_job(dir.path(), &sql(&with_dlq), &[], None));
+    let d = dynamo_summary(&r);
+    assert_eq!(d["items"], 49, "{d}");
+    assert_eq!(d["dead_lettered"], 1, "{d}");
+    let items = scan(&table);
+    assert_eq!(items.len(), 49);
+    assert!(!items.contains_key(&("k".to_string(), "7".to_string())));
+    let mut records = vec![];
+    for entry in walk(&dead) {
+        for line in std::fs::read_to_string(entry).unwrap().lines() {
+            records.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+        }
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(
+        records[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("over DynamoDB's")
+    );
+    assert_eq!(records[0]["item"]["sk"]["N"], "7");
+    assert_eq!(
+        records[0]["item"]["body"]["S"].as_str().unwrap().len(),
+        500000
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The coordinator's writers for `table`.
+fn writers(cluster: &Cluster, table: &str) -> (Vec<String>, f64) {
+    let tables = cluster.coordinator_tables().unwrap_or_default();
+    tables
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["table"] == table)
+        .map(|t| {
+            let w = t["writers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap().to_string())
+                .collect();
+            (w, t["rate"].as_f64().unwrap())
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_executors_share_goes_to_the_others() {
+    let proxy = ThrottlingDynamo::start(&ddb_endpoint()).unwrap();
+    let table = create_table("kill", 400);
+    proxy.set_capacity(&table, 400.0);
+    let env = [("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint.as_str())];
+    let mut cluster = Cluster::start_with_env(2, 2, &env).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // ~1 KB items, 6,000 WCU at 400 WCU/s: about 15 s of writing.
+    let sql =
+        std::fs::read_to_string(workspace_root().join("jobs/events_to_dynamodb.sql")).unwrap();
+    let job = dir.path().join("job.sql");
+    std::fs::write(&job, sql).unwrap();
+    let child = sluice()
+        .unwrap()
+        .arg("submit")
+        .arg(&job)
+        .args(["--scheduler", &cluster.endpoint])
+        .args(["--var", &format!("table={table}"), "--var", "rows=6000"])
+        .args(["--var", "partitions=4", "--var", "percent=100"])
+        .args(["--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let victim = format!("pid{}/", cluster.executors[1].id());
+    let survivor = format!("pid{}/", cluster.executors[0].id());
+    // Both executors are writing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (w, _) = writers(&cluster, &table);
+        if w.iter().any(|x| x.contains(&victim)) && w.iter().any(|x| x.contains(&survivor)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writers never ran on both executors: {w:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.kill_executor(1).unwrap();
+    let killed = Instant::now();
+    // Its leases lapse within seconds, and the table's rate is shared by
+    // the writers left.
+    loop {
+        let (w, rate) = writers(&cluster, &table);
+        if !w.iter().any(|x| x.contains(&victim)) {
+            assert!(rate > 0.0);
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the killed executor's writers kept their share: {w:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let r = report(&out);
+    let d = dynamo_summary(&r);
+    // At least once: the killed tasks ran again on the survivor.
+    assert!(d["items"].as_u64().unwrap() >= 6000, "{d}");
+    assert_eq!(scan(&table).len(), 6000);
+    let (throttled, requests) = proxy.stats(|s| (s.throttled_requests, s.batch_requests));
+    assert!(requests > 0 && throttled <= requests);
+}
