@@ -9,4 +9,5 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}
 profile=${BENCH_PROFILE:-dev}
 source scripts/test-servers.sh
 cargo build --profile "$profile" --workspace --bins
-cargo bench --profile "$profile" -p sluice-test-support --bench dynamodb
+# --workspace, not -p: the same feature set as the build above, so nothing is rebuilt.
+cargo bench --profile "$profile" --workspace --bench dynamodb

@@ -96,7 +96,7 @@ pub fn print_report(report: &JobReport, output: OutputFormat) {
                 }
                 if let Some(d) = s.write.as_ref().and_then(|w| w.dynamodb.as_ref()) {
                     println!(
-                        "line {}: wrote {} items to DynamoDB table {} ({} retried, {} dead-lettered{}), {} throttles, {} WCU ({:.0} WCU/s); writer time: build {} ms, call {} ms, response {} ms, limiter wait {} ms",
+                        "line {}: wrote {} items to DynamoDB table {} ({} retried, {} dead-lettered{}), {} throttles, {} WCU ({:.0} WCU/s of a {:.0} WCU/s budget); writer time: build {} ms, call {} ms, response {} ms, limiter wait {} ms",
                         s.line,
                         d.items,
                         d.table,
@@ -109,6 +109,7 @@ pub fn print_report(report: &JobReport, output: OutputFormat) {
                         d.throttles,
                         d.consumed_wcu,
                         d.wcu_per_sec,
+                        d.budget_wcu,
                         d.build_ms,
                         d.call_ms,
                         d.response_ms,

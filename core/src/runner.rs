@@ -86,8 +86,10 @@ pub struct DynamoOutcome {
     pub throttles: u64,
     pub calls: u64,
     pub consumed_wcu: u64,
-    /// Consumed WCU per second of the write stage.
+    /// Consumed WCU per second of the write stage, and the budget (WCU/s)
+    /// when the job was planned.
     pub wcu_per_sec: f64,
+    pub budget_wcu: f64,
     pub build_ms: u64,
     pub call_ms: u64,
     pub response_ms: u64,
@@ -613,6 +615,7 @@ impl JobRunner {
             calls: u(4),
             consumed_wcu: u(5),
             wcu_per_sec: u(5) as f64 / elapsed,
+            budget_wcu: spec.budget_hint,
             build_ms: u(6),
             call_ms: u(7),
             response_ms: u(8),

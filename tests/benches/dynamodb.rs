@@ -57,9 +57,12 @@ async fn create_table(name: &str, wcu: i64) -> Result<()> {
     Ok(())
 }
 
-async fn update_capacity(name: &str, wcu: i64) -> Result<()> {
+async fn update_capacity(proxy: &str, name: &str, wcu: i64) -> Result<()> {
     // Through the proxy, which follows UpdateTable like the service.
-    let client = sluice_core::dynamo::client::client().await;
+    let direct = sluice_core::dynamo::client::client().await;
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        direct.config().to_builder().endpoint_url(proxy).build(),
+    );
     client
         .update_table()
         .table_name(name)
@@ -145,10 +148,17 @@ fn main() -> Result<()> {
     let proxy = ThrottlingDynamo::start(&upstream)?;
     let env = [("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint.as_str())];
     let dir = tempfile::tempdir()?;
+    let only = std::env::var("SLUICE_BENCH_CASES").ok();
     let mut cases = vec![];
     for executors in [1usize, 2, 4] {
         let cluster = Cluster::start_with_env(executors, 16, &env)?;
         for partitions in [4usize, 48, 200] {
+            if only.as_ref().is_some_and(|o| {
+                !o.split(',')
+                    .any(|c| c == format!("{executors}x{partitions}"))
+            }) {
+                continue;
+            }
             let table = format!(
                 "bench-{executors}x{partitions}-{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..6]
@@ -158,14 +168,26 @@ fn main() -> Result<()> {
             proxy.reset_stats();
             let rows = wcu as u64 * secs;
             let started = Instant::now();
-            let summary = finish(submit(
-                &cluster,
-                dir.path(),
-                &table,
-                rows,
-                partitions,
-                &env,
-            )?)?;
+            let child = submit(&cluster, dir.path(), &table, rows, partitions, &env)?;
+            if std::env::var_os("SLUICE_BENCH_TRACE").is_some() {
+                while proxy.stats(|s| s.timeline.is_empty()) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                for _ in 0..40 {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let t = cluster.coordinator_tables().unwrap_or_default();
+                    let (thr, req, wcu) =
+                        proxy.stats(|s| (s.throttled_requests, s.batch_requests, s.accepted_wcu));
+                    eprintln!(
+                        "{:.1} writers={} rate={} granted={} throttled={thr}/{req} accepted_wcu={wcu}",
+                        proxy.now(),
+                        t[0]["writers"].as_array().map_or(0, Vec::len),
+                        t[0]["rate"],
+                        t[0]["granted"]
+                    );
+                }
+            }
+            let summary = finish(child)?;
             let wall = started.elapsed().as_secs_f64();
             let case = proxy.stats(|s| {
                 let first = s.timeline.first().map_or(0.0, |t| t.0);
@@ -180,6 +202,8 @@ fn main() -> Result<()> {
                     "writing_s": active,
                     "consumed_wcu_per_s": s.accepted_wcu / active,
                     "utilisation": s.accepted_wcu / active / wcu as f64,
+                    // Without the first and last second (writers starting, the last ones finishing).
+                    "utilisation_steady": rate(&s.timeline, first + 1.0, last - 1.0) / wcu as f64,
                     "batch_requests": s.batch_requests,
                     "throttled_requests": s.throttled_requests,
                     "throttled_share": s.throttled_requests as f64 / s.batch_requests.max(1) as f64,
@@ -214,17 +238,14 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut changes = vec![];
-    let mut at = proxy.now();
     for (i, (_, secs)) in phases.iter().enumerate() {
         std::thread::sleep(Duration::from_secs_f64(*secs));
         if let Some((next, _)) = phases.get(i + 1) {
-            rt()?.block_on(update_capacity(&table, *next))?;
+            rt()?.block_on(update_capacity(&proxy.endpoint, &table, *next))?;
             let t = proxy.now();
             changes.push((t, phases[i].0, *next));
-            at = t;
         }
     }
-    let _ = at;
     let summary = finish(child)?;
     let change_report = proxy.stats(|s| {
         let end = s.timeline.last().map_or(0.0, |t| t.0);

@@ -130,9 +130,11 @@ impl Shared {
     fn set_capacity(&self, table: &str, wcu: f64) {
         let now = Instant::now();
         if let Ok(mut b) = self.buckets.lock() {
+            // A new table starts with an empty bucket: no burst credit to
+            // flatter a benchmark's first second.
             let bucket = b.entry(table.to_string()).or_insert(Bucket {
                 wcu,
-                tokens: wcu,
+                tokens: 0.0,
                 last: now,
             });
             bucket.refill(now);

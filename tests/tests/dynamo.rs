@@ -154,13 +154,13 @@ fn every_item_arrives_as_typed_through_two_executors() {
     let env = [("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint.as_str())];
     let cluster = Cluster::start_with_env(2, 2, &env).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // 600 rows over 100 keys of 6 sort keys; every 7th row repeats an
-    // earlier key inside the same partition (the later row must win).
+    // 1,200 rows, two per key in a row (raw ids 2k and 2k+1 are item k):
+    // a BatchWriteItem may not name a key twice, and the later row wins.
     let sql = format!(
         "{}\nINSERT INTO t SELECT
             concat('k', CAST(id % 100 AS VARCHAR)) AS pk,
             id / 100 AS sk,
-            CASE WHEN id % 5 = 0 THEN NULL ELSE concat('name-', CAST(id AS VARCHAR)) END AS name,
+            CASE WHEN id % 5 = 0 THEN NULL ELSE concat('name-', CAST(raw AS VARCHAR)) END AS name,
             CAST(id AS DOUBLE) / 4 AS score,
             id % 2 = 0 AS ok,
             CAST(concat('b', CAST(id AS VARCHAR)) AS BYTEA) AS raw,
@@ -169,13 +169,19 @@ fn every_item_arrives_as_typed_through_two_executors() {
             make_array('a', CAST(id AS VARCHAR)) AS tags,
             make_array(id, id, 1) AS nums,
             CASE WHEN id % 3 = 0 THEN make_array() ELSE make_array('x', 'y') END AS labels
-          FROM range(0, 600, 1, 6);",
+          FROM (SELECT id AS raw, id / 2 AS id FROM range(0, 1200, 1, 6));",
         TYPED_TABLE.replace("{TBL}", &table)
     );
     let r = report(&run_job(dir.path(), &sql, &[], Some(&cluster)));
     let d = dynamo_summary(&r);
     assert_eq!(d["items"], 600, "{d}");
     assert_eq!(d["dead_lettered"], 0, "{d}");
+    assert_eq!(
+        cluster
+            .executor_metric("sluice_dynamodb_items_total")
+            .unwrap(),
+        600.0
+    );
     let items = scan(&table);
     assert_eq!(items.len(), 600);
     for id in [0i64, 1, 3, 7, 599] {
@@ -184,7 +190,7 @@ fn every_item_arrives_as_typed_through_two_executors() {
         let name = if id % 5 == 0 {
             AttributeValue::Null(true)
         } else {
-            AttributeValue::S(format!("name-{id}"))
+            AttributeValue::S(format!("name-{}", 2 * id + 1))
         };
         assert_eq!(item["name"], name, "id {id}: {item:?}");
         assert_eq!(
@@ -436,4 +442,102 @@ fn a_killed_executors_share_goes_to_the_others() {
     assert_eq!(scan(&table).len(), 6000);
     let (throttled, requests) = proxy.stats(|s| (s.throttled_requests, s.batch_requests));
     assert!(requests > 0 && throttled <= requests);
+}
+
+#[test]
+fn writers_continue_at_a_safe_share_without_the_coordinator() {
+    let table = create_table("nocoord", 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        sluice_test_support::free_port().unwrap()
+    );
+    let o = run_job(
+        dir.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE t (pk VARCHAR, sk BIGINT) STORED AS DYNAMODB
+             LOCATION 'dynamodb://{table}' OPTIONS ('write.percent' '100');
+             INSERT INTO t SELECT 'k' AS pk, id AS sk FROM range(0, 200, 1, 2);"
+        ),
+        &[("SLUICE_COORDINATOR_URL", dead.as_str())],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    let d = dynamo_summary(&report(&o));
+    assert_eq!(d["items"], 200, "{d}");
+    // 97% of the capacity: see `MAX_SHARE`.
+    assert_eq!(d["budget_wcu"], 970.0, "{d}");
+    assert!(
+        stderr.contains("DynamoDB coordinator unreachable: writing at a safe local share"),
+        "{stderr}"
+    );
+    assert_eq!(scan(&table).len(), 200);
+}
+
+#[test]
+fn the_proxy_enforces_capacity_like_the_service() {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let proxy = ThrottlingDynamo::start(&ddb_endpoint()).unwrap();
+    let table = create_table("proxy", 100);
+    proxy.set_capacity(&table, 100.0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = Instant::now();
+    let outcomes = rt().block_on(async {
+        let direct = sluice_core::dynamo::client::client().await;
+        let client = aws_sdk_dynamodb::Client::from_conf(
+            direct
+                .config()
+                .to_builder()
+                .endpoint_url(&proxy.endpoint)
+                .build(),
+        );
+        let mut outcomes = vec![];
+        for batch in 0..10 {
+            let requests: Vec<WriteRequest> = (0..25)
+                .map(|i| {
+                    let item = HashMap::from([
+                        ("pk".to_string(), AttributeValue::S("p".into())),
+                        (
+                            "sk".to_string(),
+                            AttributeValue::N((batch * 25 + i).to_string()),
+                        ),
+                    ]);
+                    WriteRequest::builder()
+                        .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+                        .build()
+                })
+                .collect();
+            let out = client
+                .batch_write_item()
+                .request_items(&table, requests)
+                .send()
+                .await;
+            outcomes.push(match out {
+                Ok(o) => o
+                    .unprocessed_items()
+                    .and_then(|u| u.get(&table))
+                    .map_or(0, Vec::len),
+                Err(e) => {
+                    let code = aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e)
+                        .unwrap_or_default()
+                        .to_string();
+                    assert_eq!(code, "ProvisionedThroughputExceededException", "{e:?}");
+                    25
+                }
+            });
+        }
+        outcomes
+    });
+    // A full bucket holds one second (100 WCU): four batches fit, then the
+    // bucket only refills at 100 WCU/s, so later batches are cut short
+    // (unprocessed items) or refused (HTTP 400).
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(&outcomes[..4], &[0, 0, 0, 0], "{outcomes:?}");
+    let written = 250 - outcomes.iter().sum::<usize>();
+    assert!(
+        (written as f64) <= 100.0 + 100.0 * elapsed + 1.0,
+        "{written} items in {elapsed:.2}s: {outcomes:?}"
+    );
+    assert_eq!(scan(&table).len(), written);
+    assert!(proxy.stats(|s| s.throttled_requests) >= 1);
 }

@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{BillingMode, KeyType, ScalarAttributeType};
 use aws_smithy_http_client::tls;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 use super::spec::TableShape;
 
@@ -110,7 +111,11 @@ pub fn describe_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: 
 
 /// `DescribeTable`, reduced to what a write needs.
 pub async fn describe(client: &Client, table: &str) -> Result<TableShape, String> {
-    let call = client.describe_table().table_name(table).send();
+    let call = client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .instrument(tracing::debug_span!("dynamodb.describe_table", table));
     let out = tokio::time::timeout(DESCRIBE_TIMEOUT, call)
         .await
         .map_err(|_| {

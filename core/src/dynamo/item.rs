@@ -494,6 +494,31 @@ mod tests {
     }
 
     #[test]
+    fn structs_and_maps_become_maps() -> Result<(), String> {
+        use arrow::array::{MapBuilder, StringBuilder, StructArray};
+        let s = StructArray::from(vec![(
+            Arc::new(Field::new("n", DataType::Int64, true)),
+            Arc::new(Int64Array::from(vec![5])) as ArrayRef,
+        )]);
+        let mut m = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        m.keys().append_value("a");
+        m.values().append_value("b");
+        m.append(true).map_err(|e| e.to_string())?;
+        let m = m.finish();
+        let s: ArrayRef = Arc::new(s);
+        let m: ArrayRef = Arc::new(m);
+        let AttributeValue::M(got) = value_at(&s, 0)? else {
+            return Err("struct is not M".into());
+        };
+        assert_eq!(got["n"], AttributeValue::N("5".into()));
+        let AttributeValue::M(got) = value_at(&m, 0)? else {
+            return Err("map is not M".into());
+        };
+        assert_eq!(got["a"], AttributeValue::S("b".into()));
+        Ok(())
+    }
+
+    #[test]
     fn unsupported_types_name_the_column() {
         let schema = Schema::new(vec![Field::new(
             "span",

