@@ -521,16 +521,10 @@ impl JobRunner {
         let stmt_err = SluiceError::in_statement(file, line);
         preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
         self.set_job_name(file, line);
-        let planned = async {
-            let plan = WriteNode::try_new(input, spec.clone())?.into_plan();
-            self.ctx
-                .execute_logical_plan(plan)
-                .await?
-                .create_physical_plan()
-                .await
-        }
-        .await
-        .map_err(stmt_err)?;
+        let planned = self
+            .plan_physical(WriteNode::try_new(input, spec.clone()).map(WriteNode::into_plan))
+            .await
+            .map_err(stmt_err)?;
         let result = self.execute(planned).await;
         let (job_id, batches) = match result {
             Ok(r) => r,
@@ -562,6 +556,18 @@ impl JobRunner {
         ))
     }
 
+    /// Plans a logical plan built by sluice (a write node over a query).
+    async fn plan_physical(
+        &self,
+        plan: Result<LogicalPlan, DataFusionError>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        self.ctx
+            .execute_logical_plan(plan?)
+            .await?
+            .create_physical_plan()
+            .await
+    }
+
     /// `INSERT INTO` a DynamoDB table: checks the key schema against
     /// `DescribeTable` before anything runs, then writes through the
     /// cluster's writers and limiter.
@@ -582,16 +588,12 @@ impl JobRunner {
             .await
             .map_err(|e| stmt_err(DataFusionError::Plan(e)))?;
         self.set_job_name(file, line);
-        let planned = async {
-            let plan = DynamoWriteNode::try_new(input, spec.clone())?.into_plan();
-            self.ctx
-                .execute_logical_plan(plan)
-                .await?
-                .create_physical_plan()
-                .await
-        }
-        .await
-        .map_err(stmt_err)?;
+        let planned = self
+            .plan_physical(
+                DynamoWriteNode::try_new(input, spec.clone()).map(DynamoWriteNode::into_plan),
+            )
+            .await
+            .map_err(stmt_err)?;
         let (job_id, batches) = self.execute(planned).await.map_err(stmt_err)?;
         let batch = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| {
             stmt_err(DataFusionError::Execution(

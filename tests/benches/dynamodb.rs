@@ -4,7 +4,10 @@
 //! for executors {1, 2, 4} x input partitions {4, 48, 200}, then one run
 //! whose capacity changes mid-job, with the time each change took to be
 //! followed. Settings: `SLUICE_BENCH_WCU` (default 2000),
-//! `SLUICE_BENCH_SECS` (seconds of writing per case, default 12).
+//! `SLUICE_BENCH_SECS` (seconds of writing per case, default 12),
+//! `SLUICE_BENCH_CASES` (e.g. `2x200,4x48`: only these cases),
+//! `SLUICE_BENCH_TRACE` (print the coordinator's rate and grants every
+//! 300 ms, and the first throttled admissions, on stderr).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -188,6 +191,13 @@ fn main() -> Result<()> {
                 }
             }
             let summary = finish(child)?;
+            if std::env::var_os("SLUICE_BENCH_TRACE").is_some() {
+                proxy.stats(|s| {
+                    for a in s.admissions.iter().filter(|a| a.2 < a.1).take(40) {
+                        eprintln!("throttle {a:?}");
+                    }
+                });
+            }
             let wall = started.elapsed().as_secs_f64();
             let case = proxy.stats(|s| {
                 let first = s.timeline.first().map_or(0.0, |t| t.0);

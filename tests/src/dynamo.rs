@@ -47,6 +47,8 @@ pub struct Stats {
     pub accepted_wcu: f64,
     /// (seconds since start, WCU accepted) per forwarded batch.
     pub timeline: Vec<(f64, f64)>,
+    /// (seconds since start, items asked, items admitted, tokens before) per batch.
+    pub admissions: Vec<(f64, usize, usize, f64)>,
     /// Seconds since start of each throttled answer.
     pub throttle_times: Vec<f64>,
     /// (seconds since start, table, new WCU) per capacity change.
@@ -130,11 +132,13 @@ impl Shared {
     fn set_capacity(&self, table: &str, wcu: f64) {
         let now = Instant::now();
         if let Ok(mut b) = self.buckets.lock() {
-            // A new table starts with an empty bucket: no burst credit to
-            // flatter a benchmark's first second.
+            // A new table starts with a full bucket (one second of credit),
+            // as the service starts a table with burst credit; an empty one
+            // throttles the first requests of a job submitted right after
+            // the table was created.
             let bucket = b.entry(table.to_string()).or_insert(Bucket {
                 wcu,
-                tokens: 0.0,
+                tokens: wcu,
                 last: now,
             });
             bucket.refill(now);
@@ -163,6 +167,7 @@ impl Shared {
             return (costs.len(), costs.iter().sum());
         };
         bucket.refill(Instant::now());
+        let before = bucket.tokens;
         let mut fit = 0;
         let mut taken = 0.0;
         for c in costs {
@@ -173,6 +178,9 @@ impl Shared {
             taken += c;
             fit += 1;
         }
+        let t = self.started.elapsed().as_secs_f64();
+        drop(buckets);
+        self.stats(|s| s.admissions.push((t, costs.len(), fit, before)));
         (fit, taken)
     }
 

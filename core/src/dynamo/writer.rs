@@ -41,6 +41,8 @@ use super::spec::DynamoSpec;
 /// BatchWriteItem's limits.
 const MAX_BATCH_ITEMS: usize = 25;
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// A batch holds about this many seconds of the writer's share.
+const BATCH_SECONDS: f64 = 0.5;
 
 fn external(reason: String) -> DataFusionError {
     DataFusionError::External(reason.into())
@@ -188,14 +190,10 @@ impl ExecutionPlan for DynamoWriterExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match children.pop() {
-            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child, self.spec.clone()))),
-            _ => Err(DataFusionError::Internal(
-                "SluiceDynamoWriterExec takes exactly one child".into(),
-            )),
-        }
+        let child = crate::write::only_child(children, "SluiceDynamoWriterExec")?;
+        Ok(Arc::new(Self::new(child, self.spec.clone())))
     }
 
     fn execute(
@@ -275,6 +273,7 @@ async fn write_partition(
         let mut pending: Vec<Item> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         let mut pending_bytes = 0usize;
+        let mut pending_wcu = 0u64;
         while let Some(batch) = input.try_next().await? {
             let t = Instant::now();
             let items = item::batch_to_items(&batch, &spec.options.set_columns, &keys)
@@ -305,18 +304,29 @@ async fn write_partition(
                 let key = item::key_text(&item, &keys);
                 if let Some(&at) = by_key.get(&key) {
                     pending_bytes = pending_bytes + item.bytes - pending[at].bytes;
+                    pending_wcu = pending_wcu + spec.wcu(&item) - spec.wcu(&pending[at]);
                     pending[at] = item;
                     w.report.duplicates += 1;
                     continue;
                 }
-                if pending.len() == MAX_BATCH_ITEMS || pending_bytes + item.bytes > MAX_BATCH_BYTES
+                let wcu = spec.wcu(&item);
+                // Batches are sized to about BATCH_SECONDS of this writer's
+                // share: with many writers on a small share, 25-item batches
+                // would leave each writer silent for seconds and then send
+                // in clumps the table's one-second bucket cannot absorb.
+                let share = (limiter.rate() * BATCH_SECONDS) as u64;
+                if pending.len() == MAX_BATCH_ITEMS
+                    || pending_bytes + item.bytes > MAX_BATCH_BYTES
+                    || (!pending.is_empty() && pending_wcu + wcu > share)
                 {
                     w.flush(std::mem::take(&mut pending)).await?;
                     by_key.clear();
                     pending_bytes = 0;
+                    pending_wcu = 0;
                 }
                 by_key.insert(key, pending.len());
                 pending_bytes += item.bytes;
+                pending_wcu += wcu;
                 pending.push(item);
             }
         }
@@ -631,14 +641,10 @@ impl ExecutionPlan for DynamoCommitExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match children.pop() {
-            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child, self.spec.clone()))),
-            _ => Err(DataFusionError::Internal(
-                "SluiceDynamoCommitExec takes exactly one child".into(),
-            )),
-        }
+        let child = crate::write::only_child(children, "SluiceDynamoCommitExec")?;
+        Ok(Arc::new(Self::new(child, self.spec.clone())))
     }
 
     fn execute(

@@ -118,14 +118,10 @@ impl ExecutionPlan for CommitExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match children.pop() {
-            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child, self.spec.clone()))),
-            _ => Err(DataFusionError::Internal(
-                "SluiceCommitExec takes exactly one child".into(),
-            )),
-        }
+        let child = crate::write::only_child(children, "SluiceCommitExec")?;
+        Ok(Arc::new(Self::new(child, self.spec.clone())))
     }
 
     fn execute(

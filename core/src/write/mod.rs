@@ -20,3 +20,16 @@ pub use spec::{
     normalize_output_url,
 };
 pub use writer::{WriterExec, parquet_properties, written_file_schema};
+
+/// The one child of a single-input operator, or an error naming it.
+pub(crate) fn only_child(
+    mut children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    name: &str,
+) -> datafusion::common::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    match children.pop() {
+        Some(child) if children.is_empty() => Ok(child),
+        _ => Err(datafusion::common::DataFusionError::Internal(format!(
+            "{name} takes exactly one child"
+        ))),
+    }
+}

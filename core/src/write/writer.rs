@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::Result;
 use datafusion::common::config::{ConfigField, TableParquetOptions};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
@@ -165,14 +165,10 @@ impl ExecutionPlan for WriterExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match children.pop() {
-            Some(child) if children.is_empty() => Ok(Arc::new(Self::new(child, self.spec.clone()))),
-            _ => Err(DataFusionError::Internal(
-                "SluiceWriterExec takes exactly one child".into(),
-            )),
-        }
+        let child = crate::write::only_child(children, "SluiceWriterExec")?;
+        Ok(Arc::new(Self::new(child, self.spec.clone())))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
