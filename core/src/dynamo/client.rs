@@ -66,6 +66,16 @@ pub enum Failure {
 /// Classifies an SDK error by its code, as DynamoDB documents them.
 pub fn classify<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Failure {
     match err {
+        // Credentials that cannot be loaded, or a request the client cannot
+        // build, fail the same way on every attempt.
+        SdkError::DispatchFailure(d)
+            if d.is_user()
+                || (d.is_other()
+                    && d.as_other()
+                        != Some(aws_smithy_types::retry::ErrorKind::TransientError)) =>
+        {
+            Failure::Fatal
+        }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             Failure::Transient
         }

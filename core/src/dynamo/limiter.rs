@@ -11,7 +11,8 @@
 //!
 //! The rate starts at the budget (capacity x `write.percent`, capped by
 //! `write.max_units`), which the coordinator re-reads with `DescribeTable`
-//! every [`DESCRIBE_EVERY`]. Throttles reported by any writer cut the rate
+//! every [`DESCRIBE_EVERY`], or after [`DESCRIBE_SOON`] once writers report
+//! throttles. Throttles reported by any writer cut the rate
 //! (by 10%, once per [`DECREASE_EVERY`]); without throttles it grows back
 //! toward the budget by 3% of it per second.
 //!
@@ -36,6 +37,9 @@ use super::spec::{DynamoOptions, TableShape};
 pub const RENEW: Duration = Duration::from_millis(250);
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 pub const DESCRIBE_EVERY: Duration = Duration::from_secs(2);
+/// After throttles, the capacity is read again this soon (a lowered
+/// capacity is otherwise seen only at the next regular read).
+pub const DESCRIBE_SOON: Duration = Duration::from_millis(500);
 pub const DECREASE_EVERY: Duration = Duration::from_secs(1);
 /// Multiplicative decrease on throttling.
 const DECREASE: f64 = 0.9;
@@ -126,6 +130,9 @@ struct TableState {
     leases: HashMap<String, Lease>,
     last_describe: Option<Instant>,
     describing: bool,
+    /// Throttles were reported: read the capacity again soon, it may
+    /// have been lowered.
+    describe_soon: bool,
     last_decrease: Instant,
     last_tick: Instant,
     consumed: f64,
@@ -217,6 +224,7 @@ impl Coordinator {
                 leases: HashMap::new(),
                 last_describe: None,
                 describing: false,
+                describe_soon: false,
                 last_decrease: now - DECREASE_EVERY,
                 last_tick: now,
                 consumed: 0.0,
@@ -233,6 +241,9 @@ impl Coordinator {
             }
             state.consumed += req.consumed_wcu;
             state.throttles += req.throttles;
+            if req.throttles > 0 {
+                state.describe_soon = true;
+            }
             if req.throttles > 0 && now.duration_since(state.last_decrease) >= DECREASE_EVERY {
                 state.rate = (state.rate * DECREASE).max(state.budget * FLOOR);
                 state.last_decrease = now;
@@ -316,9 +327,14 @@ impl Coordinator {
                 if now.duration_since(s.last_decrease) >= DECREASE_EVERY {
                     s.rate = (s.rate + s.budget * INCREASE_PER_SEC * dt).min(s.budget);
                 }
+                let every = if s.describe_soon {
+                    DESCRIBE_SOON
+                } else {
+                    DESCRIBE_EVERY
+                };
                 let stale = s
                     .last_describe
-                    .is_none_or(|t| now.duration_since(t) >= DESCRIBE_EVERY);
+                    .is_none_or(|t| now.duration_since(t) >= every);
                 if !s.leases.is_empty() && stale && !s.describing {
                     s.describing = true;
                     due.push(name.clone());
@@ -339,6 +355,7 @@ impl Coordinator {
                         return;
                     };
                     s.describing = false;
+                    s.describe_soon = false;
                     s.last_describe = Some(Instant::now());
                     match shape {
                         Ok(shape) => {
