@@ -4,7 +4,8 @@
 //! for executors {1, 2, 4} x input partitions {4, 48, 200}, then one run
 //! whose capacity changes mid-job, with the time each change took to be
 //! followed. Settings: `SLUICE_BENCH_WCU` (default 2000),
-//! `SLUICE_BENCH_SECS` (seconds of writing per case, default 12),
+//! `SLUICE_BENCH_SECS` (seconds of writing per case, default 30: shorter
+//! runs are dominated by the second of ramp-up and tail),
 //! `SLUICE_BENCH_CASES` (e.g. `2x200,4x48`: only these cases),
 //! `SLUICE_BENCH_TRACE` (print the coordinator's rate and grants every
 //! 300 ms, and the first throttled admissions, on stderr).
@@ -147,7 +148,7 @@ fn main() -> Result<()> {
     let secs: u64 = std::env::var("SLUICE_BENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(30);
     let proxy = ThrottlingDynamo::start(&upstream)?;
     let env = [("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint.as_str())];
     let dir = tempfile::tempdir()?;
