@@ -586,3 +586,44 @@ fn items_dynamodb_refuses_are_dead_lettered_with_its_reason() {
     );
     assert_eq!(record["item"]["sk"]["N"], "3");
 }
+
+#[test]
+fn dead_letters_can_go_to_s3() {
+    let s3 = sluice_test_support::s3::S3::from_env().unwrap();
+    let bucket = s3.new_bucket("dead").unwrap();
+    let table = create_table("s3dead", 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let r = report(&run_job(
+        dir.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE t (pk VARCHAR, sk BIGINT, body VARCHAR) STORED AS DYNAMODB
+             LOCATION 'dynamodb://{table}'
+             OPTIONS ('write.percent' '100', 'write.dead_letter' 's3://{bucket}/dead/');
+             INSERT INTO t SELECT 'k' AS pk, id AS sk,
+               CASE WHEN id % 10 = 0 THEN repeat('x', 420000) ELSE 'small' END AS body
+             FROM range(0, 30, 1, 2);"
+        ),
+        &[],
+        None,
+    ));
+    let d = dynamo_summary(&r);
+    assert_eq!(d["items"], 27, "{d}");
+    assert_eq!(d["dead_lettered"], 3, "{d}");
+    assert!(
+        d["dead_letter"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{bucket}/dead"))
+    );
+    let mut sks = vec![];
+    for object in s3.list(&bucket, "dead/").unwrap() {
+        let body = s3.get(&bucket, &object.key).unwrap();
+        for line in String::from_utf8(body).unwrap().lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            sks.push(record["item"]["sk"]["N"].as_str().unwrap().to_string());
+        }
+    }
+    sks.sort();
+    assert_eq!(sks, ["0", "10", "20"]);
+    assert_eq!(scan(&table).len(), 27);
+}
