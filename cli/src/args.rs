@@ -81,6 +81,16 @@ pub enum Command {
     },
     /// Cancel a running job.
     Cancel { job_id: String },
+    /// Show the DynamoDB write coordinator's tables: budget, current rate,
+    /// live writers and their grants, consumed WCU, throttles.
+    Limiter {
+        /// The coordinator (`http://host:port`); default: the scheduler's
+        /// host on port 50090.
+        #[arg(long)]
+        coordinator: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Abort the uploads and remove the staging of writes to OUTPUT whose
     /// client died before it could (killed with SIGKILL, lost its machine).
     Clean {

@@ -182,3 +182,29 @@ pub fn print_status(job: &serde_json::Value, p: &JobProgress, output: OutputForm
         println!("{s}");
     }
 }
+
+pub fn print_limiter(tables: &[sluice_core::dynamo::limiter::TableStatus], output: OutputFormat) {
+    if output == OutputFormat::Json {
+        match serde_json::to_string_pretty(tables) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot render as JSON: {e}"),
+        }
+        return;
+    }
+    println!(
+        "{:<32} {:>10} {:>10} {:>8} {:>10} {:>12} {:>10}",
+        "TABLE", "BUDGET", "RATE", "WRITERS", "GRANTED", "CONSUMED", "THROTTLES"
+    );
+    for t in tables {
+        println!(
+            "{:<32} {:>10.0} {:>10.0} {:>8} {:>10.0} {:>12.0} {:>10}",
+            t.table,
+            t.budget,
+            t.rate,
+            t.writers.len(),
+            t.granted,
+            t.consumed_wcu,
+            t.throttles
+        );
+    }
+}

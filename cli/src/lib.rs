@@ -75,6 +75,26 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             run_job(&job, &cluster.endpoint, timeout).await
         }
         Command::Submit { job } => run_job(&job, &config.scheduler, timeout).await,
+        Command::Limiter {
+            coordinator,
+            output,
+        } => {
+            let url = coordinator.unwrap_or_else(|| {
+                let host = config
+                    .scheduler
+                    .rsplit_once(':')
+                    .map_or(config.scheduler.as_str(), |(h, _)| h);
+                format!(
+                    "http://{host}:{}",
+                    sluice_core::dynamo::limiter::DEFAULT_COORDINATOR_PORT
+                )
+            });
+            let tables = sluice_core::dynamo::limiter::fetch_status(&url, timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!("DynamoDB coordinator at {url}: {e}"))?;
+            display::print_limiter(&tables, output);
+            Ok(())
+        }
         Command::Jobs { output } => {
             runner::wait_for_scheduler(&config.scheduler, timeout).await?;
             let jobs = SchedulerApi::new(&config.scheduler)?.jobs().await?;

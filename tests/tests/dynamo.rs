@@ -423,6 +423,24 @@ fn a_killed_executors_share_goes_to_the_others() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The CLI shows the same view of the limiter.
+    let shown = run_with_timeout(
+        sluice()
+            .unwrap()
+            .args(["limiter", "--coordinator", &cluster.coordinator])
+            .args(["--output", "json"]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let tables: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let shown = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table.as_str())
+        .expect("the table in `sluice limiter`");
+    assert_eq!(shown["budget"], 388.0, "97% of 400 WCU: {shown}");
+    assert!(!shown["writers"].as_array().unwrap().is_empty(), "{shown}");
     cluster.kill_executor(1).unwrap();
     let killed = Instant::now();
     // Its leases lapse within seconds, and the table's rate is shared by

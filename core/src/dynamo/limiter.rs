@@ -388,6 +388,22 @@ async fn tables(State(c): State<Coordinator>) -> Json<Vec<TableStatus>> {
     Json(c.status())
 }
 
+/// `GET /v1/dynamodb/tables` of the coordinator at `url`.
+pub async fn fetch_status(url: &str, timeout: Duration) -> Result<Vec<TableStatus>, String> {
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    http.get(format!("{}/v1/dynamodb/tables", url.trim_end_matches('/')))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A writer's side: a token bucket at the writer's share, kept up to date
 /// by a background lease loop.
 pub struct Limiter {
