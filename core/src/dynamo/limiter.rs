@@ -458,8 +458,9 @@ impl Limiter {
                 // Writers of one stage start together; starting each in a
                 // random part of a batch's debt spreads their first
                 // requests over one batch interval instead of sending them
-                // all at once (measured with 200 writers on a 2,000 WCU
-                // table: bursts of 5,000 WCU and 9-16% throttled requests).
+                // all at once (200 writers x 25 WCU could offer a 2,000 WCU
+                // table 5,000 WCU at once; measured before this: 9-18%
+                // throttled requests with 200 writers).
                 tokens: -unit_random() * 25.0,
                 last: Instant::now(),
             }),

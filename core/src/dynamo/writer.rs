@@ -18,10 +18,9 @@ use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{PutRequest, ReturnConsumedCapacity, WriteRequest};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -169,32 +168,7 @@ impl DisplayAs for DynamoWriterExec {
 }
 
 impl ExecutionPlan for DynamoWriterExec {
-    fn name(&self) -> &str {
-        "SluiceDynamoWriterExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let child = crate::write::only_child(children, "SluiceDynamoWriterExec")?;
-        Ok(Arc::new(Self::new(child, self.spec.clone())))
-    }
+    crate::write::single_input_plan!("SluiceDynamoWriterExec");
 
     fn execute(
         &self,
@@ -279,6 +253,12 @@ async fn write_partition(
             let items = item::batch_to_items(&batch, &spec.options.set_columns, &keys)
                 .map_err(|e| external(format!("table '{}': {e}", spec.table)))?;
             w.report.build_ms += t.elapsed().as_millis() as u64;
+            // Batches are sized to about BATCH_SECONDS of this writer's
+            // share: with many writers on a small share, 25-item batches
+            // would leave each writer silent for seconds and then send in
+            // clumps the table's one-second bucket cannot absorb.
+            // Read again after every flush, when a renewal may have changed it.
+            let mut share = (limiter.rate() * BATCH_SECONDS) as u64;
             for (row, result) in items.into_iter().enumerate() {
                 let item = match result {
                     Ok(item) => item,
@@ -310,11 +290,6 @@ async fn write_partition(
                     continue;
                 }
                 let wcu = spec.wcu(&item);
-                // Batches are sized to about BATCH_SECONDS of this writer's
-                // share: with many writers on a small share, 25-item batches
-                // would leave each writer silent for seconds and then send
-                // in clumps the table's one-second bucket cannot absorb.
-                let share = (limiter.rate() * BATCH_SECONDS) as u64;
                 if pending.len() == MAX_BATCH_ITEMS
                     || pending_bytes + item.bytes > MAX_BATCH_BYTES
                     || (!pending.is_empty() && pending_wcu + wcu > share)
@@ -323,6 +298,7 @@ async fn write_partition(
                     by_key.clear();
                     pending_bytes = 0;
                     pending_wcu = 0;
+                    share = (limiter.rate() * BATCH_SECONDS) as u64;
                 }
                 by_key.insert(key, pending.len());
                 pending_bytes += item.bytes;
@@ -616,35 +592,10 @@ impl DisplayAs for DynamoCommitExec {
 }
 
 impl ExecutionPlan for DynamoCommitExec {
-    fn name(&self) -> &str {
-        "SluiceDynamoCommitExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
+    crate::write::single_input_plan!("SluiceDynamoCommitExec");
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
         vec![Distribution::SinglePartition]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let child = crate::write::only_child(children, "SluiceDynamoCommitExec")?;
-        Ok(Arc::new(Self::new(child, self.spec.clone())))
     }
 
     fn execute(
@@ -652,17 +603,12 @@ impl ExecutionPlan for DynamoCommitExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "SluiceDynamoCommitExec has one partition, asked for {partition}"
-            )));
-        }
+        crate::write::only_partition_zero("SluiceDynamoCommitExec", partition)?;
         let input = self.input.execute(0, context)?;
         let spec = self.spec.clone();
         let fut = async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let mut total = WriterReport::default();
-            let mut dead_files = Vec::new();
             for batch in &batches {
                 let col = batch
                     .column(0)
@@ -672,9 +618,6 @@ impl ExecutionPlan for DynamoCommitExec {
                 for text in col.iter().flatten() {
                     let r: WriterReport =
                         serde_json::from_str(text).map_err(|e| external(e.to_string()))?;
-                    if let Some(f) = &r.dead_letter_file {
-                        dead_files.push(f.clone());
-                    }
                     total.add(&r);
                 }
             }

@@ -11,10 +11,9 @@ use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::UInt64Type;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -89,17 +88,7 @@ impl DisplayAs for CommitExec {
 }
 
 impl ExecutionPlan for CommitExec {
-    fn name(&self) -> &str {
-        "SluiceCommitExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
+    crate::write::single_input_plan!("SluiceCommitExec");
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
         vec![Distribution::SinglePartition]
@@ -109,31 +98,12 @@ impl ExecutionPlan for CommitExec {
         vec![false]
     }
 
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let child = crate::write::only_child(children, "SluiceCommitExec")?;
-        Ok(Arc::new(Self::new(child, self.spec.clone())))
-    }
-
     fn execute(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "SluiceCommitExec has one partition, asked for {partition}"
-            )));
-        }
+        crate::write::only_partition_zero("SluiceCommitExec", partition)?;
         let expected = self.writer_partitions();
         let input = self.input.execute(0, Arc::clone(&context))?;
         let spec = self.spec.clone();

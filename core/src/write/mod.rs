@@ -21,6 +21,59 @@ pub use spec::{
 };
 pub use writer::{WriterExec, parquet_properties, written_file_schema};
 
+/// The `ExecutionPlan` methods sluice's write and commit operators share:
+/// each holds `input`, `spec` and `properties`, is rebuilt with
+/// `Self::new(child, spec)`, and has no expressions of its own.
+macro_rules! single_input_plan {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(
+            &self,
+        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
+            vec![&self.input]
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(
+                &::std::sync::Arc<dyn ::datafusion::physical_expr::PhysicalExpr>,
+            ) -> ::datafusion::common::Result<
+                ::datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> ::datafusion::common::Result<::datafusion::common::tree_node::TreeNodeRecursion> {
+            Ok(::datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+
+        fn with_new_children(
+            self: ::std::sync::Arc<Self>,
+            children: Vec<::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>>,
+        ) -> ::datafusion::common::Result<
+            ::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>,
+        > {
+            let child = $crate::write::only_child(children, $name)?;
+            Ok(::std::sync::Arc::new(Self::new(child, self.spec.clone())))
+        }
+    };
+}
+pub(crate) use single_input_plan;
+
+/// Operators that gather every writer's report run as one partition.
+pub(crate) fn only_partition_zero(name: &str, partition: usize) -> datafusion::common::Result<()> {
+    if partition != 0 {
+        return Err(datafusion::common::DataFusionError::Internal(format!(
+            "{name} has one partition, asked for {partition}"
+        )));
+    }
+    Ok(())
+}
+
 /// The one child of a single-input operator, or an error naming it.
 pub(crate) fn only_child(
     mut children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,

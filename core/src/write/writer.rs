@@ -11,7 +11,6 @@ use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::Result;
 use datafusion::common::config::{ConfigField, TableParquetOptions};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
@@ -119,9 +118,7 @@ pub fn parquet_properties(
 }
 
 impl ExecutionPlan for WriterExec {
-    fn name(&self) -> &str {
-        "SluiceWriterExec"
-    }
+    crate::write::single_input_plan!("SluiceWriterExec");
 
     /// A partitioned write in `hash` distribution wants each partition value
     /// in one writer (one shuffle, planned by DataFusion), so that with
@@ -146,29 +143,6 @@ impl ExecutionPlan for WriterExec {
             // A missing column fails in the writer, with its name.
             None => vec![Distribution::UnspecifiedDistribution],
         }
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let child = crate::write::only_child(children, "SluiceWriterExec")?;
-        Ok(Arc::new(Self::new(child, self.spec.clone())))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
