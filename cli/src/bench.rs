@@ -77,6 +77,9 @@ pub enum Bench {
         /// Input partitions (map tasks).
         #[arg(long, default_value_t = 42)]
         partitions: u64,
+        /// Rounds of skew, hash and none, interleaved; times are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         #[command(flatten)]
         common: CompareArgs,
     },
@@ -113,11 +116,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             rows,
             target,
             partitions,
+            rounds,
             common,
         } => {
             let scratch = common.scratch()?;
-            let report =
-                partitioned_bench(rows, target, partitions, scratch.path(), common.spark()).await?;
+            let shape = PartitionedShape {
+                rows,
+                target,
+                partitions,
+                rounds: rounds.max(1),
+            };
+            let report = partitioned_bench(shape, scratch.path(), common.spark()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -188,13 +197,31 @@ fn file_figures(name: &str, secs: f64, files: &[(String, u64)], ideal: u64, targ
     })
 }
 
-async fn partitioned_bench(
+struct PartitionedShape {
     rows: u64,
     target: u64,
     partitions: u64,
+    rounds: usize,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+const PARTITIONED_MODES: [&str; 3] = ["skew", "hash", "none"];
+
+async fn partitioned_bench(
+    shape: PartitionedShape,
     dir: &Path,
     spark_python: Option<&str>,
 ) -> Result<Value> {
+    let PartitionedShape {
+        rows,
+        target,
+        partitions,
+        rounds,
+    } = shape;
     let seed = 1u64;
     let mut per_id: HashMap<i64, u64> = HashMap::new();
     for r in 0..rows {
@@ -206,37 +233,50 @@ async fn partitioned_bench(
     let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
     let ctx = runner::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
+    // Modes interleaved round by round, so a noisy minute hits them alike.
+    let mut times: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut last_files: HashMap<&str, FileRows> = HashMap::new();
+    for _ in 0..rounds {
+        for mode in PARTITIONED_MODES {
+            let out = dir.join(mode);
+            let sql = format!(
+                "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, {partitions})) \
+                 TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
+                 OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' '{mode}');",
+                out.display()
+            );
+            let t = Instant::now();
+            let report = runner
+                .run(&format!("partitioned-{mode}.sql"), &sql, &HashMap::new())
+                .await?;
+            let secs = t.elapsed().as_secs_f64();
+            if report.rows_written != rows {
+                bail!(
+                    "{mode}: wrote {} rows, expected {rows}",
+                    report.rows_written
+                );
+            }
+            let files = file_rows(&out)?;
+            let counted: u64 = files.iter().map(|(_, r)| r).sum();
+            if counted != rows {
+                bail!("{mode}: the files hold {counted} rows, expected {rows}");
+            }
+            times.entry(mode).or_default().push(secs);
+            last_files.insert(mode, files);
+            std::fs::remove_dir_all(&out)?;
+        }
+    }
     let mut runs = vec![];
     let mut seconds = HashMap::new();
-    for mode in ["hash", "none"] {
-        let out = dir.join(mode);
-        let sql = format!(
-            "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, {partitions})) \
-             TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
-             OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' '{mode}');",
-            out.display()
-        );
-        let t = Instant::now();
-        let report = runner
-            .run(&format!("partitioned-{mode}.sql"), &sql, &HashMap::new())
-            .await?;
-        let secs = t.elapsed().as_secs_f64();
-        if report.rows_written != rows {
-            bail!(
-                "{mode}: wrote {} rows, expected {rows}",
-                report.rows_written
-            );
-        }
-        let files = file_rows(&out)?;
-        runs.push(file_figures(
-            &format!("sluice_{mode}"),
-            secs,
-            &files,
-            ideal,
-            target,
-        ));
+    for mode in PARTITIONED_MODES {
+        let all = times.remove(mode).unwrap_or_default();
+        let secs = median(all.clone());
+        let files = last_files.remove(mode).unwrap_or_default();
+        let mut figures = file_figures(&format!("sluice_{mode}"), secs, &files, ideal, target);
+        figures["seconds_each_round"] = json!(all);
+        figures["max_files_per_id_over_ideal"] = json!(per_id_excess(&files, &per_id, target));
+        runs.push(figures);
         seconds.insert(mode, secs);
-        std::fs::remove_dir_all(&out)?;
     }
     // A failed Spark run is reported, not fatal: sluice's figures stand.
     let (spark, spark_error) = match spark_python {
@@ -261,16 +301,39 @@ async fn partitioned_bench(
         "rows": rows,
         "target_file_rows": target,
         "input_partitions": partitions,
+        "rounds": rounds,
         "ideal_files": ideal,
         "ids": per_id.len(),
         "runs": runs,
         "ratios": {
+            "skew_time_over_hash": r(seconds["skew"], seconds["hash"]),
+            "skew_time_over_none": r(seconds["skew"], seconds["none"]),
             "hash_time_over_none": r(seconds["hash"], seconds["none"]),
+            "skew_time_over_spark": spark.as_ref().map(|(s, _)| r(seconds["skew"], *s)),
             "hash_time_over_spark": spark.as_ref().map(|(s, _)| r(seconds["hash"], *s)),
         },
         "spark_error": spark_error,
-        "note": "hash: one shuffle by id, each id written by one task, files rolled at the target; none: no shuffle, every task writes every id it sees; Spark: REBALANCE(id) with AQE, maxRecordsPerFile = target",
+        "note": "sluice times are medians over the rounds and include generating the rows; Spark's excludes it (cached first). skew: one shuffle, each id cut into chunks of the target as rows pass the map side, one file per chunk; hash: one shuffle by id, each id written by one task, files rolled at the target; none: no shuffle, every task writes every id it sees; Spark: REBALANCE(id) with AQE, maxRecordsPerFile = target",
     }))
+}
+
+/// The largest excess of an id's file count over `ceil(rows / target)`.
+fn per_id_excess(files: &FileRows, per_id: &HashMap<i64, u64>, target: u64) -> i64 {
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for (dir, _) in files {
+        *counts.entry(dir.as_str()).or_insert(0) += 1;
+    }
+    per_id
+        .iter()
+        .map(|(id, rows)| {
+            let got = counts
+                .get(format!("id={id}").as_str())
+                .copied()
+                .unwrap_or(0);
+            got - rows.div_ceil(target) as i64
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Spark 4's `REBALANCE(id)` on the same rows (generated in Python with the

@@ -18,8 +18,13 @@ impl EmbeddedCluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the embedded scheduler")?;
-        let config =
-            SchedulerConfig::default().with_scheduler_policy(TaskSchedulingPolicy::PullStaged);
+        // A finished job's shuffle files go after 30 s rather than Ballista's
+        // 300: nobody reads them once the client has the (small) result, and
+        // back-to-back jobs of a long `sluice run` or bench otherwise keep
+        // gigabytes each on local disk.
+        let config = SchedulerConfig::default()
+            .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
+            .with_finished_job_data_clean_up_interval_seconds(30);
         let (addr, _handle) = sluice_scheduler::start_in_process(listener, config)
             .await
             .context("starting the embedded scheduler")?;

@@ -14,6 +14,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ballista's in-process executors put their shuffle files in a temporary
+    // directory they never remove (the `TempDir` is dropped at once); on a
+    // busy machine `/tmp` filled up with gigabytes per run. Giving this
+    // process its own `TMPDIR`, removed on exit, keeps them contained. Set
+    // before any thread starts: `set_var` is only sound single-threaded.
+    let scratch = tempfile::Builder::new().prefix("sluice-run-").tempdir();
+    if let Ok(dir) = &scratch {
+        // SAFETY: no other thread exists yet (the runtime and the logger's
+        // writer are created below).
+        unsafe { std::env::set_var("TMPDIR", dir.path()) };
+    }
     let log = sluice_cli::load_config(&cli)
         .map(|c| c.log)
         .unwrap_or_else(|_| sluice_core::config::DEFAULT_LOG.into());
@@ -33,11 +44,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sluice_cli::dispatch(cli)) {
+    let code = match runtime.block_on(sluice_cli::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Executors may still hold files open; stop them before removing.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    drop(scratch);
+    code
 }

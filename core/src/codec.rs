@@ -22,6 +22,7 @@ use sluice_udfs::range::{RangeExec, RangeSpec, RangeTable};
 use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 
 use crate::dynamo::{DynamoCommitExec, DynamoSpec, DynamoWriteNode, DynamoWriterExec};
+use crate::write::chunks::{RouteSpec, SkewRouteExec};
 use crate::write::{CommitExec, WriteNode, WriteSpec, WriterExec};
 
 const MAGIC: &[u8] = b"SLUICE1\0";
@@ -74,6 +75,7 @@ enum PhysicalNode {
         seed: i64,
         columns: Vec<usize>,
     },
+    SkewRoute(RouteSpec),
     Writer(WriteSpec),
     Commit(WriteSpec),
     DynamoWriter(DynamoSpec),
@@ -236,6 +238,10 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 columns,
                 one_input(inputs, "SkewedExec")?,
             )?),
+            PhysicalNode::SkewRoute(spec) => Arc::new(SkewRouteExec::new(
+                one_input(inputs, "SluiceSkewRouteExec")?,
+                spec,
+            )),
             PhysicalNode::Writer(spec) => Arc::new(WriterExec::new(
                 one_input(inputs, "SluiceWriterExec")?,
                 spec,
@@ -279,6 +285,9 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 },
                 buf,
             );
+        }
+        if let Some(route) = node.downcast_ref::<SkewRouteExec>() {
+            return encode(&PhysicalNode::SkewRoute(route.spec().clone()), buf);
         }
         if let Some(writer) = node.downcast_ref::<WriterExec>() {
             return encode(&PhysicalNode::Writer(writer.spec().clone()), buf);

@@ -2,7 +2,7 @@
 //! writes through sluice's distributed writer, progress from the scheduler's
 //! REST API, and cleanup of staged files when a write fails.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -402,7 +402,7 @@ impl JobRunner {
                         outcome.job_id = job_id;
                         outcome.write = Some(write);
                     } else {
-                        match table_insert(&plan).map_err(stmt_err)? {
+                        match table_insert(&plan, &write_defaults(&vars)).map_err(stmt_err)? {
                             Some((input, spec)) => {
                                 outcome.kind = "write";
                                 let (job_id, write) = self
@@ -444,6 +444,10 @@ impl JobRunner {
                     options,
                     partition_by,
                 } => {
+                    let mut options = options;
+                    for (key, value) in write_defaults(&vars) {
+                        options.entry(key).or_insert(value);
+                    }
                     let spec = WriteSpec::new(&url, format, overwrite, options)?
                         .with_partition_by(partition_by);
                     outcome.kind = "write";
@@ -762,7 +766,29 @@ fn starts_with_insert(sql: &str) -> bool {
 /// sluice's writers and committer instead of DataFusion's single-task sink
 /// (which writes files in place, visible before it finishes). `None` for any
 /// other insert, which runs as DataFusion plans it.
-fn table_insert(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, WriteSpec)>, DataFusionError> {
+/// Prefix of the session settings that give write options a default:
+/// `SET sluice.write.target_file_rows = 240000` is `write.target_file_rows`
+/// for every later write of the job that does not set it in `OPTIONS`.
+pub const WRITE_SETTING_PREFIX: &str = "sluice.";
+
+/// The write options the job's `SET sluice.write.*` statements (or
+/// `--var sluice.write.*=...`) default.
+fn write_defaults(vars: &HashMap<String, String>) -> BTreeMap<String, String> {
+    vars.iter()
+        .filter_map(|(k, v)| {
+            let key = k.to_ascii_lowercase();
+            let option = key.strip_prefix(WRITE_SETTING_PREFIX)?;
+            option
+                .starts_with("write.")
+                .then(|| (option.to_string(), v.clone()))
+        })
+        .collect()
+}
+
+fn table_insert(
+    plan: &LogicalPlan,
+    defaults: &BTreeMap<String, String>,
+) -> Result<Option<(LogicalPlan, WriteSpec)>, DataFusionError> {
     let LogicalPlan::Dml(dml) = plan else {
         return Ok(None);
     };
@@ -792,7 +818,7 @@ fn table_insert(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, WriteSpec)>, 
         .iter()
         .map(|(name, _)| name.clone())
         .collect();
-    let spec = WriteSpec::new(path.as_str(), format, overwrite, Default::default())
+    let spec = WriteSpec::new(path.as_str(), format, overwrite, defaults.clone())
         .map_err(|e| DataFusionError::External(Box::new(e)))?
         .with_partition_by(partition_by);
     Ok(Some((dml.input.as_ref().clone(), spec)))

@@ -55,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
     let config = sluice_executor::with_sluice(config)?;
     let filter =
         std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());
+    // Logs on stderr, as the CLI's: stdout stays free for output.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))
         .init();

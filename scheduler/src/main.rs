@@ -46,7 +46,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(opt: Config, coordinator: std::net::SocketAddr) -> anyhow::Result<()> {
     let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(opt.log_level_setting.clone());
+    // Logs on stderr, as the CLI's: stdout stays free for output.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))
         .init();

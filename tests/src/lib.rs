@@ -267,6 +267,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Executor `i`'s log.
+    pub fn executor_log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self._work
+                .path()
+                .join(format!("executor-{i}"))
+                .join("executor.log"),
+        )
+        .unwrap_or_default()
+    }
+
     /// The scheduler's log, for failure messages.
     pub fn scheduler_log(&self) -> String {
         std::fs::read_to_string(self._work.path().join("scheduler.log")).unwrap_or_default()

@@ -154,3 +154,65 @@ fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
         assert!(!dir.join("_SUCCESS").exists());
     }
 }
+
+/// A skew-aware partitioned write on executor processes: the map tasks
+/// place rows through the scheduler's coordinator over HTTP. With the
+/// coordinator unreachable the write still succeeds, each id in one writer
+/// (as `hash`), and the executors say why.
+#[test]
+fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
+    let (rows, seed, target) = (200_000u64, 9u64, 20_000u64);
+    let job = |dir: &std::path::Path| {
+        format!(
+            "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 4)) TO '{}' \
+               STORED AS PARQUET PARTITIONED BY (id) \
+               OPTIONS ('write.target_file_rows' '{target}');\n",
+            dir.display()
+        )
+    };
+    let submit = |cluster: &Cluster, out: &std::path::Path, dir: &std::path::Path| {
+        let file = out.join("job.sql");
+        std::fs::write(&file, job(dir)).unwrap();
+        let o = run_with_timeout(
+            sluice()
+                .unwrap()
+                .arg("submit")
+                .arg(&file)
+                .args(["--scheduler", &cluster.endpoint]),
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        assert!(
+            o.status.success(),
+            "submit failed: {}\nscheduler log:\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            cluster.scheduler_log()
+        );
+    };
+    let out = tempfile::tempdir().unwrap();
+
+    let cluster = Cluster::start(2, 2).unwrap();
+    let placed = out.path().join("placed");
+    submit(&cluster, out.path(), &placed);
+    let writers = common::check_skewed_output(&placed, rows, seed, target, |r| {
+        sluice_udfs::skewed::id_of(seed, r)
+    })
+    .unwrap();
+    assert!(writers[&100] >= 2, "{writers:?}");
+    drop(cluster);
+
+    let cluster =
+        Cluster::start_with_env(2, 2, &[("SLUICE_COORDINATOR_URL", "http://127.0.0.1:9")]).unwrap();
+    let fallback = out.path().join("fallback");
+    submit(&cluster, out.path(), &fallback);
+    let writers = common::check_skewed_output(&fallback, rows, seed, target, |r| {
+        sluice_udfs::skewed::id_of(seed, r)
+    })
+    .unwrap();
+    assert!(writers.values().all(|&w| w == 1), "{writers:?}");
+    let logs: String = (0..2).map(|i| cluster.executor_log(i)).collect();
+    assert!(
+        logs.contains("skew-aware placement unavailable"),
+        "executor logs:\n{logs}"
+    );
+}

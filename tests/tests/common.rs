@@ -117,3 +117,82 @@ pub fn row_counts(dir: &Path) -> Result<Vec<u64>> {
     }
     Ok(out)
 }
+
+/// The manifest's files grouped by their Hive directory (`id=100`):
+/// `(rows, writer)` per file.
+pub fn manifest_files_by_dir(
+    dir: &Path,
+) -> Result<std::collections::BTreeMap<String, Vec<(u64, String)>>> {
+    let m = manifest(dir)?;
+    let mut out: std::collections::BTreeMap<String, Vec<(u64, String)>> = Default::default();
+    for f in m["files"].as_array().context("files")? {
+        let path = f["path"].as_str().context("path")?;
+        let parent = path.rsplit('/').nth(1).context("file directory")?;
+        out.entry(parent.to_string()).or_default().push((
+            f["rows"].as_u64().context("rows")?,
+            f["writer"].as_str().context("writer")?.to_string(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Checks a `PARTITIONED BY (id)` output of `skewed_events(rows, seed)`
+/// against the generator: every `seq` once, each id's rows in exactly
+/// ceil(rows / target) files of at most `target` rows. Returns the
+/// distinct writers of each id's files.
+pub fn check_skewed_output(
+    dir: &Path,
+    rows: u64,
+    seed: u64,
+    target: u64,
+    id_of: impl Fn(u64) -> i64,
+) -> Result<std::collections::BTreeMap<i64, usize>> {
+    let _ = seed;
+    let mut expected = std::collections::BTreeMap::new();
+    for r in 0..rows {
+        *expected.entry(id_of(r)).or_insert(0u64) += 1;
+    }
+    let files = manifest_files_by_dir(dir)?;
+    ensure!(
+        files.len() == expected.len(),
+        "directories {:?}, expected ids {:?}",
+        files.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    let mut seqs = BTreeSet::new();
+    let mut writers = std::collections::BTreeMap::new();
+    for (id, n) in &expected {
+        let key = format!("id={id}");
+        let listed = files
+            .get(&key)
+            .with_context(|| format!("no files for {key}"))?;
+        let counts: Vec<u64> = listed.iter().map(|(r, _)| *r).collect();
+        ensure!(
+            counts.iter().sum::<u64>() == *n,
+            "{key}: {counts:?}, expected {n} rows"
+        );
+        ensure!(
+            counts.len() as u64 == n.div_ceil(target),
+            "{key}: {} files {counts:?}, expected ceil({n} / {target})",
+            counts.len()
+        );
+        ensure!(counts.iter().all(|&c| c <= target), "{key}: {counts:?}");
+        // What a reader sees agrees with the manifest.
+        let mut on_disk = row_counts(&dir.join(&key))?;
+        let mut listed_counts = counts.clone();
+        on_disk.sort_unstable();
+        listed_counts.sort_unstable();
+        ensure!(on_disk == listed_counts, "{key}: on disk {on_disk:?}");
+        for seq in ids(&dir.join(&key))? {
+            ensure!(seqs.insert(seq), "seq {seq} written twice");
+        }
+        let distinct: BTreeSet<&String> = listed.iter().map(|(_, w)| w).collect();
+        writers.insert(*id, distinct.len());
+    }
+    ensure!(
+        seqs.len() as u64 == rows,
+        "{} distinct seqs, expected {rows}",
+        seqs.len()
+    );
+    Ok(writers)
+}

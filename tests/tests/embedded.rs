@@ -156,20 +156,23 @@ fn multi_stage_queries_see_every_row_once_and_output_reads_back() {
     assert_eq!(visible_files(&dir).unwrap().len(), 13);
 }
 
-/// A skewed partitioned write with a row target: in the default `hash`
-/// distribution every value is written by one writer, so it gets exactly
-/// ceil(rows / target) files, none over the target; `none` writes where the
-/// rows are, with every row still once.
+/// A skewed partitioned write with a row target: in the default `skew`
+/// distribution and in `hash` every value gets exactly ceil(rows / target)
+/// files, none over the target; `none` writes where the rows are, with every
+/// row still once.
 #[test]
 fn partitioned_files_follow_each_values_rows() {
     let out = tempfile::tempdir().unwrap();
     let skewed = "SELECT id, CASE WHEN id % 100 < 50 THEN 100 WHEN id % 100 < 80 THEN 101 \
                   WHEN id % 100 < 99 THEN 102 ELSE 200 END AS k FROM range(0, 100000, 1, 7)";
     let sql = format!(
-        "COPY ({skewed}) TO '{hash}' STORED AS PARQUET PARTITIONED BY (k) \
+        "COPY ({skewed}) TO '{skew}' STORED AS PARQUET PARTITIONED BY (k) \
            OPTIONS ('write.target_file_rows' '5000');\n\
+         COPY ({skewed}) TO '{hash}' STORED AS PARQUET PARTITIONED BY (k) \
+           OPTIONS ('write.target_file_rows' '5000', 'write.distribution' 'hash');\n\
          COPY ({skewed}) TO '{none}' STORED AS PARQUET PARTITIONED BY (k) \
            OPTIONS ('write.target_file_rows' '5000', 'write.distribution' 'none');\n",
+        skew = out.path().join("skew").display(),
         hash = out.path().join("hash").display(),
         none = out.path().join("none").display(),
     );
@@ -181,7 +184,7 @@ fn partitioned_files_follow_each_values_rows() {
         ("k=102", 19_000),
         ("k=200", 1_000),
     ];
-    for mode in ["hash", "none"] {
+    for mode in ["skew", "hash", "none"] {
         let mut total = 0;
         for (dir, rows) in expected {
             let path = out.path().join(mode).join(dir);
@@ -192,7 +195,7 @@ fn partitioned_files_follow_each_values_rows() {
                 counts.iter().all(|&n| n <= 5_000),
                 "{mode}/{dir}: {counts:?}"
             );
-            if mode == "hash" {
+            if mode != "none" {
                 assert_eq!(
                     files.len() as u64,
                     rows.div_ceil(5_000),

@@ -156,6 +156,8 @@ impl TableState {
 #[derive(Clone)]
 pub struct Coordinator {
     tables: Arc<Mutex<HashMap<String, TableState>>>,
+    /// Skew-aware partitioned writes' running counts (same service).
+    chunks: crate::write::chunks::ChunkBook,
     started: Instant,
 }
 
@@ -169,6 +171,7 @@ impl Coordinator {
     pub fn new() -> Self {
         Self {
             tables: Arc::default(),
+            chunks: Default::default(),
             started: Instant::now(),
         }
     }
@@ -187,7 +190,8 @@ impl Coordinator {
             .route("/v1/dynamodb/lease", post(lease))
             .route("/v1/dynamodb/release", post(release))
             .route("/v1/dynamodb/tables", get(tables))
-            .with_state(self);
+            .with_state(self.clone())
+            .merge(self.chunks.clone().router());
         axum::serve(listener, app).await
     }
 
@@ -196,6 +200,7 @@ impl Coordinator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let coordinator = Self::new();
+        coordinator.chunks.serve_locally();
         tokio::spawn(async move {
             if let Err(e) = coordinator.serve(listener).await {
                 tracing::error!(error = %e, "DynamoDB coordinator stopped");

@@ -131,6 +131,9 @@ pub struct CommittedFile {
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
+    /// The writer partition (task attempt and partition) that wrote it.
+    #[serde(default)]
+    pub writer: String,
 }
 
 /// The `_SUCCESS` manifest: Hadoop S3A's SuccessData fields plus per-file
@@ -445,6 +448,7 @@ async fn publish(
         path,
         rows: staged.rows,
         bytes: staged.bytes,
+        writer: staged.task.clone(),
     })
 }
 

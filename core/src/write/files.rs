@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
@@ -23,6 +23,7 @@ use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::errors::ParquetError;
 
+use super::chunks::CHUNK_COLUMN;
 use super::multipart::{self, MultipartFileWriter, PART_SIZE};
 use super::spec::{Committer, WriteFormat, WriteSpec};
 use super::writer::parquet_properties;
@@ -285,6 +286,14 @@ impl OpenFile {
         sink.write(buf.into()).await.map_err(|e| fail(&e))
     }
 
+    /// Encoded bytes so far, the row group in progress estimated.
+    pub fn size(&self) -> u64 {
+        match &self.encoder {
+            Encoder::Parquet(w) => (w.bytes_written() + w.in_progress_size()) as u64,
+            Encoder::Text { bytes, .. } => *bytes,
+        }
+    }
+
     /// Bytes held in memory for this file: an unflushed Parquet row group
     /// and multipart parts not yet sent.
     pub fn buffered(&self) -> usize {
@@ -340,10 +349,11 @@ impl TextOptions {
 }
 
 /// Writes one input partition. Unpartitioned: one file named `stem`, even
-/// when empty. Partitioned: one file per partition value seen, and none when
-/// the input is empty. Either way a file is finished early at
-/// `write.target_file_rows` rows (a new one follows), and, when partitioned,
-/// past the open-file and buffered-byte caps.
+/// when empty. Partitioned: one file per partition value seen (per chunk in
+/// a skew-aware write), and none when the input is empty. Either way a file
+/// is finished early at `write.target_file_rows` rows or about
+/// `write.target_file_bytes` encoded bytes (a new one follows), and, when
+/// partitioned, past the open-file and buffered-byte caps.
 pub async fn write_partition(
     factory: &FileFactory<'_>,
     stem: &str,
@@ -351,25 +361,11 @@ pub async fn write_partition(
 ) -> Result<Vec<Written>> {
     let spec = factory.spec;
     let schema = input.schema();
-    let key_columns = spec
-        .partition_by
-        .iter()
-        .map(|c| {
-            schema.index_of(c).map_err(|_| {
-                DataFusionError::Plan(format!(
-                    "partition column '{c}' is not in the written columns ({})",
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })
-        })
-        .collect::<Result<Vec<usize>>>()?;
+    let key_columns = partition_key_columns(&schema, &spec.partition_by)?;
+    // A skew-aware write tags each row with its chunk: one file per chunk.
+    let chunk_column = schema.index_of(CHUNK_COLUMN).ok();
     let data_columns: Vec<usize> = (0..schema.fields().len())
-        .filter(|i| !key_columns.contains(i))
+        .filter(|i| !key_columns.contains(i) && Some(*i) != chunk_column)
         .collect();
     let data_schema: SchemaRef = Arc::new(Schema::new(
         data_columns
@@ -378,9 +374,12 @@ pub async fn write_partition(
             .collect::<Vec<_>>(),
     ));
     let limit = spec.target_file_rows.unwrap_or(u64::MAX).max(1);
-    // Unpartitioned writes without a row target keep the plain stem.
-    let numbered = !key_columns.is_empty() || spec.target_file_rows.is_some();
-    let mut open: HashMap<String, (OpenFile, u64)> = HashMap::new();
+    let byte_limit = spec.target_file_bytes.unwrap_or(u64::MAX).max(1);
+    // Unpartitioned writes without a target keep the plain stem.
+    let numbered = !key_columns.is_empty()
+        || spec.target_file_rows.is_some()
+        || spec.target_file_bytes.is_some();
+    let mut open: HashMap<(String, i64), (OpenFile, u64)> = HashMap::new();
     let mut done = Vec::new();
     let mut next_file = 0usize;
     let mut clock = 0u64;
@@ -398,20 +397,31 @@ pub async fn write_partition(
     if key_columns.is_empty() {
         // Even an empty partition gets its file.
         let file = open_file("", &mut next_file).await?;
-        open.insert(String::new(), (file, 0));
+        open.insert((String::new(), 0), (file, 0));
     }
     while let Some(batch) = input.next().await {
         let batch = batch?;
         let data = batch.project(&data_columns)?;
         let groups = if key_columns.is_empty() {
-            vec![(String::new(), None)]
+            vec![((String::new(), 0), None)]
         } else {
-            group_rows(&batch, &spec.partition_by, &key_columns)?
-                .into_iter()
-                .map(|(dir, rows)| (dir, Some(rows)))
-                .collect()
+            let chunks =
+                chunk_column.and_then(|i| batch.column(i).as_any().downcast_ref::<Int64Array>());
+            let mut groups = vec![];
+            for (dir, rows) in group_rows(&batch, &spec.partition_by, &key_columns)? {
+                match chunks {
+                    Some(chunks) => {
+                        for (chunk, rows) in split_by_chunk(chunks, rows) {
+                            groups.push(((dir.clone(), chunk), Some(rows)));
+                        }
+                    }
+                    None => groups.push(((dir, 0), Some(rows))),
+                }
+            }
+            groups
         };
-        for (dir, rows) in groups {
+        for (key, rows) in groups {
+            let dir = &key.0;
             let part = match rows {
                 Some(rows) => take_record_batch(&data, &UInt32Array::from(rows))?,
                 None => data.clone(),
@@ -419,7 +429,7 @@ pub async fn write_partition(
             let mut offset = 0;
             while offset < part.num_rows() {
                 clock += 1;
-                if !open.contains_key(&dir) {
+                if !open.contains_key(&key) {
                     if open.len() >= spec.max_open_files.max(1)
                         && let Some(oldest) = open
                             .iter()
@@ -429,10 +439,10 @@ pub async fn write_partition(
                     {
                         done.push(factory.finish(file).await?);
                     }
-                    let file = open_file(&dir, &mut next_file).await?;
-                    open.insert(dir.clone(), (file, clock));
+                    let file = open_file(dir, &mut next_file).await?;
+                    open.insert(key.clone(), (file, clock));
                 }
-                let Some((file, used)) = open.get_mut(&dir) else {
+                let Some((file, used)) = open.get_mut(&key) else {
                     break;
                 };
                 let room = limit.saturating_sub(file.rows()).max(1);
@@ -441,8 +451,8 @@ pub async fn write_partition(
                 file.write(&part.slice(offset, take)).await?;
                 *used = clock;
                 offset += take;
-                if file.rows() >= limit
-                    && let Some((full, _)) = open.remove(&dir)
+                if (file.rows() >= limit || file.size() >= byte_limit)
+                    && let Some((full, _)) = open.remove(&key)
                 {
                     done.push(factory.finish(full).await?);
                 }
@@ -465,9 +475,44 @@ pub async fn write_partition(
     Ok(done)
 }
 
+/// Indices of the partition columns in `schema`, or an error naming the
+/// missing one.
+pub(crate) fn partition_key_columns(schema: &Schema, names: &[String]) -> Result<Vec<usize>> {
+    names
+        .iter()
+        .map(|c| {
+            schema.index_of(c).map_err(|_| {
+                DataFusionError::Plan(format!(
+                    "partition column '{c}' is not in the written columns ({})",
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .filter(|n| *n != CHUNK_COLUMN)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `rows` split by their chunk tag, in first-seen order.
+fn split_by_chunk(chunks: &Int64Array, rows: Vec<u32>) -> Vec<(i64, Vec<u32>)> {
+    let mut out: Vec<(i64, Vec<u32>)> = vec![];
+    for row in rows {
+        let chunk = chunks.value(row as usize);
+        match out.iter_mut().find(|(c, _)| *c == chunk) {
+            Some((_, rows)) => rows.push(row),
+            None => out.push((chunk, vec![row])),
+        }
+    }
+    out
+}
+
 /// Row indices of `batch` grouped by their Hive directory (`k=v/k2=v2`),
 /// in first-seen order.
-fn group_rows(
+pub(crate) fn group_rows(
     batch: &RecordBatch,
     names: &[String],
     key_columns: &[usize],

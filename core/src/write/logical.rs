@@ -17,10 +17,14 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
+use datafusion::physical_expr::Partitioning;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
+use super::chunks::{CHUNK_COLUMN, RouteSpec, SkewRouteExec};
 use super::commit::CommitExec;
 use super::spec::WriteSpec;
 use super::writer::WriterExec;
@@ -133,7 +137,7 @@ impl ExtensionPlanner for WritePlanner {
         node: &dyn UserDefinedLogicalNode,
         _logical_inputs: &[&LogicalPlan],
         physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn Session,
+        session: &dyn Session,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let [input] = physical_inputs else {
@@ -150,7 +154,22 @@ impl ExtensionPlanner for WritePlanner {
         let Some(write) = node.as_any().downcast_ref::<WriteNode>() else {
             return Ok(None);
         };
-        let writer = Arc::new(WriterExec::new(Arc::clone(input), write.spec.clone()));
+        let input = match RouteSpec::for_write(&write.spec, session.config().target_partitions()) {
+            // The one shuffle, by chunk, planned here so that its partition
+            // count is the one the chunk tags were chosen for.
+            Some(route) => {
+                let partitions = route.partitions;
+                let routed: Arc<dyn ExecutionPlan> =
+                    Arc::new(SkewRouteExec::new(Arc::clone(input), route));
+                let chunk = Column::new_with_schema(CHUNK_COLUMN, &routed.schema())?;
+                Arc::new(RepartitionExec::try_new(
+                    routed,
+                    Partitioning::Hash(vec![Arc::new(chunk)], partitions),
+                )?)
+            }
+            None => Arc::clone(input),
+        };
+        let writer = Arc::new(WriterExec::new(input, write.spec.clone()));
         let gathered = Arc::new(CoalescePartitionsExec::new(writer));
         Ok(Some(Arc::new(CommitExec::new(
             gathered,

@@ -3,6 +3,7 @@
 //! DataFusion's `DataSinkExec` needs a single input partition, which would
 //! funnel every row through one task; this path keeps the writes parallel.
 
+pub mod chunks;
 mod commit;
 pub mod files;
 mod logical;

@@ -105,24 +105,33 @@ pub struct WriteSpec {
     /// Rows after which a writer starts a new file (per partition value).
     #[serde(default)]
     pub target_file_rows: Option<u64>,
+    /// Encoded bytes after which a writer starts a new file.
+    #[serde(default)]
+    pub target_file_bytes: Option<u64>,
     /// How rows reach the writers of a partitioned write.
     #[serde(default)]
     pub distribution: Distribution,
 }
 
 /// How a partitioned write distributes rows to its writers
-/// (`OPTIONS ('write.distribution' 'hash'|'none')`).
+/// (`OPTIONS ('write.distribution' 'skew'|'hash'|'none')`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
 pub enum Distribution {
+    /// One shuffle in which each value's rows are cut into chunks of
+    /// `write.target_file_rows` as they pass, one file per chunk, a large
+    /// value's chunks spread over the writers (see [`super::chunks`]).
+    /// Without a target it is `Hash`.
+    #[default]
+    Skew,
     /// One shuffle by the partition columns: each value is written by one
     /// writer, which rolls files at `write.target_file_rows`.
-    #[default]
     Hash,
     /// Write where the rows are: each task writes every value it sees.
     None,
 }
 
 pub const TARGET_FILE_ROWS_OPTION: &str = "write.target_file_rows";
+pub const TARGET_FILE_BYTES_OPTION: &str = "write.target_file_bytes";
 pub const DISTRIBUTION_OPTION: &str = "write.distribution";
 
 /// The statement options that cap a partitioned writer.
@@ -188,14 +197,20 @@ impl WriteSpec {
                 0 => None,
                 n => Some(n as u64),
             };
+        let target_file_bytes =
+            match take_usize(&mut options, TARGET_FILE_BYTES_OPTION, 0).map_err(named)? {
+                0 => None,
+                n => Some(n as u64),
+            };
         let distribution = match options.remove(DISTRIBUTION_OPTION).as_deref() {
-            None | Some("hash") => Distribution::Hash,
+            None | Some("skew") => Distribution::Skew,
+            Some("hash") => Distribution::Hash,
             Some("none") => Distribution::None,
             Some(other) => {
                 return Err(SluiceError::InvalidOutput {
                     url: url.to_string(),
                     reason: format!(
-                        "unknown {DISTRIBUTION_OPTION} '{other}' (expected hash or none)"
+                        "unknown {DISTRIBUTION_OPTION} '{other}' (expected skew, hash or none)"
                     ),
                 });
             }
@@ -211,6 +226,7 @@ impl WriteSpec {
             max_open_files,
             max_buffered_bytes,
             target_file_rows,
+            target_file_bytes,
             distribution,
         })
     }

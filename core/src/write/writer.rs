@@ -24,6 +24,7 @@ use datafusion::physical_plan::{
 use parquet::file::properties::WriterPropertiesBuilder;
 use tracing::Instrument;
 
+use super::chunks::CHUNK_COLUMN;
 use super::files::{FileFactory, Written, write_partition};
 use super::spec::{Distribution as Distribution_, WriteSpec};
 
@@ -120,14 +121,19 @@ pub fn parquet_properties(
 impl ExecutionPlan for WriterExec {
     crate::write::single_input_plan!("SluiceWriterExec");
 
-    /// A partitioned write in `hash` distribution wants each partition value
-    /// in one writer (one shuffle, planned by DataFusion), so that with
-    /// `write.target_file_rows` every value gets ceil(rows / target) files.
+    /// A skew-aware write wants each chunk in one writer (its input is
+    /// already shuffled by chunk, see [`super::chunks`]); a `hash` write
+    /// wants each partition value in one writer (one shuffle, planned by
+    /// DataFusion), so that with `write.target_file_rows` every value gets
+    /// ceil(rows / target) files.
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        if self.spec.partition_by.is_empty() || self.spec.distribution != Distribution_::Hash {
+        let schema = self.input.schema();
+        if let Ok(chunk) = Column::new_with_schema(CHUNK_COLUMN, &schema) {
+            return vec![Distribution::KeyPartitioned(vec![Arc::new(chunk)])];
+        }
+        if self.spec.partition_by.is_empty() || self.spec.distribution == Distribution_::None {
             return vec![Distribution::UnspecifiedDistribution];
         }
-        let schema = self.input.schema();
         let exprs: Option<Vec<Arc<dyn PhysicalExpr>>> = self
             .spec
             .partition_by
