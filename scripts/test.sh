@@ -22,5 +22,8 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 source scripts/test-servers.sh
 
-cargo build --workspace --bins
+# The binaries the tests start, built with the tests' feature set (dev
+# dependencies included) so they share one build of DataFusion and Ballista
+# with the test targets instead of a second one.
+cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast "$@"

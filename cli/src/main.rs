@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    sluice_core::alloc::tune(-1);
     let cli = Cli::parse();
     // Ballista's in-process executors put their shuffle files in a temporary
     // directory they never remove (the `TempDir` is dropped at once); on a

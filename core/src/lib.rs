@@ -4,6 +4,7 @@
 //! ([`session`]), directory tables that skip `_SUCCESS` ([`tables`]), configuration ([`config`]), Prometheus metrics ([`metrics`]) and the job runner
 //! ([`runner`]), and the DynamoDB sink ([`dynamo`]).
 
+pub mod alloc;
 pub mod codec;
 pub mod config;
 pub mod dynamo;

@@ -33,6 +33,7 @@ struct Cli {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    sluice_core::alloc::tune(10_000);
     let args: Vec<String> = std::env::args().collect();
     let file = sluice_core::config::config_file_arg(&args);
     let cmd = sluice_core::config::layered_command(Cli::command(), file.as_deref())?;

@@ -267,6 +267,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// `sluice submit job args` against this cluster (five minutes at
+    /// most); fails with the CLI's stderr and the scheduler's log unless the
+    /// job succeeded.
+    pub fn submit_ok(&self, job: &Path, args: &[&str]) -> Result<Output> {
+        let o = run_with_timeout(
+            sluice()?
+                .arg("submit")
+                .arg(job)
+                .args(["--scheduler", &self.endpoint])
+                .args(args),
+            Duration::from_secs(300),
+        )?;
+        anyhow::ensure!(
+            o.status.success(),
+            "submit failed: {}\nscheduler log:\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.scheduler_log()
+        );
+        Ok(o)
+    }
+
     /// Executor `i`'s log.
     pub fn executor_log(&self, i: usize) -> String {
         std::fs::read_to_string(

@@ -13,25 +13,22 @@ fn submit_runs_the_range_job_on_two_executor_processes() {
     let cluster = Cluster::start(2, 2).unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("range");
-    let o = run_with_timeout(
-        sluice()
-            .unwrap()
-            .arg("submit")
-            .arg(workspace_root().join("jobs/range_to_parquet.sql"))
-            .args(["--scheduler", &cluster.endpoint])
-            .args(["--var", "rows=500000", "--var", "partitions=10"])
-            .arg("--var")
-            .arg(format!("output={}", dir.display()))
-            .args(["--output", "json"]),
-        Duration::from_secs(300),
-    )
-    .unwrap();
-    assert!(
-        o.status.success(),
-        "submit failed: {}\nscheduler log:\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        cluster.scheduler_log()
-    );
+    let output = format!("output={}", dir.display());
+    let o = cluster
+        .submit_ok(
+            &workspace_root().join("jobs/range_to_parquet.sql"),
+            &[
+                "--var",
+                "rows=500000",
+                "--var",
+                "partitions=10",
+                "--var",
+                &output,
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap();
     assert_eq!(common::check_range_output(&dir, 500_000).unwrap(), 10);
     common::check_manifest(&dir, 500_000).unwrap();
     // The executors' Prometheus metrics count what was written and committed.
@@ -173,21 +170,7 @@ fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
     let submit = |cluster: &Cluster, out: &std::path::Path, dir: &std::path::Path| {
         let file = out.join("job.sql");
         std::fs::write(&file, job(dir)).unwrap();
-        let o = run_with_timeout(
-            sluice()
-                .unwrap()
-                .arg("submit")
-                .arg(&file)
-                .args(["--scheduler", &cluster.endpoint]),
-            Duration::from_secs(300),
-        )
-        .unwrap();
-        assert!(
-            o.status.success(),
-            "submit failed: {}\nscheduler log:\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            cluster.scheduler_log()
-        );
+        cluster.submit_ok(&file, &[]).unwrap();
     };
     let out = tempfile::tempdir().unwrap();
 

@@ -390,19 +390,6 @@ impl Placer {
         &self,
         groups: &[(String, Vec<u32>)],
     ) -> std::result::Result<ChunkResponse, String> {
-        if let Some(book) = LOCAL_BOOK.get() {
-            return Ok(book.allocate(&ChunkRequest {
-                write_id: self.spec.write_id.clone(),
-                target_rows: self.spec.target_rows,
-                counts: groups
-                    .iter()
-                    .map(|(dir, rows)| (dir.clone(), rows.len() as u64))
-                    .collect(),
-            }));
-        }
-        let Some(url) = &self.url else {
-            return Err("no coordinator configured (SLUICE_COORDINATOR_URL)".to_string());
-        };
         let req = ChunkRequest {
             write_id: self.spec.write_id.clone(),
             target_rows: self.spec.target_rows,
@@ -410,6 +397,12 @@ impl Placer {
                 .iter()
                 .map(|(dir, rows)| (dir.clone(), rows.len() as u64))
                 .collect(),
+        };
+        if let Some(book) = LOCAL_BOOK.get() {
+            return Ok(book.allocate(&req));
+        }
+        let Some(url) = &self.url else {
+            return Err("no coordinator configured (SLUICE_COORDINATOR_URL)".to_string());
         };
         let span = tracing::debug_span!("sluice.chunks.place", values = req.counts.len());
         let resp: ChunkResponse = async {
