@@ -199,3 +199,96 @@ fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
         "executor logs:\n{logs}"
     );
 }
+
+/// SIGKILL of an executor while a skew-aware write's map tasks are placing
+/// rows: re-run map tasks place their rows again. Either the job completes
+/// with every row exactly once (an id may get extra, shorter files), or it
+/// fails leaving nothing visible.
+#[test]
+fn killing_an_executor_mid_skew_write_loses_and_duplicates_nothing() {
+    let mut cluster = Cluster::start(2, 1).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("events");
+    let (rows, seed, target) = (3_000_000u64, 5u64, 200_000u64);
+    let job = out.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 8)) TO '{}' \
+               STORED AS PARQUET PARTITIONED BY (id) \
+               OPTIONS ('write.target_file_rows' '{target}');\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = sluice()
+        .unwrap()
+        .arg("submit")
+        .arg(&job)
+        .args(["--scheduler", &cluster.endpoint])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Kill once the coordinator has placed some but not half of the rows.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let placed: u64 =
+            sluice_test_support::get_json(&format!("{}/v1/chunks", cluster.coordinator))
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|w| w["rows"].as_u64())
+                .sum();
+        if placed > 0 {
+            assert!(
+                placed < rows / 2,
+                "the map side finished too fast to kill ({placed} placed)"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job never started placing rows"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill_executor(0).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the job hung after the executor was killed");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if o.status.success() {
+        let writers = common::check_skewed_output_files(
+            &dir,
+            rows,
+            seed,
+            target,
+            |r| sluice_udfs::skewed::id_of(seed, r),
+            false,
+        )
+        .unwrap();
+        let files = common::manifest(&dir).unwrap()["files"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!("outcome: completed after the kill; {files} files; writers per id {writers:?}");
+    } else {
+        println!("outcome: the job failed after the kill: {stderr}");
+        assert!(!stderr.trim().is_empty());
+        assert!(visible_files(&dir).unwrap_or_default().is_empty());
+        assert!(!dir.join("_SUCCESS").exists());
+    }
+}

@@ -147,6 +147,19 @@ pub fn check_skewed_output(
     target: u64,
     id_of: impl Fn(u64) -> i64,
 ) -> Result<std::collections::BTreeMap<i64, usize>> {
+    check_skewed_output_files(dir, rows, seed, target, id_of, true)
+}
+
+/// As [`check_skewed_output`]; with `exact_files` false an id may have more
+/// than its ideal file count (a re-run map task leaves short chunks).
+pub fn check_skewed_output_files(
+    dir: &Path,
+    rows: u64,
+    seed: u64,
+    target: u64,
+    id_of: impl Fn(u64) -> i64,
+    exact_files: bool,
+) -> Result<std::collections::BTreeMap<i64, usize>> {
     let _ = seed;
     let mut expected = std::collections::BTreeMap::new();
     for r in 0..rows {
@@ -172,7 +185,8 @@ pub fn check_skewed_output(
             "{key}: {counts:?}, expected {n} rows"
         );
         ensure!(
-            counts.len() as u64 == n.div_ceil(target),
+            counts.len() as u64 == n.div_ceil(target)
+                || (!exact_files && counts.len() as u64 > n.div_ceil(target)),
             "{key}: {} files {counts:?}, expected ceil({n} / {target})",
             counts.len()
         );

@@ -169,12 +169,46 @@ impl ChunkBook {
         ChunkResponse { segments }
     }
 
-    /// `POST /v1/chunks`.
+    /// Each write the book holds: values seen, rows placed, chunks cut.
+    pub fn status(&self) -> Vec<ChunkStatus> {
+        let writes = match self.writes.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut out: Vec<ChunkStatus> = writes
+            .iter()
+            .map(|(id, w)| ChunkStatus {
+                write_id: id.clone(),
+                values: w.values.len() as u64,
+                rows: w.values.values().map(|(placed, _)| placed).sum(),
+                chunks: w.next_seq,
+                idle_ms: w.touched.elapsed().as_millis() as u64,
+            })
+            .collect();
+        out.sort_by_key(|s| s.idle_ms);
+        out
+    }
+
+    /// `POST /v1/chunks` (placement), `GET /v1/chunks` (status).
     pub fn router(self) -> Router {
         Router::new()
-            .route("/v1/chunks", post(allocate))
+            .route("/v1/chunks", post(allocate).get(status))
             .with_state(self)
     }
+}
+
+/// What `GET /v1/chunks` reports per write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkStatus {
+    pub write_id: String,
+    pub values: u64,
+    pub rows: u64,
+    pub chunks: u64,
+    pub idle_ms: u64,
+}
+
+async fn status(State(book): State<ChunkBook>) -> Json<Vec<ChunkStatus>> {
+    Json(book.status())
 }
 
 async fn allocate(
