@@ -130,25 +130,14 @@ fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
     assert!(visible_files(&dir).unwrap().is_empty());
     cluster.kill_executor(0).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the job hung after the executor was killed");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let o = child.wait_with_output().unwrap();
+    let o = wait_after_kill(child);
     let stderr = String::from_utf8_lossy(&o.stderr);
     if o.status.success() {
         println!("outcome: the job completed after the kill (tasks re-run)");
         assert_eq!(common::check_range_output(&dir, rows).unwrap(), 12);
         common::check_manifest(&dir, rows).unwrap();
     } else {
-        println!("outcome: the job failed after the kill: {stderr}");
-        assert!(!stderr.trim().is_empty());
-        assert!(visible_files(&dir).unwrap_or_default().is_empty());
-        assert!(!dir.join("_SUCCESS").exists());
+        assert_failed_cleanly(&dir, &stderr);
     }
 }
 
@@ -261,15 +250,7 @@ fn killing_an_executor_mid_skew_write_loses_and_duplicates_nothing() {
     }
     cluster.kill_executor(0).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the job hung after the executor was killed");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let o = child.wait_with_output().unwrap();
+    let o = wait_after_kill(child);
     let stderr = String::from_utf8_lossy(&o.stderr);
     if o.status.success() {
         let writers = common::check_skewed_output_files(
@@ -286,9 +267,28 @@ fn killing_an_executor_mid_skew_write_loses_and_duplicates_nothing() {
             .map_or(0, Vec::len);
         println!("outcome: completed after the kill; {files} files; writers per id {writers:?}");
     } else {
-        println!("outcome: the job failed after the kill: {stderr}");
-        assert!(!stderr.trim().is_empty());
-        assert!(visible_files(&dir).unwrap_or_default().is_empty());
-        assert!(!dir.join("_SUCCESS").exists());
+        assert_failed_cleanly(&dir, &stderr);
     }
+}
+
+/// The submitting CLI's output once it exits (a hang guard of four minutes).
+fn wait_after_kill(mut child: std::process::Child) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the job hung after the executor was killed");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A job that failed after an executor was killed said why and left
+/// nothing visible.
+fn assert_failed_cleanly(dir: &std::path::Path, stderr: &str) {
+    println!("outcome: the job failed after the kill: {stderr}");
+    assert!(!stderr.trim().is_empty());
+    assert!(visible_files(dir).unwrap_or_default().is_empty());
+    assert!(!dir.join("_SUCCESS").exists());
 }
