@@ -140,3 +140,38 @@ fn files_roll_at_the_byte_target() {
     assert!(sizes[1..].iter().all(|&s| s >= target / 2), "{sizes:?}");
     assert_eq!(common::ids(&dir).unwrap().len(), 60_000);
 }
+
+/// A writer over its memory cap writes out row groups instead of finishing
+/// files, so a skew-aware write with a tiny cap still gives every id its
+/// ideal file count, in files of several row groups.
+#[test]
+fn the_memory_cap_flushes_row_groups_without_adding_files() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("capped");
+    let (rows, seed, target) = (200_000u64, 11u64, 50_000u64);
+    let sql = format!(
+        "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 4)) TO '{}' \
+           STORED AS PARQUET PARTITIONED BY (id) \
+           OPTIONS ('write.target_file_rows' '{target}', 'write.max_buffered_bytes' '2000000');\n",
+        dir.display()
+    );
+    let o = run_job_text(out.path(), &sql, &[]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::check_skewed_output(&dir, rows, seed, target, |r| id_of(seed, r)).unwrap();
+    let most_row_groups = std::fs::read_dir(dir.join("id=100"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|p| {
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(p).unwrap(),
+            )
+            .unwrap()
+            .metadata()
+            .num_row_groups()
+        })
+        .max()
+        .unwrap();
+    assert!(most_row_groups > 1, "{most_row_groups} row groups");
+}

@@ -29,6 +29,10 @@ use super::spec::{Committer, WriteFormat, WriteSpec};
 use super::writer::parquet_properties;
 use crate::error::SluiceError;
 
+/// A row group smaller than this is not written out early to free memory
+/// (tiny row groups would cost readers more than the memory is worth).
+const MIN_FLUSH_BYTES: usize = 1024 * 1024;
+
 /// Hive's directory name for a null partition value.
 pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
@@ -286,6 +290,22 @@ impl OpenFile {
         sink.write(buf.into()).await.map_err(|e| fail(&e))
     }
 
+    /// Writes out a Parquet file's row group in progress, if it holds at
+    /// least [`MIN_FLUSH_BYTES`]; whether it did.
+    pub async fn flush_row_group(&mut self) -> Result<bool> {
+        let Encoder::Parquet(w) = &mut self.encoder else {
+            return Ok(false);
+        };
+        if w.in_progress_rows() == 0 || w.memory_size() < MIN_FLUSH_BYTES {
+            return Ok(false);
+        }
+        let shown = &self.shown;
+        w.flush()
+            .await
+            .map_err(|e| write_error(shown, e.to_string()))?;
+        Ok(true)
+    }
+
     /// Encoded bytes so far, the row group in progress estimated.
     pub fn size(&self) -> u64 {
         match &self.encoder {
@@ -458,15 +478,22 @@ pub async fn write_partition(
                 }
             }
         }
-        // Over the memory cap: finish the files holding the most.
+        // Over the memory cap: write out the row group of the Parquet file
+        // holding the most (the file stays open, so its value keeps its
+        // file count), and finish a file only when that frees nothing.
         while open.values().map(|(f, _)| f.buffered()).sum::<usize>() > spec.max_buffered_bytes
             && let Some(biggest) = open
                 .iter()
                 .max_by_key(|(_, (f, _))| f.buffered())
                 .map(|(k, _)| k.clone())
-            && let Some((file, _)) = open.remove(&biggest)
         {
-            done.push(factory.finish(file).await?);
+            let flushed = match open.get_mut(&biggest) {
+                Some((file, _)) => file.flush_row_group().await?,
+                None => break,
+            };
+            if !flushed && let Some((file, _)) = open.remove(&biggest) {
+                done.push(factory.finish(file).await?);
+            }
         }
     }
     for (_, (file, _)) in open {
