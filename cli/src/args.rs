@@ -56,7 +56,7 @@ pub enum Command {
     Run {
         #[command(flatten)]
         job: JobArgs,
-        /// Executors to start [config: executors; default 2].
+        /// Executors to start [config: executors; default 1].
         #[arg(long)]
         executors: Option<usize>,
         /// Task slots per executor [config: executor_slots; default: 2 x cores, at least 16].

@@ -230,7 +230,7 @@ async fn partitioned_bench(
             .or_insert(0) += 1;
     }
     let ideal: u64 = per_id.values().map(|n| n.div_ceil(target)).sum();
-    let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
+    let cluster = EmbeddedCluster::start(1, sluice_core::config::default_slots()).await?;
     let ctx = runner::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
     // Both engines read the same Parquet input (written once, untimed), so
