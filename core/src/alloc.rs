@@ -4,10 +4,11 @@
 //! shuffle, 2 cores) put 30-40% of all CPU time in the kernel zeroing fresh
 //! transparent huge pages: mimalloc hands freed memory back to the OS after
 //! 10 ms, and every re-allocation of a shuffle or Parquet buffer then
-//! faults in and zeroes 2 MiB pages again. With THP off for the process and
-//! freed memory kept for reuse, system time of the same job fell from 13-14 s
-//! to ~4 s and wall time from ~13.9 s to ~9.7 s (two runs each, side by
-//! side), peak RSS unchanged (~5 GB). `MIMALLOC_ALLOW_THP` and
+//! faults in and zeroes 2 MiB pages again. Same job (`hash`, 10 M rows,
+//! `sluice run`), side by side: mimalloc's defaults (restored through the
+//! environment) 14.58 / 16.38 s wall, 14.5 / 17.4 s system time; these
+//! settings 12.15 / 10.30 / 9.77 / 9.85 s wall, 10.8 / 6.6 / 6.0 / 5.3 s
+//! system time; peak RSS ~4.6-5.2 GB either way. `MIMALLOC_ALLOW_THP` and
 //! `MIMALLOC_PURGE_DELAY` in the environment win over these defaults.
 
 /// mimalloc v2's option numbers (`mi_option_e` in the vendored

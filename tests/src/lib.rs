@@ -288,6 +288,19 @@ impl Cluster {
         Ok(o)
     }
 
+    /// `sluice submit job args` in the background, output piped (for tests
+    /// that act on the cluster while the job runs).
+    pub fn spawn_submit(&self, job: &Path, args: &[&str]) -> Result<Child> {
+        Ok(sluice()?
+            .arg("submit")
+            .arg(job)
+            .args(["--scheduler", &self.endpoint])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
     /// Executor `i`'s log.
     pub fn executor_log(&self, i: usize) -> String {
         std::fs::read_to_string(

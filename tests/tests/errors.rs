@@ -123,14 +123,24 @@ fn bad_var_flag_and_missing_job_file() {
 fn bad_write_options_are_named() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("o");
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         (
             "OPTIONS ('sluice.committer' 'rename-v3')",
             &["unknown sluice.committer 'rename-v3'", "/o'"],
         ),
         (
             "OPTIONS ('write.distribution' 'range')",
-            &["unknown write.distribution 'range'"],
+            &[
+                "unknown write.distribution 'range'",
+                "expected skew, hash or none",
+            ],
+        ),
+        (
+            "OPTIONS ('write.target_file_bytes' '1GB')",
+            &[
+                "write.target_file_bytes must be a whole number, got '1GB'",
+                "/o'",
+            ],
         ),
         (
             "OPTIONS ('write.max_open_files' 'many')",
