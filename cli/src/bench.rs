@@ -86,7 +86,7 @@ pub enum Bench {
     /// range_to_parquet to S3: the multipart committer vs rename-based v1 and v2.
     S3Commit {
         /// Rows to write.
-        #[arg(long, default_value_t = 20_000_000)]
+        #[arg(long, default_value_t = 100_000_000)]
         rows: u64,
         /// Partitions (and files).
         #[arg(long, default_value_t = 100)]
@@ -400,9 +400,17 @@ async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str)
         "INSERT OVERWRITE DIRECTORY 's3://{bucket}/bench-{run_id}/warmup' USING PARQUET \
          SELECT * FROM range(0, 1000, 1, {partitions});"
     );
-    runner
+    let warm_report = runner
         .run("s3-commit-warmup.sql", &warm, &HashMap::new())
         .await?;
+    // The warm-up's 100 near-empty files: what this server charges per file
+    // to commit, whatever its size.
+    let floor_ms = warm_report
+        .statements
+        .iter()
+        .find_map(|s| s.write.as_ref())
+        .map_or(0, |w| w.commit_ms);
+    let profile = server_profile(bucket, &format!("bench-{run_id}/profile")).await?;
     let mut runs = vec![];
     let mut seconds = HashMap::new();
     let mut commit_seconds = HashMap::new();
@@ -440,6 +448,9 @@ async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str)
             committer
         };
         let mut f = figures(name, rows, secs, report.files_written as usize);
+        let mb = report.bytes_written as f64 / 1e6;
+        f["bytes"] = json!(report.bytes_written);
+        f["mb_per_sec"] = json!((mb / secs * 10.0).round() / 10.0);
         f["commit_seconds"] = json!(commit_ms / 1000.0);
         f["commit_share_of_job"] = json!(((commit_ms / 1000.0 / secs) * 10000.0).round() / 10000.0);
         runs.push(f);
@@ -461,7 +472,88 @@ async fn s3_commit_bench(rows: u64, partitions: u64, bucket: &str, server: &str)
             "sluice_commit_share_of_job": r(commit_seconds["auto"], seconds["auto"]),
             "v1_commit_over_sluice_commit": r(commit_seconds["rename-v1"], commit_seconds["auto"]),
         },
-        "note": "rename = copy + delete on S3; v2 renames inside the tasks, so its job commit only writes _SUCCESS",
+        "commit_floor": {
+            "files": partitions,
+            "rows": 1000,
+            "commit_seconds": floor_ms as f64 / 1000.0,
+        },
+        "server_profile": profile,
+        "note": "rename = copy + delete on S3; v1 renames in the task and again, one file at a time, in the job commit (as Hadoop's FileOutputCommitter); v2 renames inside the tasks, so its job commit only writes _SUCCESS. sluice completes every upload in the job commit: its commit time is the server's CompleteMultipartUpload cost (server_profile), which AWS S3 pays without moving data",
+    }))
+}
+
+/// What the server charges for the calls the commit protocols rest on, on
+/// one object of `PARTS` x 8 MiB, median of three: sluice's commit is
+/// CompleteMultipartUpload, a rename is CopyObject (+ DeleteObject). AWS S3
+/// completes an upload without moving its data and copies at its own pace;
+/// a local server's costs can be the other way round, and the committers'
+/// ratios follow from these figures.
+async fn server_profile(bucket: &str, prefix: &str) -> Result<Value> {
+    use object_store::multipart::MultipartStore;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStoreExt, PutPayload};
+    const PART: usize = 8 * 1024 * 1024;
+    const PARTS: usize = 4;
+    let url = url::Url::parse(&format!("s3://{bucket}/"))?;
+    let store = sluice_core::write::multipart::s3_store(&url)?;
+    // Not constant, so a server that compresses or dedups pays in full.
+    let part: bytes::Bytes = (0..PART)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let (mut put, mut copy, mut complete, mut tiny) = (vec![], vec![], vec![], vec![]);
+    for round in 0..3 {
+        let src = ObjectPath::from(format!("{prefix}/put-{round}"));
+        let dst = ObjectPath::from(format!("{prefix}/copy-{round}"));
+        let mp = ObjectPath::from(format!("{prefix}/multipart-{round}"));
+        let small = ObjectPath::from(format!("{prefix}/tiny-{round}"));
+        let t = Instant::now();
+        store
+            .put(&src, PutPayload::from_iter(vec![part.clone(); PARTS]))
+            .await?;
+        put.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        store.copy(&src, &dst).await?;
+        copy.push(t.elapsed().as_secs_f64());
+        let id = store.create_multipart(&mp).await?;
+        let mut parts = vec![];
+        for idx in 0..PARTS {
+            parts.push(store.put_part(&mp, &id, idx, part.clone().into()).await?);
+        }
+        let t = Instant::now();
+        store.complete_multipart(&mp, &id, parts).await?;
+        complete.push(t.elapsed().as_secs_f64());
+        let id = store.create_multipart(&small).await?;
+        let one = store
+            .put_part(&small, &id, 0, bytes::Bytes::from_static(b"x").into())
+            .await?;
+        let t = Instant::now();
+        store.complete_multipart(&small, &id, vec![one]).await?;
+        tiny.push(t.elapsed().as_secs_f64());
+        for p in [&src, &dst, &mp, &small] {
+            store.delete(p).await?;
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mb = (PART * PARTS) as f64 / 1e6;
+    let rate = |secs: f64| (mb / secs * 10.0).round() / 10.0;
+    let (put, copy, complete, tiny) = (
+        median(&mut put),
+        median(&mut copy),
+        median(&mut complete),
+        median(&mut tiny),
+    );
+    Ok(json!({
+        "object_bytes": PART * PARTS,
+        "parts": PARTS,
+        "put_mb_per_sec": rate(put),
+        "copy_mb_per_sec": rate(copy),
+        "complete_multipart_mb_per_sec": rate(complete),
+        "complete_one_byte_upload_ms": (tiny * 1e5).round() / 100.0,
+        "complete_seconds_over_copy_seconds": ((complete / copy) * 1000.0).round() / 1000.0,
     }))
 }
 

@@ -298,9 +298,15 @@ pub async fn commit(
             spec.committer == Committer::RenameV2,
         ));
     }
+    // Hadoop's v1 job commit (`FileOutputCommitter.mergePaths`) moves the
+    // files one after another from the driver; the comparison keeps that shape.
+    let concurrency = match spec.committer {
+        Committer::RenameV1 => 1,
+        _ => COMMIT_CONCURRENCY,
+    };
     let results: Vec<Result<CommittedFile, (String, object_store::Error)>> =
         futures::stream::iter(publishes)
-            .buffered(COMMIT_CONCURRENCY)
+            .buffered(concurrency)
             .collect()
             .await;
     let publish_ms = started.elapsed().as_millis();
