@@ -1,15 +1,38 @@
 //! sluice's executor: Ballista's executor with sluice's codecs, functions
-//! and object stores. `main.rs` runs it as a process; [`start_in_process`]
-//! runs one inside the CLI's embedded cluster.
+//! and object stores, and an execution engine that tells a sluice writer
+//! which stage-wide partitions its task runs ([`SluiceExecutionEngine`]).
+//! `main.rs` runs it as a process; [`start_in_process`] runs one inside the
+//! CLI's embedded cluster.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arrow_flight::flight_service_server::FlightServiceServer;
+use ballista_core::client::BallistaClient;
+use ballista_core::client_pool::{BallistaClientPool, PooledClient};
 use ballista_core::error::BallistaError;
+use ballista_core::extension::{BallistaConfigGrpcEndpoint, SessionConfigExt};
+use ballista_core::ids::new_instance_id;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::serde::BallistaCodec;
+use ballista_core::serde::protobuf::ExecutorRegistration;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::scheduler::{
+    ExecutorOperatingSystemSpecification, ExecutorSpecification,
+};
+use ballista_core::utils::{GrpcClientConfig, GrpcServerConfig, create_grpc_server};
+use ballista_core::{BALLISTA_PROTOCOL_VERSION, JobId};
 use ballista_core::{ConfigProducer, RuntimeProducer};
+use ballista_executor::execution_engine::{
+    DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
+};
+use ballista_executor::executor::Executor;
 use ballista_executor::executor_process::ExecutorProcessConfig;
+use ballista_executor::flight_service::BallistaFlightService;
+use ballista_executor::metrics::LoggingMetricsCollector;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
 use sluice_core::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use sluice_core::session;
 
@@ -32,11 +55,143 @@ pub fn with_sluice(
     config.override_logical_codec = Some(Arc::new(SluiceLogicalCodec::default()));
     config.override_physical_codec = Some(Arc::new(SluicePhysicalCodec::default()));
     config.override_function_registry = Some(Arc::new(registry()?));
+    config.override_execution_engine = Some(Arc::new(SluiceExecutionEngine::new(
+        Duration::from_secs(config.client_ttl),
+    )));
     Ok(config)
 }
 
+/// Ballista's default execution engine, after one change to the plan: a
+/// sluice writer at the top of the stage is told the stage-wide partitions
+/// the task runs (`WriterExec::with_global_partitions`), which Ballista
+/// gives the engine and not the operators; with them an S3 file's key is
+/// the same for every attempt of its partition.
+pub struct SluiceExecutionEngine {
+    inner: DefaultExecutionEngine,
+}
+
+impl SluiceExecutionEngine {
+    /// Shuffle clients to other executors are kept for reuse `client_ttl`
+    /// (0: not pooled), as Ballista's executor process does.
+    pub fn new(client_ttl: Duration) -> Self {
+        let inner = if client_ttl.is_zero() {
+            DefaultExecutionEngine::new()
+        } else {
+            DefaultExecutionEngine::with_client_pool(Arc::new(ClientPool::new(client_ttl)))
+        };
+        Self { inner }
+    }
+}
+
+impl ExecutionEngine for SluiceExecutionEngine {
+    fn create_query_stage_exec(
+        &self,
+        job_id: JobId,
+        stage_id: usize,
+        task_id: usize,
+        global_output_partition_ids: Vec<usize>,
+        plan: Arc<dyn ExecutionPlan>,
+        work_dir: &str,
+        config: &SessionConfig,
+    ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
+        let plan =
+            sluice_core::write::attach_global_partitions(plan, &global_output_partition_ids)?;
+        self.inner.create_query_stage_exec(
+            job_id,
+            stage_id,
+            task_id,
+            global_output_partition_ids,
+            plan,
+            work_dir,
+            config,
+        )
+    }
+}
+
+type PoolKey = (String, u16, GrpcClientConfig);
+type IdleClients = HashMap<PoolKey, Vec<(BallistaClient, Instant)>>;
+
+/// Idle shuffle clients per executor address, reused until `ttl` idle
+/// (Ballista's own pool is private to its crate).
+struct ClientPool {
+    idle: Arc<Mutex<IdleClients>>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for ClientPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPool")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl ClientPool {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            idle: Arc::default(),
+            ttl,
+        }
+    }
+
+    fn take_idle(&self, key: &PoolKey) -> Option<BallistaClient> {
+        let mut idle = self.idle.lock().ok()?;
+        let ttl = self.ttl;
+        idle.retain(|_, clients| {
+            clients.retain(|(_, since)| since.elapsed() < ttl);
+            !clients.is_empty()
+        });
+        idle.get_mut(key)?.pop().map(|(client, _)| client)
+    }
+}
+
+#[async_trait::async_trait]
+impl BallistaClientPool for ClientPool {
+    async fn acquire(
+        &self,
+        host: &str,
+        port: u16,
+        config: &GrpcClientConfig,
+        customize_endpoint: Option<Arc<BallistaConfigGrpcEndpoint>>,
+    ) -> ballista_core::error::Result<PooledClient> {
+        let key = (host.to_string(), port, config.clone());
+        let client = match self.take_idle(&key) {
+            Some(client) => client,
+            None => {
+                BallistaClient::try_new(
+                    host,
+                    port,
+                    config.max_message_size,
+                    config.use_tls,
+                    customize_endpoint,
+                    config.io_retries_times,
+                    config.io_retry_wait_time_ms,
+                    config.initial_connection_window_size,
+                    config.initial_stream_window_size,
+                )
+                .await?
+            }
+        };
+        let idle = Arc::clone(&self.idle);
+        Ok(PooledClient::new(
+            client,
+            Box::new(move |c| {
+                if let Ok(mut idle) = idle.lock() {
+                    idle.entry(key).or_default().push((c, Instant::now()));
+                }
+            }),
+        ))
+    }
+
+    async fn evict_idle(&self) {
+        let _ = self.take_idle(&(String::new(), 0, GrpcClientConfig::default()));
+    }
+}
+
 /// An executor with `slots` task slots in this process, pulling work from the
-/// scheduler at `scheduler_url` (`http://host:port`).
+/// scheduler at `scheduler_url` (`http://host:port`). Like Ballista's
+/// standalone executor, with sluice's execution engine, and a work
+/// directory that exists (Ballista's removes its own at once).
 pub async fn start_in_process(
     scheduler_url: &str,
     slots: usize,
@@ -45,17 +200,57 @@ pub async fn start_in_process(
         .await
         .map_err(|e| BallistaError::General(format!("connecting to {scheduler_url}: {e}")))?;
     let config_producer: ConfigProducer = Arc::new(session::session_config);
-    let codec = BallistaCodec::new(
+    let codec: BallistaCodec = BallistaCodec::new(
         Arc::new(SluiceLogicalCodec::default()),
         Arc::new(SluicePhysicalCodec::default()),
     );
-    ballista_executor::new_standalone_executor_from_builder(
-        scheduler,
-        slots,
-        config_producer,
+    let listener = tokio::net::TcpListener::bind("localhost:0").await?;
+    let address = listener.local_addr()?;
+    let metadata = ExecutorRegistration {
+        id: new_instance_id(),
+        host: Some("localhost".to_string()),
+        port: u32::from(address.port()),
+        grpc_port: 50020,
+        specification: Some(
+            ExecutorSpecification::default()
+                .with_vcores(slots as u32)
+                .into(),
+        ),
+        os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+        ballista_protocol_version: BALLISTA_PROTOCOL_VERSION,
+    };
+    let max_message_size = config_producer().ballista_grpc_client_max_message_size();
+    // Under the CLI's private TMPDIR, which it removes on exit.
+    let work_dir = tempfile::Builder::new()
+        .prefix("sluice-executor-")
+        .tempdir()?
+        .keep();
+    let work_dir = work_dir.to_string_lossy().to_string();
+    let executor = Arc::new(Executor::new(
+        metadata,
+        &work_dir,
         runtime_producer(),
+        config_producer,
+        Arc::new(registry()?),
+        Arc::new(LoggingMetricsCollector::default()),
+        slots,
+        Arc::new(SluiceExecutionEngine::new(Duration::ZERO)),
+    ));
+    let flight = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+        .max_decoding_message_size(max_message_size)
+        .max_encoding_message_size(max_message_size);
+    tokio::spawn(
+        create_grpc_server(&GrpcServerConfig::default())
+            .add_service(flight)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tokio::spawn(ballista_executor::execution_loop::poll_loop(
+        scheduler,
+        executor,
         codec,
-        registry()?,
-    )
-    .await
+        None,
+        None,
+        ballista_executor::health::ExecutorHealth::new(),
+    ));
+    Ok(())
 }

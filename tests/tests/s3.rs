@@ -91,6 +91,23 @@ fn check_s3_manifest_of(
     Ok(m)
 }
 
+/// Each file is named by its stage-wide partition (`part-p00003-<write>.parquet`),
+/// the same for every attempt, and the partitions are exactly `0..n`.
+fn assert_partition_keys(keys: &[String], n: usize) {
+    let mut partitions: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            let name = k.rsplit('/').next().unwrap();
+            let rest = name
+                .strip_prefix("part-p")
+                .unwrap_or_else(|| panic!("{k} is not named by its partition"));
+            rest[..5].parse().unwrap()
+        })
+        .collect();
+    partitions.sort_unstable();
+    assert_eq!(partitions, (0..n).collect::<Vec<_>>(), "{keys:?}");
+}
+
 fn assert_nothing_left(s3: &S3, bucket: &str, prefix: &str) {
     assert_eq!(
         s3.open_uploads(bucket, prefix).unwrap(),
@@ -175,6 +192,7 @@ fn submit_to_s3_on_two_executors_commits_exactly_the_rows() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
     assert_eq!(keys.len(), 8);
+    assert_partition_keys(&keys, 8);
     check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
     assert_nothing_left(&s3, &bucket, "out/");
     assert!(cluster.executor_metric("sluice_s3_parts_total").unwrap() >= 8.0);
@@ -251,6 +269,8 @@ fn a_failed_first_attempt_is_retried_and_its_upload_aborted() {
     assert!(marker.exists(), "the injected failure never fired");
     let keys = check_s3_range_output(&s3, &bucket, "out/", 2_000_000).unwrap();
     assert_eq!(keys.len(), 4);
+    // The retry wrote the key the failed attempt had started.
+    assert_partition_keys(&keys, 4);
     let m = check_s3_manifest(&s3, &bucket, "out/", &keys, 2_000_000).unwrap();
     // The failed task's uploads: one per partition it ran (Ballista 55 may
     // group the failing partition with another in one task).
@@ -274,12 +294,21 @@ fn killing_an_executor_mid_upload_leaves_no_partial_output() {
     let mut child = spawn_range_write(Some(&cluster), &bucket, rows, 8);
     wait_for_uploads(&s3, &bucket, &mut child, 2);
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
+    let open_at_kill = s3.open_uploads(&bucket, "out/").unwrap();
     cluster.kill_executor(0).unwrap();
     let out = wait_for_exit(child, "the kill");
     if out.status.success() {
         println!("outcome: completed after the kill");
         let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
         assert_eq!(keys.len(), 8);
+        assert_partition_keys(&keys, 8);
+        // Re-run attempts wrote the keys the killed ones had started.
+        for key in &open_at_kill {
+            assert!(
+                keys.contains(key),
+                "{key} (open at the kill) not in {keys:?}"
+            );
+        }
         check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
     } else {
         println!("outcome: failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -31,7 +31,7 @@ use object_store::aws::AmazonS3;
 
 use super::logical::write_result_schema;
 use super::multipart::{
-    PendingUpload, abort_uploads, complete_upload, is_multipart, list_open_uploads,
+    PendingUpload, abort_uploads, complete_upload, is_multipart, list_open_uploads, marker_name,
     recorded_uploads, s3_store, stem_of_key,
 };
 use super::spec::{Committer, STAGING_DIR, SUCCESS_FILE, WriteSpec};
@@ -344,7 +344,10 @@ pub async fn commit(
                 .collect();
             let known: HashSet<String> = staged
                 .iter()
-                .filter_map(|s| s.upload.as_ref().and_then(|u| stem_of_key(&u.key)))
+                .filter_map(|s| {
+                    let key_stem = stem_of_key(&s.upload.as_ref()?.key)?;
+                    Some(marker_name(&key_stem, &s.task))
+                })
                 .collect();
             abort_recorded(spec, &store, s3, &completed, &known).await?
         }

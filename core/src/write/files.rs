@@ -117,16 +117,24 @@ pub struct FileFactory<'a> {
     pub spec: &'a WriteSpec,
     pub store: Arc<dyn ObjectStore>,
     pub context: &'a TaskContext,
+    /// The attempt's name: staged files and upload markers are per attempt.
+    pub task: &'a str,
+    /// The name final keys are made from: the stage-wide partition when the
+    /// executor said it (the same for every attempt), else `task`.
+    pub key_task: &'a str,
 }
 
 impl FileFactory<'_> {
-    /// Opens a file named by `stem` in output subdirectory `dir`.
-    pub async fn open(&self, stem: &str, dir: &str, schema: SchemaRef) -> Result<OpenFile> {
+    /// Opens the task's file `suffix` (`""`, `-f0001`, ...) in output
+    /// subdirectory `dir`.
+    pub async fn open(&self, suffix: &str, dir: &str, schema: SchemaRef) -> Result<OpenFile> {
         let spec = self.spec;
         let url = spec.output_url()?;
+        let stem = format!("{}{suffix}", self.task);
+        let stem = stem.as_str();
         let (sink, path, shown) = if spec.uses_multipart()? {
             let s3 = multipart::s3_store(&url)?;
-            let key = spec.final_path_in(dir, stem)?;
+            let key = spec.final_path_in(dir, &format!("{}{suffix}", self.key_task))?;
             let shown = format!(
                 "{}{}",
                 spec.url,
@@ -134,7 +142,7 @@ impl FileFactory<'_> {
                     .trim_start_matches(spec.base_path()?.as_ref())
                     .trim_start_matches('/')
             );
-            let upload_id = multipart::start_upload(&s3, &self.store, spec, stem, &key)
+            let upload_id = multipart::start_upload(&s3, &self.store, spec, self.task, &key)
                 .await
                 .map_err(|e| write_error(&shown, e.to_string()))?;
             let sink = Sink::Upload(MultipartFileWriter::new(s3, key.clone(), upload_id));
@@ -376,7 +384,6 @@ impl TextOptions {
 /// partitioned, past the open-file and buffered-byte caps.
 pub async fn write_partition(
     factory: &FileFactory<'_>,
-    stem: &str,
     mut input: SendableRecordBatchStream,
 ) -> Result<Vec<Written>> {
     let spec = factory.spec;
@@ -404,15 +411,15 @@ pub async fn write_partition(
     let mut next_file = 0usize;
     let mut clock = 0u64;
     let open_file = |dir: &str, next_file: &mut usize| {
-        let file_stem = if numbered {
-            format!("{stem}-f{:04}", *next_file)
+        let suffix = if numbered {
+            format!("-f{:04}", *next_file)
         } else {
-            stem.to_string()
+            String::new()
         };
         *next_file += 1;
         let schema = Arc::clone(&data_schema);
         let dir = dir.to_string();
-        async move { factory.open(&file_stem, &dir, schema).await }
+        async move { factory.open(&suffix, &dir, schema).await }
     };
     if key_columns.is_empty() {
         // Even an empty partition gets its file.

@@ -20,13 +20,20 @@ pub use spec::{
     COMMITTER_OPTION, Committer, STAGING_DIR, SUCCESS_FILE, WriteFormat, WriteSpec,
     normalize_output_url,
 };
-pub use writer::{WriterExec, parquet_properties, written_file_schema};
+pub use writer::{WriterExec, attach_global_partitions, parquet_properties, written_file_schema};
 
 /// The `ExecutionPlan` methods sluice's write and commit operators share:
 /// each holds `input`, `spec` and `properties`, is rebuilt with
 /// `Self::new(child, spec)`, and has no expressions of its own.
 macro_rules! single_input_plan {
     ($name:literal) => {
+        $crate::write::single_input_plan!(@body $name, |this: &Self, child| Self::new(child, this.spec.clone()));
+    };
+    // An operator with state beyond its spec rebuilds itself with `$rebuild`.
+    ($name:literal, $rebuild:ident) => {
+        $crate::write::single_input_plan!(@body $name, |this: &Self, child| this.$rebuild(child));
+    };
+    (@body $name:literal, $make:expr) => {
         fn name(&self) -> &str {
             $name
         }
@@ -59,7 +66,8 @@ macro_rules! single_input_plan {
             ::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>,
         > {
             let child = $crate::write::only_child(children, $name)?;
-            Ok(::std::sync::Arc::new(Self::new(child, self.spec.clone())))
+            let make = $make;
+            Ok(::std::sync::Arc::new(make(&self, child)))
         }
     };
 }

@@ -74,9 +74,17 @@ pub struct PendingUpload {
     pub parts: Vec<String>,
 }
 
-/// Where the marker of the upload a task writes under `stem` lives.
-pub fn marker_path(spec: &WriteSpec, stem: &str) -> Result<Path, SluiceError> {
-    Ok(spec.uploads_prefix()?.join(format!("{stem}.json")))
+/// Where the marker of an upload lives: named by the key's stem and the
+/// attempt (`task`), since attempts of one partition upload to the same key.
+pub fn marker_path(spec: &WriteSpec, key_stem: &str, task: &str) -> Result<Path, SluiceError> {
+    Ok(spec
+        .uploads_prefix()?
+        .join(format!("{}.json", marker_name(key_stem, task))))
+}
+
+/// A marker's name without `.json`; what [`recorded_uploads`]' `known` holds.
+pub fn marker_name(key_stem: &str, task: &str) -> String {
+    format!("{key_stem}.{task}")
 }
 
 /// The uploads recorded for this write, except those whose marker is named
@@ -276,14 +284,18 @@ pub async fn complete_upload(
     }
 }
 
-/// Starts an upload for `key` and records it before any byte is sent.
+/// Starts an upload for `key` and records it, as `task`'s, before any byte
+/// is sent.
 pub async fn start_upload(
     s3: &Arc<AmazonS3>,
     store: &Arc<dyn ObjectStore>,
     spec: &WriteSpec,
-    stem: &str,
+    task: &str,
     key: &Path,
 ) -> Result<String> {
+    let key_stem = stem_of_key(key.as_ref()).ok_or_else(|| {
+        DataFusionError::Internal(format!("{key} is not named like a written file"))
+    })?;
     let upload_id = s3
         .create_multipart(key)
         .instrument(tracing::debug_span!("s3.create_multipart", key = %key))
@@ -294,7 +306,10 @@ pub async fn start_upload(
         parts: vec![],
     };
     let body = serde_json::to_vec(&marker).map_err(|e| DataFusionError::External(Box::new(e)))?;
-    if let Err(e) = store.put(&marker_path(spec, stem)?, body.into()).await {
+    if let Err(e) = store
+        .put(&marker_path(spec, &key_stem, task)?, body.into())
+        .await
+    {
         // Unrecorded, it could never be cleaned up: abort it now.
         let _ = s3.abort_multipart(key, &upload_id).await;
         return Err(e.into());
@@ -428,6 +443,10 @@ mod tests {
             stem_of_key("out/k=1/part-s001.0-t000002.0-p0003-f0004-0123456789ab.parquet")
                 .as_deref(),
             Some("s001.0-t000002.0-p0003-f0004")
+        );
+        assert_eq!(
+            stem_of_key("out/part-p00042-f0001-0123456789ab.parquet").as_deref(),
+            Some("p00042-f0001")
         );
         assert_eq!(stem_of_key("out/_SUCCESS"), None);
     }

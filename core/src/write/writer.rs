@@ -14,6 +14,7 @@ use datafusion::common::config::{ConfigField, TableParquetOptions};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -55,6 +56,9 @@ pub struct WriterExec {
     spec: WriteSpec,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// The stage-wide partition of each of this task's partitions, in local
+    /// order; set by the executor (see [`WriterExec::with_global_partitions`]).
+    global_partitions: Option<Arc<[usize]>>,
 }
 
 impl WriterExec {
@@ -73,6 +77,38 @@ impl WriterExec {
             spec,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
+            global_partitions: None,
+        }
+    }
+
+    /// Ballista runs a task on a slice of the stage's partitions, renumbered
+    /// from 0, and tells only the executor which ones
+    /// (`global_output_partition_ids`). With them a file's final name
+    /// depends on the partition, not on the attempt: a re-run writes the
+    /// same key, and only one attempt's upload of it is ever completed.
+    pub fn with_global_partitions(&self, ids: Vec<usize>) -> Self {
+        let mut w = self.with_child(Arc::clone(&self.input));
+        w.global_partitions = Some(ids.into());
+        w
+    }
+
+    /// The same writer over a new input, keeping what the executor set.
+    fn with_child(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        let mut w = Self::new(input, self.spec.clone());
+        w.global_partitions = self.global_partitions.clone();
+        w
+    }
+
+    /// The name a partition's files are keyed under: its stage-wide number
+    /// when known, else the attempt's own name.
+    fn key_task(&self, partition: usize, task: &str) -> String {
+        match self
+            .global_partitions
+            .as_ref()
+            .and_then(|g| g.get(partition))
+        {
+            Some(global) => format!("p{global:05}"),
+            None => task.to_string(),
         }
     }
 
@@ -119,7 +155,7 @@ pub fn parquet_properties(
 }
 
 impl ExecutionPlan for WriterExec {
-    crate::write::single_input_plan!("SluiceWriterExec");
+    crate::write::single_input_plan!("SluiceWriterExec", with_child);
 
     /// A skew-aware write wants each chunk in one writer (its input is
     /// already shuffled by chunk, see [`super::chunks`]); a `hash` write
@@ -164,6 +200,7 @@ impl ExecutionPlan for WriterExec {
         // Ballista runs several partitions per task and renumbers them from 0
         // in each task, so `partition` alone does not name a file uniquely.
         let task = staged_file_stem(context.task_id().as_deref(), partition);
+        let key_task = self.key_task(partition, &task);
         let spec = self.spec.clone();
         let rows_metric = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes_metric = MetricBuilder::new(&self.metrics).counter("bytes_written", partition);
@@ -183,8 +220,10 @@ impl ExecutionPlan for WriterExec {
                     .object_store_registry
                     .get_store(&url)?,
                 context: &context,
+                task: &task,
+                key_task: &key_task,
             };
-            let mut files = write_partition(&factory, &task, input).await?;
+            let mut files = write_partition(&factory, input).await?;
             let rows: u64 = files.iter().map(|f| f.rows).sum();
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             rows_metric.add(rows as usize);
@@ -244,6 +283,50 @@ impl ExecutionPlan for WriterExec {
     }
 }
 
+/// Tells the sluice writer at the top of a stage (under the shuffle writer,
+/// through operators that keep its partitions) the stage-wide partition of
+/// each partition the task runs: `ids[local]`, Ballista's
+/// `global_output_partition_ids` for such a pass-through stage. Any other
+/// plan is returned as it was, and its files keep per-attempt names.
+pub fn attach_global_partitions(
+    plan: Arc<dyn ExecutionPlan>,
+    ids: &[usize],
+) -> Result<Arc<dyn ExecutionPlan>> {
+    fn walk(
+        plan: &Arc<dyn ExecutionPlan>,
+        ids: &[usize],
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if plan.output_partitioning().partition_count() != ids.len() {
+            return Ok(None);
+        }
+        if let Some(writer) = plan.downcast_ref::<WriterExec>() {
+            return Ok(Some(Arc::new(writer.with_global_partitions(ids.to_vec()))));
+        }
+        let children = plan.children();
+        let [child] = children.as_slice() else {
+            return Ok(None);
+        };
+        if child.output_partitioning().partition_count() != ids.len() {
+            return Ok(None);
+        }
+        match walk(child, ids)? {
+            Some(child) => Ok(Some(replace_children_if_necessary(
+                Arc::clone(plan),
+                vec![child],
+            )?)),
+            None => Ok(None),
+        }
+    }
+    let children = plan.children();
+    let [child] = children.as_slice() else {
+        return Ok(plan);
+    };
+    match walk(child, ids)? {
+        Some(child) => replace_children_if_necessary(plan, vec![child]),
+        None => Ok(plan),
+    }
+}
+
 /// A staged file's name: Ballista's task identity (`TID job/stage.attempt/
 /// task.attempt`) and the task-local partition, zero-padded so names sort in
 /// task order; a fresh id when there is no task identity (plain DataFusion).
@@ -264,8 +347,56 @@ pub fn staged_file_stem(task_id: Option<&str>, partition: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::staged_file_stem;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::lit;
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::filter::FilterExec;
+
+    use super::{
+        WriterExec, attach_global_partitions, replace_children_if_necessary, staged_file_stem,
+    };
+    use crate::write::{WriteFormat, WriteSpec};
+
+    fn writer_under(partitions: usize) -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let scan = Arc::new(EmptyExec::new(schema).with_partitions(partitions));
+        let spec = WriteSpec::new("s3://b/o", WriteFormat::Parquet, true, BTreeMap::new()).unwrap();
+        let writer = Arc::new(WriterExec::new(scan, spec));
+        // The stage root (a shuffle writer on an executor) over a
+        // partition-keeping operator over the writer.
+        let keep = Arc::new(FilterExec::try_new(lit(true), writer).unwrap());
+        Arc::new(FilterExec::try_new(lit(true), keep).unwrap())
+    }
+
+    fn find_writer(plan: &Arc<dyn ExecutionPlan>) -> &WriterExec {
+        match plan.downcast_ref::<WriterExec>() {
+            Some(w) => w,
+            None => find_writer(plan.children()[0]),
+        }
+    }
+
+    #[test]
+    fn the_writer_learns_its_stage_wide_partitions() {
+        let plan = attach_global_partitions(writer_under(3), &[4, 7, 9]).unwrap();
+        let writer = find_writer(&plan);
+        assert_eq!(writer.key_task(1, "attempt"), "p00007");
+        assert_eq!(writer.key_task(2, "attempt"), "p00009");
+        // Rebuilt over a new input (as Ballista's engine does with shuffle
+        // readers), the writer keeps them.
+        let writer_node = Arc::clone(plan.children()[0].children()[0]);
+        let input = Arc::new(EmptyExec::new(writer.input().schema()).with_partitions(3));
+        let rebuilt = replace_children_if_necessary(writer_node, vec![input]).unwrap();
+        assert_eq!(find_writer(&rebuilt).key_task(0, "attempt"), "p00004");
+        // Partition counts that do not match: names stay per attempt.
+        let plan = attach_global_partitions(writer_under(3), &[4, 7]).unwrap();
+        assert_eq!(find_writer(&plan).key_task(0, "attempt"), "attempt");
+    }
 
     #[test]
     fn stems_name_task_attempt_and_partition() {
