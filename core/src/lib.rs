@@ -2,9 +2,10 @@
 //! job files ([`job`]), the distributed write path ([`write`]), the codecs that
 //! carry sluice's plan nodes between processes ([`codec`]), session setup
 //! ([`session`]), directory tables that skip `_SUCCESS` ([`tables`]), configuration ([`config`]), Prometheus metrics ([`metrics`]) and the job runner
-//! ([`runner`]), and the DynamoDB sink ([`dynamo`]).
+//! ([`runner`]), the DynamoDB sink ([`dynamo`]) and the AWS configuration and credentials they share ([`aws`]).
 
 pub mod alloc;
+pub mod aws;
 pub mod codec;
 pub mod config;
 pub mod dynamo;

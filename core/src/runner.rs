@@ -835,6 +835,9 @@ fn explain_store_error(raw: &str) -> String {
     if let (Some(code), Some(message)) = (tag("Code"), tag("Message")) {
         return format!("{code}: {message}");
     }
+    if let Some(at) = raw.find("no AWS credentials") {
+        return raw[at..].to_string();
+    }
     if raw.contains("/latest/api/token") || raw.contains("/latest/meta-data/iam") {
         return format!(
             "no AWS credentials: none in the environment (AWS_ACCESS_KEY_ID, \

@@ -127,8 +127,10 @@ pub struct SluiceObjectStores {
 }
 
 /// An S3 store for `url`'s bucket from the standard AWS environment
-/// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, keys, region, or the instance
-/// profile), with request timeouts and bounded retries.
+/// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, region), credentials from the
+/// standard chain ([`crate::aws::ChainCredentials`]: keys, profile, web
+/// identity, container or instance role), with request timeouts and bounded
+/// retries.
 pub fn build_s3(url: &Url) -> Result<AmazonS3> {
     let bucket = url
         .host_str()
@@ -136,6 +138,7 @@ pub fn build_s3(url: &Url) -> Result<AmazonS3> {
         .ok_or_else(|| DataFusionError::Configuration(format!("s3 URL without a bucket: {url}")))?;
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
+        .with_credentials(Arc::new(crate::aws::ChainCredentials::default()))
         .with_client_options(client_options())
         .with_retry(RetryConfig {
             max_retries: 5,

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod dynamo;
 pub mod faulty;
+pub mod imds;
 pub mod s3;
 
 /// The target directory's binary `name` (e.g. `sluice`).

@@ -446,6 +446,80 @@ fn part_uploads_failing_with_500_are_retried() {
     assert_nothing_left(&s3, &bucket, "out/");
 }
 
+/// Environment for a run with no keys: no AWS files of the machine either.
+fn without_keys(home: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            home.join("none-credentials").display().to_string(),
+        ),
+        (
+            "AWS_CONFIG_FILE".into(),
+            home.join("none-config").display().to_string(),
+        ),
+    ]
+}
+
+const KEY_VARS: [&str; 4] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+];
+
+/// No keys anywhere, but an instance role (the metadata service's stand-in
+/// on loopback): the write signs with the role's credentials, fetched once
+/// per process and reused.
+#[test]
+fn an_instance_role_is_enough() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("imds").unwrap();
+    let imds = sluice_test_support::imds::InstanceMetadata::start().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut env = without_keys(home.path());
+    env.push((
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+        imds.endpoint.clone(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut remove = KEY_VARS.to_vec();
+    remove.push("AWS_EC2_METADATA_DISABLED");
+    let (ok, stderr, _) = run_to(&format!("s3://{bucket}/out"), &env, &remove);
+    assert!(ok, "{stderr}");
+    let keys = check_s3_range_output(&s3, &bucket, "out/", 1000).unwrap();
+    check_s3_manifest(&s3, &bucket, "out/", &keys, 1000).unwrap();
+    // Hundreds of signed requests (100 files), a handful of fetches.
+    let fetches = imds.credential_fetches();
+    assert!(
+        (1..=3).contains(&fetches),
+        "credentials fetched {fetches} times"
+    );
+    assert!(imds.tokens() >= 1);
+}
+
+/// No keys in the environment, a named profile in a credentials file: the
+/// S3 stores read it as the DynamoDB client does.
+#[test]
+fn a_profile_is_enough() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("profile").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut env = without_keys(home.path());
+    let credentials = home.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[sluice-test]\naws_access_key_id = profilekey\naws_secret_access_key = profilesecret\n",
+    )
+    .unwrap();
+    env[0].1 = credentials.display().to_string();
+    env.push(("AWS_PROFILE".into(), "sluice-test".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (ok, stderr, _) = run_to(&format!("s3://{bucket}/out"), &env, &KEY_VARS[..3]);
+    assert!(ok, "{stderr}");
+    let keys = check_s3_range_output(&s3, &bucket, "out/", 1000).unwrap();
+    check_s3_manifest(&s3, &bucket, "out/", &keys, 1000).unwrap();
+}
+
 /// The rename-based shapes kept for `sluice bench s3-commit` write the same
 /// rows as the multipart committer, each once, and leave no staging behind:
 /// the benchmark's comparison is between writes of the same output.

@@ -6,13 +6,9 @@
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{BillingMode, KeyType, ScalarAttributeType};
-use aws_smithy_http_client::tls;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
@@ -20,32 +16,13 @@ use super::spec::TableShape;
 
 static CLIENT: OnceCell<Client> = OnceCell::const_new();
 
-/// Connect timeout; a call's own timeout is the caller's.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of calls that are not writes (`DescribeTable`).
 pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The process's client, built on first use.
+/// The process's client, built on first use from the shared configuration.
 pub async fn client() -> Client {
     CLIENT
-        .get_or_init(|| async {
-            let http = aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(
-                    tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https();
-            let config = aws_config::defaults(BehaviorVersion::latest())
-                .http_client(http)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .build(),
-                )
-                .load()
-                .await;
-            Client::new(&config)
-        })
+        .get_or_init(|| async { Client::new(crate::aws::sdk_config().await) })
         .await
         .clone()
 }

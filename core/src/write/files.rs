@@ -29,8 +29,11 @@ use super::spec::{Committer, WriteFormat, WriteSpec};
 use super::writer::parquet_properties;
 use crate::error::SluiceError;
 
-/// A row group smaller than this is not written out early to free memory
-/// (tiny row groups would cost readers more than the memory is worth).
+/// An upload's row group smaller than this is not written out early to free
+/// memory: most of what an open upload holds is its unsent parts, which a
+/// flush does not free. A staged file's row group is all it holds, so it is
+/// written out at any size (a small row group costs readers less than the
+/// extra file that finishing the file early would make).
 const MIN_FLUSH_BYTES: usize = 1024 * 1024;
 
 /// Hive's directory name for a null partition value.
@@ -298,13 +301,13 @@ impl OpenFile {
         sink.write(buf.into()).await.map_err(|e| fail(&e))
     }
 
-    /// Writes out a Parquet file's row group in progress, if it holds at
-    /// least [`MIN_FLUSH_BYTES`]; whether it did.
+    /// Writes out a Parquet file's row group in progress (for an upload, one
+    /// of at least [`MIN_FLUSH_BYTES`]); whether it did.
     pub async fn flush_row_group(&mut self) -> Result<bool> {
         let Encoder::Parquet(w) = &mut self.encoder else {
             return Ok(false);
         };
-        if w.in_progress_rows() == 0 || w.memory_size() < MIN_FLUSH_BYTES {
+        if w.in_progress_rows() == 0 || (self.upload && w.memory_size() < MIN_FLUSH_BYTES) {
             return Ok(false);
         }
         let shown = &self.shown;
