@@ -544,8 +544,8 @@ fn the_rename_committers_of_the_benchmark_write_every_row_once() {
     }
 }
 
-/// CSV to S3 and NDJSON to a local directory through the same committers;
-/// both read back through SQL with their `_SUCCESS` in place.
+/// CSV and NDJSON to S3 (the multipart committer) and NDJSON to a local
+/// directory; all read back through SQL with their `_SUCCESS` in place.
 #[test]
 fn csv_and_ndjson_go_through_the_same_committers() {
     let s3 = S3::from_env().unwrap();
@@ -556,6 +556,9 @@ fn csv_and_ndjson_go_through_the_same_committers() {
         "INSERT OVERWRITE DIRECTORY 's3://{bucket}/csv' USING CSV \
                SELECT id, id * 2 AS twice FROM range(0, 100000, 1, 3);\n\
              COPY (SELECT id, 'x' || id AS s FROM range(0, 50000, 1, 2)) TO '{json}' STORED AS JSON;\n\
+             COPY (SELECT id, 'y' || id AS s FROM range(0, 40000, 1, 4)) TO 's3://{bucket}/json' STORED AS JSON;\n\
+             CREATE EXTERNAL TABLE sj STORED AS JSON LOCATION 's3://{bucket}/json/';\n\
+             SELECT count(*) AS n, count(DISTINCT s) AS d, sum(id) AS t FROM sj;\n\
              CREATE EXTERNAL TABLE c STORED AS CSV LOCATION 's3://{bucket}/csv/' OPTIONS ('format.has_header' 'true');\n\
              CREATE EXTERNAL TABLE j STORED AS JSON LOCATION '{json}/';\n\
              SELECT count(*) AS n, sum(twice) AS t, count(DISTINCT id) AS d FROM c;\n\
@@ -570,6 +573,15 @@ fn csv_and_ndjson_go_through_the_same_committers() {
         "{stdout}"
     );
     assert!(stdout.contains("| 50000 | 50000 |"), "{stdout}");
+    assert!(stdout.contains("| 40000 | 40000 | 799980000 |"), "{stdout}");
+    let ndjson = s3.data_keys(&bucket, "json/").unwrap();
+    assert_eq!(ndjson.len(), 4);
+    assert!(ndjson.iter().all(|k| k.ends_with(".json")), "{ndjson:?}");
+    assert_nothing_left(&s3, &bucket, "json/");
+    let m: serde_json::Value =
+        serde_json::from_slice(&s3.get(&bucket, "json/_SUCCESS").unwrap()).unwrap();
+    assert_eq!(m["committer"], "sluice-multipart");
+    assert_eq!(m["rows"], 40000);
     let csv = s3.data_keys(&bucket, "csv/").unwrap();
     assert_eq!(csv.len(), 3);
     assert!(csv.iter().all(|k| k.ends_with(".csv")), "{csv:?}");
