@@ -567,7 +567,9 @@ pub(crate) fn group_rows(
     )?;
     let rows = converter.convert_columns(&keys)?;
     let mut order: Vec<(usize, Vec<u32>)> = Vec::new();
-    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    // Runs once per row on both sides of a skew-aware write: a fast hasher
+    // (the keys are the job's own data, not an attacker's).
+    let mut index: HashMap<&[u8], usize, foldhash::fast::RandomState> = HashMap::default();
     for row in 0..batch.num_rows() {
         let key = rows.row(row).data();
         match index.get(key) {
