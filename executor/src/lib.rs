@@ -12,6 +12,7 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::client::BallistaClient;
 use ballista_core::client_pool::{BallistaClientPool, PooledClient};
 use ballista_core::error::BallistaError;
+use ballista_core::execution_plans::ShuffleWriterExec;
 use ballista_core::extension::{BallistaConfigGrpcEndpoint, SessionConfigExt};
 use ballista_core::ids::new_instance_id;
 use ballista_core::registry::BallistaFunctionRegistry;
@@ -94,8 +95,14 @@ impl ExecutionEngine for SluiceExecutionEngine {
         work_dir: &str,
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
-        let plan =
-            sluice_core::write::attach_global_partitions(plan, &global_output_partition_ids)?;
+        // Only a pass-through shuffle writer (not the hash-partitioning
+        // `SortShuffleWriterExec`, whose ids are its K output partitions)
+        // maps the task's partitions one to one onto stage partitions.
+        let plan = if plan.downcast_ref::<ShuffleWriterExec>().is_some() {
+            sluice_core::write::attach_global_partitions(plan, &global_output_partition_ids)?
+        } else {
+            plan
+        };
         self.inner.create_query_stage_exec(
             job_id,
             stage_id,

@@ -17,6 +17,7 @@ use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExp
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
@@ -302,6 +303,11 @@ pub fn attach_global_partitions(
         if let Some(writer) = plan.downcast_ref::<WriterExec>() {
             return Ok(Some(Arc::new(writer.with_global_partitions(ids.to_vec()))));
         }
+        // Rows change partitions here: Ballista numbers what is above it
+        // afresh, and the ids no longer say which partition the writer runs.
+        if plan.downcast_ref::<RepartitionExec>().is_some() {
+            return Ok(None);
+        }
         let children = plan.children();
         let [child] = children.as_slice() else {
             return Ok(None);
@@ -353,10 +359,12 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::Partitioning;
     use datafusion::physical_expr::expressions::lit;
     use datafusion::physical_plan::ExecutionPlan;
     use datafusion::physical_plan::empty::EmptyExec;
     use datafusion::physical_plan::filter::FilterExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
 
     use super::{
         WriterExec, attach_global_partitions, replace_children_if_necessary, staged_file_stem,
@@ -395,6 +403,13 @@ mod tests {
         assert_eq!(find_writer(&rebuilt).key_task(0, "attempt"), "p00004");
         // Partition counts that do not match: names stay per attempt.
         let plan = attach_global_partitions(writer_under(3), &[4, 7]).unwrap();
+        assert_eq!(find_writer(&plan).key_task(0, "attempt"), "attempt");
+        // Nor through a repartition, which renumbers what is above it.
+        let shuffled = Arc::new(
+            RepartitionExec::try_new(writer_under(3), Partitioning::RoundRobinBatch(3)).unwrap(),
+        );
+        let root = Arc::new(FilterExec::try_new(lit(true), shuffled).unwrap());
+        let plan = attach_global_partitions(root, &[4, 7, 9]).unwrap();
         assert_eq!(find_writer(&plan).key_task(0, "attempt"), "attempt");
     }
 
