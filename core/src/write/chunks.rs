@@ -345,10 +345,7 @@ impl ExecutionPlan for SkewRouteExec {
             key_columns,
             tags: Tags::new(self.spec.partitions),
             url: crate::dynamo::coordinator_url(),
-            http: reqwest::Client::builder()
-                .timeout(CALL_TIMEOUT)
-                .build()
-                .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            http: placement_client()?,
             schema: Arc::clone(&schema),
         };
         let stream =
@@ -362,6 +359,20 @@ impl ExecutionPlan for SkewRouteExec {
             });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// One HTTP client per process for placement calls: map tasks share its
+/// connections to the coordinator instead of each opening its own.
+fn placement_client() -> Result<reqwest::Client> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(CALL_TIMEOUT)
+        .build()
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    Ok(CLIENT.get_or_init(|| client).clone())
 }
 
 /// Warn once per process when placement falls back to `hash`.
