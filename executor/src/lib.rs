@@ -134,22 +134,40 @@ impl std::fmt::Debug for ClientPool {
 }
 
 impl ClientPool {
+    /// Also drops expired clients every `ttl / 3` (at least 15 s, as
+    /// Ballista's pool) when built inside a runtime, so an idle executor does
+    /// not keep connections to executors long gone.
     fn new(ttl: Duration) -> Self {
-        Self {
-            idle: Arc::default(),
-            ttl,
+        let idle: Arc<Mutex<IdleClients>> = Arc::default();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&idle);
+            let every = (ttl / 3).max(Duration::from_secs(15));
+            runtime.spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                loop {
+                    ticker.tick().await;
+                    let Some(idle) = weak.upgrade() else { break };
+                    if let Ok(mut idle) = idle.lock() {
+                        evict(&mut idle, ttl);
+                    }
+                }
+            });
         }
+        Self { idle, ttl }
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<BallistaClient> {
         let mut idle = self.idle.lock().ok()?;
-        let ttl = self.ttl;
-        idle.retain(|_, clients| {
-            clients.retain(|(_, since)| since.elapsed() < ttl);
-            !clients.is_empty()
-        });
+        evict(&mut idle, self.ttl);
         idle.get_mut(key)?.pop().map(|(client, _)| client)
     }
+}
+
+fn evict(idle: &mut IdleClients, ttl: Duration) {
+    idle.retain(|_, clients| {
+        clients.retain(|(_, since)| since.elapsed() < ttl);
+        !clients.is_empty()
+    });
 }
 
 #[async_trait::async_trait]
@@ -191,7 +209,9 @@ impl BallistaClientPool for ClientPool {
     }
 
     async fn evict_idle(&self) {
-        let _ = self.take_idle(&(String::new(), 0, GrpcClientConfig::default()));
+        if let Ok(mut idle) = self.idle.lock() {
+            evict(&mut idle, self.ttl);
+        }
     }
 }
 
