@@ -240,20 +240,18 @@ async fn partitioned_bench(
     // Both engines read the same Parquet input (written once, untimed), so
     // the timed jobs are the same: read, one shuffle, partitioned write.
     let input = dir.join("input");
-    let report = runner
-        .run(
-            "partitioned-input.sql",
-            &format!(
-                "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, {partitions})) \
-                 TO '{}' STORED AS PARQUET;",
-                input.display()
-            ),
-            &HashMap::new(),
-        )
-        .await?;
-    if report.rows_written != rows {
-        bail!("input: wrote {} rows, expected {rows}", report.rows_written);
-    }
+    timed_write(
+        &runner,
+        "partitioned-input.sql",
+        &format!(
+            "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, {partitions})) \
+             TO '{}' STORED AS PARQUET;",
+            input.display()
+        ),
+        &HashMap::new(),
+        rows,
+    )
+    .await?;
     // Modes interleaved round by round, so a noisy minute hits them alike.
     let mut times: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut last_files: HashMap<&str, FileRows> = HashMap::new();
@@ -268,17 +266,14 @@ async fn partitioned_bench(
                 input.display(),
                 out.display()
             );
-            let t = Instant::now();
-            let report = runner
-                .run(&format!("partitioned-{mode}.sql"), &sql, &HashMap::new())
-                .await?;
-            let secs = t.elapsed().as_secs_f64();
-            if report.rows_written != rows {
-                bail!(
-                    "{mode}: wrote {} rows, expected {rows}",
-                    report.rows_written
-                );
-            }
+            let (_, secs) = timed_write(
+                &runner,
+                &format!("partitioned-{mode}.sql"),
+                &sql,
+                &HashMap::new(),
+                rows,
+            )
+            .await?;
             let files = file_rows(&out)?;
             let counted: u64 = files.iter().map(|(_, r)| r).sum();
             if counted != rows {
@@ -516,17 +511,14 @@ async fn s3_commit_run(
          OPTIONS ('{COMMITTER_OPTION}' '{committer}') \
          SELECT * FROM range(0, {rows}, 1, {partitions});"
     );
-    let t = Instant::now();
-    let report = runner
-        .run(&format!("s3-commit-{committer}.sql"), &sql, &HashMap::new())
-        .await?;
-    let secs = t.elapsed().as_secs_f64();
-    if report.rows_written != rows {
-        bail!(
-            "{committer}: wrote {} rows, expected {rows}",
-            report.rows_written
-        );
-    }
+    let (report, secs) = timed_write(
+        runner,
+        &format!("s3-commit-{committer}.sql"),
+        &sql,
+        &HashMap::new(),
+        rows,
+    )
+    .await?;
     let manifest = read_manifest(bucket, prefix).await?;
     if manifest["rows"].as_u64() != Some(rows) {
         bail!("{committer}: _SUCCESS says {} rows", manifest["rows"]);
@@ -663,13 +655,28 @@ async fn sluice_run(endpoint: &str, rows: u64, partitions: u64, out: &Path) -> R
         ("partitions".to_string(), partitions.to_string()),
         ("output".to_string(), out.display().to_string()),
     ]);
+    let (_, secs) = timed_write(&runner, "range_to_parquet.sql", JOB, &vars, rows).await?;
+    Ok(secs)
+}
+
+/// Runs job `name` and times it; an error unless it wrote exactly `rows`.
+async fn timed_write(
+    runner: &JobRunner,
+    name: &str,
+    sql: &str,
+    vars: &HashMap<String, String>,
+    rows: u64,
+) -> Result<(runner::JobReport, f64)> {
     let t = Instant::now();
-    let report = runner.run("range_to_parquet.sql", JOB, &vars).await?;
+    let report = runner.run(name, sql, vars).await?;
     let secs = t.elapsed().as_secs_f64();
     if report.rows_written != rows {
-        bail!("wrote {} rows, expected {rows}", report.rows_written);
+        bail!(
+            "{name}: wrote {} rows, expected {rows}",
+            report.rows_written
+        );
     }
-    Ok(secs)
+    Ok((report, secs))
 }
 
 async fn datafusion_copy(rows: u64, partitions: u64, out: &Path) -> Result<f64> {

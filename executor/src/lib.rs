@@ -156,10 +156,13 @@ impl ClientPool {
         Self { idle, ttl }
     }
 
+    /// The freshest idle client for `key`; expired ones for `key` are
+    /// dropped here, the rest by the sweep (this runs once per fetch).
     fn take_idle(&self, key: &PoolKey) -> Option<BallistaClient> {
         let mut idle = self.idle.lock().ok()?;
-        evict(&mut idle, self.ttl);
-        idle.get_mut(key)?.pop().map(|(client, _)| client)
+        let clients = idle.get_mut(key)?;
+        clients.retain(|(_, since)| since.elapsed() < self.ttl);
+        clients.pop().map(|(client, _)| client)
     }
 }
 

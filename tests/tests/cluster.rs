@@ -151,11 +151,12 @@ fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
 fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
     let (rows, seed, target) = (200_000u64, 9u64, 20_000u64);
     let job = |dir: &std::path::Path| {
-        format!(
-            "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 4)) TO '{}' \
-               STORED AS PARQUET PARTITIONED BY (id) \
-               OPTIONS ('write.target_file_rows' '{target}');\n",
-            dir.display()
+        common::skewed_copy(
+            rows,
+            seed,
+            4,
+            dir,
+            &format!("'write.target_file_rows' '{target}'"),
         )
     };
     let submit = |cluster: &Cluster, out: &std::path::Path, dir: &std::path::Path| {
@@ -204,11 +205,12 @@ fn killing_an_executor_mid_skew_write_loses_and_duplicates_nothing() {
     let job = out.path().join("job.sql");
     std::fs::write(
         &job,
-        format!(
-            "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 8)) TO '{}' \
-               STORED AS PARQUET PARTITIONED BY (id) \
-               OPTIONS ('write.target_file_rows' '{target}');\n",
-            dir.display()
+        common::skewed_copy(
+            rows,
+            seed,
+            8,
+            &dir,
+            &format!("'write.target_file_rows' '{target}'"),
         ),
     )
     .unwrap();

@@ -10,6 +10,16 @@ use arrow::array::{AsArray, Int64Array};
 use arrow::datatypes::Int64Type;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+/// The statement the skew tests run: `skewed_events(rows, seed, partitions)`
+/// written to `dir` `PARTITIONED BY (id)` with statement `options`.
+pub fn skewed_copy(rows: u64, seed: u64, partitions: u64, dir: &Path, options: &str) -> String {
+    format!(
+        "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, {partitions})) \
+         TO '{}' STORED AS PARQUET PARTITIONED BY (id) OPTIONS ({options});\n",
+        dir.display()
+    )
+}
+
 /// Reads every `.parquet` file in `dir` and checks the `id` column holds
 /// `0..rows` exactly once. Returns the number of files.
 pub fn check_range_output(dir: &Path, rows: u64) -> Result<usize> {

@@ -216,10 +216,12 @@ fn skewed_events_write_one_file_per_target_rows_per_id() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("events");
     let (rows, seed, target) = (300_000u64, 42u64, 20_000u64);
-    let sql = format!(
-        "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 6)) TO '{}' \
-           STORED AS PARQUET PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '{target}');",
-        dir.display()
+    let sql = common::skewed_copy(
+        rows,
+        seed,
+        6,
+        &dir,
+        &format!("'write.target_file_rows' '{target}'"),
     );
     let o = run_job_text(out.path(), &sql, &[]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -13,15 +13,15 @@ use sluice_udfs::skewed::id_of;
 fn large_ids_are_split_over_writers_and_small_ids_stay_in_one_file() {
     let out = tempfile::tempdir().unwrap();
     let (rows, seed, target) = (300_000u64, 42u64, 20_000u64);
-    let sql = format!(
-        "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 6)) TO '{skew}' \
-           STORED AS PARQUET PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '{target}');\n\
-         COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 6)) TO '{hash}' \
-           STORED AS PARQUET PARTITIONED BY (id) \
-           OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' 'hash');\n",
-        skew = out.path().join("skew").display(),
-        hash = out.path().join("hash").display(),
-    );
+    let target_option = format!("'write.target_file_rows' '{target}'");
+    let sql = common::skewed_copy(rows, seed, 6, &out.path().join("skew"), &target_option)
+        + &common::skewed_copy(
+            rows,
+            seed,
+            6,
+            &out.path().join("hash"),
+            &format!("{target_option}, 'write.distribution' 'hash'"),
+        );
     let o = run_job_text(out.path(), &sql, &["--output", "json"]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let skew = common::check_skewed_output(&out.path().join("skew"), rows, seed, target, |r| {
@@ -149,11 +149,12 @@ fn the_memory_cap_flushes_row_groups_without_adding_files() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("capped");
     let (rows, seed, target) = (200_000u64, 11u64, 50_000u64);
-    let sql = format!(
-        "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 4)) TO '{}' \
-           STORED AS PARQUET PARTITIONED BY (id) \
-           OPTIONS ('write.target_file_rows' '{target}', 'write.max_buffered_bytes' '2000000');\n",
-        dir.display()
+    let sql = common::skewed_copy(
+        rows,
+        seed,
+        4,
+        &dir,
+        &format!("'write.target_file_rows' '{target}', 'write.max_buffered_bytes' '2000000'"),
     );
     let o = run_job_text(out.path(), &sql, &[]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

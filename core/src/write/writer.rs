@@ -297,9 +297,6 @@ pub fn attach_global_partitions(
         plan: &Arc<dyn ExecutionPlan>,
         ids: &[usize],
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        if plan.output_partitioning().partition_count() != ids.len() {
-            return Ok(None);
-        }
         if let Some(writer) = plan.downcast_ref::<WriterExec>() {
             return Ok(Some(Arc::new(writer.with_global_partitions(ids.to_vec()))));
         }
@@ -315,22 +312,11 @@ pub fn attach_global_partitions(
         if child.output_partitioning().partition_count() != ids.len() {
             return Ok(None);
         }
-        match walk(child, ids)? {
-            Some(child) => Ok(Some(replace_children_if_necessary(
-                Arc::clone(plan),
-                vec![child],
-            )?)),
-            None => Ok(None),
-        }
+        walk(child, ids)?
+            .map(|child| replace_children_if_necessary(Arc::clone(plan), vec![child]))
+            .transpose()
     }
-    let children = plan.children();
-    let [child] = children.as_slice() else {
-        return Ok(plan);
-    };
-    match walk(child, ids)? {
-        Some(child) => replace_children_if_necessary(plan, vec![child]),
-        None => Ok(plan),
-    }
+    Ok(walk(&plan, ids)?.unwrap_or(plan))
 }
 
 /// A staged file's name: Ballista's task identity (`TID job/stage.attempt/
