@@ -2,7 +2,7 @@
 # The S3 commit benchmark (issue: rename-free multipart committer) on the
 # fastest local S3 server we can install: s3s-fs 0.14.1 (a file-system S3
 # server, ~2.5x faster than moto here), on 127.0.0.1. Prints the JSON of
-# `sluice bench s3-commit`; extra arguments go to it (--rows, --partitions).
+# `sluice-bench s3-commit`; extra arguments go to it (--rows, --partitions).
 # `--moto` as the first argument runs the same bench on the tests' moto server
 # instead (the version scripts/test-servers.sh pins), for a second server's costs.
 set -euo pipefail
@@ -13,7 +13,7 @@ if [ "${1:-}" = "--moto" ]; then
   server_kind=moto
   shift
 fi
-cargo build --release --quiet --bin sluice
+cargo build --release --quiet -p sluice-test-support --bin sluice-bench
 
 root=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -50,4 +50,4 @@ fi
 
 export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=bench \
   AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-"$CARGO_TARGET_DIR/release/sluice" bench s3-commit --bucket bench --server "$name" "$@"
+"$CARGO_TARGET_DIR/release/sluice-bench" s3-commit --bucket bench --server "$name" "$@"

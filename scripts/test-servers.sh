@@ -10,7 +10,12 @@ MOTO_VERSION=5.2.5
 DDB_LOCAL_VERSION=11.1.0
 SLUICE_TEST_CACHE=${SLUICE_TEST_CACHE:-$HOME/.cache/sluice-test}
 mkdir -p "$SLUICE_TEST_CACHE"
-SERVER_LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sluice-servers.XXXXXX")
+# Every log of a test run (servers, and each test's scheduler and executors)
+# goes under one known folder, emptied at the start of a run.
+export SLUICE_TEST_LOGS=${SLUICE_TEST_LOGS:-${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}/sluice-test-logs}
+rm -rf "$SLUICE_TEST_LOGS"
+SERVER_LOG_DIR="$SLUICE_TEST_LOGS/servers"
+mkdir -p "$SERVER_LOG_DIR"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 

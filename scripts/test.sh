@@ -26,4 +26,9 @@ source scripts/test-servers.sh
 # dependencies included) so they share one build of DataFusion and Ballista
 # with the test targets instead of a second one.
 cargo build --workspace --all-targets
-cargo nextest run --workspace --no-fail-fast "$@"
+status=0
+cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "test logs (servers, schedulers, executors) are kept in $SLUICE_TEST_LOGS" >&2
+fi
+exit "$status"

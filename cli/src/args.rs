@@ -101,6 +101,4 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         older_than_mins: u64,
     },
-    /// Benchmarks that print JSON figures.
-    Bench(crate::bench::BenchArgs),
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_core::runner::{JobProgress, JobReport, Progress, StatementOutcome};
+use sluice_core::client::{JobProgress, JobReport, Progress, StatementOutcome};
 
 use crate::args::OutputFormat;
 
@@ -183,7 +183,10 @@ pub fn print_status(job: &serde_json::Value, p: &JobProgress, output: OutputForm
     }
 }
 
-pub fn print_limiter(tables: &[sluice_core::dynamo::limiter::TableStatus], output: OutputFormat) {
+pub fn print_limiter(
+    tables: &[sluice_core::coordinator::leases::TableStatus],
+    output: OutputFormat,
+) {
     if output == OutputFormat::Json {
         match serde_json::to_string_pretty(tables) {
             Ok(s) => println!("{s}"),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_scheduler::config::SchedulerConfig;
-use sluice_core::runner::SchedulerApi;
+use sluice_core::client::SchedulerApi;
 
 pub struct EmbeddedCluster {
     /// `host:port` of the scheduler (gRPC and REST).
@@ -30,13 +30,14 @@ impl EmbeddedCluster {
             .context("starting the embedded scheduler")?;
         let endpoint = addr.to_string();
         // The DynamoDB write coordinator, as a separate scheduler would run it.
-        let coordinator = sluice_core::dynamo::Coordinator::spawn(([127, 0, 0, 1], 0).into())
-            .await
-            .context("starting the DynamoDB write coordinator")?;
-        sluice_core::dynamo::set_coordinator_url(&format!("http://{coordinator}"));
-        sluice_core::runner::wait_for_scheduler(&endpoint, Duration::from_secs(10)).await?;
+        let (coordinator, _) =
+            sluice_core::coordinator::Coordinator::spawn(([127, 0, 0, 1], 0).into())
+                .await
+                .context("starting the coordinator")?;
+        sluice_core::client::wait_for_scheduler(&endpoint, Duration::from_secs(10)).await?;
         for i in 0..executors {
-            start_executor_thread(i, format!("http://{endpoint}"), slots).await?;
+            start_executor_thread(i, format!("http://{endpoint}"), slots, coordinator.clone())
+                .await?;
         }
         wait_for_executors(&endpoint, executors).await?;
         Ok(Self { endpoint })
@@ -48,7 +49,12 @@ impl EmbeddedCluster {
 /// scheduler and client on this process's runtime (measured on 2 cores,
 /// `range_to_parquet` 2e8 rows: 3.36 s sharing one runtime, 2.84 s for
 /// separate processes).
-async fn start_executor_thread(index: usize, scheduler: String, slots: usize) -> Result<()> {
+async fn start_executor_thread(
+    index: usize,
+    scheduler: String,
+    slots: usize,
+    coordinator: sluice_core::coordinator::CoordinatorHandle,
+) -> Result<()> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::Builder::new()
@@ -67,7 +73,7 @@ async fn start_executor_thread(index: usize, scheduler: String, slots: usize) ->
                 }
             };
             runtime.block_on(async move {
-                let started = sluice_executor::start_in_process(&scheduler, slots)
+                let started = sluice_executor::start_in_process(&scheduler, slots, coordinator)
                     .await
                     .context("starting an embedded executor");
                 let ok = started.is_ok();

@@ -2,7 +2,6 @@
 //! cluster, progress display and the summary. `main.rs` only wires them.
 
 pub mod args;
-pub mod bench;
 pub mod display;
 pub mod embedded;
 
@@ -11,11 +10,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use sluice_core::client::{self, JobReport, JobRunner, SchedulerApi};
 use sluice_core::config::SluiceConfig;
-use sluice_core::runner::{self, JobReport, JobRunner, SchedulerApi};
 
 use crate::args::{Cli, Command, JobArgs, OutputFormat};
 use crate::display::{CliProgress, print_report};
+
+/// Gives this process its own `TMPDIR`, removed when the returned
+/// directory drops. Ballista's in-process executors put their shuffle files
+/// in a temporary directory they never remove (the `TempDir` is dropped at
+/// once); on a busy machine `/tmp` filled up with gigabytes per run.
+///
+/// # Safety
+/// Sets an environment variable: call it before any other thread starts.
+pub unsafe fn contain_tmpdir() -> Option<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-run-")
+        .tempdir()
+        .ok()?;
+    // SAFETY: the caller guarantees this process has one thread.
+    unsafe { std::env::set_var("TMPDIR", dir.path()) };
+    Some(dir)
+}
+
+/// The runtime the CLI (and the benchmarks, which drive the same embedded
+/// cluster) run on: 32 MiB stacks, since planning deep queries recurses.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 * 1024 * 1024)
+        .build()
+}
 
 /// Parses `--var key=value` pairs.
 pub fn parse_vars(vars: &[String]) -> Result<HashMap<String, String>> {
@@ -86,23 +111,23 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                     .map_or(config.scheduler.as_str(), |(h, _)| h);
                 format!(
                     "http://{host}:{}",
-                    sluice_core::dynamo::limiter::DEFAULT_COORDINATOR_PORT
+                    sluice_core::coordinator::DEFAULT_COORDINATOR_PORT
                 )
             });
-            let tables = sluice_core::dynamo::limiter::fetch_status(&url, timeout)
+            let tables = sluice_core::coordinator::fetch_lease_status(&url, timeout)
                 .await
                 .map_err(|e| anyhow::anyhow!("DynamoDB coordinator at {url}: {e}"))?;
             display::print_limiter(&tables, output);
             Ok(())
         }
         Command::Jobs { output } => {
-            runner::wait_for_scheduler(&config.scheduler, timeout).await?;
+            client::wait_for_scheduler(&config.scheduler, timeout).await?;
             let jobs = SchedulerApi::new(&config.scheduler)?.jobs().await?;
             display::print_jobs(&jobs, output);
             Ok(())
         }
         Command::Status { job_id, output } => {
-            runner::wait_for_scheduler(&config.scheduler, timeout).await?;
+            client::wait_for_scheduler(&config.scheduler, timeout).await?;
             let api = SchedulerApi::new(&config.scheduler)?;
             let job = api
                 .job(&job_id)
@@ -119,7 +144,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cancel { job_id } => {
-            runner::wait_for_scheduler(&config.scheduler, timeout).await?;
+            client::wait_for_scheduler(&config.scheduler, timeout).await?;
             SchedulerApi::new(&config.scheduler)?
                 .cancel(&job_id)
                 .await?;
@@ -130,7 +155,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             output,
             older_than_mins,
         } => {
-            let cleaned = sluice_core::write::clean_abandoned(
+            let cleaned = sluice_core::sink::files::clean_abandoned(
                 &output,
                 Duration::from_secs(older_than_mins * 60),
             )
@@ -144,7 +169,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             println!("cleaned {} abandoned writes under {output}", cleaned.len());
             Ok(())
         }
-        Command::Bench(args) => bench::run(args).await,
     }
 }
 
@@ -153,7 +177,7 @@ async fn run_job(job: &JobArgs, endpoint: &str, timeout: Duration) -> Result<()>
     let source = std::fs::read_to_string(&job.file)
         .with_context(|| format!("reading job file {}", job.file.display()))?;
     let file = job.file.display().to_string();
-    let ctx = runner::connect(endpoint, timeout).await?;
+    let ctx = client::connect(endpoint, timeout).await?;
     let progress = Arc::new(CliProgress::new(job.output == OutputFormat::Text));
     let runner = JobRunner::new(ctx, endpoint, progress.clone())?;
     let interrupter = runner.interrupter();
@@ -179,4 +203,112 @@ async fn run_job(job: &JobArgs, endpoint: &str, timeout: Duration) -> Result<()>
     progress.finish();
     print_report(&report, job.output);
     Ok(())
+}
+
+#[cfg(test)]
+// figment's test jail returns its own (large) error type.
+#[allow(clippy::result_large_err, clippy::panic)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn cli(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_win_over_env_which_wins_over_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "sluice.toml",
+                "scheduler = \"file:1\"\nconnect_timeout_secs = 7\nexecutors = 3\nlog = \"info\"\n",
+            )?;
+            jail.set_env("SLUICE_CONNECT_TIMEOUT_SECS", "9");
+            jail.set_env("SLUICE_LOG", "debug");
+            let parsed = cli(&["--log", "trace", "jobs"]).map_err(|e| e.to_string())?;
+            let c = load_config(&parsed).map_err(|e| e.to_string())?;
+            // ./sluice.toml is read when present.
+            assert_eq!(c.scheduler, "file:1");
+            assert_eq!(c.executors, 3);
+            // SLUICE_* over the file.
+            assert_eq!(c.connect_timeout_secs, 9);
+            // The flag over both.
+            assert_eq!(c.log, "trace");
+            let parsed = cli(&["--scheduler", "flag:2", "--connect-timeout", "1", "jobs"])
+                .map_err(|e| e.to_string())?;
+            let c = load_config(&parsed).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (c.scheduler.as_str(), c.connect_timeout_secs),
+                ("flag:2", 1)
+            );
+            assert_eq!(c.log, "debug");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_hold_without_file_env_or_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            let c = load_config(&cli(&["jobs"]).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c, SluiceConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_and_a_bad_setting_are_named() {
+        let parsed = cli(&["--config", "/nonexistent/s.toml", "jobs"]);
+        let err = parsed
+            .map_err(anyhow::Error::from)
+            .and_then(|c| load_config(&c))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("/nonexistent/s.toml"), "{err}");
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("sluice.toml", "executors = \"many\"\n")?;
+            let err = load_config(&cli(&["jobs"]).map_err(|e| e.to_string())?)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("executors"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn arguments_parse_and_bad_ones_are_refused() {
+        let parsed = cli(&[
+            "run",
+            "job.sql",
+            "--var",
+            "a=1",
+            "--var",
+            "b=x=y",
+            "--executors",
+            "2",
+        ]);
+        let Ok(Cli {
+            command: Command::Run { job, executors, .. },
+            ..
+        }) = parsed
+        else {
+            panic!("run did not parse: {parsed:?}");
+        };
+        assert_eq!(executors, Some(2));
+        let vars = parse_vars(&job.var).unwrap_or_default();
+        assert_eq!(vars.get("a").map(String::as_str), Some("1"));
+        assert_eq!(vars.get("b").map(String::as_str), Some("x=y"));
+        assert!(parse_vars(&["novalue".to_string()]).is_err());
+        assert!(parse_vars(&[" =1".to_string()]).is_err());
+        assert!(cli(&["run"]).is_err(), "a job file is required");
+        assert!(cli(&["run", "j.sql", "--output", "xml"]).is_err());
+        assert!(cli(&["status"]).is_err(), "a job id is required");
+        assert!(cli(&["bench"]).is_err(), "no bench in the product binary");
+    }
 }

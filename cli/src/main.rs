@@ -15,17 +15,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     sluice_core::alloc::tune(-1);
     let cli = Cli::parse();
-    // Ballista's in-process executors put their shuffle files in a temporary
-    // directory they never remove (the `TempDir` is dropped at once); on a
-    // busy machine `/tmp` filled up with gigabytes per run. Giving this
-    // process its own `TMPDIR`, removed on exit, keeps them contained. Set
-    // before any thread starts: `set_var` is only sound single-threaded.
-    let scratch = tempfile::Builder::new().prefix("sluice-run-").tempdir();
-    if let Ok(dir) = &scratch {
-        // SAFETY: no other thread exists yet (the runtime and the logger's
-        // writer are created below).
-        unsafe { std::env::set_var("TMPDIR", dir.path()) };
-    }
+    // SAFETY: no other thread exists yet (the runtime and the logger's
+    // writer are created below).
+    let scratch = unsafe { sluice_cli::contain_tmpdir() };
     let log = sluice_cli::load_config(&cli)
         .map(|c| c.log)
         .unwrap_or_else(|_| sluice_core::config::DEFAULT_LOG.into());
@@ -34,11 +26,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::new(filter))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(32 * 1024 * 1024)
-        .build()
-    {
+    let runtime = match sluice_cli::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -48,7 +36,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(sluice_cli::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", sluice_core::error::render(e.as_ref()));
             ExitCode::FAILURE
         }
     };

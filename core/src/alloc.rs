@@ -1,6 +1,6 @@
 //! Allocator settings for sluice's binaries (all use mimalloc).
 //!
-//! Profiling `sluice bench partitioned` (10 M rows, 5 GB through one
+//! Profiling `sluice-bench partitioned` (10 M rows, 5 GB through one
 //! shuffle, 2 cores) put 30-40% of all CPU time in the kernel zeroing fresh
 //! transparent huge pages: mimalloc hands freed memory back to the OS after
 //! 10 ms, and every re-allocation of a shuffle or Parquet buffer then

@@ -86,11 +86,14 @@ pub fn layered_command(
 ) -> Result<clap::Command, SluiceError> {
     let mut from_file: std::collections::HashMap<String, String> = Default::default();
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SluiceError::Config(format!("reading {}: {e}", path.display())))?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e| SluiceError::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| SluiceError::ConfigRead {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|source| SluiceError::ConfigToml {
+            path: path.display().to_string(),
+            source,
+        })?;
         for (key, value) in table {
             let value = match value {
                 toml::Value::String(s) => s,
@@ -139,9 +142,12 @@ pub fn config_file_arg(args: &[String]) -> Option<PathBuf> {
     std::env::var_os("SLUICE_CONFIG").map(PathBuf::from)
 }
 
-/// Warnings only; and not the embedded executors' poll loops, which warn
-/// once as the process shuts its scheduler down at the end of every run.
-pub const DEFAULT_LOG: &str = "warn,ballista_executor::execution_loop=error";
+/// sluice's own warnings only: a dependency's warnings and errors (the AWS
+/// SDK retrying a credential source, Ballista's spill notices, the embedded
+/// executors' poll loops as the process stops) repeat or pre-empt the one
+/// error the CLI prints; `--log warn` (or any filter) shows them.
+pub const DEFAULT_LOG: &str =
+    "off,sluice_core=warn,sluice_cli=warn,sluice_executor=warn,sluice_scheduler=warn";
 
 /// Default vcores per executor: twice the cores, at least 16. Ballista 55
 /// hands a task as many partitions as its executor has free vcores, and each

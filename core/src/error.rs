@@ -31,6 +31,17 @@ pub enum SluiceError {
     UnsupportedFormat { format: String },
     #[error("invalid output location '{url}': {reason}")]
     InvalidOutput { url: String, reason: String },
+    #[error("write to '{url}': option '{key}' {reason} (valid: {valid})")]
+    BadWriteOption {
+        url: String,
+        key: String,
+        reason: String,
+        valid: String,
+    },
+    #[error(
+        "write to '{url}': option '{key}' looks like a credential; statements do not take credentials (they would travel in the plan): give the processes AWS credentials through their environment, profile or instance role"
+    )]
+    CredentialOption { url: String, key: String },
     #[error("output location '{url}' is not writable: {reason}")]
     Unwritable { url: String, reason: String },
     #[error("writing {path}: {reason}")]
@@ -41,14 +52,55 @@ pub enum SluiceError {
         url: String,
         reason: String,
     },
+    /// A store call of the commit or its cleanup failed; the cause follows.
+    #[error("commit of write {write_id} to {url}: {what}")]
+    CommitStore {
+        write_id: String,
+        url: String,
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("reading {path}")]
+    ConfigRead {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML")]
+    ConfigToml {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{variable}={value} is not host:port")]
+    BadAddress {
+        variable: &'static str,
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("serving metrics on {addr}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: metrics_exporter_prometheus::BuildError,
+    },
     #[error("scheduler at {endpoint} is unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    #[error("the scheduler answered {url} with HTTP {status}")]
+    SchedulerAnswer { url: String, status: u16 },
     #[error("configuration: {0}")]
     Config(String),
     #[error("{file}:{line}: interrupted before this statement ran")]
     Interrupted { file: String, line: usize },
     #[error("codec: {0}")]
     Codec(String),
+    /// A broken invariant of sluice itself (a bug, reported, not a panic).
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("building an HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 impl SluiceError {
@@ -74,5 +126,96 @@ impl SluiceError {
             line,
             source: Box::new(e),
         }
+    }
+}
+
+/// The categories DataFusion and its dependencies put before a message
+/// ("External error: ..."): noise to a user, dropped when rendering.
+const ENGINE_PREFIXES: [&str; 7] = [
+    "External error: ",
+    "Execution error: ",
+    "Error during planning: ",
+    "Arrow error: ",
+    "Object Store error: ",
+    "Parquet error: ",
+    "sql parser error: ",
+];
+
+/// Debug-formatted causes DataFusion puts in its own messages
+/// (`SQL error: ParserError("...")`): shown as their text.
+const DEBUG_WRAPPERS: [&str; 2] = ["ParserError(\"", "TokenizerError(\""];
+
+/// `text` without the engine's category prefixes and debug wrappers.
+fn clean(text: &str) -> String {
+    let mut text = text.to_string();
+    for prefix in ENGINE_PREFIXES {
+        text = text.replace(prefix, "");
+    }
+    for wrapper in DEBUG_WRAPPERS {
+        while let Some(start) = text.find(wrapper) {
+            let inner = start + wrapper.len();
+            let Some(len) = text[inner..].find("\")") else {
+                break;
+            };
+            let unwrapped = text[inner..inner + len].replace("\\\"", "\"");
+            text.replace_range(start..inner + len + 2, &unwrapped);
+        }
+    }
+    text.trim().to_string()
+}
+
+/// An error and its causes as one line, each cause once: a level whose
+/// text an outer level already shows (DataFusion's wrappers repeat their
+/// cause in their own message and again as `source`) is left out, and the
+/// engine's category prefixes are dropped.
+pub fn render(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut level = Some(err);
+    while let Some(e) = level {
+        let text = clean(&e.to_string());
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        level = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_rendered_once() {
+        let inner = DataFusionError::Plan("table 'x' not found".into());
+        let outer = SluiceError::Statement {
+            file: "job.sql".into(),
+            line: 3,
+            source: Box::new(DataFusionError::Context("planning".into(), Box::new(inner))),
+        };
+        let text = render(&outer);
+        assert_eq!(text.matches("table 'x' not found").count(), 1, "{text}");
+        assert!(text.starts_with("job.sql:3: statement failed"), "{text}");
+        assert!(!text.contains("Error during planning"), "{text}");
+    }
+
+    #[test]
+    fn a_parser_error_is_shown_once_as_text() {
+        let parser = datafusion::sql::sqlparser::parser::ParserError::ParserError(
+            "Expected: end of statement, found: FRM".into(),
+        );
+        let e = DataFusionError::SQL(Box::new(parser), None);
+        let text = render(&e);
+        assert_eq!(text.matches("Expected").count(), 1, "{text}");
+        assert!(!text.contains("ParserError("), "{text}");
+    }
+
+    #[test]
+    fn a_cause_not_in_the_message_is_appended() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reaching the scheduler")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(render(&e), "reaching the scheduler: connection refused");
     }
 }

@@ -1,20 +1,27 @@
-//! sluice's engine pieces, shared by the CLI, the scheduler and the executors:
-//! job files ([`job`]), the distributed write path ([`write`]), the codecs that
-//! carry sluice's plan nodes between processes ([`codec`]), session setup
-//! ([`session`]), directory tables that skip `_SUCCESS` ([`tables`]), configuration ([`config`]), Prometheus metrics ([`metrics`]) and the job runner
-//! ([`runner`]), the DynamoDB sink ([`dynamo`]) and the AWS configuration and credentials they share ([`aws`]).
+//! sluice's engine, in layers; a module uses only the layers below it
+//! (checked by `tests/layers.rs`):
+//!
+//! 1. base: [`error`], [`clock`], [`config`], [`metrics`], [`alloc`],
+//!    [`exec`] (operator boilerplate)
+//! 2. [`storage`]: how every process reaches S3 and DynamoDB
+//! 3. [`coordinator`]: the cluster service that placement and leases go
+//!    through (in the scheduler)
+//! 4. [`sink`]: each sink (files, DynamoDB) with its operators
+//! 5. [`plan`]: session, codecs, planner and tables every process shares
+//! 6. [`client`]: job files, the runner and the scheduler's REST API
+//!
+//! `ARCHITECTURE.md` at the repository root follows one job through them.
 
 pub mod alloc;
-pub mod aws;
-pub mod codec;
+pub mod client;
+pub mod clock;
 pub mod config;
-pub mod dynamo;
+pub mod coordinator;
 pub mod error;
-pub mod job;
+pub mod exec;
 pub mod metrics;
-pub mod runner;
-pub mod session;
-pub mod tables;
-pub mod write;
+pub mod plan;
+pub mod sink;
+pub mod storage;
 
 pub use error::SluiceError;

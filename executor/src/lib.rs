@@ -34,8 +34,9 @@ use ballista_executor::flight_service::BallistaFlightService;
 use ballista_executor::metrics::LoggingMetricsCollector;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
-use sluice_core::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
-use sluice_core::session;
+use sluice_core::coordinator::CoordinatorHandle;
+use sluice_core::plan::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
+use sluice_core::plan::session;
 
 fn registry() -> ballista_core::error::Result<BallistaFunctionRegistry> {
     let state = session::server_state(session::session_config())
@@ -47,11 +48,19 @@ fn runtime_producer() -> RuntimeProducer {
     Arc::new(|_config| session::runtime_env())
 }
 
-/// Installs sluice's codecs, functions and object stores on an executor config.
+/// The session config every task of this executor runs with: sluice's,
+/// carrying how operators reach the coordinator.
+fn config_producer(coordinator: CoordinatorHandle) -> ConfigProducer {
+    Arc::new(move || coordinator.clone().install(session::session_config()))
+}
+
+/// Installs sluice's codecs, functions, object stores and coordinator on an
+/// executor config.
 pub fn with_sluice(
     mut config: ExecutorProcessConfig,
+    coordinator: CoordinatorHandle,
 ) -> ballista_core::error::Result<ExecutorProcessConfig> {
-    config.override_config_producer = Some(Arc::new(session::session_config));
+    config.override_config_producer = Some(config_producer(coordinator));
     config.override_runtime_producer = Some(runtime_producer());
     config.override_logical_codec = Some(Arc::new(SluiceLogicalCodec::default()));
     config.override_physical_codec = Some(Arc::new(SluicePhysicalCodec::default()));
@@ -99,7 +108,7 @@ impl ExecutionEngine for SluiceExecutionEngine {
         // `SortShuffleWriterExec`, whose ids are its K output partitions)
         // maps the task's partitions one to one onto stage partitions.
         let plan = if plan.downcast_ref::<ShuffleWriterExec>().is_some() {
-            sluice_core::write::attach_global_partitions(plan, &global_output_partition_ids)?
+            sluice_core::sink::files::attach_global_partitions(plan, &global_output_partition_ids)?
         } else {
             plan
         };
@@ -225,11 +234,12 @@ impl BallistaClientPool for ClientPool {
 pub async fn start_in_process(
     scheduler_url: &str,
     slots: usize,
+    coordinator: CoordinatorHandle,
 ) -> ballista_core::error::Result<()> {
     let scheduler = SchedulerGrpcClient::connect(scheduler_url.to_string())
         .await
         .map_err(|e| BallistaError::General(format!("connecting to {scheduler_url}: {e}")))?;
-    let config_producer: ConfigProducer = Arc::new(session::session_config);
+    let config_producer = config_producer(coordinator);
     let codec: BallistaCodec = BallistaCodec::new(
         Arc::new(SluiceLogicalCodec::default()),
         Arc::new(SluicePhysicalCodec::default()),

@@ -45,15 +45,17 @@ async fn main() -> anyhow::Result<()> {
         format!(
             "http://{}:{}",
             opt.scheduler_host,
-            sluice_core::dynamo::limiter::DEFAULT_COORDINATOR_PORT
+            sluice_core::coordinator::DEFAULT_COORDINATOR_PORT
         )
     });
-    sluice_core::dynamo::set_coordinator_url(&coordinator);
     let health_addr: SocketAddr = format!("{}:{}", opt.bind_host, opt.bind_health_port)
         .parse()
         .context("--bind-host/--bind-health-port")?;
     let config: ExecutorProcessConfig = opt.try_into().context("executor settings")?;
-    let config = sluice_executor::with_sluice(config)?;
+    let config = sluice_executor::with_sluice(
+        config,
+        sluice_core::coordinator::CoordinatorHandle::remote(&coordinator),
+    )?;
     let filter =
         std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());
     // Logs on stderr, as the CLI's: stdout stays free for output.

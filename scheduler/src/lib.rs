@@ -10,8 +10,8 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use sluice_core::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
-use sluice_core::session;
+use sluice_core::plan::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
+use sluice_core::plan::session;
 use tokio::task::JoinHandle;
 
 /// Installs sluice's session builder and codecs on a Ballista scheduler config.

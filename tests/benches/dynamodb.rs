@@ -28,7 +28,7 @@ INSERT INTO t SELECT concat('p', CAST(id % 997 AS VARCHAR)) AS pk, id AS sk,
   repeat('x', 200) AS body FROM range(0, ${rows}, 1, ${partitions});";
 
 async fn create_table(name: &str, wcu: i64) -> Result<()> {
-    let client = sluice_core::dynamo::client::client().await;
+    let client = sluice_core::storage::dynamodb::client().await;
     let key = |n: &str, k: KeyType| {
         KeySchemaElement::builder()
             .attribute_name(n)
@@ -63,7 +63,7 @@ async fn create_table(name: &str, wcu: i64) -> Result<()> {
 
 async fn update_capacity(proxy: &str, name: &str, wcu: i64) -> Result<()> {
     // Through the proxy, which follows UpdateTable like the service.
-    let direct = sluice_core::dynamo::client::client().await;
+    let direct = sluice_core::storage::dynamodb::client().await;
     let client = aws_sdk_dynamodb::Client::from_conf(
         direct.config().to_builder().endpoint_url(proxy).build(),
     );

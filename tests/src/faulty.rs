@@ -1,11 +1,15 @@
 //! A loopback HTTP proxy in front of the test S3 server that answers a share
 //! of multipart part uploads (`PUT ...?partNumber=...`) with `500 Internal
 //! Server Error` instead of forwarding them: the flaky S3 of the fault tests.
+//! It also counts the access keys requests were signed with (SigV4's
+//! `Credential=`), so a credentials test sees which key was used, not only
+//! that some key was found.
 //! Plain HTTP/1.1 with `Content-Length` bodies, which is what the S3 clients
 //! under test send and moto answers.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -16,7 +20,17 @@ pub struct FaultyS3 {
     pub endpoint: String,
     pub injected: Arc<AtomicU64>,
     pub part_uploads: Arc<AtomicU64>,
+    /// Requests per signing access key (`-` for unsigned requests).
+    pub signers: Arc<Mutex<BTreeMap<String, u64>>>,
     _runtime: tokio::runtime::Runtime,
+}
+
+/// Counters the proxy keeps.
+#[derive(Clone)]
+struct Counts {
+    injected: Arc<AtomicU64>,
+    part_uploads: Arc<AtomicU64>,
+    signers: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl FaultyS3 {
@@ -33,23 +47,35 @@ impl FaultyS3 {
             .build()?;
         let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
         let endpoint = format!("http://{}", listener.local_addr()?);
-        let injected = Arc::new(AtomicU64::new(0));
-        let part_uploads = Arc::new(AtomicU64::new(0));
-        let (inj, parts) = (Arc::clone(&injected), Arc::clone(&part_uploads));
+        let counts = Counts {
+            injected: Arc::new(AtomicU64::new(0)),
+            part_uploads: Arc::new(AtomicU64::new(0)),
+            signers: Arc::default(),
+        };
+        let kept = counts.clone();
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (up, inj, parts) = (upstream.clone(), Arc::clone(&inj), Arc::clone(&parts));
+                let (up, counts) = (upstream.clone(), counts.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &up, every, &inj, &parts).await;
+                    let _ = serve(client, &up, every, &counts).await;
                 });
             }
         });
         Ok(Self {
             endpoint,
-            injected,
-            part_uploads,
+            injected: kept.injected,
+            part_uploads: kept.part_uploads,
+            signers: kept.signers,
             _runtime: runtime,
         })
+    }
+
+    /// The access keys requests were signed with, and how many each.
+    pub fn signing_keys(&self) -> BTreeMap<String, u64> {
+        match self.signers.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }
 
@@ -90,16 +116,15 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Result<Opti
     Ok(Some(Request { head, body }))
 }
 
-async fn serve(
-    client: TcpStream,
-    upstream: &str,
-    every: u64,
-    injected: &AtomicU64,
-    part_uploads: &AtomicU64,
-) -> Result<()> {
+async fn serve(client: TcpStream, upstream: &str, every: u64, counts: &Counts) -> Result<()> {
+    let (injected, part_uploads) = (&counts.injected, &counts.part_uploads);
     let (read, mut write) = client.into_split();
     let mut reader = BufReader::new(read);
     while let Some(req) = read_message(&mut reader).await? {
+        let signer = signing_key(&req.head).unwrap_or_else(|| "-".to_string());
+        if let Ok(mut signers) = counts.signers.lock() {
+            *signers.entry(signer).or_default() += 1;
+        }
         let first = req.head.lines().next().unwrap_or_default().to_string();
         let is_part = first.starts_with("PUT ") && first.contains("partNumber=");
         if is_part && part_uploads.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
@@ -163,4 +188,15 @@ async fn forward(upstream: &str, req: &Request) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// The access key of a SigV4 `Authorization` header
+/// (`AWS4-HMAC-SHA256 Credential=AKID/date/region/s3/aws4_request, ...`).
+fn signing_key(head: &str) -> Option<String> {
+    let value = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("authorization").then_some(v)
+    })?;
+    let credential = value.split("Credential=").nth(1)?;
+    Some(credential.split('/').next()?.trim().to_string())
 }

@@ -14,22 +14,23 @@ pub mod faulty;
 pub mod imds;
 pub mod s3;
 
-/// The target directory's binary `name` (e.g. `sluice`).
+/// The target directory's binary `name` (e.g. `sluice`), next to the
+/// running binary (`sluice-bench`) or one level up from a test's
+/// (`target/debug/deps/test-xxxx`).
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/debug/deps/test-xxxx -> target/debug/name
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("locating the target directory")?;
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build --workspace --bins` first",
-            path.display()
-        );
+    let here = exe.parent().context("locating the target directory")?;
+    let candidates = [Some(here), here.parent()];
+    for dir in candidates.into_iter().flatten() {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
     }
-    Ok(path)
+    bail!(
+        "{name} is missing next to {}: run `cargo build --workspace --bins` first",
+        exe.display()
+    );
 }
 
 /// The workspace root (for `jobs/...`).
@@ -46,10 +47,11 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-/// A `sluice` command with a clean log setting.
+/// A `sluice` command with the default log setting (sluice's warnings
+/// only), whatever the caller's environment says.
 pub fn sluice() -> Result<Command> {
     let mut cmd = Command::new(binary("sluice")?);
-    cmd.env_remove("RUST_LOG").env("SLUICE_LOG", "warn");
+    cmd.env_remove("RUST_LOG").env_remove("SLUICE_LOG");
     Ok(cmd)
 }
 
@@ -112,7 +114,35 @@ pub struct Cluster {
     pub metrics: Vec<String>,
     /// `http://host:port` of the DynamoDB write coordinator.
     pub coordinator: String,
+    /// Where the processes' logs go (see [`log_dir`]).
+    pub logs: PathBuf,
     _work: tempfile::TempDir,
+}
+
+/// A fresh folder for one cluster's logs: under `$SLUICE_TEST_LOGS` when
+/// set (`scripts/test.sh` sets it, and prints the path when a test fails),
+/// named by the test (its thread's name) and this process; else under
+/// `fallback`, removed with it.
+pub fn log_dir(fallback: &Path) -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = match std::env::var_os("SLUICE_TEST_LOGS") {
+        Some(root) => {
+            let thread = std::thread::current();
+            let test = thread
+                .name()
+                .unwrap_or("test")
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "-");
+            PathBuf::from(root).join(format!(
+                "{test}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ))
+        }
+        None => fallback.join("logs"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 impl Cluster {
@@ -126,6 +156,7 @@ impl Cluster {
     /// (e.g. `AWS_ENDPOINT_URL_DYNAMODB` pointing at a proxy).
     pub fn start_with_env(executors: usize, slots: usize, env: &[(&str, &str)]) -> Result<Self> {
         let work = tempfile::tempdir()?;
+        let logs = log_dir(work.path())?;
         let port = free_port()?;
         let coordinator = format!("127.0.0.1:{}", free_port()?);
         let scheduler = Command::new(binary("sluice-scheduler")?)
@@ -138,7 +169,7 @@ impl Cluster {
             .args(["--expire-dead-executor-interval-seconds", "2"])
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(
-                work.path().join("scheduler.log"),
+                logs.join("scheduler.log"),
             )?))
             .spawn()
             .context("starting sluice-scheduler")?;
@@ -149,6 +180,7 @@ impl Cluster {
             executors: vec![],
             metrics: vec![],
             coordinator: format!("http://{coordinator}"),
+            logs,
             _work: work,
         };
         cluster.wait_http("/api/version", Duration::from_secs(30))?;
@@ -156,10 +188,14 @@ impl Cluster {
             let dir = cluster._work.path().join(format!("executor-{i}"));
             std::fs::create_dir_all(&dir)?;
             let metrics = format!("127.0.0.1:{}", free_port()?);
-            let child = Command::new(binary("sluice-executor")?)
+            let mut command = Command::new(binary("sluice-executor")?);
+            // A test's own SLUICE_COORDINATOR_URL (the flag's variable) wins.
+            if !env.iter().any(|(k, _)| *k == "SLUICE_COORDINATOR_URL") {
+                command.args(["--coordinator-url", &cluster.coordinator]);
+            }
+            let child = command
                 .envs(env.iter().copied())
                 .env("SLUICE_METRICS_ADDR", &metrics)
-                .args(["--coordinator-url", &cluster.coordinator])
                 .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
                 .args([
                     "--scheduler-host",
@@ -177,7 +213,7 @@ impl Cluster {
                 .arg(&dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(std::fs::File::create(
-                    dir.join("executor.log"),
+                    cluster.logs.join(format!("executor-{i}.log")),
                 )?))
                 .spawn()
                 .context("starting sluice-executor")?;
@@ -304,18 +340,12 @@ impl Cluster {
 
     /// Executor `i`'s log.
     pub fn executor_log(&self, i: usize) -> String {
-        std::fs::read_to_string(
-            self._work
-                .path()
-                .join(format!("executor-{i}"))
-                .join("executor.log"),
-        )
-        .unwrap_or_default()
+        std::fs::read_to_string(self.logs.join(format!("executor-{i}.log"))).unwrap_or_default()
     }
 
     /// The scheduler's log, for failure messages.
     pub fn scheduler_log(&self) -> String {
-        std::fs::read_to_string(self._work.path().join("scheduler.log")).unwrap_or_default()
+        std::fs::read_to_string(self.logs.join("scheduler.log")).unwrap_or_default()
     }
 }
 

@@ -146,18 +146,17 @@ pub fn manifest_files_by_dir(
     Ok(out)
 }
 
-/// Checks a `PARTITIONED BY (id)` output of `skewed_events(rows, seed)`
-/// against the generator: every `seq` once, each id's rows in exactly
+/// Checks a `PARTITIONED BY (id)` output of `skewed_events(rows, ..)`
+/// against the generator (`id_of` gives row `r`'s id): every `seq` once, each id's rows in exactly
 /// ceil(rows / target) files of at most `target` rows. Returns the
 /// distinct writers of each id's files.
 pub fn check_skewed_output(
     dir: &Path,
     rows: u64,
-    seed: u64,
     target: u64,
     id_of: impl Fn(u64) -> i64,
 ) -> Result<std::collections::BTreeMap<i64, usize>> {
-    check_skewed_output_files(dir, rows, seed, target, id_of, true)
+    check_skewed_output_files(dir, rows, target, id_of, true)
 }
 
 /// As [`check_skewed_output`]; with `exact_files` false an id may have more
@@ -165,12 +164,10 @@ pub fn check_skewed_output(
 pub fn check_skewed_output_files(
     dir: &Path,
     rows: u64,
-    seed: u64,
     target: u64,
     id_of: impl Fn(u64) -> i64,
     exact_files: bool,
 ) -> Result<std::collections::BTreeMap<i64, usize>> {
-    let _ = seed;
     let mut expected = std::collections::BTreeMap::new();
     for r in 0..rows {
         *expected.entry(id_of(r)).or_insert(0u64) += 1;

@@ -20,6 +20,71 @@ fn assert_fails_with(o: &Output, needles: &[&str]) {
     }
 }
 
+/// The one error line of a failed run: no other output (no dependency
+/// warnings, no debug dumps), and no part of it repeated.
+fn the_error_line(o: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "more than the error: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for noise in [
+        "DataFusionError",
+        "Shared(",
+        "External(",
+        "Error during planning:",
+    ] {
+        assert!(!lines[0].contains(noise), "{noise} in {stderr}");
+    }
+    lines[0].to_string()
+}
+
+#[test]
+fn each_error_is_printed_once() {
+    let d = tempfile::tempdir().unwrap();
+    let o = run_job(d.path(), "SELECT * FROM nosuch;\n", &[]);
+    let line = the_error_line(&o);
+    assert!(line.contains("job.sql:1"), "{line}");
+    assert_eq!(line.matches("nosuch").count(), 1, "{line}");
+
+    let o = run_job(d.path(), "SELECT * FRM range(0, 10);\n", &[]);
+    let line = the_error_line(&o);
+    assert_eq!(line.matches("Expected").count(), 1, "{line}");
+
+    // A credential as a write option is refused on the client, before
+    // planning, and its value is never printed.
+    let out = d.path().join("o");
+    let o = run_job(
+        d.path(),
+        &format!(
+            "COPY (SELECT id FROM range(0, 10, 1, 2)) TO '{}' STORED AS PARQUET \
+             OPTIONS ('aws.secret_access_key' 'hunter2-secret');\n",
+            out.display()
+        ),
+        &[],
+    );
+    let line = the_error_line(&o);
+    assert!(line.contains("'aws.secret_access_key'"), "{line}");
+    assert!(line.contains("credential"), "{line}");
+    assert!(!line.contains("hunter2-secret"), "{line}");
+    assert!(!out.exists(), "the write ran");
+
+    // An unknown Parquet option fails at planning, naming the valid ones.
+    let o = run_job(
+        d.path(),
+        &format!(
+            "COPY (SELECT id FROM range(0, 10, 1, 2)) TO '{}' STORED AS PARQUET \
+             OPTIONS ('format.no_such_knob' '1');\n",
+            out.display()
+        ),
+        &[],
+    );
+    let line = the_error_line(&o);
+    assert!(line.contains("'format.no_such_knob'"), "{line}");
+    assert!(line.contains("compression"), "valid options listed: {line}");
+    assert!(!out.exists(), "the write ran");
+}
+
 #[test]
 fn malformed_sql_names_file_line_and_position() {
     let d = tempfile::tempdir().unwrap();

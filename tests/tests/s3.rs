@@ -283,8 +283,9 @@ fn a_failed_first_attempt_is_retried_and_its_upload_aborted() {
     assert_nothing_left(&s3, &bucket, "out/");
 }
 
-/// SIGKILL an executor while its uploads are open: either the job completes
-/// with exactly the rows or it fails; either way no upload stays open.
+/// SIGKILL an executor while its uploads are open: the other executor
+/// re-runs its tasks, the job completes with exactly the rows, and no
+/// upload stays open.
 #[test]
 fn killing_an_executor_mid_upload_leaves_no_partial_output() {
     let s3 = S3::from_env().unwrap();
@@ -297,23 +298,23 @@ fn killing_an_executor_mid_upload_leaves_no_partial_output() {
     let open_at_kill = s3.open_uploads(&bucket, "out/").unwrap();
     cluster.kill_executor(0).unwrap();
     let out = wait_for_exit(child, "the kill");
-    if out.status.success() {
-        println!("outcome: completed after the kill");
-        let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
-        assert_eq!(keys.len(), 8);
-        assert_partition_keys(&keys, 8);
-        // Re-run attempts wrote the keys the killed ones had started.
-        for key in &open_at_kill {
-            assert!(
-                keys.contains(key),
-                "{key} (open at the kill) not in {keys:?}"
-            );
-        }
-        check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
-    } else {
-        println!("outcome: failed: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
+    assert!(
+        out.status.success(),
+        "the job failed although an executor survived: {}\nscheduler log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.scheduler_log()
+    );
+    let keys = check_s3_range_output(&s3, &bucket, "out/", rows).unwrap();
+    assert_eq!(keys.len(), 8);
+    assert_partition_keys(&keys, 8);
+    // Re-run attempts wrote the keys the killed ones had started.
+    for key in &open_at_kill {
+        assert!(
+            keys.contains(key),
+            "{key} (open at the kill) not in {keys:?}"
+        );
     }
+    check_s3_manifest(&s3, &bucket, "out/", &keys, rows).unwrap();
     assert_nothing_left(&s3, &bucket, "out/");
 }
 
@@ -383,31 +384,45 @@ fn a_missing_bucket_is_named() {
 
 #[test]
 fn an_unreachable_endpoint_fails_cleanly() {
-    let dead = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let port = free_port().unwrap();
+    let dead = format!("http://127.0.0.1:{port}");
     let (ok, stderr, _) = run_to(
         "s3://any-bucket/out",
         &[("AWS_ENDPOINT_URL_S3", &dead)],
         &[],
     );
     assert!(!ok);
-    assert!(stderr.contains("s3://any-bucket/out/"), "{stderr}");
+    // One error line naming the output, the endpoint and the cause.
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let error = errors[0];
+    assert!(error.contains("s3://any-bucket/out/"), "{stderr}");
+    assert!(error.contains("not writable"), "{stderr}");
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(
-        stderr.contains("cannot be written") || stderr.contains("error"),
+        error.to_ascii_lowercase().contains("connection refused"),
         "{stderr}"
     );
+    assert_eq!(error.matches("s3://any-bucket/out/").count(), 1, "{stderr}");
 }
 
 #[test]
 fn missing_credentials_fail_cleanly() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("nocreds").unwrap();
-    // Point the instance-metadata lookup at a closed loopback port.
+    // Point the instance-metadata lookup at a closed loopback port, and
+    // hide any profile files (~/.aws) the machine has.
     let imds = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let home = tempfile::tempdir().unwrap();
+    let none = home.path().join("none");
     let (ok, stderr, _) = run_to(
         &format!("s3://{bucket}/out"),
         &[
             ("AWS_METADATA_ENDPOINT", &imds),
             ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("HOME", &home.path().display().to_string()),
+            ("AWS_CONFIG_FILE", &none.display().to_string()),
+            ("AWS_SHARED_CREDENTIALS_FILE", &none.display().to_string()),
         ],
         &[
             "AWS_ACCESS_KEY_ID",
@@ -417,8 +432,11 @@ fn missing_credentials_fail_cleanly() {
         ],
     );
     assert!(!ok, "wrote without credentials");
+    // One sentence saying what to set, not the SDK's warnings.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&format!("s3://{bucket}/out/")), "{stderr}");
     assert!(stderr.contains("no AWS credentials"), "{stderr}");
+    assert!(stderr.contains("AWS_ACCESS_KEY_ID"), "{stderr}");
     assert!(s3.list(&bucket, "").unwrap().is_empty());
 }
 
@@ -475,12 +493,15 @@ fn an_instance_role_is_enough() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("imds").unwrap();
     let imds = sluice_test_support::imds::InstanceMetadata::start().unwrap();
+    // Every request signed with the role's key, seen by a proxy.
+    let proxy = sluice_test_support::faulty::FaultyS3::start(&s3.endpoint, u64::MAX).unwrap();
     let home = tempfile::tempdir().unwrap();
     let mut env = without_keys(home.path());
     env.push((
         "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
         imds.endpoint.clone(),
     ));
+    env.push(("AWS_ENDPOINT_URL_S3".into(), proxy.endpoint.clone()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut remove = KEY_VARS.to_vec();
     remove.push("AWS_EC2_METADATA_DISABLED");
@@ -495,6 +516,18 @@ fn an_instance_role_is_enough() {
         "credentials fetched {fetches} times"
     );
     assert!(imds.tokens() >= 1);
+    assert_signed_only_by(&proxy, sluice_test_support::imds::ACCESS_KEY_ID);
+}
+
+/// Every request through `proxy` was signed with `key` (and there were some).
+fn assert_signed_only_by(proxy: &sluice_test_support::faulty::FaultyS3, key: &str) {
+    let signers = proxy.signing_keys();
+    assert_eq!(
+        signers.keys().collect::<Vec<_>>(),
+        vec![key],
+        "signing keys: {signers:?}"
+    );
+    assert!(signers[key] >= 10, "signing keys: {signers:?}");
 }
 
 /// No keys in the environment, a named profile in a credentials file: the
@@ -503,8 +536,10 @@ fn an_instance_role_is_enough() {
 fn a_profile_is_enough() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("profile").unwrap();
+    let proxy = sluice_test_support::faulty::FaultyS3::start(&s3.endpoint, u64::MAX).unwrap();
     let home = tempfile::tempdir().unwrap();
     let mut env = without_keys(home.path());
+    env.push(("AWS_ENDPOINT_URL_S3".into(), proxy.endpoint.clone()));
     let credentials = home.path().join("credentials");
     std::fs::write(
         &credentials,
@@ -518,9 +553,10 @@ fn a_profile_is_enough() {
     assert!(ok, "{stderr}");
     let keys = check_s3_range_output(&s3, &bucket, "out/", 1000).unwrap();
     check_s3_manifest(&s3, &bucket, "out/", &keys, 1000).unwrap();
+    assert_signed_only_by(&proxy, "profilekey");
 }
 
-/// The rename-based shapes kept for `sluice bench s3-commit` write the same
+/// The rename-based shapes kept for `sluice-bench s3-commit` write the same
 /// rows as the multipart committer, each once, and leave no staging behind:
 /// the benchmark's comparison is between writes of the same output.
 #[test]

@@ -24,14 +24,12 @@ fn large_ids_are_split_over_writers_and_small_ids_stay_in_one_file() {
         );
     let o = run_job_text(out.path(), &sql, &["--output", "json"]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let skew = common::check_skewed_output(&out.path().join("skew"), rows, seed, target, |r| {
-        id_of(seed, r)
-    })
-    .unwrap();
-    let hash = common::check_skewed_output(&out.path().join("hash"), rows, seed, target, |r| {
-        id_of(seed, r)
-    })
-    .unwrap();
+    let skew =
+        common::check_skewed_output(&out.path().join("skew"), rows, target, |r| id_of(seed, r))
+            .unwrap();
+    let hash =
+        common::check_skewed_output(&out.path().join("hash"), rows, target, |r| id_of(seed, r))
+            .unwrap();
     // id 100 holds 28% of rows: five files. Skew-aware spreads them over
     // writers; hash gives the whole id to one.
     assert!(skew[&100] >= 2, "skew writers per id: {skew:?}");
@@ -104,9 +102,9 @@ fn an_id_whose_share_jumps_gets_the_new_plan_without_changing_the_job() {
         .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let check = if input == "a" {
-            common::check_skewed_output(&output, rows, seed, target, |r| id_of(seed, r))
+            common::check_skewed_output(&output, rows, target, |r| id_of(seed, r))
         } else {
-            common::check_skewed_output(&output, rows, seed, target, grown)
+            common::check_skewed_output(&output, rows, target, grown)
         };
         writers.push(check.unwrap());
     }
@@ -158,7 +156,7 @@ fn the_memory_cap_flushes_row_groups_without_adding_files() {
     );
     let o = run_job_text(out.path(), &sql, &[]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    common::check_skewed_output(&dir, rows, seed, target, |r| id_of(seed, r)).unwrap();
+    common::check_skewed_output(&dir, rows, target, |r| id_of(seed, r)).unwrap();
     let most_row_groups = std::fs::read_dir(dir.join("id=100"))
         .unwrap()
         .filter_map(|e| e.ok())

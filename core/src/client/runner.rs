@@ -1,0 +1,477 @@
+//! Runs a job file against a Ballista scheduler: statement by statement,
+//! writes through sluice's distributed writer, progress from the scheduler's
+//! REST API, and cleanup of staged files when a write fails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use ballista_core::execution_plans::DistributedQueryExec;
+use datafusion::catalog::TableProvider;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::protobuf::LogicalPlanNode;
+use tracing::Instrument;
+
+use super::inspect::{dynamo_insert, starts_with_insert, table_insert, write_defaults};
+use super::job::{Action, classify, split_statements, substitute};
+use super::preflight::preflight_output;
+use super::report::{DynamoOutcome, JobReport, Progress, StatementOutcome, WriteOutcome};
+use super::rest::SchedulerApi;
+use crate::error::SluiceError;
+use crate::exec::Report;
+use crate::sink::dynamo::{DynamoCommitReport, DynamoTable, DynamoWriteNode};
+use crate::sink::files::{CommitReport, WriteNode, WriteSpec, abandon};
+
+/// Delay before the second cleanup sweep of a failed write.
+const CLEANUP_RESWEEP: Duration = Duration::from_secs(2);
+/// How long an interrupt waits for the scheduler to accept the job to cancel.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+pub struct JobRunner {
+    ctx: SessionContext,
+    api: SchedulerApi,
+    progress: Arc<dyn Progress>,
+    poll: Duration,
+    interrupt: tokio::sync::watch::Receiver<bool>,
+    interrupt_tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl JobRunner {
+    pub fn new(
+        ctx: SessionContext,
+        endpoint: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Self, SluiceError> {
+        let (interrupt_tx, interrupt) = tokio::sync::watch::channel(false);
+        Ok(Self {
+            ctx,
+            api: SchedulerApi::new(endpoint)?,
+            progress,
+            poll: Duration::from_millis(250),
+            interrupt,
+            interrupt_tx: Arc::new(interrupt_tx),
+        })
+    }
+
+    /// A handle that interrupts the run (Ctrl-C): the running job is
+    /// cancelled on the scheduler, its write cleaned up, and the run fails,
+    /// unless the job had already finished.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(Arc::clone(&self.interrupt_tx))
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs every statement of `source` in order; stops at the first failure.
+    pub async fn run(
+        &self,
+        file: &str,
+        source: &str,
+        cli_vars: &HashMap<String, String>,
+    ) -> Result<JobReport, SluiceError> {
+        let started = Instant::now();
+        let mut vars = cli_vars.clone();
+        let statements = split_statements(source);
+        if statements.is_empty() {
+            return Err(SluiceError::Syntax {
+                file: file.to_string(),
+                line: 1,
+                message: "the job has no statements".into(),
+            });
+        }
+        let mut outcomes = Vec::new();
+        let total = statements.len();
+        for (i, raw) in statements.iter().enumerate() {
+            if *self.interrupt.borrow() {
+                return Err(SluiceError::Interrupted {
+                    file: file.to_string(),
+                    line: raw.line,
+                });
+            }
+            let text = substitute(&raw.text, &vars, file, raw.line)?;
+            self.progress.statement_started(i, total, raw.line, &text);
+            let span = tracing::info_span!("sluice.statement", file, line = raw.line);
+            let t0 = Instant::now();
+            let action = classify(&text, file, raw.line)?;
+            let stmt_err = SluiceError::in_statement(file, raw.line);
+            let mut outcome = StatementOutcome {
+                line: raw.line,
+                kind: "sql",
+                job_id: None,
+                duration_ms: 0,
+                write: None,
+                result_rows: 0,
+                batches: vec![],
+            };
+            match action {
+                Action::SetVar { key, value } => {
+                    outcome.kind = "set";
+                    // A `--var` wins: SETs in the file are defaults.
+                    if !cli_vars.contains_key(&key) {
+                        vars.insert(key, value);
+                    }
+                }
+                Action::Sql(sql) if starts_with_insert(&sql) => {
+                    self.set_job_name(file, raw.line);
+                    let plan = self
+                        .ctx
+                        .sql(&sql)
+                        .await
+                        .map_err(stmt_err)?
+                        .into_unoptimized_plan();
+                    if let Some((input, table)) = dynamo_insert(&plan) {
+                        outcome.kind = "write";
+                        let (job_id, write) = self
+                            .run_dynamo_write(input, table, file, raw.line)
+                            .instrument(span)
+                            .await?;
+                        outcome.job_id = job_id;
+                        outcome.write = Some(write);
+                    } else {
+                        match table_insert(&plan, &write_defaults(&vars)).map_err(stmt_err)? {
+                            Some((input, spec)) => {
+                                outcome.kind = "write";
+                                let (job_id, write) = self
+                                    .run_write_plan(input, spec, file, raw.line)
+                                    .instrument(span)
+                                    .await?;
+                                outcome.job_id = job_id;
+                                outcome.write = Some(write);
+                            }
+                            None => {
+                                let (job_id, batches) = async {
+                                    let df = self.ctx.execute_logical_plan(plan).await?;
+                                    self.execute(df.create_physical_plan().await?).await
+                                }
+                                .instrument(span)
+                                .await
+                                .map_err(stmt_err)?;
+                                outcome.job_id = job_id;
+                                outcome.batches = batches;
+                            }
+                        }
+                    }
+                }
+                Action::Sql(sql) => {
+                    let (job_id, batches) = self
+                        .run_sql(&sql, file, raw.line)
+                        .instrument(span)
+                        .await
+                        .map_err(stmt_err)?;
+                    outcome.job_id = job_id;
+                    outcome.result_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                    outcome.batches = batches;
+                }
+                Action::Write {
+                    query,
+                    url,
+                    format,
+                    overwrite,
+                    options,
+                    partition_by,
+                } => {
+                    let mut options = options;
+                    for (key, value) in write_defaults(&vars) {
+                        options.entry(key).or_insert(value);
+                    }
+                    let spec = WriteSpec::new(&url, format, overwrite, options)?
+                        .with_partition_by(partition_by);
+                    outcome.kind = "write";
+                    let (job_id, write) = self
+                        .run_write(&query, spec, file, raw.line)
+                        .instrument(span)
+                        .await?;
+                    outcome.job_id = job_id;
+                    outcome.write = Some(write);
+                }
+            }
+            outcome.duration_ms = t0.elapsed().as_millis() as u64;
+            self.progress.statement_finished(&outcome);
+            outcomes.push(outcome);
+        }
+        let writes = || outcomes.iter().filter_map(|o| o.write.as_ref());
+        Ok(JobReport {
+            job_file: file.to_string(),
+            job_ids: outcomes.iter().filter_map(|o| o.job_id.clone()).collect(),
+            rows_written: writes().map(|w| w.rows).sum(),
+            files_written: writes().map(|w| w.files).sum(),
+            bytes_written: writes().map(|w| w.bytes).sum(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            statements: outcomes,
+        })
+    }
+
+    fn set_job_name(&self, file: &str, line: usize) {
+        let name = format!("sluice {file}:{line}");
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        // Unknown keys only when Ballista's extension is missing; the name is cosmetic.
+        let _ = state
+            .config_mut()
+            .options_mut()
+            .set("ballista.job.name", &name);
+    }
+
+    async fn run_sql(
+        &self,
+        sql: &str,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, Vec<RecordBatch>), DataFusionError> {
+        self.set_job_name(file, line);
+        let df = self.ctx.sql(sql).await?;
+        let plan = df.create_physical_plan().await?;
+        self.execute(plan).await
+    }
+
+    async fn run_write(
+        &self,
+        query: &str,
+        spec: WriteSpec,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
+        let stmt_err = SluiceError::in_statement(file, line);
+        let input = self
+            .ctx
+            .sql(query)
+            .await
+            .map_err(stmt_err)?
+            .into_unoptimized_plan();
+        self.run_write_plan(input, spec, file, line).await
+    }
+
+    async fn run_write_plan(
+        &self,
+        input: LogicalPlan,
+        spec: WriteSpec,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
+        let stmt_err = SluiceError::in_statement(file, line);
+        preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
+        self.set_job_name(file, line);
+        let planned = self
+            .plan_physical(WriteNode::try_new(input, spec.clone()).map(WriteNode::into_plan))
+            .await
+            .map_err(stmt_err)?;
+        let result = self.execute(planned).await;
+        let (job_id, batches) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A failed job commits nothing; remove what its tasks staged.
+                if let Err(clean) = self.cleanup(&spec).await {
+                    tracing::warn!(error = %clean, write_id = %spec.write_id, "staging cleanup failed");
+                }
+                return Err(stmt_err(e));
+            }
+        };
+        let report = CommitReport::from_batches(&batches)
+            .map_err(stmt_err)?
+            .pop()
+            .ok_or_else(|| {
+                stmt_err(DataFusionError::Execution(
+                    "the write returned no commit summary".into(),
+                ))
+            })?;
+        Ok((
+            job_id,
+            WriteOutcome {
+                output: spec.url.clone(),
+                write_id: spec.write_id.clone(),
+                rows: report.rows,
+                files: report.files,
+                bytes: report.bytes,
+                commit_ms: report.commit_ms,
+                dynamodb: None,
+            },
+        ))
+    }
+
+    /// Plans a logical plan built by sluice (a write node over a query).
+    async fn plan_physical(
+        &self,
+        plan: Result<LogicalPlan, DataFusionError>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        self.ctx
+            .execute_logical_plan(plan?)
+            .await?
+            .create_physical_plan()
+            .await
+    }
+
+    /// `INSERT INTO` a DynamoDB table: checks the key schema against
+    /// `DescribeTable` before anything runs, then writes through the
+    /// cluster's writers and limiter.
+    async fn run_dynamo_write(
+        &self,
+        input: LogicalPlan,
+        table: Arc<dyn TableProvider>,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
+        let stmt_err = SluiceError::in_statement(file, line);
+        let Some(table) = table.downcast_ref::<DynamoTable>() else {
+            return Err(stmt_err(DataFusionError::Internal(
+                "not a DynamoDB table".into(),
+            )));
+        };
+        let spec = crate::sink::dynamo::plan_write(table, input.schema().as_arrow())
+            .await
+            .map_err(|e| stmt_err(DataFusionError::Plan(e.to_string())))?;
+        self.set_job_name(file, line);
+        let planned = self
+            .plan_physical(
+                DynamoWriteNode::try_new(input, spec.clone()).map(DynamoWriteNode::into_plan),
+            )
+            .await
+            .map_err(stmt_err)?;
+        let (job_id, batches) = self.execute(planned).await.map_err(stmt_err)?;
+        let r = DynamoCommitReport::from_batches(&batches)
+            .map_err(stmt_err)?
+            .pop()
+            .ok_or_else(|| {
+                stmt_err(DataFusionError::Execution(
+                    "the write returned no summary".into(),
+                ))
+            })?;
+        let elapsed = r.elapsed_ms.max(1) as f64 / 1000.0;
+        let d = DynamoOutcome {
+            table: spec.table.clone(),
+            items: r.items,
+            retried: r.retried,
+            dead_lettered: r.dead_lettered,
+            dead_letter: r.dead_letter,
+            throttles: r.throttles,
+            calls: r.calls,
+            consumed_wcu: r.consumed_wcu,
+            wcu_per_sec: r.consumed_wcu as f64 / elapsed,
+            budget_wcu: spec.budget_hint,
+            build_ms: r.build_ms,
+            call_ms: r.call_ms,
+            response_ms: r.response_ms,
+            wait_ms: r.wait_ms,
+        };
+        Ok((
+            job_id,
+            WriteOutcome {
+                output: format!("dynamodb://{}", spec.table),
+                write_id: spec.write_id.clone(),
+                rows: d.items,
+                files: 0,
+                bytes: 0,
+                commit_ms: 0,
+                dynamodb: Some(d),
+            },
+        ))
+    }
+
+    /// A failed job commits nothing: abort its uploads and remove what its
+    /// tasks staged. Swept twice, because a task the scheduler is still
+    /// cancelling can start an upload just after the first sweep.
+    async fn cleanup(&self, spec: &WriteSpec) -> Result<(), DataFusionError> {
+        let store = self
+            .ctx
+            .runtime_env()
+            .object_store_registry
+            .get_store(&spec.output_url()?)?;
+        let mut aborted = abandon(spec, &store).await?;
+        tokio::time::sleep(CLEANUP_RESWEEP).await;
+        aborted += abandon(spec, &store).await?;
+        tracing::info!(write_id = %spec.write_id, aborted_uploads = aborted, "cleaned up failed write");
+        Ok(())
+    }
+
+    /// Runs a plan, reporting progress while the scheduler works on it.
+    async fn execute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<(Option<String>, Vec<RecordBatch>), DataFusionError> {
+        let task_ctx = self.ctx.task_ctx();
+        let running = collect(Arc::clone(&plan), task_ctx);
+        tokio::pin!(running);
+        let mut job_id: Option<String> = None;
+        let mut ticker = tokio::time::interval(self.poll);
+        let mut interrupt = self.interrupt.clone();
+        // An interrupt waits for the scheduler to accept the job (the plan
+        // keeps being polled meanwhile, or it would never be submitted), then
+        // cancels it once; awaiting the plan then ends as cancelled.
+        let mut cancel_pending = *interrupt.borrow();
+        let mut cancel_deadline = Instant::now() + CANCEL_WAIT;
+        loop {
+            tokio::select! {
+                changed = interrupt.changed(), if !cancel_pending => {
+                    if changed.is_ok() && *interrupt.borrow() {
+                        cancel_pending = true;
+                        cancel_deadline = Instant::now() + CANCEL_WAIT;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)), if cancel_pending => {
+                    if let Some(id) = distributed_job_id(&plan) {
+                        cancel_pending = false;
+                        tracing::warn!(job_id = %id, "interrupted: cancelling the job");
+                        if let Err(e) = self.api.cancel(&id).await {
+                            tracing::warn!(job_id = %id, error = %e, "cancel failed");
+                        }
+                    } else if Instant::now() > cancel_deadline {
+                        cancel_pending = false;
+                        tracing::warn!("interrupted, but the scheduler never accepted the job");
+                    }
+                }
+                result = &mut running => {
+                    if job_id.is_none() {
+                        job_id = distributed_job_id(&plan);
+                    }
+                    if let Some(id) = &job_id
+                        && let Ok(p) = self.api.progress(id).await
+                    {
+                        self.progress.job_progress(&p);
+                    }
+                    return result.map(|b| (job_id, b));
+                }
+                _ = ticker.tick() => {
+                    if job_id.is_none() {
+                        job_id = distributed_job_id(&plan);
+                        if let Some(id) = &job_id {
+                            tracing::info!(job_id = %id, "job submitted");
+                            self.progress.job_submitted(id);
+                        }
+                    }
+                    if let Some(id) = &job_id
+                        && let Ok(p) = self.api.progress(id).await
+                    {
+                        self.progress.job_progress(&p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Interrupts a [`JobRunner`] from another task (see [`JobRunner::interrupter`]).
+#[derive(Clone)]
+pub struct Interrupter(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// The scheduler's id for a plan submitted to it, once it has accepted it.
+fn distributed_job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    let found = plan
+        .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+        .and_then(|d| d.job_id())
+        .map(|id| id.to_string());
+    if found.is_none() {
+        tracing::debug!(plan = plan.name(), "no scheduler job id on plan");
+    }
+    found
+}

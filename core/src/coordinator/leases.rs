@@ -1,0 +1,553 @@
+//! Leases: one write budget per DynamoDB table for the whole cluster
+//! (`/v1/dynamodb/*`).
+//!
+//! Every writer partition holds a lease on its table, renewed every
+//! [`RENEW`]; each renewal reports what the writer consumed and whether it
+//! was throttled, and returns the writer's share: the table's current rate
+//! divided among the writers whose leases are live. A writer that finishes
+//! releases its lease; one that dies stops renewing and drops out after
+//! [`LEASE_TTL`], and the others get its share at their next renewal.
+//!
+//! The rate starts at the budget (capacity x `write.percent`, capped by
+//! `write.max_units`), which the coordinator re-reads with `DescribeTable`
+//! every [`DESCRIBE_EVERY`], or after [`DESCRIBE_SOON`] once writers report
+//! throttles. Throttles reported by any writer cut the rate (by 10%, once
+//! per [`DECREASE_EVERY`]); without throttles it grows back toward the
+//! budget by 3% of it per second.
+//!
+//! Writers pace themselves with a local token bucket at their share
+//! (`sink::dynamo::limiter`), so the coordinator is never on the
+//! per-request path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::storage::dynamodb::{self, CapacityShare, DynamoError, TableShape};
+
+pub const RENEW: Duration = Duration::from_millis(250);
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+pub const DESCRIBE_EVERY: Duration = Duration::from_secs(2);
+/// After throttles, the capacity is read again this soon (a lowered
+/// capacity is otherwise seen only at the next regular read).
+pub const DESCRIBE_SOON: Duration = Duration::from_millis(500);
+pub const DECREASE_EVERY: Duration = Duration::from_secs(1);
+/// Multiplicative decrease on throttling.
+pub const DECREASE: f64 = 0.9;
+/// Additive increase: this share of the budget per second.
+const INCREASE_PER_SEC: f64 = 0.03;
+/// The rate never drops below this share of the budget.
+const FLOOR: f64 = 0.05;
+
+/// A lease request: register or renew, with what happened since the last one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub table: String,
+    pub writer: String,
+    pub share: CapacityShare,
+    /// The client's budget, used until the coordinator's own `DescribeTable` answers.
+    pub budget_hint: f64,
+    pub consumed_wcu: f64,
+    pub throttles: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// This writer's share, WCU/s.
+    pub rate: f64,
+    /// The cluster-wide rate now, and the budget it is bounded by.
+    pub table_rate: f64,
+    pub budget: f64,
+    pub writers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Release {
+    pub table: String,
+    pub writer: String,
+}
+
+/// What the coordinator knows of one table (`GET /v1/dynamodb/tables`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableStatus {
+    pub table: String,
+    pub budget: f64,
+    pub rate: f64,
+    pub writers: Vec<String>,
+    /// Sum of the writers' current grants (never above `rate` but briefly).
+    pub granted: f64,
+    pub consumed_wcu: f64,
+    pub throttles: u64,
+    /// When the budget last changed, seconds since the coordinator started.
+    pub budget_changed_at: Option<f64>,
+}
+
+/// Where the coordinator reads a table's capacity (`DescribeTable` in
+/// production; a fixed answer in unit tests).
+pub trait CapacitySource: Send + Sync {
+    fn describe(&self, table: &str) -> BoxFuture<'static, Result<TableShape, DynamoError>>;
+}
+
+/// `DescribeTable` through the process's DynamoDB client.
+pub struct DescribeTable;
+
+impl CapacitySource for DescribeTable {
+    fn describe(&self, table: &str) -> BoxFuture<'static, Result<TableShape, DynamoError>> {
+        let table = table.to_string();
+        Box::pin(async move {
+            let client = dynamodb::client().await;
+            dynamodb::describe(&client, &table).await
+        })
+    }
+}
+
+struct Lease {
+    expires: Instant,
+    /// The rate last granted, which the writer uses until it renews.
+    granted: f64,
+}
+
+struct TableState {
+    share: CapacityShare,
+    shape: Option<TableShape>,
+    budget: f64,
+    rate: f64,
+    leases: HashMap<String, Lease>,
+    last_describe: Option<Instant>,
+    describing: bool,
+    /// Throttles were reported: read the capacity again soon, it may
+    /// have been lowered.
+    describe_soon: bool,
+    last_decrease: Instant,
+    last_tick: Instant,
+    consumed: f64,
+    throttles: u64,
+    budget_changed_at: Option<Instant>,
+}
+
+impl TableState {
+    fn set_budget(&mut self, budget: f64, now: Instant) {
+        if (budget - self.budget).abs() > f64::EPSILON {
+            // A known capacity change is followed at once, both ways; only
+            // throttling probes the rate down and back up.
+            self.budget = budget;
+            self.rate = budget;
+            self.budget_changed_at = Some(now);
+        }
+    }
+}
+
+/// The lease table; cheap to clone.
+#[derive(Clone)]
+pub struct Leases {
+    tables: Arc<Mutex<HashMap<String, TableState>>>,
+    clock: Arc<dyn Clock>,
+    capacity: Arc<dyn CapacitySource>,
+    started: Instant,
+}
+
+impl Leases {
+    pub fn new(clock: Arc<dyn Clock>, capacity: Arc<dyn CapacitySource>) -> Self {
+        Self {
+            tables: Arc::default(),
+            started: clock.now(),
+            clock,
+            capacity,
+        }
+    }
+
+    /// `POST /v1/dynamodb/lease`, `POST /v1/dynamodb/release`,
+    /// `GET /v1/dynamodb/tables`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/dynamodb/lease", post(lease))
+            .route("/v1/dynamodb/release", post(release))
+            .route("/v1/dynamodb/tables", get(tables))
+            .with_state(self)
+    }
+
+    fn with_tables<T>(&self, f: impl FnOnce(&mut HashMap<String, TableState>) -> T) -> T {
+        let mut guard = match self.tables.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    pub fn lease(&self, req: LeaseRequest) -> LeaseGrant {
+        let now = self.clock.now();
+        self.with_tables(|tables| {
+            let state = tables.entry(req.table.clone()).or_insert_with(|| TableState {
+                share: req.share,
+                shape: None,
+                budget: req.budget_hint,
+                rate: req.budget_hint,
+                leases: HashMap::new(),
+                last_describe: None,
+                describing: false,
+                describe_soon: false,
+                last_decrease: now.checked_sub(DECREASE_EVERY).unwrap_or(now),
+                last_tick: now,
+                consumed: 0.0,
+                throttles: 0,
+                budget_changed_at: None,
+            });
+            if state.leases.is_empty() {
+                // A new job may bring a new share.
+                state.share = req.share;
+                if let Some(shape) = &state.shape {
+                    let budget = shape.budget(state.share);
+                    state.set_budget(budget, now);
+                }
+            }
+            state.consumed += req.consumed_wcu;
+            state.throttles += req.throttles;
+            if req.throttles > 0 {
+                state.describe_soon = true;
+            }
+            if req.throttles > 0 && now.duration_since(state.last_decrease) >= DECREASE_EVERY {
+                state.rate = (state.rate * DECREASE).max(state.budget * FLOOR);
+                state.last_decrease = now;
+                tracing::info!(table = %req.table, rate = state.rate, "throttled: cluster rate cut");
+            }
+            // The fair share, but never more than what the other writers'
+            // current grants leave: while writers join, the early ones still
+            // hold larger shares until they renew, and granting the fair
+            // share at once would over-commit the table for up to one
+            // renewal period (measured: 12% throttled requests with 32
+            // writers starting together). A newcomer may get nothing until
+            // the others renew (one renewal period): the grants never add
+            // up past the rate.
+            let others: f64 = state
+                .leases
+                .iter()
+                .filter(|(w, _)| **w != req.writer)
+                .map(|(_, l)| l.granted)
+                .sum();
+            let live = state.leases.len() + usize::from(!state.leases.contains_key(&req.writer));
+            let fair = state.rate / live.max(1) as f64;
+            let granted = fair.min((state.rate - others).max(0.0));
+            state.leases.insert(
+                req.writer.clone(),
+                Lease {
+                    expires: now + LEASE_TTL,
+                    granted,
+                },
+            );
+            LeaseGrant {
+                rate: granted,
+                table_rate: state.rate,
+                budget: state.budget,
+                writers: state.leases.len(),
+            }
+        })
+    }
+
+    pub fn release(&self, req: &Release) {
+        self.with_tables(|tables| {
+            if let Some(state) = tables.get_mut(&req.table) {
+                state.leases.remove(&req.writer);
+            }
+        });
+    }
+
+    pub fn status(&self) -> Vec<TableStatus> {
+        self.with_tables(|tables| {
+            let mut out: Vec<TableStatus> = tables
+                .iter()
+                .map(|(name, s)| TableStatus {
+                    table: name.clone(),
+                    budget: s.budget,
+                    rate: s.rate,
+                    writers: {
+                        let mut w: Vec<String> = s.leases.keys().cloned().collect();
+                        w.sort();
+                        w
+                    },
+                    granted: s.leases.values().map(|l| l.granted).sum(),
+                    consumed_wcu: s.consumed,
+                    throttles: s.throttles,
+                    budget_changed_at: s
+                        .budget_changed_at
+                        .map(|t| t.duration_since(self.started).as_secs_f64()),
+                })
+                .collect();
+            out.sort_by(|a, b| a.table.cmp(&b.table));
+            out
+        })
+    }
+
+    /// Expires leases and grows rates back; returns the tables with
+    /// writers whose capacity was not read recently (now marked as being
+    /// read: the caller reads them and hands the answer to
+    /// [`Leases::described`]).
+    pub fn tick(&self) -> Vec<String> {
+        let now = self.clock.now();
+        self.with_tables(|tables| {
+            let mut due = Vec::new();
+            for (name, s) in tables.iter_mut() {
+                s.leases.retain(|_, lease| lease.expires > now);
+                let dt = now.duration_since(s.last_tick).as_secs_f64();
+                s.last_tick = now;
+                if now.duration_since(s.last_decrease) >= DECREASE_EVERY {
+                    s.rate = (s.rate + s.budget * INCREASE_PER_SEC * dt).min(s.budget);
+                }
+                let every = if s.describe_soon {
+                    DESCRIBE_SOON
+                } else {
+                    DESCRIBE_EVERY
+                };
+                let stale = s
+                    .last_describe
+                    .is_none_or(|t| now.duration_since(t) >= every);
+                if !s.leases.is_empty() && stale && !s.describing {
+                    s.describing = true;
+                    due.push(name.clone());
+                }
+                metrics::gauge!("sluice_dynamodb_rate_wcu", "table" => name.clone()).set(s.rate);
+                metrics::gauge!("sluice_dynamodb_writers", "table" => name.clone())
+                    .set(s.leases.len() as f64);
+            }
+            due
+        })
+    }
+
+    /// Takes a `DescribeTable` answer for `table`: a changed capacity
+    /// becomes the new budget at once.
+    pub fn described(&self, table: &str, shape: Result<TableShape, DynamoError>) {
+        let now = self.clock.now();
+        self.with_tables(|tables| {
+            let Some(s) = tables.get_mut(table) else {
+                return;
+            };
+            s.describing = false;
+            s.describe_soon = false;
+            s.last_describe = Some(now);
+            match shape {
+                Ok(shape) => {
+                    let budget = shape.budget(s.share);
+                    s.set_budget(budget, now);
+                    metrics::gauge!("sluice_dynamodb_budget_wcu", "table" => table.to_string())
+                        .set(budget);
+                    s.shape = Some(shape);
+                }
+                Err(e) => {
+                    tracing::warn!(%table, error = %e, "coordinator could not read the table's capacity; keeping the last budget");
+                }
+            }
+        });
+    }
+
+    /// One round of the background loop: [`Leases::tick`], then read the
+    /// capacity of the tables due, each in its own task.
+    pub fn tick_and_describe(&self) {
+        for table in self.tick() {
+            let me = self.clone();
+            let call = self.capacity.describe(&table);
+            tokio::spawn(async move {
+                let shape = call.await;
+                me.described(&table, shape);
+            });
+        }
+    }
+}
+
+async fn lease(State(c): State<Leases>, Json(req): Json<LeaseRequest>) -> Json<LeaseGrant> {
+    Json(c.lease(req))
+}
+
+async fn release(State(c): State<Leases>, Json(req): Json<Release>) -> Json<bool> {
+    c.release(&req);
+    Json(true)
+}
+
+async fn tables(State(c): State<Leases>) -> Json<Vec<TableStatus>> {
+    Json(c.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    struct Fixed(TableShape);
+
+    impl CapacitySource for Fixed {
+        fn describe(&self, _table: &str) -> BoxFuture<'static, Result<TableShape, DynamoError>> {
+            let shape = self.0.clone();
+            Box::pin(async move { Ok(shape) })
+        }
+    }
+
+    fn provisioned(wcu: f64) -> TableShape {
+        TableShape {
+            keys: vec![("pk".into(), "S".into())],
+            indexes: vec![],
+            provisioned_wcu: Some(wcu),
+            on_demand_max: None,
+        }
+    }
+
+    fn leases() -> (Leases, Arc<ManualClock>) {
+        let clock = ManualClock::new();
+        let l = Leases::new(clock.clone(), Arc::new(Fixed(provisioned(2000.0))));
+        (l, clock)
+    }
+
+    fn req(writer: &str, throttles: u64) -> LeaseRequest {
+        LeaseRequest {
+            table: "t".into(),
+            writer: writer.into(),
+            share: CapacityShare {
+                percent: 0.5,
+                max_units: None,
+            },
+            budget_hint: 1000.0,
+            consumed_wcu: 0.0,
+            throttles,
+        }
+    }
+
+    fn granted(l: &Leases) -> f64 {
+        l.status().first().map_or(0.0, |t| t.granted)
+    }
+
+    #[test]
+    fn shares_follow_live_writers_and_throttles_cut_the_rate() {
+        let (c, clock) = leases();
+        assert_eq!(c.lease(req("a", 0)).rate, 1000.0);
+        // b joins while a still holds everything: b gets nothing until a
+        // renews and drops to its fair half, then b gets the other half.
+        assert_eq!(c.lease(req("b", 0)).rate, 0.0);
+        assert_eq!(c.lease(req("a", 0)).rate, 500.0);
+        assert_eq!(c.lease(req("b", 0)).rate, 500.0);
+        c.release(&Release {
+            table: "t".into(),
+            writer: "b".into(),
+        });
+        assert_eq!(c.lease(req("a", 0)).rate, 1000.0);
+        let cut = c.lease(req("a", 3));
+        assert_eq!(cut.table_rate, 900.0);
+        // At most one cut per second, however many writers report.
+        assert_eq!(c.lease(req("a", 1)).table_rate, 900.0);
+        clock.advance(DECREASE_EVERY);
+        assert_eq!(c.lease(req("a", 1)).table_rate, 810.0);
+    }
+
+    #[test]
+    fn a_dead_writer_drops_out_after_the_ttl() {
+        let (c, clock) = leases();
+        c.lease(req("a", 0));
+        c.lease(req("b", 0));
+        c.lease(req("a", 0));
+        c.lease(req("b", 0));
+        // a keeps renewing, b dies.
+        for _ in 0..11 {
+            clock.advance(RENEW);
+            c.lease(req("a", 0));
+            c.tick();
+        }
+        assert_eq!(c.status()[0].writers, vec!["a", "b"], "within the TTL");
+        clock.advance(RENEW);
+        c.lease(req("a", 0));
+        c.tick();
+        assert_eq!(c.status()[0].writers, vec!["a"], "after the TTL");
+        assert_eq!(c.lease(req("a", 0)).rate, 1000.0, "a gets b's share");
+    }
+
+    #[test]
+    fn the_rate_grows_back_three_percent_of_the_budget_per_second() {
+        let (c, clock) = leases();
+        c.lease(req("a", 1));
+        assert_eq!(c.status()[0].rate, 900.0);
+        // No growth within a second of the cut.
+        clock.advance(Duration::from_millis(500));
+        c.tick();
+        assert_eq!(c.status()[0].rate, 900.0);
+        clock.advance(Duration::from_millis(500));
+        c.tick();
+        clock.advance(Duration::from_secs(1));
+        c.tick();
+        // Growth resumes a second after the cut and credits the half second
+        // since the last tick (915), then a full second (945).
+        assert!((c.status()[0].rate - 945.0).abs() < 1e-9);
+        // Never past the budget.
+        for _ in 0..10 {
+            clock.advance(Duration::from_secs(1));
+            c.tick();
+        }
+        assert_eq!(c.status()[0].rate, 1000.0);
+    }
+
+    #[test]
+    fn the_rate_never_drops_below_the_floor() {
+        let (c, clock) = leases();
+        for _ in 0..100 {
+            c.lease(req("a", 1));
+            clock.advance(DECREASE_EVERY);
+        }
+        assert_eq!(c.status()[0].rate, 1000.0 * FLOOR);
+    }
+
+    #[test]
+    fn grants_never_sum_past_the_rate_while_writers_join_and_leave() {
+        let (c, clock) = leases();
+        let writers: Vec<String> = (0..32).map(|i| format!("w{i}")).collect();
+        // Writer i renews from round i to round i + 15, then leaves.
+        for round in 0..48 {
+            for (i, w) in writers.iter().enumerate() {
+                if (i..i + 16).contains(&round) {
+                    c.lease(req(w, 0));
+                } else if round == i + 16 {
+                    c.release(&Release {
+                        table: "t".into(),
+                        writer: w.clone(),
+                    });
+                }
+                let rate = c.status()[0].rate;
+                assert!(
+                    granted(&c) <= rate + 1e-6,
+                    "round {round}: granted {} > rate {rate}",
+                    granted(&c)
+                );
+            }
+            clock.advance(RENEW);
+            c.tick();
+        }
+        // Every writer has left.
+        assert_eq!(c.status()[0].writers.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_capacity_change_becomes_the_budget_at_the_next_describe() {
+        let (c, clock) = leases();
+        c.lease(req("a", 0));
+        assert_eq!(
+            c.tick(),
+            vec!["t".to_string()],
+            "first describe due at once"
+        );
+        assert!(c.tick().is_empty(), "one describe at a time");
+        c.described("t", Ok(provisioned(4000.0)));
+        let s = &c.status()[0];
+        assert_eq!((s.budget, s.rate), (2000.0, 2000.0));
+        clock.advance(DESCRIBE_EVERY - Duration::from_millis(1));
+        assert!(c.tick().is_empty());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(c.tick(), vec!["t".to_string()]);
+        // Throttles make the next read come sooner.
+        c.described("t", Ok(provisioned(4000.0)));
+        c.lease(req("a", 1));
+        clock.advance(DESCRIBE_SOON);
+        assert_eq!(c.tick(), vec!["t".to_string()]);
+        c.described("t", Ok(provisioned(1000.0)));
+        assert_eq!(c.status()[0].budget, 500.0);
+    }
+}

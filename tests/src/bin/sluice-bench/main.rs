@@ -1,0 +1,189 @@
+//! `sluice-bench`: sluice's benchmarks, each printing JSON figures measured
+//! side by side in one run (ratios, since these machines are shared and
+//! noisy). Kept out of the product binary: it drives Spark and the test
+//! clusters, which `sluice` has no business shipping.
+//!
+//! Run with a release build: `cargo run --release -p sluice-test-support
+//! --bin sluice-bench -- range`.
+
+mod common;
+mod partitioned;
+mod range;
+mod s3_commit;
+mod spark;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::common::PartitionedShape;
+use crate::partitioned::partitioned_bench;
+use crate::range::range_bench;
+use crate::s3_commit::s3_commit_bench;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice-bench", about = "sluice's benchmarks, as JSON")]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Bench,
+}
+
+// mimalloc, as the product binaries use: the embedded cluster runs here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    sluice_core::alloc::tune(-1);
+    let args = BenchArgs::parse();
+    // SAFETY: no other thread exists yet. The embedded cluster's shuffle
+    // files stay under this directory, removed on exit.
+    let scratch = unsafe { sluice_cli::contain_tmpdir() };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| sluice_core::config::DEFAULT_LOG.into()),
+        ))
+        .init();
+    let runtime = match sluice_cli::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", sluice_core::error::render(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    drop(scratch);
+    code
+}
+
+/// Where a local benchmark writes, and the Spark it compares with.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Scratch directory (default: a temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Python with pyspark for the Spark run (skipped when it cannot import pyspark).
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Skip the Spark run.
+    #[arg(long)]
+    no_spark: bool,
+}
+
+impl CompareArgs {
+    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new()
+            .prefix("sluice-bench")
+            .tempdir_in(self.dir.clone().unwrap_or_else(std::env::temp_dir))?)
+    }
+
+    /// The Python to run Spark with, unless skipped.
+    pub fn spark(&self) -> Option<&str> {
+        (!self.no_spark).then_some(self.python.as_str())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// range_to_parquet: embedded vs processes vs DataFusion COPY vs Spark.
+    Range {
+        /// Rows to write.
+        #[arg(long, default_value_t = 200_000_000)]
+        rows: u64,
+        /// Partitions (and files).
+        #[arg(long, default_value_t = 100)]
+        partitions: u64,
+        #[command(flatten)]
+        common: CompareArgs,
+    },
+    /// The field notes' skewed stream written PARTITIONED BY (id) with a row
+    /// target: files per id against the ideal, for each distribution.
+    Partitioned {
+        /// Rows of `skewed_events` to write.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Target rows per file.
+        #[arg(long, default_value_t = 240_000)]
+        target: u64,
+        /// Input partitions (map tasks).
+        #[arg(long, default_value_t = 42)]
+        partitions: u64,
+        /// Rounds of skew, hash and none, interleaved; times are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[command(flatten)]
+        common: CompareArgs,
+    },
+    /// range_to_parquet to S3: the multipart committer vs rename-based v1 and v2.
+    S3Commit {
+        /// Rows to write.
+        #[arg(long, default_value_t = 100_000_000)]
+        rows: u64,
+        /// Partitions (and files).
+        #[arg(long, default_value_t = 100)]
+        partitions: u64,
+        /// Rounds of the three committers, order rotated; times are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// An existing bucket on the S3 server of `AWS_ENDPOINT_URL_S3`.
+        #[arg(long)]
+        bucket: String,
+        /// The S3 server's name, for the report.
+        #[arg(long, env = "SLUICE_BENCH_S3_SERVER", default_value = "unknown")]
+        server: String,
+    },
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    match args.which {
+        Bench::Range {
+            rows,
+            partitions,
+            common,
+        } => {
+            let scratch = common.scratch()?;
+            let report = range_bench(rows, partitions, scratch.path(), common.spark()).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Bench::Partitioned {
+            rows,
+            target,
+            partitions,
+            rounds,
+            common,
+        } => {
+            let scratch = common.scratch()?;
+            let shape = PartitionedShape {
+                rows,
+                target,
+                partitions,
+                rounds: rounds.max(1),
+            };
+            let report = partitioned_bench(shape, scratch.path(), common.spark()).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Bench::S3Commit {
+            rows,
+            partitions,
+            rounds,
+            bucket,
+            server,
+        } => {
+            let report = s3_commit_bench(rows, partitions, rounds.max(1), &bucket, &server).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+    }
+}
