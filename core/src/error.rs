@@ -4,7 +4,22 @@
 
 use datafusion::error::DataFusionError;
 
-#[derive(Debug, thiserror::Error)]
+/// `Debug` as `Display`, for errors that travel through Ballista: a failed
+/// task's error reaches the client as `{:?}` of the whole chain
+/// (`DataFusionError(Shared(External(...)))`), and a struct dump there is
+/// noise where the message says what happened.
+macro_rules! debug_as_display {
+    ($t:ty) => {
+        impl ::std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                ::std::fmt::Display::fmt(self, f)
+            }
+        }
+    };
+}
+pub(crate) use debug_as_display;
+
+#[derive(thiserror::Error)]
 pub enum SluiceError {
     #[error(
         "{file}:{line}: unknown variable ${{{name}}} (set it with `SET {name}=...;` or `--var {name}=...`)"
@@ -103,6 +118,8 @@ pub enum SluiceError {
     HttpClient(#[source] reqwest::Error),
 }
 
+crate::error::debug_as_display!(SluiceError);
+
 impl SluiceError {
     pub fn into_datafusion(self) -> DataFusionError {
         DataFusionError::External(Box::new(self))
@@ -145,9 +162,46 @@ const ENGINE_PREFIXES: [&str; 7] = [
 /// (`SQL error: ParserError("...")`): shown as their text.
 const DEBUG_WRAPPERS: [&str; 2] = ["ParserError(\"", "TokenizerError(\""];
 
+/// The `Debug` wrappers of a task error as Ballista reports it
+/// (`Task failed ...: DataFusionError(Shared(External(...)))`).
+const DEBUG_ENUMS: [&str; 9] = [
+    "DataFusionError(",
+    "Shared(",
+    "External(",
+    "ArrowError(",
+    "Execution(",
+    "Internal(",
+    "Plan(",
+    "ObjectStore(",
+    "ExternalError(",
+];
+
+/// `text` with the enum wrappers of a `Debug`-printed error chain taken
+/// off (each closes at the end of the text), quoted messages unquoted.
+fn strip_debug_wrappers(mut text: String) -> String {
+    while text.ends_with(')') {
+        let Some((at, wrapper)) = DEBUG_ENUMS
+            .iter()
+            .filter_map(|w| text.find(w).map(|i| (i, *w)))
+            .min()
+        else {
+            break;
+        };
+        let inner_start = at + wrapper.len();
+        let mut inner = text[inner_start..text.len() - 1].to_string();
+        if inner.len() >= 2 && inner.starts_with('"') && inner.ends_with('"') {
+            inner = inner[1..inner.len() - 1]
+                .replace("\\\"", "\"")
+                .replace("\\n", " ");
+        }
+        text = format!("{}{inner}", &text[..at]);
+    }
+    text
+}
+
 /// `text` without the engine's category prefixes and debug wrappers.
 fn clean(text: &str) -> String {
-    let mut text = text.to_string();
+    let mut text = strip_debug_wrappers(text.to_string());
     for prefix in ENGINE_PREFIXES {
         text = text.replace(prefix, "");
     }
@@ -208,6 +262,21 @@ mod tests {
         let text = render(&e);
         assert_eq!(text.matches("Expected").count(), 1, "{text}");
         assert!(!text.contains("ParserError("), "{text}");
+    }
+
+    #[test]
+    fn a_task_error_from_an_executor_reads_as_its_message() {
+        let task = "Job 1 failed: Task failed due to runtime execution error: \
+                    DataFusionError(Shared(External(DataFusionError(External(2 items lost)))))";
+        let e = DataFusionError::Execution(task.into());
+        assert_eq!(
+            render(&e),
+            "Job 1 failed: Task failed due to runtime execution error: 2 items lost"
+        );
+        let quoted = "error: DataFusionError(Execution(\"no \\\"x\\\" here\"))";
+        assert_eq!(clean(quoted), "error: no \"x\" here");
+        let e = SluiceError::Internal("bug".into());
+        assert_eq!(format!("{e:?}"), format!("{e}"));
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub fn describe_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: 
 }
 
 /// A DynamoDB call that failed, naming the call and the table.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum DynamoError {
     #[error("{call} {table}: no answer within {}s", .after.as_secs())]
     Timeout {
@@ -185,6 +185,8 @@ pub enum DynamoError {
     #[error("{call} {table}: no table in the answer")]
     NoTable { call: &'static str, table: String },
 }
+
+crate::error::debug_as_display!(DynamoError);
 
 /// `DescribeTable`, reduced to what a write needs.
 pub async fn describe(client: &Client, table: &str) -> Result<TableShape, DynamoError> {

@@ -38,7 +38,7 @@ impl Item {
 
 /// Why a row could not become an item; the row goes to the dead-letter
 /// location with this reason.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum ItemError {
     #[error("key attribute '{0}' is null")]
     NullKey(String),
@@ -46,8 +46,10 @@ pub enum ItemError {
     Column { column: String, reason: ValueError },
 }
 
+crate::error::debug_as_display!(ItemError);
+
 /// Why a column's type, or one of its values, has no DynamoDB form.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum ValueError {
     #[error("no DynamoDB type for {0}")]
     NoType(DataType),
@@ -75,8 +77,10 @@ pub enum ValueError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
+crate::error::debug_as_display!(ValueError);
+
 /// A table's columns that cannot be written.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum SchemaError {
     #[error("column '{column}' ({data_type}): {reason}")]
     Column {
@@ -87,6 +91,8 @@ pub enum SchemaError {
     #[error("set column '{0}' is not a column of the table")]
     MissingSetColumn(String),
 }
+
+crate::error::debug_as_display!(SchemaError);
 
 /// Checks that every column of `schema` maps to a DynamoDB type; the error
 /// names the first column that does not. `sets` are columns written as

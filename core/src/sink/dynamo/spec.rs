@@ -38,7 +38,7 @@ const OPTIONS: [&str; 7] = [
 
 /// Why a DynamoDB write cannot be planned: a bad option or location, or
 /// columns that do not fit the table. Each names what and where.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum SpecError {
     #[error("option '{key}' = '{value}': {reason}")]
     BadOption {
@@ -93,6 +93,8 @@ pub enum SpecError {
     #[error(transparent)]
     Describe(#[from] crate::storage::dynamodb::DynamoError),
 }
+
+crate::error::debug_as_display!(SpecError);
 
 /// The options of `CREATE EXTERNAL TABLE ... STORED AS DYNAMODB`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,7 +47,7 @@ const BATCH_SECONDS: f64 = 0.5;
 
 /// Why a DynamoDB write failed on a writer or at its commit; each names the
 /// table or the dead-letter location.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum WriteError {
     #[error("table '{table}': {reason}")]
     Columns {
@@ -91,6 +91,8 @@ pub enum WriteError {
         place: String,
     },
 }
+
+crate::error::debug_as_display!(WriteError);
 
 fn external(e: WriteError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
