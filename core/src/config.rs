@@ -90,10 +90,12 @@ pub fn layered_command(
             path: path.display().to_string(),
             source,
         })?;
-        let table: toml::Table = text.parse().map_err(|source| SluiceError::ConfigToml {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|source: toml::de::Error| SluiceError::ConfigToml {
+                    path: path.display().to_string(),
+                    source: Box::new(source),
+                })?;
         for (key, value) in table {
             let value = match value {
                 toml::Value::String(s) => s,

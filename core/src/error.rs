@@ -74,7 +74,7 @@ pub enum SluiceError {
         url: String,
         what: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("reading {path}")]
     ConfigRead {
@@ -86,7 +86,7 @@ pub enum SluiceError {
     ConfigToml {
         path: String,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("{variable}={value} is not host:port")]
     BadAddress {
@@ -99,10 +99,22 @@ pub enum SluiceError {
     Metrics {
         addr: std::net::SocketAddr,
         #[source]
-        source: metrics_exporter_prometheus::BuildError,
+        source: Box<metrics_exporter_prometheus::BuildError>,
     },
     #[error("scheduler at {endpoint} is unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    #[error("calling the scheduler at {url}")]
+    SchedulerCall {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("opening a session with the scheduler at {endpoint}")]
+    Session {
+        endpoint: String,
+        #[source]
+        source: Box<DataFusionError>,
+    },
     #[error("the scheduler answered {url} with HTTP {status}")]
     SchedulerAnswer { url: String, status: u16 },
     #[error("configuration: {0}")]

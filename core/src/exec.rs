@@ -86,8 +86,13 @@ pub trait Report: serde::Serialize + serde::de::DeserializeOwned {
     /// The operator producing this report, for error messages.
     const OPERATOR: &'static str;
 
-    /// The report's columns.
-    fn schema() -> arrow::datatypes::SchemaRef;
+    /// The report's columns, named like the fields.
+    fn fields() -> Vec<arrow::datatypes::Field>;
+
+    /// The report's schema.
+    fn schema() -> arrow::datatypes::SchemaRef {
+        std::sync::Arc::new(arrow::datatypes::Schema::new(Self::fields()))
+    }
 
     /// `rows` as one batch of [`Report::schema`].
     fn to_batch(rows: &[Self]) -> datafusion::common::Result<arrow::array::RecordBatch>
@@ -145,9 +150,7 @@ pub trait Report: serde::Serialize + serde::de::DeserializeOwned {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+    use arrow::datatypes::{DataType, Field};
     use serde::{Deserialize, Serialize};
 
     use super::Report;
@@ -163,13 +166,13 @@ mod tests {
     impl Report for Sample {
         const OPERATOR: &'static str = "SampleExec";
 
-        fn schema() -> SchemaRef {
-            Arc::new(Schema::new(vec![
+        fn fields() -> Vec<Field> {
+            vec![
                 Field::new("name", DataType::Utf8, false),
                 Field::new("rows", DataType::UInt64, false),
                 Field::new("wcu", DataType::Float64, false),
                 Field::new("note", DataType::Utf8, true),
-            ]))
+            ]
         }
     }
 

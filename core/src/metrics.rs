@@ -36,7 +36,10 @@ pub fn serve_from_env() -> Result<Option<SocketAddr>, SluiceError> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
-        .map_err(|source| SluiceError::Metrics { addr, source })?;
+        .map_err(|source| SluiceError::Metrics {
+            addr,
+            source: Box::new(source),
+        })?;
     Ok(Some(addr))
 }
 

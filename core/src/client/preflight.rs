@@ -65,7 +65,7 @@ pub(super) async fn preflight_output(
         };
         let store = registry
             .get_store(&url)
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(crate::error::render(&e)))?;
         let base = spec.base_path()?;
         return match tokio::time::timeout(PREFLIGHT_TIMEOUT, store.list_with_delimiter(Some(&base)))
             .await

@@ -14,15 +14,15 @@ use crate::plan::session;
 /// Connects to a scheduler, waiting at most `timeout` for it to answer.
 pub async fn connect(endpoint: &str, timeout: Duration) -> Result<SessionContext, SluiceError> {
     wait_for_scheduler(endpoint, timeout).await?;
-    let unreachable = |reason: String| SluiceError::Unreachable {
+    let session_failed = |source| SluiceError::Session {
         endpoint: endpoint.to_string(),
-        reason,
+        source: Box::new(source),
     };
-    let state = session::client_state().map_err(|e| unreachable(e.to_string()))?;
+    let state = session::client_state().map_err(session_failed)?;
     let url = format!("df://{}", host_port(endpoint));
     let ctx = SessionContext::remote_with_state(&url, state)
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(session_failed)?;
     session::register_functions(&ctx);
     Ok(ctx)
 }
@@ -84,24 +84,19 @@ impl SchedulerApi {
 
     async fn get(&self, path: &str) -> Result<serde_json::Value, SluiceError> {
         let url = format!("{}{path}", self.base);
-        let err = |reason: String| SluiceError::Unreachable {
-            endpoint: self.base.clone(),
-            reason,
+        let err = |source| SluiceError::SchedulerCall {
+            url: url.clone(),
+            source,
         };
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let resp = self.client.get(&url).send().await.map_err(err)?;
         let status = resp.status();
         if !status.is_success() {
             return Err(SluiceError::SchedulerAnswer {
-                url,
+                url: url.clone(),
                 status: status.as_u16(),
             });
         }
-        resp.json().await.map_err(|e| err(e.to_string()))
+        resp.json().await.map_err(err)
     }
 
     pub async fn executors(&self) -> Result<Vec<serde_json::Value>, SluiceError> {
@@ -123,15 +118,15 @@ impl SchedulerApi {
 
     pub async fn cancel(&self, job_id: &str) -> Result<(), SluiceError> {
         let url = format!("{}/api/job/{job_id}", self.base);
-        let resp = self
-            .client
-            .patch(&url)
-            .send()
-            .await
-            .map_err(|e| SluiceError::Unreachable {
-                endpoint: self.base.clone(),
-                reason: e.to_string(),
-            })?;
+        let resp =
+            self.client
+                .patch(&url)
+                .send()
+                .await
+                .map_err(|source| SluiceError::SchedulerCall {
+                    url: url.clone(),
+                    source,
+                })?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -11,11 +11,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{PutRequest, ReturnConsumedCapacity, WriteRequest};
 use datafusion::common::{DataFusionError, Result};
@@ -141,53 +141,31 @@ impl WriterReport {
 impl Report for WriterReport {
     const OPERATOR: &'static str = "SluiceDynamoWriterExec";
 
-    fn schema() -> SchemaRef {
-        static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-            let u = |n: &str| Field::new(n, DataType::UInt64, false);
-            Arc::new(Schema::new(vec![
-                Field::new("writer", DataType::Utf8, false),
-                u("items"),
-                u("duplicates"),
-                u("retried"),
-                u("dead_lettered"),
-                u("throttles"),
-                u("calls"),
-                Field::new("consumed_wcu", DataType::Float64, false),
-                u("build_ms"),
-                u("call_ms"),
-                u("response_ms"),
-                u("wait_ms"),
-                u("elapsed_ms"),
-                Field::new("first_failure", DataType::Utf8, true),
-                Field::new("dead_letter_file", DataType::Utf8, true),
-            ]))
-        });
-        Arc::clone(&SCHEMA)
-    }
-}
-
-/// Schema of [`DynamoCommitReport`].
-pub fn dynamo_result_schema() -> SchemaRef {
-    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    fn fields() -> Vec<Field> {
         let u = |n: &str| Field::new(n, DataType::UInt64, false);
-        Arc::new(Schema::new(vec![
+        vec![
+            Field::new("writer", DataType::Utf8, false),
             u("items"),
+            u("duplicates"),
             u("retried"),
             u("dead_lettered"),
             u("throttles"),
             u("calls"),
-            u("consumed_wcu"),
+            Field::new("consumed_wcu", DataType::Float64, false),
             u("build_ms"),
             u("call_ms"),
             u("response_ms"),
             u("wait_ms"),
             u("elapsed_ms"),
-            Field::new("table", DataType::Utf8, false),
-            Field::new("write_id", DataType::Utf8, false),
-            Field::new("dead_letter", DataType::Utf8, true),
-        ]))
-    });
-    Arc::clone(&SCHEMA)
+            Field::new("first_failure", DataType::Utf8, true),
+            Field::new("dead_letter_file", DataType::Utf8, true),
+        ]
+    }
+}
+
+/// Schema of a DynamoDB write statement's result ([`DynamoCommitReport`]).
+pub fn dynamo_result_schema() -> SchemaRef {
+    DynamoCommitReport::schema()
 }
 
 /// A DynamoDB write statement's result: one row of totals over the
@@ -214,8 +192,24 @@ pub struct DynamoCommitReport {
 impl Report for DynamoCommitReport {
     const OPERATOR: &'static str = "SluiceDynamoCommitExec";
 
-    fn schema() -> SchemaRef {
-        dynamo_result_schema()
+    fn fields() -> Vec<Field> {
+        let u = |n: &str| Field::new(n, DataType::UInt64, false);
+        vec![
+            u("items"),
+            u("retried"),
+            u("dead_lettered"),
+            u("throttles"),
+            u("calls"),
+            u("consumed_wcu"),
+            u("build_ms"),
+            u("call_ms"),
+            u("response_ms"),
+            u("wait_ms"),
+            u("elapsed_ms"),
+            Field::new("table", DataType::Utf8, false),
+            Field::new("write_id", DataType::Utf8, false),
+            Field::new("dead_letter", DataType::Utf8, true),
+        ]
     }
 }
 

@@ -3,10 +3,10 @@
 //! until it runs nothing of the write is visible in the output directory.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
@@ -40,24 +40,21 @@ pub struct CommitReport {
 impl Report for CommitReport {
     const OPERATOR: &'static str = "SluiceCommitExec";
 
-    fn schema() -> SchemaRef {
-        write_result_schema()
-    }
-}
-
-/// Schema of [`CommitReport`].
-pub fn write_result_schema() -> SchemaRef {
-    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-        Arc::new(Schema::new(vec![
+    fn fields() -> Vec<Field> {
+        vec![
             Field::new("rows", DataType::UInt64, false),
             Field::new("files", DataType::UInt64, false),
             Field::new("bytes", DataType::UInt64, false),
             Field::new("write_id", DataType::Utf8, false),
             Field::new("output", DataType::Utf8, false),
             Field::new("commit_ms", DataType::UInt64, false),
-        ]))
-    });
-    Arc::clone(&SCHEMA)
+        ]
+    }
+}
+
+/// Schema of a write statement's result ([`CommitReport`]).
+pub fn write_result_schema() -> SchemaRef {
+    CommitReport::schema()
 }
 
 #[derive(Debug)]

@@ -8,7 +8,7 @@
 //! - [`spec`]: what a write asks for (options, checked on the client)
 //! - [`node`]: the logical node and its physical shape
 //! - [`route`]: the map side of a skew-aware partitioned write
-//! - [`writer`], [`files`], [`hive`]: the writer operator, its files, Hive
+//! - [`writer`], [`output`], [`hive`]: the writer operator, its files, Hive
 //!   partition directories
 //! - [`markers`]: the record of every multipart upload started
 //! - [`commit`], [`committer`], [`manifest`]: the commit operator, its
@@ -18,12 +18,12 @@
 pub mod clean;
 pub mod commit;
 pub mod committer;
-pub mod files;
 pub mod hive;
 pub mod manifest;
 pub mod markers;
 mod metrics;
 pub mod node;
+pub mod output;
 pub mod route;
 pub mod spec;
 pub mod writer;

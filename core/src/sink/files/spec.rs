@@ -391,7 +391,7 @@ impl WriteSpec {
             write_id: self.write_id.clone(),
             url: self.url.clone(),
             what,
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -1,13 +1,13 @@
 //! `WriterExec`: runs in every task of the write stage. It streams its input
-//! partition into files (see [`super::files`]) and emits one row per file
+//! partition into files (see [`super::output`]) and emits one row per file
 //! saying what it wrote. Nothing it writes is visible in the output
 //! directory: only the commit step makes files visible.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::common::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use serde::{Deserialize, Serialize};
 
-use super::files::{FileFactory, Written, write_partition};
+use super::output::{FileFactory, Written, write_partition};
 use super::spec::{CHUNK_COLUMN, Distribution as Distribution_, WriteSpec};
 use crate::exec::Report;
 
@@ -50,30 +50,22 @@ pub struct WrittenFile {
 impl Report for WrittenFile {
     const OPERATOR: &'static str = "SluiceWriterExec";
 
-    fn schema() -> SchemaRef {
-        written_file_schema()
+    fn fields() -> Vec<Field> {
+        vec![
+            Field::new("task", DataType::Utf8, false),
+            Field::new("dir", DataType::Utf8, false),
+            Field::new("path", DataType::Utf8, false),
+            Field::new("rows", DataType::UInt64, false),
+            Field::new("bytes", DataType::UInt64, false),
+            Field::new("upload_id", DataType::Utf8, true),
+            Field::new("parts", DataType::Utf8, true),
+        ]
     }
 }
 
 /// Schema of [`WrittenFile`].
 pub fn written_file_schema() -> SchemaRef {
-    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-        Arc::new(Schema::new(vec![
-            // The writer partition (task attempt and local partition).
-            Field::new("task", DataType::Utf8, false),
-            // Output subdirectory (`k=v/...`), empty when unpartitioned.
-            Field::new("dir", DataType::Utf8, false),
-            // The staged file, or for a multipart upload its final key; empty
-            // when a partitioned writer's input was empty.
-            Field::new("path", DataType::Utf8, false),
-            Field::new("rows", DataType::UInt64, false),
-            Field::new("bytes", DataType::UInt64, false),
-            // A pending multipart upload: its id and part ids (JSON list).
-            Field::new("upload_id", DataType::Utf8, true),
-            Field::new("parts", DataType::Utf8, true),
-        ]))
-    });
-    Arc::clone(&SCHEMA)
+    WrittenFile::schema()
 }
 
 #[derive(Debug)]
