@@ -105,6 +105,26 @@ pub fn get_json(url: &str) -> Result<serde_json::Value> {
     })
 }
 
+/// POSTs a JSON body, with a short timeout: the status and the answer's text.
+pub fn post_json(url: &str, body: &str) -> Result<(u16, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?;
+        let resp = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    })
+}
+
 /// A scheduler and executors as real processes; killed on drop.
 pub struct Cluster {
     pub endpoint: String,

@@ -206,6 +206,44 @@ fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
     })
     .unwrap();
     assert!(writers[&100] >= 2, "{writers:?}");
+    // Hostile placement requests get a 400 naming the bound and change
+    // nothing the coordinator holds.
+    let chunks = format!("{}/v1/chunks", cluster.coordinator);
+    let held = || {
+        let listed = sluice_test_support::get_json(&chunks).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["write_id"].to_string(),
+                    w["values"].as_u64(),
+                    w["rows"].as_u64(),
+                    w["chunks"].as_u64(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = held();
+    assert_eq!(before.len(), 1, "{before:?}");
+    for (body, says) in [
+        (
+            r#"{"write_id":"x","target_rows":1,"counts":[["id=1",18446744073709551615]]}"#,
+            "would cut",
+        ),
+        (
+            r#"{"write_id":"x","target_rows":0,"counts":[["id=1",1]]}"#,
+            "target_rows",
+        ),
+    ] {
+        let (status, text) = sluice_test_support::post_json(&chunks, body).unwrap();
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    let (status, _) = sluice_test_support::post_json(&chunks, "{not json").unwrap();
+    assert!((400..500).contains(&status), "{status}");
+    assert_eq!(held(), before);
     drop(cluster);
 
     let cluster =

@@ -316,7 +316,9 @@ impl Placer {
         };
         if let Some(local) = &self.coordinator.local {
             let book = &local.placement;
-            return Ok(book.allocate(&req));
+            return book
+                .allocate(&req)
+                .map_err(|e| format!("coordinator refused the placement: {e}"));
         }
         let Some(url) = &self.url else {
             return Err("no coordinator configured (the executor's --coordinator-url)".to_string());
