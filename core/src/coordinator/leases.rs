@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
@@ -45,6 +46,69 @@ pub const DECREASE: f64 = 0.9;
 const INCREASE_PER_SEC: f64 = 0.03;
 /// The rate never drops below this share of the budget.
 const FLOOR: f64 = 0.05;
+/// A table with no lease for this long is forgotten.
+pub const IDLE_TABLE_TTL: Duration = Duration::from_secs(600);
+/// Live writers one table may have.
+pub const MAX_WRITERS_PER_TABLE: usize = 10_000;
+/// Tables the coordinator holds at once.
+pub const MAX_TABLES: usize = 1_000;
+/// Longest table or writer name accepted.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// A lease request the coordinator refuses; nothing changed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("{field} must be a finite number at least 0, got {value}")]
+    BadNumber { field: &'static str, value: f64 },
+    #[error("write.percent must be in (0, 1], got {0}")]
+    BadPercent(f64),
+    #[error("write.max_units must be at least 1, got {0}")]
+    BadMaxUnits(f64),
+    #[error("a table or writer name is over {MAX_NAME_BYTES} bytes")]
+    NameTooLong,
+    #[error("table {table} has {MAX_WRITERS_PER_TABLE} writers already")]
+    TooManyWriters { table: String },
+    #[error("{MAX_TABLES} tables are being written already")]
+    TooManyTables,
+}
+
+impl LeaseRequest {
+    fn check(&self) -> Result<(), LeaseError> {
+        for (field, value) in [
+            ("budget_hint", self.budget_hint),
+            ("consumed_wcu", self.consumed_wcu),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(LeaseError::BadNumber { field, value });
+            }
+        }
+        let percent = self.share.percent;
+        if !(percent > 0.0 && percent <= 1.0) {
+            return Err(LeaseError::BadPercent(percent));
+        }
+        if let Some(units) = self.share.max_units
+            && !(units.is_finite() && units >= 1.0)
+        {
+            return Err(LeaseError::BadMaxUnits(units));
+        }
+        if self.table.len() > MAX_NAME_BYTES || self.writer.len() > MAX_NAME_BYTES {
+            return Err(LeaseError::NameTooLong);
+        }
+        Ok(())
+    }
+}
+
+/// The stricter of two shares: a writer can lower what the others use,
+/// never raise it.
+fn stricter(a: CapacityShare, b: CapacityShare) -> CapacityShare {
+    CapacityShare {
+        percent: a.percent.min(b.percent),
+        max_units: match (a.max_units, b.max_units) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        },
+    }
+}
 
 /// A lease request: register or renew, with what happened since the last one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +194,8 @@ struct TableState {
     consumed: f64,
     throttles: u64,
     budget_changed_at: Option<Instant>,
+    /// The last lease request, for forgetting idle tables.
+    touched: Instant,
 }
 
 impl TableState {
@@ -181,9 +247,24 @@ impl Leases {
         f(&mut guard)
     }
 
-    pub fn lease(&self, req: LeaseRequest) -> LeaseGrant {
+    /// Registers or renews a lease, or refuses the request (see the
+    /// bounds) without changing anything.
+    pub fn lease(&self, req: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
+        req.check()?;
         let now = self.clock.now();
         self.with_tables(|tables| {
+            match tables.get(&req.table) {
+                None if tables.len() >= MAX_TABLES => return Err(LeaseError::TooManyTables),
+                Some(state)
+                    if state.leases.len() >= MAX_WRITERS_PER_TABLE
+                        && !state.leases.contains_key(&req.writer) =>
+                {
+                    return Err(LeaseError::TooManyWriters {
+                        table: req.table.clone(),
+                    });
+                }
+                _ => {}
+            }
             let state = tables.entry(req.table.clone()).or_insert_with(|| TableState {
                 share: req.share,
                 shape: None,
@@ -198,14 +279,30 @@ impl Leases {
                 consumed: 0.0,
                 throttles: 0,
                 budget_changed_at: None,
+                touched: now,
             });
-            if state.leases.is_empty() {
+            state.touched = now;
+            let share = if state.leases.is_empty() {
                 // A new job may bring a new share.
-                state.share = req.share;
-                if let Some(shape) = &state.shape {
-                    let budget = shape.budget(state.share);
-                    state.set_budget(budget, now);
-                }
+                req.share
+            } else {
+                // While others write, a request can only make the share
+                // stricter: a stray client cannot raise every writer's rate.
+                stricter(state.share, req.share)
+            };
+            if share != state.share || state.leases.is_empty() {
+                state.share = share;
+                let budget = match &state.shape {
+                    Some(shape) => shape.budget(state.share),
+                    // Before the first DescribeTable answers, the clients'
+                    // hints, of which only a lower one counts while others
+                    // write.
+                    None if state.leases.is_empty() => req.budget_hint,
+                    None => state.budget.min(req.budget_hint),
+                };
+                state.set_budget(budget, now);
+            } else if state.shape.is_none() && req.budget_hint < state.budget {
+                state.set_budget(req.budget_hint, now);
             }
             state.consumed += req.consumed_wcu;
             state.throttles += req.throttles;
@@ -241,12 +338,12 @@ impl Leases {
                     granted,
                 },
             );
-            LeaseGrant {
+            Ok(LeaseGrant {
                 rate: granted,
                 table_rate: state.rate,
                 budget: state.budget,
                 writers: state.leases.len(),
-            }
+            })
         })
     }
 
@@ -291,6 +388,9 @@ impl Leases {
     pub fn tick(&self) -> Vec<String> {
         let now = self.clock.now();
         self.with_tables(|tables| {
+            tables.retain(|_, s| {
+                !s.leases.is_empty() || now.duration_since(s.touched) < IDLE_TABLE_TTL
+            });
             let mut due = Vec::new();
             for (name, s) in tables.iter_mut() {
                 s.leases.retain(|_, lease| lease.expires > now);
@@ -359,8 +459,13 @@ impl Leases {
     }
 }
 
-async fn lease(State(c): State<Leases>, Json(req): Json<LeaseRequest>) -> Json<LeaseGrant> {
-    Json(c.lease(req))
+async fn lease(
+    State(c): State<Leases>,
+    Json(req): Json<LeaseRequest>,
+) -> Result<Json<LeaseGrant>, (StatusCode, String)> {
+    c.lease(req)
+        .map(Json)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn release(State(c): State<Leases>, Json(req): Json<Release>) -> Json<bool> {
@@ -373,6 +478,7 @@ async fn tables(State(c): State<Leases>) -> Json<Vec<TableStatus>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
@@ -422,50 +528,79 @@ mod tests {
     #[test]
     fn shares_follow_live_writers_and_throttles_cut_the_rate() {
         let (c, clock) = leases();
-        assert_eq!(c.lease(req("a", 0)).rate, 1000.0);
+        assert_eq!(
+            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
+            1000.0
+        );
         // b joins while a still holds everything: b gets nothing until a
         // renews and drops to its fair half, then b gets the other half.
-        assert_eq!(c.lease(req("b", 0)).rate, 0.0);
-        assert_eq!(c.lease(req("a", 0)).rate, 500.0);
-        assert_eq!(c.lease(req("b", 0)).rate, 500.0);
+        assert_eq!(
+            c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
+            0.0
+        );
+        assert_eq!(
+            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
+            500.0
+        );
+        assert_eq!(
+            c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
+            500.0
+        );
         c.release(&Release {
             table: "t".into(),
             writer: "b".into(),
         });
-        assert_eq!(c.lease(req("a", 0)).rate, 1000.0);
-        let cut = c.lease(req("a", 3));
+        assert_eq!(
+            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
+            1000.0
+        );
+        let cut = c.lease(req("a", 3)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cut.table_rate, 900.0);
         // At most one cut per second, however many writers report.
-        assert_eq!(c.lease(req("a", 1)).table_rate, 900.0);
+        assert_eq!(
+            c.lease(req("a", 1))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .table_rate,
+            900.0
+        );
         clock.advance(DECREASE_EVERY);
-        assert_eq!(c.lease(req("a", 1)).table_rate, 810.0);
+        assert_eq!(
+            c.lease(req("a", 1))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .table_rate,
+            810.0
+        );
     }
 
     #[test]
     fn a_dead_writer_drops_out_after_the_ttl() {
         let (c, clock) = leases();
-        c.lease(req("a", 0));
-        c.lease(req("b", 0));
-        c.lease(req("a", 0));
-        c.lease(req("b", 0));
+        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}"));
+        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}"));
         // a keeps renewing, b dies.
         for _ in 0..11 {
             clock.advance(RENEW);
-            c.lease(req("a", 0));
+            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
             c.tick();
         }
         assert_eq!(c.status()[0].writers, vec!["a", "b"], "within the TTL");
         clock.advance(RENEW);
-        c.lease(req("a", 0));
+        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
         c.tick();
         assert_eq!(c.status()[0].writers, vec!["a"], "after the TTL");
-        assert_eq!(c.lease(req("a", 0)).rate, 1000.0, "a gets b's share");
+        assert_eq!(
+            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
+            1000.0,
+            "a gets b's share"
+        );
     }
 
     #[test]
     fn the_rate_grows_back_three_percent_of_the_budget_per_second() {
         let (c, clock) = leases();
-        c.lease(req("a", 1));
+        c.lease(req("a", 1)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.status()[0].rate, 900.0);
         // No growth within a second of the cut.
         clock.advance(Duration::from_millis(500));
@@ -490,7 +625,7 @@ mod tests {
     fn the_rate_never_drops_below_the_floor() {
         let (c, clock) = leases();
         for _ in 0..100 {
-            c.lease(req("a", 1));
+            c.lease(req("a", 1)).unwrap_or_else(|e| panic!("{e}"));
             clock.advance(DECREASE_EVERY);
         }
         assert_eq!(c.status()[0].rate, 1000.0 * FLOOR);
@@ -504,7 +639,7 @@ mod tests {
         for round in 0..48 {
             for (i, w) in writers.iter().enumerate() {
                 if (i..i + 16).contains(&round) {
-                    c.lease(req(w, 0));
+                    c.lease(req(w, 0)).unwrap_or_else(|e| panic!("{e}"));
                 } else if round == i + 16 {
                     c.release(&Release {
                         table: "t".into(),
@@ -525,10 +660,104 @@ mod tests {
         assert_eq!(c.status()[0].writers.len(), 0);
     }
 
+    #[test]
+    fn bad_lease_requests_are_refused_and_change_nothing() {
+        let (c, _clock) = leases();
+        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        let before = c.status();
+        let bad = [
+            LeaseRequest {
+                consumed_wcu: f64::NAN,
+                ..req("b", 0)
+            },
+            LeaseRequest {
+                budget_hint: -1.0,
+                ..req("b", 0)
+            },
+            LeaseRequest {
+                share: CapacityShare {
+                    percent: 7.0,
+                    max_units: None,
+                },
+                ..req("b", 0)
+            },
+            LeaseRequest {
+                share: CapacityShare {
+                    percent: 0.5,
+                    max_units: Some(0.0),
+                },
+                ..req("b", 0)
+            },
+            LeaseRequest {
+                writer: "w".repeat(MAX_NAME_BYTES + 1),
+                ..req("b", 0)
+            },
+        ];
+        for r in bad {
+            assert!(c.lease(r.clone()).is_err(), "{r:?} accepted");
+        }
+        let after = c.status();
+        assert_eq!(after[0].writers, before[0].writers);
+        assert_eq!(after[0].consumed_wcu, before[0].consumed_wcu);
+        assert_eq!(after[0].rate, before[0].rate);
+    }
+
+    #[test]
+    fn writers_per_table_are_bounded() {
+        let (c, _clock) = leases();
+        for i in 0..MAX_WRITERS_PER_TABLE {
+            c.lease(req(&format!("w{i}"), 0))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(matches!(
+            c.lease(req("one-more", 0)),
+            Err(LeaseError::TooManyWriters { .. })
+        ));
+        // A writer it holds still renews.
+        assert!(c.lease(req("w0", 0)).is_ok());
+    }
+
+    #[test]
+    fn a_later_request_cannot_raise_the_share_or_budget_others_use() {
+        let (c, _clock) = leases();
+        // A stray client opens the table with a huge hint and share.
+        let stray = LeaseRequest {
+            share: CapacityShare {
+                percent: 1.0,
+                max_units: Some(1e9),
+            },
+            budget_hint: 1e9,
+            ..req("stray", 0)
+        };
+        c.lease(stray).unwrap_or_else(|e| panic!("{e}"));
+        // The real writer's lower hint and share win at once.
+        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.status()[0].budget, 1000.0);
+        c.described("t", Ok(provisioned(2000.0)));
+        // Half of 2,000 WCU (the stricter percent), not the stray's 97%.
+        assert_eq!(c.status()[0].budget, 1000.0);
+    }
+
+    #[test]
+    fn idle_tables_are_forgotten() {
+        let (c, clock) = leases();
+        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        c.release(&Release {
+            table: "t".into(),
+            writer: "a".into(),
+        });
+        clock.advance(IDLE_TABLE_TTL - Duration::from_secs(1));
+        c.tick();
+        assert_eq!(c.status().len(), 1);
+        clock.advance(Duration::from_secs(1));
+        c.tick();
+        assert!(c.status().is_empty());
+    }
+
     #[tokio::test]
     async fn a_capacity_change_becomes_the_budget_at_the_next_describe() {
         let (c, clock) = leases();
-        c.lease(req("a", 0));
+        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             c.tick(),
             vec!["t".to_string()],
@@ -544,7 +773,7 @@ mod tests {
         assert_eq!(c.tick(), vec!["t".to_string()]);
         // Throttles make the next read come sooner.
         c.described("t", Ok(provisioned(4000.0)));
-        c.lease(req("a", 1));
+        c.lease(req("a", 1)).unwrap_or_else(|e| panic!("{e}"));
         clock.advance(DESCRIBE_SOON);
         assert_eq!(c.tick(), vec!["t".to_string()]);
         c.described("t", Ok(provisioned(1000.0)));

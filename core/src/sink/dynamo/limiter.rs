@@ -22,6 +22,9 @@ pub struct Limiter {
     table: String,
     writer: String,
     url: Option<String>,
+    /// The most this writer ever uses, whatever it is granted: its write's
+    /// `write.max_units`.
+    ceiling: f64,
     http: reqwest::Client,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -78,6 +81,7 @@ impl Limiter {
             table: table.to_string(),
             writer: writer.to_string(),
             url,
+            ceiling: share.max_units.unwrap_or(f64::INFINITY),
             http,
             stop,
         });
@@ -135,7 +139,7 @@ impl Limiter {
                 if self.detached.swap(false, Ordering::Relaxed) {
                     tracing::warn!(table = %self.table, "coordinator reachable again");
                 }
-                grant.rate
+                grant.rate.min(self.ceiling)
             }
             Err(e) => {
                 if !self.detached.swap(true, Ordering::Relaxed) {
