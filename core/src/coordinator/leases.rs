@@ -521,6 +521,12 @@ mod tests {
         }
     }
 
+    /// A lease that must be granted.
+    fn grant(c: &Leases, writer: &str, throttles: u64) -> LeaseGrant {
+        c.lease(req(writer, throttles))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn granted(l: &Leases) -> f64 {
         l.status().first().map_or(0.0, |t| t.granted)
     }
@@ -528,79 +534,50 @@ mod tests {
     #[test]
     fn shares_follow_live_writers_and_throttles_cut_the_rate() {
         let (c, clock) = leases();
-        assert_eq!(
-            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
-            1000.0
-        );
+        assert_eq!(grant(&c, "a", 0).rate, 1000.0);
         // b joins while a still holds everything: b gets nothing until a
         // renews and drops to its fair half, then b gets the other half.
-        assert_eq!(
-            c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
-            0.0
-        );
-        assert_eq!(
-            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
-            500.0
-        );
-        assert_eq!(
-            c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
-            500.0
-        );
+        assert_eq!(grant(&c, "b", 0).rate, 0.0);
+        assert_eq!(grant(&c, "a", 0).rate, 500.0);
+        assert_eq!(grant(&c, "b", 0).rate, 500.0);
         c.release(&Release {
             table: "t".into(),
             writer: "b".into(),
         });
-        assert_eq!(
-            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
-            1000.0
-        );
-        let cut = c.lease(req("a", 3)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(grant(&c, "a", 0).rate, 1000.0);
+        let cut = grant(&c, "a", 3);
         assert_eq!(cut.table_rate, 900.0);
         // At most one cut per second, however many writers report.
-        assert_eq!(
-            c.lease(req("a", 1))
-                .unwrap_or_else(|e| panic!("{e}"))
-                .table_rate,
-            900.0
-        );
+        assert_eq!(grant(&c, "a", 1).table_rate, 900.0);
         clock.advance(DECREASE_EVERY);
-        assert_eq!(
-            c.lease(req("a", 1))
-                .unwrap_or_else(|e| panic!("{e}"))
-                .table_rate,
-            810.0
-        );
+        assert_eq!(grant(&c, "a", 1).table_rate, 810.0);
     }
 
     #[test]
     fn a_dead_writer_drops_out_after_the_ttl() {
         let (c, clock) = leases();
-        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
-        c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}"));
-        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
-        c.lease(req("b", 0)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 0);
+        grant(&c, "b", 0);
+        grant(&c, "a", 0);
+        grant(&c, "b", 0);
         // a keeps renewing, b dies.
         for _ in 0..11 {
             clock.advance(RENEW);
-            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+            grant(&c, "a", 0);
             c.tick();
         }
         assert_eq!(c.status()[0].writers, vec!["a", "b"], "within the TTL");
         clock.advance(RENEW);
-        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 0);
         c.tick();
         assert_eq!(c.status()[0].writers, vec!["a"], "after the TTL");
-        assert_eq!(
-            c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}")).rate,
-            1000.0,
-            "a gets b's share"
-        );
+        assert_eq!(grant(&c, "a", 0).rate, 1000.0, "a gets b's share");
     }
 
     #[test]
     fn the_rate_grows_back_three_percent_of_the_budget_per_second() {
         let (c, clock) = leases();
-        c.lease(req("a", 1)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 1);
         assert_eq!(c.status()[0].rate, 900.0);
         // No growth within a second of the cut.
         clock.advance(Duration::from_millis(500));
@@ -625,7 +602,7 @@ mod tests {
     fn the_rate_never_drops_below_the_floor() {
         let (c, clock) = leases();
         for _ in 0..100 {
-            c.lease(req("a", 1)).unwrap_or_else(|e| panic!("{e}"));
+            grant(&c, "a", 1);
             clock.advance(DECREASE_EVERY);
         }
         assert_eq!(c.status()[0].rate, 1000.0 * FLOOR);
@@ -639,7 +616,7 @@ mod tests {
         for round in 0..48 {
             for (i, w) in writers.iter().enumerate() {
                 if (i..i + 16).contains(&round) {
-                    c.lease(req(w, 0)).unwrap_or_else(|e| panic!("{e}"));
+                    grant(&c, w, 0);
                 } else if round == i + 16 {
                     c.release(&Release {
                         table: "t".into(),
@@ -663,7 +640,7 @@ mod tests {
     #[test]
     fn bad_lease_requests_are_refused_and_change_nothing() {
         let (c, _clock) = leases();
-        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 0);
         let before = c.status();
         let bad = [
             LeaseRequest {
@@ -731,7 +708,7 @@ mod tests {
         };
         c.lease(stray).unwrap_or_else(|e| panic!("{e}"));
         // The real writer's lower hint and share win at once.
-        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 0);
         assert_eq!(c.status()[0].budget, 1000.0);
         c.described("t", Ok(provisioned(2000.0)));
         // Half of 2,000 WCU (the stricter percent), not the stray's 97%.
@@ -741,7 +718,7 @@ mod tests {
     #[test]
     fn idle_tables_are_forgotten() {
         let (c, clock) = leases();
-        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 0);
         c.release(&Release {
             table: "t".into(),
             writer: "a".into(),
@@ -757,7 +734,7 @@ mod tests {
     #[tokio::test]
     async fn a_capacity_change_becomes_the_budget_at_the_next_describe() {
         let (c, clock) = leases();
-        c.lease(req("a", 0)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 0);
         assert_eq!(
             c.tick(),
             vec!["t".to_string()],
@@ -773,7 +750,7 @@ mod tests {
         assert_eq!(c.tick(), vec!["t".to_string()]);
         // Throttles make the next read come sooner.
         c.described("t", Ok(provisioned(4000.0)));
-        c.lease(req("a", 1)).unwrap_or_else(|e| panic!("{e}"));
+        grant(&c, "a", 1);
         clock.advance(DESCRIBE_SOON);
         assert_eq!(c.tick(), vec!["t".to_string()]);
         c.described("t", Ok(provisioned(1000.0)));
