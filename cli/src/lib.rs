@@ -33,6 +33,39 @@ pub unsafe fn contain_tmpdir() -> Option<tempfile::TempDir> {
     Some(dir)
 }
 
+/// The rest of a `main` that runs on the embedded cluster (`sluice`,
+/// `sluice-bench`): logs to stderr with `log` (`RUST_LOG` wins), runs `job`
+/// on [`runtime`], prints its error once, and stops the runtime (executors
+/// may still hold files open) before `scratch` is removed.
+pub fn finish_main(
+    log: String,
+    job: impl std::future::Future<Output = Result<()>>,
+    scratch: Option<tempfile::TempDir>,
+) -> std::process::ExitCode {
+    let filter = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).unwrap_or(log);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(job) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", sluice_core::error::render(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    };
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(scratch);
+    code
+}
+
 /// The runtime the CLI (and the benchmarks, which drive the same embedded
 /// cluster) run on: 32 MiB stacks, since planning deep queries recurses.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

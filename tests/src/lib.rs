@@ -91,15 +91,21 @@ pub fn run_job_text(dir: &Path, sql: &str, args: &[&str]) -> Result<Output> {
     )
 }
 
-/// GETs a JSON document, with a short timeout.
-pub fn get_json(url: &str) -> Result<serde_json::Value> {
+/// Runs one HTTP exchange on a client with a 3 s timeout, from a test's
+/// (synchronous) thread.
+fn http<T>(exchange: impl AsyncFnOnce(reqwest::Client) -> Result<T>) -> Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    rt.block_on(exchange(client))
+}
+
+/// GETs a JSON document, with a short timeout.
+pub fn get_json(url: &str) -> Result<serde_json::Value> {
+    http(async |client| {
         let resp = client.get(url).send().await?.error_for_status()?;
         Ok(resp.json().await?)
     })
@@ -107,13 +113,7 @@ pub fn get_json(url: &str) -> Result<serde_json::Value> {
 
 /// POSTs a JSON body, with a short timeout: the status and the answer's text.
 pub fn post_json(url: &str, body: &str) -> Result<(u16, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()?;
+    http(async |client| {
         let resp = client
             .post(url)
             .header("content-type", "application/json")

@@ -244,6 +244,23 @@ fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
     let (status, _) = sluice_test_support::post_json(&chunks, "{not json").unwrap();
     assert!((400..500).contains(&status), "{status}");
     assert_eq!(held(), before);
+    // So do hostile lease requests: nothing is registered.
+    let lease = format!("{}/v1/dynamodb/lease", cluster.coordinator);
+    for (body, says) in [
+        (
+            r#"{"table":"t","writer":"w","share":{"percent":0.5,"max_units":null},"budget_hint":100,"consumed_wcu":-5,"throttles":0}"#,
+            "consumed_wcu",
+        ),
+        (
+            r#"{"table":"t","writer":"w","share":{"percent":50,"max_units":null},"budget_hint":100,"consumed_wcu":0,"throttles":0}"#,
+            "write.percent",
+        ),
+    ] {
+        let (status, text) = sluice_test_support::post_json(&lease, body).unwrap();
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    assert_eq!(cluster.coordinator_tables().unwrap(), serde_json::json!([]));
     drop(cluster);
 
     let cluster =

@@ -54,35 +54,25 @@ fn each_error_is_printed_once() {
     // A credential as a write option is refused on the client, before
     // planning, and its value is never printed.
     let out = d.path().join("o");
-    let o = run_job(
-        d.path(),
-        &format!(
+    let copy_with = |option: &str| {
+        let sql = format!(
             "COPY (SELECT id FROM range(0, 10, 1, 2)) TO '{}' STORED AS PARQUET \
-             OPTIONS ('aws.secret_access_key' 'hunter2-secret');\n",
+             OPTIONS ({option});\n",
             out.display()
-        ),
-        &[],
-    );
-    let line = the_error_line(&o);
+        );
+        let line = the_error_line(&run_job(d.path(), &sql, &[]));
+        assert!(!out.exists(), "{option}: the write ran");
+        line
+    };
+    let line = copy_with("'aws.secret_access_key' 'hunter2-secret'");
     assert!(line.contains("'aws.secret_access_key'"), "{line}");
     assert!(line.contains("credential"), "{line}");
     assert!(!line.contains("hunter2-secret"), "{line}");
-    assert!(!out.exists(), "the write ran");
 
     // An unknown Parquet option fails at planning, naming the valid ones.
-    let o = run_job(
-        d.path(),
-        &format!(
-            "COPY (SELECT id FROM range(0, 10, 1, 2)) TO '{}' STORED AS PARQUET \
-             OPTIONS ('format.no_such_knob' '1');\n",
-            out.display()
-        ),
-        &[],
-    );
-    let line = the_error_line(&o);
+    let line = copy_with("'format.no_such_knob' '1'");
     assert!(line.contains("'format.no_such_knob'"), "{line}");
     assert!(line.contains("compression"), "valid options listed: {line}");
-    assert!(!out.exists(), "the write ran");
 }
 
 #[test]

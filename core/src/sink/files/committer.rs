@@ -58,8 +58,8 @@ fn collect_staged(
     let mut staged: Vec<Staged> = Vec::new();
     let mut reported: HashSet<String> = HashSet::new();
     let reports = WrittenFile::from_batches(batches).map_err(|e| fail(e.to_string()))?;
-    for r in reports {
-        reported.insert(r.task.clone());
+    for WrittenFile { task, file: r } in reports {
+        reported.insert(task.clone());
         if r.path.is_empty() {
             // A partitioned writer whose input was empty: no file.
             continue;
@@ -81,7 +81,7 @@ fn collect_staged(
             None => None,
         };
         staged.push(Staged {
-            task: r.task,
+            task,
             dir: r.dir,
             staging_path: r.path,
             rows: r.rows,

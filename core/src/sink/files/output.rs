@@ -38,14 +38,16 @@ use crate::storage::s3;
 const MIN_FLUSH_BYTES: usize = 1024 * 1024;
 
 /// One file a writer produced, as its output row reports it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Written {
     /// Directory under the output (`k=v/...`), empty when unpartitioned.
     pub dir: String,
-    /// Staged file, or the final key of a multipart upload.
+    /// The staged file, or for a multipart upload its final key; empty when
+    /// a partitioned writer's input was empty.
     pub path: String,
     pub rows: u64,
     pub bytes: u64,
+    /// A pending multipart upload: its id and part ids (a JSON list).
     pub upload_id: Option<String>,
     pub parts: Option<String>,
 }

@@ -35,16 +35,8 @@ use crate::exec::Report;
 pub struct WrittenFile {
     /// The writer partition (task attempt and local partition).
     pub task: String,
-    /// Output subdirectory (`k=v/...`), empty when unpartitioned.
-    pub dir: String,
-    /// The staged file, or for a multipart upload its final key; empty when
-    /// a partitioned writer's input was empty.
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    /// A pending multipart upload: its id and part ids (a JSON list).
-    pub upload_id: Option<String>,
-    pub parts: Option<String>,
+    #[serde(flatten)]
+    pub file: Written,
 }
 
 impl Report for WrittenFile {
@@ -244,14 +236,9 @@ impl ExecutionPlan for WriterExec {
             }
             let reports: Vec<WrittenFile> = files
                 .into_iter()
-                .map(|f| WrittenFile {
+                .map(|file| WrittenFile {
                     task: task.clone(),
-                    dir: f.dir,
-                    path: f.path,
-                    rows: f.rows,
-                    bytes: f.bytes,
-                    upload_id: f.upload_id,
-                    parts: f.parts,
+                    file,
                 })
                 .collect();
             let batch = WrittenFile::to_batch(&reports)?;
@@ -334,9 +321,43 @@ mod tests {
     use datafusion::physical_plan::repartition::RepartitionExec;
 
     use super::{
-        WriterExec, attach_global_partitions, replace_children_if_necessary, staged_file_stem,
+        WriterExec, Written, WrittenFile, attach_global_partitions, replace_children_if_necessary,
+        staged_file_stem,
     };
+    use crate::exec::Report;
     use crate::sink::files::{WriteFormat, WriteSpec};
+
+    #[test]
+    fn written_files_round_trip_through_their_report() -> datafusion::common::Result<()> {
+        let files = vec![
+            WrittenFile {
+                task: "s1.0-t2.0-p3".into(),
+                file: Written {
+                    dir: "id=7".into(),
+                    path: "out/id=7/part-p00003-abc.parquet".into(),
+                    rows: 240_000,
+                    bytes: 1 << 33,
+                    upload_id: Some("u-1".into()),
+                    parts: Some(r#"["e1","e2"]"#.into()),
+                },
+            },
+            WrittenFile {
+                task: "s1.0-t2.0-p4".into(),
+                file: Written {
+                    dir: String::new(),
+                    path: String::new(),
+                    rows: 0,
+                    bytes: 0,
+                    upload_id: None,
+                    parts: None,
+                },
+            },
+        ];
+        let batch = WrittenFile::to_batch(&files)?;
+        assert_eq!(batch.schema().field(0).name(), "task");
+        assert_eq!(WrittenFile::from_batches(&[batch])?, files);
+        Ok(())
+    }
 
     fn writer_under(partitions: usize) -> Arc<dyn ExecutionPlan> {
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));

@@ -41,29 +41,7 @@ fn main() -> ExitCode {
     // SAFETY: no other thread exists yet. The embedded cluster's shuffle
     // files stay under this directory, removed on exit.
     let scratch = unsafe { sluice_cli::contain_tmpdir() };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| sluice_core::config::DEFAULT_LOG.into()),
-        ))
-        .init();
-    let runtime = match sluice_cli::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", sluice_core::error::render(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    };
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    drop(scratch);
-    code
+    sluice_cli::finish_main(sluice_core::config::DEFAULT_LOG.into(), run(args), scratch)
 }
 
 /// Where a local benchmark writes, and the Spark it compares with.
