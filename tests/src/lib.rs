@@ -205,43 +205,74 @@ impl Cluster {
         };
         cluster.wait_http("/api/version", Duration::from_secs(30))?;
         for i in 0..executors {
-            let dir = cluster._work.path().join(format!("executor-{i}"));
-            std::fs::create_dir_all(&dir)?;
-            let metrics = format!("127.0.0.1:{}", free_port()?);
-            let mut command = Command::new(binary("sluice-executor")?);
-            // A test's own SLUICE_COORDINATOR_URL (the flag's variable) wins.
-            if !env.iter().any(|(k, _)| *k == "SLUICE_COORDINATOR_URL") {
-                command.args(["--coordinator-url", &cluster.coordinator]);
-            }
-            let child = command
-                .envs(env.iter().copied())
-                .env("SLUICE_METRICS_ADDR", &metrics)
-                .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
-                .args([
-                    "--scheduler-host",
-                    "127.0.0.1",
-                    "--scheduler-port",
-                    &port.to_string(),
-                ])
-                .args(["--bind-port", &free_port()?.to_string()])
-                .args(["--bind-grpc-port", &free_port()?.to_string()])
-                .args(["--bind-health-port", &free_port()?.to_string()])
-                .args(["--vcores", &slots.to_string()])
-                .args(["--task-scheduling-policy", "pull-staged"])
-                .args(["--executor-heartbeat-interval-seconds", "1"])
-                .arg("--work-dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(std::fs::File::create(
-                    cluster.logs.join(format!("executor-{i}.log")),
-                )?))
-                .spawn()
-                .context("starting sluice-executor")?;
+            let (child, metrics) = cluster.spawn_executor(i, port, slots, env, 0)?;
             cluster.executors.push(child);
             cluster.metrics.push(metrics);
         }
+        // The ports above were free when picked, but another process may
+        // take one before the executor binds it: an executor that exits
+        // while starting is started again on fresh ports (twice at most).
+        for attempt in 1..=2 {
+            std::thread::sleep(Duration::from_millis(500));
+            for i in 0..executors {
+                if cluster.executors[i].try_wait()?.is_some() {
+                    let (child, metrics) = cluster.spawn_executor(i, port, slots, env, attempt)?;
+                    cluster.executors[i] = child;
+                    cluster.metrics[i] = metrics;
+                }
+            }
+        }
         cluster.wait_executors(executors, Duration::from_secs(30))?;
         Ok(cluster)
+    }
+
+    /// Starts executor `i` on free ports; returns it and its metrics
+    /// address. Its log is `executor-{i}.log` (`-{attempt}` on a restart).
+    fn spawn_executor(
+        &self,
+        i: usize,
+        scheduler_port: u16,
+        slots: usize,
+        env: &[(&str, &str)],
+        attempt: usize,
+    ) -> Result<(Child, String)> {
+        let dir = self._work.path().join(format!("executor-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        if attempt > 0 {
+            let log = self.logs.join(format!("executor-{i}.log"));
+            let _ = std::fs::rename(&log, self.logs.join(format!("executor-{i}.log.{attempt}")));
+        }
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let mut command = Command::new(binary("sluice-executor")?);
+        // A test's own SLUICE_COORDINATOR_URL (the flag's variable) wins.
+        if !env.iter().any(|(k, _)| *k == "SLUICE_COORDINATOR_URL") {
+            command.args(["--coordinator-url", &self.coordinator]);
+        }
+        let child = command
+            .envs(env.iter().copied())
+            .env("SLUICE_METRICS_ADDR", &metrics)
+            .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+            .args([
+                "--scheduler-host",
+                "127.0.0.1",
+                "--scheduler-port",
+                &scheduler_port.to_string(),
+            ])
+            .args(["--bind-port", &free_port()?.to_string()])
+            .args(["--bind-grpc-port", &free_port()?.to_string()])
+            .args(["--bind-health-port", &free_port()?.to_string()])
+            .args(["--vcores", &slots.to_string()])
+            .args(["--task-scheduling-policy", "pull-staged"])
+            .args(["--executor-heartbeat-interval-seconds", "1"])
+            .arg("--work-dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(
+                self.logs.join(format!("executor-{i}.log")),
+            )?))
+            .spawn()
+            .context("starting sluice-executor")?;
+        Ok((child, metrics))
     }
 
     fn get(&self, path: &str) -> Result<serde_json::Value> {
