@@ -130,9 +130,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             let cluster =
                 embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
-            run_job(&job, &cluster.endpoint, timeout).await
+            run_job(&job, &cluster.endpoint, timeout, &config).await
         }
-        Command::Submit { job } => run_job(&job, &config.scheduler, timeout).await,
+        Command::Submit { job } => run_job(&job, &config.scheduler, timeout, &config).await,
         Command::Limiter {
             coordinator,
             output,
@@ -205,14 +205,20 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-async fn run_job(job: &JobArgs, endpoint: &str, timeout: Duration) -> Result<()> {
+async fn run_job(
+    job: &JobArgs,
+    endpoint: &str,
+    timeout: Duration,
+    config: &SluiceConfig,
+) -> Result<()> {
     let vars = parse_vars(&job.var)?;
     let source = std::fs::read_to_string(&job.file)
         .with_context(|| format!("reading job file {}", job.file.display()))?;
     let file = job.file.display().to_string();
     let ctx = client::connect(endpoint, timeout).await?;
     let progress = Arc::new(CliProgress::new(job.output == OutputFormat::Text));
-    let runner = JobRunner::new(ctx, endpoint, progress.clone())?;
+    let runner =
+        JobRunner::new(ctx, endpoint, progress.clone())?.protect(&config.protected_outputs)?;
     let interrupter = runner.interrupter();
     let run = runner.run(&file, &source, &vars);
     tokio::pin!(run);

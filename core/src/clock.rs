@@ -6,9 +6,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A monotonic clock.
+/// A monotonic clock, and the wall time where logic compares with times a
+/// store recorded (an output lock's last renewal).
 pub trait Clock: Send + Sync + fmt::Debug {
     fn now(&self) -> Instant;
+
+    fn wall(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
 }
 
 /// The process's monotonic clock.
@@ -30,6 +35,7 @@ pub fn system() -> Arc<dyn Clock> {
 #[derive(Debug)]
 pub struct ManualClock {
     start: Instant,
+    wall_start: chrono::DateTime<chrono::Utc>,
     offset: Mutex<Duration>,
 }
 
@@ -37,6 +43,7 @@ impl Default for ManualClock {
     fn default() -> Self {
         Self {
             start: Instant::now(),
+            wall_start: chrono::Utc::now(),
             offset: Mutex::new(Duration::ZERO),
         }
     }
@@ -63,5 +70,13 @@ impl Clock for ManualClock {
             Err(poisoned) => *poisoned.into_inner(),
         };
         self.start + offset
+    }
+
+    fn wall(&self) -> chrono::DateTime<chrono::Utc> {
+        let offset = match self.offset.lock() {
+            Ok(g) => *g,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        self.wall_start + chrono::TimeDelta::from_std(offset).unwrap_or(chrono::TimeDelta::MAX)
     }
 }

@@ -28,6 +28,10 @@ pub struct SluiceConfig {
     pub connect_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log: String,
+    /// Output locations (and everything under them) that no overwrite may
+    /// replace, e.g. `["s3://warehouse/raw/", "/var/"]`. Bucket and
+    /// filesystem roots are always refused.
+    pub protected_outputs: Vec<String>,
 }
 
 impl Default for SluiceConfig {
@@ -38,6 +42,7 @@ impl Default for SluiceConfig {
             executor_slots: 0,
             connect_timeout_secs: 10,
             log: DEFAULT_LOG.to_string(),
+            protected_outputs: vec![],
         }
     }
 }

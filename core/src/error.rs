@@ -61,6 +61,9 @@ pub enum SluiceError {
     Unwritable { url: String, reason: String },
     #[error("writing {path}: {reason}")]
     Write { path: String, reason: String },
+    /// An error of a higher layer (a sink's lock, say), shown as its own.
+    #[error(transparent)]
+    Layer(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("commit of write {write_id} to {url} failed: {reason}")]
     Commit {
         write_id: String,

@@ -125,7 +125,13 @@ fn assert_nothing_left(s3: &S3, bucket: &str, prefix: &str) {
 
 /// Starts `range_to_parquet` writing `rows` in `partitions` to
 /// `s3://bucket/out`: `sluice submit` to `cluster`, or `sluice run` embedded.
-fn spawn_range_write(cluster: Option<&Cluster>, bucket: &str, rows: u64, partitions: u64) -> Child {
+fn spawn_range_write(
+    cluster: Option<&Cluster>,
+    bucket: &str,
+    rows: u64,
+    partitions: u64,
+    vars: &[&str],
+) -> Child {
     let mut cmd = sluice().unwrap();
     match cluster {
         Some(c) => cmd
@@ -141,6 +147,7 @@ fn spawn_range_write(cluster: Option<&Cluster>, bucket: &str, rows: u64, partiti
         &format!("partitions={partitions}"),
     ])
     .args(["--var", &format!("output=s3://{bucket}/out")])
+    .args(vars.iter().flat_map(|v| ["--var", v]))
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .spawn()
@@ -216,7 +223,7 @@ fn nothing_is_listed_before_the_commit() {
     let bucket = s3.new_bucket("poll").unwrap();
     let cluster = Cluster::start(2, 1).unwrap();
     let partitions = 12;
-    let mut child = spawn_range_write(Some(&cluster), &bucket, 12_000_000, partitions as u64);
+    let mut child = spawn_range_write(Some(&cluster), &bucket, 12_000_000, partitions as u64, &[]);
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut while_writing = 0;
     while child.try_wait().unwrap().is_none() {
@@ -292,7 +299,7 @@ fn killing_an_executor_mid_upload_leaves_no_partial_output() {
     let bucket = s3.new_bucket("kill").unwrap();
     let mut cluster = Cluster::start(2, 1).unwrap();
     let rows: u64 = 16_000_000;
-    let mut child = spawn_range_write(Some(&cluster), &bucket, rows, 8);
+    let mut child = spawn_range_write(Some(&cluster), &bucket, rows, 8, &[]);
     wait_for_uploads(&s3, &bucket, &mut child, 2);
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
     let open_at_kill = s3.open_uploads(&bucket, "out/").unwrap();
@@ -325,7 +332,7 @@ fn a_job_cancelled_mid_write_leaves_nothing() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("cancel").unwrap();
     let cluster = Cluster::start(2, 1).unwrap();
-    let mut child = spawn_range_write(Some(&cluster), &bucket, 40_000_000, 20);
+    let mut child = spawn_range_write(Some(&cluster), &bucket, 40_000_000, 20, &[]);
     wait_for_uploads(&s3, &bucket, &mut child, 1);
     let job_id = cluster
         .jobs()
@@ -699,11 +706,28 @@ fn partitioned_writes_respect_the_open_file_cap() {
 fn clean_aborts_the_uploads_of_a_killed_client() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("crash").unwrap();
-    let mut child = spawn_range_write(None, &bucket, 40_000_000, 8);
+    let mut child = spawn_range_write(None, &bucket, 40_000_000, 8, &["sluice.write.lock_ttl=2s"]);
     wait_for_uploads(&s3, &bucket, &mut child, 1);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!s3.open_uploads(&bucket, "out/").unwrap().is_empty());
+    let clean = || {
+        run_with_timeout(
+            sluice().unwrap().args([
+                "clean",
+                &format!("s3://{bucket}/out"),
+                "--older-than-mins",
+                "0",
+            ]),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    };
+    // Until its lock expires the dead client's write counts as live.
+    let o = clean();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cleaned 0 abandoned writes"));
+    std::thread::sleep(Duration::from_secs(3));
     let o = run_with_timeout(
         sluice().unwrap().args([
             "clean",
@@ -726,7 +750,7 @@ fn clean_aborts_the_uploads_of_a_killed_client() {
 fn interrupting_the_cli_cancels_and_cleans_up() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("sigint").unwrap();
-    let mut child = spawn_range_write(None, &bucket, 60_000_000, 12);
+    let mut child = spawn_range_write(None, &bucket, 60_000_000, 12, &[]);
     wait_for_uploads(&s3, &bucket, &mut child, 1);
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])

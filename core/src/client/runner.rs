@@ -24,6 +24,8 @@ use super::rest::SchedulerApi;
 use crate::error::SluiceError;
 use crate::exec::Report;
 use crate::sink::dynamo::{DynamoCommitReport, DynamoTable, DynamoWriteNode};
+use crate::sink::files::lock::{Holder, LockGuard};
+use crate::sink::files::manifest::hostname;
 use crate::sink::files::{CommitReport, WriteNode, WriteSpec, abandon};
 
 /// Delay before the second cleanup sweep of a failed write.
@@ -38,6 +40,8 @@ pub struct JobRunner {
     poll: Duration,
     interrupt: tokio::sync::watch::Receiver<bool>,
     interrupt_tx: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Output prefixes no overwrite may replace (`protected_outputs`).
+    protected: Vec<String>,
 }
 
 impl JobRunner {
@@ -54,7 +58,66 @@ impl JobRunner {
             poll: Duration::from_millis(250),
             interrupt,
             interrupt_tx: Arc::new(interrupt_tx),
+            protected: vec![],
         })
+    }
+
+    /// Refuses overwrites of these output locations and everything under
+    /// them (the operator's `protected_outputs`).
+    pub fn protect(mut self, outputs: &[String]) -> Result<Self, SluiceError> {
+        for raw in outputs {
+            self.protected
+                .push(crate::sink::files::normalize_output_url(raw)?.to_string());
+        }
+        Ok(self)
+    }
+
+    fn check_protected(&self, spec: &WriteSpec) -> Result<(), SluiceError> {
+        if !spec.overwrite {
+            return Ok(());
+        }
+        match self
+            .protected
+            .iter()
+            .find(|p| spec.url.starts_with(p.as_str()))
+        {
+            Some(p) => Err(SluiceError::InvalidOutput {
+                url: spec.url.clone(),
+                reason: format!(
+                    "it is under {p}, which the configuration protects (protected_outputs); an overwrite there is refused"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the output's lock for this write (see `sink::files::lock`).
+    async fn lock_output(
+        &self,
+        spec: &WriteSpec,
+        file: &str,
+        line: usize,
+    ) -> Result<LockGuard, SluiceError> {
+        let store = self
+            .ctx
+            .runtime_env()
+            .object_store_registry
+            .get_store(&spec.output_url()?)
+            .map_err(SluiceError::in_statement(file, line))?;
+        let holder = Holder {
+            write_id: spec.write_id.clone(),
+            job: format!("{file}:{line}"),
+            host: hostname(),
+            pid: std::process::id(),
+            since: chrono::Utc::now(),
+            ttl_ms: spec.lock_ttl_ms,
+        };
+        let lock = spec.lock(store, crate::clock::system())?;
+        let wait = Duration::from_millis(spec.lock_wait_ms);
+        let guard = LockGuard::acquire(lock, holder, wait)
+            .instrument(tracing::info_span!("sluice.output_lock", url = %spec.url))
+            .await?;
+        Ok(guard)
     }
 
     /// A handle that interrupts the run (Ctrl-C): the running job is
@@ -255,18 +318,29 @@ impl JobRunner {
         line: usize,
     ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
         let stmt_err = SluiceError::in_statement(file, line);
+        self.check_protected(&spec)?;
         preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
+        let mut spec = spec;
+        let guard = self.lock_output(&spec, file, line).await?;
+        spec.lock_generation = Some(guard.generation());
         self.set_job_name(file, line);
-        let planned = self
-            .plan_physical(WriteNode::try_new(input, spec.clone()).map(WriteNode::into_plan))
-            .await
-            .map_err(stmt_err)?;
-        let result = self.execute(planned).await;
+        let result = async {
+            let planned = self
+                .plan_physical(WriteNode::try_new(input, spec.clone()).map(WriteNode::into_plan))
+                .await?;
+            self.execute(planned).await
+        }
+        .await;
         let (job_id, batches) = match result {
-            Ok(r) => r,
+            Ok(r) => {
+                if let Err(e) = guard.release().await {
+                    tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+                }
+                r
+            }
             Err(e) => {
                 // A failed job commits nothing; remove what its tasks staged.
-                if let Err(clean) = self.cleanup(&spec).await {
+                if let Err(clean) = self.cleanup(&spec, guard).await {
                     tracing::warn!(error = %clean, write_id = %spec.write_id, "staging cleanup failed");
                 }
                 return Err(stmt_err(e));
@@ -373,15 +447,22 @@ impl JobRunner {
     }
 
     /// A failed job commits nothing: abort its uploads and remove what its
-    /// tasks staged. Swept twice, because a task the scheduler is still
-    /// cancelling can start an upload just after the first sweep.
-    async fn cleanup(&self, spec: &WriteSpec) -> Result<(), DataFusionError> {
+    /// tasks staged, end the write by releasing its lock, and sweep again.
+    /// A task still running (cancelling, or cut off from the scheduler)
+    /// checks the lock after it starts an upload: one started before the
+    /// release is found by the last sweep, one started after it aborts itself.
+    async fn cleanup(&self, spec: &WriteSpec, guard: LockGuard) -> Result<(), DataFusionError> {
         let store = self
             .ctx
             .runtime_env()
             .object_store_registry
             .get_store(&spec.output_url()?)?;
         let mut aborted = abandon(spec, &store).await?;
+        if let Err(e) = guard.release().await {
+            // Unreleased, the lock expires: the last sweep waits for that.
+            tracing::warn!(error = %e, "releasing the output lock failed");
+            tokio::time::sleep(Duration::from_millis(spec.lock_ttl_ms)).await;
+        }
         tokio::time::sleep(CLEANUP_RESWEEP).await;
         aborted += abandon(spec, &store).await?;
         tracing::info!(write_id = %spec.write_id, aborted_uploads = aborted, "cleaned up failed write");

@@ -12,6 +12,7 @@ use object_store::ObjectStore;
 use serde::Serialize;
 
 use super::committer::abort_recorded;
+use super::lock::LockState;
 use super::spec::{STAGING_DIR, WriteFormat, WriteSpec};
 use crate::error::SluiceError;
 use crate::storage::s3::{SluiceObjectStores, is_s3, s3_store};
@@ -41,7 +42,9 @@ pub struct CleanedWrite {
 
 /// Aborts the recorded uploads and removes the staging of every write to
 /// `output` whose newest staged object is older than `older_than`: writes
-/// whose client died before its own cleanup. Committed output is untouched.
+/// whose client died before its own cleanup. The write holding the output's
+/// lock is live and left alone whatever its age; committed output is
+/// untouched.
 pub async fn clean_abandoned(
     output: &str,
     older_than: std::time::Duration,
@@ -50,12 +53,24 @@ pub async fn clean_abandoned(
     let store = SluiceObjectStores::default().get_store(&template.output_url()?)?;
     let staging = template.base_path()?.join(STAGING_DIR);
     let listed = store.list_with_delimiter(Some(&staging)).await?;
+    let live = match template
+        .lock(Arc::clone(&store), crate::clock::system())?
+        .state()
+        .await?
+    {
+        LockState::Held(g) => Some(g.holder),
+        LockState::Free { .. } => None,
+    };
     let now = chrono::Utc::now();
     let mut cleaned = vec![];
     for prefix in listed.common_prefixes {
         let Some(write_id) = prefix.filename().map(str::to_string) else {
             continue;
         };
+        if let Some(holder) = live.as_ref().filter(|h| h.write_id == write_id) {
+            tracing::info!(%write_id, %holder, "write is live (it holds the output lock): left alone");
+            continue;
+        }
         let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
         let newest = objects.iter().map(|o| o.last_modified).max();
         if newest

@@ -1,8 +1,12 @@
-//! The commit algorithm: take every writer partition's report, make each
-//! reported file visible (complete its upload, or rename it into place),
-//! abort the uploads of attempts whose output was not taken, write the
-//! manifest, and for an overwrite remove what earlier runs left, only after
-//! the new files are in place.
+//! The commit algorithm. Take every writer partition's report and record
+//! the commit's intent (a second attempt finishes the same commit); for an
+//! overwrite remove the old `_SUCCESS`; make each reported file visible
+//! (complete its upload, or rename it into place); abort the uploads of
+//! attempts whose output was not taken; for an overwrite delete the earlier
+//! files listed in the intent; write the new `_SUCCESS` last. So `_SUCCESS`
+//! present means complete, and lists exactly this write's files. The output
+//! lock ([`super::lock`]) is checked before anything becomes visible and
+//! again before anything is deleted.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -13,7 +17,8 @@ use datafusion::common::{DataFusionError, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
 
 use super::clean::remove_staging;
 use super::manifest::{CommittedFile, SuccessData, hostname};
@@ -108,6 +113,46 @@ fn collect_staged(
     Ok(staged)
 }
 
+/// What a commit will do, recorded under the write's staging before it
+/// changes anything visible. A second attempt of the commit (Ballista re-runs
+/// the stage when the first one's executor is lost) finds it and finishes
+/// this commit: the same files, the same deletions, whatever reports the
+/// second attempt received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Intent {
+    publishes: Vec<Planned>,
+    /// Data files of earlier writes, listed once before anything of this
+    /// write was visible: the only files the commit may delete.
+    previous: Vec<String>,
+    /// The `_SUCCESS` the overwrite removes first, put back if publishing fails.
+    previous_success: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Planned {
+    task: String,
+    staging_path: String,
+    upload: Option<PendingUpload>,
+    /// Where the file becomes visible.
+    target: String,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Planned {
+    fn committed(&self) -> CommittedFile {
+        CommittedFile {
+            path: self.target.clone(),
+            rows: self.rows,
+            bytes: self.bytes,
+            writer: self.task.clone(),
+        }
+    }
+}
+
+/// How many times a delete of an earlier file is tried before the commit fails.
+const DELETE_TRIES: u32 = 3;
+
 pub async fn commit(
     spec: &WriteSpec,
     store: Arc<dyn ObjectStore>,
@@ -118,29 +163,46 @@ pub async fn commit(
     let fail = |reason: String| spec.commit_failed(reason);
     let staged = collect_staged(spec, expected, batches)?;
     let base = spec.base_path()?;
+    let success_path = base.clone().join(SUCCESS_FILE);
 
-    // Files of earlier runs, listed before ours land so they cannot be confused.
-    let previous: Vec<Path> = if spec.overwrite {
-        list_data_files(&store, &base).await?
-    } else {
-        vec![]
-    };
+    // An earlier attempt of this commit finished: report what it committed.
+    if let Some(done) = read_manifest(&store, &success_path).await?
+        && done.job_id == spec.write_id
+    {
+        tracing::info!(write_id = %spec.write_id, "commit already done by an earlier attempt");
+        remove_staging(spec, &store).await?;
+        return Ok(CommitSummary {
+            rows: done.rows,
+            bytes: done.bytes,
+            files: done.files,
+            commit_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    spec.check_lock(&store).await?;
+    let intent = record_intent(spec, &store, &base, &success_path, &staged).await?;
 
+    if spec.overwrite {
+        // From here until the new `_SUCCESS`, the output has none: a reader
+        // that trusts it never reads old and new rows together.
+        match store.delete(&success_path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(spec
+                    .store_failed(format!("removing the old {SUCCESS_FILE}"), e)
+                    .into());
+            }
+        }
+    }
     let multipart = spec.uses_multipart()?;
     let s3 = if multipart {
         Some(s3_store(&spec.output_url()?)?)
     } else {
         None
     };
-    let mut publishes = Vec::with_capacity(staged.len());
-    for (index, s) in staged.iter().enumerate() {
-        publishes.push(publish(
-            Arc::clone(&store),
-            s3.clone(),
-            s,
-            spec.final_path(&s.dir, index)?,
-            spec.committer == Committer::RenameV2,
-        ));
+    let in_place = spec.committer == Committer::RenameV2;
+    let mut publishes = Vec::with_capacity(intent.publishes.len());
+    for p in &intent.publishes {
+        publishes.push(publish(Arc::clone(&store), s3.clone(), p, in_place));
     }
     // Hadoop's v1 job commit (`FileOutputCommitter.mergePaths`) moves the
     // files one after another from the driver; the comparison keeps that shape.
@@ -163,17 +225,11 @@ pub async fn commit(
         }
     }
     if !failures.is_empty() {
-        // Take back what did land so the failed write leaves nothing visible.
-        for f in &files {
-            let _ = store.delete(&Path::from(f.path.as_str())).await;
-        }
-        if let Some(s3) = &s3 {
-            let _ = abort_recorded(spec, &store, s3, &HashSet::new(), &HashSet::new()).await;
-        }
+        take_back(spec, &store, s3.as_ref(), &intent, &success_path).await;
         return Err(fail(format!(
-            "{} of {} files failed to commit: {}",
+            "{} of {} files failed to commit (the earlier output is left as it was): {}",
             failures.len(),
-            staged.len(),
+            intent.publishes.len(),
             failures.join("; ")
         ))
         .into());
@@ -182,11 +238,13 @@ pub async fn commit(
     // executors, retried tasks) are recorded but never completed: abort them.
     let aborted = match &s3 {
         Some(s3) => {
-            let completed: HashSet<String> = staged
+            let completed: HashSet<String> = intent
+                .publishes
                 .iter()
                 .filter_map(|s| s.upload.as_ref().map(|u| u.upload_id.clone()))
                 .collect();
-            let known: HashSet<String> = staged
+            let known: HashSet<String> = intent
+                .publishes
                 .iter()
                 .filter_map(|s| {
                     let key_stem = stem_of_key(&s.upload.as_ref()?.key)?;
@@ -198,18 +256,49 @@ pub async fn commit(
         None => 0,
     };
 
+    // The delete step runs only while this write holds the output.
+    if let Err(e) = spec.check_lock(&store).await {
+        take_back(spec, &store, s3.as_ref(), &intent, &success_path).await;
+        return Err(e.into());
+    }
+    let ours: HashSet<&str> = intent.publishes.iter().map(|p| p.target.as_str()).collect();
+    let mut undeleted = vec![];
+    for old in intent
+        .previous
+        .iter()
+        .filter(|p| !ours.contains(p.as_str()))
+    {
+        if let Err(e) = delete_with_retries(&store, &Path::from(old.as_str())).await {
+            undeleted.push(format!("{old}: {e}"));
+        }
+    }
+    if !undeleted.is_empty() {
+        return Err(fail(format!(
+            "the new files are in place but {} earlier files could not be removed, so {SUCCESS_FILE} was not written (run the write again): {}",
+            undeleted.len(),
+            undeleted.join("; ")
+        ))
+        .into());
+    }
+
     let rows = files.iter().map(|f| f.rows).sum();
     let bytes = files.iter().map(|f| f.bytes).sum();
-    let ours: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
     let mut diagnostics = BTreeMap::new();
     diagnostics.insert("format".to_string(), format!("{:?}", spec.format));
     diagnostics.insert("overwrite".to_string(), spec.overwrite.to_string());
     diagnostics.insert("aborted_uploads".to_string(), aborted.to_string());
     diagnostics.insert("publish_ms".to_string(), publish_ms.to_string());
     diagnostics.insert(
+        "removed_earlier_files".to_string(),
+        intent.previous.len().to_string(),
+    );
+    diagnostics.insert(
         "commit_ms".to_string(),
         started.elapsed().as_millis().to_string(),
     );
+    if let Some(generation) = spec.lock_generation {
+        diagnostics.insert("lock_generation".to_string(), generation.to_string());
+    }
     let now = chrono::Utc::now();
     let manifest = SuccessData {
         name: "org.apache.hadoop.fs.s3a.commit.files.SuccessData/1".to_string(),
@@ -231,16 +320,10 @@ pub async fn commit(
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| fail(e.to_string()))?;
     store
-        .put(&base.clone().join(SUCCESS_FILE), body.into())
+        .put(&success_path, body.into())
         .await
         .map_err(|e| spec.store_failed(format!("writing {SUCCESS_FILE}"), e))?;
 
-    for old in previous.iter().filter(|p| !ours.contains(p.as_ref())) {
-        store
-            .delete(old)
-            .await
-            .map_err(|e| spec.store_failed(format!("removing earlier output {old}"), e))?;
-    }
     let before_cleanup = started.elapsed().as_millis();
     remove_staging(spec, &store).await?;
     super::metrics::committed(spec, files.len(), rows, aborted, started.elapsed());
@@ -261,21 +344,171 @@ pub async fn commit(
     })
 }
 
-/// Makes one file visible: completes its upload, or renames the staged file.
+/// The manifest at `path`, if there is a readable one.
+async fn read_manifest(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Option<SuccessData>> {
+    match store.get(path).await {
+        Ok(got) => {
+            let body = got.bytes().await?;
+            Ok(serde_json::from_slice(&body).ok())
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records this commit's intent, or reads the one an earlier attempt
+/// recorded (the conditional create lets exactly one attempt decide).
+async fn record_intent(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    base: &Path,
+    success_path: &Path,
+    staged: &[Staged],
+) -> Result<Intent> {
+    let path = spec.intent_path()?;
+    if let Some(intent) = read_intent(spec, store, &path).await? {
+        tracing::warn!(write_id = %spec.write_id, "finishing the commit an earlier attempt started");
+        return Ok(intent);
+    }
+    let (previous, previous_success) = if spec.overwrite {
+        let previous = list_data_files(store, base)
+            .await?
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        let success = match store.get(success_path).await {
+            Ok(got) => Some(String::from_utf8_lossy(&got.bytes().await?).into_owned()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        (previous, success)
+    } else {
+        (vec![], None)
+    };
+    let mut publishes = Vec::with_capacity(staged.len());
+    for (index, s) in staged.iter().enumerate() {
+        let target = match &s.upload {
+            Some(upload) => upload.key.clone(),
+            None if spec.committer == Committer::RenameV2 => s.staging_path.clone(),
+            None => spec.final_path(&s.dir, index)?.to_string(),
+        };
+        publishes.push(Planned {
+            task: s.task.clone(),
+            staging_path: s.staging_path.clone(),
+            upload: s.upload.clone(),
+            target,
+            rows: s.rows,
+            bytes: s.bytes,
+        });
+    }
+    let intent = Intent {
+        publishes,
+        previous,
+        previous_success,
+    };
+    let body = serde_json::to_vec(&intent).map_err(|e| spec.commit_failed(e.to_string()))?;
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match store.put_opts(&path, body.into(), opts).await {
+        Ok(_) => Ok(intent),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            read_intent(spec, store, &path).await?.ok_or_else(|| {
+                spec.commit_failed("the commit record vanished".into())
+                    .into()
+            })
+        }
+        Err(e) => Err(spec.store_failed("recording the commit".into(), e).into()),
+    }
+}
+
+async fn read_intent(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<Option<Intent>> {
+    match store.get(path).await {
+        Ok(got) => {
+            let body = got.bytes().await?;
+            let intent = serde_json::from_slice(&body)
+                .map_err(|e| spec.commit_failed(format!("unreadable commit record: {e}")))?;
+            Ok(Some(intent))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(spec
+            .store_failed("reading the commit record".into(), e)
+            .into()),
+    }
+}
+
+/// After a failed publish: removes what of this write became visible,
+/// aborts its uploads and puts the earlier `_SUCCESS` back, so the output
+/// is what it was before the write.
+async fn take_back(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    s3: Option<&Arc<AmazonS3>>,
+    intent: &Intent,
+    success_path: &Path,
+) {
+    for p in &intent.publishes {
+        let _ = store.delete(&Path::from(p.target.as_str())).await;
+    }
+    if let Some(s3) = s3 {
+        let _ = abort_recorded(spec, store, s3, &HashSet::new(), &HashSet::new()).await;
+    }
+    if let Some(old) = &intent.previous_success
+        && let Err(e) = store
+            .put(success_path, old.clone().into_bytes().into())
+            .await
+    {
+        tracing::warn!(error = %e, "could not put the earlier _SUCCESS back");
+    }
+}
+
+/// Whether `target` is there with the size this write recorded for it.
+async fn already_visible(store: &Arc<dyn ObjectStore>, target: &Path, bytes: u64) -> bool {
+    matches!(store.head(target).await, Ok(meta) if meta.size == bytes)
+}
+
+async fn delete_with_retries(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<(), object_store::Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) if tries >= DELETE_TRIES => return Err(e),
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "delete failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << tries)).await;
+            }
+        }
+    }
+}
+
+/// Makes one file visible: completes its upload, or renames the staged
+/// file. Idempotent: a file an earlier attempt already made visible (the
+/// upload completed, the staged file gone and the target of the recorded
+/// size present) counts as done.
 async fn publish(
     store: Arc<dyn ObjectStore>,
     s3: Option<Arc<AmazonS3>>,
-    staged: &Staged,
-    local_target: Path,
+    planned: &Planned,
     already_in_place: bool,
 ) -> Result<CommittedFile, (String, object_store::Error)> {
-    let path = match (&staged.upload, s3) {
-        (None, _) if already_in_place => staged.staging_path.clone(),
+    let target = Path::from(planned.target.as_str());
+    match (&planned.upload, s3) {
+        (None, _) if already_in_place => {}
         (Some(upload), Some(s3)) => {
-            complete_upload(&s3, upload, staged.bytes)
-                .await
-                .map_err(|e| (upload.key.clone(), e))?;
-            upload.key.clone()
+            if let Err(e) = complete_upload(&s3, upload, planned.bytes).await
+                && !already_visible(&store, &target, planned.bytes).await
+            {
+                return Err((upload.key.clone(), e));
+            }
         }
         (Some(upload), None) => {
             return Err((
@@ -287,19 +520,16 @@ async fn publish(
             ));
         }
         (None, _) => {
-            store
-                .rename(&Path::from(staged.staging_path.as_str()), &local_target)
+            if let Err(e) = store
+                .rename(&Path::from(planned.staging_path.as_str()), &target)
                 .await
-                .map_err(|e| (staged.staging_path.clone(), e))?;
-            local_target.to_string()
+                && !already_visible(&store, &target, planned.bytes).await
+            {
+                return Err((planned.staging_path.clone(), e));
+            }
         }
-    };
-    Ok(CommittedFile {
-        path,
-        rows: staged.rows,
-        bytes: staged.bytes,
-        writer: staged.task.clone(),
-    })
+    }
+    Ok(planned.committed())
 }
 
 /// Aborts every recorded upload of this write not in `keep`; returns how many.
@@ -370,4 +600,258 @@ async fn list_data_files(store: &Arc<dyn ObjectStore>, base: &Path) -> Result<Ve
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+    use object_store::local::LocalFileSystem;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutPayload, PutResult, RenameOptions,
+    };
+
+    use super::*;
+    use crate::sink::files::output::Written;
+    use crate::sink::files::spec::WriteFormat;
+
+    /// A local store whose renames after the first `after` never finish:
+    /// a commit run over it is cut off mid-publish, like a killed executor.
+    #[derive(Debug)]
+    struct Stall {
+        inner: Arc<dyn ObjectStore>,
+        after: usize,
+        renames: AtomicUsize,
+    }
+
+    impl std::fmt::Display for Stall {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Stall({})", self.inner)
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Stall {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+
+        async fn rename_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: RenameOptions,
+        ) -> object_store::Result<()> {
+            if self.renames.fetch_add(1, Ordering::SeqCst) >= self.after {
+                futures::future::pending::<()>().await;
+            }
+            self.inner.rename_opts(from, to, options).await
+        }
+    }
+
+    async fn data_files(store: &Arc<dyn ObjectStore>, base: &Path) -> Result<Vec<String>> {
+        let mut files: Vec<String> = list_data_files(store, base)
+            .await?
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    #[tokio::test]
+    async fn a_second_commit_attempt_finishes_the_first_ones_commit() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let out = dir.path().join("out");
+        let spec = WriteSpec::new(
+            &out.display().to_string(),
+            WriteFormat::Json,
+            true,
+            BTreeMap::new(),
+        )?;
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let base = spec.base_path()?;
+        // An earlier write's output.
+        let old: Vec<Path> = (0..2)
+            .map(|i| base.clone().join(format!("part-old-{i}.json")))
+            .collect();
+        for p in &old {
+            local.put(p, "{\"old\":1}\n".into()).await?;
+        }
+        local
+            .put(&base.clone().join(SUCCESS_FILE), "{}".into())
+            .await?;
+        // Four writers staged their files.
+        let mut reports = vec![];
+        for i in 0..4u64 {
+            let path = spec.staging_path(&format!("p{i:05}"))?;
+            let body = "{\"new\":1}\n".repeat(i as usize + 1);
+            local.put(&path, body.clone().into()).await?;
+            reports.push(WrittenFile {
+                task: format!("t{i}"),
+                file: Written {
+                    dir: String::new(),
+                    path: path.to_string(),
+                    rows: i + 1,
+                    bytes: body.len() as u64,
+                    upload_id: None,
+                    parts: None,
+                },
+            });
+        }
+        let batch = WrittenFile::to_batch(&reports)?;
+
+        // The first attempt is cut off after publishing two files.
+        let stall: Arc<dyn ObjectStore> = Arc::new(Stall {
+            inner: Arc::clone(&local),
+            after: 2,
+            renames: AtomicUsize::new(0),
+        });
+        let first = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            commit(&spec, stall, 4, std::slice::from_ref(&batch)),
+        )
+        .await;
+        assert!(first.is_err(), "the first attempt should have stalled");
+        // Mid-commit: the old manifest is gone, so nobody trusts a mix.
+        assert!(local.head(&base.clone().join(SUCCESS_FILE)).await.is_err());
+        assert_eq!(data_files(&local, &base).await?.len(), 4);
+
+        // The second attempt finishes the same commit.
+        let done = commit(&spec, Arc::clone(&local), 4, std::slice::from_ref(&batch)).await?;
+        assert_eq!(done.rows, 10);
+        assert_eq!(done.files.len(), 4);
+        let mut committed: Vec<String> = done.files.iter().map(|f| f.path.clone()).collect();
+        committed.sort();
+        assert_eq!(data_files(&local, &base).await?, committed);
+        let manifest: SuccessData = serde_json::from_slice(
+            &local
+                .get(&base.clone().join(SUCCESS_FILE))
+                .await?
+                .bytes()
+                .await?,
+        )
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        assert_eq!(manifest.job_id, spec.write_id);
+        assert_eq!(manifest.rows, 10);
+        assert!(
+            !out.join(crate::sink::files::spec::STAGING_DIR)
+                .join(&spec.write_id)
+                .exists()
+        );
+
+        // A third attempt, after the commit: the same answer, nothing removed.
+        let again = commit(&spec, Arc::clone(&local), 4, std::slice::from_ref(&batch)).await?;
+        assert_eq!(again.files, done.files);
+        assert_eq!(data_files(&local, &base).await?, committed);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_leaves_the_earlier_output_and_its_manifest() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let out = dir.path().join("out");
+        let spec = WriteSpec::new(
+            &out.display().to_string(),
+            WriteFormat::Json,
+            true,
+            BTreeMap::new(),
+        )?;
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let base = spec.base_path()?;
+        let old = base.clone().join("part-old-0.json");
+        local.put(&old, "{\"old\":1}\n".into()).await?;
+        local
+            .put(&base.clone().join(SUCCESS_FILE), "{\"old\":true}".into())
+            .await?;
+        // One writer reported a file that is not there: its publish fails.
+        let mut reports = vec![];
+        for i in 0..2u64 {
+            let path = spec.staging_path(&format!("p{i:05}"))?;
+            if i == 0 {
+                local.put(&path, "{\"new\":1}\n".into()).await?;
+            }
+            reports.push(WrittenFile {
+                task: format!("t{i}"),
+                file: Written {
+                    dir: String::new(),
+                    path: path.to_string(),
+                    rows: 1,
+                    bytes: 10,
+                    upload_id: None,
+                    parts: None,
+                },
+            });
+        }
+        let batch = WrittenFile::to_batch(&reports)?;
+        let err = commit(&spec, Arc::clone(&local), 2, &[batch])
+            .await
+            .err()
+            .map(|e| crate::error::render(&e))
+            .unwrap_or_default();
+        assert!(err.contains("1 of 2 files failed to commit"), "{err}");
+        assert_eq!(data_files(&local, &base).await?, vec![old.to_string()]);
+        let manifest = local
+            .get(&base.clone().join(SUCCESS_FILE))
+            .await?
+            .bytes()
+            .await?;
+        assert_eq!(&manifest[..], b"{\"old\":true}");
+        Ok(())
+    }
 }

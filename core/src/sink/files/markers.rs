@@ -89,12 +89,19 @@ pub async fn start_upload(
         parts: vec![],
     };
     let body = serde_json::to_vec(&marker).map_err(|e| DataFusionError::External(Box::new(e)))?;
-    if let Err(e) = store
-        .put(&marker_path(spec, &key_stem, task)?, body.into())
-        .await
-    {
+    let marker = marker_path(spec, &key_stem, task)?;
+    if let Err(e) = store.put(&marker, body.into()).await {
         // Unrecorded, it could never be cleaned up: abort it now.
         let _ = s3.abort_multipart(key, &upload_id).await;
+        return Err(e.into());
+    }
+    // Checked after the upload exists: if the write had already ended, its
+    // client's cleanup may have swept before this upload began, so it is
+    // this task's to abort. If the lock was still held, the upload began
+    // before the write ended and the client's sweep after the end finds it.
+    if let Err(e) = spec.check_lock(store).await {
+        let _ = s3.abort_multipart(key, &upload_id).await;
+        let _ = store.delete(&marker).await;
         return Err(e.into());
     }
     Ok(upload_id)

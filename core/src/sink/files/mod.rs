@@ -13,12 +13,14 @@
 //! - [`markers`]: the record of every multipart upload started
 //! - [`commit`], [`committer`], [`manifest`]: the commit operator, its
 //!   algorithm, the `_SUCCESS` manifest
+//! - [`lock`]: one write at a time per output, surviving a dead client
 //! - [`clean`]: cleanup of writes that will never commit
 
 pub mod clean;
 pub mod commit;
 pub mod committer;
 pub mod hive;
+pub mod lock;
 pub mod manifest;
 pub mod markers;
 mod metrics;

@@ -231,6 +231,12 @@ impl FileFactory<'_> {
                 written.upload_id = Some(pending.upload_id);
             }
             Sink::Staged(_) => {
+                // Written after the write ended (this task was cut off): it
+                // may be after the client's sweep, so it is ours to remove.
+                if let Err(e) = self.spec.check_lock(&self.store).await {
+                    let _ = self.store.delete(&file.path).await;
+                    return Err(e.into());
+                }
                 // The rename committers' task commit (comparison shapes, see `Committer`).
                 let to = match self.spec.committer {
                     Committer::Auto => None,

@@ -117,6 +117,18 @@ pub struct WriteSpec {
     /// How rows reach the writers of a partitioned write.
     #[serde(default)]
     pub distribution: Distribution,
+    /// How long to wait for another write holding the output's lock
+    /// (`write.lock_wait`; 0: fail at once, naming the holder).
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    /// How long the lock outlives a client that stopped renewing it
+    /// (`write.lock_ttl`).
+    #[serde(default = "default_lock_ttl_ms")]
+    pub lock_ttl_ms: u64,
+    /// The output lock generation this write holds (set by the client once
+    /// it holds it); the commit and the writers check it is still held.
+    #[serde(default)]
+    pub lock_generation: Option<u64>,
 }
 
 /// How a partitioned write distributes rows to its writers
@@ -139,6 +151,30 @@ pub enum Distribution {
 pub const TARGET_FILE_ROWS_OPTION: &str = "write.target_file_rows";
 pub const TARGET_FILE_BYTES_OPTION: &str = "write.target_file_bytes";
 pub const DISTRIBUTION_OPTION: &str = "write.distribution";
+pub const LOCK_WAIT_OPTION: &str = "write.lock_wait";
+pub const LOCK_TTL_OPTION: &str = "write.lock_ttl";
+
+fn default_lock_ttl_ms() -> u64 {
+    super::lock::DEFAULT_TTL.as_millis() as u64
+}
+
+/// A duration option: `30s`, `2m`, `500ms`, or a number of seconds.
+fn take_duration(
+    options: &mut BTreeMap<String, String>,
+    key: &str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, SluiceError> {
+    match options.remove(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(secs) => Ok(std::time::Duration::from_secs(secs)),
+            Err(_) => humantime::parse_duration(v.trim()).map_err(|e| SluiceError::InvalidOutput {
+                url: String::new(),
+                reason: format!("{key} must be a duration like 30s or 2m, got '{v}': {e}"),
+            }),
+        },
+    }
+}
 
 /// The statement options that cap a partitioned writer.
 pub const MAX_OPEN_FILES_OPTION: &str = "write.max_open_files";
@@ -339,9 +375,26 @@ impl WriteSpec {
                 });
             }
         };
+        let lock_wait =
+            take_duration(&mut options, LOCK_WAIT_OPTION, Default::default()).map_err(named)?;
+        let lock_ttl = take_duration(&mut options, LOCK_TTL_OPTION, super::lock::DEFAULT_TTL)
+            .map_err(named)?;
+        if lock_ttl < std::time::Duration::from_secs(1) {
+            return Err(named(SluiceError::InvalidOutput {
+                url: String::new(),
+                reason: format!("{LOCK_TTL_OPTION} must be at least 1s"),
+            }));
+        }
         check_format_options(url, format, &options)?;
+        let normalized = normalize_output_url(url)?;
+        if overwrite && normalized.path().trim_matches('/').is_empty() {
+            return Err(SluiceError::InvalidOutput {
+                url: url.to_string(),
+                reason: "an overwrite replaces everything under its location; refusing to overwrite a bucket or filesystem root".into(),
+            });
+        }
         Ok(Self {
-            url: normalize_output_url(url)?.to_string(),
+            url: normalized.to_string(),
             format,
             overwrite,
             write_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -353,7 +406,54 @@ impl WriteSpec {
             target_file_rows,
             target_file_bytes,
             distribution,
+            lock_wait_ms: lock_wait.as_millis() as u64,
+            lock_ttl_ms: lock_ttl.as_millis() as u64,
+            lock_generation: None,
         })
+    }
+
+    /// Where this write's commit records what it is doing, so a second
+    /// attempt of the commit finishes the same commit.
+    pub fn intent_path(&self) -> Result<object_store::path::Path, SluiceError> {
+        Ok(self.staging_prefix()?.join("commit.json"))
+    }
+
+    /// The output's lock (see [`super::lock`]).
+    pub fn lock(
+        &self,
+        store: std::sync::Arc<dyn object_store::ObjectStore>,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+    ) -> Result<super::lock::OutputLock, SluiceError> {
+        Ok(super::lock::OutputLock::new(
+            store,
+            &self.base_path()?,
+            &self.url,
+            clock,
+        ))
+    }
+
+    /// Fails unless this write still holds its output's lock (a write
+    /// planned without one, by a test of one operator, is not checked).
+    pub async fn check_lock(
+        &self,
+        store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    ) -> Result<(), super::lock::LockError> {
+        let Some(generation) = self.lock_generation else {
+            return Ok(());
+        };
+        let base = self.base_path().map_err(|e| super::lock::LockError::Lost {
+            url: self.url.clone(),
+            write_id: self.write_id.clone(),
+            reason: e.to_string(),
+        })?;
+        super::lock::OutputLock::new(
+            std::sync::Arc::clone(store),
+            &base,
+            &self.url,
+            crate::clock::system(),
+        )
+        .check(generation, &self.write_id)
+        .await
     }
 
     /// The same write, partitioned by `columns` (Hive directories).
