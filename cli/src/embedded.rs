@@ -11,6 +11,8 @@ use sluice_core::client::SchedulerApi;
 pub struct EmbeddedCluster {
     /// `host:port` of the scheduler (gRPC and REST).
     pub endpoint: String,
+    /// `http://host:port` of the in-process coordinator.
+    pub coordinator: Option<String>,
 }
 
 impl EmbeddedCluster {
@@ -40,7 +42,10 @@ impl EmbeddedCluster {
                 .await?;
         }
         wait_for_executors(&endpoint, executors).await?;
-        Ok(Self { endpoint })
+        Ok(Self {
+            endpoint,
+            coordinator: coordinator.url.clone(),
+        })
     }
 }
 

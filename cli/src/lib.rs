@@ -130,23 +130,18 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             let cluster =
                 embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
-            run_job(&job, &cluster.endpoint, timeout, &config).await
+            let coordinator = cluster.coordinator.clone();
+            run_job(&job, &cluster.endpoint, coordinator, timeout, &config).await
         }
-        Command::Submit { job } => run_job(&job, &config.scheduler, timeout, &config).await,
+        Command::Submit { job } => {
+            let coordinator = default_coordinator(&config);
+            run_job(&job, &config.scheduler, Some(coordinator), timeout, &config).await
+        }
         Command::Limiter {
             coordinator,
             output,
         } => {
-            let url = coordinator.unwrap_or_else(|| {
-                let host = config
-                    .scheduler
-                    .rsplit_once(':')
-                    .map_or(config.scheduler.as_str(), |(h, _)| h);
-                format!(
-                    "http://{host}:{}",
-                    sluice_core::coordinator::DEFAULT_COORDINATOR_PORT
-                )
-            });
+            let url = coordinator.unwrap_or_else(|| default_coordinator(&config));
             let tables = sluice_core::coordinator::fetch_lease_status(&url, timeout)
                 .await
                 .map_err(|e| anyhow::anyhow!("DynamoDB coordinator at {url}: {e}"))?;
@@ -205,9 +200,26 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// The configured coordinator, else the one next to the configured
+/// scheduler (same host, its port).
+fn default_coordinator(config: &SluiceConfig) -> String {
+    if let Some(url) = &config.coordinator {
+        return url.clone();
+    }
+    let host = config
+        .scheduler
+        .rsplit_once(':')
+        .map_or(config.scheduler.as_str(), |(h, _)| h);
+    format!(
+        "http://{host}:{}",
+        sluice_core::coordinator::DEFAULT_COORDINATOR_PORT
+    )
+}
+
 async fn run_job(
     job: &JobArgs,
     endpoint: &str,
+    coordinator: Option<String>,
     timeout: Duration,
     config: &SluiceConfig,
 ) -> Result<()> {
@@ -217,8 +229,9 @@ async fn run_job(
     let file = job.file.display().to_string();
     let ctx = client::connect(endpoint, timeout).await?;
     let progress = Arc::new(CliProgress::new(job.output == OutputFormat::Text));
-    let runner =
-        JobRunner::new(ctx, endpoint, progress.clone())?.protect(&config.protected_outputs)?;
+    let runner = JobRunner::new(ctx, endpoint, progress.clone())?
+        .protect(&config.protected_outputs)?
+        .with_coordinator(coordinator);
     let interrupter = runner.interrupter();
     let run = runner.run(&file, &source, &vars);
     tokio::pin!(run);

@@ -16,6 +16,9 @@ use crate::error::SluiceError;
 pub struct SluiceConfig {
     /// Scheduler `host:port` for `submit`, `jobs`, `status`, `cancel`.
     pub scheduler: String,
+    /// The cluster's coordinator, `http://host:port` (default: the
+    /// scheduler's host, port 50090), for `submit` and `limiter`.
+    pub coordinator: Option<String>,
     /// Executors the embedded cluster of `sluice run` starts. One by default:
     /// Ballista reads a shuffle section held by another executor whole into
     /// memory (a streaming read only for its own files), so two executors in
@@ -38,6 +41,7 @@ impl Default for SluiceConfig {
     fn default() -> Self {
         Self {
             scheduler: "localhost:50050".to_string(),
+            coordinator: None,
             executors: 1,
             executor_slots: 0,
             connect_timeout_secs: 10,

@@ -364,6 +364,7 @@ impl Cluster {
                 .arg("submit")
                 .arg(job)
                 .args(["--scheduler", &self.endpoint])
+                .env("SLUICE_COORDINATOR", &self.coordinator)
                 .args(args),
             Duration::from_secs(300),
         )?;
@@ -383,6 +384,7 @@ impl Cluster {
             .arg("submit")
             .arg(job)
             .args(["--scheduler", &self.endpoint])
+            .env("SLUICE_COORDINATOR", &self.coordinator)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

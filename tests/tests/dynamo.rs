@@ -680,3 +680,104 @@ fn dead_letters_can_go_to_s3() {
     assert_eq!(sks, ["0", "10", "20"]);
     assert_eq!(scan(&table).len(), 27);
 }
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// An executor cut off mid-write (SIGSTOP), its job cancelled meanwhile:
+/// when it runs again (SIGCONT) its writers stop within a renewal or two
+/// (the client told the coordinator the write ended, and a writer that
+/// could not renew its lease for `CUT_OFF` stops anyway) instead of putting
+/// the rest of their items.
+#[test]
+fn a_cut_off_executors_writers_stop_once_their_write_ended() {
+    let table = create_table("pause", 100);
+    let cluster = Cluster::start(1, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sql =
+        std::fs::read_to_string(workspace_root().join("jobs/events_to_dynamodb.sql")).unwrap();
+    let job = dir.path().join("job.sql");
+    std::fs::write(&job, sql).unwrap();
+    // ~1 KB items at 97 WCU/s: a minute of writing.
+    let mut child = sluice()
+        .unwrap()
+        .arg("submit")
+        .arg(&job)
+        .args(["--scheduler", &cluster.endpoint])
+        .args(["--var", &format!("table={table}"), "--var", "rows=6000"])
+        .args(["--var", "partitions=2", "--var", "percent=100"])
+        .args([
+            "--var",
+            &format!("dead_letter={}", dir.path().join("dl").display()),
+        ])
+        .env("SLUICE_COORDINATOR", &cluster.coordinator)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scan(&table).len() < 100 {
+        assert!(Instant::now() < deadline, "the writers never started");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let executor = cluster.executors[0].id();
+    signal(executor, "-STOP");
+    eprintln!(
+        "{} stopped executor {executor}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    );
+    let job_id = cluster
+        .jobs()
+        .unwrap()
+        .into_iter()
+        .find_map(|j| j["job_id"].as_str().map(str::to_string))
+        .expect("a job on the scheduler");
+    let c = run_with_timeout(
+        sluice()
+            .unwrap()
+            .args(["cancel", &job_id, "--scheduler", &cluster.endpoint]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the cancelled job never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a cancelled job reported success");
+    let at_resume = scan(&table).len();
+    signal(executor, "-CONT");
+    eprintln!(
+        "{} resumed executor {executor} at {at_resume} items",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let after = scan(&table).len();
+    // At most the batch each writer had in flight when it was stopped (25
+    // items); writing on would have put ~8 s x 97 WCU/s.
+    assert!(
+        after - at_resume <= 50,
+        "{} items were put after the write ended ({at_resume} -> {after})\nclient: {}",
+        after - at_resume,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = cluster.executor_log(0);
+    assert!(log.contains("DynamoDB writer stops"), "{log}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(scan(&table).len(), after, "writers went on putting items");
+}

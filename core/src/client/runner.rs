@@ -42,6 +42,8 @@ pub struct JobRunner {
     interrupt_tx: Arc<tokio::sync::watch::Sender<bool>>,
     /// Output prefixes no overwrite may replace (`protected_outputs`).
     protected: Vec<String>,
+    /// The cluster's coordinator, told when a DynamoDB write ends.
+    coordinator: Option<String>,
 }
 
 impl JobRunner {
@@ -59,7 +61,39 @@ impl JobRunner {
             interrupt,
             interrupt_tx: Arc::new(interrupt_tx),
             protected: vec![],
+            coordinator: None,
         })
+    }
+
+    /// The coordinator (`http://host:port`) to tell when a DynamoDB write
+    /// ends, so its writers stop even where the scheduler cannot reach them.
+    pub fn with_coordinator(mut self, url: Option<String>) -> Self {
+        self.coordinator = url.map(|u| u.trim_end_matches('/').to_string());
+        self
+    }
+
+    /// Tells the coordinator the write is over: its writers' leases are
+    /// revoked. Best effort: a writer that cannot renew stops by itself.
+    async fn end_write(&self, write_id: &str) {
+        let Some(url) = &self.coordinator else {
+            return;
+        };
+        let body = crate::coordinator::leases::EndWrite {
+            write_id: write_id.to_string(),
+        };
+        let call = async {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?
+                .post(format!("{url}/v1/writes/end"))
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()
+        };
+        if let Err(e) = call.await {
+            tracing::warn!(%write_id, error = %e, "could not tell the coordinator the write ended");
+        }
     }
 
     /// Refuses overwrites of these output locations and everything under
@@ -406,7 +440,10 @@ impl JobRunner {
             )
             .await
             .map_err(stmt_err)?;
-        let (job_id, batches) = self.execute(planned).await.map_err(stmt_err)?;
+        let result = self.execute(planned).await;
+        // Over either way: writers still running anywhere must stop.
+        self.end_write(&spec.write_id).await;
+        let (job_id, batches) = result.map_err(stmt_err)?;
         let r = DynamoCommitReport::from_batches(&batches)
             .map_err(stmt_err)?
             .pop()

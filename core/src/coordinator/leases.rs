@@ -54,6 +54,13 @@ pub const MAX_WRITERS_PER_TABLE: usize = 10_000;
 pub const MAX_TABLES: usize = 1_000;
 /// Longest table or writer name accepted.
 pub const MAX_NAME_BYTES: usize = 1024;
+/// Ended writes remembered at once (each for [`ENDED_TTL`]); past this the
+/// oldest are forgotten first.
+pub const MAX_ENDED_WRITES: usize = 100_000;
+/// How long an ended write's writers are refused: longer than any writer
+/// stays paused and still holds a lease (it stops itself after
+/// `sink::dynamo::limiter`'s cut-off anyway).
+pub const ENDED_TTL: Duration = Duration::from_secs(3600);
 
 /// A lease request the coordinator refuses; nothing changed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -70,6 +77,8 @@ pub enum LeaseError {
     TooManyWriters { table: String },
     #[error("{MAX_TABLES} tables are being written already")]
     TooManyTables,
+    #[error("write {write_id} has ended (committed, failed or cancelled): stop writing")]
+    WriteEnded { write_id: String },
 }
 
 impl LeaseRequest {
@@ -91,7 +100,10 @@ impl LeaseRequest {
         {
             return Err(LeaseError::BadMaxUnits(units));
         }
-        if self.table.len() > MAX_NAME_BYTES || self.writer.len() > MAX_NAME_BYTES {
+        if self.table.len() > MAX_NAME_BYTES
+            || self.writer.len() > MAX_NAME_BYTES
+            || self.write_id.len() > MAX_NAME_BYTES
+        {
             return Err(LeaseError::NameTooLong);
         }
         Ok(())
@@ -115,6 +127,10 @@ fn stricter(a: CapacityShare, b: CapacityShare) -> CapacityShare {
 pub struct LeaseRequest {
     pub table: String,
     pub writer: String,
+    /// The write the writer works for: once it has ended, its writers are
+    /// refused (`410 Gone`) and stop.
+    #[serde(default)]
+    pub write_id: String,
     pub share: CapacityShare,
     /// The client's budget, used until the coordinator's own `DescribeTable` answers.
     pub budget_hint: f64,
@@ -136,6 +152,12 @@ pub struct LeaseGrant {
 pub struct Release {
     pub table: String,
     pub writer: String,
+}
+
+/// `POST /v1/writes/end`: the client's word that a write is over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndWrite {
+    pub write_id: String,
 }
 
 /// What the coordinator knows of one table (`GET /v1/dynamodb/tables`).
@@ -173,6 +195,7 @@ impl CapacitySource for DescribeTable {
 }
 
 struct Lease {
+    write_id: String,
     expires: Instant,
     /// The rate last granted, which the writer uses until it renews.
     granted: f64,
@@ -214,6 +237,8 @@ impl TableState {
 #[derive(Clone)]
 pub struct Leases {
     tables: Arc<Mutex<HashMap<String, TableState>>>,
+    /// Writes that ended, and when.
+    ended: Arc<Mutex<HashMap<String, Instant>>>,
     clock: Arc<dyn Clock>,
     capacity: Arc<dyn CapacitySource>,
     started: Instant,
@@ -223,6 +248,7 @@ impl Leases {
     pub fn new(clock: Arc<dyn Clock>, capacity: Arc<dyn CapacitySource>) -> Self {
         Self {
             tables: Arc::default(),
+            ended: Arc::default(),
             started: clock.now(),
             clock,
             capacity,
@@ -236,7 +262,45 @@ impl Leases {
             .route("/v1/dynamodb/lease", post(lease))
             .route("/v1/dynamodb/release", post(release))
             .route("/v1/dynamodb/tables", get(tables))
+            .route("/v1/writes/end", post(end_write))
             .with_state(self)
+    }
+
+    fn with_ended<T>(&self, f: impl FnOnce(&mut HashMap<String, Instant>) -> T) -> T {
+        let mut guard = match self.ended.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Ends a write: its leases go now, and its writers' next renewals are
+    /// refused, so a writer the scheduler cannot reach (cut off, paused)
+    /// stops when it next asks.
+    pub fn end_write(&self, req: &EndWrite) -> Result<(), LeaseError> {
+        if req.write_id.is_empty() || req.write_id.len() > MAX_NAME_BYTES {
+            return Err(LeaseError::NameTooLong);
+        }
+        let now = self.clock.now();
+        self.with_ended(|ended| {
+            ended.retain(|_, at| now.duration_since(*at) < ENDED_TTL);
+            if ended.len() >= MAX_ENDED_WRITES
+                && let Some(oldest) = ended
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(w, _)| w.clone())
+            {
+                ended.remove(&oldest);
+            }
+            ended.insert(req.write_id.clone(), now);
+        });
+        self.with_tables(|tables| {
+            for state in tables.values_mut() {
+                state.leases.retain(|_, l| l.write_id != req.write_id);
+            }
+        });
+        tracing::info!(write_id = %req.write_id, "write ended: its leases are revoked");
+        Ok(())
     }
 
     fn with_tables<T>(&self, f: impl FnOnce(&mut HashMap<String, TableState>) -> T) -> T {
@@ -251,6 +315,11 @@ impl Leases {
     /// bounds) without changing anything.
     pub fn lease(&self, req: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
         req.check()?;
+        if !req.write_id.is_empty() && self.with_ended(|ended| ended.contains_key(&req.write_id)) {
+            return Err(LeaseError::WriteEnded {
+                write_id: req.write_id,
+            });
+        }
         let now = self.clock.now();
         self.with_tables(|tables| {
             match tables.get(&req.table) {
@@ -334,6 +403,7 @@ impl Leases {
             state.leases.insert(
                 req.writer.clone(),
                 Lease {
+                    write_id: req.write_id.clone(),
                     expires: now + LEASE_TTL,
                     granted,
                 },
@@ -463,8 +533,21 @@ async fn lease(
     State(c): State<Leases>,
     Json(req): Json<LeaseRequest>,
 ) -> Result<Json<LeaseGrant>, (StatusCode, String)> {
-    c.lease(req)
-        .map(Json)
+    c.lease(req).map(Json).map_err(|e| {
+        let status = match e {
+            LeaseError::WriteEnded { .. } => StatusCode::GONE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, e.to_string())
+    })
+}
+
+async fn end_write(
+    State(c): State<Leases>,
+    Json(req): Json<EndWrite>,
+) -> Result<Json<bool>, (StatusCode, String)> {
+    c.end_write(&req)
+        .map(|()| Json(true))
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
@@ -518,7 +601,38 @@ mod tests {
             budget_hint: 1000.0,
             consumed_wcu: 0.0,
             throttles,
+            write_id: "w1".into(),
         }
+    }
+
+    #[test]
+    fn an_ended_writes_writers_are_refused_and_lose_their_leases() {
+        let (c, _clock) = leases();
+        grant(&c, "a", 0);
+        let other = LeaseRequest {
+            write_id: "w2".into(),
+            ..req("b", 0)
+        };
+        c.lease(other.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.status()[0].writers, vec!["a", "b"]);
+        c.end_write(&EndWrite {
+            write_id: "w1".into(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        // w1's lease is gone at once; w2's writer is untouched.
+        assert_eq!(c.status()[0].writers, vec!["b"]);
+        let refused = c.lease(req("a", 0)).err().map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some("write w1 has ended (committed, failed or cancelled): stop writing")
+        );
+        assert!(c.lease(other).is_ok());
+        assert!(
+            c.end_write(&EndWrite {
+                write_id: "x".repeat(MAX_NAME_BYTES + 1)
+            })
+            .is_err()
+        );
     }
 
     /// A lease that must be granted.

@@ -1,7 +1,10 @@
 //! A DynamoDB writer's side of the cluster-wide limiter: a token bucket at
 //! the writer's share, kept up to date by a background loop that renews the
 //! writer's lease at the coordinator (`coordinator::leases`). A writer that
-//! cannot reach the coordinator runs at a conservative local share and warns.
+//! cannot reach the coordinator from the start runs at a conservative local
+//! share and warns. A writer whose lease is refused because its write ended,
+//! or that held a lease and then could not renew it for [`CUT_OFF`] (its
+//! executor cut off or paused), stops: its job may be over.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +15,8 @@ use crate::storage::dynamodb::CapacityShare;
 
 /// Timeout of a lease call; a writer never waits longer on the coordinator.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// A writer that held a lease stops when it could not renew it for this long.
+pub const CUT_OFF: Duration = Duration::from_secs(5);
 
 /// A writer's side: a token bucket at the writer's share, kept up to date
 /// by a background lease loop.
@@ -27,6 +32,10 @@ pub struct Limiter {
     ceiling: f64,
     http: reqwest::Client,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Why this writer must stop, once it must.
+    revoked: Mutex<Option<String>>,
+    /// The last granted renewal.
+    last_grant: Mutex<Option<Instant>>,
 }
 
 struct Bucket {
@@ -51,9 +60,11 @@ impl Bucket {
 impl Limiter {
     /// Registers a writer and starts renewing its lease. `fallback` is the
     /// rate used while the coordinator cannot be reached.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         table: &str,
         writer: &str,
+        write_id: &str,
         share: CapacityShare,
         budget_hint: f64,
         fallback: f64,
@@ -84,10 +95,13 @@ impl Limiter {
             ceiling: share.max_units.unwrap_or(f64::INFINITY),
             http,
             stop,
+            revoked: Mutex::new(None),
+            last_grant: Mutex::new(None),
         });
         let request = LeaseRequest {
             table: table.to_string(),
             writer: writer.to_string(),
+            write_id: write_id.to_string(),
             share,
             budget_hint,
             consumed_wcu: 0.0,
@@ -109,6 +123,19 @@ impl Limiter {
     }
 
     async fn renew(&self, template: &LeaseRequest, fallback: f64) {
+        // A lease that lapsed (this process was paused or cut off longer
+        // than the cut-off) is not picked up again: the write may have
+        // ended meanwhile, and its other writers may have its share.
+        let held = *lock(&self.last_grant);
+        if let Some(at) = held
+            && at.elapsed() >= CUT_OFF
+        {
+            self.revoke(format!(
+                "its lease was not renewed for {} s (paused or cut off from the coordinator)",
+                at.elapsed().as_secs()
+            ));
+            return;
+        }
         let (consumed, throttles) = {
             let mut r = lock(&self.report);
             std::mem::take(&mut *r)
@@ -129,6 +156,10 @@ impl Limiter {
                     .and_then(reqwest::Response::error_for_status);
                 match call {
                     Ok(resp) => resp.json::<LeaseGrant>().await.map_err(|e| e.to_string()),
+                    Err(e) if e.status() == Some(reqwest::StatusCode::GONE) => {
+                        self.revoke(format!("write {} has ended", template.write_id));
+                        return;
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -136,12 +167,16 @@ impl Limiter {
         };
         let rate = match granted {
             Ok(grant) => {
+                *lock(&self.last_grant) = Some(Instant::now());
                 if self.detached.swap(false, Ordering::Relaxed) {
                     tracing::warn!(table = %self.table, "coordinator reachable again");
                 }
                 grant.rate.min(self.ceiling)
             }
             Err(e) => {
+                if held.is_some() {
+                    tracing::warn!(table = %self.table, writer = %self.writer, error = %e, "lease renewal failed; the writer stops if it fails for {} s", CUT_OFF.as_secs());
+                }
                 if !self.detached.swap(true, Ordering::Relaxed) {
                     tracing::warn!(table = %self.table, writer = %self.writer, error = %e, rate = fallback, "DynamoDB coordinator unreachable: writing at a safe local share");
                 }
@@ -157,10 +192,26 @@ impl Limiter {
         b.rate = rate.max(0.1);
     }
 
+    fn revoke(&self, reason: String) {
+        let mut r = lock(&self.revoked);
+        if r.is_none() {
+            tracing::warn!(table = %self.table, writer = %self.writer, %reason, "DynamoDB writer stops");
+            *r = Some(reason);
+        }
+    }
+
+    /// Why the writer must stop, if it must.
+    pub fn revoked(&self) -> Option<String> {
+        lock(&self.revoked).clone()
+    }
+
     /// Takes `wcu` from the bucket, waiting as long as the share requires.
-    /// Returns the time waited.
-    pub async fn acquire(&self, wcu: f64) -> Duration {
+    /// Returns the time waited, or why the writer must stop.
+    pub async fn acquire(&self, wcu: f64) -> Result<Duration, String> {
         let started = Instant::now();
+        if let Some(reason) = self.revoked() {
+            return Err(reason);
+        }
         {
             let mut b = lock(&self.bucket);
             b.refill(started);
@@ -179,8 +230,11 @@ impl Limiter {
                 Duration::from_secs_f64(-b.tokens / b.rate)
             };
             tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            if let Some(reason) = self.revoked() {
+                return Err(reason);
+            }
         }
-        started.elapsed()
+        Ok(started.elapsed())
     }
 
     /// After a call: what it really consumed (versus `estimated`, already

@@ -65,6 +65,9 @@ pub enum WriteError {
     },
     #[error("building a request: {0}")]
     Request(#[source] aws_sdk_dynamodb::error::BuildError),
+    /// The write ended or this writer was cut off: it must not go on.
+    #[error("writer of table '{table}' stopped: {reason}")]
+    Stopped { table: String, reason: String },
     /// Credentials, a missing table, access denied: retrying cannot help.
     #[error("writing to DynamoDB table '{table}': {reason}")]
     Fatal { table: String, reason: String },
@@ -311,6 +314,7 @@ async fn write_partition(
     let limiter = Limiter::start(
         &spec.table,
         writer,
+        &spec.write_id,
         spec.options.share(),
         spec.budget_hint,
         fallback,
@@ -495,7 +499,12 @@ impl PartitionWriter<'_> {
                 }));
             }
             let estimated: f64 = todo.iter().map(|i| self.spec.wcu(i) as f64).sum();
-            let waited = self.limiter.acquire(estimated).await;
+            let waited = self.limiter.acquire(estimated).await.map_err(|reason| {
+                external(WriteError::Stopped {
+                    table: self.spec.table.clone(),
+                    reason,
+                })
+            })?;
             self.report.wait_ms += waited.as_millis() as u64;
             let t = Instant::now();
             let requests = todo
