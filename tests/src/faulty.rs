@@ -3,7 +3,10 @@
 //! Server Error` instead of forwarding them: the flaky S3 of the fault tests.
 //! It also counts the access keys requests were signed with (SigV4's
 //! `Credential=`), so a credentials test sees which key was used, not only
-//! that some key was found.
+//! that some key was found; can hold every `CompleteMultipartUpload` for a
+//! while (so a test can act mid-commit); and keeps a ledger of requests by
+//! kind and of the bytes servers copy for `CopyObject`, which is what any
+//! S3-compatible server charges whatever its speed (the commit bench).
 //! Plain HTTP/1.1 with `Content-Length` bodies, which is what the S3 clients
 //! under test send and moto answers.
 
@@ -22,7 +25,22 @@ pub struct FaultyS3 {
     pub part_uploads: Arc<AtomicU64>,
     /// Requests per signing access key (`-` for unsigned requests).
     pub signers: Arc<Mutex<BTreeMap<String, u64>>>,
+    ledger: Arc<Mutex<Ledger>>,
     _runtime: tokio::runtime::Runtime,
+}
+
+/// What passed through the proxy: requests by kind, and the bytes the
+/// server copied (`CopyObject`), from the sizes of the objects it saw written.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Ledger {
+    pub requests: BTreeMap<&'static str, u64>,
+    pub copied_bytes: u64,
+    /// Bytes sent in `PutObject` and `UploadPart` bodies.
+    pub uploaded_bytes: u64,
+    #[serde(skip)]
+    sizes: std::collections::HashMap<String, u64>,
+    #[serde(skip)]
+    parts: std::collections::HashMap<String, u64>,
 }
 
 /// Counters the proxy keeps.
@@ -31,12 +49,24 @@ struct Counts {
     injected: Arc<AtomicU64>,
     part_uploads: Arc<AtomicU64>,
     signers: Arc<Mutex<BTreeMap<String, u64>>>,
+    ledger: Arc<Mutex<Ledger>>,
+    hold_completes: std::time::Duration,
 }
 
 impl FaultyS3 {
     /// Proxies to `upstream` (`http://host:port`), failing every `every`-th
     /// part upload.
     pub fn start(upstream: &str, every: u64) -> Result<Self> {
+        Self::start_with(upstream, every, std::time::Duration::ZERO)
+    }
+
+    /// As [`FaultyS3::start`], also holding every `CompleteMultipartUpload`
+    /// for `hold_completes` before forwarding it.
+    pub fn start_with(
+        upstream: &str,
+        every: u64,
+        hold_completes: std::time::Duration,
+    ) -> Result<Self> {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -51,6 +81,8 @@ impl FaultyS3 {
             injected: Arc::new(AtomicU64::new(0)),
             part_uploads: Arc::new(AtomicU64::new(0)),
             signers: Arc::default(),
+            ledger: Arc::default(),
+            hold_completes,
         };
         let kept = counts.clone();
         runtime.spawn(async move {
@@ -66,8 +98,28 @@ impl FaultyS3 {
             injected: kept.injected,
             part_uploads: kept.part_uploads,
             signers: kept.signers,
+            ledger: kept.ledger,
             _runtime: runtime,
         })
+    }
+
+    /// The ledger so far.
+    pub fn ledger(&self) -> Ledger {
+        match self.ledger.lock() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Starts a new ledger (the sizes of objects already seen are kept).
+    pub fn reset_ledger(&self) {
+        let mut l = match self.ledger.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        l.requests.clear();
+        l.copied_bytes = 0;
+        l.uploaded_bytes = 0;
     }
 
     /// The access keys requests were signed with, and how many each.
@@ -139,10 +191,116 @@ async fn serve(client: TcpStream, upstream: &str, every: u64, counts: &Counts) -
             write.write_all(resp.as_bytes()).await?;
             continue;
         }
+        let kind = kind_of(&req.head);
+        if kind == "complete_upload" && !counts.hold_completes.is_zero() {
+            tokio::time::sleep(counts.hold_completes).await;
+        }
         let response = forward(upstream, &req).await?;
+        let ok = response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.1 204");
+        if let Ok(mut ledger) = counts.ledger.lock() {
+            ledger.record(kind, &req, ok);
+        }
         write.write_all(&response).await?;
     }
     Ok(())
+}
+
+/// A header's value, by case-insensitive name.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The request's kind, as S3 names its operations.
+fn kind_of(head: &str) -> &'static str {
+    let first = head.lines().next().unwrap_or_default();
+    let (method, target) = first.split_once(' ').unwrap_or_default();
+    let query = target
+        .split_once('?')
+        .map(|(_, q)| q.split(' ').next().unwrap_or_default());
+    let has = |q: &str| {
+        query.is_some_and(|s| {
+            s.split('&')
+                .any(|p| p == q || p.starts_with(&format!("{q}=")))
+        })
+    };
+    match method {
+        "PUT" if has("partNumber") => "upload_part",
+        "PUT" if header(head, "x-amz-copy-source").is_some() => "copy_object",
+        "PUT" => "put_object",
+        "POST" if has("uploads") => "create_multipart_upload",
+        "POST" if has("uploadId") => "complete_multipart_upload",
+        "POST" if has("delete") => "delete_objects",
+        "DELETE" if has("uploadId") => "abort_multipart_upload",
+        "DELETE" => "delete_object",
+        "GET" if has("uploads") => "list_multipart_uploads",
+        "GET"
+            if has("list-type")
+                || target
+                    .split('?')
+                    .next()
+                    .is_some_and(|p| p.matches('/').count() <= 1) =>
+        {
+            "list_objects"
+        }
+        "GET" => "get_object",
+        "HEAD" => "head_object",
+        _ => "other",
+    }
+}
+
+/// `/bucket/key` of a request target or copy source, decoded.
+fn object_of(raw: &str) -> String {
+    let path = raw
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('/');
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+impl Ledger {
+    fn record(&mut self, kind: &'static str, req: &Request, ok: bool) {
+        *self.requests.entry(kind).or_default() += 1;
+        let first = req.head.lines().next().unwrap_or_default();
+        let target = first.split(' ').nth(1).unwrap_or_default();
+        let object = object_of(target);
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let upload_id = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("uploadId="))
+            .unwrap_or_default()
+            .to_string();
+        let body = req.body.len() as u64;
+        if !ok {
+            return;
+        }
+        match kind {
+            "put_object" => {
+                self.uploaded_bytes += body;
+                self.sizes.insert(object, body);
+            }
+            "upload_part" => {
+                self.uploaded_bytes += body;
+                *self.parts.entry(upload_id).or_default() += body;
+            }
+            "complete_multipart_upload" => {
+                let size = self.parts.remove(&upload_id).unwrap_or_default();
+                self.sizes.insert(object, size);
+            }
+            "copy_object" => {
+                let source = object_of(header(&req.head, "x-amz-copy-source").unwrap_or_default());
+                let size = self.sizes.get(&source).copied().unwrap_or_default();
+                self.copied_bytes += size;
+                self.sizes.insert(object, size);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Sends one request upstream on its own connection and returns the raw

@@ -337,3 +337,176 @@ fn on_s3_a_failed_overwrite_leaves_the_earlier_output_readable() {
     cluster.submit_ok(&f, &[]).unwrap();
     assert_eq!(s3.data_keys(&bucket, "out/").unwrap().len(), 1);
 }
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// S3: an executor cut off mid-write (SIGSTOP) is declared lost and its
+/// tasks run again on the other one; the job completes with exactly the
+/// rows. When the stopped executor runs again (SIGCONT) its stale tasks,
+/// which roll to new files and so start new uploads, find the write ended
+/// (its lock released) and abort them: nothing visible changes and no
+/// upload is left.
+#[test]
+fn on_s3_a_cut_off_executors_stale_tasks_leave_nothing() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("stop").unwrap();
+    let cluster = Cluster::start(2, 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let target = format!("s3://{bucket}/out");
+    let rows: u64 = 16_000_000;
+    let mut job = spawn(
+        &cluster,
+        tmp.path(),
+        "job.sql",
+        &overwrite_job(
+            &target,
+            rows,
+            8,
+            "SET sluice.write.target_file_rows = 250000;",
+        ),
+    );
+    // Both executors are uploading.
+    wait_until(&mut job, "uploads from both executors", || {
+        s3.open_uploads(&bucket, "out/").unwrap().len() >= 2
+    });
+    let stopped = cluster.executors[0].id();
+    signal(stopped, "-STOP");
+    let out = wait(job, "the job with a stopped executor");
+    signal(stopped, "-CONT");
+    assert!(
+        out.status.success(),
+        "the job failed although an executor was left: {}\n{}",
+        stderr(&out),
+        cluster.scheduler_log()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows_written"], rows, "{report}");
+    let keys = s3.data_keys(&bucket, "out/").unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&s3.get(&bucket, "out/_SUCCESS").unwrap()).unwrap();
+    let listed: Vec<String> = manifest["filenames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().trim_start_matches('/').to_string())
+        .collect();
+    // The stale tasks run on for a while; give them time to try.
+    std::thread::sleep(Duration::from_secs(10));
+    let mut after = s3.data_keys(&bucket, "out/").unwrap();
+    after.sort();
+    let mut listed = listed;
+    listed.sort();
+    assert_eq!(after, listed, "visible files changed after the commit");
+    assert_eq!(keys.len(), after.len());
+    assert_eq!(
+        s3.open_uploads(&bucket, "out/").unwrap(),
+        Vec::<String>::new()
+    );
+    let staging: Vec<String> = s3
+        .list(&bucket, "out/_sluice_staging")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(staging.is_empty(), "staging left: {staging:?}");
+}
+
+/// The highest stage an executor's log says it received a task of.
+fn last_stage(log: &str) -> Option<u32> {
+    log.lines()
+        .filter_map(|l| l.split("Received task: [TID ").nth(1))
+        .filter_map(|t| t.split('/').nth(1)?.split('.').next()?.parse().ok())
+        .max()
+}
+
+/// S3: the executor running the commit is SIGKILLed mid-commit (a proxy
+/// holds each `CompleteMultipartUpload` for 3 s, so the commit is caught in
+/// the act). Ballista runs the commit again on the other executor, which
+/// finishes the commit the first attempt recorded: the job completes with
+/// every row exactly once, `_SUCCESS` lists exactly the files, no upload
+/// stays open.
+#[test]
+fn on_s3_a_commit_whose_executor_is_killed_is_finished_by_a_second_attempt() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("recommit").unwrap();
+    let proxy = sluice_test_support::faulty::FaultyS3::start_with(
+        &s3.endpoint,
+        u64::MAX,
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let mut cluster =
+        Cluster::start_with_env(2, 1, &[("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let target = format!("s3://{bucket}/out");
+    let rows: u64 = 4_000_000;
+    let mut job = spawn(
+        &cluster,
+        tmp.path(),
+        "job.sql",
+        &overwrite_job(&target, rows, 8, ""),
+    );
+    wait_until(&mut job, "the commit", || {
+        s3.list(&bucket, "out/_sluice_staging/")
+            .unwrap()
+            .iter()
+            .any(|o| o.key.ends_with("/commit.json"))
+    });
+    let stages: Vec<Option<u32>> = (0..2)
+        .map(|i| last_stage(&cluster.executor_log(i)))
+        .collect();
+    let committing = if stages[0] >= stages[1] { 0 } else { 1 };
+    cluster.kill_executor(committing).unwrap();
+    let out = wait(job, "the job after the kill");
+    assert!(
+        out.status.success(),
+        "the job failed although an executor survived: {}\n{}",
+        stderr(&out),
+        cluster.scheduler_log()
+    );
+    let survivor = cluster.executor_log(1 - committing);
+    assert!(
+        survivor.contains("finishing the commit an earlier attempt started"),
+        "the commit was not run again: {survivor}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows_written"], rows, "{report}");
+    let mut keys = s3.data_keys(&bucket, "out/").unwrap();
+    keys.sort();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&s3.get(&bucket, "out/_SUCCESS").unwrap()).unwrap();
+    let mut listed: Vec<String> = manifest["filenames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().trim_start_matches('/').to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, keys);
+    assert_eq!(manifest["rows"], rows);
+    // Every id once, read back from what is visible.
+    let o = run_job_text(
+        tmp.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE o STORED AS PARQUET LOCATION '{target}/';\n\
+             SELECT count(*) AS n, count(DISTINCT id) AS d, min(id) AS lo, max(id) AS hi FROM o;\n"
+        ),
+        &["--output", "json"],
+    )
+    .unwrap();
+    let read: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &read["statements"][1]["rows"][0];
+    assert_eq!(row["n"], rows, "{read}");
+    assert_eq!(row["d"], rows, "{read}");
+    assert_eq!(
+        s3.open_uploads(&bucket, "out/").unwrap(),
+        Vec::<String>::new()
+    );
+}
