@@ -120,6 +120,20 @@ pub enum Bench {
         #[arg(long, env = "SLUICE_BENCH_S3_SERVER", default_value = "unknown")]
         server: String,
     },
+    /// One write of `s3-commit`'s ledger pass (run by it, through its proxy).
+    #[command(hide = true)]
+    S3CommitLedger {
+        #[arg(long)]
+        rows: u64,
+        #[arg(long)]
+        partitions: u64,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        committer: String,
+    },
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -161,6 +175,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         } => {
             let report = s3_commit_bench(rows, partitions, rounds.max(1), &bucket, &server).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Bench::S3CommitLedger {
+            rows,
+            partitions,
+            bucket,
+            prefix,
+            committer,
+        } => {
+            let run =
+                s3_commit::ledger_write(rows, partitions, &bucket, &prefix, &committer).await?;
+            println!("{}", serde_json::to_string(&run)?);
             Ok(())
         }
     }

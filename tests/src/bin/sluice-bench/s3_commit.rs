@@ -83,6 +83,23 @@ pub(crate) async fn s3_commit_bench(
         commit_seconds.insert(committer, m.commit_secs);
         rest_seconds.insert(committer, (m.commit_secs - m.publish_secs).max(0.0));
     }
+    let ledgers = ledger_pass(rows, partitions, bucket, &format!("bench-{run_id}/ledger")).await?;
+    for f in &mut runs {
+        let committer = match f["name"].as_str() {
+            Some("sluice_multipart") => "auto",
+            Some(other) => other,
+            None => continue,
+        };
+        if let Some(l) = ledgers.get(committer) {
+            f["ledger"] = l.clone();
+        }
+    }
+    let copied = |c: &str| {
+        ledgers
+            .get(c)
+            .and_then(|l| l["copied_bytes_per_written_byte"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
     let r = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
     Ok(json!({
         "bench": "range_to_parquet to S3: commit protocols",
@@ -99,6 +116,13 @@ pub(crate) async fn s3_commit_bench(
             "sluice_commit_share_of_job": r(commit_seconds["auto"], seconds["auto"]),
             "sluice_commit_without_completions_share_of_job": r(rest_seconds["auto"], seconds["auto"]),
             "v1_commit_over_sluice_commit": r(commit_seconds["rename-v1"], commit_seconds["auto"]),
+        },
+        "server_copies": {
+            "sluice_copied_bytes_per_written_byte": copied("auto"),
+            "v1_copied_bytes_per_written_byte": copied("rename-v1"),
+            "v2_copied_bytes_per_written_byte": copied("rename-v2"),
+            "target": "0 bytes copied by sluice's commit",
+            "target_met": copied("auto") == 0.0,
         },
         "commit_floor": {
             "files": partitions,
@@ -251,4 +275,90 @@ pub(crate) async fn read_manifest(bucket: &str, prefix: &str) -> Result<Value> {
     let path = object_store::path::Path::from(format!("{prefix}/_SUCCESS"));
     let body = store.get(&path).await?.bytes().await?;
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// The ledger pass: one write per committer, each in a child process whose
+/// S3 traffic goes through a counting proxy, so the figures are what any
+/// S3-compatible server would be asked to do, whatever its speed: requests
+/// per committed file by kind, and bytes copied server-side (`CopyObject`,
+/// a rename on S3) per byte written. Kept out of the timed rounds, which
+/// the proxy would slow.
+async fn ledger_pass(
+    rows: u64,
+    partitions: u64,
+    bucket: &str,
+    prefix: &str,
+) -> Result<HashMap<&'static str, Value>> {
+    let upstream = std::env::var("AWS_ENDPOINT_URL_S3")
+        .context("AWS_ENDPOINT_URL_S3: the ledger pass proxies the bench's S3 server")?;
+    let proxy = tokio::task::spawn_blocking(move || {
+        sluice_test_support::faulty::FaultyS3::start(&upstream, u64::MAX)
+    })
+    .await??;
+    let exe = std::env::current_exe()?;
+    let mut out = HashMap::new();
+    for committer in ["auto", "rename-v1", "rename-v2"] {
+        proxy.reset_ledger();
+        let child = tokio::process::Command::new(&exe)
+            .arg("s3-commit-ledger")
+            .args(["--rows", &rows.to_string()])
+            .args(["--partitions", &partitions.to_string()])
+            .args(["--bucket", bucket])
+            .args(["--prefix", &format!("{prefix}/{committer}")])
+            .args(["--committer", committer])
+            .env("AWS_ENDPOINT_URL_S3", &proxy.endpoint)
+            .output()
+            .await?;
+        if !child.status.success() {
+            bail!(
+                "ledger pass, {committer}: {}",
+                String::from_utf8_lossy(&child.stderr)
+            );
+        }
+        let written: Value = serde_json::from_slice(&child.stdout)?;
+        let ledger = proxy.ledger();
+        let files = written["files"].as_u64().unwrap_or(0).max(1) as f64;
+        let bytes = written["bytes"].as_u64().unwrap_or(0).max(1) as f64;
+        let per_file: serde_json::Map<String, Value> = ledger
+            .requests
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.to_string(),
+                    json!(((*n as f64 / files) * 100.0).round() / 100.0),
+                )
+            })
+            .collect();
+        let total: u64 = ledger.requests.values().sum();
+        out.insert(
+            committer,
+            json!({
+                "files": written["files"],
+                "bytes_written": written["bytes"],
+                "requests": total,
+                "requests_per_file": ((total as f64 / files) * 100.0).round() / 100.0,
+                "requests_per_file_by_kind": per_file,
+                "copied_bytes": ledger.copied_bytes,
+                "copied_bytes_per_written_byte": ((ledger.copied_bytes as f64 / bytes) * 1000.0).round() / 1000.0,
+            }),
+        );
+    }
+    tokio::task::spawn_blocking(move || drop(proxy)).await?;
+    Ok(out)
+}
+
+/// One write of the ledger pass (`sluice-bench s3-commit-ledger`): its
+/// files and bytes, as JSON.
+pub(crate) async fn ledger_write(
+    rows: u64,
+    partitions: u64,
+    bucket: &str,
+    prefix: &str,
+    committer: &str,
+) -> Result<Value> {
+    let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
+    let ctx = client::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
+    let run = s3_commit_run(&runner, bucket, prefix, committer, rows, partitions).await?;
+    Ok(json!({ "files": run.files, "bytes": run.bytes }))
 }
