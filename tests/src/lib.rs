@@ -347,6 +347,43 @@ impl Cluster {
             .unwrap_or_default())
     }
 
+    /// Cancels the job the scheduler is running with `sluice cancel`,
+    /// failing unless the CLI says it did.
+    pub fn cancel_running_job(&self) -> Result<String> {
+        let job_id = self
+            .jobs()?
+            .into_iter()
+            .filter(|j| {
+                j["job_status"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("Running"))
+            })
+            .find_map(|j| j["job_id"].as_str().map(str::to_string))
+            .context("no running job on the scheduler")?;
+        let c = run_with_timeout(
+            sluice()?.args(["cancel", &job_id, "--scheduler", &self.endpoint]),
+            Duration::from_secs(30),
+        )?;
+        anyhow::ensure!(
+            c.status.success(),
+            "sluice cancel {job_id}: {}",
+            String::from_utf8_lossy(&c.stderr)
+        );
+        Ok(job_id)
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to executor `i`: SIGSTOP cuts it off
+    /// as a network partition would, without killing it.
+    pub fn signal_executor(&self, i: usize, signal: &str) -> Result<()> {
+        let pid = self.executors.get(i).context("no such executor")?.id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill {signal} {pid} failed");
+        Ok(())
+    }
+
     /// SIGKILL, as a crashed machine would.
     pub fn kill_executor(&mut self, i: usize) -> Result<()> {
         let child = self.executors.get_mut(i).context("no such executor")?;

@@ -119,6 +119,23 @@ impl S3 {
             .collect())
     }
 
+    /// The files `<prefix>_SUCCESS` lists, sorted, and its row total.
+    pub fn manifest_files(&self, bucket: &str, prefix: &str) -> Result<(Vec<String>, u64)> {
+        let m: serde_json::Value =
+            serde_json::from_slice(&self.get(bucket, &format!("{prefix}_SUCCESS"))?)?;
+        let mut listed: Vec<String> = m["filenames"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str())
+                    .map(|f| f.trim_start_matches('/').to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        listed.sort();
+        Ok((listed, m["rows"].as_u64().unwrap_or_default()))
+    }
+
     /// An object's bytes. Signed (through `object_store`): moto refuses
     /// anonymous reads of objects written with a plain PUT.
     pub fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>> {

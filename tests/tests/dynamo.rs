@@ -681,15 +681,6 @@ fn dead_letters_can_go_to_s3() {
     assert_eq!(scan(&table).len(), 27);
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
 /// An executor cut off mid-write (SIGSTOP), its job cancelled meanwhile:
 /// when it runs again (SIGCONT) its writers stop within a renewal or two
 /// (the client told the coordinator the write ended, and a writer that
@@ -727,29 +718,8 @@ fn a_cut_off_executors_writers_stop_once_their_write_ended() {
         assert!(child.try_wait().unwrap().is_none(), "the job ended early");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let executor = cluster.executors[0].id();
-    signal(executor, "-STOP");
-    eprintln!(
-        "{} stopped executor {executor}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    );
-    let job_id = cluster
-        .jobs()
-        .unwrap()
-        .into_iter()
-        .find_map(|j| j["job_id"].as_str().map(str::to_string))
-        .expect("a job on the scheduler");
-    let c = run_with_timeout(
-        sluice()
-            .unwrap()
-            .args(["cancel", &job_id, "--scheduler", &cluster.endpoint]),
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    cluster.signal_executor(0, "-STOP").unwrap();
+    cluster.cancel_running_job().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the cancelled job never ended");
@@ -758,14 +728,7 @@ fn a_cut_off_executors_writers_stop_once_their_write_ended() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "a cancelled job reported success");
     let at_resume = scan(&table).len();
-    signal(executor, "-CONT");
-    eprintln!(
-        "{} resumed executor {executor} at {at_resume} items",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    );
+    cluster.signal_executor(0, "-CONT").unwrap();
     std::thread::sleep(Duration::from_secs(8));
     let after = scan(&table).len();
     // At most the batch each writer had in flight when it was stopped (25

@@ -64,25 +64,12 @@ fn check_s3_manifest_of(
 ) -> Result<serde_json::Value> {
     let m: serde_json::Value =
         serde_json::from_slice(&s3.get(bucket, &format!("{prefix}_SUCCESS"))?)?;
-    let mut listed: Vec<String> = m["filenames"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str())
-                .map(|f| f.trim_start_matches('/').to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    listed.sort();
+    let (listed, listed_rows) = s3.manifest_files(bucket, prefix)?;
     ensure!(
         listed == keys,
         "manifest lists {listed:?}, bucket has {keys:?}"
     );
-    ensure!(
-        m["rows"].as_u64() == Some(rows),
-        "manifest rows {}",
-        m["rows"]
-    );
+    ensure!(listed_rows == rows, "manifest rows {}", m["rows"]);
     ensure!(
         m["committer"] == committer,
         "committer {}, expected {committer}",
@@ -334,20 +321,7 @@ fn a_job_cancelled_mid_write_leaves_nothing() {
     let cluster = Cluster::start(2, 1).unwrap();
     let mut child = spawn_range_write(Some(&cluster), &bucket, 40_000_000, 20, &[]);
     wait_for_uploads(&s3, &bucket, &mut child, 1);
-    let job_id = cluster
-        .jobs()
-        .unwrap()
-        .into_iter()
-        .find_map(|j| j["job_id"].as_str().map(str::to_string))
-        .expect("a job on the scheduler");
-    let c = run_with_timeout(
-        sluice()
-            .unwrap()
-            .args(["cancel", &job_id, "--scheduler", &cluster.endpoint]),
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    cluster.cancel_running_job().unwrap();
     let out = wait_for_exit(child, "the cancel");
     assert!(!out.status.success(), "a cancelled job reported success");
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
@@ -728,16 +702,7 @@ fn clean_aborts_the_uploads_of_a_killed_client() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("cleaned 0 abandoned writes"));
     std::thread::sleep(Duration::from_secs(3));
-    let o = run_with_timeout(
-        sluice().unwrap().args([
-            "clean",
-            &format!("s3://{bucket}/out"),
-            "--older-than-mins",
-            "0",
-        ]),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let o = clean();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("cleaned 1 abandoned writes"));
     assert!(s3.data_keys(&bucket, "out/").unwrap().is_empty());
@@ -804,17 +769,9 @@ fn partitioned_overwrites_on_s3_with_each_distribution() {
                 .all(|k| k.split('/').nth(1).is_some_and(|d| d.starts_with("id="))),
             "{distribution}: {keys:?}"
         );
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&s3.get(&bucket, "t/_SUCCESS").unwrap()).unwrap();
-        let mut listed: Vec<String> = manifest["filenames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap().trim_start_matches('/').to_string())
-            .collect();
-        listed.sort();
+        let (listed, manifest_rows) = s3.manifest_files(&bucket, "t/").unwrap();
         assert_eq!(listed, keys, "{distribution}");
-        assert_eq!(manifest["rows"], rows);
+        assert_eq!(manifest_rows, rows);
         // With a 5,000-row target, the hot ids are cut into several files.
         assert!(
             keys.len() as u64 >= rows / 5_000,

@@ -75,20 +75,26 @@ fn overwrites_of_one_output_run_one_at_a_time() {
     let target = out.display().to_string();
     let big: u64 = 12_000_000;
 
-    let mut first = spawn(
-        &cluster,
-        tmp.path(),
-        "first.sql",
-        &overwrite_job(&target, big, 8, ""),
-    );
-    wait_until(&mut first, "staging", || staging_started(&out));
-    let second = spawn(
-        &cluster,
-        tmp.path(),
-        "second.sql",
-        &overwrite_job(&target, 1_000, 2, ""),
-    );
-    let second = wait(second, "the refused overwrite");
+    // A big overwrite, and a small one started once the first is writing.
+    let race = |second_settings: &str| {
+        let mut first = spawn(
+            &cluster,
+            tmp.path(),
+            "first.sql",
+            &overwrite_job(&target, big, 8, ""),
+        );
+        wait_until(&mut first, "staging", || staging_started(&out));
+        let second = spawn(
+            &cluster,
+            tmp.path(),
+            "second.sql",
+            &overwrite_job(&target, 1_000, 2, second_settings),
+        );
+        let first = wait(first, "the first overwrite");
+        assert!(first.status.success(), "{}", stderr(&first));
+        wait(second, "the second overwrite")
+    };
+    let second = race("");
     assert!(!second.status.success(), "two overwrites ran together");
     let err = stderr(&second);
     assert!(
@@ -97,28 +103,11 @@ fn overwrites_of_one_output_run_one_at_a_time() {
     );
     assert!(err.contains("first.sql:2 on host"), "{err}");
     assert!(err.contains("write.lock_wait"), "{err}");
-    let first = wait(first, "the first overwrite");
-    assert!(first.status.success(), "{}", stderr(&first));
     assert_eq!(common::check_range_output(&out, big).unwrap(), 8);
     common::check_manifest(&out, big).unwrap();
 
     // Now the second one waits for the first and replaces its output.
-    let mut first = spawn(
-        &cluster,
-        tmp.path(),
-        "first.sql",
-        &overwrite_job(&target, big, 8, ""),
-    );
-    wait_until(&mut first, "staging", || staging_started(&out));
-    let second = spawn(
-        &cluster,
-        tmp.path(),
-        "second.sql",
-        &overwrite_job(&target, 1_000, 2, "SET sluice.write.lock_wait = '200s';"),
-    );
-    let first = wait(first, "the first overwrite");
-    assert!(first.status.success(), "{}", stderr(&first));
-    let second = wait(second, "the waiting overwrite");
+    let second = race("SET sluice.write.lock_wait = '200s';");
     assert!(second.status.success(), "{}", stderr(&second));
     assert_eq!(common::check_range_output(&out, 1_000).unwrap(), 2);
     common::check_manifest(&out, 1_000).unwrap();
@@ -259,11 +248,10 @@ fn on_s3_a_live_write_holds_its_output_against_writes_and_clean() {
     assert!(first.status.success(), "{}", stderr(&first));
     let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(report["rows_written"], rows, "{report}");
-    let keys = s3.data_keys(&bucket, "out/").unwrap();
+    let mut keys = s3.data_keys(&bucket, "out/").unwrap();
+    keys.sort();
     assert_eq!(keys.len(), 8, "{keys:?}");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&s3.get(&bucket, "out/_SUCCESS").unwrap()).unwrap();
-    assert_eq!(manifest["rows"], rows);
+    assert_eq!(s3.manifest_files(&bucket, "out/").unwrap(), (keys, rows));
     assert!(s3.open_uploads(&bucket, "out/").unwrap().is_empty());
 }
 
@@ -300,25 +288,7 @@ fn on_s3_a_failed_overwrite_leaves_the_earlier_output_readable() {
     wait_until(&mut v2, "an upload", || {
         !s3.open_uploads(&bucket, "out/").unwrap().is_empty()
     });
-    let job_id = cluster
-        .jobs()
-        .unwrap()
-        .into_iter()
-        .filter(|j| {
-            j["job_status"]
-                .as_str()
-                .is_some_and(|s| s.contains("Running"))
-        })
-        .find_map(|j| j["job_id"].as_str().map(str::to_string))
-        .expect("a job on the scheduler");
-    let c = run_with_timeout(
-        sluice()
-            .unwrap()
-            .args(["cancel", &job_id, "--scheduler", &cluster.endpoint]),
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    assert!(c.status.success(), "{}", stderr(&c));
+    cluster.cancel_running_job().unwrap();
     let v2 = wait(v2, "the cancelled overwrite");
     assert!(
         !v2.status.success(),
@@ -336,15 +306,6 @@ fn on_s3_a_failed_overwrite_leaves_the_earlier_output_readable() {
     std::fs::write(&f, overwrite_job(&target, 500, 1, "")).unwrap();
     cluster.submit_ok(&f, &[]).unwrap();
     assert_eq!(s3.data_keys(&bucket, "out/").unwrap().len(), 1);
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 /// S3: an executor cut off mid-write (SIGSTOP) is declared lost and its
@@ -376,10 +337,9 @@ fn on_s3_a_cut_off_executors_stale_tasks_leave_nothing() {
     wait_until(&mut job, "uploads from both executors", || {
         s3.open_uploads(&bucket, "out/").unwrap().len() >= 2
     });
-    let stopped = cluster.executors[0].id();
-    signal(stopped, "-STOP");
+    cluster.signal_executor(0, "-STOP").unwrap();
     let out = wait(job, "the job with a stopped executor");
-    signal(stopped, "-CONT");
+    cluster.signal_executor(0, "-CONT").unwrap();
     assert!(
         out.status.success(),
         "the job failed although an executor was left: {}\n{}",
@@ -388,23 +348,13 @@ fn on_s3_a_cut_off_executors_stale_tasks_leave_nothing() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["rows_written"], rows, "{report}");
-    let keys = s3.data_keys(&bucket, "out/").unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&s3.get(&bucket, "out/_SUCCESS").unwrap()).unwrap();
-    let listed: Vec<String> = manifest["filenames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap().trim_start_matches('/').to_string())
-        .collect();
+    let (listed, manifest_rows) = s3.manifest_files(&bucket, "out/").unwrap();
+    assert_eq!(manifest_rows, rows);
     // The stale tasks run on for a while; give them time to try.
     std::thread::sleep(Duration::from_secs(10));
     let mut after = s3.data_keys(&bucket, "out/").unwrap();
     after.sort();
-    let mut listed = listed;
-    listed.sort();
     assert_eq!(after, listed, "visible files changed after the commit");
-    assert_eq!(keys.len(), after.len());
     assert_eq!(
         s3.open_uploads(&bucket, "out/").unwrap(),
         Vec::<String>::new()
@@ -480,17 +430,7 @@ fn on_s3_a_commit_whose_executor_is_killed_is_finished_by_a_second_attempt() {
     assert_eq!(report["rows_written"], rows, "{report}");
     let mut keys = s3.data_keys(&bucket, "out/").unwrap();
     keys.sort();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&s3.get(&bucket, "out/_SUCCESS").unwrap()).unwrap();
-    let mut listed: Vec<String> = manifest["filenames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap().trim_start_matches('/').to_string())
-        .collect();
-    listed.sort();
-    assert_eq!(listed, keys);
-    assert_eq!(manifest["rows"], rows);
+    assert_eq!(s3.manifest_files(&bucket, "out/").unwrap(), (keys, rows));
     // Every id once, read back from what is visible.
     let o = run_job_text(
         tmp.path(),

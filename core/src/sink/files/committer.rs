@@ -704,6 +704,43 @@ mod tests {
         }
     }
 
+    /// An NDJSON overwrite of `out/` in a fresh temporary directory.
+    fn overwrite_in_tempdir() -> Result<(tempfile::TempDir, WriteSpec)> {
+        let dir = tempfile::tempdir().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let out = dir.path().join("out").display().to_string();
+        let spec = WriteSpec::new(&out, WriteFormat::Json, true, BTreeMap::new())?;
+        Ok((dir, spec))
+    }
+
+    /// Stages one NDJSON file of `rows` rows per writer (`None`: reported
+    /// but never staged) and returns the writers' reports.
+    async fn stage(
+        spec: &WriteSpec,
+        store: &Arc<dyn ObjectStore>,
+        writers: &[Option<u64>],
+    ) -> Result<RecordBatch> {
+        let mut reports = vec![];
+        for (i, rows) in writers.iter().enumerate() {
+            let path = spec.staging_path(&format!("p{i:05}"))?;
+            let body = "{\"new\":1}\n".repeat(rows.unwrap_or(1) as usize);
+            if rows.is_some() {
+                store.put(&path, body.clone().into()).await?;
+            }
+            reports.push(WrittenFile {
+                task: format!("t{i}"),
+                file: Written {
+                    dir: String::new(),
+                    path: path.to_string(),
+                    rows: rows.unwrap_or(1),
+                    bytes: body.len() as u64,
+                    upload_id: None,
+                    parts: None,
+                },
+            });
+        }
+        WrittenFile::to_batch(&reports)
+    }
+
     async fn data_files(store: &Arc<dyn ObjectStore>, base: &Path) -> Result<Vec<String>> {
         let mut files: Vec<String> = list_data_files(store, base)
             .await?
@@ -716,14 +753,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_commit_attempt_finishes_the_first_ones_commit() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let (dir, spec) = overwrite_in_tempdir()?;
         let out = dir.path().join("out");
-        let spec = WriteSpec::new(
-            &out.display().to_string(),
-            WriteFormat::Json,
-            true,
-            BTreeMap::new(),
-        )?;
         let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
         let base = spec.base_path()?;
         // An earlier write's output.
@@ -737,24 +768,7 @@ mod tests {
             .put(&base.clone().join(SUCCESS_FILE), "{}".into())
             .await?;
         // Four writers staged their files.
-        let mut reports = vec![];
-        for i in 0..4u64 {
-            let path = spec.staging_path(&format!("p{i:05}"))?;
-            let body = "{\"new\":1}\n".repeat(i as usize + 1);
-            local.put(&path, body.clone().into()).await?;
-            reports.push(WrittenFile {
-                task: format!("t{i}"),
-                file: Written {
-                    dir: String::new(),
-                    path: path.to_string(),
-                    rows: i + 1,
-                    bytes: body.len() as u64,
-                    upload_id: None,
-                    parts: None,
-                },
-            });
-        }
-        let batch = WrittenFile::to_batch(&reports)?;
+        let batch = stage(&spec, &local, &[Some(1), Some(2), Some(3), Some(4)]).await?;
 
         // The first attempt is cut off after publishing two files.
         let stall: Arc<dyn ObjectStore> = Arc::new(Stall {
@@ -804,14 +818,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_publish_leaves_the_earlier_output_and_its_manifest() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let out = dir.path().join("out");
-        let spec = WriteSpec::new(
-            &out.display().to_string(),
-            WriteFormat::Json,
-            true,
-            BTreeMap::new(),
-        )?;
+        let (_dir, spec) = overwrite_in_tempdir()?;
         let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
         let base = spec.base_path()?;
         let old = base.clone().join("part-old-0.json");
@@ -820,25 +827,7 @@ mod tests {
             .put(&base.clone().join(SUCCESS_FILE), "{\"old\":true}".into())
             .await?;
         // One writer reported a file that is not there: its publish fails.
-        let mut reports = vec![];
-        for i in 0..2u64 {
-            let path = spec.staging_path(&format!("p{i:05}"))?;
-            if i == 0 {
-                local.put(&path, "{\"new\":1}\n".into()).await?;
-            }
-            reports.push(WrittenFile {
-                task: format!("t{i}"),
-                file: Written {
-                    dir: String::new(),
-                    path: path.to_string(),
-                    rows: 1,
-                    bytes: 10,
-                    upload_id: None,
-                    parts: None,
-                },
-            });
-        }
-        let batch = WrittenFile::to_batch(&reports)?;
+        let batch = stage(&spec, &local, &[Some(1), None]).await?;
         let err = commit(&spec, Arc::clone(&local), 2, &[batch])
             .await
             .err()
