@@ -4,15 +4,16 @@
 
 use datafusion::error::DataFusionError;
 
-/// `Debug` as `Display`, for errors that travel through Ballista: a failed
-/// task's error reaches the client as `{:?}` of the whole chain
-/// (`DataFusionError(Shared(External(...)))`), and a struct dump there is
-/// noise where the message says what happened.
+/// `Debug` as the message and its causes ([`render`]), for errors that
+/// travel through Ballista: a failed task's error reaches the client as
+/// `{:?}` of the whole chain (`DataFusionError(Shared(External(...)))`),
+/// where a struct dump is noise and only this text survives (the causes
+/// too: `source()` does not cross the wire).
 macro_rules! debug_as_display {
     ($t:ty) => {
         impl ::std::fmt::Debug for $t {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                ::std::fmt::Display::fmt(self, f)
+                f.write_str(&$crate::error::render(self))
             }
         }
     };
@@ -193,7 +194,8 @@ const DEBUG_ENUMS: [&str; 9] = [
 
 /// `text` with the enum wrappers of a `Debug`-printed error chain taken
 /// off (each closes at the end of the text), quoted messages unquoted.
-fn strip_debug_wrappers(mut text: String) -> String {
+fn strip_debug_wrappers(text: String) -> String {
+    let mut text = text.trim_end().to_string();
     while text.ends_with(')') {
         let Some((at, wrapper)) = DEBUG_ENUMS
             .iter()
@@ -253,6 +255,7 @@ pub fn render(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error;
 
     #[test]
     fn each_cause_is_rendered_once() {
@@ -292,6 +295,28 @@ mod tests {
         assert_eq!(clean(quoted), "error: no \"x\" here");
         let e = SluiceError::Internal("bug".into());
         assert_eq!(format!("{e:?}"), format!("{e}"));
+        // With a cause, as `render` shows it: the cause crosses Ballista.
+        let e = SluiceError::CommitStore {
+            write_id: "w".into(),
+            url: "s3://b/o/".into(),
+            what: "removing the old _SUCCESS".into(),
+            source: Box::new(object_store::Error::NotImplemented {
+                operation: "delete".into(),
+                implementer: "x".into(),
+            }),
+        };
+        assert_eq!(
+            format!("{e:?}"),
+            format!(
+                "commit of write w to s3://b/o/: removing the old _SUCCESS: {}",
+                e.source().map(|s| s.to_string()).unwrap_or_default()
+            )
+        );
+        // Trailing whitespace after a task error does not keep its wrappers.
+        assert_eq!(
+            clean("failed: DataFusionError(Shared(External(DataFusionError(External(x)))))\n"),
+            "failed: x"
+        );
     }
 
     #[test]

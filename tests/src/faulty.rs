@@ -51,21 +51,25 @@ struct Counts {
     signers: Arc<Mutex<BTreeMap<String, u64>>>,
     ledger: Arc<Mutex<Ledger>>,
     hold_completes: std::time::Duration,
+    refuse: Option<(&'static str, &'static str)>,
 }
 
 impl FaultyS3 {
     /// Proxies to `upstream` (`http://host:port`), failing every `every`-th
     /// part upload.
     pub fn start(upstream: &str, every: u64) -> Result<Self> {
-        Self::start_with(upstream, every, std::time::Duration::ZERO)
+        Self::start_with(upstream, every, std::time::Duration::ZERO, None)
     }
 
     /// As [`FaultyS3::start`], also holding every `CompleteMultipartUpload`
-    /// for `hold_completes` before forwarding it.
+    /// for `hold_completes` before forwarding it, and refusing with `403
+    /// AccessDenied` every request of kind `refuse.0` (`delete_objects`, ...)
+    /// whose body contains `refuse.1`.
     pub fn start_with(
         upstream: &str,
         every: u64,
         hold_completes: std::time::Duration,
+        refuse: Option<(&'static str, &'static str)>,
     ) -> Result<Self> {
         let upstream = upstream
             .trim_start_matches("http://")
@@ -83,6 +87,7 @@ impl FaultyS3 {
             signers: Arc::default(),
             ledger: Arc::default(),
             hold_completes,
+            refuse,
         };
         let kept = counts.clone();
         runtime.spawn(async move {
@@ -192,8 +197,22 @@ async fn serve(client: TcpStream, upstream: &str, every: u64, counts: &Counts) -
             continue;
         }
         let kind = kind_of(&req.head);
-        if kind == "complete_upload" && !counts.hold_completes.is_zero() {
+        if kind == "complete_multipart_upload" && !counts.hold_completes.is_zero() {
             tokio::time::sleep(counts.hold_completes).await;
+        }
+        if counts
+            .refuse
+            .is_some_and(|(k, body)| k == kind && String::from_utf8_lossy(&req.body).contains(body))
+        {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                <Error><Code>AccessDenied</Code><Message>refused by the test proxy</Message></Error>";
+            let resp = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            write.write_all(resp.as_bytes()).await?;
+            continue;
         }
         let response = forward(upstream, &req).await?;
         let ok = response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.1 204");

@@ -390,6 +390,7 @@ fn on_s3_a_commit_whose_executor_is_killed_is_finished_by_a_second_attempt() {
         &s3.endpoint,
         u64::MAX,
         Duration::from_secs(3),
+        None,
     )
     .unwrap();
     let mut cluster =
@@ -449,4 +450,64 @@ fn on_s3_a_commit_whose_executor_is_killed_is_finished_by_a_second_attempt() {
         s3.open_uploads(&bucket, "out/").unwrap(),
         Vec::<String>::new()
     );
+}
+
+/// S3: an overwrite whose commit cannot delete the earlier files (the
+/// executors' S3 refuses `DeleteObjects` of data files) fails saying so, with the new files
+/// complete and no `_SUCCESS` (so nobody trusts the mix) and no upload left;
+/// running the overwrite again finishes the job.
+#[test]
+fn on_s3_an_overwrite_that_cannot_delete_the_earlier_files_fails_clearly() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("nodelete").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let target = format!("s3://{bucket}/out");
+    let write = |cluster: &Cluster, rows: u64| {
+        let f = tmp.path().join("job.sql");
+        std::fs::write(&f, overwrite_job(&target, rows, 2, "")).unwrap();
+        run_with_timeout(
+            sluice()
+                .unwrap()
+                .arg("submit")
+                .arg(&f)
+                .args(["--scheduler", &cluster.endpoint]),
+            Duration::from_secs(300),
+        )
+        .unwrap()
+    };
+    let healthy = Cluster::start(1, 2).unwrap();
+    assert!(write(&healthy, 1_000).status.success());
+    let before = s3.data_keys(&bucket, "out/").unwrap();
+    drop(healthy);
+
+    let proxy = sluice_test_support::faulty::FaultyS3::start_with(
+        &s3.endpoint,
+        u64::MAX,
+        Duration::ZERO,
+        Some(("delete_objects", ".parquet")),
+    )
+    .unwrap();
+    let refusing =
+        Cluster::start_with_env(1, 2, &[("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())]).unwrap();
+    let o = write(&refusing, 2_000);
+    assert!(!o.status.success(), "the overwrite reported success");
+    let err = stderr(&o);
+    assert!(
+        err.contains("the new files are in place but 2 earlier files could not be removed"),
+        "{err}"
+    );
+    assert!(err.contains("AccessDenied"), "{err}");
+    assert!(s3.list(&bucket, "out/_SUCCESS").unwrap().is_empty());
+    assert!(s3.open_uploads(&bucket, "out/").unwrap().is_empty());
+    let mut now = s3.data_keys(&bucket, "out/").unwrap();
+    now.retain(|k| !before.contains(k));
+    assert_eq!(now.len(), 2, "the new files: {now:?}");
+    drop(refusing);
+
+    let healthy = Cluster::start(1, 2).unwrap();
+    assert!(write(&healthy, 3_000).status.success());
+    let mut keys = s3.data_keys(&bucket, "out/").unwrap();
+    keys.sort();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(s3.manifest_files(&bucket, "out/").unwrap(), (keys, 3_000));
 }

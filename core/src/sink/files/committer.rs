@@ -261,6 +261,18 @@ pub async fn commit(
         take_back(spec, &store, s3.as_ref(), &intent, &success_path).await;
         return Err(e.into());
     }
+    // One attempt runs the delete step: another that finds it claimed waits
+    // for that one's `_SUCCESS`, and fails without deleting if none comes.
+    if !intent.previous.is_empty()
+        && let Some(done) = claim_deletes(spec, &store, &success_path).await?
+    {
+        return Ok(CommitSummary {
+            rows: done.rows,
+            bytes: done.bytes,
+            files: done.files,
+            commit_ms: started.elapsed().as_millis() as u64,
+        });
+    }
     let ours: HashSet<&str> = intent.publishes.iter().map(|p| p.target.as_str()).collect();
     let mut undeleted = vec![];
     for old in intent
@@ -342,6 +354,47 @@ pub async fn commit(
         bytes,
         commit_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Claims the delete step for this attempt (a conditional create under the
+/// write's staging). `None`: this attempt holds it and deletes. If another
+/// attempt holds it, waits up to the lock's ttl for that attempt's
+/// `_SUCCESS` and returns it; without one, fails, having deleted nothing.
+async fn claim_deletes(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    success_path: &Path,
+) -> Result<Option<SuccessData>> {
+    let claim = spec.staging_prefix()?.join("deleting.json");
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    let me = serde_json::json!({ "host": hostname(), "pid": std::process::id() });
+    match store.put_opts(&claim, me.to_string().into(), opts).await {
+        Ok(_) => return Ok(None),
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(e) => {
+            return Err(spec
+                .store_failed("claiming the delete step".into(), e)
+                .into());
+        }
+    }
+    tracing::warn!(write_id = %spec.write_id, "another attempt of this commit is deleting the earlier files; waiting for it");
+    let deadline = Instant::now() + std::time::Duration::from_millis(spec.lock_ttl_ms);
+    while Instant::now() < deadline {
+        if let Some(done) = read_manifest(store, success_path).await?
+            && done.job_id == spec.write_id
+        {
+            return Ok(Some(done));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(spec
+        .commit_failed(
+            "another attempt of this commit started deleting the earlier files and did not finish; the new files are in place, without _SUCCESS (run the write again)".into(),
+        )
+        .into())
 }
 
 /// The manifest at `path`, if there is a readable one.
@@ -841,6 +894,35 @@ mod tests {
             .bytes()
             .await?;
         assert_eq!(&manifest[..], b"{\"old\":true}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_attempt_finding_the_delete_step_claimed_deletes_nothing() -> Result<()> {
+        let (_dir, mut spec) = overwrite_in_tempdir()?;
+        spec.lock_ttl_ms = 1_000;
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let base = spec.base_path()?;
+        let old = base.clone().join("part-old-0.json");
+        local.put(&old, "{\"old\":1}\n".into()).await?;
+        let batch = stage(&spec, &local, &[Some(1)]).await?;
+        // Another attempt claimed the delete step, then vanished.
+        local
+            .put(&spec.staging_prefix()?.join("deleting.json"), "{}".into())
+            .await?;
+        let err = commit(&spec, Arc::clone(&local), 1, &[batch])
+            .await
+            .err()
+            .map(|e| crate::error::render(&e))
+            .unwrap_or_default();
+        assert!(
+            err.contains("another attempt of this commit started deleting"),
+            "{err}"
+        );
+        assert!(
+            local.head(&old).await.is_ok(),
+            "an earlier file was deleted"
+        );
         Ok(())
     }
 }
