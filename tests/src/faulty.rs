@@ -52,6 +52,7 @@ struct Counts {
     ledger: Arc<Mutex<Ledger>>,
     hold_completes: std::time::Duration,
     refuse: Option<(&'static str, &'static str)>,
+    failed_parts: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl FaultyS3 {
@@ -88,6 +89,7 @@ impl FaultyS3 {
             ledger: Arc::default(),
             hold_completes,
             refuse,
+            failed_parts: Arc::default(),
         };
         let kept = counts.clone();
         runtime.spawn(async move {
@@ -184,7 +186,17 @@ async fn serve(client: TcpStream, upstream: &str, every: u64, counts: &Counts) -
         }
         let first = req.head.lines().next().unwrap_or_default().to_string();
         let is_part = first.starts_with("PUT ") && first.contains("partNumber=");
-        if is_part && part_uploads.fetch_add(1, Ordering::SeqCst) % every == every - 1 {
+        // A part fails at most once: its retry goes through, so the client's
+        // retry budget is never what a test measures.
+        let part = first.split(' ').nth(1).unwrap_or_default().to_string();
+        if is_part
+            && part_uploads.fetch_add(1, Ordering::SeqCst) % every == every - 1
+            && counts
+                .failed_parts
+                .lock()
+                .map(|mut f| f.insert(part))
+                .unwrap_or(false)
+        {
             injected.fetch_add(1, Ordering::SeqCst);
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
                 <Error><Code>InternalError</Code><Message>injected</Message></Error>";

@@ -48,3 +48,27 @@ fn compose_commands_use_real_flags() {
     }
     assert!(checked >= 8, "only {checked} flags found to check");
 }
+
+/// The image runs its processes as an unprivileged user, and builds only the
+/// product crates (so no test-only function or benchmark committer ships).
+#[test]
+fn the_image_runs_as_a_non_root_user() {
+    let text = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
+    let user = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("USER "))
+        .expect("a USER line");
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "runs as {user}"
+    );
+    let build = text
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("a cargo build line");
+    assert!(
+        build.contains("-p sluice-cli") && !build.contains("sluice-test-support"),
+        "{build}"
+    );
+}

@@ -6,9 +6,11 @@
 //!   Spark writes the same number of files under sluice.
 //! - [`skewed`]: `skewed_events(rows, seed, numPartitions)`, the skewed event
 //!   stream of the field notes' small-files incident, for partitioned writes.
-//! - [`fail`]: scalar functions that fail on purpose, used by fault tests to
-//!   make one task attempt fail in a controlled way.
+//! - `fail` (feature `test-functions`, test builds only): scalar functions
+//!   that fail on purpose, used by fault tests to make one task attempt fail
+//!   in a controlled way.
 
+#[cfg(feature = "test-functions")]
 pub mod fail;
 pub mod range;
 pub mod skewed;
@@ -19,5 +21,12 @@ use datafusion::logical_expr::ScalarUDF;
 
 /// Scalar functions every sluice session registers.
 pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
-    vec![Arc::new(ScalarUDF::from(fail::FailIf::new()))]
+    #[cfg(feature = "test-functions")]
+    {
+        vec![Arc::new(ScalarUDF::from(fail::FailIf::new()))]
+    }
+    #[cfg(not(feature = "test-functions"))]
+    {
+        vec![]
+    }
 }

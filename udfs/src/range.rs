@@ -36,15 +36,23 @@ pub struct RangeSpec {
     pub partitions: usize,
 }
 
+/// The most partitions `range` and `skewed_events` make: planning builds one
+/// source per partition, so `range(0, 1, 1, 1e12)` must not reach it.
+pub const MAX_PARTITIONS: usize = 10_000;
+
 impl RangeSpec {
     /// Validates the arguments the way Spark does: a zero step is an error, a
-    /// step pointing away from `end` yields no rows.
+    /// step pointing away from `end` yields no rows. Partitions are capped
+    /// at [`MAX_PARTITIONS`].
     pub fn new(start: i64, end: i64, step: i64, partitions: usize) -> Result<Self> {
         if step == 0 {
             return plan_err!("range: step must not be 0");
         }
         if partitions == 0 {
             return plan_err!("range: numPartitions must be at least 1");
+        }
+        if partitions > MAX_PARTITIONS {
+            return plan_err!("numPartitions must be at most {MAX_PARTITIONS}, got {partitions}");
         }
         Ok(Self {
             start,
@@ -382,6 +390,17 @@ pub fn expand_slices(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn partitions_are_capped_before_anything_is_planned() {
+        let err = RangeSpec::new(0, 1, 1, 1_000_000_000_000)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("numPartitions must be at most 10000"), "{err}");
+        assert!(RangeSpec::new(0, 1, 1, MAX_PARTITIONS).is_ok());
+    }
+
     use super::*;
 
     #[test]

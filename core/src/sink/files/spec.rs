@@ -63,8 +63,17 @@ impl Committer {
     pub fn parse(value: &str) -> Result<Self, SluiceError> {
         match value.to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
+            #[cfg(feature = "bench-committers")]
             "rename-v1" => Ok(Self::RenameV1),
+            #[cfg(feature = "bench-committers")]
             "rename-v2" => Ok(Self::RenameV2),
+            #[cfg(not(feature = "bench-committers"))]
+            "rename-v1" | "rename-v2" => Err(SluiceError::InvalidOutput {
+                url: String::new(),
+                reason: format!(
+                    "{COMMITTER_OPTION} '{value}' is a benchmark's comparison, built only into benchmark and test binaries (feature bench-committers); use auto"
+                ),
+            }),
             other => Err(SluiceError::InvalidOutput {
                 url: String::new(),
                 reason: format!(

@@ -1,0 +1,182 @@
+//! The deployment files under `deploy/`: the install script puts binaries,
+//! units and configs into a root; the systemd units pass `systemd-analyze
+//! verify` against the installed binaries; the config files use only real
+//! flags; the units run as an unprivileged user with a restart policy; the
+//! dashboard's queries name only metrics sluice exports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use sluice_test_support::{binary, workspace_root};
+
+const UNITS: [&str; 2] = ["sluice-scheduler.service", "sluice-executor.service"];
+
+/// Installs into a temporary root with the test build's binaries.
+fn install() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let bin_dir = binary("sluice").unwrap().parent().unwrap().to_path_buf();
+    let o = Command::new(workspace_root().join("deploy/install.sh"))
+        .arg("--root")
+        .arg(root.path())
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    root
+}
+
+#[test]
+fn the_install_script_fills_a_root_and_keeps_existing_configs() {
+    let root = install();
+    for path in [
+        "usr/local/bin/sluice",
+        "usr/local/bin/sluice-scheduler",
+        "usr/local/bin/sluice-executor",
+        "etc/systemd/system/sluice-scheduler.service",
+        "etc/systemd/system/sluice-executor.service",
+        "etc/sluice/scheduler.toml",
+        "etc/sluice/executor.toml",
+    ] {
+        assert!(root.path().join(path).exists(), "{path} not installed");
+    }
+    // An operator's edited config survives a reinstall.
+    let conf = root.path().join("etc/sluice/executor.toml");
+    std::fs::write(&conf, "scheduler-host = \"edited\"\n").unwrap();
+    let bin_dir = binary("sluice").unwrap().parent().unwrap().to_path_buf();
+    let o = Command::new(workspace_root().join("deploy/install.sh"))
+        .arg("--root")
+        .arg(root.path())
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "scheduler-host = \"edited\"\n"
+    );
+}
+
+#[test]
+fn the_units_verify_and_run_unprivileged_with_restarts() {
+    let root = install();
+    let installed = root.path().join("etc/systemd/system");
+    // `systemd-analyze verify` checks ExecStart's binary exists: point the
+    // units at the temporary root's.
+    let check = tempfile::tempdir().unwrap();
+    let mut paths = vec![];
+    for unit in UNITS {
+        let text = std::fs::read_to_string(installed.join(unit)).unwrap();
+        for line in ["User=sluice", "Group=sluice", "NoNewPrivileges=yes"] {
+            assert!(text.lines().any(|l| l == line), "{unit}: no {line}");
+        }
+        assert!(text.lines().any(|l| l.starts_with("Restart=")), "{unit}");
+        assert!(
+            text.lines().any(|l| l.starts_with("LimitNOFILE=")),
+            "{unit}"
+        );
+        assert!(text.lines().any(|l| l.starts_with("MemoryMax=")), "{unit}");
+        let local = text.replace(
+            "/usr/local/bin/",
+            &format!("{}/usr/local/bin/", root.path().display()),
+        );
+        let path = check.path().join(unit);
+        std::fs::write(&path, local).unwrap();
+        paths.push(path);
+    }
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&paths)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn the_config_files_use_real_flags() {
+    for (bin, conf) in [
+        ("sluice-scheduler", "deploy/config/scheduler.toml"),
+        ("sluice-executor", "deploy/config/executor.toml"),
+    ] {
+        let o = Command::new(binary(bin).unwrap())
+            .arg("--config")
+            .arg(workspace_root().join(conf))
+            .arg("--help")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{conf}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_and_iam_policy_are_sound() {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut sources = String::new();
+    for dir in ["core/src"] {
+        for entry in walk(&workspace_root().join(dir)) {
+            sources.push_str(&std::fs::read_to_string(entry).unwrap());
+        }
+    }
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for metric in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("sluice_"))
+            {
+                assert!(
+                    sources.contains(&format!("\"{metric}\"")),
+                    "the dashboard queries {metric}, which sluice does not export"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} metrics checked");
+    let policy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("deploy/iam-policy.json")).unwrap(),
+    )
+    .unwrap();
+    let text = policy.to_string();
+    for action in [
+        "s3:ListBucketMultipartUploads",
+        "s3:AbortMultipartUpload",
+        "s3:PutObject",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:DescribeTable",
+    ] {
+        assert!(text.contains(action), "the policy lacks {action}");
+    }
+    assert!(
+        !text.contains("\"*\""),
+        "the policy grants a wildcard: {text}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
