@@ -396,3 +396,49 @@ fn value_size(v: &Value) -> usize {
         _ => 0,
     }
 }
+
+/// A fresh table in the DynamoDB of `AWS_ENDPOINT_URL_DYNAMODB` (`pk` S, `sk`
+/// N) with `wcu` provisioned write capacity; returns its name.
+pub fn create_table(hint: &str, wcu: i64) -> Result<String> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
+        ScalarAttributeType,
+    };
+    let name = format!("{hint}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+        };
+        let attribute = |name: &str, kind: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(kind)
+                .build()
+        };
+        client
+            .create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::Provisioned)
+            .provisioned_throughput(
+                ProvisionedThroughput::builder()
+                    .read_capacity_units(100)
+                    .write_capacity_units(wcu)
+                    .build()?,
+            )
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
+            .attribute_definitions(attribute("sk", ScalarAttributeType::N)?)
+            .send()
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(name)
+}

@@ -56,27 +56,61 @@ pub fn sluice() -> Result<Command> {
 }
 
 /// Runs a command with a deadline; a hang is a test failure, not a stuck suite.
+/// Its output is drained while it runs (a chatty child would otherwise block
+/// on a full pipe and look hung).
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    use std::io::Read;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("spawning")?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let out = child.wait_with_output()?;
-            bail!(
-                "timed out after {:?}; stderr: {}",
-                timeout,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let _ = child.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => bail!(
+            "timed out after {:?}; stderr: {}",
+            timeout,
+            String::from_utf8_lossy(&stderr)
+        ),
     }
 }
 
@@ -273,6 +307,18 @@ impl Cluster {
             .spawn()
             .context("starting sluice-executor")?;
         Ok((child, metrics))
+    }
+
+    /// A REST answer of the scheduler, as text.
+    pub fn rest_text(&self, path: &str) -> Result<String> {
+        http(async |client| {
+            Ok(client
+                .get(format!("http://{}{path}", self.endpoint))
+                .send()
+                .await?
+                .text()
+                .await?)
+        })
     }
 
     fn get(&self, path: &str) -> Result<serde_json::Value> {

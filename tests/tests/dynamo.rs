@@ -9,10 +9,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ProvisionedThroughput, ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use sluice_test_support::dynamo::ThrottlingDynamo;
 use sluice_test_support::{Cluster, run_with_timeout, sluice, workspace_root};
 
@@ -30,53 +27,7 @@ fn ddb_endpoint() -> String {
 
 /// A fresh table (`pk` S, `sk` N) with `wcu` provisioned write capacity.
 fn create_table(hint: &str, wcu: i64) -> String {
-    let name = format!("{hint}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    rt().block_on(async {
-        let client = sluice_core::storage::dynamodb::client().await;
-        client
-            .create_table()
-            .table_name(&name)
-            .billing_mode(BillingMode::Provisioned)
-            .provisioned_throughput(
-                ProvisionedThroughput::builder()
-                    .read_capacity_units(100)
-                    .write_capacity_units(wcu)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("sk")
-                    .key_type(KeyType::Range)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("sk")
-                    .attribute_type(ScalarAttributeType::N)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
-    });
-    name
+    sluice_test_support::dynamo::create_table(hint, wcu).unwrap()
 }
 
 /// Every item of `table`, keyed by (pk, sk).

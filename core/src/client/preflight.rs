@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use datafusion::execution::object_store::ObjectStoreRegistry;
 
+use datafusion::sql::parser::{DFParser, Statement};
+
 use crate::error::SluiceError;
 use crate::sink::files::WriteSpec;
+use crate::sink::files::spec::{has_user_info, is_credential};
 use crate::storage::s3::{S3Endpoint, xml_values};
 
 /// How long the pre-run check of an object store output may take (the
@@ -97,4 +100,68 @@ pub(super) async fn preflight_output(
         .map_err(|e| unwritable(format!("cannot create files in {}: {e}", dir.display())))?;
     let _ = tokio::fs::remove_file(&probe).await;
     Ok(())
+}
+
+/// Refuses a statement that carries a secret, before it is planned: plans
+/// travel to the scheduler, which serves them over REST (`/api/job/{id}/stages`),
+/// and executors log them. A table's or a `COPY`'s credential-like option
+/// (`aws.secret_access_key`, ...) and a URL with user info are refused, named
+/// by the option or the statement, never by the value.
+pub(super) fn refuse_secrets(text: &str, file: &str, line: usize) -> Result<(), SluiceError> {
+    let refused = |what: String| SluiceError::Syntax {
+        file: file.to_string(),
+        line,
+        message: format!(
+            "{what}: statements do not take credentials (they would travel in the plan); give them to the processes through their environment, profile or instance role"
+        ),
+    };
+    if has_user_info(text) {
+        return Err(refused("a URL with user info (user:password@)".into()));
+    }
+    let keys: Vec<String> = match DFParser::parse_sql(text) {
+        Ok(mut statements) => match statements.pop_front() {
+            Some(Statement::CreateExternalTable(t)) => {
+                t.options.iter().map(|(k, _)| k.clone()).collect()
+            }
+            Some(Statement::CopyTo(c)) => c.options.iter().map(|(k, _)| k.clone()).collect(),
+            _ => vec![],
+        },
+        // Not DataFusion's dialect (a Spark write): its options are checked
+        // with the write.
+        Err(_) => vec![],
+    };
+    match keys.iter().find(|k| is_credential(k)) {
+        Some(key) => Err(refused(format!("option '{key}' looks like a credential"))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_secrets;
+
+    #[test]
+    fn secrets_in_statements_are_refused_without_being_echoed() {
+        for text in [
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://b/x/' OPTIONS ('aws.secret_access_key' 'hunter2')",
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://AKID:hunter2@b/x/'",
+            "COPY (SELECT 1) TO 's3://b/o/' STORED AS PARQUET OPTIONS ('aws.session_token' 'hunter2')",
+            "INSERT OVERWRITE DIRECTORY 'https://u:hunter2@h/o' USING PARQUET SELECT 1",
+        ] {
+            let err = refuse_secrets(text, "j.sql", 4)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with("j.sql:4: "), "{text}: {err}");
+            assert!(err.contains("credentials"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        for text in [
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://b/x/' OPTIONS ('format.compression' 'zstd')",
+            "SELECT 'a@b' AS email",
+            "SELECT * FROM t WHERE url = 'https://example.com/a@b'",
+        ] {
+            assert!(refuse_secrets(text, "j.sql", 1).is_ok(), "{text}");
+        }
+    }
 }

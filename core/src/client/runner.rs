@@ -195,6 +195,7 @@ impl JobRunner {
             self.progress.statement_started(i, total, raw.line, &text);
             let span = tracing::info_span!("sluice.statement", file, line = raw.line);
             let t0 = Instant::now();
+            super::preflight::refuse_secrets(&text, file, raw.line)?;
             let action = classify(&text, file, raw.line)?;
             let stmt_err = SluiceError::in_statement(file, raw.line);
             let mut outcome = StatementOutcome {

@@ -247,7 +247,7 @@ impl TextOptions {
 /// Whether an option key looks like a credential: those never belong in a
 /// statement, whose options travel in the plan (and the scheduler serves
 /// plans over REST).
-fn is_credential(key: &str) -> bool {
+pub fn is_credential(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.starts_with("aws.")
         || [
@@ -588,6 +588,18 @@ impl WriteSpec {
     }
 }
 
+/// Whether `text` holds a URL with user info (`scheme://user:secret@host`).
+pub fn has_user_info(text: &str) -> bool {
+    text.match_indices("://").any(|(at, _)| {
+        let rest = &text[at + 3..];
+        let authority = rest
+            .split(|c: char| c == '/' || c == '\'' || c == '"' || c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        authority.contains('@')
+    })
+}
+
 /// Turns what a user wrote (`/tmp/out`, `out/`, `file:///x`, `s3://b/p`) into an
 /// absolute directory URL ending in `/`.
 pub fn normalize_output_url(raw: &str) -> Result<Url, SluiceError> {
@@ -597,6 +609,13 @@ pub fn normalize_output_url(raw: &str) -> Result<Url, SluiceError> {
     };
     if raw.trim().is_empty() {
         return Err(invalid("the output location is empty".into()));
+    }
+    if has_user_info(raw) {
+        // Never echo it: the user info may be a secret.
+        return Err(SluiceError::InvalidOutput {
+            url: "<a URL with user info>".into(),
+            reason: "credentials in a URL (user:password@) travel in the plan; give them to the processes through their environment, profile or instance role".into(),
+        });
     }
     let mut url = match Url::parse(raw) {
         Ok(u) if u.scheme().len() > 1 => u,
