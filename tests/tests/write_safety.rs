@@ -453,9 +453,10 @@ fn on_s3_a_commit_whose_executor_is_killed_is_finished_by_a_second_attempt() {
 }
 
 /// S3: an overwrite whose commit cannot delete the earlier files (the
-/// executors' S3 refuses `DeleteObjects` of data files) fails saying so, with the new files
-/// complete and no `_SUCCESS` (so nobody trusts the mix) and no upload left;
-/// running the overwrite again finishes the job.
+/// executors' S3 refuses `DeleteObjects` of data files) fails saying so and
+/// takes its own files back: the earlier output is left whole, with its
+/// `_SUCCESS`, and no upload is left; the overwrite then succeeds on a
+/// healthy S3.
 #[test]
 fn on_s3_an_overwrite_that_cannot_delete_the_earlier_files_fails_clearly() {
     let s3 = S3::from_env().unwrap();
@@ -493,15 +494,16 @@ fn on_s3_an_overwrite_that_cannot_delete_the_earlier_files_fails_clearly() {
     assert!(!o.status.success(), "the overwrite reported success");
     let err = stderr(&o);
     assert!(
-        err.contains("the new files are in place but 2 earlier files could not be removed"),
+        err.contains("2 earlier files could not be removed, so the write was taken back and the earlier output is left as it was"),
         "{err}"
     );
     assert!(err.contains("AccessDenied"), "{err}");
-    assert!(s3.list(&bucket, "out/_SUCCESS").unwrap().is_empty());
-    assert!(s3.open_uploads(&bucket, "out/").unwrap().is_empty());
+    // The earlier output, whole: its files and its manifest.
     let mut now = s3.data_keys(&bucket, "out/").unwrap();
-    now.retain(|k| !before.contains(k));
-    assert_eq!(now.len(), 2, "the new files: {now:?}");
+    now.sort();
+    assert_eq!(now.len(), before.len());
+    assert_eq!(s3.manifest_files(&bucket, "out/").unwrap(), (now, 1_000));
+    assert!(s3.open_uploads(&bucket, "out/").unwrap().is_empty());
     drop(refusing);
 
     let healthy = Cluster::start(1, 2).unwrap();

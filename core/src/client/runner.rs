@@ -110,19 +110,27 @@ impl JobRunner {
         if !spec.overwrite {
             return Ok(());
         }
-        match self
-            .protected
-            .iter()
-            .find(|p| spec.url.starts_with(p.as_str()))
-        {
-            Some(p) => Err(SluiceError::InvalidOutput {
-                url: spec.url.clone(),
-                reason: format!(
-                    "it is under {p}, which the configuration protects (protected_outputs); an overwrite there is refused"
-                ),
-            }),
-            None => Ok(()),
+        // An overwrite replaces everything below its location: refused over
+        // a protected location and over one that holds a protected location.
+        for p in &self.protected {
+            if spec.url.starts_with(p.as_str()) {
+                return Err(SluiceError::InvalidOutput {
+                    url: spec.url.clone(),
+                    reason: format!(
+                        "it is under {p}, which the configuration protects (protected_outputs); an overwrite there is refused"
+                    ),
+                });
+            }
+            if p.starts_with(spec.url.as_str()) {
+                return Err(SluiceError::InvalidOutput {
+                    url: spec.url.clone(),
+                    reason: format!(
+                        "it holds {p}, which the configuration protects (protected_outputs); an overwrite would delete it"
+                    ),
+                });
+            }
         }
+        Ok(())
     }
 
     /// Takes the output's lock for this write (see `sink::files::lock`).
@@ -371,6 +379,12 @@ impl JobRunner {
                 if let Err(e) = guard.release().await {
                     tracing::warn!(error = %e, "releasing the output lock failed; it expires");
                 }
+                // A task still running somewhere (cut off, or a lost attempt)
+                // may have started an upload after the commit's abort pass
+                // and before the release: the write is over, sweep it.
+                if let Err(e) = self.sweep(&spec).await {
+                    tracing::warn!(error = %e, write_id = %spec.write_id, "sweeping after the commit failed");
+                }
                 r
             }
             Err(e) => {
@@ -495,7 +509,12 @@ impl JobRunner {
             .runtime_env()
             .object_store_registry
             .get_store(&spec.output_url()?)?;
-        let mut aborted = abandon(spec, &store).await?;
+        // Released whatever the first sweep says, then swept again.
+        let first = abandon(spec, &store).await;
+        if let Err(e) = &first {
+            tracing::warn!(error = %e, write_id = %spec.write_id, "first cleanup sweep failed");
+        }
+        let mut aborted = first.unwrap_or_default();
         if let Err(e) = guard.release().await {
             // Unreleased, the lock expires: the last sweep waits for that.
             tracing::warn!(error = %e, "releasing the output lock failed");
@@ -504,6 +523,21 @@ impl JobRunner {
         tokio::time::sleep(CLEANUP_RESWEEP).await;
         aborted += abandon(spec, &store).await?;
         tracing::info!(write_id = %spec.write_id, aborted_uploads = aborted, "cleaned up failed write");
+        Ok(())
+    }
+
+    /// Aborts uploads of a committed write that its commit did not take
+    /// (completed ones are not open, and its markers went with its staging).
+    async fn sweep(&self, spec: &WriteSpec) -> Result<(), DataFusionError> {
+        let store = self
+            .ctx
+            .runtime_env()
+            .object_store_registry
+            .get_store(&spec.output_url()?)?;
+        let aborted = abandon(spec, &store).await?;
+        if aborted > 0 {
+            tracing::info!(write_id = %spec.write_id, aborted_uploads = aborted, "aborted uploads started after the commit");
+        }
         Ok(())
     }
 

@@ -212,6 +212,17 @@ impl Limiter {
         if let Some(reason) = self.revoked() {
             return Err(reason);
         }
+        // Checked here too: after a pause the renewal loop may not have run yet.
+        let held = *lock(&self.last_grant);
+        if let Some(at) = held
+            && at.elapsed() >= CUT_OFF
+        {
+            self.revoke(format!(
+                "its lease was not renewed for {} s (paused or cut off from the coordinator)",
+                at.elapsed().as_secs()
+            ));
+            return Err(self.revoked().unwrap_or_default());
+        }
         {
             let mut b = lock(&self.bucket);
             b.refill(started);

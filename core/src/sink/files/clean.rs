@@ -21,6 +21,10 @@ use crate::storage::s3::{SluiceObjectStores, is_s3, s3_store};
 /// removes its staging. Nothing of the write was visible, and nothing stays.
 pub async fn abandon(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<usize> {
     let url = spec.output_url()?;
+    // A commit cut off after making files visible: settle it first.
+    if let Some(done) = super::committer::settle(spec, store).await? {
+        tracing::warn!(write_id = %spec.write_id, "{done}");
+    }
     let aborted = if is_s3(&url) {
         // Also for the rename committers: a marker-free prefix lists nothing.
         let s3 = s3_store(&url)?;

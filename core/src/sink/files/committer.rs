@@ -179,6 +179,8 @@ pub async fn commit(
         });
     }
     spec.check_lock(&store).await?;
+    // Names this attempt in the decision record.
+    let attempt = uuid::Uuid::new_v4().simple().to_string();
     let intent = record_intent(spec, &store, &base, &success_path, &staged).await?;
 
     if spec.overwrite {
@@ -225,7 +227,16 @@ pub async fn commit(
         }
     }
     if !failures.is_empty() {
-        take_back(spec, &store, s3.as_ref(), &intent, &success_path).await;
+        roll_back(
+            spec,
+            &store,
+            s3.as_ref(),
+            &intent,
+            &success_path,
+            &attempt,
+            true,
+        )
+        .await?;
         return Err(fail(format!(
             "{} of {} files failed to commit (the earlier output is left as it was): {}",
             failures.len(),
@@ -256,16 +267,26 @@ pub async fn commit(
         None => 0,
     };
 
-    // The delete step runs only while this write holds the output.
+    // The delete step runs only while this write holds the output. A write
+    // that lost it takes its files back but leaves `_SUCCESS` alone: it may
+    // be the new holder's.
     if let Err(e) = spec.check_lock(&store).await {
-        take_back(spec, &store, s3.as_ref(), &intent, &success_path).await;
+        roll_back(
+            spec,
+            &store,
+            s3.as_ref(),
+            &intent,
+            &success_path,
+            &attempt,
+            false,
+        )
+        .await?;
         return Err(e.into());
     }
-    // One attempt runs the delete step: another that finds it claimed waits
-    // for that one's `_SUCCESS`, and fails without deleting if none comes.
-    if !intent.previous.is_empty()
-        && let Some(done) = claim_deletes(spec, &store, &success_path).await?
-    {
+    // One attempt decides to go forward into the delete step (or back):
+    // another that finds the step taken waits for that one's `_SUCCESS`,
+    // and fails without deleting if none comes.
+    if let Some(done) = go_forward(spec, &store, &success_path, &attempt).await? {
         return Ok(CommitSummary {
             rows: done.rows,
             bytes: done.bytes,
@@ -273,16 +294,18 @@ pub async fn commit(
             commit_ms: started.elapsed().as_millis() as u64,
         });
     }
-    let ours: HashSet<&str> = intent.publishes.iter().map(|p| p.target.as_str()).collect();
-    let mut undeleted = vec![];
-    for old in intent
-        .previous
-        .iter()
-        .filter(|p| !ours.contains(p.as_str()))
-    {
-        if let Err(e) = delete_with_retries(&store, &Path::from(old.as_str())).await {
-            undeleted.push(format!("{old}: {e}"));
-        }
+    let (deleted, undeleted) = delete_previous(&store, &intent).await;
+    if !undeleted.is_empty() && deleted == 0 {
+        // Nothing of the earlier output is gone yet: going back leaves it
+        // whole, as a failed write should.
+        record_decision(spec, &store, Decision::Back, &attempt, true).await?;
+        take_back(spec, &store, s3.as_ref(), &intent, &success_path, true).await;
+        return Err(fail(format!(
+            "{} earlier files could not be removed, so the write was taken back and the earlier output is left as it was: {}",
+            undeleted.len(),
+            undeleted.join("; ")
+        ))
+        .into());
     }
     if !undeleted.is_empty() {
         return Err(fail(format!(
@@ -331,6 +354,9 @@ pub async fn commit(
         diagnostics,
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| fail(e.to_string()))?;
+    // A holder that stalled past its lease must not describe the output the
+    // next holder is writing.
+    spec.check_lock(&store).await?;
     store
         .put(&success_path, body.into())
         .await
@@ -356,32 +382,94 @@ pub async fn commit(
     })
 }
 
-/// Claims the delete step for this attempt (a conditional create under the
-/// write's staging). `None`: this attempt holds it and deletes. If another
-/// attempt holds it, waits up to the lock's ttl for that attempt's
-/// `_SUCCESS` and returns it; without one, fails, having deleted nothing.
-async fn claim_deletes(
+/// Which way a commit goes once its files are visible: forward into the
+/// delete step, or back (its files removed, the earlier `_SUCCESS` put
+/// back). Recorded once per write under its staging, with a conditional
+/// create, so two attempts (or an attempt and the client's cleanup) never
+/// go opposite ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Decision {
+    Forward,
+    Back,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DecisionRecord {
+    decision: Decision,
+    attempt: String,
+}
+
+fn decision_path(spec: &WriteSpec) -> Result<Path> {
+    Ok(spec.staging_prefix()?.join("decision.json"))
+}
+
+/// Records `want` unless a decision exists (`overwrite`: replace one this
+/// attempt made); returns the decision that stands.
+async fn record_decision(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    want: Decision,
+    attempt: &str,
+    overwrite: bool,
+) -> Result<DecisionRecord> {
+    let path = decision_path(spec)?;
+    let record = DecisionRecord {
+        decision: want,
+        attempt: attempt.to_string(),
+    };
+    let body = serde_json::to_vec(&record).map_err(|e| spec.commit_failed(e.to_string()))?;
+    let mode = if overwrite {
+        PutMode::Overwrite
+    } else {
+        PutMode::Create
+    };
+    let opts = PutOptions {
+        mode,
+        ..Default::default()
+    };
+    match store.put_opts(&path, body.into(), opts).await {
+        Ok(_) => Ok(record),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let got = store
+                .get(&path)
+                .await
+                .map_err(|e| spec.store_failed("reading the commit decision".into(), e))?
+                .bytes()
+                .await?;
+            serde_json::from_slice(&got).map_err(|e| {
+                spec.commit_failed(format!("unreadable commit decision: {e}"))
+                    .into()
+            })
+        }
+        Err(e) => Err(spec
+            .store_failed("recording the commit decision".into(), e)
+            .into()),
+    }
+}
+
+/// Goes forward into the delete step. `None`: this attempt deletes. If
+/// another attempt went forward, waits up to the lock's ttl for its
+/// `_SUCCESS` and returns it; fails, having deleted nothing, without one or
+/// if the write was taken back.
+async fn go_forward(
     spec: &WriteSpec,
     store: &Arc<dyn ObjectStore>,
     success_path: &Path,
+    attempt: &str,
 ) -> Result<Option<SuccessData>> {
-    let claim = spec.staging_prefix()?.join("deleting.json");
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
-    let me = serde_json::json!({ "host": hostname(), "pid": std::process::id() });
-    match store.put_opts(&claim, me.to_string().into(), opts).await {
-        Ok(_) => return Ok(None),
-        Err(object_store::Error::AlreadyExists { .. }) => {}
-        Err(e) => {
+    let standing = record_decision(spec, store, Decision::Forward, attempt, false).await?;
+    match standing.decision {
+        Decision::Forward if standing.attempt == attempt => return Ok(None),
+        Decision::Back => {
             return Err(spec
-                .store_failed("claiming the delete step".into(), e)
+                .commit_failed("the write was taken back (its cleanup or another attempt of its commit decided so)".into())
                 .into());
         }
+        Decision::Forward => {}
     }
     tracing::warn!(write_id = %spec.write_id, "another attempt of this commit is deleting the earlier files; waiting for it");
-    let deadline = Instant::now() + std::time::Duration::from_millis(spec.lock_ttl_ms);
+    let wait = std::time::Duration::from_millis(spec.lock_ttl_ms.min(3_600_000));
+    let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         if let Some(done) = read_manifest(store, success_path).await?
             && done.job_id == spec.write_id
@@ -395,6 +483,77 @@ async fn claim_deletes(
             "another attempt of this commit started deleting the earlier files and did not finish; the new files are in place, without _SUCCESS (run the write again)".into(),
         )
         .into())
+}
+
+/// Takes the write back unless another attempt went forward (then it is
+/// that attempt's to finish, and this one touches nothing).
+async fn roll_back(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    s3: Option<&Arc<AmazonS3>>,
+    intent: &Intent,
+    success_path: &Path,
+    attempt: &str,
+    restore_success: bool,
+) -> Result<()> {
+    let standing = record_decision(spec, store, Decision::Back, attempt, false).await?;
+    if standing.decision == Decision::Forward {
+        return Err(spec
+            .commit_failed("another attempt of this commit is finishing it".into())
+            .into());
+    }
+    take_back(spec, store, s3, intent, success_path, restore_success).await;
+    Ok(())
+}
+
+/// Deletes the earlier files the intent lists (never this write's own);
+/// returns how many went and what could not be deleted.
+async fn delete_previous(store: &Arc<dyn ObjectStore>, intent: &Intent) -> (usize, Vec<String>) {
+    let ours: HashSet<&str> = intent.publishes.iter().map(|p| p.target.as_str()).collect();
+    let (mut deleted, mut undeleted) = (0, vec![]);
+    for old in intent
+        .previous
+        .iter()
+        .filter(|p| !ours.contains(p.as_str()))
+    {
+        match delete_with_retries(store, &Path::from(old.as_str())).await {
+            Ok(()) => deleted += 1,
+            Err(e) => undeleted.push(format!("{old}: {e}")),
+        }
+    }
+    (deleted, undeleted)
+}
+
+/// After a failed or cancelled job whose commit may have started: settles
+/// the write one way. If no attempt went forward, its visible files are
+/// taken back and the earlier `_SUCCESS` put back; if one did, the earlier
+/// files it listed are deleted (the new output is then complete, without
+/// `_SUCCESS`). Returns what it did, for the log.
+pub(super) async fn settle(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Option<&'static str>> {
+    let path = spec.intent_path()?;
+    let Some(intent) = read_intent(spec, store, &path).await? else {
+        return Ok(None);
+    };
+    let success_path = spec.base_path()?.join(SUCCESS_FILE);
+    let standing = record_decision(spec, store, Decision::Back, "cleanup", false).await?;
+    match standing.decision {
+        Decision::Back => {
+            take_back(spec, store, None, &intent, &success_path, true).await;
+            Ok(Some("took back the files its commit had made visible"))
+        }
+        Decision::Forward => {
+            let (_, undeleted) = delete_previous(store, &intent).await;
+            if !undeleted.is_empty() {
+                tracing::warn!(write_id = %spec.write_id, files = undeleted.len(), "earlier files could not be removed");
+            }
+            Ok(Some(
+                "finished deleting the earlier files; the new output has no _SUCCESS",
+            ))
+        }
+    }
 }
 
 /// The manifest at `path`, if there is a readable one.
@@ -495,15 +654,16 @@ async fn read_intent(
     }
 }
 
-/// After a failed publish: removes what of this write became visible,
-/// aborts its uploads and puts the earlier `_SUCCESS` back, so the output
-/// is what it was before the write.
+/// Removes what of this write became visible, aborts its uploads and (with
+/// `restore_success`) puts the earlier `_SUCCESS` back, so the output is
+/// what it was before the write.
 async fn take_back(
     spec: &WriteSpec,
     store: &Arc<dyn ObjectStore>,
     s3: Option<&Arc<AmazonS3>>,
     intent: &Intent,
     success_path: &Path,
+    restore_success: bool,
 ) {
     for p in &intent.publishes {
         let _ = store.delete(&Path::from(p.target.as_str())).await;
@@ -511,7 +671,7 @@ async fn take_back(
     if let Some(s3) = s3 {
         let _ = abort_recorded(spec, store, s3, &HashSet::new(), &HashSet::new()).await;
     }
-    if let Some(old) = &intent.previous_success
+    if let Some(old) = intent.previous_success.as_ref().filter(|_| restore_success)
         && let Err(e) = store
             .put(success_path, old.clone().into_bytes().into())
             .await
@@ -908,7 +1068,10 @@ mod tests {
         let batch = stage(&spec, &local, &[Some(1)]).await?;
         // Another attempt claimed the delete step, then vanished.
         local
-            .put(&spec.staging_prefix()?.join("deleting.json"), "{}".into())
+            .put(
+                &spec.staging_prefix()?.join("decision.json"),
+                "{\"decision\":\"Forward\",\"attempt\":\"other\"}".into(),
+            )
             .await?;
         let err = commit(&spec, Arc::clone(&local), 1, &[batch])
             .await
@@ -923,6 +1086,38 @@ mod tests {
             local.head(&old).await.is_ok(),
             "an earlier file was deleted"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_cleanup_of_a_commit_cut_off_mid_publish_restores_the_earlier_output() -> Result<()>
+    {
+        let (_dir, spec) = overwrite_in_tempdir()?;
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let base = spec.base_path()?;
+        let old = base.clone().join("part-old-0.json");
+        local.put(&old, "{\"old\":1}\n".into()).await?;
+        let success = base.clone().join(SUCCESS_FILE);
+        local.put(&success, "{\"old\":true}".into()).await?;
+        let batch = stage(&spec, &local, &[Some(1), Some(2), Some(3)]).await?;
+        // Cut off (a cancelled task) after publishing one file.
+        let stall: Arc<dyn ObjectStore> = Arc::new(Stall {
+            inner: Arc::clone(&local),
+            after: 1,
+            renames: AtomicUsize::new(0),
+        });
+        let first = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            commit(&spec, stall, 3, std::slice::from_ref(&batch)),
+        )
+        .await;
+        assert!(first.is_err(), "the commit should have stalled");
+        assert_eq!(data_files(&local, &base).await?.len(), 2);
+        // The client's cleanup of the failed job takes the write back.
+        crate::sink::files::abandon(&spec, &local).await?;
+        assert_eq!(data_files(&local, &base).await?, vec![old.to_string()]);
+        let manifest = local.get(&success).await?.bytes().await?;
+        assert_eq!(&manifest[..], b"{\"old\":true}");
         Ok(())
     }
 }

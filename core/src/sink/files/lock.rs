@@ -266,6 +266,30 @@ impl OutputLock {
         }
     }
 
+    /// Whether generation `number` of `write_id` is still the lock and not
+    /// released, whatever its age: the writers' check. Expiry is left to the
+    /// client and the commit ([`OutputLock::check`]), so a writer whose clock
+    /// runs ahead does not take a live write for a dead one.
+    pub async fn check_present(&self, number: u64, write_id: &str) -> Result<(), LockError> {
+        let present = match self.state().await? {
+            LockState::Held(g) => Some(g),
+            LockState::Free { previous, .. } => previous,
+        };
+        match present {
+            Some(g) if g.number == number && g.holder.write_id == write_id => Ok(()),
+            Some(g) => Err(LockError::Lost {
+                url: self.url.clone(),
+                write_id: write_id.to_string(),
+                reason: format!("it was taken by {}", g.holder),
+            }),
+            None => Err(LockError::Lost {
+                url: self.url.clone(),
+                write_id: write_id.to_string(),
+                reason: "the write ended (the lock was released)".into(),
+            }),
+        }
+    }
+
     /// Ok while generation `number` is the lock and is held.
     pub async fn check(&self, number: u64, write_id: &str) -> Result<(), LockError> {
         let lost = |reason: String| LockError::Lost {
@@ -353,6 +377,7 @@ pub struct LockGuard {
     lock: OutputLock,
     number: u64,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    renewing: Option<tokio::task::JoinHandle<()>>,
     lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -370,7 +395,7 @@ impl LockGuard {
         let every = Duration::from_millis((holder.ttl_ms / 4).max(50));
         let renewing = lock.clone();
         let flag = Arc::clone(&lost);
-        tokio::spawn(async move {
+        let renewing_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -392,6 +417,7 @@ impl LockGuard {
             lock,
             number,
             stop: Some(stop),
+            renewing: Some(renewing_task),
             lost,
         })
     }
@@ -405,10 +431,14 @@ impl LockGuard {
         self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stops renewing and frees the lock.
+    /// Stops renewing and frees the lock. A renewal in flight finishes
+    /// first, so it cannot put the record back after it is removed.
     pub async fn release(mut self) -> Result<(), LockError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(task) = self.renewing.take() {
+            let _ = task.await;
         }
         self.lock.release(self.number).await
     }

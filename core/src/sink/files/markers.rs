@@ -99,7 +99,7 @@ pub async fn start_upload(
     // client's cleanup may have swept before this upload began, so it is
     // this task's to abort. If the lock was still held, the upload began
     // before the write ended and the client's sweep after the end finds it.
-    if let Err(e) = spec.check_lock(store).await {
+    if let Err(e) = spec.check_lock_present(store).await {
         let _ = s3.abort_multipart(key, &upload_id).await;
         let _ = store.delete(&marker).await;
         return Err(e.into());

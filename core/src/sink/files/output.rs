@@ -233,7 +233,7 @@ impl FileFactory<'_> {
             Sink::Staged(_) => {
                 // Written after the write ended (this task was cut off): it
                 // may be after the client's sweep, so it is ours to remove.
-                if let Err(e) = self.spec.check_lock(&self.store).await {
+                if let Err(e) = self.spec.check_lock_present(&self.store).await {
                     let _ = self.store.delete(&file.path).await;
                     return Err(e.into());
                 }

@@ -388,10 +388,20 @@ impl WriteSpec {
             take_duration(&mut options, LOCK_WAIT_OPTION, Default::default()).map_err(named)?;
         let lock_ttl = take_duration(&mut options, LOCK_TTL_OPTION, super::lock::DEFAULT_TTL)
             .map_err(named)?;
-        if lock_ttl < std::time::Duration::from_secs(1) {
+        // S3 keeps modification times to the second, and clocks differ:
+        // a lease shorter than this expires while renewed.
+        if lock_ttl < std::time::Duration::from_secs(2)
+            || lock_ttl > std::time::Duration::from_secs(3600)
+        {
             return Err(named(SluiceError::InvalidOutput {
                 url: String::new(),
-                reason: format!("{LOCK_TTL_OPTION} must be at least 1s"),
+                reason: format!("{LOCK_TTL_OPTION} must be between 2s and 1h"),
+            }));
+        }
+        if lock_wait > std::time::Duration::from_secs(24 * 3600) {
+            return Err(named(SluiceError::InvalidOutput {
+                url: String::new(),
+                reason: format!("{LOCK_WAIT_OPTION} must be at most 24h"),
             }));
         }
         check_format_options(url, format, &options)?;
@@ -439,6 +449,30 @@ impl WriteSpec {
             &self.url,
             clock,
         ))
+    }
+
+    /// Fails unless this write's lock generation is still its output's lock,
+    /// whatever its age (the writers' check; see `OutputLock::check_present`).
+    pub async fn check_lock_present(
+        &self,
+        store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    ) -> Result<(), super::lock::LockError> {
+        let Some(generation) = self.lock_generation else {
+            return Ok(());
+        };
+        let base = self.base_path().map_err(|e| super::lock::LockError::Lost {
+            url: self.url.clone(),
+            write_id: self.write_id.clone(),
+            reason: e.to_string(),
+        })?;
+        super::lock::OutputLock::new(
+            std::sync::Arc::clone(store),
+            &base,
+            &self.url,
+            crate::clock::system(),
+        )
+        .check_present(generation, &self.write_id)
+        .await
     }
 
     /// Fails unless this write still holds its output's lock (a write
