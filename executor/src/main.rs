@@ -33,8 +33,23 @@ struct Cli {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// One line naming what failed, not anyhow's debug dump (and backtrace).
+fn main() -> std::process::ExitCode {
+    let run = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run()));
+    match run {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", sluice_core::error::render(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     sluice_core::alloc::tune(10_000);
     let args: Vec<String> = std::env::args().collect();
     let file = sluice_core::config::config_file_arg(&args);

@@ -32,7 +32,18 @@ struct Cli {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+/// One line naming what failed, not anyhow's debug dump (and backtrace).
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", sluice_core::error::render(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     sluice_core::alloc::tune(10_000);
     let args: Vec<String> = std::env::args().collect();
     let file = sluice_core::config::config_file_arg(&args);

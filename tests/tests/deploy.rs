@@ -119,6 +119,29 @@ fn the_config_files_use_real_flags() {
     }
 }
 
+/// A server with a bad setting says so in one line, whatever RUST_BACKTRACE.
+#[test]
+fn servers_name_a_bad_setting_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.toml");
+    std::fs::write(&conf, "bogus-flag = 1\n").unwrap();
+    for bin in ["sluice-scheduler", "sluice-executor"] {
+        let o = Command::new(binary(bin).unwrap())
+            .arg("--config")
+            .arg(&conf)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{bin} accepted a bad setting");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            err.trim(),
+            "error: configuration: unknown setting 'bogus-flag' in config file (settings are the long flag names)",
+            "{bin}"
+        );
+    }
+}
+
 #[test]
 fn the_dashboard_and_iam_policy_are_sound() {
     let dash: serde_json::Value = serde_json::from_str(
