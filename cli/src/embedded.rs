@@ -27,15 +27,17 @@ impl EmbeddedCluster {
         let config = SchedulerConfig::default()
             .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
             .with_finished_job_data_clean_up_interval_seconds(30);
-        let (addr, _handle) = sluice_scheduler::start_in_process(listener, config)
-            .await
-            .context("starting the embedded scheduler")?;
-        let endpoint = addr.to_string();
-        // The DynamoDB write coordinator, as a separate scheduler would run it.
+        // The coordinator, as a separate scheduler would run it; the
+        // scheduler registers the writes it plans with it.
         let (coordinator, _) =
             sluice_core::coordinator::Coordinator::spawn(([127, 0, 0, 1], 0).into())
                 .await
                 .context("starting the coordinator")?;
+        let (addr, _handle) =
+            sluice_scheduler::start_in_process(listener, config, coordinator.clone())
+                .await
+                .context("starting the embedded scheduler")?;
+        let endpoint = addr.to_string();
         sluice_core::client::wait_for_scheduler(&endpoint, Duration::from_secs(10)).await?;
         for i in 0..executors {
             start_executor_thread(i, format!("http://{endpoint}"), slots, coordinator.clone())

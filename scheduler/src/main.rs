@@ -70,11 +70,11 @@ async fn run(opt: Config, coordinator: std::net::SocketAddr) -> anyhow::Result<(
     if let Some(addr) = sluice_core::metrics::serve_from_env()? {
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
-    sluice_core::coordinator::Coordinator::spawn(coordinator)
+    let (handle, _) = sluice_core::coordinator::Coordinator::spawn(coordinator)
         .await
         .with_context(|| format!("starting the coordinator on {coordinator}"))?;
     let config: SchedulerConfig = opt.try_into().context("scheduler settings")?;
-    let config = sluice_scheduler::with_sluice(config);
+    let config = sluice_scheduler::with_sluice(config, handle);
     let cluster = BallistaCluster::new_from_config(&config).await?;
     start_server(cluster, addr, Arc::new(config)).await?;
     Ok(())

@@ -260,6 +260,25 @@ fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
         assert_eq!(status, 400, "{text}");
         assert!(text.contains(says), "{text}");
     }
+    // Well-formed requests for a write the scheduler never planned: refused.
+    let (status, text) = sluice_test_support::post_json(
+        &chunks,
+        r#"{"write_id":"invented","target_rows":10,"counts":[["id=1",5]]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("write invented was not planned by this cluster's scheduler"),
+        "{text}"
+    );
+    let (status, text) = sluice_test_support::post_json(
+        &lease,
+        r#"{"table":"t","writer":"w","write_id":"invented","share":{"percent":0.5,"max_units":null},"budget_hint":100,"consumed_wcu":0,"throttles":1000}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("was not planned"), "{text}");
+    assert_eq!(held(), before);
     assert_eq!(cluster.coordinator_tables().unwrap(), serde_json::json!([]));
     drop(cluster);
 

@@ -79,6 +79,8 @@ pub enum LeaseError {
     TooManyTables,
     #[error("write {write_id} has ended (committed, failed or cancelled): stop writing")]
     WriteEnded { write_id: String },
+    #[error("write {0} was not planned by this cluster's scheduler")]
+    UnknownWrite(String),
 }
 
 impl LeaseRequest {
@@ -239,6 +241,8 @@ pub struct Leases {
     tables: Arc<Mutex<HashMap<String, TableState>>>,
     /// Writes that ended, and when.
     ended: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Only these writes get leases (none: every write).
+    planned: Option<super::planned::PlannedWrites>,
     clock: Arc<dyn Clock>,
     capacity: Arc<dyn CapacitySource>,
     started: Instant,
@@ -249,10 +253,17 @@ impl Leases {
         Self {
             tables: Arc::default(),
             ended: Arc::default(),
+            planned: None,
             started: clock.now(),
             clock,
             capacity,
         }
+    }
+
+    /// The same table, leasing only to writers of writes `planned` knows.
+    pub fn serving(mut self, planned: super::planned::PlannedWrites) -> Self {
+        self.planned = Some(planned);
+        self
     }
 
     /// `POST /v1/dynamodb/lease`, `POST /v1/dynamodb/release`,
@@ -319,6 +330,11 @@ impl Leases {
             return Err(LeaseError::WriteEnded {
                 write_id: req.write_id,
             });
+        }
+        if let Some(planned) = &self.planned
+            && !planned.knows(&req.write_id)
+        {
+            return Err(LeaseError::UnknownWrite(req.write_id));
         }
         let now = self.clock.now();
         self.with_tables(|tables| {
@@ -536,6 +552,7 @@ async fn lease(
     c.lease(req).map(Json).map_err(|e| {
         let status = match e {
             LeaseError::WriteEnded { .. } => StatusCode::GONE,
+            LeaseError::UnknownWrite(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         };
         (status, e.to_string())
@@ -603,6 +620,21 @@ mod tests {
             throttles,
             write_id: "w1".into(),
         }
+    }
+
+    #[test]
+    fn only_planned_writes_get_leases() {
+        let (c, clock) = leases();
+        let planned = crate::coordinator::planned::PlannedWrites::new(clock);
+        let c = c.serving(planned.clone());
+        let refused = c.lease(req("a", 0)).err().map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some("write w1 was not planned by this cluster's scheduler")
+        );
+        assert!(c.status().is_empty(), "a refused lease registered a table");
+        planned.register("w1");
+        grant(&c, "a", 0);
     }
 
     #[test]

@@ -7,12 +7,15 @@
 //!   (`/v1/chunks`);
 //! - [`leases`]: one DynamoDB write budget per table, shared out among the
 //!   writers running now (`/v1/dynamodb/*`).
+//! - [`planned`]: the writes the scheduler planned, the only ones both
+//!   routes serve.
 //!
 //! Its clients (the skew router, the DynamoDB writers' limiter) live with
 //! the sinks that use them and speak the request types defined here.
 
 pub mod leases;
 pub mod placement;
+pub mod planned;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use datafusion::prelude::SessionConfig;
 use crate::clock::Clock;
 use leases::{CapacitySource, DescribeTable, Leases};
 use placement::ChunkBook;
+use planned::PlannedWrites;
 
 /// Default coordinator port, next to the scheduler's 50050.
 pub const DEFAULT_COORDINATOR_PORT: u16 = 50090;
@@ -68,6 +72,7 @@ impl CoordinatorHandle {
 pub struct Coordinator {
     pub leases: Leases,
     pub placement: ChunkBook,
+    pub planned: PlannedWrites,
 }
 
 impl Default for Coordinator {
@@ -78,9 +83,11 @@ impl Default for Coordinator {
 
 impl Coordinator {
     pub fn new(clock: Arc<dyn Clock>, capacity: Arc<dyn CapacitySource>) -> Self {
+        let planned = PlannedWrites::new(Arc::clone(&clock));
         Self {
-            leases: Leases::new(Arc::clone(&clock), capacity),
-            placement: ChunkBook::new(clock),
+            leases: Leases::new(Arc::clone(&clock), capacity).serving(planned.clone()),
+            placement: ChunkBook::new(clock).serving(planned.clone()),
+            planned,
         }
     }
 

@@ -56,6 +56,8 @@ pub enum PlacementError {
     TooManyWrites,
     #[error("a write id or partition value is over {MAX_NAME_BYTES} bytes")]
     NameTooLong,
+    #[error("write {0} was not planned by this cluster's scheduler")]
+    UnknownWrite(String),
 }
 
 /// A map task's placement request: rows of each partition value (its Hive
@@ -86,6 +88,8 @@ struct WriteChunks {
 pub struct ChunkBook {
     writes: Arc<Mutex<HashMap<String, WriteChunks>>>,
     clock: Arc<dyn Clock>,
+    /// Only these writes are placed (none: every write).
+    planned: Option<super::planned::PlannedWrites>,
 }
 
 impl ChunkBook {
@@ -93,7 +97,14 @@ impl ChunkBook {
         Self {
             writes: Arc::default(),
             clock,
+            planned: None,
         }
+    }
+
+    /// The same book, placing only the writes `planned` knows.
+    pub fn serving(mut self, planned: super::planned::PlannedWrites) -> Self {
+        self.planned = Some(planned);
+        self
     }
 
     /// Places the request's rows, or refuses it whole (see the bounds).
@@ -143,6 +154,12 @@ impl ChunkBook {
                 write_id: req.write_id.clone(),
                 values: held + new_values,
             });
+        }
+        // Checked last, so a malformed request is told what is wrong with it.
+        if let Some(planned) = &self.planned
+            && !planned.knows(&req.write_id)
+        {
+            return Err(PlacementError::UnknownWrite(req.write_id.clone()));
         }
         let write = writes
             .entry(req.write_id.clone())
@@ -219,9 +236,13 @@ async fn allocate(
     State(book): State<ChunkBook>,
     Json(req): Json<ChunkRequest>,
 ) -> Result<Json<ChunkResponse>, (StatusCode, String)> {
-    book.allocate(&req)
-        .map(Json)
-        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+    book.allocate(&req).map(Json).map_err(|e| {
+        let status = match e {
+            PlacementError::UnknownWrite(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, e.to_string())
+    })
 }
 
 /// Runs `count` more rows of a value with `placed` rows so far produce: one

@@ -34,13 +34,23 @@ impl ExtensionPlanner for WritePlanner {
         let [input] = physical_inputs else {
             return Ok(None);
         };
+        // On the scheduler, whose coordinator then serves this write's
+        // placements and leases (and no write it did not plan).
+        let register = |write_id: &str| {
+            if let Some(local) = &crate::coordinator::CoordinatorHandle::of(session.config()).local
+            {
+                local.planned.register(write_id);
+            }
+        };
         if let Some(write) = node.as_any().downcast_ref::<DynamoWriteNode>() {
+            register(&write.spec.write_id);
             return Ok(Some(crate::sink::dynamo::plan_write_exec(
                 Arc::clone(input),
                 &write.spec,
             )));
         }
         if let Some(write) = node.as_any().downcast_ref::<WriteNode>() {
+            register(&write.spec.write_id);
             return Ok(Some(crate::sink::files::plan_write(
                 Arc::clone(input),
                 &write.spec,
