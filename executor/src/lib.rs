@@ -37,6 +37,7 @@ use datafusion::prelude::SessionConfig;
 use sluice_core::coordinator::CoordinatorHandle;
 use sluice_core::plan::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use sluice_core::plan::session;
+use sluice_core::storage::local::LocalAccess;
 
 fn registry() -> ballista_core::error::Result<BallistaFunctionRegistry> {
     let state = session::server_state(session::session_config())
@@ -44,14 +45,20 @@ fn registry() -> ballista_core::error::Result<BallistaFunctionRegistry> {
     Ok((&state).into())
 }
 
+/// Each task's runtime: object stores, local files as its session allows.
 fn runtime_producer() -> RuntimeProducer {
-    Arc::new(|_config| session::runtime_env())
+    Arc::new(session::runtime_env_for)
 }
 
 /// The session config every task of this executor runs with: sluice's,
-/// carrying how operators reach the coordinator.
-fn config_producer(coordinator: CoordinatorHandle) -> ConfigProducer {
-    Arc::new(move || coordinator.clone().install(session::session_config()))
+/// carrying how operators reach the coordinator and which local files SQL
+/// may use.
+fn config_producer(coordinator: CoordinatorHandle, access: LocalAccess) -> ConfigProducer {
+    Arc::new(move || {
+        access
+            .clone()
+            .install(coordinator.clone().install(session::session_config()))
+    })
 }
 
 /// Installs sluice's codecs, functions, object stores and coordinator on an
@@ -59,8 +66,9 @@ fn config_producer(coordinator: CoordinatorHandle) -> ConfigProducer {
 pub fn with_sluice(
     mut config: ExecutorProcessConfig,
     coordinator: CoordinatorHandle,
+    access: LocalAccess,
 ) -> ballista_core::error::Result<ExecutorProcessConfig> {
-    config.override_config_producer = Some(config_producer(coordinator));
+    config.override_config_producer = Some(config_producer(coordinator, access));
     config.override_runtime_producer = Some(runtime_producer());
     config.override_logical_codec = Some(Arc::new(SluiceLogicalCodec::default()));
     config.override_physical_codec = Some(Arc::new(SluicePhysicalCodec::default()));
@@ -239,7 +247,8 @@ pub async fn start_in_process(
     let scheduler = SchedulerGrpcClient::connect(scheduler_url.to_string())
         .await
         .map_err(|e| BallistaError::General(format!("connecting to {scheduler_url}: {e}")))?;
-    let config_producer = config_producer(coordinator);
+    // The embedded cluster acts for the user on the user's machine.
+    let config_producer = config_producer(coordinator, LocalAccess::Any);
     let codec: BallistaCodec = BallistaCodec::new(
         Arc::new(SluiceLogicalCodec::default()),
         Arc::new(SluicePhysicalCodec::default()),

@@ -23,6 +23,10 @@ struct Cli {
     /// scheduler's host, port 50090.
     #[arg(long)]
     coordinator_url: Option<String>,
+    /// Absolute directories SQL may read and write on this machine,
+    /// comma-separated (default: none; the work dir is not SQL's).
+    #[arg(long, default_value = "")]
+    allow_local_paths: String,
     #[command(flatten)]
     ballista: Config,
 }
@@ -67,9 +71,12 @@ async fn run() -> anyhow::Result<()> {
         .parse()
         .context("--bind-host/--bind-health-port")?;
     let config: ExecutorProcessConfig = opt.try_into().context("executor settings")?;
+    let access = sluice_core::storage::local::LocalAccess::only(&cli.allow_local_paths)
+        .map_err(|e| anyhow::anyhow!("--allow-local-paths: {e}"))?;
     let config = sluice_executor::with_sluice(
         config,
         sluice_core::coordinator::CoordinatorHandle::remote(&coordinator),
+        access,
     )?;
     let filter =
         std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());

@@ -13,14 +13,23 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use sluice_core::coordinator::CoordinatorHandle;
 use sluice_core::plan::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use sluice_core::plan::session;
+use sluice_core::storage::local::LocalAccess;
 use tokio::task::JoinHandle;
 
 /// Installs sluice's session builder and codecs on a Ballista scheduler
 /// config. Jobs are planned with `coordinator` on their session, so the
 /// planner registers each write it plans with the coordinator in this
 /// process (which serves no other).
-pub fn with_sluice(config: SchedulerConfig, coordinator: CoordinatorHandle) -> SchedulerConfig {
-    let producer = move || coordinator.clone().install(session::session_config());
+pub fn with_sluice(
+    config: SchedulerConfig,
+    coordinator: CoordinatorHandle,
+    access: LocalAccess,
+) -> SchedulerConfig {
+    let producer = move || {
+        access
+            .clone()
+            .install(coordinator.clone().install(session::session_config()))
+    };
     let mut config = config
         .with_override_config_producer(Arc::new(producer))
         .with_override_session_builder(Arc::new(session::server_state));
@@ -41,6 +50,8 @@ pub async fn start_in_process(
             .with_hostname(addr.ip().to_string())
             .with_port(addr.port()),
         coordinator,
+        // The embedded cluster acts for the user on the user's machine.
+        LocalAccess::Any,
     );
     let cluster = BallistaCluster::new_from_config(&config).await?;
     let scheduler =

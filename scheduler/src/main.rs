@@ -22,6 +22,10 @@ struct Cli {
     /// it on the scheduler's host at this port unless told otherwise.
     #[arg(long, default_value = "0.0.0.0:50090")]
     coordinator_addr: std::net::SocketAddr,
+    /// Absolute directories SQL may read and write on this machine (the
+    /// scheduler lists tables while planning), comma-separated (default: none).
+    #[arg(long, default_value = "")]
+    allow_local_paths: String,
     #[command(flatten)]
     ballista: Config,
 }
@@ -53,10 +57,16 @@ fn start() -> anyhow::Result<()> {
         .enable_all()
         .thread_stack_size(32 * 1024 * 1024)
         .build()?;
-    runtime.block_on(run(cli.ballista, cli.coordinator_addr))
+    let access = sluice_core::storage::local::LocalAccess::only(&cli.allow_local_paths)
+        .map_err(|e| anyhow::anyhow!("--allow-local-paths: {e}"))?;
+    runtime.block_on(run(cli.ballista, cli.coordinator_addr, access))
 }
 
-async fn run(opt: Config, coordinator: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn run(
+    opt: Config,
+    coordinator: std::net::SocketAddr,
+    access: sluice_core::storage::local::LocalAccess,
+) -> anyhow::Result<()> {
     let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(opt.log_level_setting.clone());
     // Logs on stderr, as the CLI's: stdout stays free for output.
     tracing_subscriber::fmt()
@@ -74,7 +84,7 @@ async fn run(opt: Config, coordinator: std::net::SocketAddr) -> anyhow::Result<(
         .await
         .with_context(|| format!("starting the coordinator on {coordinator}"))?;
     let config: SchedulerConfig = opt.try_into().context("scheduler settings")?;
-    let config = sluice_scheduler::with_sluice(config, handle);
+    let config = sluice_scheduler::with_sluice(config, handle, access);
     let cluster = BallistaCluster::new_from_config(&config).await?;
     start_server(cluster, addr, Arc::new(config)).await?;
     Ok(())

@@ -215,6 +215,7 @@ impl Cluster {
         let coordinator = format!("127.0.0.1:{}", free_port()?);
         let scheduler = Command::new(binary("sluice-scheduler")?)
             .envs(env.iter().copied())
+            .args(local_paths(env))
             .args(["--coordinator-addr", &coordinator])
             .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
             .args(["--bind-port", &port.to_string()])
@@ -284,6 +285,7 @@ impl Cluster {
         }
         let child = command
             .envs(env.iter().copied())
+            .args(local_paths(env))
             .env("SLUICE_METRICS_ADDR", &metrics)
             .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
             .args([
@@ -496,6 +498,23 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
     }
+}
+
+/// The local directories a test cluster's SQL may use: the temporary
+/// directory tests write under and the workspace (job files' inputs),
+/// unless the test sets `SLUICE_ALLOW_LOCAL_PATHS` itself.
+fn local_paths(env: &[(&str, &str)]) -> Vec<String> {
+    if env.iter().any(|(k, _)| *k == "SLUICE_ALLOW_LOCAL_PATHS") {
+        return vec![];
+    }
+    vec![
+        "--allow-local-paths".into(),
+        format!(
+            "{},{}",
+            std::env::temp_dir().display(),
+            workspace_root().display()
+        ),
+    ]
 }
 
 /// Visible entries of an output directory (what a reader would list), sorted.

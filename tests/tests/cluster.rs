@@ -387,3 +387,71 @@ fn assert_completed(cluster: &Cluster, o: &std::process::Output) {
         cluster.scheduler_log()
     );
 }
+
+/// On a cluster, SQL reaches only the local directories its servers allow
+/// (`--allow-local-paths`): reading `/etc/` and writing outside the allowed
+/// directory fail naming the rule; inside it, a write works.
+#[test]
+fn sql_on_a_cluster_reaches_only_the_allowed_local_directories() {
+    let out = tempfile::tempdir().unwrap();
+    let allowed = out.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let cluster = Cluster::start_with_env(
+        1,
+        2,
+        &[("SLUICE_ALLOW_LOCAL_PATHS", &allowed.display().to_string())],
+    )
+    .unwrap();
+    let run = |name: &str, sql: String| {
+        let file = out.path().join(name);
+        std::fs::write(&file, sql).unwrap();
+        run_with_timeout(
+            sluice()
+                .unwrap()
+                .arg("submit")
+                .arg(&file)
+                .args(["--scheduler", &cluster.endpoint]),
+            Duration::from_secs(120),
+        )
+        .unwrap()
+    };
+    let read = run(
+        "read.sql",
+        "CREATE EXTERNAL TABLE p (line VARCHAR) STORED AS CSV LOCATION '/etc/';\nSELECT count(*) FROM p;\n"
+            .into(),
+    );
+    assert!(!read.status.success(), "read /etc/ on the cluster");
+    let err = String::from_utf8_lossy(&read.stderr);
+    assert!(
+        err.contains("local files on this cluster are limited to"),
+        "{err}"
+    );
+    let outside = out.path().join("outside");
+    let write = |dir: &std::path::Path| {
+        run(
+            "write.sql",
+            format!(
+                "INSERT OVERWRITE DIRECTORY '{}' USING PARQUET SELECT * FROM range(0, 100, 1, 2);\n",
+                dir.display()
+            ),
+        )
+    };
+    let o = write(&outside);
+    assert!(!o.status.success(), "wrote outside the allowed directory");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("local files on this cluster are limited to"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        visible_files(&outside)
+            .map(|f| f.is_empty())
+            .unwrap_or(true)
+    );
+    let o = write(&allowed.join("range"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        common::check_range_output(&allowed.join("range"), 100).unwrap(),
+        2
+    );
+}

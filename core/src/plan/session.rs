@@ -17,6 +17,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use super::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use super::planner::SluiceQueryPlanner;
 use super::tables::install_table_factories;
+use crate::storage::local::LocalAccess;
 use crate::storage::s3::SluiceObjectStores;
 
 /// Shuffle partitions when the session does not set them (at least).
@@ -62,9 +63,16 @@ pub fn session_config() -> SessionConfig {
 
 /// Runtime with sluice's object store registry.
 pub fn runtime_env() -> Result<Arc<RuntimeEnv>> {
+    runtime_env_for(&SessionConfig::new())
+}
+
+/// Runtime with sluice's object store registry, local files as `config`'s
+/// [`LocalAccess`] allows (servers).
+pub fn runtime_env_for(config: &SessionConfig) -> Result<Arc<RuntimeEnv>> {
+    let stores = SluiceObjectStores::with_local(&LocalAccess::of(config));
     Ok(Arc::new(
         RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(SluiceObjectStores::default()))
+            .with_object_store_registry(Arc::new(stores))
             .build()?,
     ))
 }
@@ -90,10 +98,11 @@ pub fn server_state(config: SessionConfig) -> Result<SessionState> {
         .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()));
     let mut functions = ballista_core::extension::ballista_scalar_functions();
     functions.extend(sluice_udfs::scalar_functions());
+    let runtime = runtime_env_for(&config)?;
     let mut state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
-        .with_runtime_env(runtime_env()?)
+        .with_runtime_env(runtime)
         .with_query_planner(Arc::new(SluiceQueryPlanner))
         .with_scalar_functions(functions)
         .with_aggregate_functions(ballista_core::extension::ballista_aggregate_functions())

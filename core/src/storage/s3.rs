@@ -113,11 +113,25 @@ pub fn s3_store(url: &Url) -> Result<Arc<AmazonS3>> {
     Ok(store)
 }
 
-/// Local files through DataFusion's default registry; `s3://bucket` stores
-/// built on first use by [`s3_store`].
+/// Local files through DataFusion's default registry (guarded on servers,
+/// see [`super::local`]); `s3://bucket` stores built on first use by
+/// [`s3_store`].
 #[derive(Debug, Default)]
 pub struct SluiceObjectStores {
     inner: DefaultObjectStoreRegistry,
+}
+
+impl SluiceObjectStores {
+    /// A registry whose local files follow `access`.
+    pub fn with_local(access: &super::local::LocalAccess) -> Self {
+        let me = Self::default();
+        if *access != super::local::LocalAccess::Any
+            && let Ok(url) = Url::parse("file:///")
+        {
+            me.inner.register_store(&url, access.store());
+        }
+        me
+    }
 }
 
 impl ObjectStoreRegistry for SluiceObjectStores {
