@@ -126,16 +126,10 @@ impl Limiter {
         // A lease that lapsed (this process was paused or cut off longer
         // than the cut-off) is not picked up again: the write may have
         // ended meanwhile, and its other writers may have its share.
-        let held = *lock(&self.last_grant);
-        if let Some(at) = held
-            && at.elapsed() >= CUT_OFF
-        {
-            self.revoke(format!(
-                "its lease was not renewed for {} s (paused or cut off from the coordinator)",
-                at.elapsed().as_secs()
-            ));
+        if self.lapsed() {
             return;
         }
+        let held = *lock(&self.last_grant);
         let (consumed, throttles) = {
             let mut r = lock(&self.report);
             std::mem::take(&mut *r)
@@ -192,6 +186,21 @@ impl Limiter {
         b.rate = rate.max(0.1);
     }
 
+    /// Whether the lease lapsed (not renewed for [`CUT_OFF`]); revokes it if so.
+    fn lapsed(&self) -> bool {
+        let held = *lock(&self.last_grant);
+        match held {
+            Some(at) if at.elapsed() >= CUT_OFF => {
+                self.revoke(format!(
+                    "its lease was not renewed for {} s (paused or cut off from the coordinator)",
+                    at.elapsed().as_secs()
+                ));
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn revoke(&self, reason: String) {
         let mut r = lock(&self.revoked);
         if r.is_none() {
@@ -213,14 +222,7 @@ impl Limiter {
             return Err(reason);
         }
         // Checked here too: after a pause the renewal loop may not have run yet.
-        let held = *lock(&self.last_grant);
-        if let Some(at) = held
-            && at.elapsed() >= CUT_OFF
-        {
-            self.revoke(format!(
-                "its lease was not renewed for {} s (paused or cut off from the coordinator)",
-                at.elapsed().as_secs()
-            ));
+        if self.lapsed() {
             return Err(self.revoked().unwrap_or_default());
         }
         {

@@ -451,52 +451,50 @@ impl WriteSpec {
         ))
     }
 
+    /// This write's lock generation and its output's lock, if it holds one
+    /// (a write planned without one, by a test of one operator, is not checked).
+    fn held_lock(
+        &self,
+        store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    ) -> Result<Option<(u64, super::lock::OutputLock)>, super::lock::LockError> {
+        let Some(generation) = self.lock_generation else {
+            return Ok(None);
+        };
+        let base = self.base_path().map_err(|e| super::lock::LockError::Lost {
+            url: self.url.clone(),
+            write_id: self.write_id.clone(),
+            reason: e.to_string(),
+        })?;
+        let lock = super::lock::OutputLock::new(
+            std::sync::Arc::clone(store),
+            &base,
+            &self.url,
+            crate::clock::system(),
+        );
+        Ok(Some((generation, lock)))
+    }
+
     /// Fails unless this write's lock generation is still its output's lock,
     /// whatever its age (the writers' check; see `OutputLock::check_present`).
     pub async fn check_lock_present(
         &self,
         store: &std::sync::Arc<dyn object_store::ObjectStore>,
     ) -> Result<(), super::lock::LockError> {
-        let Some(generation) = self.lock_generation else {
-            return Ok(());
-        };
-        let base = self.base_path().map_err(|e| super::lock::LockError::Lost {
-            url: self.url.clone(),
-            write_id: self.write_id.clone(),
-            reason: e.to_string(),
-        })?;
-        super::lock::OutputLock::new(
-            std::sync::Arc::clone(store),
-            &base,
-            &self.url,
-            crate::clock::system(),
-        )
-        .check_present(generation, &self.write_id)
-        .await
+        match self.held_lock(store)? {
+            Some((generation, lock)) => lock.check_present(generation, &self.write_id).await,
+            None => Ok(()),
+        }
     }
 
-    /// Fails unless this write still holds its output's lock (a write
-    /// planned without one, by a test of one operator, is not checked).
+    /// Fails unless this write still holds its output's lock.
     pub async fn check_lock(
         &self,
         store: &std::sync::Arc<dyn object_store::ObjectStore>,
     ) -> Result<(), super::lock::LockError> {
-        let Some(generation) = self.lock_generation else {
-            return Ok(());
-        };
-        let base = self.base_path().map_err(|e| super::lock::LockError::Lost {
-            url: self.url.clone(),
-            write_id: self.write_id.clone(),
-            reason: e.to_string(),
-        })?;
-        super::lock::OutputLock::new(
-            std::sync::Arc::clone(store),
-            &base,
-            &self.url,
-            crate::clock::system(),
-        )
-        .check(generation, &self.write_id)
-        .await
+        match self.held_lock(store)? {
+            Some((generation, lock)) => lock.check(generation, &self.write_id).await,
+            None => Ok(()),
+        }
     }
 
     /// The same write, partitioned by `columns` (Hive directories).
