@@ -14,16 +14,20 @@ const UNITS: [&str; 2] = ["sluice-scheduler.service", "sluice-executor.service"]
 /// Installs into a temporary root with the test build's binaries.
 fn install() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
+    install_into(root.path());
+    root
+}
+
+fn install_into(root: &std::path::Path) {
     let bin_dir = binary("sluice").unwrap().parent().unwrap().to_path_buf();
     let o = Command::new(workspace_root().join("deploy/install.sh"))
         .arg("--root")
-        .arg(root.path())
+        .arg(root)
         .arg("--bin-dir")
         .arg(&bin_dir)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    root
 }
 
 #[test]
@@ -43,15 +47,7 @@ fn the_install_script_fills_a_root_and_keeps_existing_configs() {
     // An operator's edited config survives a reinstall.
     let conf = root.path().join("etc/sluice/executor.toml");
     std::fs::write(&conf, "scheduler-host = \"edited\"\n").unwrap();
-    let bin_dir = binary("sluice").unwrap().parent().unwrap().to_path_buf();
-    let o = Command::new(workspace_root().join("deploy/install.sh"))
-        .arg("--root")
-        .arg(root.path())
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    install_into(root.path());
     assert_eq!(
         std::fs::read_to_string(&conf).unwrap(),
         "scheduler-host = \"edited\"\n"

@@ -430,16 +430,12 @@ async fn record_decision(
     match store.put_opts(&path, body.into(), opts).await {
         Ok(_) => Ok(record),
         Err(object_store::Error::AlreadyExists { .. }) => {
-            let got = store
-                .get(&path)
-                .await
-                .map_err(|e| spec.store_failed("reading the commit decision".into(), e))?
-                .bytes()
-                .await?;
-            serde_json::from_slice(&got).map_err(|e| {
-                spec.commit_failed(format!("unreadable commit decision: {e}"))
-                    .into()
-            })
+            read_record(spec, store, &path, "commit decision")
+                .await?
+                .ok_or_else(|| {
+                    spec.commit_failed("the commit decision vanished".into())
+                        .into()
+                })
         }
         Err(e) => Err(spec
             .store_failed("recording the commit decision".into(), e)
@@ -640,17 +636,25 @@ async fn read_intent(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
 ) -> Result<Option<Intent>> {
+    read_record(spec, store, path, "commit record").await
+}
+
+/// A JSON record of the commit under the write's staging, if it is there.
+async fn read_record<T: serde::de::DeserializeOwned>(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>> {
     match store.get(path).await {
         Ok(got) => {
             let body = got.bytes().await?;
-            let intent = serde_json::from_slice(&body)
-                .map_err(|e| spec.commit_failed(format!("unreadable commit record: {e}")))?;
-            Ok(Some(intent))
+            let record = serde_json::from_slice(&body)
+                .map_err(|e| spec.commit_failed(format!("unreadable {what}: {e}")))?;
+            Ok(Some(record))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(spec
-            .store_failed("reading the commit record".into(), e)
-            .into()),
+        Err(e) => Err(spec.store_failed(format!("reading the {what}"), e).into()),
     }
 }
 
