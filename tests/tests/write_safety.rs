@@ -513,3 +513,52 @@ fn on_s3_an_overwrite_that_cannot_delete_the_earlier_files_fails_clearly() {
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert_eq!(s3.manifest_files(&bucket, "out/").unwrap(), (keys, 3_000));
 }
+
+/// Ctrl-C while waiting for another write's lock ends the wait at once,
+/// running nothing.
+#[test]
+fn ctrl_c_ends_a_wait_for_the_lock() {
+    let cluster = Cluster::start(1, 2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let target = out.display().to_string();
+    let mut first = spawn(
+        &cluster,
+        tmp.path(),
+        "first.sql",
+        &overwrite_job(&target, 40_000_000, 8, ""),
+    );
+    wait_until(&mut first, "staging", || staging_started(&out));
+    let mut second = spawn(
+        &cluster,
+        tmp.path(),
+        "second.sql",
+        &overwrite_job(&target, 10, 1, "SET sluice.write.lock_wait = '10m';"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the second did not wait"
+    );
+    let interrupted = Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &second.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let second = wait(second, "the interrupted wait");
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(30),
+        "the wait outlived Ctrl-C"
+    );
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("interrupted"),
+        "{}",
+        stderr(&second)
+    );
+    let first = wait(first, "the first overwrite");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(common::check_range_output(&out, 40_000_000).unwrap(), 8);
+}

@@ -156,10 +156,24 @@ impl JobRunner {
         };
         let lock = spec.lock(store, crate::clock::system())?;
         let wait = Duration::from_millis(spec.lock_wait_ms);
-        let guard = LockGuard::acquire(lock, holder, wait)
-            .instrument(tracing::info_span!("sluice.output_lock", url = %spec.url))
-            .await?;
-        Ok(guard)
+        let acquire = LockGuard::acquire(lock, holder, wait)
+            .instrument(tracing::info_span!("sluice.output_lock", url = %spec.url));
+        // Waiting for another write's lock ends at Ctrl-C, not after the wait.
+        let mut interrupt = self.interrupt.clone();
+        let interrupted = async move {
+            while !*interrupt.borrow() {
+                if interrupt.changed().await.is_err() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            guard = acquire => Ok(guard?),
+            () = interrupted => Err(SluiceError::Interrupted {
+                file: file.to_string(),
+                line,
+            }),
+        }
     }
 
     /// A handle that interrupts the run (Ctrl-C): the running job is
