@@ -278,6 +278,13 @@ fn skew_aware_writes_place_rows_through_the_scheduler_or_fall_back_to_hash() {
     .unwrap();
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("was not planned"), "{text}");
+    // Ending writes: malformed or oversized bodies are refused.
+    let end = format!("{}/v1/writes/end", cluster.coordinator);
+    let (status, _) = sluice_test_support::post_json(&end, "{not json").unwrap();
+    assert!((400..500).contains(&status), "{status}");
+    let long = format!(r#"{{"write_id":"{}"}}"#, "x".repeat(5000));
+    let (status, text) = sluice_test_support::post_json(&end, &long).unwrap();
+    assert_eq!(status, 400, "{text}");
     assert_eq!(held(), before);
     assert_eq!(cluster.coordinator_tables().unwrap(), serde_json::json!([]));
     drop(cluster);

@@ -540,7 +540,6 @@ fn ctrl_c_ends_a_wait_for_the_lock() {
         second.try_wait().unwrap().is_none(),
         "the second did not wait"
     );
-    let interrupted = Instant::now();
     let ok = std::process::Command::new("kill")
         .args(["-INT", &second.id().to_string()])
         .status()
@@ -548,10 +547,7 @@ fn ctrl_c_ends_a_wait_for_the_lock() {
         .success();
     assert!(ok);
     let second = wait(second, "the interrupted wait");
-    assert!(
-        interrupted.elapsed() < Duration::from_secs(30),
-        "the wait outlived Ctrl-C"
-    );
+    // It ended although its wait (10 min) outlasts `wait`'s hang guard.
     assert!(!second.status.success());
     assert!(
         stderr(&second).contains("interrupted"),

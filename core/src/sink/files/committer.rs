@@ -921,6 +921,29 @@ mod tests {
         }
     }
 
+    /// Runs a commit of `expected` writers' `batch` that stalls after
+    /// publishing `after` files, dropping it there as a killed task would;
+    /// true if it stalled.
+    async fn cut_off(
+        spec: &WriteSpec,
+        local: &Arc<dyn ObjectStore>,
+        batch: &RecordBatch,
+        expected: usize,
+        after: usize,
+    ) -> bool {
+        let stall: Arc<dyn ObjectStore> = Arc::new(Stall {
+            inner: Arc::clone(local),
+            after,
+            renames: AtomicUsize::new(0),
+        });
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            commit(spec, stall, expected, std::slice::from_ref(batch)),
+        )
+        .await
+        .is_err()
+    }
+
     /// An NDJSON overwrite of `out/` in a fresh temporary directory.
     fn overwrite_in_tempdir() -> Result<(tempfile::TempDir, WriteSpec)> {
         let dir = tempfile::tempdir().map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -988,17 +1011,10 @@ mod tests {
         let batch = stage(&spec, &local, &[Some(1), Some(2), Some(3), Some(4)]).await?;
 
         // The first attempt is cut off after publishing two files.
-        let stall: Arc<dyn ObjectStore> = Arc::new(Stall {
-            inner: Arc::clone(&local),
-            after: 2,
-            renames: AtomicUsize::new(0),
-        });
-        let first = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            commit(&spec, stall, 4, std::slice::from_ref(&batch)),
-        )
-        .await;
-        assert!(first.is_err(), "the first attempt should have stalled");
+        assert!(
+            cut_off(&spec, &local, &batch, 4, 2).await,
+            "the first attempt should have stalled"
+        );
         // Mid-commit: the old manifest is gone, so nobody trusts a mix.
         assert!(local.head(&base.clone().join(SUCCESS_FILE)).await.is_err());
         assert_eq!(data_files(&local, &base).await?.len(), 4);
@@ -1105,17 +1121,10 @@ mod tests {
         local.put(&success, "{\"old\":true}".into()).await?;
         let batch = stage(&spec, &local, &[Some(1), Some(2), Some(3)]).await?;
         // Cut off (a cancelled task) after publishing one file.
-        let stall: Arc<dyn ObjectStore> = Arc::new(Stall {
-            inner: Arc::clone(&local),
-            after: 1,
-            renames: AtomicUsize::new(0),
-        });
-        let first = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            commit(&spec, stall, 3, std::slice::from_ref(&batch)),
-        )
-        .await;
-        assert!(first.is_err(), "the commit should have stalled");
+        assert!(
+            cut_off(&spec, &local, &batch, 3, 1).await,
+            "the commit should have stalled"
+        );
         assert_eq!(data_files(&local, &base).await?.len(), 2);
         // The client's cleanup of the failed job takes the write back.
         crate::sink::files::abandon(&spec, &local).await?;

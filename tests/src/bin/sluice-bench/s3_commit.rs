@@ -307,8 +307,12 @@ async fn ledger_pass(
             .args(["--prefix", &format!("{prefix}/{committer}")])
             .args(["--committer", committer])
             .env("AWS_ENDPOINT_URL_S3", &proxy.endpoint)
-            .output()
-            .await?;
+            .kill_on_drop(true)
+            .output();
+        // A hung write fails the bench rather than stalling it.
+        let child = tokio::time::timeout(Duration::from_secs(1800), child)
+            .await
+            .map_err(|_| anyhow::anyhow!("ledger pass, {committer}: no answer within 30 min"))??;
         if !child.status.success() {
             bail!(
                 "ledger pass, {committer}: {}",
