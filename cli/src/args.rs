@@ -1,6 +1,7 @@
 //! Command-line arguments. Every flag that has a config-file key documents it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -91,6 +92,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Run a job as a micro-batch stream over what arrives in its directory
+    /// tables (on the embedded cluster, or on --scheduler's), or show a
+    /// stream's recent batches (`sluice stream status CHECKPOINT`).
+    Stream(StreamArgs),
     /// Abort the uploads and remove the staging of writes to OUTPUT whose
     /// client died before it could (killed with SIGKILL, lost its machine).
     Clean {
@@ -100,5 +105,70 @@ pub enum Command {
         /// write still running is left alone.
         #[arg(long, default_value_t = 60)]
         older_than_mins: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct StreamArgs {
+    #[command(subcommand)]
+    pub command: Option<StreamCommand>,
+    /// The job: a .sql file whose directory tables are the stream's sources.
+    #[arg(required = true)]
+    pub file: Option<PathBuf>,
+    /// Define a job variable used as ${key}; repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub var: Vec<String>,
+    /// Text lines, or one JSON line per batch (and a last one for the run).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// The stream's checkpoint directory (local path or s3://): its batches'
+    /// inputs and commits, so a restart continues exactly once.
+    #[arg(long, required = true)]
+    pub checkpoint: Option<String>,
+    /// A batch every interval while input arrives; a batch that overruns is
+    /// followed at once. The default trigger, every 10s.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["once", "available_now"])]
+    pub every: Option<Duration>,
+    /// One batch over what is there, then exit.
+    #[arg(long, conflicts_with = "available_now")]
+    pub once: bool,
+    /// Batches over what is there now (each capped), then exit.
+    #[arg(long)]
+    pub available_now: bool,
+    /// Files a batch takes from a file source, oldest first.
+    #[arg(long, default_value_t = 1000)]
+    pub max_files_per_batch: usize,
+    /// Files this much older than the newest taken are ignored and forgotten.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+    pub max_file_age: Duration,
+    /// How long the checkpoint's claim outlives a stream process that died.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub lock_ttl: Duration,
+    /// An alarm rule, e.g. "scheduling_share > 0.5 for 3",
+    /// "total_delay > 2 intervals", "no_commit > 10m"; repeatable.
+    #[arg(long = "alarm", value_name = "RULE")]
+    pub alarms: Vec<String>,
+    /// POST each alarm change as JSON to this URL (5 s timeout, in the background).
+    #[arg(long)]
+    pub alarm_webhook: Option<String>,
+    /// Run this shell command with each alarm change as JSON on stdin.
+    #[arg(long)]
+    pub alarm_command: Option<String>,
+    /// Executors of the embedded cluster [config: executors; default 1].
+    #[arg(long)]
+    pub executors: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StreamCommand {
+    /// A stream's recent batches: delays, input, lag, and who runs it.
+    Status {
+        checkpoint: String,
+        /// How many of the last batches to show.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
     },
 }

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod display;
 pub mod embedded;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +110,8 @@ pub fn load_config(cli: &Cli) -> Result<SluiceConfig> {
 pub async fn dispatch(cli: Cli) -> Result<()> {
     let mut config = load_config(&cli)?;
     // The embedded cluster writes and commits in this process.
-    if matches!(cli.command, Command::Run { .. }) {
+    let remote = cli.scheduler.is_some();
+    if matches!(cli.command, Command::Run { .. } | Command::Stream(_)) {
         sluice_core::metrics::serve_from_env()?;
     }
     let timeout = Duration::from_secs(config.connect_timeout_secs);
@@ -132,6 +134,37 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
             let coordinator = cluster.coordinator.clone();
             run_job(&job, &cluster.endpoint, coordinator, timeout, &config).await
+        }
+        Command::Stream(args) => {
+            if let Some(crate::args::StreamCommand::Status {
+                checkpoint,
+                last,
+                output,
+            }) = &args.command
+            {
+                return stream::show_status(checkpoint, *last, *output).await;
+            }
+            if remote {
+                let coordinator = default_coordinator(&config);
+                return stream::run_stream(
+                    &args,
+                    &config.scheduler,
+                    Some(coordinator),
+                    timeout,
+                    &config,
+                )
+                .await;
+            }
+            if let Some(n) = args.executors {
+                config.executors = n;
+            }
+            if config.executors == 0 {
+                bail!("--executors must be at least 1");
+            }
+            let cluster =
+                embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
+            let coordinator = cluster.coordinator.clone();
+            stream::run_stream(&args, &cluster.endpoint, coordinator, timeout, &config).await
         }
         Command::Submit { job } => {
             let coordinator = default_coordinator(&config);

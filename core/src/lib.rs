@@ -9,6 +9,7 @@
 //! 4. [`sink`]: each sink (files, DynamoDB) with its operators
 //! 5. [`plan`]: session, codecs, planner and tables every process shares
 //! 6. [`client`]: job files, the runner and the scheduler's REST API
+//! 7. [`stream`]: micro-batch runs of a job over what arrived since the last batch
 //!
 //! `ARCHITECTURE.md` at the repository root follows one job through them.
 
@@ -23,5 +24,6 @@ pub mod metrics;
 pub mod plan;
 pub mod sink;
 pub mod storage;
+pub mod stream;
 
 pub use error::SluiceError;

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["sink"],
     &["plan"],
     &["client"],
+    &["stream"],
 ];
 
 /// Base modules that use one another (no cycle among them).

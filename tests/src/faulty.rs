@@ -26,6 +26,7 @@ pub struct FaultyS3 {
     /// Requests per signing access key (`-` for unsigned requests).
     pub signers: Arc<Mutex<BTreeMap<String, u64>>>,
     ledger: Arc<Mutex<Ledger>>,
+    latency_ms: Arc<AtomicU64>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -53,6 +54,8 @@ struct Counts {
     hold_completes: std::time::Duration,
     refuse: Option<(&'static str, &'static str)>,
     failed_parts: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Added before forwarding every request (a slow S3).
+    latency_ms: Arc<AtomicU64>,
 }
 
 impl FaultyS3 {
@@ -90,6 +93,7 @@ impl FaultyS3 {
             hold_completes,
             refuse,
             failed_parts: Arc::default(),
+            latency_ms: Arc::default(),
         };
         let kept = counts.clone();
         runtime.spawn(async move {
@@ -106,8 +110,15 @@ impl FaultyS3 {
             part_uploads: kept.part_uploads,
             signers: kept.signers,
             ledger: kept.ledger,
+            latency_ms: kept.latency_ms,
             _runtime: runtime,
         })
+    }
+
+    /// Delays every request from now on by `latency` (zero: none).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The ledger so far.
@@ -209,6 +220,10 @@ async fn serve(client: TcpStream, upstream: &str, every: u64, counts: &Counts) -
             continue;
         }
         let kind = kind_of(&req.head);
+        let latency = counts.latency_ms.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+        }
         if kind == "complete_multipart_upload" && !counts.hold_completes.is_zero() {
             tokio::time::sleep(counts.hold_completes).await;
         }

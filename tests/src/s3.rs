@@ -54,6 +54,24 @@ impl S3 {
         })
     }
 
+    /// Writes one object (as a producer would: one PUT, whole).
+    pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
+        let url = format!("{}/{bucket}/{key}", self.endpoint.trim_end_matches('/'));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let status = rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?;
+            anyhow::Ok(client.put(&url).body(body).send().await?.status())
+        })?;
+        if !status.is_success() {
+            bail!("PUT {url}: {status}");
+        }
+        Ok(())
+    }
+
     /// Creates a bucket with a unique name and returns it.
     pub fn new_bucket(&self, hint: &str) -> Result<String> {
         let name = format!(

@@ -14,6 +14,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::protobuf::LogicalPlanNode;
+use object_store::ObjectStoreExt;
 use tracing::Instrument;
 
 use super::inspect::{dynamo_insert, starts_with_insert, table_insert, write_defaults};
@@ -44,6 +45,19 @@ pub struct JobRunner {
     protected: Vec<String>,
     /// The cluster's coordinator, told when a DynamoDB write ends.
     coordinator: Option<String>,
+    /// Set while the runner runs one micro-batch of a stream.
+    batch: Option<BatchWrites>,
+}
+
+/// The writes of one micro-batch (see `stream`): each statement's write id
+/// is the batch's prefix and its line, so a re-run of the batch after a
+/// crash names the same writes, and skips one its earlier attempt committed.
+#[derive(Debug, Clone)]
+pub struct BatchWrites {
+    /// Unique per stream and batch, alphanumeric.
+    pub prefix: String,
+    /// An earlier attempt of this batch may have staged or committed writes.
+    pub resuming: bool,
 }
 
 impl JobRunner {
@@ -62,6 +76,7 @@ impl JobRunner {
             interrupt_tx: Arc::new(interrupt_tx),
             protected: vec![],
             coordinator: None,
+            batch: None,
         })
     }
 
@@ -70,6 +85,59 @@ impl JobRunner {
     pub fn with_coordinator(mut self, url: Option<String>) -> Self {
         self.coordinator = url.map(|u| u.trim_end_matches('/').to_string());
         self
+    }
+
+    /// Runs the next runs as one micro-batch (or as plain jobs, with `None`).
+    pub fn set_batch(&mut self, batch: Option<BatchWrites>) {
+        self.batch = batch;
+    }
+
+    /// A write of a micro-batch: named by the batch and the statement's line,
+    /// and waiting for the output's lock rather than failing at once (the
+    /// stream's previous process may hold it until it expires).
+    fn batch_spec(&self, mut spec: WriteSpec, line: usize) -> WriteSpec {
+        if let Some(b) = &self.batch {
+            spec.write_id = format!("{}l{line}", b.prefix);
+            if spec.lock_wait_ms == 0 {
+                spec.lock_wait_ms = spec.lock_ttl_ms.saturating_mul(2);
+            }
+        }
+        spec
+    }
+
+    /// For a re-run micro-batch: settles what the earlier attempt of this
+    /// write left (a cut-off commit finished or rolled back, its uploads
+    /// aborted), then reports its commit if `_SUCCESS` names it.
+    async fn committed_earlier(
+        &self,
+        spec: &WriteSpec,
+    ) -> Result<Option<WriteOutcome>, DataFusionError> {
+        let store = self
+            .ctx
+            .runtime_env()
+            .object_store_registry
+            .get_store(&spec.output_url()?)?;
+        abandon(spec, &store).await?;
+        let path = spec
+            .base_path()?
+            .join(crate::sink::files::spec::SUCCESS_FILE);
+        let bytes = match store.get(&path).await {
+            Ok(got) => got.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(done) = serde_json::from_slice::<crate::sink::files::SuccessData>(&bytes) else {
+            return Ok(None);
+        };
+        Ok((done.job_id == spec.write_id).then(|| WriteOutcome {
+            output: spec.url.clone(),
+            write_id: spec.write_id.clone(),
+            rows: done.rows,
+            files: done.files.len() as u64,
+            bytes: done.bytes,
+            commit_ms: 0,
+            dynamodb: None,
+        }))
     }
 
     /// Tells the coordinator the write is over: its writers' leases are
@@ -256,6 +324,7 @@ impl JobRunner {
                     } else {
                         match table_insert(&plan, &write_defaults(&vars)).map_err(stmt_err)? {
                             Some((input, spec)) => {
+                                let spec = self.batch_spec(spec, raw.line);
                                 outcome.kind = "write";
                                 let (job_id, write) = self
                                     .run_write_plan(input, spec, file, raw.line)
@@ -300,8 +369,11 @@ impl JobRunner {
                     for (key, value) in write_defaults(&vars) {
                         options.entry(key).or_insert(value);
                     }
-                    let spec = WriteSpec::new(&url, format, overwrite, options)?
-                        .with_partition_by(partition_by);
+                    let spec = self.batch_spec(
+                        WriteSpec::new(&url, format, overwrite, options)?
+                            .with_partition_by(partition_by),
+                        raw.line,
+                    );
                     outcome.kind = "write";
                     let (job_id, write) = self
                         .run_write(&query, spec, file, raw.line)
@@ -380,6 +452,24 @@ impl JobRunner {
         let mut spec = spec;
         let guard = self.lock_output(&spec, file, line).await?;
         spec.lock_generation = Some(guard.generation());
+        if self.batch.as_ref().is_some_and(|b| b.resuming) {
+            match self.committed_earlier(&spec).await {
+                Ok(Some(done)) => {
+                    tracing::info!(write_id = %spec.write_id, "the batch's earlier attempt committed this write");
+                    if let Err(e) = guard.release().await {
+                        tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+                    }
+                    return Ok((None, done));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let Err(e) = guard.release().await {
+                        tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+                    }
+                    return Err(stmt_err(e));
+                }
+            }
+        }
         self.set_job_name(file, line);
         let result = async {
             let planned = self

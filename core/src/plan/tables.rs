@@ -45,6 +45,11 @@ impl TableProviderFactory for DataFilesFactory {
         {
             let url = ListingTableUrl::parse(location)?.with_table_ref(cmd.name.clone());
             if url.is_collection() {
+                if let Some(batch) = session.config().get_extension::<BatchFiles>()
+                    && let Some(files) = batch.files(url.as_str())
+                {
+                    return batch_table(session, cmd, url, ext, files).await;
+                }
                 return directory_table(session, cmd, url, ext).await;
             }
         }
@@ -123,6 +128,85 @@ async fn directory_table(
         .with_definition(cmd.definition.clone())
         .with_constraints(cmd.constraints.clone())
         .with_column_defaults(cmd.column_defaults.clone());
+    Ok(Arc::new(table))
+}
+
+/// The files each streaming directory table reads in one micro-batch, by
+/// directory URL (set on the client's session by `stream` for the batch).
+/// A directory table created while this is set reads exactly those files.
+#[derive(Debug, Default, Clone)]
+pub struct BatchFiles {
+    by_location: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl BatchFiles {
+    /// The canonical key of a directory location, as the factory sees it.
+    pub fn key(location: &str) -> Result<String> {
+        Ok(ListingTableUrl::parse(location)?.as_str().to_string())
+    }
+
+    /// The batch reads `files` (full URLs) from the directory at `location`.
+    pub fn insert(&mut self, location: &str, files: Vec<String>) -> Result<()> {
+        self.by_location.insert(Self::key(location)?, files);
+        Ok(())
+    }
+
+    fn files(&self, key: &str) -> Option<&[String]> {
+        self.by_location.get(key).map(Vec::as_slice)
+    }
+}
+
+/// A streaming directory table for one batch: a listing table over the
+/// batch's files, so the plan (which travels to the scheduler with its
+/// paths) reads nothing else.
+async fn batch_table(
+    session: &SessionState,
+    cmd: &CreateExternalTable,
+    dir: ListingTableUrl,
+    ext: &str,
+    files: &[String],
+) -> Result<Arc<dyn TableProvider>> {
+    if !cmd.table_partition_cols.is_empty() {
+        return plan_err!(
+            "{}: a streaming file source reads a flat directory; PARTITIONED BY is not supported",
+            cmd.name
+        );
+    }
+    let format = session
+        .get_file_format_factory(&cmd.file_type)
+        .ok_or_else(|| DataFusionError::Configuration(format!("no file format {}", cmd.file_type)))?
+        .create(session, &cmd.options)?;
+    let declared = (!cmd.schema.fields().is_empty()).then(|| Arc::clone(cmd.schema.inner()));
+    let config = if files.is_empty() {
+        // Nothing new in this source this batch (another source has input):
+        // the directory under an extension no file has reads no rows, and
+        // keeps the table's schema.
+        let options = ListingOptions::new(format).with_file_extension(".sluice-no-new-files");
+        let schema = match declared {
+            Some(s) => s,
+            None => {
+                ListingOptions::new(Arc::clone(&options.format))
+                    .with_file_extension(ext)
+                    .infer_schema(session, &dir)
+                    .await?
+            }
+        };
+        ListingTableConfig::new(dir)
+            .with_listing_options(options)
+            .with_schema(schema)
+    } else {
+        let urls = files
+            .iter()
+            .map(ListingTableUrl::parse)
+            .collect::<Result<Vec<_>>>()?;
+        let options = ListingOptions::new(format).with_file_extension(ext);
+        let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
+        match declared {
+            Some(s) => config.with_schema(s),
+            None => config.infer_schema(session).await?,
+        }
+    };
+    let table = ListingTable::try_new(config)?.with_definition(cmd.definition.clone());
     Ok(Arc::new(table))
 }
 

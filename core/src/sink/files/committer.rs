@@ -767,7 +767,7 @@ pub(super) async fn abort_recorded(
         .collect();
     // A task that died between starting an upload and recording it left an
     // upload no marker names: find this write's uploads by key.
-    let short = spec.write_id.get(..12).unwrap_or(&spec.write_id);
+    let short = spec.file_tag();
     let tag = format!("-{short}.");
     let prefix = format!("{}/", spec.base_path()?);
     // Best effort: without s3:ListBucketMultipartUploads the recorded

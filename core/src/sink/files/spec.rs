@@ -594,6 +594,17 @@ impl WriteSpec {
             .join(format!("{stem}.{}.inprogress", self.format.extension())))
     }
 
+    /// The write's part of its files' names: a random write id's first 12
+    /// characters, or the whole id of a stream's batch (its stream's id and
+    /// batch number, which must all be there to keep batches apart).
+    pub fn file_tag(&self) -> &str {
+        if self.write_id.len() == 32 {
+            self.write_id.get(..12).unwrap_or(&self.write_id)
+        } else {
+            &self.write_id
+        }
+    }
+
     /// The final key of a file written in place (multipart upload): named by
     /// the task attempt that wrote it, since the upload fixes the key.
     pub fn final_path_in(
@@ -601,7 +612,7 @@ impl WriteSpec {
         dir: &str,
         stem: &str,
     ) -> Result<object_store::path::Path, SluiceError> {
-        let short = self.write_id.get(..12).unwrap_or(&self.write_id);
+        let short = self.file_tag();
         Ok(self
             .dir_path(dir)?
             .join(format!("part-{stem}-{short}.{}", self.format.extension())))
@@ -612,7 +623,7 @@ impl WriteSpec {
         dir: &str,
         partition: usize,
     ) -> Result<object_store::path::Path, SluiceError> {
-        let short = self.write_id.get(..12).unwrap_or(&self.write_id);
+        let short = self.file_tag();
         Ok(self.dir_path(dir)?.join(format!(
             "part-{partition:05}-{short}.{}",
             self.format.extension()

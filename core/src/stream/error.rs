@@ -1,0 +1,54 @@
+//! The stream runtime's errors: each names the checkpoint, source or batch
+//! it is about.
+
+use crate::error::SluiceError;
+use crate::sink::files::lock::{Holder, LockError};
+
+#[derive(thiserror::Error)]
+pub enum StreamError {
+    #[error("checkpoint {url}: {what}")]
+    Checkpoint {
+        url: String,
+        what: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("checkpoint {url}: unreadable {path}: {reason}")]
+    Corrupt {
+        url: String,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "checkpoint {url} is in use by {holder}; two streams cannot share a checkpoint (a killed stream's claim expires {ttl_s}s after it stopped renewing)"
+    )]
+    InUse {
+        url: String,
+        holder: Box<Holder>,
+        ttl_s: u64,
+    },
+    #[error("checkpoint {url}: this stream lost its claim on it; stopping")]
+    LostCheckpoint { url: String },
+    #[error("source {table} ({location}): {what}")]
+    Source {
+        table: String,
+        location: String,
+        what: String,
+    },
+    #[error("bad alarm '{text}': {reason}")]
+    BadAlarm { text: String, reason: String },
+    #[error("bad stream setting: {0}")]
+    Setting(String),
+    #[error("batch {batch_id} failed")]
+    Batch {
+        batch_id: u64,
+        #[source]
+        source: Box<SluiceError>,
+    },
+    #[error(transparent)]
+    Job(#[from] SluiceError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+crate::error::debug_as_display!(StreamError);

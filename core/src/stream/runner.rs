@@ -1,0 +1,683 @@
+//! The stream loop: claims the checkpoint, finds the job's sources, replays
+//! the checkpoint, then per batch: plans the sources' ranges, records them
+//! (`offsets/N`), runs the job file once over them through the client's
+//! [`JobRunner`] (each write named by the batch, so a re-run finds what an
+//! earlier attempt committed), records the commit (`commits/N`), reports,
+//! and checks the alarms. A failed batch is retried over the same ranges
+//! with backoff (`--every`) or fails the run (`--once`, `--available-now`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use metrics::counter;
+use serde::Serialize;
+use tracing::Instrument;
+
+use super::alarm::{AlarmEvent, AlarmRule, AlarmState, Notifier};
+use super::checkpoint::{BatchPlan, Checkpoint, State};
+use super::error::StreamError;
+use super::files::{FileSource, FileSourceOptions};
+use super::info::{BatchInfo, BatchWrite, SplitInput};
+use super::source::{Range, Source};
+use super::trigger::Trigger;
+use crate::client::job::{Action, classify, split_statements, substitute};
+use crate::client::{BatchWrites, Interrupter, JobReport, JobRunner};
+use crate::clock::Clock;
+use crate::error::{SluiceError, render};
+use crate::plan::tables::BatchFiles;
+use crate::sink::files::lock::{Holder, LockError, LockGuard};
+use crate::sink::files::manifest::hostname;
+
+/// The longest wait between retries of a failing batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Job variables (`SET stream.alarm.x = '...'`) that add alarm rules.
+const ALARM_VAR: &str = "stream.alarm";
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// The checkpoint directory (local path or `s3://`).
+    pub checkpoint: String,
+    pub trigger: Trigger,
+    pub files: FileSourceOptions,
+    /// How long the checkpoint's claim outlives a process that stopped.
+    pub lock_ttl: Duration,
+    /// Alarm rules (see `alarm`), with those the job sets.
+    pub alarms: Vec<String>,
+    pub webhook: Option<String>,
+    pub alarm_command: Option<String>,
+    /// Compact the checkpoint every this many batches.
+    pub compact_every: u64,
+    /// Batch reports kept in the checkpoint for `sluice stream status`.
+    pub retain: u64,
+}
+
+impl StreamOptions {
+    pub fn new(checkpoint: &str, trigger: Trigger) -> Self {
+        Self {
+            checkpoint: checkpoint.to_string(),
+            trigger,
+            files: FileSourceOptions::default(),
+            lock_ttl: crate::sink::files::lock::DEFAULT_TTL,
+            alarms: vec![],
+            webhook: None,
+            alarm_command: None,
+            compact_every: 10,
+            retain: 100,
+        }
+    }
+}
+
+/// What the loop tells whoever shows it.
+pub trait StreamObserver: Send + Sync {
+    fn started(&self, _stream_id: &str, _resuming: Option<u64>, _next_batch: u64) {}
+    fn batch_started(&self, _batch_id: u64, _splits: usize, _resumed: bool) {}
+    fn batch_done(&self, _info: &BatchInfo) {}
+    fn idle(&self, _next_due: Option<DateTime<Utc>>) {}
+    fn batch_failed(&self, _batch_id: u64, _error: &str, _retry_in: Option<Duration>) {}
+    fn alarm(&self, _event: &AlarmEvent) {}
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamSummary {
+    pub stream_id: String,
+    pub checkpoint: String,
+    pub batches: u64,
+    pub last_batch_id: Option<u64>,
+    pub input_rows: u64,
+    pub rows_written: u64,
+    pub files_written: u64,
+    pub bytes_written: u64,
+    /// Stopped by a signal (a batch it interrupted runs again next time).
+    pub stopped: bool,
+}
+
+pub struct StreamRunner {
+    runner: JobRunner,
+    file: String,
+    source: String,
+    vars: HashMap<String, String>,
+    options: StreamOptions,
+    observer: Arc<dyn StreamObserver>,
+    clock: Arc<dyn Clock>,
+}
+
+impl StreamRunner {
+    pub fn new(
+        runner: JobRunner,
+        file: &str,
+        source: &str,
+        vars: HashMap<String, String>,
+        options: StreamOptions,
+        observer: Arc<dyn StreamObserver>,
+    ) -> Self {
+        Self {
+            runner,
+            file: file.to_string(),
+            source: source.to_string(),
+            vars,
+            options,
+            observer,
+            clock: crate::clock::system(),
+        }
+    }
+
+    /// Interrupts the batch that is running (its job is cancelled and its
+    /// writes cleaned up; it runs again on the next start).
+    pub fn interrupter(&self) -> Interrupter {
+        self.runner.interrupter()
+    }
+
+    /// Runs until the trigger says stop, `stop` turns true, or a batch
+    /// fails where the trigger does not retry.
+    pub async fn run(
+        mut self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<StreamSummary, StreamError> {
+        let ctx = self.runner.context().clone();
+        let url = crate::sink::files::normalize_output_url(&self.options.checkpoint)?;
+        let store = ctx
+            .runtime_env()
+            .object_store_registry
+            .get_store(&url)
+            .map_err(|e| StreamError::Setting(format!("checkpoint {url}: {e}")))?;
+        let checkpoint = Checkpoint::new(store, &url)?;
+        let meta = checkpoint.metadata(&self.file).await?;
+        let holder = Holder {
+            write_id: format!("stream {}", meta.id),
+            job: self.file.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            since: Utc::now(),
+            ttl_ms: self.options.lock_ttl.as_millis() as u64,
+        };
+        let lock = checkpoint.lock(Arc::clone(&self.clock));
+        let claimed = match LockGuard::acquire(lock.clone(), holder.clone(), Duration::ZERO).await {
+            // The holder died on this machine (its pid is gone): its claim
+            // lapses within its ttl, so wait for that rather than refuse.
+            Err(LockError::Busy { holder: dead, .. })
+                if dead.host == holder.host && !process_alive(dead.pid) =>
+            {
+                tracing::warn!(holder = %dead, "the stream's previous process died; waiting for its claim to lapse");
+                let wait = Duration::from_millis(dead.ttl_ms) + Duration::from_secs(2);
+                LockGuard::acquire(lock, holder, wait).await
+            }
+            other => other,
+        };
+        let guard = claimed.map_err(|e| match e {
+            LockError::Busy { url, holder, .. } => StreamError::InUse {
+                url,
+                ttl_s: holder.ttl_ms / 1000,
+                holder,
+            },
+            other => other.into(),
+        })?;
+        let result = self
+            .run_claimed(&ctx, &checkpoint, &meta.id, &guard, stop)
+            .await;
+        if let Err(e) = guard.release().await {
+            tracing::warn!(error = %e, "releasing the checkpoint's claim failed; it expires");
+        }
+        result
+    }
+
+    /// The job's streaming sources: its directory tables, and the alarm
+    /// rules it sets.
+    async fn discover(
+        &self,
+        ctx: &SessionContext,
+    ) -> Result<(Vec<Box<dyn Source>>, Vec<String>), StreamError> {
+        let mut vars = self.vars.clone();
+        let mut sources: Vec<Box<dyn Source>> = Vec::new();
+        let mut alarms = Vec::new();
+        for raw in split_statements(&self.source) {
+            let text = substitute(&raw.text, &vars, &self.file, raw.line)?;
+            match classify(&text, &self.file, raw.line)? {
+                Action::SetVar { key, value } => {
+                    if key.to_ascii_lowercase().starts_with(ALARM_VAR) {
+                        alarms.push(value.clone());
+                    }
+                    if !self.vars.contains_key(&key) {
+                        vars.insert(key, value);
+                    }
+                }
+                Action::Sql(sql) => {
+                    let Ok(parsed) = DFParser::parse_sql(&sql) else {
+                        continue;
+                    };
+                    let Some(DfStatement::CreateExternalTable(cmd)) = parsed.front() else {
+                        continue;
+                    };
+                    let [location] = cmd.locations.as_slice() else {
+                        continue;
+                    };
+                    let Ok(url) = ListingTableUrl::parse(location) else {
+                        continue;
+                    };
+                    let format = cmd.file_type.to_ascii_uppercase();
+                    if !url.is_collection()
+                        || !["PARQUET", "CSV", "JSON", "ARROW"].contains(&format.as_str())
+                    {
+                        continue;
+                    }
+                    let store =
+                        ctx.runtime_env()
+                            .object_store(url.object_store())
+                            .map_err(|e| StreamError::Source {
+                                table: cmd.name.to_string(),
+                                location: location.clone(),
+                                what: e.to_string(),
+                            })?;
+                    sources.push(Box::new(FileSource::new(
+                        &cmd.name.to_string(),
+                        location,
+                        &format,
+                        store,
+                        self.options.files.clone(),
+                        Arc::clone(&self.clock),
+                    )?));
+                }
+                Action::Write { .. } => {}
+            }
+        }
+        if sources.is_empty() {
+            return Err(StreamError::Setting(format!(
+                "{}: the job reads no directory table (CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON LOCATION 'dir/'), so there is nothing to stream",
+                self.file
+            )));
+        }
+        Ok((sources, alarms))
+    }
+
+    async fn run_claimed(
+        &mut self,
+        ctx: &SessionContext,
+        checkpoint: &Checkpoint,
+        stream_id: &str,
+        guard: &LockGuard,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<StreamSummary, StreamError> {
+        let (mut sources, job_alarms) = self.discover(ctx).await?;
+        let interval = self.options.trigger.interval();
+        let rules = self
+            .options
+            .alarms
+            .iter()
+            .chain(&job_alarms)
+            .map(|text| AlarmRule::parse(text, interval))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut alarms = AlarmState::new(rules, stream_id, checkpoint.url());
+        let notifier = Notifier::start(
+            self.options.webhook.clone(),
+            self.options.alarm_command.clone(),
+        )?;
+        let recovered = checkpoint.recover().await?;
+        if let Some(state) = &recovered.state {
+            for s in &mut sources {
+                if let Some(v) = state.sources.get(s.table()) {
+                    s.restore(v)?;
+                }
+            }
+        }
+        for plan in &recovered.replay {
+            for s in &mut sources {
+                s.taken(&plan.ranges);
+            }
+        }
+        if self.options.trigger == Trigger::AvailableNow {
+            for s in &mut sources {
+                s.freeze().await?;
+            }
+        }
+        let mut pending = recovered.pending;
+        let mut next_id = recovered.next_batch;
+        self.observer
+            .started(stream_id, pending.as_ref().map(|p| p.batch_id), next_id);
+        let mut summary = StreamSummary {
+            stream_id: stream_id.to_string(),
+            checkpoint: checkpoint.url().to_string(),
+            ..Default::default()
+        };
+        let mut last_commit = self.clock.now();
+        let mut previous_start = recovered.last_commit.map(|b| b.started_at);
+        let mut due = self.clock.wall();
+        let mut failures: u32 = 0;
+        loop {
+            if *stop.borrow() {
+                summary.stopped = true;
+                break;
+            }
+            if guard.lost() {
+                return Err(StreamError::LostCheckpoint {
+                    url: checkpoint.url().to_string(),
+                });
+            }
+            for e in alarms.on_time(self.clock.now() - last_commit, self.clock.wall()) {
+                self.alarm(&notifier, &e);
+            }
+            let now = self.clock.wall();
+            if due > now {
+                let wait = (due - now).to_std().unwrap_or_default();
+                // Wake for no_commit alarms at least every few seconds.
+                let wait = wait.min(Duration::from_secs(5));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let started = self.clock.wall();
+            let t0 = self.clock.now();
+            let planned = match pending.take() {
+                Some(p) => Ok(Some((p, true))),
+                None => self.plan(&mut sources, checkpoint, next_id, due).await,
+            };
+            let (plan, resumed) = match planned {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    if interval.is_none() {
+                        break;
+                    }
+                    due = self.options.trigger.after_idle(due, self.clock.wall());
+                    self.observer.idle(Some(due));
+                    continue;
+                }
+                Err(e) => {
+                    // The batch was not recorded: it is planned afresh.
+                    match self.failed(next_id, e, &mut failures, &mut stop).await? {
+                        true => continue,
+                        false => {
+                            summary.stopped = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            let planning_ms = (self.clock.now() - t0).as_millis() as u64;
+            self.observer
+                .batch_started(plan.batch_id, plan.ranges.len(), resumed);
+            let batch_id = plan.batch_id;
+            let ran = self
+                .run_batch(ctx, &sources, &plan, resumed, stream_id)
+                .await;
+            let (report, split_rows) = match ran {
+                Ok(r) => r,
+                Err(e) => {
+                    pending = Some(plan);
+                    let e = StreamError::Batch {
+                        batch_id,
+                        source: Box::new(e),
+                    };
+                    if *stop.borrow() {
+                        summary.stopped = true;
+                        break;
+                    }
+                    match self.failed(batch_id, e, &mut failures, &mut stop).await? {
+                        true => {
+                            due = self.clock.wall();
+                            continue;
+                        }
+                        false => {
+                            summary.stopped = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            let c0 = self.clock.now();
+            let mut info = batch_info(&plan, &report, split_rows, stream_id, resumed);
+            info.started_at = started;
+            info.planning_ms = planning_ms;
+            info.input_rows_per_sec = match (info.input_rows, previous_start) {
+                (Some(rows), Some(prev)) => {
+                    let secs = (started - prev).num_milliseconds() as f64 / 1000.0;
+                    (secs > 0.0).then(|| rows as f64 / secs)
+                }
+                _ => None,
+            };
+            info.committed_at = self.clock.wall();
+            let ms = |d: chrono::TimeDelta| d.num_milliseconds().max(0) as u64;
+            info.scheduling_delay_ms = ms(started - plan.due_at);
+            info.processing_delay_ms = ms(info.committed_at - started);
+            info.total_delay_ms = info.scheduling_delay_ms + info.processing_delay_ms;
+            info.processed_rows_per_sec = info.input_rows.and_then(|rows| {
+                let secs = info.processing_delay_ms as f64 / 1000.0;
+                (secs > 0.0).then(|| rows as f64 / secs)
+            });
+            if let Err(e) = checkpoint.write_commit(&info).await {
+                // The writes may have committed: the re-run finds them.
+                pending = Some(plan);
+                match self.failed(batch_id, e, &mut failures, &mut stop).await? {
+                    true => continue,
+                    false => {
+                        summary.stopped = true;
+                        break;
+                    }
+                }
+            }
+            // The record's own time, in the report the loop shows.
+            info.committing_ms += (self.clock.now() - c0).as_millis() as u64;
+            failures = 0;
+            for s in &mut sources {
+                s.taken(&plan.ranges);
+            }
+            if self.options.compact_every > 0 && (batch_id + 1) % self.options.compact_every == 0 {
+                let state = State {
+                    batch_id,
+                    sources: sources
+                        .iter()
+                        .map(|s| (s.table().to_string(), s.snapshot()))
+                        .collect(),
+                };
+                match checkpoint.compact(&state, self.options.retain.max(1)).await {
+                    Ok(n) => tracing::debug!(batch_id, removed = n, "compacted the checkpoint"),
+                    Err(e) => {
+                        tracing::warn!(batch_id, error = %e, "compacting the checkpoint failed; it is tried again later")
+                    }
+                }
+            }
+            info.record_metrics();
+            self.observer.batch_done(&info);
+            for e in alarms.on_batch(&info, self.clock.wall()) {
+                self.alarm(&notifier, &e);
+            }
+            last_commit = self.clock.now();
+            previous_start = Some(started);
+            next_id = batch_id + 1;
+            summary.batches += 1;
+            summary.last_batch_id = Some(batch_id);
+            summary.input_rows += info.input_rows.unwrap_or(0);
+            summary.rows_written += info.rows_written;
+            summary.files_written += info.files_written;
+            summary.bytes_written += info.bytes_written;
+            if self.options.trigger == Trigger::Once {
+                break;
+            }
+            due = self
+                .options
+                .trigger
+                .after_batch(plan.due_at, self.clock.wall());
+        }
+        Ok(summary)
+    }
+
+    fn alarm(&self, notifier: &Notifier, event: &AlarmEvent) {
+        match event.state {
+            super::alarm::Change::Firing => {
+                tracing::warn!(alarm = %event.alarm, value = event.value, threshold = event.threshold, "stream alarm firing")
+            }
+            super::alarm::Change::Cleared => {
+                tracing::info!(alarm = %event.alarm, value = event.value, "stream alarm cleared")
+            }
+        }
+        self.observer.alarm(event);
+        notifier.notify(event);
+    }
+
+    /// After a failure: with `--every`, waits (doubling up to a minute) and
+    /// says to go on (`Ok(true)`), or to stop when asked to meanwhile
+    /// (`Ok(false)`); otherwise the failure ends the run.
+    async fn failed(
+        &self,
+        batch_id: u64,
+        error: StreamError,
+        failures: &mut u32,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, StreamError> {
+        counter!("sluice_stream_batch_failures_total").increment(1);
+        if self.options.trigger.interval().is_none() {
+            self.observer.batch_failed(batch_id, &render(&error), None);
+            return Err(error);
+        }
+        *failures += 1;
+        let backoff = Duration::from_secs(1u64 << (*failures - 1).min(6)).min(MAX_BACKOFF);
+        tracing::warn!(batch_id, error = %render(&error), retry_in = ?backoff, "batch failed; retrying");
+        self.observer
+            .batch_failed(batch_id, &render(&error), Some(backoff));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => Ok(!*stop.borrow()),
+            _ = stop.changed() => Ok(false),
+        }
+    }
+
+    /// Plans batch `batch_id` from every source and records it; `None` when
+    /// no source has anything new.
+    async fn plan(
+        &self,
+        sources: &mut [Box<dyn Source>],
+        checkpoint: &Checkpoint,
+        batch_id: u64,
+        due: DateTime<Utc>,
+    ) -> Result<Option<(BatchPlan, bool)>, StreamError> {
+        let mut ranges = Vec::new();
+        let mut lag = Vec::new();
+        for s in sources.iter_mut() {
+            let planned = s.plan().await?;
+            ranges.extend(planned.ranges);
+            lag.push(planned.lag);
+        }
+        if ranges.is_empty() {
+            return Ok(None);
+        }
+        let plan = BatchPlan {
+            batch_id,
+            planned_at: self.clock.wall(),
+            due_at: due,
+            ranges,
+            lag,
+        };
+        checkpoint.write_plan(&plan).await?;
+        Ok(Some((plan, false)))
+    }
+
+    /// Runs the job file once over the batch's ranges; counts the input
+    /// meanwhile.
+    async fn run_batch(
+        &mut self,
+        ctx: &SessionContext,
+        sources: &[Box<dyn Source>],
+        plan: &BatchPlan,
+        resumed: bool,
+        stream_id: &str,
+    ) -> Result<(JobReport, Vec<Option<u64>>), SluiceError> {
+        let span = tracing::info_span!("sluice.batch", batch_id = plan.batch_id, resumed);
+        drop_tables(ctx)?;
+        let mut files = BatchFiles::default();
+        for s in sources {
+            let mine: Vec<&Range> = plan
+                .ranges
+                .iter()
+                .filter(|r| r.source == s.table())
+                .collect();
+            s.bind(&mine, &mut files)
+                .map_err(|e| SluiceError::Layer(Box::new(e)))?;
+        }
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(files));
+        let id = stream_id.get(..12).unwrap_or(stream_id);
+        self.runner.set_batch(Some(BatchWrites {
+            prefix: format!("{id}b{}", plan.batch_id),
+            resuming: resumed,
+        }));
+        let counting = async {
+            let mut rows = Vec::with_capacity(plan.ranges.len());
+            for s in sources {
+                let mine: Vec<&Range> = plan
+                    .ranges
+                    .iter()
+                    .filter(|r| r.source == s.table())
+                    .collect();
+                rows.extend(s.rows(&mine).await);
+            }
+            rows
+        };
+        let run = self.runner.run(&self.file, &self.source, &self.vars);
+        let (report, rows) = futures::future::join(run, counting).instrument(span).await;
+        // Ranges are reported in the plan's order, grouped by source.
+        Ok((report?, rows))
+    }
+}
+
+/// Whether a process with this pid runs on this machine (Linux's /proc;
+/// elsewhere every process counts as alive).
+fn process_alive(pid: u32) -> bool {
+    if !std::path::Path::new("/proc/self").exists() {
+        return true;
+    }
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Deregisters the tables the previous batch's statements created, so the
+/// job's `CREATE` statements run again over the new batch.
+fn drop_tables(ctx: &SessionContext) -> Result<(), SluiceError> {
+    let state = ctx.state();
+    let default = &state.config_options().catalog;
+    let Some(catalog) = ctx.catalog(&default.default_catalog) else {
+        return Ok(());
+    };
+    for name in catalog.schema_names() {
+        if name == "information_schema" {
+            continue;
+        }
+        let Some(schema) = catalog.schema(&name) else {
+            continue;
+        };
+        for table in schema.table_names() {
+            schema
+                .deregister_table(&table)
+                .map_err(|e| SluiceError::Layer(Box::new(e)))?;
+        }
+    }
+    Ok(())
+}
+
+/// The batch's report from its plan and the job's outcome.
+fn batch_info(
+    plan: &BatchPlan,
+    report: &JobReport,
+    split_rows: Vec<Option<u64>>,
+    stream_id: &str,
+    resumed: bool,
+) -> BatchInfo {
+    // `run_batch` counted rows source by source, in source order; match
+    // them back to the ranges the same way.
+    let mut ordered: Vec<&Range> = Vec::new();
+    let mut tables: Vec<&str> = Vec::new();
+    for r in &plan.ranges {
+        if !tables.contains(&r.source.as_str()) {
+            tables.push(&r.source);
+        }
+    }
+    for t in &tables {
+        ordered.extend(plan.ranges.iter().filter(|r| r.source == *t));
+    }
+    let splits: Vec<SplitInput> = ordered
+        .iter()
+        .zip(split_rows.iter().chain(std::iter::repeat(&None)))
+        .map(|(r, rows)| SplitInput {
+            source: r.source.clone(),
+            split: r.split.clone(),
+            start: r.start,
+            end: r.end,
+            rows: *rows,
+        })
+        .collect();
+    let input_rows = splits.iter().map(|s| s.rows).sum::<Option<u64>>();
+    let writes: Vec<BatchWrite> = report
+        .statements
+        .iter()
+        .filter_map(|s| s.write.as_ref())
+        .map(BatchWrite::from)
+        .collect();
+    let commit_ms: u64 = writes.iter().map(|w| w.commit_ms).sum();
+    BatchInfo {
+        batch_id: plan.batch_id,
+        stream_id: stream_id.to_string(),
+        due_at: plan.due_at,
+        input_splits: splits.len() as u64,
+        input_bytes: plan
+            .ranges
+            .iter()
+            .map(|r| (r.end - r.start).max(0) as u64)
+            .sum(),
+        input_rows,
+        rows_written: report.rows_written,
+        files_written: report.files_written,
+        bytes_written: report.bytes_written,
+        running_ms: report.duration_ms.saturating_sub(commit_ms),
+        committing_ms: commit_ms,
+        resumed,
+        splits,
+        lag: plan.lag.clone(),
+        writes,
+        job_ids: report.job_ids.clone(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,74 @@
+//! What a streaming source is. A batch reads, from each source, a set of
+//! ranges: `(split, start, end)`, where a split is what the source is made
+//! of (a file, a Kafka partition, a shard) and `start..end` the part of it
+//! this batch takes (a whole file is `0..size`; a partition, offsets). The
+//! ranges are written to the checkpoint before the batch runs, so a re-run
+//! reads exactly the same input; the source then tells the session which
+//! data its table holds for this batch ([`Source::bind`]).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::error::StreamError;
+use crate::plan::tables::BatchFiles;
+
+/// One part of one split that a batch reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// The source's table name.
+    pub source: String,
+    pub split: String,
+    pub start: i64,
+    pub end: i64,
+    /// When the split's data was written, where the source knows (a file's
+    /// modification time, in ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_ms: Option<i64>,
+}
+
+/// How far a source is behind after a batch was planned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceLag {
+    pub source: String,
+    /// Splits (files) or records waiting, not in this batch.
+    pub pending: u64,
+    pub pending_bytes: u64,
+    /// Age of the oldest waiting data (0 when nothing waits).
+    pub age_ms: u64,
+}
+
+/// A source's plan for the next batch.
+#[derive(Debug, Clone, Default)]
+pub struct Planned {
+    pub ranges: Vec<Range>,
+    pub lag: SourceLag,
+}
+
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The table the job reads it as.
+    fn table(&self) -> &str;
+
+    /// Ranges not taken yet, at most the source's cap per batch.
+    async fn plan(&mut self) -> Result<Planned, StreamError>;
+
+    /// Marks ranges as taken (planned by this process, or replayed from the
+    /// checkpoint on restart).
+    fn taken(&mut self, ranges: &[Range]);
+
+    /// The source's position, for the checkpoint's compacted state.
+    fn snapshot(&self) -> serde_json::Value;
+
+    /// Restores a position saved by [`Source::snapshot`].
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), StreamError>;
+
+    /// Tells the session what this source's table reads in a batch.
+    fn bind(&self, ranges: &[&Range], batch: &mut BatchFiles) -> Result<(), StreamError>;
+
+    /// Rows per range, where the source can tell cheaply (a Parquet footer).
+    async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>>;
+
+    /// Only what is there now: later arrivals wait for another run
+    /// (`--available-now`).
+    async fn freeze(&mut self) -> Result<(), StreamError>;
+}

@@ -1,0 +1,613 @@
+//! Micro-batch streams (`sluice stream`): each file under a source
+//! directory is read by exactly one committed batch, across runs, restarts,
+//! a SIGKILL mid-write and mid-commit, and a slow sink; two processes never
+//! share a checkpoint; the scheduling-delay alarm reaches a webhook when the
+//! sink slows down and clears when it recovers. Locally and on S3 (moto).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sluice_test_support::s3::S3;
+use sluice_test_support::{run_job_text, run_with_timeout, sluice};
+
+/// A Parquet input file of ids `ids`, made visible whole (written under a
+/// hidden name, then renamed), as a producer should.
+fn parquet_input(dir: &Path, name: &str, ids: std::ops::Range<i64>) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids.clone())),
+            Arc::new(StringArray::from_iter_values(ids.map(|i| format!("r{i}")))),
+        ],
+    )
+    .unwrap();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::rename(tmp, dir.join(name)).unwrap();
+}
+
+fn json_lines(ids: std::ops::Range<i64>) -> Vec<u8> {
+    ids.map(|i| format!("{{\"id\":{i},\"v\":\"r{i}\"}}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn json_input(dir: &Path, name: &str, ids: std::ops::Range<i64>) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, json_lines(ids)).unwrap();
+    std::fs::rename(tmp, dir.join(name)).unwrap();
+}
+
+/// The stream job: the source directory appended to `out` as Parquet.
+fn job(dir: &Path, source: &str, format: &str, out: &str) -> std::path::PathBuf {
+    let path = dir.join("stream.sql");
+    std::fs::write(
+        &path,
+        format!(
+            "SET sluice.write.lock_ttl = '3s';\n\
+             CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, v VARCHAR NOT NULL) STORED AS {format} LOCATION '{source}/';\n\
+             COPY (SELECT id, v FROM src) TO '{out}' STORED AS PARQUET;\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn stream_cmd(job: &Path, checkpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = sluice().unwrap();
+    cmd.arg("stream")
+        .arg(job)
+        .args([
+            "--checkpoint",
+            checkpoint,
+            "--lock-ttl",
+            "3s",
+            "--output",
+            "json",
+        ])
+        .args(args);
+    cmd
+}
+
+fn run_stream(job: &Path, checkpoint: &str, args: &[&str]) -> Output {
+    run_with_timeout(
+        &mut stream_cmd(job, checkpoint, args),
+        Duration::from_secs(300),
+    )
+    .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The batch lines of a `--output json` run (the summary line left out).
+fn batches(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("batch_id").is_some())
+        .collect()
+}
+
+/// Every id in the visible Parquet files of `dir`, sorted.
+fn local_ids(dir: &Path) -> Vec<i64> {
+    let mut ids = vec![];
+    for name in sluice_test_support::visible_files(dir).unwrap() {
+        if !name.ends_with(".parquet") {
+            continue;
+        }
+        let file = std::fs::File::open(dir.join(&name)).unwrap();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            ids.extend(
+                batch
+                    .unwrap()
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values(),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+fn exactly(n: i64) -> Vec<i64> {
+    (0..n).collect()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+fn wait_child(mut child: Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Files arriving between runs are each read once; a backlog is cut into
+/// capped batches, oldest first; batch ids continue across runs; each batch
+/// reports its input rows per file (from Parquet footers) and its delays;
+/// `sluice stream status` shows the batches.
+#[test]
+fn each_file_is_read_by_exactly_one_batch_across_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..5 {
+        parquet_input(&src, &format!("f{i}.parquet"), i * 100..(i + 1) * 100);
+        // Distinct modification times: the order batches take files in.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ck = tmp.path().join("ck").display().to_string();
+    let job = job(
+        tmp.path(),
+        &src.display().to_string(),
+        "PARQUET",
+        &out.display().to_string(),
+    );
+    let run = run_stream(
+        &job,
+        &ck,
+        &["--available-now", "--max-files-per-batch", "2"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let b = batches(&run.stdout);
+    assert_eq!(b.len(), 3, "{}", String::from_utf8_lossy(&run.stdout));
+    let ids: Vec<u64> = b.iter().map(|x| x["batch_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![0, 1, 2]);
+    let rows: Vec<u64> = b
+        .iter()
+        .map(|x| x["input_rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, vec![200, 200, 100]);
+    let splits: Vec<&str> = b
+        .iter()
+        .flat_map(|x| x["splits"].as_array().unwrap())
+        .map(|s| s["split"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        splits,
+        [
+            "f0.parquet",
+            "f1.parquet",
+            "f2.parquet",
+            "f3.parquet",
+            "f4.parquet"
+        ]
+    );
+    assert_eq!(b[0]["splits"][0]["rows"], 100);
+    assert_eq!(b[0]["lag"][0]["pending"], 3, "{}", b[0]);
+    for x in &b {
+        assert_eq!(x["rows_written"], x["input_rows"], "{x}");
+        assert_eq!(
+            x["total_delay_ms"].as_u64().unwrap(),
+            x["scheduling_delay_ms"].as_u64().unwrap() + x["processing_delay_ms"].as_u64().unwrap()
+        );
+        assert!(x["processing_delay_ms"].as_u64().unwrap() > 0, "{x}");
+    }
+    assert_eq!(local_ids(&out), exactly(500));
+
+    // Nothing new: no batch, nothing written.
+    let idle = run_stream(&job, &ck, &["--available-now"]);
+    assert!(idle.status.success(), "{}", stderr(&idle));
+    assert!(batches(&idle.stdout).is_empty());
+    assert_eq!(local_ids(&out), exactly(500));
+
+    // New files: the next batch id, only them.
+    parquet_input(&src, "f5.parquet", 500..600);
+    json_input(&src, "ignored.json", 0..3);
+    let once = run_stream(&job, &ck, &["--once"]);
+    assert!(once.status.success(), "{}", stderr(&once));
+    let b = batches(&once.stdout);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["batch_id"], 3);
+    assert_eq!(b[0]["input_rows"], 100);
+    assert_eq!(local_ids(&out), exactly(600));
+
+    let status = run_with_timeout(
+        sluice()
+            .unwrap()
+            .args(["stream", "status", &ck, "--output", "json"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(status.status.success(), "{}", stderr(&status));
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["next_batch"], 4, "{s}");
+    assert_eq!(s["batches"].as_array().unwrap().len(), 4, "{s}");
+    assert!(s["running"].is_null(), "{s}");
+    let text = run_with_timeout(
+        sluice().unwrap().args(["stream", "status", &ck]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("next batch: 4"), "{text}");
+}
+
+/// A stream with `--every 1s` picks files up as they arrive; a second
+/// process on its checkpoint refuses to start, naming the holder; SIGTERM
+/// stops it cleanly, and every row is there once.
+#[test]
+fn a_running_stream_takes_arrivals_and_owns_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let job = job(
+        tmp.path(),
+        &src.display().to_string(),
+        "JSON",
+        &out.display().to_string(),
+    );
+    let lines = tmp.path().join("lines.jsonl");
+    let child = stream_cmd(&job, &ck, &["--every", "1s"])
+        .stdout(std::fs::File::create(&lines).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = || batches(&std::fs::read(&lines).unwrap_or_default());
+    for i in 0..3 {
+        json_input(&src, &format!("f{i}.json"), i * 50..(i + 1) * 50);
+        wait_for(
+            "a batch over the new file",
+            Duration::from_secs(120),
+            || seen().len() as i64 > i,
+        );
+    }
+    let second = run_stream(&job, &ck, &["--once"]);
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains("is in use by write stream") && err.contains("stream.sql"),
+        "{err}"
+    );
+    signal(&child, "-TERM");
+    assert!(wait_child(child, "the stream after SIGTERM").success());
+    let b = seen();
+    let total: u64 = b.iter().map(|x| x["rows_written"].as_u64().unwrap()).sum();
+    assert_eq!(total, 150);
+    assert_eq!(local_ids(&out), exactly(150));
+    let summary = std::fs::read_to_string(&lines).unwrap();
+    assert!(summary.contains("\"stopped\":true"), "{summary}");
+}
+
+/// Reads `out` on S3 back with a separate `sluice run`: (rows, distinct ids).
+fn s3_counts(dir: &Path, out: &str) -> (u64, u64) {
+    let o = run_job_text(
+        dir,
+        &format!(
+            "CREATE EXTERNAL TABLE o (id BIGINT NOT NULL, v VARCHAR NOT NULL) STORED AS PARQUET LOCATION '{out}/';\n\
+             SELECT count(*) AS n, count(DISTINCT id) AS d FROM o;\n"
+        ),
+        &["--output", "json"],
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &read["statements"][1]["rows"][0];
+    (row["n"].as_u64().unwrap(), row["d"].as_u64().unwrap())
+}
+
+/// On S3 (source, output and checkpoint): the stream process is SIGKILLed
+/// while its batch writes, and again while its batch commits (a proxy holds
+/// `CompleteMultipartUpload`); each restart re-runs the uncommitted batch
+/// over the same files: every row once, no upload left open, batch ids
+/// continue.
+#[test]
+fn on_s3_a_stream_killed_mid_write_or_mid_commit_resumes_exactly_once() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("stream").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out, ck) = (
+        format!("s3://{bucket}/in"),
+        format!("s3://{bucket}/out"),
+        format!("s3://{bucket}/ck"),
+    );
+    let job = job(tmp.path(), &src, "JSON", &out);
+    let proxy = sluice_test_support::faulty::FaultyS3::start_with(
+        &s3.endpoint,
+        u64::MAX,
+        Duration::from_secs(4),
+        None,
+    )
+    .unwrap();
+    let mut rows = 0i64;
+    let put = |rows: &mut i64, n: i64| {
+        let name = format!("in/f{rows}.json");
+        s3.put(&bucket, &name, json_lines(*rows..*rows + n))
+            .unwrap();
+        *rows += n;
+    };
+    let staged = |what: &str| {
+        s3.list(&bucket, "out/_sluice_staging/")
+            .unwrap()
+            .iter()
+            .any(|o| o.key.contains(what))
+    };
+    for (case, marker) in [("mid-write", "/uploads/"), ("mid-commit", "/commit.json")] {
+        put(&mut rows, 20_000);
+        put(&mut rows, 20_000);
+        // Slow S3 for the killed run: every request waits, so it is caught
+        // writing (parts in flight) or committing (completes held).
+        proxy.set_latency(Duration::from_millis(if case == "mid-write" {
+            300
+        } else {
+            0
+        }));
+        let mut cmd = stream_cmd(&job, &ck, &["--available-now"]);
+        cmd.env("AWS_ENDPOINT_URL_S3", &proxy.endpoint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        wait_for(
+            &format!("the batch {case}"),
+            Duration::from_secs(120),
+            || staged(marker),
+        );
+        signal(&child, "-KILL");
+        wait_child(child, "the killed stream");
+        let (n, _) = s3_counts(tmp.path(), &out);
+        assert!(
+            (n as i64) < rows,
+            "{case}: the killed batch's rows are visible"
+        );
+        // The restart (a healthy S3) runs the planned batch again.
+        let again = run_stream(&job, &ck, &["--available-now"]);
+        assert!(again.status.success(), "{case}: {}", stderr(&again));
+        let b = batches(&again.stdout);
+        assert_eq!(
+            b.len(),
+            1,
+            "{case}: {}",
+            String::from_utf8_lossy(&again.stdout)
+        );
+        assert_eq!(b[0]["resumed"], true, "{case}");
+        assert_eq!(
+            b[0]["batch_id"],
+            if case == "mid-write" { 0 } else { 1 },
+            "{case}"
+        );
+        assert_eq!(
+            s3_counts(tmp.path(), &out),
+            (rows as u64, rows as u64),
+            "{case}"
+        );
+        assert_eq!(
+            s3.open_uploads(&bucket, "out/").unwrap(),
+            Vec::<String>::new(),
+            "{case}"
+        );
+    }
+    // And the stream goes on from there.
+    put(&mut rows, 10);
+    let next = run_stream(&job, &ck, &["--once"]);
+    let b = batches(&next.stdout);
+    assert_eq!(b[0]["batch_id"], 2, "{}", stderr(&next));
+    assert_eq!(s3_counts(tmp.path(), &out), (rows as u64, rows as u64));
+}
+
+/// A loopback webhook receiver: the bodies POSTed to it.
+fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/alarms", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(vec![]));
+    let kept = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                kept.lock().unwrap().push(v);
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+/// The seed-4 incident: the sink slows down (every S3 request delayed) so
+/// batches overrun their 1 s interval and the stream falls behind its
+/// schedule; the scheduling-delay alarm fires within its batches and
+/// reaches a webhook; when S3 is fast again the backlog drains, the alarm
+/// clears, and every row is there once.
+#[test]
+fn a_slow_sink_fires_the_scheduling_delay_alarm_and_recovery_clears_it() {
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("slowsink").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("in");
+    std::fs::create_dir_all(&src).unwrap();
+    let out = format!("s3://{bucket}/out");
+    let job = job(tmp.path(), &src.display().to_string(), "JSON", &out);
+    let ck = tmp.path().join("ck").display().to_string();
+    let proxy = sluice_test_support::faulty::FaultyS3::start(&s3.endpoint, u64::MAX).unwrap();
+    let (url, got) = webhook();
+    let lines = tmp.path().join("lines.jsonl");
+    let child = stream_cmd(
+        &job,
+        &ck,
+        &[
+            "--every",
+            "1s",
+            "--alarm",
+            "scheduling_share > 0.5 for 2",
+            "--alarm-webhook",
+            &url,
+        ],
+    )
+    .env("AWS_ENDPOINT_URL_S3", &proxy.endpoint)
+    .stdout(std::fs::File::create(&lines).unwrap())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let produced = Arc::new(Mutex::new(0i64));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (produced, stop, src) = (Arc::clone(&produced), Arc::clone(&stop), src.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut n = produced.lock().unwrap();
+                json_input(&src, &format!("f{i:05}.json"), *n..*n + 10);
+                *n += 10;
+                drop(n);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let states = || -> Vec<String> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["state"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    wait_for("a first batch", Duration::from_secs(120), || {
+        !batches(&std::fs::read(&lines).unwrap_or_default()).is_empty()
+    });
+    assert!(states().is_empty(), "an alarm fired on a healthy sink");
+    proxy.set_latency(Duration::from_millis(250));
+    wait_for("the alarm firing", Duration::from_secs(180), || {
+        states() == ["firing"]
+    });
+    let fired_at = got.lock().unwrap()[0].clone();
+    assert_eq!(
+        fired_at["alarm"], "scheduling_share > 0.5 for 2",
+        "{fired_at}"
+    );
+    let b = batches(&std::fs::read(&lines).unwrap());
+    let fired_batch = fired_at["batch_id"].as_u64().unwrap();
+    let over: Vec<bool> = b
+        .iter()
+        .filter(|x| x["batch_id"].as_u64().unwrap() <= fired_batch)
+        .map(|x| {
+            let (s, t) = (
+                x["scheduling_delay_ms"].as_f64().unwrap(),
+                x["total_delay_ms"].as_f64().unwrap(),
+            );
+            t > 0.0 && s / t > 0.5
+        })
+        .collect();
+    // It fired at the second batch in a row over the share, not before.
+    assert!(over.ends_with(&[true, true]), "{over:?}");
+    assert!(
+        !over[..over.len() - 2].windows(2).any(|w| w == [true, true]),
+        "{over:?}"
+    );
+    proxy.set_latency(Duration::ZERO);
+    wait_for("the alarm clearing", Duration::from_secs(180), || {
+        states() == ["firing", "cleared"]
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    producer.join().unwrap();
+    let produced = *produced.lock().unwrap();
+    wait_for("the backlog drained", Duration::from_secs(120), || {
+        batches(&std::fs::read(&lines).unwrap())
+            .iter()
+            .map(|x| x["rows_written"].as_i64().unwrap())
+            .sum::<i64>()
+            == produced
+    });
+    signal(&child, "-TERM");
+    assert!(wait_child(child, "the stream").success());
+    assert_eq!(
+        s3_counts(tmp.path(), &out),
+        (produced as u64, produced as u64)
+    );
+}
+
+/// Bad streams are refused with one clear line: a job without a directory
+/// table, an alarm that does not parse.
+#[test]
+fn bad_streams_are_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let plain = tmp.path().join("plain.sql");
+    std::fs::write(&plain, "SELECT 1;\n").unwrap();
+    let o = run_stream(&plain, &ck, &["--once"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the job reads no directory table"),
+        "{}",
+        stderr(&o)
+    );
+    let src = tmp.path().join("in");
+    std::fs::create_dir_all(&src).unwrap();
+    let job = job(
+        tmp.path(),
+        &src.display().to_string(),
+        "JSON",
+        &tmp.path().join("o").display().to_string(),
+    );
+    let o = run_stream(&job, &ck, &["--every", "1s", "--alarm", "latency > 3s"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad alarm 'latency > 3s': unknown metric latency"),
+        "{err}"
+    );
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1,
+        "{err}"
+    );
+}
