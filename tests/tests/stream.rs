@@ -611,3 +611,150 @@ fn bad_streams_are_refused_clearly() {
         "{err}"
     );
 }
+
+/// Row counts of the Parquet files under `out/id=*/` whose names carry
+/// `tag` (one batch's write): id -> (files, rows).
+fn files_per_id(out: &Path, tag: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut per = std::collections::BTreeMap::new();
+    for dir in std::fs::read_dir(out).unwrap() {
+        let dir = dir.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with("id=") {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let fname = f.file_name().unwrap().to_string_lossy().to_string();
+            if !fname.ends_with(".parquet") || !fname.contains(tag) {
+                continue;
+            }
+            let rows = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+                .unwrap()
+                .metadata()
+                .file_metadata()
+                .num_rows() as u64;
+            let e = per.entry(name.clone()).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += rows;
+        }
+    }
+    per
+}
+
+/// The seed-3 shape on the file source: skewed events arrive batch by
+/// batch and are written `PARTITIONED BY (id)` with a row target; in every
+/// batch each id gets ceil(its rows in that batch / target) files, and
+/// every row is written once.
+#[test]
+fn a_skewed_stream_gets_files_per_id_from_each_batch_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let target = 5_000u64;
+    let job_file = tmp.path().join("skew.sql");
+    std::fs::write(
+        &job_file,
+        format!(
+            "CREATE EXTERNAL TABLE src STORED AS PARQUET LOCATION '{}/';\n\
+             COPY (SELECT seq, payload, id FROM src) TO '{}' STORED AS PARQUET \
+             PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '{target}');\n",
+            src.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut total = 0u64;
+    for (i, (rows, seed)) in [(60_000u64, 7u64), (30_000, 8), (90_000, 9)]
+        .into_iter()
+        .enumerate()
+    {
+        let stage = tmp.path().join(format!("stage{i}"));
+        let made = run_job_text(
+            tmp.path(),
+            &format!(
+                "COPY (SELECT seq, ts, payload, id FROM skewed_events({rows}, {seed}, 3)) TO '{}' STORED AS PARQUET;\n",
+                stage.display()
+            ),
+            &[],
+        )
+        .unwrap();
+        assert!(made.status.success(), "{}", stderr(&made));
+        for f in sluice_test_support::visible_files(&stage).unwrap() {
+            std::fs::rename(stage.join(&f), src.join(format!("b{i}-{f}"))).unwrap();
+        }
+        let run = run_stream(&job_file, &ck, &["--once"]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let b = batches(&run.stdout);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0]["batch_id"], i as u64);
+        assert_eq!(b[0]["input_rows"], rows, "{}", b[0]);
+        assert_eq!(b[0]["rows_written"], rows, "{}", b[0]);
+        let tag = b[0]["writes"][0]["write_id"].as_str().unwrap().to_string();
+        let per = files_per_id(&out, &tag);
+        assert_eq!(per.values().map(|(_, r)| r).sum::<u64>(), rows);
+        for (id, (files, id_rows)) in &per {
+            assert_eq!(*files, id_rows.div_ceil(target), "batch {i} {id}: {per:?}");
+        }
+        // The large id is cut into several files in every batch.
+        assert!(per["id=100"].0 >= 2, "{per:?}");
+        total += rows;
+    }
+    let all = run_job_text(
+        tmp.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE o STORED AS PARQUET LOCATION '{}/';\nSELECT count(*) AS n FROM o;\n",
+            out.display()
+        ),
+        &["--output", "json"],
+    )
+    .unwrap();
+    let read: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(read["statements"][1]["rows"][0]["n"], total, "{read}");
+}
+
+/// On a scheduler and two executor processes (`--scheduler`): the batch's
+/// file list travels in the plan, so the executors read only the batch's
+/// files.
+#[test]
+fn a_stream_runs_on_a_cluster() {
+    let cluster = sluice_test_support::Cluster::start(2, 2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let job = job(
+        tmp.path(),
+        &src.display().to_string(),
+        "PARQUET",
+        &out.display().to_string(),
+    );
+    for (i, n) in [(0, 1_000), (1, 2_000)] {
+        parquet_input(&src, &format!("f{i}.parquet"), i * 1_000..i * 1_000 + n);
+    }
+    let run = |args: &[&str]| {
+        run_with_timeout(
+            stream_cmd(&job, &ck, args)
+                .args(["--scheduler", &cluster.endpoint])
+                .env("SLUICE_COORDINATOR", &cluster.coordinator),
+            Duration::from_secs(300),
+        )
+        .unwrap()
+    };
+    let first = run(&["--available-now", "--max-files-per-batch", "1"]);
+    assert!(
+        first.status.success(),
+        "{}\n{}",
+        stderr(&first),
+        cluster.scheduler_log()
+    );
+    let b = batches(&first.stdout);
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[1]["rows_written"], 2_000);
+    assert!(!b[0]["job_ids"].as_array().unwrap().is_empty(), "{}", b[0]);
+    parquet_input(&src, "f2.parquet", 3_000..3_500);
+    let second = run(&["--once"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(batches(&second.stdout)[0]["rows_written"], 500);
+    assert_eq!(local_ids(&out), exactly(3_500));
+}
