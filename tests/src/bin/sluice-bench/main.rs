@@ -11,6 +11,7 @@ mod partitioned;
 mod range;
 mod s3_commit;
 mod spark;
+mod stream;
 
 use std::path::PathBuf;
 
@@ -120,6 +121,24 @@ pub enum Bench {
         #[arg(long, env = "SLUICE_BENCH_S3_SERVER", default_value = "unknown")]
         server: String,
     },
+    /// Micro-batch streams against Spark Structured Streaming: per-batch
+    /// overhead (one small file a batch) and file-source throughput.
+    Stream {
+        /// Batches of one small file, for the overhead's median.
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+        /// Rows of `skewed_events` for the throughput run.
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        /// Parquet files they arrive in.
+        #[arg(long, default_value_t = 20)]
+        files: u64,
+        /// Files a batch takes in the throughput run.
+        #[arg(long, default_value_t = 5)]
+        per_batch: usize,
+        #[command(flatten)]
+        common: CompareArgs,
+    },
     /// One write of `s3-commit`'s ledger pass (run by it, through its proxy).
     #[command(hide = true)]
     S3CommitLedger {
@@ -174,6 +193,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             server,
         } => {
             let report = s3_commit_bench(rows, partitions, rounds.max(1), &bucket, &server).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Bench::Stream {
+            batches,
+            rows,
+            files,
+            per_batch,
+            common,
+        } => {
+            let scratch = common.scratch()?;
+            let report = stream::stream_bench(
+                batches.max(1),
+                rows,
+                files.max(1),
+                per_batch.max(1),
+                scratch.path(),
+                common.spark(),
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

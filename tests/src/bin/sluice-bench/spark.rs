@@ -40,9 +40,9 @@ print(time.time() - t)
     }
 }
 
-/// Runs a pyspark `script` that prints its measured seconds last; `None`
-/// when `python` cannot import pyspark. Bounded to 30 minutes.
-pub(crate) fn run_spark(python: &str, script: &str) -> Result<Option<f64>> {
+/// Runs a pyspark `script` and returns what it printed; `None` when
+/// `python` cannot import pyspark. Bounded to 30 minutes.
+pub(crate) fn run_spark_output(python: &str, script: &str) -> Result<Option<String>> {
     let probe = std::process::Command::new(python)
         .args(["-c", "import pyspark"])
         .stdout(Stdio::null())
@@ -83,7 +83,16 @@ pub(crate) fn run_spark(python: &str, script: &str) -> Result<Option<f64>> {
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         );
     }
-    let secs: f64 = std::fs::read_to_string(stdout.path())?
+    Ok(Some(std::fs::read_to_string(stdout.path())?))
+}
+
+/// Runs a pyspark `script` that prints its measured seconds last; `None`
+/// when `python` cannot import pyspark. Bounded to 30 minutes.
+pub(crate) fn run_spark(python: &str, script: &str) -> Result<Option<f64>> {
+    let Some(out) = run_spark_output(python, script)? else {
+        return Ok(None);
+    };
+    let secs: f64 = out
         .lines()
         .last()
         .unwrap_or_default()
