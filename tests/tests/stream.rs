@@ -583,7 +583,7 @@ fn bad_streams_are_refused_clearly() {
     let o = run_stream(&plain, &ck, &["--once"]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("the job reads no directory table"),
+        stderr(&o).contains("the job reads no streaming table"),
         "{}",
         stderr(&o)
     );

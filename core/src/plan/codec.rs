@@ -23,6 +23,7 @@ use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 
 use crate::sink::dynamo::{DynamoCommitExec, DynamoSpec, DynamoWriteNode, DynamoWriterExec};
 use crate::sink::files::{CommitExec, RouteSpec, SkewRouteExec, WriteNode, WriteSpec, WriterExec};
+use crate::source::kafka::{KafkaScanExec, KafkaSpec, KafkaTable};
 
 const MAGIC: &[u8] = b"SLUICE1\0";
 
@@ -61,6 +62,7 @@ enum LogicalNode {
 enum TableNode {
     Range(RangeSpecDto),
     Skewed { spec: RangeSpecDto, seed: i64 },
+    Kafka(KafkaSpec),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,6 +77,7 @@ enum PhysicalNode {
         columns: Vec<usize>,
     },
     SkewRoute(RouteSpec),
+    KafkaScan(KafkaSpec),
     Writer(WriteSpec),
     Commit(WriteSpec),
     DynamoWriter(DynamoSpec),
@@ -160,6 +163,7 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                     spec: spec.into_spec()?,
                     seed,
                 })),
+                TableNode::Kafka(spec) => Ok(Arc::new(KafkaTable::try_new(spec)?)),
             },
             None => self
                 .inner
@@ -175,6 +179,9 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
     ) -> Result<()> {
         if let Some(range) = node.downcast_ref::<RangeTable>() {
             return encode(&TableNode::Range(range.spec.into()), buf);
+        }
+        if let Some(kafka) = node.downcast_ref::<KafkaTable>() {
+            return encode(&TableNode::Kafka(kafka.spec.clone()), buf);
         }
         if let Some(skewed) = node.downcast_ref::<SkewedTable>() {
             return encode(
@@ -237,6 +244,10 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 columns,
                 one_input(inputs, "SkewedExec")?,
             )?),
+            PhysicalNode::KafkaScan(spec) => Arc::new(KafkaScanExec::try_new(
+                spec,
+                one_input(inputs, "KafkaScanExec")?,
+            )?),
             PhysicalNode::SkewRoute(spec) => Arc::new(SkewRouteExec::new(
                 one_input(inputs, "SluiceSkewRouteExec")?,
                 spec,
@@ -293,6 +304,9 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
         }
         if let Some(commit) = node.downcast_ref::<CommitExec>() {
             return encode(&PhysicalNode::Commit(commit.spec().clone()), buf);
+        }
+        if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            return encode(&PhysicalNode::KafkaScan(scan.spec().clone()), buf);
         }
         if let Some(writer) = node.downcast_ref::<DynamoWriterExec>() {
             return encode(&PhysicalNode::DynamoWriter(writer.spec().clone()), buf);

@@ -229,6 +229,10 @@ pub fn install_table_factories(state: &mut SessionState) {
             .insert(format.to_string(), Arc::clone(&factory));
     }
     state.table_factories_mut().insert(
+        crate::source::kafka::KAFKA.to_string(),
+        Arc::new(crate::source::kafka::KafkaTableFactory),
+    );
+    state.table_factories_mut().insert(
         crate::sink::dynamo::DYNAMODB.to_string(),
         Arc::new(crate::sink::dynamo::DynamoTableFactory),
     );

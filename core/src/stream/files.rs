@@ -21,9 +21,8 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::StreamError;
-use super::source::{Planned, Range, Source, SourceLag};
+use super::source::{BatchInputs, Planned, Range, Source, SourceLag};
 use crate::clock::Clock;
-use crate::plan::tables::BatchFiles;
 
 /// How long one listing or footer read may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -235,12 +234,13 @@ impl Source for FileSource {
         Ok(())
     }
 
-    fn bind(&self, ranges: &[&Range], batch: &mut BatchFiles) -> Result<(), StreamError> {
+    fn bind(&self, ranges: &[&Range], batch: &mut BatchInputs) -> Result<(), StreamError> {
         let files = ranges
             .iter()
             .map(|r| format!("{}{}", self.location, r.split))
             .collect();
         batch
+            .files
             .insert(&self.location, files)
             .map_err(|e| self.error(e.to_string()))
     }

@@ -5,7 +5,8 @@
 //! a record.
 //!
 //! - [`source`]: what a streaming source is (a table whose batch input is a
-//!   set of `(split, start, end)` ranges), and [`files`], the file source
+//!   set of `(split, start, end)` ranges), [`files`], the file source, and
+//!   [`kafka`], the Kafka source
 //! - [`checkpoint`]: the checkpoint's records (`offsets/N`, `commits/N`,
 //!   compacted `state/N`) and its lock
 //! - [`trigger`]: when batches run (Spark's ProcessingTime, once, available-now)
@@ -19,6 +20,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod files;
 pub mod info;
+pub mod kafka;
 pub mod runner;
 pub mod source;
 pub mod status;

@@ -23,13 +23,12 @@ use super::checkpoint::{BatchPlan, Checkpoint, State};
 use super::error::StreamError;
 use super::files::{FileSource, FileSourceOptions};
 use super::info::{BatchInfo, BatchWrite, SplitInput};
-use super::source::{Range, Source};
+use super::source::{BatchInputs, Range, Source};
 use super::trigger::Trigger;
 use crate::client::job::{Action, classify, split_statements, substitute};
 use crate::client::{BatchWrites, Interrupter, JobReport, JobRunner};
 use crate::clock::Clock;
 use crate::error::{SluiceError, render};
-use crate::plan::tables::BatchFiles;
 use crate::sink::files::lock::{Holder, LockError, LockGuard};
 use crate::sink::files::manifest::hostname;
 
@@ -216,10 +215,28 @@ impl StreamRunner {
                     let [location] = cmd.locations.as_slice() else {
                         continue;
                     };
+                    let format = cmd.file_type.to_ascii_uppercase();
+                    if format == crate::source::kafka::KAFKA {
+                        let bad = |e: datafusion::error::DataFusionError| StreamError::Source {
+                            table: cmd.name.to_string(),
+                            location: location.clone(),
+                            what: e.to_string(),
+                        };
+                        let parsed =
+                            crate::source::kafka::KafkaLocation::parse(location).map_err(bad)?;
+                        let options =
+                            crate::source::kafka::KafkaOptions::parse(&option_texts(&cmd.options))
+                                .map_err(bad)?;
+                        sources.push(Box::new(super::kafka::KafkaSource::new(
+                            &cmd.name.to_string(),
+                            parsed,
+                            options,
+                        )));
+                        continue;
+                    }
                     let Ok(url) = ListingTableUrl::parse(location) else {
                         continue;
                     };
-                    let format = cmd.file_type.to_ascii_uppercase();
                     if !url.is_collection()
                         || !["PARQUET", "CSV", "JSON", "ARROW"].contains(&format.as_str())
                     {
@@ -247,7 +264,7 @@ impl StreamRunner {
         }
         if sources.is_empty() {
             return Err(StreamError::Setting(format!(
-                "{}: the job reads no directory table (CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON LOCATION 'dir/'), so there is nothing to stream",
+                "{}: the job reads no streaming table (CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON LOCATION 'dir/', or STORED AS KAFKA LOCATION 'kafka://host:port/topic'), so there is nothing to stream",
                 self.file
             )));
         }
@@ -547,20 +564,23 @@ impl StreamRunner {
     ) -> Result<(JobReport, Vec<Option<u64>>), SluiceError> {
         let span = tracing::info_span!("sluice.batch", batch_id = plan.batch_id, resumed);
         drop_tables(ctx)?;
-        let mut files = BatchFiles::default();
+        let mut inputs = BatchInputs::default();
         for s in sources {
             let mine: Vec<&Range> = plan
                 .ranges
                 .iter()
                 .filter(|r| r.source == s.table())
                 .collect();
-            s.bind(&mine, &mut files)
+            s.bind(&mine, &mut inputs)
                 .map_err(|e| SluiceError::Layer(Box::new(e)))?;
         }
-        ctx.state_ref()
-            .write()
-            .config_mut()
-            .set_extension(Arc::new(files));
+        {
+            let state = ctx.state_ref();
+            let mut state = state.write();
+            let config = state.config_mut();
+            config.set_extension(Arc::new(inputs.files));
+            config.set_extension(Arc::new(inputs.kafka));
+        }
         let id = stream_id.get(..12).unwrap_or(stream_id);
         self.runner.set_batch(Some(BatchWrites {
             prefix: format!("{id}b{}", plan.batch_id),
@@ -583,6 +603,23 @@ impl StreamRunner {
         // Ranges are reported in the plan's order, grouped by source.
         Ok((report?, rows))
     }
+}
+
+/// A parsed statement's `OPTIONS`, as the texts the table factory sees.
+fn option_texts(
+    options: &[(String, datafusion::sql::sqlparser::ast::Value)],
+) -> HashMap<String, String> {
+    use datafusion::sql::sqlparser::ast::Value;
+    options
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
 }
 
 /// Whether a process with this pid runs on this machine (Linux's /proc;

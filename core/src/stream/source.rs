@@ -11,6 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use super::error::StreamError;
 use crate::plan::tables::BatchFiles;
+use crate::source::kafka::BatchKafka;
+
+/// What each source's table reads in one batch, put on the session by the
+/// runner.
+#[derive(Debug, Default)]
+pub struct BatchInputs {
+    pub files: BatchFiles,
+    pub kafka: BatchKafka,
+}
 
 /// One part of one split that a batch reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +72,7 @@ pub trait Source: Send + Sync {
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), StreamError>;
 
     /// Tells the session what this source's table reads in a batch.
-    fn bind(&self, ranges: &[&Range], batch: &mut BatchFiles) -> Result<(), StreamError>;
+    fn bind(&self, ranges: &[&Range], batch: &mut BatchInputs) -> Result<(), StreamError>;
 
     /// Rows per range, where the source can tell cheaply (a Parquet footer).
     async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>>;

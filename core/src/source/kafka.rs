@@ -1,0 +1,872 @@
+//! Kafka topics as tables: `CREATE EXTERNAL TABLE t [(declared columns)]
+//! STORED AS KAFKA LOCATION 'kafka://host:port[,host:port]/topic'
+//! [OPTIONS (...)]`.
+//!
+//! Columns: `key`, `value` (bytes), `partition`, `offset`, `timestamp`,
+//! `headers` (a JSON object of the headers as text), then the declared
+//! columns parsed from each value as a JSON object (typed as declared;
+//! `NOT NULL` ones required), and `_error`: why a value did not parse (its
+//! declared columns are then null), so a job routes bad records to a
+//! dead-letter write with SQL. More than `max_bad_records` bad records in one
+//! range fail the batch, naming the partition and offset.
+//!
+//! The table reads the ranges a stream's batch planned for it
+//! ([`BatchKafka`] on the session): one scan partition per range, each a
+//! row of a memory source that [`KafkaScanExec`] expands by fetching from the
+//! broker on the executor running it. Outside a stream the table reads
+//! nothing. Every broker call has a timeout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, Int32Array, Int64Array, RecordBatch, StringBuilder,
+    TimestampMillisecondArray, new_null_array,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// The `STORED AS` name.
+pub const KAFKA: &str = "KAFKA";
+/// How long one broker call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes one fetch asks for.
+const FETCH_BYTES: i32 = 4 * 1024 * 1024;
+/// Rows per output batch.
+const BATCH_ROWS: usize = 8192;
+/// The column that says why a value did not parse.
+pub const ERROR_COLUMN: &str = "_error";
+
+/// Where a topic is: `kafka://host:port[,host:port]/topic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaLocation {
+    pub brokers: Vec<String>,
+    pub topic: String,
+}
+
+impl KafkaLocation {
+    pub fn parse(raw: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            DataFusionError::Plan(format!(
+                "Kafka location '{raw}': {why} (expected kafka://host:port[,host:port]/topic)"
+            ))
+        };
+        let rest = raw
+            .strip_prefix("kafka://")
+            .ok_or_else(|| bad("not a kafka:// URL"))?;
+        let (hosts, topic) = rest.split_once('/').ok_or_else(|| bad("no topic"))?;
+        let topic = topic.trim_end_matches('/');
+        if topic.is_empty() || topic.contains('/') {
+            return Err(bad("the topic must be one path segment"));
+        }
+        if hosts.contains('@') {
+            return Err(bad("credentials do not belong in the URL"));
+        }
+        let brokers: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(String::from)
+            .collect();
+        if brokers.is_empty() || brokers.iter().any(|b| !b.contains(':')) {
+            return Err(bad("every broker needs host:port"));
+        }
+        Ok(Self {
+            brokers,
+            topic: topic.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("kafka://{}/{}", self.brokers.join(","), self.topic)
+    }
+}
+
+/// Where a stream starts reading a partition it has no position for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartingOffsets {
+    Earliest,
+    Latest,
+    /// The first record at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// The table's options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaOptions {
+    pub starting_offsets: StartingOffsets,
+    /// Records a batch takes from the whole topic at most.
+    pub max_records_per_batch: u64,
+    /// Bad records one range may hold before the batch fails.
+    pub max_bad_records: u64,
+}
+
+impl Default for KafkaOptions {
+    fn default() -> Self {
+        Self {
+            starting_offsets: StartingOffsets::Earliest,
+            max_records_per_batch: 100_000,
+            max_bad_records: 0,
+        }
+    }
+}
+
+impl KafkaOptions {
+    /// From `OPTIONS (...)`: `starting_offsets` (`earliest`, `latest` or a
+    /// time like `2026-11-25T10:00:00Z`), `max_records_per_batch`,
+    /// `max_bad_records`. Unknown keys are refused.
+    pub fn parse(options: &HashMap<String, String>) -> Result<Self> {
+        let mut out = Self::default();
+        for (raw_key, value) in options {
+            let key = raw_key
+                .trim_start_matches("format.")
+                .to_ascii_lowercase()
+                .replace('.', "_");
+            let number = |v: &str| {
+                v.trim().parse::<u64>().map_err(|_| {
+                    DataFusionError::Plan(format!(
+                        "Kafka option {raw_key} must be a number, got '{v}'"
+                    ))
+                })
+            };
+            match key.as_str() {
+                "starting_offsets" => {
+                    out.starting_offsets = match value.trim().to_ascii_lowercase().as_str() {
+                        "earliest" => StartingOffsets::Earliest,
+                        "latest" => StartingOffsets::Latest,
+                        other => match chrono::DateTime::parse_from_rfc3339(other) {
+                            Ok(t) => StartingOffsets::Timestamp(t.timestamp_millis()),
+                            Err(_) => {
+                                return plan_err!(
+                                    "Kafka option starting_offsets must be earliest, latest or an RFC 3339 time, got '{value}'"
+                                );
+                            }
+                        },
+                    }
+                }
+                "max_records_per_batch" => {
+                    out.max_records_per_batch = number(value)?;
+                    if out.max_records_per_batch == 0 {
+                        return plan_err!("Kafka option max_records_per_batch must be at least 1");
+                    }
+                }
+                "max_bad_records" => out.max_bad_records = number(value)?,
+                _ => {
+                    return plan_err!(
+                        "unknown Kafka option {raw_key} (known: starting_offsets, max_records_per_batch, max_bad_records)"
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Records `start..end` of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaRange {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The ranges each Kafka table reads in one micro-batch, by location URL
+/// (set on the client's session by `stream`).
+#[derive(Debug, Default, Clone)]
+pub struct BatchKafka {
+    pub by_location: HashMap<String, Vec<KafkaRange>>,
+}
+
+/// The columns every Kafka table has, before the declared ones.
+pub fn fixed_fields() -> Vec<Field> {
+    vec![
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("headers", DataType::Utf8, false),
+    ]
+}
+
+/// A declared column, as it travels in a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declared {
+    pub name: String,
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+/// What a Kafka table is: enough to rebuild it on the scheduler and to
+/// scan it on an executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaSpec {
+    pub location: KafkaLocation,
+    pub options: KafkaOptions,
+    pub declared: Vec<Declared>,
+    pub ranges: Vec<KafkaRange>,
+}
+
+impl KafkaSpec {
+    fn declared_schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .declared
+            .iter()
+            .map(|d| {
+                DataType::from_str(&d.data_type)
+                    .map(|t| Field::new(&d.name, t, d.nullable))
+                    .map_err(DataFusionError::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let mut fields = fixed_fields();
+        // Nullable in the table: a bad record's declared columns are null
+        // (its `_error` says why); required ones are checked when parsing.
+        fields.extend(
+            self.declared_schema()?
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        fields.push(Field::new(ERROR_COLUMN, DataType::Utf8, true));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+/// A Kafka topic's table for one batch (or, outside a stream, no rows).
+#[derive(Debug, Clone)]
+pub struct KafkaTable {
+    pub spec: KafkaSpec,
+    schema: SchemaRef,
+}
+
+impl KafkaTable {
+    pub fn try_new(spec: KafkaSpec) -> Result<Self> {
+        let schema = spec.schema()?;
+        Ok(Self { spec, schema })
+    }
+}
+
+#[async_trait]
+impl TableProvider for KafkaTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let scan = KafkaScanExec::try_new(self.spec.clone(), range_source(&self.spec.ranges)?)?;
+        match projection {
+            Some(p) => {
+                let exprs = p
+                    .iter()
+                    .map(|i| {
+                        let field = self.schema.field(*i);
+                        let col: Arc<dyn PhysicalExpr> = Arc::new(
+                            datafusion::physical_expr::expressions::Column::new(field.name(), *i),
+                        );
+                        (col, field.name().clone())
+                    })
+                    .collect::<Vec<_>>();
+                Ok(Arc::new(
+                    datafusion::physical_plan::projection::ProjectionExec::try_new(
+                        exprs,
+                        Arc::new(scan),
+                    )?,
+                ))
+            }
+            None => Ok(Arc::new(scan)),
+        }
+    }
+}
+
+/// Builds Kafka tables from `CREATE EXTERNAL TABLE ... STORED AS KAFKA`.
+#[derive(Debug, Default)]
+pub struct KafkaTableFactory;
+
+#[async_trait]
+impl TableProviderFactory for KafkaTableFactory {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let [location] = cmd.locations.as_slice() else {
+            return plan_err!("{}: a Kafka table has one LOCATION", cmd.name);
+        };
+        let location = KafkaLocation::parse(location)?;
+        let options = KafkaOptions::parse(&cmd.options)?;
+        let fixed: Vec<String> = fixed_fields().iter().map(|f| f.name().clone()).collect();
+        let mut declared = Vec::new();
+        for f in cmd.schema.fields() {
+            if fixed.contains(f.name()) || f.name() == ERROR_COLUMN {
+                return plan_err!(
+                    "{}: column {} is one of the Kafka table's own columns ({}, {ERROR_COLUMN}); declare only the fields parsed from the value",
+                    cmd.name,
+                    f.name(),
+                    fixed.join(", ")
+                );
+            }
+            declared.push(Declared {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            });
+        }
+        let ranges = state
+            .config()
+            .get_extension::<BatchKafka>()
+            .and_then(|b| b.by_location.get(&location.url()).cloned())
+            .unwrap_or_default();
+        Ok(Arc::new(KafkaTable::try_new(KafkaSpec {
+            location,
+            options,
+            declared,
+            ranges,
+        })?))
+    }
+}
+
+fn range_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("partition", DataType::Int32, false),
+        Field::new("start", DataType::Int64, false),
+        Field::new("end", DataType::Int64, false),
+    ]))
+}
+
+/// One in-memory partition per range (a row `(partition, start, end)`): as
+/// `range`'s slices, so Ballista narrows a task to its own ranges.
+fn range_source(ranges: &[KafkaRange]) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = range_schema();
+    let mut partitions = ranges
+        .iter()
+        .map(|r| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int32Array::from(vec![r.partition])),
+                    Arc::new(Int64Array::from(vec![r.start])),
+                    Arc::new(Int64Array::from(vec![r.end])),
+                ],
+            )
+            .map(|b| vec![b])
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if partitions.is_empty() {
+        partitions.push(vec![]);
+    }
+    let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+    Ok(exec)
+}
+
+/// Fetches each range row of its input from the broker.
+#[derive(Debug)]
+pub struct KafkaScanExec {
+    spec: KafkaSpec,
+    input: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl KafkaScanExec {
+    pub fn try_new(spec: KafkaSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let schema = spec.schema()?;
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            spec,
+            input,
+            schema,
+            properties: Arc::new(properties),
+        })
+    }
+
+    pub fn spec(&self) -> &KafkaSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for KafkaScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "KafkaScanExec: {} ranges of {}",
+            self.spec.ranges.len(),
+            self.spec.location.url()
+        )
+    }
+}
+
+impl ExecutionPlan for KafkaScanExec {
+    fn name(&self) -> &str {
+        "KafkaScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match children.pop() {
+            Some(child) if children.is_empty() => {
+                Ok(Arc::new(Self::try_new(self.spec.clone(), child)?))
+            }
+            _ => Err(DataFusionError::Internal(
+                "KafkaScanExec takes exactly one child".into(),
+            )),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let rows = self.input.execute(partition, context)?;
+        let spec = self.spec.clone();
+        let schema = Arc::clone(&self.schema);
+        let out_schema = Arc::clone(&schema);
+        let batches = rows
+            .map(move |descr| {
+                let spec = spec.clone();
+                let schema = Arc::clone(&schema);
+                async move {
+                    let descr = descr?;
+                    let parts = descr.column(0).as_primitive::<Int32Type>().clone();
+                    let starts = descr.column(1).as_primitive::<Int64Type>().clone();
+                    let ends = descr.column(2).as_primitive::<Int64Type>().clone();
+                    let mut out = Vec::new();
+                    for i in 0..descr.num_rows() {
+                        let range = KafkaRange {
+                            partition: parts.value(i),
+                            start: starts.value(i),
+                            end: ends.value(i),
+                        };
+                        out.extend(read_range(&spec, &schema, range).await?);
+                    }
+                    Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
+                }
+            })
+            .buffered(1)
+            .map(|r| match r {
+                Ok(s) => s.boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            })
+            .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, batches)))
+    }
+}
+
+fn kafka_err(what: String) -> DataFusionError {
+    DataFusionError::Execution(what)
+}
+
+/// A client for `location`'s brokers, retrying a failed call for at most
+/// [`CALL_TIMEOUT`].
+pub async fn connect(location: &KafkaLocation) -> Result<rskafka::client::Client> {
+    let backoff = rskafka::BackoffConfig {
+        deadline: Some(CALL_TIMEOUT),
+        ..Default::default()
+    };
+    let build = rskafka::client::ClientBuilder::new(location.brokers.clone())
+        .client_id("sluice")
+        .backoff_config(backoff)
+        .build();
+    tokio::time::timeout(CALL_TIMEOUT, build)
+        .await
+        .map_err(|_| {
+            kafka_err(format!(
+                "Kafka brokers {} did not answer within {CALL_TIMEOUT:?}",
+                location.brokers.join(",")
+            ))
+        })?
+        .map_err(|e| {
+            kafka_err(format!(
+                "cannot reach Kafka brokers {}: {e}",
+                location.brokers.join(",")
+            ))
+        })
+}
+
+/// A client for one partition of the topic.
+pub async fn partition_client(
+    client: &rskafka::client::Client,
+    location: &KafkaLocation,
+    partition: i32,
+) -> Result<rskafka::client::partition::PartitionClient> {
+    let call = client.partition_client(
+        location.topic.clone(),
+        partition,
+        rskafka::client::partition::UnknownTopicHandling::Error,
+    );
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            kafka_err(format!(
+                "{}: partition {partition}: timed out",
+                location.url()
+            ))
+        })?
+        .map_err(|e| kafka_err(format!("{}: partition {partition}: {e}", location.url())))
+}
+
+/// Reads one range whole into batches of the table's schema.
+async fn read_range(
+    spec: &KafkaSpec,
+    schema: &SchemaRef,
+    range: KafkaRange,
+) -> Result<Vec<RecordBatch>> {
+    use tracing::Instrument;
+    if range.end <= range.start {
+        return Ok(vec![]);
+    }
+    let span = tracing::info_span!("kafka.read_range", topic = %spec.location.topic, partition = range.partition, start = range.start, end = range.end);
+    read_range_in(spec, schema, range).instrument(span).await
+}
+
+async fn read_range_in(
+    spec: &KafkaSpec,
+    schema: &SchemaRef,
+    range: KafkaRange,
+) -> Result<Vec<RecordBatch>> {
+    let client = connect(&spec.location).await?;
+    let pc = partition_client(&client, &spec.location, range.partition).await?;
+    let mut records: Vec<rskafka::record::RecordAndOffset> = Vec::new();
+    let mut next = range.start;
+    while next < range.end {
+        let fetch = pc.fetch_records(next, 1..FETCH_BYTES, 500);
+        let (got, high) = tokio::time::timeout(CALL_TIMEOUT, fetch)
+            .await
+            .map_err(|_| {
+                kafka_err(format!(
+                    "{}: partition {} fetch at offset {next} timed out",
+                    spec.location.url(),
+                    range.partition
+                ))
+            })?
+            .map_err(|e| {
+                kafka_err(format!(
+                    "{}: partition {} fetch at offset {next}: {e}",
+                    spec.location.url(),
+                    range.partition
+                ))
+            })?;
+        let before = next;
+        for r in got {
+            if r.offset < next || r.offset >= range.end {
+                continue;
+            }
+            // Every offset of the range is a record: a gap (a compacted or
+            // transactional topic, or a broker that skips) would be lost
+            // rows, so it fails the batch instead.
+            if r.offset != next {
+                return Err(kafka_err(format!(
+                    "{}: partition {}: the broker returned offset {} where {next} was due: offsets {next}..{} are missing (compacted and transactional topics are not supported)",
+                    spec.location.url(),
+                    range.partition,
+                    r.offset,
+                    r.offset
+                )));
+            }
+            next += 1;
+            records.push(r);
+        }
+        if next == before {
+            return Err(kafka_err(format!(
+                "{}: partition {} returned no record at offset {next} (high watermark {high}, range end {})",
+                spec.location.url(),
+                range.partition,
+                range.end
+            )));
+        }
+    }
+    let declared = spec.declared_schema()?;
+    let mut bad = 0u64;
+    let mut out = Vec::new();
+    for chunk in records.chunks(BATCH_ROWS) {
+        let (batch, chunk_bad) = to_batch(schema, &declared, range.partition, chunk)?;
+        bad += chunk_bad.len() as u64;
+        if bad > spec.options.max_bad_records {
+            let (offset, why) = chunk_bad.last().cloned().unwrap_or_default();
+            return Err(kafka_err(format!(
+                "{}: partition {} offset {offset}: {bad} bad records in this batch's range {}..{}, over max_bad_records {}; the last: {why}",
+                spec.location.url(),
+                range.partition,
+                range.start,
+                range.end,
+                spec.options.max_bad_records
+            )));
+        }
+        out.push(batch);
+    }
+    Ok(out)
+}
+
+/// The records as a batch; the declared columns parsed from each value.
+/// Returns the bad records' offsets and reasons too.
+fn to_batch(
+    schema: &SchemaRef,
+    declared: &SchemaRef,
+    partition: i32,
+    records: &[rskafka::record::RecordAndOffset],
+) -> Result<(RecordBatch, Vec<(i64, String)>)> {
+    let mut keys = BinaryBuilder::new();
+    let mut values = BinaryBuilder::new();
+    let mut headers = StringBuilder::new();
+    let mut errors = StringBuilder::new();
+    let mut bad = Vec::new();
+    let mut parsed: Vec<Option<RecordBatch>> = Vec::with_capacity(records.len());
+    for r in records {
+        keys.append_option(r.record.key.as_deref());
+        values.append_option(r.record.value.as_deref());
+        let h: BTreeMap<&str, String> = r
+            .record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        headers.append_value(serde_json::to_string(&h).unwrap_or_default());
+        if declared.fields().is_empty() {
+            errors.append_null();
+            continue;
+        }
+        match parse_value(declared, r.record.value.as_deref()) {
+            Ok(b) => {
+                errors.append_null();
+                parsed.push(Some(b));
+            }
+            Err(why) => {
+                errors.append_value(&why);
+                bad.push((r.offset, why));
+                parsed.push(None);
+            }
+        }
+    }
+    let n = records.len();
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(keys.finish()),
+        Arc::new(values.finish()),
+        Arc::new(Int32Array::from(vec![partition; n])),
+        Arc::new(Int64Array::from_iter_values(
+            records.iter().map(|r| r.offset),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(
+                records
+                    .iter()
+                    .map(|r| r.record.timestamp.timestamp_millis()),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(headers.finish()),
+    ];
+    for (i, field) in declared.fields().iter().enumerate() {
+        let parts: Vec<ArrayRef> = parsed
+            .iter()
+            .map(|p| match p {
+                Some(b) => Arc::clone(b.column(i)),
+                None => new_null_array(field.data_type(), 1),
+            })
+            .collect();
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        let column = if refs.is_empty() {
+            new_null_array(field.data_type(), 0)
+        } else {
+            arrow::compute::concat(&refs)?
+        };
+        columns.push(column);
+    }
+    columns.push(Arc::new(errors.finish()));
+    // Declared NOT NULL columns are null in bad records: the table's
+    // schema says nullable there (only `_error` rows hold such nulls).
+    let batch = RecordBatch::try_new(Arc::clone(schema), columns)?;
+    Ok((batch, bad))
+}
+
+/// One value parsed as a JSON object into the declared columns.
+fn parse_value(
+    declared: &SchemaRef,
+    value: Option<&[u8]>,
+) -> std::result::Result<RecordBatch, String> {
+    let Some(value) = value else {
+        return Err("the record has no value".into());
+    };
+    let text = std::str::from_utf8(value).map_err(|_| "the value is not UTF-8 text".to_string())?;
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => {}
+        Ok(_) => return Err("the value is JSON but not an object".into()),
+        Err(e) => return Err(format!("the value is not JSON: {e}")),
+    }
+    // Nulls are let through here and required fields checked below, to
+    // name the field that is missing.
+    let lenient = Arc::new(Schema::new(
+        declared
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let mut decoder = arrow::json::ReaderBuilder::new(lenient)
+        .with_batch_size(1)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder
+        .decode(text.as_bytes())
+        .map_err(|e| clean_arrow(&e.to_string()))?;
+    let batch = decoder
+        .flush()
+        .map_err(|e| clean_arrow(&e.to_string()))?
+        .ok_or_else(|| "the value is empty".to_string())?;
+    if batch.num_rows() != 1 {
+        return Err("the value is not one JSON object".into());
+    }
+    for (i, f) in declared.fields().iter().enumerate() {
+        if !f.is_nullable() && batch.column(i).is_null(0) {
+            return Err(format!("required field {} is missing or null", f.name()));
+        }
+    }
+    Ok(batch)
+}
+
+fn clean_arrow(text: &str) -> String {
+    text.trim_start_matches("Json error: ")
+        .trim_start_matches("Parser error: ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_and_options_parse_and_bad_ones_say_why() -> Result<()> {
+        let l = KafkaLocation::parse("kafka://a:9092,b:9093/events/")?;
+        assert_eq!(l.brokers, ["a:9092", "b:9093"]);
+        assert_eq!(l.topic, "events");
+        assert_eq!(l.url(), "kafka://a:9092,b:9093/events");
+        for (bad, why) in [
+            ("s3://x/y", "not a kafka:// URL"),
+            ("kafka://a:1", "no topic"),
+            ("kafka://a:1/x/y", "one path segment"),
+            ("kafka://a/x", "host:port"),
+            ("kafka://u:p@a:1/x", "credentials"),
+        ] {
+            let err = KafkaLocation::parse(bad).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(why)),
+                "{bad}: {err:?}"
+            );
+        }
+        let o = KafkaOptions::parse(&HashMap::from([
+            ("format.starting_offsets".to_string(), "latest".to_string()),
+            ("max_records_per_batch".to_string(), "10".to_string()),
+        ]))?;
+        assert_eq!(o.starting_offsets, StartingOffsets::Latest);
+        assert_eq!(o.max_records_per_batch, 10);
+        let t = KafkaOptions::parse(&HashMap::from([(
+            "starting_offsets".to_string(),
+            "2026-11-25T10:00:00Z".to_string(),
+        )]))?;
+        assert_eq!(
+            t.starting_offsets,
+            StartingOffsets::Timestamp(1_795_600_800_000)
+        );
+        for (k, v, why) in [
+            ("max_records_per_batch", "0", "at least 1"),
+            ("max_records_per_batch", "many", "must be a number"),
+            (
+                "starting_offsets",
+                "soon",
+                "earliest, latest or an RFC 3339 time",
+            ),
+            ("group_id", "g", "unknown Kafka option group_id"),
+        ] {
+            let err = KafkaOptions::parse(&HashMap::from([(k.to_string(), v.to_string())]))
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(why)),
+                "{k}: {err:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn values_parse_into_declared_columns_or_say_why_not() -> Result<()> {
+        let declared = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let ok = parse_value(&declared, Some(br#"{"id": 7, "name": "a", "extra": 1}"#));
+        assert_eq!(ok.map(|b| b.num_rows()), Ok(1));
+        for (value, why) in [
+            (Some(&b"nope"[..]), "not JSON"),
+            (Some(&b"[1]"[..]), "not an object"),
+            (Some(&br#"{"name": "a"}"#[..]), "required field id"),
+            (Some(&b"\xff"[..]), "not UTF-8"),
+            (None, "no value"),
+        ] {
+            let err = parse_value(&declared, value).err().unwrap_or_default();
+            assert!(err.contains(why), "{value:?}: {err}");
+        }
+        Ok(())
+    }
+}

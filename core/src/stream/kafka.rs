@@ -1,0 +1,292 @@
+//! The Kafka source of a stream: a `STORED AS KAFKA` table. A batch takes,
+//! per partition, the records from the stream's position to the high
+//! watermark, at most `max_records_per_batch` over the whole topic (shared
+//! fairly between partitions), as ranges `(partition, start, end)`; the
+//! executors fetch them (`source::kafka`). Positions are the next offset of
+//! each partition, in the checkpoint; a partition the stream has no position
+//! for starts at `starting_offsets`. A position below what the broker still
+//! keeps (retention deleted it) fails the batch, saying how many records
+//! were lost.
+
+use std::collections::{BTreeMap, HashSet};
+
+use async_trait::async_trait;
+use rskafka::client::partition::OffsetAt;
+
+use super::error::StreamError;
+use super::source::{BatchInputs, Planned, Range, Source, SourceLag};
+use crate::source::kafka::{
+    CALL_TIMEOUT, KafkaLocation, KafkaOptions, KafkaRange, StartingOffsets, connect,
+    partition_client,
+};
+
+pub struct KafkaSource {
+    table: String,
+    location: KafkaLocation,
+    options: KafkaOptions,
+    /// Next offset to read, per partition.
+    positions: BTreeMap<i32, i64>,
+    /// With `--available-now`: the high watermarks at start.
+    frozen: Option<BTreeMap<i32, i64>>,
+    client: Option<rskafka::client::Client>,
+}
+
+impl KafkaSource {
+    pub fn new(table: &str, location: KafkaLocation, options: KafkaOptions) -> Self {
+        Self {
+            table: table.to_string(),
+            location,
+            options,
+            positions: BTreeMap::new(),
+            frozen: None,
+            client: None,
+        }
+    }
+
+    fn error(&self, what: String) -> StreamError {
+        StreamError::Source {
+            table: self.table.clone(),
+            location: self.location.url(),
+            what,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&rskafka::client::Client, StreamError> {
+        if self.client.is_none() {
+            let c = connect(&self.location)
+                .await
+                .map_err(|e| self.error(e.to_string()))?;
+            self.client = Some(c);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| self.error("no client".into()))
+    }
+
+    async fn partitions(&mut self) -> Result<Vec<i32>, StreamError> {
+        let topic = self.location.topic.clone();
+        let client = self.client().await?;
+        let listed = tokio::time::timeout(CALL_TIMEOUT, client.list_topics()).await;
+        let topics = match listed {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.client = None;
+                return Err(self.error(format!("listing topics: {e}")));
+            }
+            Err(_) => {
+                self.client = None;
+                return Err(self.error(format!("listing topics took over {CALL_TIMEOUT:?}")));
+            }
+        };
+        let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
+            return Err(self.error(format!("topic {topic} does not exist")));
+        };
+        Ok(t.partitions.into_iter().collect())
+    }
+
+    /// The earliest and next-to-be-written offsets of a partition.
+    async fn bounds(&mut self, partition: i32) -> Result<(i64, i64), StreamError> {
+        let location = self.location.clone();
+        let client = self.client().await?;
+        let pc = partition_client(client, &location, partition)
+            .await
+            .map_err(|e| self.error(e.to_string()))?;
+        let earliest = self.offset(&pc, OffsetAt::Earliest).await?;
+        let latest = self.offset(&pc, OffsetAt::Latest).await?;
+        Ok((earliest, latest))
+    }
+
+    async fn offset(
+        &self,
+        pc: &rskafka::client::partition::PartitionClient,
+        at: OffsetAt,
+    ) -> Result<i64, StreamError> {
+        match tokio::time::timeout(CALL_TIMEOUT, pc.get_offset(at)).await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(e)) => Err(self.error(format!(
+                "partition {}: reading an offset: {e}",
+                pc.partition()
+            ))),
+            Err(_) => Err(self.error(format!(
+                "partition {}: reading an offset took over {CALL_TIMEOUT:?}",
+                pc.partition()
+            ))),
+        }
+    }
+
+    /// Where a partition without a position starts.
+    async fn start_of(
+        &mut self,
+        partition: i32,
+        earliest: i64,
+        latest: i64,
+    ) -> Result<i64, StreamError> {
+        Ok(match self.options.starting_offsets {
+            StartingOffsets::Earliest => earliest,
+            StartingOffsets::Latest => latest,
+            StartingOffsets::Timestamp(ms) => {
+                let location = self.location.clone();
+                let client = self.client().await?;
+                let pc = partition_client(client, &location, partition)
+                    .await
+                    .map_err(|e| self.error(e.to_string()))?;
+                let at = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+                self.offset(&pc, OffsetAt::Timestamp(at))
+                    .await?
+                    .clamp(earliest, latest)
+            }
+        })
+    }
+}
+
+/// Shares `cap` records between partitions with `available` records each:
+/// equal shares, what a partition does not need going to the others.
+fn share(available: &[(i32, i64)], cap: u64) -> BTreeMap<i32, i64> {
+    let mut order: Vec<(i32, i64)> = available.to_vec();
+    order.sort_by_key(|(_, a)| *a);
+    let mut left = cap.min(i64::MAX as u64) as i64;
+    let mut out = BTreeMap::new();
+    let n = order.len() as i64;
+    for (i, (p, a)) in order.into_iter().enumerate() {
+        let fair = left / (n - i as i64).max(1);
+        let take = a.max(0).min(fair);
+        left -= take;
+        out.insert(p, take);
+    }
+    out
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn plan(&mut self) -> Result<Planned, StreamError> {
+        let mut available = Vec::new();
+        let mut starts = BTreeMap::new();
+        for p in self.partitions().await? {
+            let (earliest, latest) = self.bounds(p).await?;
+            let start = match self.positions.get(&p) {
+                Some(pos) => *pos,
+                None => self.start_of(p, earliest, latest).await?,
+            };
+            if start < earliest {
+                return Err(self.error(format!(
+                    "partition {p}: the stream's position {start} is older than the broker keeps (earliest {earliest}): {} records were deleted before they were read",
+                    earliest - start
+                )));
+            }
+            let end = match &self.frozen {
+                Some(f) => f.get(&p).copied().unwrap_or(start).min(latest),
+                None => latest,
+            };
+            starts.insert(p, start);
+            available.push((p, (end - start).max(0)));
+        }
+        let takes = share(&available, self.options.max_records_per_batch);
+        let mut ranges = Vec::new();
+        let mut pending = 0u64;
+        for (p, a) in &available {
+            let take = takes.get(p).copied().unwrap_or(0);
+            pending += (a - take).max(0) as u64;
+            if take > 0 {
+                let start = starts.get(p).copied().unwrap_or(0);
+                ranges.push(Range {
+                    source: self.table.clone(),
+                    split: p.to_string(),
+                    start,
+                    end: start + take,
+                    modified_ms: None,
+                });
+            }
+        }
+        Ok(Planned {
+            ranges,
+            lag: SourceLag {
+                source: self.table.clone(),
+                pending,
+                pending_bytes: 0,
+                age_ms: 0,
+            },
+        })
+    }
+
+    fn taken(&mut self, ranges: &[Range]) {
+        for r in ranges.iter().filter(|r| r.source == self.table) {
+            if let Ok(p) = r.split.parse::<i32>() {
+                let pos = self.positions.entry(p).or_insert(r.end);
+                *pos = (*pos).max(r.end);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({ "positions": self.positions })
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), StreamError> {
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            positions: BTreeMap<i32, i64>,
+        }
+        let saved: Saved = serde_json::from_value(state.clone())
+            .map_err(|e| self.error(format!("its checkpointed state is unreadable: {e}")))?;
+        self.positions = saved.positions;
+        Ok(())
+    }
+
+    fn bind(&self, ranges: &[&Range], batch: &mut BatchInputs) -> Result<(), StreamError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for r in ranges {
+            let partition: i32 = r
+                .split
+                .parse()
+                .map_err(|_| self.error(format!("'{}' is not a partition", r.split)))?;
+            if !seen.insert(partition) {
+                return Err(self.error(format!("partition {partition} twice in one batch")));
+            }
+            out.push(KafkaRange {
+                partition,
+                start: r.start,
+                end: r.end,
+            });
+        }
+        batch.kafka.by_location.insert(self.location.url(), out);
+        Ok(())
+    }
+
+    async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>> {
+        ranges
+            .iter()
+            .map(|r| Some((r.end - r.start).max(0) as u64))
+            .collect()
+    }
+
+    async fn freeze(&mut self) -> Result<(), StreamError> {
+        let mut ends = BTreeMap::new();
+        for p in self.partitions().await? {
+            let (_, latest) = self.bounds(p).await?;
+            ends.insert(p, latest);
+        }
+        self.frozen = Some(ends);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_shared_fairly_and_nothing_is_taken_twice() {
+        let s = share(&[(0, 100), (1, 5), (2, 100)], 60);
+        assert_eq!(s[&1], 5);
+        assert_eq!(s[&0] + s[&2], 55);
+        assert!(s[&0].abs_diff(s[&2]) <= 1);
+        let s = share(&[(0, 3), (1, 4)], 1_000);
+        assert_eq!((s[&0], s[&1]), (3, 4));
+        assert_eq!(share(&[(0, 10)], 0)[&0], 0);
+    }
+}

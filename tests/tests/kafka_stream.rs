@@ -1,0 +1,326 @@
+//! A Kafka topic as a stream source, against a real broker (tansu, started
+//! by `scripts/test-servers.sh`) and a real client (rskafka) producing: the
+//! seed-3 shape (skewed ids over 6 partitions, written `PARTITIONED BY (id)`
+//! with a row target), capped batches, bad records routed to a dead-letter
+//! write with their reason and offset, the threshold that fails a batch, and
+//! an unreachable broker that fails clearly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use rskafka::client::ClientBuilder;
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::record::Record;
+use sluice_test_support::{run_job_text, run_with_timeout, sluice};
+
+fn broker() -> String {
+    std::env::var("SLUICE_TEST_KAFKA").expect("SLUICE_TEST_KAFKA: run through scripts/test.sh")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn create_topic(name: &str, partitions: i32) {
+    rt().block_on(async {
+        let client = ClientBuilder::new(vec![broker()]).build().await.unwrap();
+        client
+            .controller_client()
+            .unwrap()
+            .create_topic(name, partitions, 1, 5_000)
+            .await
+            .unwrap();
+    });
+}
+
+/// Produces `values` to partitions of `topic`, one record per request (a
+/// batch of its own: tansu 0.6 answers a fetch from an offset inside a
+/// batch with the next batch, and ListOffsets(latest) with the last batch's
+/// first offset + 1), the partitions in parallel.
+fn produce_all(topic: &str, by_partition: Vec<(i32, Vec<String>)>) {
+    rt().block_on(async {
+        let client = ClientBuilder::new(vec![broker()]).build().await.unwrap();
+        let mut tasks = vec![];
+        for (partition, values) in by_partition {
+            let pc = client
+                .partition_client(topic, partition, UnknownTopicHandling::Retry)
+                .await
+                .unwrap();
+            tasks.push(tokio::spawn(async move {
+                for v in values {
+                    let record = Record {
+                        key: None,
+                        value: Some(v.into_bytes()),
+                        headers: Default::default(),
+                        timestamp: chrono::Utc::now(),
+                    };
+                    pc.produce(vec![record], Compression::NoCompression)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+fn produce(topic: &str, partition: i32, values: Vec<String>) {
+    produce_all(topic, vec![(partition, values)]);
+}
+
+/// The skewed events `from..to`: id 100 holds 30% of them.
+fn events(topic: &str, from: u64, to: u64) {
+    let mut by_partition: Vec<Vec<String>> = vec![vec![]; 6];
+    for seq in from..to {
+        let id = if seq % 10 < 3 { 100 } else { seq % 40 };
+        by_partition[(seq % 6) as usize].push(format!(
+            "{{\"seq\":{seq},\"id\":{id},\"payload\":\"p{seq}\"}}"
+        ));
+    }
+    produce_all(
+        topic,
+        by_partition
+            .into_iter()
+            .enumerate()
+            .map(|(p, v)| (p as i32, v))
+            .collect(),
+    );
+}
+
+fn job(
+    dir: &Path,
+    topic: &str,
+    out: &Path,
+    dlq: &Path,
+    bad: u64,
+    broker: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("kafka-{bad}.sql"));
+    std::fs::write(
+        &path,
+        format!(
+            "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, id BIGINT NOT NULL, payload VARCHAR) \
+             STORED AS KAFKA LOCATION 'kafka://{broker}/{topic}' \
+             OPTIONS ('max_records_per_batch' '3500', 'max_bad_records' '{bad}');\n\
+             COPY (SELECT seq, payload, id FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET \
+             PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '500');\n\
+             COPY (SELECT CAST(value AS VARCHAR) AS raw, \"partition\", \"offset\", _error AS reason \
+             FROM ev WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;\n",
+            out.display(),
+            dlq.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn stream(job: &Path, ck: &Path, args: &[&str]) -> Output {
+    run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("stream")
+            .arg(job)
+            .args([
+                "--checkpoint",
+                &ck.display().to_string(),
+                "--output",
+                "json",
+            ])
+            .args(args),
+        Duration::from_secs(300),
+    )
+    .unwrap()
+}
+
+fn batches(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("batch_id").is_some())
+        .collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// (rows, distinct seq) of the Parquet output, read by a separate run.
+fn counts(dir: &Path, out: &Path) -> (u64, u64) {
+    let o = run_job_text(
+        dir,
+        &format!(
+            "CREATE EXTERNAL TABLE o STORED AS PARQUET LOCATION '{}/';\n\
+             SELECT count(*) AS n, count(DISTINCT seq) AS d FROM o;\n",
+            out.display()
+        ),
+        &["--output", "json"],
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &v["statements"][1]["rows"][0];
+    (row["n"].as_u64().unwrap(), row["d"].as_u64().unwrap())
+}
+
+/// Files under `out/id=*/` named by `tag`: id -> (files, rows).
+fn files_per_id(out: &Path, tag: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut per = std::collections::BTreeMap::new();
+    for dir in std::fs::read_dir(out).unwrap() {
+        let dir = dir.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with("id=") {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let fname = f.file_name().unwrap().to_string_lossy().to_string();
+            if !fname.ends_with(".parquet") || !fname.contains(tag) {
+                continue;
+            }
+            let rows = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+                .unwrap()
+                .metadata()
+                .file_metadata()
+                .num_rows() as u64;
+            let e = per.entry(name.clone()).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += rows;
+        }
+    }
+    per
+}
+
+#[test]
+fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
+    let topic = format!("events-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic, 6);
+    events(&topic, 0, 12_000);
+    produce(
+        &topic,
+        0,
+        vec![
+            "not json".into(),
+            "{\"seq\":\"x\",\"id\":1}".into(),
+            "{\"payload\":\"no id\",\"seq\":1}".into(),
+        ],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, dlq, ck) = (
+        tmp.path().join("out"),
+        tmp.path().join("dlq"),
+        tmp.path().join("ck"),
+    );
+    let job = job(tmp.path(), &topic, &out, &dlq, 5, &broker());
+    let run = stream(&job, &ck, &["--available-now"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let b = batches(&run);
+    // 12,003 records, at most 3,500 a batch.
+    assert_eq!(b.len(), 4, "{}", String::from_utf8_lossy(&run.stdout));
+    let input: u64 = b.iter().map(|x| x["input_rows"].as_u64().unwrap()).sum();
+    assert_eq!(input, 12_003, "{}", String::from_utf8_lossy(&run.stdout));
+    assert!(b.iter().all(|x| x["input_rows"].as_u64().unwrap() <= 3_500));
+    // Every partition is a split of the first batch.
+    assert_eq!(b[0]["splits"].as_array().unwrap().len(), 6, "{}", b[0]);
+    assert_eq!(counts(tmp.path(), &out), (12_000, 12_000));
+    // Each batch's files per id follow that batch's rows.
+    for x in &b {
+        let tag = x["writes"][0]["write_id"].as_str().unwrap();
+        let per = files_per_id(&out, tag);
+        let rows: u64 = per.values().map(|(_, r)| r).sum();
+        assert_eq!(rows, x["writes"][0]["rows"].as_u64().unwrap());
+        for (id, (files, id_rows)) in &per {
+            assert_eq!(*files, id_rows.div_ceil(500), "{id}: {per:?}");
+        }
+        // The large id is cut into several files in every full batch.
+        if x["input_rows"] == 3_500 {
+            assert!(per["id=100"].0 >= 2, "{per:?}");
+        }
+    }
+    // The dead letters: raw record, position, reason.
+    let mut letters = vec![];
+    for f in std::fs::read_dir(&dlq).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "json") {
+            for line in std::fs::read_to_string(&f).unwrap().lines() {
+                letters.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+            }
+        }
+    }
+    letters.sort_by_key(|l| l["offset"].as_i64().unwrap());
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters[0]["raw"], "not json");
+    assert_eq!(letters[0]["partition"], 0);
+    assert_eq!(letters[0]["offset"], 2_000);
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("not JSON"),
+        "{letters:?}"
+    );
+    assert!(
+        letters[1]["reason"].as_str().unwrap().contains("seq"),
+        "{letters:?}"
+    );
+    assert!(
+        letters[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("required field id"),
+        "{letters:?}"
+    );
+
+    // More records: the next batch takes only them.
+    events(&topic, 12_000, 13_000);
+    let more = stream(&job, &ck, &["--once"]);
+    assert!(more.status.success(), "{}", stderr(&more));
+    let m = batches(&more);
+    assert_eq!(m[0]["batch_id"], 4);
+    assert_eq!(m[0]["input_rows"], 1_000);
+    assert_eq!(counts(tmp.path(), &out), (13_000, 13_000));
+
+    // With no bad record allowed, the batch fails naming where.
+    let strict = job_with_threshold(tmp.path(), &topic);
+    let failed = stream(&strict, &tmp.path().join("ck-strict"), &["--available-now"]);
+    assert!(!failed.status.success());
+    let err = stderr(&failed);
+    assert!(
+        err.contains("partition 0 offset") && err.contains("over max_bad_records 0"),
+        "{err}"
+    );
+}
+
+fn job_with_threshold(dir: &Path, topic: &str) -> std::path::PathBuf {
+    job(
+        dir,
+        topic,
+        &dir.join("out-strict"),
+        &dir.join("dlq-strict"),
+        0,
+        &broker(),
+    )
+}
+
+#[test]
+fn an_unreachable_broker_fails_the_batch_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = sluice_test_support::free_port().unwrap();
+    let job = job(
+        tmp.path(),
+        "t",
+        &tmp.path().join("o"),
+        &tmp.path().join("d"),
+        0,
+        &format!("127.0.0.1:{port}"),
+    );
+    let o = stream(&job, &tmp.path().join("ck"), &["--once"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("source ev"), "{err}");
+}
