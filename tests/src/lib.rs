@@ -543,3 +543,42 @@ pub fn all_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(out)
 }
+
+/// The Parquet files under `out/id=*/` whose names carry `tag` (one write's
+/// files, e.g. one stream batch's): per `id=` directory, (files, rows), rows
+/// from each file's footer.
+pub fn files_per_id(
+    out: &Path,
+    tag: &str,
+) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut per = std::collections::BTreeMap::new();
+    for dir in std::fs::read_dir(out)? {
+        let dir = dir?.path();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if !name.starts_with("id=") {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir)? {
+            let f = f?.path();
+            let fname = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if !fname.ends_with(".parquet") || !fname.contains(tag) {
+                continue;
+            }
+            let rows = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f)?)?
+                .metadata()
+                .file_metadata()
+                .num_rows() as u64;
+            let e = per.entry(name.clone()).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += rows;
+        }
+    }
+    Ok(per)
+}

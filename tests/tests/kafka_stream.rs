@@ -102,13 +102,25 @@ fn job(
     bad: u64,
     broker: &str,
 ) -> std::path::PathBuf {
+    job_with(dir, topic, out, dlq, bad, broker, "")
+}
+
+fn job_with(
+    dir: &Path,
+    topic: &str,
+    out: &Path,
+    dlq: &Path,
+    bad: u64,
+    broker: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let path = dir.join(format!("kafka-{bad}.sql"));
     std::fs::write(
         &path,
         format!(
             "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, id BIGINT NOT NULL, payload VARCHAR) \
              STORED AS KAFKA LOCATION 'kafka://{broker}/{topic}' \
-             OPTIONS ('max_records_per_batch' '3500', 'max_bad_records' '{bad}');\n\
+             OPTIONS ('max_records_per_batch' '3500', 'max_bad_records' '{bad}'{extra});\n\
              COPY (SELECT seq, payload, id FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET \
              PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '500');\n\
              COPY (SELECT CAST(value AS VARCHAR) AS raw, \"partition\", \"offset\", _error AS reason \
@@ -169,35 +181,6 @@ fn counts(dir: &Path, out: &Path) -> (u64, u64) {
     (row["n"].as_u64().unwrap(), row["d"].as_u64().unwrap())
 }
 
-/// Files under `out/id=*/` named by `tag`: id -> (files, rows).
-fn files_per_id(out: &Path, tag: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let mut per = std::collections::BTreeMap::new();
-    for dir in std::fs::read_dir(out).unwrap() {
-        let dir = dir.unwrap().path();
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        if !name.starts_with("id=") {
-            continue;
-        }
-        for f in std::fs::read_dir(&dir).unwrap() {
-            let f = f.unwrap().path();
-            let fname = f.file_name().unwrap().to_string_lossy().to_string();
-            if !fname.ends_with(".parquet") || !fname.contains(tag) {
-                continue;
-            }
-            let rows = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
-                .unwrap()
-                .metadata()
-                .file_metadata()
-                .num_rows() as u64;
-            let e = per.entry(name.clone()).or_insert((0, 0));
-            e.0 += 1;
-            e.1 += rows;
-        }
-    }
-    per
-}
-
 #[test]
 fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
     let topic = format!("events-{}", uuid::Uuid::new_v4().simple());
@@ -233,7 +216,7 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
     // Each batch's files per id follow that batch's rows.
     for x in &b {
         let tag = x["writes"][0]["write_id"].as_str().unwrap();
-        let per = files_per_id(&out, tag);
+        let per = sluice_test_support::files_per_id(&out, tag).unwrap();
         let rows: u64 = per.values().map(|(_, r)| r).sum();
         assert_eq!(rows, x["writes"][0]["rows"].as_u64().unwrap());
         for (id, (files, id_rows)) in &per {
@@ -323,4 +306,65 @@ fn an_unreachable_broker_fails_the_batch_clearly() {
     let err = stderr(&o);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("source ev"), "{err}");
+}
+
+/// `starting_offsets` `latest`: a stream started on a topic with records
+/// reads only what arrives after it started, each record once.
+#[test]
+fn a_stream_from_latest_reads_only_what_arrives_after_it_starts() {
+    let topic = format!("latest-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic, 6);
+    events(&topic, 0, 60);
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, dlq) = (tmp.path().join("out"), tmp.path().join("dlq"));
+    let job = job_with(
+        tmp.path(),
+        &topic,
+        &out,
+        &dlq,
+        0,
+        &broker(),
+        ", 'starting_offsets' 'latest'",
+    );
+    let lines = tmp.path().join("lines.jsonl");
+    let mut child = sluice()
+        .unwrap()
+        .arg("stream")
+        .arg(&job)
+        .args(["--checkpoint", &tmp.path().join("ck").display().to_string()])
+        .args(["--output", "json", "--every", "1s"])
+        .stdout(std::fs::File::create(&lines).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it has looked at the topic (it says it is waiting), produce more.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("no new input") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
+            panic!("the stream ended: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    events(&topic, 60, 90);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&lines).unwrap_or_default();
+        let rows: u64 = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["rows_written"].as_u64())
+            .sum();
+        if rows >= 30 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no batch: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert_eq!(counts(tmp.path(), &out), (30, 30));
 }

@@ -612,35 +612,6 @@ fn bad_streams_are_refused_clearly() {
     );
 }
 
-/// Row counts of the Parquet files under `out/id=*/` whose names carry
-/// `tag` (one batch's write): id -> (files, rows).
-fn files_per_id(out: &Path, tag: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
-    let mut per = std::collections::BTreeMap::new();
-    for dir in std::fs::read_dir(out).unwrap() {
-        let dir = dir.unwrap().path();
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        if !name.starts_with("id=") {
-            continue;
-        }
-        for f in std::fs::read_dir(&dir).unwrap() {
-            let f = f.unwrap().path();
-            let fname = f.file_name().unwrap().to_string_lossy().to_string();
-            if !fname.ends_with(".parquet") || !fname.contains(tag) {
-                continue;
-            }
-            let rows = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
-                .unwrap()
-                .metadata()
-                .file_metadata()
-                .num_rows() as u64;
-            let e = per.entry(name.clone()).or_insert((0, 0));
-            e.0 += 1;
-            e.1 += rows;
-        }
-    }
-    per
-}
-
 /// The seed-3 shape on the file source: skewed events arrive batch by
 /// batch and are written `PARTITIONED BY (id)` with a row target; in every
 /// batch each id gets ceil(its rows in that batch / target) files, and
@@ -691,7 +662,7 @@ fn a_skewed_stream_gets_files_per_id_from_each_batch_rows() {
         assert_eq!(b[0]["input_rows"], rows, "{}", b[0]);
         assert_eq!(b[0]["rows_written"], rows, "{}", b[0]);
         let tag = b[0]["writes"][0]["write_id"].as_str().unwrap().to_string();
-        let per = files_per_id(&out, &tag);
+        let per = sluice_test_support::files_per_id(&out, &tag).unwrap();
         assert_eq!(per.values().map(|(_, r)| r).sum::<u64>(), rows);
         for (id, (files, id_rows)) in &per {
             assert_eq!(*files, id_rows.div_ceil(target), "batch {i} {id}: {per:?}");

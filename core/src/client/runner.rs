@@ -123,18 +123,57 @@ impl JobRunner {
             .join(crate::sink::files::spec::SUCCESS_FILE);
         let bytes = match store.get(&path).await {
             Ok(got) => got.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => Default::default(),
             Err(e) => return Err(e.into()),
         };
-        let Ok(done) = serde_json::from_slice::<crate::sink::files::SuccessData>(&bytes) else {
+        if let Ok(done) = serde_json::from_slice::<crate::sink::files::SuccessData>(&bytes)
+            && done.job_id == spec.write_id
+        {
+            return Ok(Some(WriteOutcome {
+                output: spec.url.clone(),
+                write_id: spec.write_id.clone(),
+                rows: done.rows,
+                files: done.files.len() as u64,
+                bytes: done.bytes,
+                commit_ms: 0,
+                dynamodb: None,
+            }));
+        }
+        // `_SUCCESS` names another write (a later append to the same
+        // output), or was never written (a commit settled forward): the
+        // write's own files, which carry its whole id, say it committed.
+        self.committed_files(spec, &store).await
+    }
+
+    /// A write whose files are visible in its output (outside the hidden
+    /// staging and lock directories): committed, rows unknown.
+    async fn committed_files(
+        &self,
+        spec: &WriteSpec,
+        store: &Arc<dyn object_store::ObjectStore>,
+    ) -> Result<Option<WriteOutcome>, DataFusionError> {
+        use futures::TryStreamExt;
+        let tag = format!("-{}.", spec.file_tag());
+        let base = spec.base_path()?;
+        let listed: Vec<object_store::ObjectMeta> = store.list(Some(&base)).try_collect().await?;
+        let mine: Vec<&object_store::ObjectMeta> = listed
+            .iter()
+            .filter(|m| {
+                m.location
+                    .prefix_match(&base)
+                    .is_some_and(|mut parts| parts.all(|p| !p.as_ref().starts_with('_')))
+                    && m.location.filename().is_some_and(|f| f.contains(&tag))
+            })
+            .collect();
+        if mine.is_empty() {
             return Ok(None);
-        };
-        Ok((done.job_id == spec.write_id).then(|| WriteOutcome {
+        }
+        Ok(Some(WriteOutcome {
             output: spec.url.clone(),
             write_id: spec.write_id.clone(),
-            rows: done.rows,
-            files: done.files.len() as u64,
-            bytes: done.bytes,
+            rows: 0,
+            files: mine.len() as u64,
+            bytes: mine.iter().map(|m| m.size).sum(),
             commit_ms: 0,
             dynamodb: None,
         }))

@@ -29,7 +29,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -406,18 +405,27 @@ pub struct KafkaScanExec {
 impl KafkaScanExec {
     pub fn try_new(spec: KafkaSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
         let schema = spec.schema()?;
+        Ok(Self::with_schema(spec, schema, input))
+    }
+
+    fn with_schema(spec: KafkaSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
             Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self {
+        Self {
             spec,
             input,
             schema,
             properties: Arc::new(properties),
-        })
+        }
+    }
+
+    /// The same scan over another range source.
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self::with_schema(self.spec.clone(), Arc::clone(&self.schema), input)
     }
 
     pub fn spec(&self) -> &KafkaSpec {
@@ -437,41 +445,11 @@ impl DisplayAs for KafkaScanExec {
 }
 
 impl ExecutionPlan for KafkaScanExec {
-    fn name(&self) -> &str {
-        "KafkaScanExec"
-    }
+    crate::exec::single_input_plan!("KafkaScanExec", with_input);
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
+    // Splitting the range source would read a range twice.
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        match children.pop() {
-            Some(child) if children.is_empty() => {
-                Ok(Arc::new(Self::try_new(self.spec.clone(), child)?))
-            }
-            _ => Err(DataFusionError::Internal(
-                "KafkaScanExec takes exactly one child".into(),
-            )),
-        }
     }
 
     fn execute(

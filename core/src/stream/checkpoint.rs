@@ -52,6 +52,13 @@ pub struct BatchPlan {
     pub lag: Vec<super::source::SourceLag>,
 }
 
+impl BatchPlan {
+    /// The ranges one source's table reads in this batch.
+    pub fn ranges_of(&self, table: &str) -> Vec<&Range> {
+        self.ranges.iter().filter(|r| r.source == table).collect()
+    }
+}
+
 /// Every source's position after a committed batch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -218,6 +225,10 @@ impl Checkpoint {
     pub async fn write_plan(&self, plan: &BatchPlan) -> Result<(), StreamError> {
         self.create(&self.entry("offsets", plan.batch_id), plan)
             .await
+    }
+
+    pub async fn read_plan(&self, batch_id: u64) -> Result<Option<BatchPlan>, StreamError> {
+        self.read(&self.entry("offsets", batch_id)).await
     }
 
     pub async fn write_commit(&self, info: &BatchInfo) -> Result<(), StreamError> {

@@ -52,3 +52,10 @@ pub enum StreamError {
 }
 
 crate::error::debug_as_display!(StreamError);
+
+impl StreamError {
+    /// A conditional create found the record already there.
+    pub fn already_exists(&self) -> bool {
+        matches!(self, Self::Checkpoint { source, .. } if matches!(**source, object_store::Error::AlreadyExists { .. }))
+    }
+}

@@ -131,9 +131,11 @@ impl KafkaSource {
                     .await
                     .map_err(|e| self.error(e.to_string()))?;
                 let at = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-                self.offset(&pc, OffsetAt::Timestamp(at))
-                    .await?
-                    .clamp(earliest, latest)
+                // No record at or after the time: the broker answers -1.
+                match self.offset(&pc, OffsetAt::Timestamp(at)).await? {
+                    o if o < 0 => latest,
+                    o => o.clamp(earliest, latest),
+                }
             }
         })
     }
@@ -165,12 +167,20 @@ impl Source for KafkaSource {
     async fn plan(&mut self) -> Result<Planned, StreamError> {
         let mut available = Vec::new();
         let mut starts = BTreeMap::new();
+        let mut fresh_starts = HashSet::new();
         for p in self.partitions().await? {
             let (earliest, latest) = self.bounds(p).await?;
-            let start = match self.positions.get(&p) {
-                Some(pos) => *pos,
-                None => self.start_of(p, earliest, latest).await?,
+            let (start, fresh) = match self.positions.get(&p) {
+                Some(pos) => (*pos, false),
+                None => (self.start_of(p, earliest, latest).await?, true),
             };
+            if fresh {
+                // Known from now on, and recorded by the next batch's plan
+                // (as an empty range if nothing is taken from it), so a
+                // restart does not resolve `latest` again and skip records.
+                self.positions.insert(p, start);
+                fresh_starts.insert(p);
+            }
             if start < earliest {
                 return Err(self.error(format!(
                     "partition {p}: the stream's position {start} is older than the broker keeps (earliest {earliest}): {} records were deleted before they were read",
@@ -190,7 +200,7 @@ impl Source for KafkaSource {
         for (p, a) in &available {
             let take = takes.get(p).copied().unwrap_or(0);
             pending += (a - take).max(0) as u64;
-            if take > 0 {
+            if take > 0 || fresh_starts.contains(p) {
                 let start = starts.get(p).copied().unwrap_or(0);
                 ranges.push(Range {
                     source: self.table.clone(),

@@ -426,7 +426,12 @@ impl StreamRunner {
                 let secs = info.processing_delay_ms as f64 / 1000.0;
                 (secs > 0.0).then(|| rows as f64 / secs)
             });
-            if let Err(e) = checkpoint.write_commit(&info).await {
+            let recorded = match checkpoint.write_commit(&info).await {
+                // An earlier attempt's record landed although it timed out.
+                Err(e) if e.already_exists() => Ok(()),
+                other => other,
+            };
+            if let Err(e) = recorded {
                 // The writes may have committed: the re-run finds them.
                 pending = Some(plan);
                 match self.failed(batch_id, e, &mut failures, &mut stop).await? {
@@ -475,10 +480,14 @@ impl StreamRunner {
             if self.options.trigger == Trigger::Once {
                 break;
             }
-            due = self
-                .options
-                .trigger
-                .after_batch(plan.due_at, self.clock.wall());
+            // A batch planned by an earlier process (or retried) was due
+            // long ago: the schedule goes on from now, not from then.
+            let from = if resumed {
+                self.clock.wall()
+            } else {
+                plan.due_at
+            };
+            due = self.options.trigger.after_batch(from, self.clock.wall());
         }
         Ok(summary)
     }
@@ -538,7 +547,8 @@ impl StreamRunner {
             ranges.extend(planned.ranges);
             lag.push(planned.lag);
         }
-        if ranges.is_empty() {
+        // Empty ranges only record where a source starts: no batch.
+        if ranges.iter().all(|r| r.end <= r.start) {
             return Ok(None);
         }
         let plan = BatchPlan {
@@ -548,8 +558,16 @@ impl StreamRunner {
             ranges,
             lag,
         };
-        checkpoint.write_plan(&plan).await?;
-        Ok(Some((plan, false)))
+        match checkpoint.write_plan(&plan).await {
+            Ok(()) => Ok(Some((plan, false))),
+            // An earlier attempt's write landed although it timed out: run
+            // what it recorded.
+            Err(e) if e.already_exists() => match checkpoint.read_plan(batch_id).await? {
+                Some(recorded) => Ok(Some((recorded, true))),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs the job file once over the batch's ranges; counts the input
@@ -566,12 +584,7 @@ impl StreamRunner {
         drop_tables(ctx)?;
         let mut inputs = BatchInputs::default();
         for s in sources {
-            let mine: Vec<&Range> = plan
-                .ranges
-                .iter()
-                .filter(|r| r.source == s.table())
-                .collect();
-            s.bind(&mine, &mut inputs)
+            s.bind(&plan.ranges_of(s.table()), &mut inputs)
                 .map_err(|e| SluiceError::Layer(Box::new(e)))?;
         }
         {
@@ -589,12 +602,7 @@ impl StreamRunner {
         let counting = async {
             let mut rows = Vec::with_capacity(plan.ranges.len());
             for s in sources {
-                let mine: Vec<&Range> = plan
-                    .ranges
-                    .iter()
-                    .filter(|r| r.source == s.table())
-                    .collect();
-                rows.extend(s.rows(&mine).await);
+                rows.extend(s.rows(&plan.ranges_of(s.table())).await);
             }
             rows
         };

@@ -31,7 +31,7 @@ impl Trigger {
     /// The due time of the batch after one due at `due` that ran.
     pub fn after_batch(&self, due: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
         match self {
-            Trigger::Every(d) => due + delta(*d),
+            Trigger::Every(d) => due.checked_add_signed(delta(*d)).unwrap_or(now),
             _ => now,
         }
     }
@@ -45,13 +45,20 @@ impl Trigger {
                 if step <= TimeDelta::zero() {
                     return now;
                 }
-                let mut next = due + step;
-                if next <= now {
-                    let behind = (now - next).num_milliseconds();
-                    let steps = behind / step.num_milliseconds().max(1) + 1;
-                    next += step * steps as i32;
+                let Some(next) = due.checked_add_signed(step) else {
+                    return now;
+                };
+                if next > now {
+                    return next;
                 }
-                next
+                // The next boundary after now, in whole steps from `due`.
+                let step_ms = step.num_milliseconds().max(1);
+                let behind = (now - next).num_milliseconds();
+                let steps = behind / step_ms + 1;
+                steps
+                    .checked_mul(step_ms)
+                    .and_then(|ms| next.checked_add_signed(TimeDelta::milliseconds(ms)))
+                    .unwrap_or(now)
             }
             _ => now,
         }
@@ -80,6 +87,13 @@ mod tests {
         assert_eq!(t.after_idle(s(10), s(35)), s(40));
         assert_eq!(t.after_idle(s(10), s(40)), s(50));
         assert_eq!(Trigger::Once.after_batch(s(0), s(3)), s(3));
+        // A 1 ms interval after a month idle, or an interval too large for
+        // a date: no overflow, no panic.
+        let ms = Trigger::Every(Duration::from_millis(1));
+        assert!(ms.after_idle(s(0), s(30 * 86_400)) > s(30 * 86_400));
+        let huge = Trigger::Every(Duration::MAX);
+        assert_eq!(huge.after_batch(s(0), s(3)), s(3));
+        assert_eq!(huge.after_idle(s(0), s(3)), s(3));
         assert_eq!(Trigger::AvailableNow.interval(), None);
     }
 }
