@@ -729,3 +729,44 @@ fn a_stream_runs_on_a_cluster() {
     assert_eq!(batches(&second.stdout)[0]["rows_written"], 500);
     assert_eq!(local_ids(&out), exactly(3_500));
 }
+
+/// A batch whose writes committed but whose commit record was lost (the
+/// process died between them) runs again and writes nothing twice, also
+/// when its two writes append to one output (so `_SUCCESS` names only the
+/// second). Locally this holds twice over: the first write is recognised by
+/// its visible files, and a re-run would write the same file names.
+#[test]
+fn a_batch_whose_commit_record_was_lost_writes_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    let ck = tmp.path().join("ck");
+    let job_file = tmp.path().join("two.sql");
+    std::fs::write(
+        &job_file,
+        format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, v VARCHAR NOT NULL) STORED AS JSON LOCATION '{}/';\n\
+             COPY (SELECT id, v FROM src) TO '{o}' STORED AS PARQUET;\n\
+             COPY (SELECT id + 1000000 AS id, v FROM src) TO '{o}' STORED AS PARQUET;\n",
+            src.display(),
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    json_input(&src, "a.json", 0..100);
+    let ck_text = ck.display().to_string();
+    let first = run_stream(&job_file, &ck_text, &["--once"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let mut want: Vec<i64> = (0..100).chain(1_000_000..1_000_100).collect();
+    want.sort_unstable();
+    assert_eq!(local_ids(&out), want);
+    // The process "died" after both writes committed, before its record.
+    std::fs::remove_file(ck.join("commits").join(format!("{:020}.json", 0))).unwrap();
+    let again = run_stream(&job_file, &ck_text, &["--once"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let b = batches(&again.stdout);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["batch_id"], 0);
+    assert_eq!(b[0]["resumed"], true);
+    assert_eq!(local_ids(&out), want, "a committed write ran again");
+}
