@@ -368,3 +368,96 @@ fn a_stream_from_latest_reads_only_what_arrives_after_it_starts() {
     let _ = child.wait();
     assert_eq!(counts(tmp.path(), &out), (30, 30));
 }
+
+/// SIGKILL mid-commit with a Kafka source, output on S3 (a proxy holds each
+/// `CompleteMultipartUpload` so the kill lands in the commit): the restart
+/// re-runs the batch over the same offsets; every record once, no upload
+/// left open, and the next batches continue from there.
+#[test]
+fn a_kafka_stream_killed_mid_commit_resumes_exactly_once() {
+    let s3 = sluice_test_support::s3::S3::from_env().unwrap();
+    let bucket = s3.new_bucket("kafkakill").unwrap();
+    let topic = format!("kill-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic, 6);
+    events(&topic, 0, 6_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = format!("s3://{bucket}/out");
+    let job = job(
+        tmp.path(),
+        &topic,
+        Path::new(&out),
+        &tmp.path().join("dlq"),
+        0,
+        &broker(),
+    );
+    let ck = tmp.path().join("ck");
+    let proxy = sluice_test_support::faulty::FaultyS3::start_with(
+        &s3.endpoint,
+        u64::MAX,
+        Duration::from_secs(4),
+        None,
+    )
+    .unwrap();
+    let child = sluice()
+        .unwrap()
+        .arg("stream")
+        .arg(&job)
+        .args([
+            "--checkpoint",
+            &ck.display().to_string(),
+            "--lock-ttl",
+            "3s",
+        ])
+        .arg("--available-now")
+        .env("AWS_ENDPOINT_URL_S3", &proxy.endpoint)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !s3
+        .list(&bucket, "out/_sluice_staging/")
+        .unwrap()
+        .iter()
+        .any(|o| o.key.ends_with("/commit.json"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no commit started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status();
+    let mut child = child;
+    let _ = child.wait();
+    let again = stream(&job, &ck, &["--available-now", "--lock-ttl", "3s"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let b = batches(&again);
+    assert_eq!(
+        b[0]["batch_id"],
+        0,
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(b[0]["resumed"], true);
+    let o = run_job_text(
+        tmp.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE o (seq BIGINT, payload VARCHAR) STORED AS PARQUET LOCATION '{out}/';\n\
+             SELECT count(*) AS n, count(DISTINCT seq) AS d FROM o;\n"
+        ),
+        &["--output", "json"],
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &v["statements"][1]["rows"][0];
+    assert_eq!(
+        (row["n"].as_u64(), row["d"].as_u64()),
+        (Some(6_000), Some(6_000)),
+        "{v}"
+    );
+    assert_eq!(
+        s3.open_uploads(&bucket, "out/").unwrap(),
+        Vec::<String>::new()
+    );
+}
