@@ -582,3 +582,34 @@ pub fn files_per_id(
     }
     Ok(per)
 }
+
+/// Reads a written Parquet directory back with a separate `sluice run`:
+/// (rows, distinct values of `column`). `columns` declares the table (so an
+/// output still empty reads as zero rows), e.g. `id BIGINT, v VARCHAR`.
+pub fn count_distinct(
+    dir: &Path,
+    location: &str,
+    columns: &str,
+    column: &str,
+) -> Result<(u64, u64)> {
+    let o = run_job_text(
+        dir,
+        &format!(
+            "CREATE EXTERNAL TABLE counted ({columns}) STORED AS PARQUET LOCATION '{}/';\n\
+             SELECT count(*) AS n, count(DISTINCT {column}) AS d FROM counted;\n",
+            location.trim_end_matches('/')
+        ),
+        &["--output", "json"],
+    )?;
+    anyhow::ensure!(
+        o.status.success(),
+        "reading {location} back: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let row = &v["statements"][1]["rows"][0];
+    match (row["n"].as_u64(), row["d"].as_u64()) {
+        (Some(n), Some(d)) => Ok((n, d)),
+        _ => bail!("reading {location} back: no counts in {v}"),
+    }
+}

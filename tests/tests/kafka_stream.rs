@@ -13,7 +13,7 @@ use std::time::Duration;
 use rskafka::client::ClientBuilder;
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record;
-use sluice_test_support::{run_job_text, run_with_timeout, sluice};
+use sluice_test_support::{run_with_timeout, sluice};
 
 fn broker() -> String {
     std::env::var("SLUICE_TEST_KAFKA").expect("SLUICE_TEST_KAFKA: run through scripts/test.sh")
@@ -165,20 +165,13 @@ fn stderr(o: &Output) -> String {
 
 /// (rows, distinct seq) of the Parquet output, read by a separate run.
 fn counts(dir: &Path, out: &Path) -> (u64, u64) {
-    let o = run_job_text(
+    sluice_test_support::count_distinct(
         dir,
-        &format!(
-            "CREATE EXTERNAL TABLE o STORED AS PARQUET LOCATION '{}/';\n\
-             SELECT count(*) AS n, count(DISTINCT seq) AS d FROM o;\n",
-            out.display()
-        ),
-        &["--output", "json"],
+        &out.display().to_string(),
+        "seq BIGINT, payload VARCHAR",
+        "seq",
     )
-    .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let row = &v["statements"][1]["rows"][0];
-    (row["n"].as_u64().unwrap(), row["d"].as_u64().unwrap())
+    .unwrap()
 }
 
 #[test]
@@ -439,23 +432,7 @@ fn a_kafka_stream_killed_mid_commit_resumes_exactly_once() {
         String::from_utf8_lossy(&again.stdout)
     );
     assert_eq!(b[0]["resumed"], true);
-    let o = run_job_text(
-        tmp.path(),
-        &format!(
-            "CREATE EXTERNAL TABLE o (seq BIGINT, payload VARCHAR) STORED AS PARQUET LOCATION '{out}/';\n\
-             SELECT count(*) AS n, count(DISTINCT seq) AS d FROM o;\n"
-        ),
-        &["--output", "json"],
-    )
-    .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let row = &v["statements"][1]["rows"][0];
-    assert_eq!(
-        (row["n"].as_u64(), row["d"].as_u64()),
-        (Some(6_000), Some(6_000)),
-        "{v}"
-    );
+    assert_eq!(counts(tmp.path(), Path::new(&out)), (6_000, 6_000));
     assert_eq!(
         s3.open_uploads(&bucket, "out/").unwrap(),
         Vec::<String>::new()

@@ -312,19 +312,8 @@ fn a_running_stream_takes_arrivals_and_owns_its_checkpoint() {
 
 /// Reads `out` on S3 back with a separate `sluice run`: (rows, distinct ids).
 fn s3_counts(dir: &Path, out: &str) -> (u64, u64) {
-    let o = run_job_text(
-        dir,
-        &format!(
-            "CREATE EXTERNAL TABLE o (id BIGINT NOT NULL, v VARCHAR NOT NULL) STORED AS PARQUET LOCATION '{out}/';\n\
-             SELECT count(*) AS n, count(DISTINCT id) AS d FROM o;\n"
-        ),
-        &["--output", "json"],
-    )
-    .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let read: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let row = &read["statements"][1]["rows"][0];
-    (row["n"].as_u64().unwrap(), row["d"].as_u64().unwrap())
+    sluice_test_support::count_distinct(dir, out, "id BIGINT NOT NULL, v VARCHAR NOT NULL", "id")
+        .unwrap()
 }
 
 /// On S3 (source, output and checkpoint): the stream process is SIGKILLed
@@ -602,6 +591,24 @@ fn bad_streams_are_refused_clearly() {
         err.contains("bad alarm 'latency > 3s': unknown metric latency"),
         "{err}"
     );
+    let o = run_stream(
+        &job,
+        &ck,
+        &["--once", "--alarm-webhook", "ftp://127.0.0.1/x"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the alarm webhook must be an http:// or https:// URL"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_stream(&job, &ck, &["--once", "--max-files-per-batch", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("max_files_per_batch must be at least 1"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         err.trim()
             .lines()
@@ -671,17 +678,14 @@ fn a_skewed_stream_gets_files_per_id_from_each_batch_rows() {
         assert!(per["id=100"].0 >= 2, "{per:?}");
         total += rows;
     }
-    let all = run_job_text(
+    let (n, _) = sluice_test_support::count_distinct(
         tmp.path(),
-        &format!(
-            "CREATE EXTERNAL TABLE o STORED AS PARQUET LOCATION '{}/';\nSELECT count(*) AS n FROM o;\n",
-            out.display()
-        ),
-        &["--output", "json"],
+        &out.display().to_string(),
+        "seq BIGINT, payload VARCHAR, id VARCHAR",
+        "seq",
     )
     .unwrap();
-    let read: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
-    assert_eq!(read["statements"][1]["rows"][0]["n"], total, "{read}");
+    assert_eq!(n, total);
 }
 
 /// On a scheduler and two executor processes (`--scheduler`): the batch's

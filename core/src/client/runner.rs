@@ -31,6 +31,13 @@ use crate::sink::files::{CommitReport, WriteNode, WriteSpec, abandon};
 
 /// Delay before the second cleanup sweep of a failed write.
 const CLEANUP_RESWEEP: Duration = Duration::from_secs(2);
+/// How long one store call of a re-run's check may take.
+const STORE_CALL: Duration = Duration::from_secs(120);
+
+fn store_timeout(url: &str, what: &str) -> DataFusionError {
+    DataFusionError::Execution(format!("{url}: {what} took over {STORE_CALL:?}"))
+}
+
 /// How long an interrupt waits for the scheduler to accept the job to cancel.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
@@ -121,11 +128,16 @@ impl JobRunner {
         let path = spec
             .base_path()?
             .join(crate::sink::files::spec::SUCCESS_FILE);
-        let bytes = match store.get(&path).await {
-            Ok(got) => got.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => Default::default(),
-            Err(e) => return Err(e.into()),
+        let read = async {
+            match store.get(&path).await {
+                Ok(got) => got.bytes().await,
+                Err(object_store::Error::NotFound { .. }) => Ok(Default::default()),
+                Err(e) => Err(e),
+            }
         };
+        let bytes = tokio::time::timeout(STORE_CALL, read)
+            .await
+            .map_err(|_| store_timeout(&spec.url, "reading _SUCCESS"))??;
         if let Ok(done) = serde_json::from_slice::<crate::sink::files::SuccessData>(&bytes)
             && done.job_id == spec.write_id
         {
@@ -155,7 +167,10 @@ impl JobRunner {
         use futures::TryStreamExt;
         let tag = format!("-{}.", spec.file_tag());
         let base = spec.base_path()?;
-        let listed: Vec<object_store::ObjectMeta> = store.list(Some(&base)).try_collect().await?;
+        let listed: Vec<object_store::ObjectMeta> =
+            tokio::time::timeout(STORE_CALL, store.list(Some(&base)).try_collect())
+                .await
+                .map_err(|_| store_timeout(&spec.url, "listing the output"))??;
         let mine: Vec<&object_store::ObjectMeta> = listed
             .iter()
             .filter(|m| {

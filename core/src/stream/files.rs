@@ -245,6 +245,10 @@ impl Source for FileSource {
             .map_err(|e| self.error(e.to_string()))
     }
 
+    fn bytes(&self, range: &Range) -> Option<u64> {
+        u64::try_from(range.end - range.start).ok()
+    }
+
     async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>> {
         if !self.parquet {
             return vec![None; ranges.len()];

@@ -408,6 +408,11 @@ impl StreamRunner {
             };
             let c0 = self.clock.now();
             let mut info = batch_info(&plan, &report, split_rows, stream_id, resumed);
+            info.input_bytes = plan
+                .ranges
+                .iter()
+                .filter_map(|r| sources.iter().find(|s| s.table() == r.source)?.bytes(r))
+                .sum();
             info.started_at = started;
             info.planning_ms = planning_ms;
             info.input_rows_per_sec = match (info.input_rows, previous_start) {
@@ -707,11 +712,6 @@ fn batch_info(
         stream_id: stream_id.to_string(),
         due_at: plan.due_at,
         input_splits: splits.len() as u64,
-        input_bytes: plan
-            .ranges
-            .iter()
-            .map(|r| (r.end - r.start).max(0) as u64)
-            .sum(),
         input_rows,
         rows_written: report.rows_written,
         files_written: report.files_written,

@@ -74,6 +74,12 @@ pub trait Source: Send + Sync {
     /// Tells the session what this source's table reads in a batch.
     fn bind(&self, ranges: &[&Range], batch: &mut BatchInputs) -> Result<(), StreamError>;
 
+    /// Bytes of a range, where they are known (a file's size; a Kafka
+    /// range is offsets, not bytes).
+    fn bytes(&self, _range: &Range) -> Option<u64> {
+        None
+    }
+
     /// Rows per range, where the source can tell cheaply (a Parquet footer).
     async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>>;
 
