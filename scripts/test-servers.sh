@@ -103,4 +103,6 @@ export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DDB_PORT"
 export AWS_EC2_METADATA_DISABLED=true
 export SLUICE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+# The broker binary, for tests that start (and stop) a private one.
+export SLUICE_TEST_TANSU="$tansu_root/bin/tansu"
 echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local at $AWS_ENDPOINT_URL_DYNAMODB, Kafka (tansu $TANSU_VERSION) at $SLUICE_TEST_KAFKA" >&2

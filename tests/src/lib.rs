@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 pub mod dynamo;
 pub mod faulty;
 pub mod imds;
+pub mod kafka;
 pub mod s3;
 
 /// The target directory's binary `name` (e.g. `sluice`), next to the
@@ -544,38 +545,43 @@ pub fn all_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The Parquet files under `out/id=*/` whose names carry `tag` (one write's
-/// files, e.g. one stream batch's): per `id=` directory, (files, rows), rows
-/// from each file's footer.
+/// The Parquet files under `out`'s Hive partition directories (`id=7/` or
+/// `month=11/day=25/hour=22/id=7/`) whose names carry `tag` (one write's
+/// files, e.g. one stream batch's): per partition path, (files, rows), rows
+/// from each file's footer. Staging directories (`_`-prefixed) are skipped.
 pub fn files_per_id(
     out: &Path,
     tag: &str,
 ) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut per = std::collections::BTreeMap::new();
-    for dir in std::fs::read_dir(out)? {
-        let dir = dir?.path();
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if !name.starts_with("id=") {
-            continue;
-        }
-        for f in std::fs::read_dir(&dir)? {
-            let f = f?.path();
-            let fname = f
+    let mut dirs = vec![(out.to_path_buf(), String::new())];
+    while let Some((dir, key)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
-            if !fname.ends_with(".parquet") || !fname.contains(tag) {
+            if path.is_dir() {
+                if name.contains('=') && !name.starts_with('_') {
+                    let sub = if key.is_empty() {
+                        name
+                    } else {
+                        format!("{key}/{name}")
+                    };
+                    dirs.push((path, sub));
+                }
                 continue;
             }
-            let rows = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f)?)?
+            if key.is_empty() || !name.ends_with(".parquet") || !name.contains(tag) {
+                continue;
+            }
+            let rows = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?
                 .metadata()
                 .file_metadata()
                 .num_rows() as u64;
-            let e = per.entry(name.clone()).or_insert((0, 0));
+            let e = per.entry(key.clone()).or_insert((0, 0));
             e.0 += 1;
             e.1 += rows;
         }

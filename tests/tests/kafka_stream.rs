@@ -10,88 +10,24 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use rskafka::client::ClientBuilder;
-use rskafka::client::partition::{Compression, UnknownTopicHandling};
-use rskafka::record::Record;
+use sluice_test_support::kafka;
 use sluice_test_support::{run_with_timeout, sluice};
 
 fn broker() -> String {
-    std::env::var("SLUICE_TEST_KAFKA").expect("SLUICE_TEST_KAFKA: run through scripts/test.sh")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    kafka::shared_broker().unwrap()
 }
 
 fn create_topic(name: &str, partitions: i32) {
-    rt().block_on(async {
-        let client = ClientBuilder::new(vec![broker()]).build().await.unwrap();
-        client
-            .controller_client()
-            .unwrap()
-            .create_topic(name, partitions, 1, 5_000)
-            .await
-            .unwrap();
-    });
-}
-
-/// Produces `values` to partitions of `topic`, one record per request (a
-/// batch of its own: tansu 0.6 answers a fetch from an offset inside a
-/// batch with the next batch, and ListOffsets(latest) with the last batch's
-/// first offset + 1), the partitions in parallel.
-fn produce_all(topic: &str, by_partition: Vec<(i32, Vec<String>)>) {
-    rt().block_on(async {
-        let client = ClientBuilder::new(vec![broker()]).build().await.unwrap();
-        let mut tasks = vec![];
-        for (partition, values) in by_partition {
-            let pc = client
-                .partition_client(topic, partition, UnknownTopicHandling::Retry)
-                .await
-                .unwrap();
-            tasks.push(tokio::spawn(async move {
-                for v in values {
-                    let record = Record {
-                        key: None,
-                        value: Some(v.into_bytes()),
-                        headers: Default::default(),
-                        timestamp: chrono::Utc::now(),
-                    };
-                    pc.produce(vec![record], Compression::NoCompression)
-                        .await
-                        .unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
+    kafka::create_topic(&broker(), name, partitions).unwrap();
 }
 
 fn produce(topic: &str, partition: i32, values: Vec<String>) {
-    produce_all(topic, vec![(partition, values)]);
+    kafka::produce_all(&broker(), topic, vec![(partition, values)]).unwrap();
 }
 
-/// The skewed events `from..to`: id 100 holds 30% of them.
+/// The skewed events `from..to` over 6 partitions: id 100 holds 30%.
 fn events(topic: &str, from: u64, to: u64) {
-    let mut by_partition: Vec<Vec<String>> = vec![vec![]; 6];
-    for seq in from..to {
-        let id = if seq % 10 < 3 { 100 } else { seq % 40 };
-        by_partition[(seq % 6) as usize].push(format!(
-            "{{\"seq\":{seq},\"id\":{id},\"payload\":\"p{seq}\"}}"
-        ));
-    }
-    produce_all(
-        topic,
-        by_partition
-            .into_iter()
-            .enumerate()
-            .map(|(p, v)| (p as i32, v))
-            .collect(),
-    );
+    kafka::produce_events(&broker(), topic, 6, from, to).unwrap();
 }
 
 fn job(
@@ -203,6 +139,14 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
     let input: u64 = b.iter().map(|x| x["input_rows"].as_u64().unwrap()).sum();
     assert_eq!(input, 12_003, "{}", String::from_utf8_lossy(&run.stdout));
     assert!(b.iter().all(|x| x["input_rows"].as_u64().unwrap() <= 3_500));
+    // The first batch left records waiting: their count and the age of the
+    // oldest (produced before the stream started); the last left none.
+    let lag = &b[0]["lag"][0];
+    assert_eq!(lag["pending"], 12_003 - 3_500, "{lag}");
+    let age = lag["age_ms"].as_u64().unwrap();
+    assert!(age > 0 && age < 600_000, "{lag}");
+    assert_eq!(b[3]["lag"][0]["pending"], 0, "{}", b[3]);
+    assert_eq!(b[3]["lag"][0]["age_ms"], 0, "{}", b[3]);
     // Every partition is a split of the first batch.
     assert_eq!(b[0]["splits"].as_array().unwrap().len(), 6, "{}", b[0]);
     assert_eq!(counts(tmp.path(), &out), (12_000, 12_000));
@@ -437,4 +381,197 @@ fn a_kafka_stream_killed_mid_commit_resumes_exactly_once() {
         s3.open_uploads(&bucket, "out/").unwrap(),
         Vec::<String>::new()
     );
+}
+
+/// Sums `rows_written` over the JSON lines a stream wrote to `lines`.
+fn rows_written(lines: &Path) -> u64 {
+    std::fs::read_to_string(lines)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["rows_written"].as_u64())
+        .sum()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `sluice stream JOB --every INTERVAL` in the background, its JSON lines
+/// to `lines` and its stderr to `err`.
+fn spawn_stream(
+    job: &Path,
+    ck: &Path,
+    lines: &Path,
+    err: &Path,
+    args: &[&str],
+) -> std::process::Child {
+    sluice()
+        .unwrap()
+        .arg("stream")
+        .arg(job)
+        .args(["--checkpoint", &ck.display().to_string()])
+        .args(["--output", "json"])
+        .args(args)
+        .stdout(std::fs::File::create(lines).unwrap())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn terminate(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the stream exited {status} on SIGTERM");
+}
+
+/// The seed-3 workload as it runs: a producer writes skewed events into 6
+/// partitions while a stream runs 2 s batches `PARTITIONED BY (month, day,
+/// hour, id)` (event time) with 100 rows per file. Every record lands
+/// once, in the hour its event time says, and in every batch each
+/// partition directory holds ceil(its rows in that batch / 100) files.
+#[test]
+fn a_stream_beside_a_live_producer_writes_month_day_hour_id_exactly_once() {
+    let topic = format!("live-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic, 6);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("live.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, id BIGINT NOT NULL, \
+             ts TIMESTAMP NOT NULL, payload VARCHAR) \
+             STORED AS KAFKA LOCATION 'kafka://{}/{topic}';\n\
+             COPY (SELECT seq, payload, date_part('month', ts) AS month, \
+             date_part('day', ts) AS day, date_part('hour', ts) AS hour, id \
+             FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET \
+             PARTITIONED BY (month, day, hour, id) OPTIONS ('write.target_file_rows' '100');\n",
+            broker(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let (lines, err) = (tmp.path().join("lines"), tmp.path().join("err"));
+    let child = spawn_stream(
+        &job,
+        &tmp.path().join("ck"),
+        &lines,
+        &err,
+        &["--every", "2s"],
+    );
+    // Five bursts a second apart: the stream takes them as they come.
+    const TOTAL: u64 = 6_000;
+    for burst in 0..5 {
+        events(&topic, burst * TOTAL / 5, (burst + 1) * TOTAL / 5);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    wait_for("every record written", Duration::from_secs(180), || {
+        rows_written(&lines) >= TOTAL
+    });
+    terminate(child);
+    assert_eq!(rows_written(&lines), TOTAL);
+    assert_eq!(counts(tmp.path(), &out), (TOTAL, TOTAL));
+    let text = std::fs::read_to_string(&lines).unwrap();
+    let b: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("batch_id").is_some())
+        .collect();
+    assert!(b.len() >= 2, "one batch took everything: {text}");
+    let mut hours = std::collections::BTreeSet::new();
+    for x in &b {
+        let tag = x["writes"][0]["write_id"].as_str().unwrap();
+        let per = sluice_test_support::files_per_id(&out, tag).unwrap();
+        let rows: u64 = per.values().map(|(_, r)| r).sum();
+        assert_eq!(rows, x["writes"][0]["rows"].as_u64().unwrap(), "{x}");
+        for (dir, (files, dir_rows)) in &per {
+            assert_eq!(*files, dir_rows.div_ceil(100), "{dir}: {per:?}");
+            hours.insert(dir.rsplit_once('/').unwrap().0.to_string());
+        }
+    }
+    // 6,000 events two seconds apart from 2026-11-25T22:00Z: 22h and 23h
+    // on the 25th, 0h and 1h on the 26th.
+    assert_eq!(
+        hours.into_iter().collect::<Vec<_>>(),
+        [
+            "month=11/day=25/hour=22",
+            "month=11/day=25/hour=23",
+            "month=11/day=26/hour=0",
+            "month=11/day=26/hour=1"
+        ]
+    );
+}
+
+/// A broker that stops answering (SIGSTOP) under a running stream: each
+/// attempt fails within `request_timeout_ms` naming the broker, the loop
+/// retries with backoff instead of hanging, and the `no_commit` alarm
+/// fires (it stayed quiet while the stream was merely caught up). With the
+/// broker back the stream goes on, the alarm clears, every record once.
+#[test]
+fn a_stopped_broker_fails_clearly_and_the_stream_retries_until_it_is_back() {
+    let b = kafka::Broker::start().unwrap();
+    let topic = "paused";
+    kafka::create_topic(&b.addr, topic, 2).unwrap();
+    kafka::produce_events(&b.addr, topic, 2, 0, 100).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("paused.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, payload VARCHAR) \
+             STORED AS KAFKA LOCATION 'kafka://{}/{topic}' \
+             OPTIONS ('request_timeout_ms' '1500');\n\
+             COPY (SELECT seq, payload FROM ev) TO '{}' STORED AS PARQUET;\n",
+            b.addr,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let (lines, err) = (tmp.path().join("lines"), tmp.path().join("err"));
+    let child = spawn_stream(
+        &job,
+        &tmp.path().join("ck"),
+        &lines,
+        &err,
+        &["--every", "1s", "--alarm", "no_commit > 4s"],
+    );
+    wait_for("the first records", Duration::from_secs(120), || {
+        rows_written(&lines) == 100
+    });
+    // Caught up on a quiet topic for longer than the alarm's 4 s: quiet.
+    std::thread::sleep(Duration::from_secs(6));
+    let stderr_text = || std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(!stderr_text().contains("alarm FIRING"), "{}", stderr_text());
+
+    b.pause().unwrap();
+    wait_for("the no_commit alarm", Duration::from_secs(60), || {
+        stderr_text().contains("alarm FIRING: no_commit > 4s")
+    });
+    let text = stderr_text();
+    assert!(
+        text.contains("failed:") && text.contains("retrying in"),
+        "{text}"
+    );
+    assert!(text.contains(&b.addr), "{text}");
+    assert!(text.contains("1.5s"), "{text}");
+    b.resume().unwrap();
+    kafka::produce_events(&b.addr, topic, 2, 100, 150).unwrap();
+    wait_for(
+        "the records after the pause",
+        Duration::from_secs(120),
+        || rows_written(&lines) == 150,
+    );
+    wait_for("the alarm clearing", Duration::from_secs(30), || {
+        stderr_text().contains("alarm cleared: no_commit > 4s")
+    });
+    terminate(child);
+    assert_eq!(counts(tmp.path(), &out), (150, 150));
 }

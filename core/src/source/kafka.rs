@@ -45,8 +45,10 @@ use serde::{Deserialize, Serialize};
 
 /// The `STORED AS` name.
 pub const KAFKA: &str = "KAFKA";
-/// How long one broker call may take.
+/// How long one broker call may take, unless `request_timeout_ms` says.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bounds of `request_timeout_ms`.
+const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 /// Bytes one fetch asks for.
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
 /// Rows per output batch.
@@ -116,6 +118,14 @@ pub struct KafkaOptions {
     pub max_records_per_batch: u64,
     /// Bad records one range may hold before the batch fails.
     pub max_bad_records: u64,
+    /// How long one broker call (connect, metadata, offsets, a fetch) may
+    /// take before the batch fails.
+    #[serde(default = "default_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    CALL_TIMEOUT.as_millis() as u64
 }
 
 impl Default for KafkaOptions {
@@ -124,14 +134,20 @@ impl Default for KafkaOptions {
             starting_offsets: StartingOffsets::Earliest,
             max_records_per_batch: 100_000,
             max_bad_records: 0,
+            request_timeout_ms: default_timeout_ms(),
         }
     }
 }
 
 impl KafkaOptions {
+    /// How long one broker call may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// From `OPTIONS (...)`: `starting_offsets` (`earliest`, `latest` or a
     /// time like `2026-11-25T10:00:00Z`), `max_records_per_batch`,
-    /// `max_bad_records`. Unknown keys are refused.
+    /// `max_bad_records`, `request_timeout_ms`. Unknown keys are refused.
     pub fn parse(options: &HashMap<String, String>) -> Result<Self> {
         let mut out = Self::default();
         for (raw_key, value) in options {
@@ -168,9 +184,19 @@ impl KafkaOptions {
                     }
                 }
                 "max_bad_records" => out.max_bad_records = number(value)?,
+                "request_timeout_ms" => {
+                    out.request_timeout_ms = number(value)?;
+                    if !TIMEOUT_MS.contains(&out.request_timeout_ms) {
+                        return plan_err!(
+                            "Kafka option request_timeout_ms must be between {} and {}, got {value}",
+                            TIMEOUT_MS.start(),
+                            TIMEOUT_MS.end()
+                        );
+                    }
+                }
                 _ => {
                     return plan_err!(
-                        "unknown Kafka option {raw_key} (known: starting_offsets, max_records_per_batch, max_bad_records)"
+                        "unknown Kafka option {raw_key} (known: starting_offsets, max_records_per_batch, max_bad_records, request_timeout_ms)"
                     );
                 }
             }
@@ -497,21 +523,24 @@ fn kafka_err(what: String) -> DataFusionError {
 }
 
 /// A client for `location`'s brokers, retrying a failed call for at most
-/// [`CALL_TIMEOUT`].
-pub async fn connect(location: &KafkaLocation) -> Result<rskafka::client::Client> {
+/// `timeout`.
+pub async fn connect(
+    location: &KafkaLocation,
+    timeout: Duration,
+) -> Result<rskafka::client::Client> {
     let backoff = rskafka::BackoffConfig {
-        deadline: Some(CALL_TIMEOUT),
+        deadline: Some(timeout),
         ..Default::default()
     };
     let build = rskafka::client::ClientBuilder::new(location.brokers.clone())
         .client_id("sluice")
         .backoff_config(backoff)
         .build();
-    tokio::time::timeout(CALL_TIMEOUT, build)
+    tokio::time::timeout(timeout, build)
         .await
         .map_err(|_| {
             kafka_err(format!(
-                "Kafka brokers {} did not answer within {CALL_TIMEOUT:?}",
+                "Kafka brokers {} did not answer within {timeout:?}",
                 location.brokers.join(",")
             ))
         })?
@@ -528,17 +557,18 @@ pub async fn partition_client(
     client: &rskafka::client::Client,
     location: &KafkaLocation,
     partition: i32,
+    timeout: Duration,
 ) -> Result<rskafka::client::partition::PartitionClient> {
     let call = client.partition_client(
         location.topic.clone(),
         partition,
         rskafka::client::partition::UnknownTopicHandling::Error,
     );
-    tokio::time::timeout(CALL_TIMEOUT, call)
+    tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| {
             kafka_err(format!(
-                "{}: partition {partition}: timed out",
+                "{}: partition {partition}: no answer within {timeout:?}",
                 location.url()
             ))
         })?
@@ -564,17 +594,18 @@ async fn read_range_in(
     schema: &SchemaRef,
     range: KafkaRange,
 ) -> Result<Vec<RecordBatch>> {
-    let client = connect(&spec.location).await?;
-    let pc = partition_client(&client, &spec.location, range.partition).await?;
+    let timeout = spec.options.timeout();
+    let client = connect(&spec.location, timeout).await?;
+    let pc = partition_client(&client, &spec.location, range.partition, timeout).await?;
     let mut records: Vec<rskafka::record::RecordAndOffset> = Vec::new();
     let mut next = range.start;
     while next < range.end {
         let fetch = pc.fetch_records(next, 1..FETCH_BYTES, 500);
-        let (got, high) = tokio::time::timeout(CALL_TIMEOUT, fetch)
+        let (got, high) = tokio::time::timeout(timeout, fetch)
             .await
             .map_err(|_| {
                 kafka_err(format!(
-                    "{}: partition {} fetch at offset {next} timed out",
+                    "{}: partition {} fetch at offset {next}: no answer within {timeout:?}",
                     spec.location.url(),
                     range.partition
                 ))

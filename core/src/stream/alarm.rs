@@ -277,6 +277,21 @@ impl AlarmState {
         }
         out
     }
+
+    /// The stream looked and found nothing new: it is caught up, so a
+    /// `no_commit` alarm clears (a quiet source is not a stalled stream).
+    pub fn on_caught_up(&mut self, at: DateTime<Utc>) -> Vec<AlarmEvent> {
+        let mut out = Vec::new();
+        for i in 0..self.rules.len() {
+            let r = &self.rules[i];
+            if r.rule.metric != Metric::NoCommit || !r.active {
+                continue;
+            }
+            out.push(self.change(r, Change::Cleared, 0.0, None, at));
+            self.rules[i].active = false;
+        }
+        out
+    }
 }
 
 /// Hands alarm changes to a webhook and/or a command, in the background.
@@ -437,6 +452,12 @@ mod tests {
         let cleared = a.on_batch(&batch(7, 0, 1), now);
         assert_eq!(cleared.len(), 1);
         assert_eq!(cleared[0].state, Change::Cleared);
+        // Caught up with nothing to read also clears it, once.
+        assert_eq!(a.on_time(Duration::from_secs(601), now).len(), 1);
+        let caught_up = a.on_caught_up(now);
+        assert_eq!(caught_up.len(), 1);
+        assert_eq!(caught_up[0].state, Change::Cleared);
+        assert!(a.on_caught_up(now).is_empty());
         Ok(())
     }
 }

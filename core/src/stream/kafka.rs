@@ -6,18 +6,20 @@
 //! each partition, in the checkpoint; a partition the stream has no position
 //! for starts at `starting_offsets`. A position below what the broker still
 //! keeps (retention deleted it) fails the batch, saying how many records
-//! were lost.
+//! were lost. The lag's age is that of the oldest record a batch leaves
+//! waiting (one small fetch per partition that is behind).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rskafka::client::partition::OffsetAt;
 
 use super::error::StreamError;
 use super::source::{BatchInputs, Planned, Range, Source, SourceLag};
+use crate::clock::Clock;
 use crate::source::kafka::{
-    CALL_TIMEOUT, KafkaLocation, KafkaOptions, KafkaRange, StartingOffsets, connect,
-    partition_client,
+    KafkaLocation, KafkaOptions, KafkaRange, StartingOffsets, connect, partition_client,
 };
 
 pub struct KafkaSource {
@@ -29,10 +31,16 @@ pub struct KafkaSource {
     /// With `--available-now`: the high watermarks at start.
     frozen: Option<BTreeMap<i32, i64>>,
     client: Option<rskafka::client::Client>,
+    clock: Arc<dyn Clock>,
 }
 
 impl KafkaSource {
-    pub fn new(table: &str, location: KafkaLocation, options: KafkaOptions) -> Self {
+    pub fn new(
+        table: &str,
+        location: KafkaLocation,
+        options: KafkaOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             table: table.to_string(),
             location,
@@ -40,7 +48,26 @@ impl KafkaSource {
             positions: BTreeMap::new(),
             frozen: None,
             client: None,
+            clock,
         }
+    }
+
+    /// The time (ms since the epoch) of the record at `offset`, or `None`
+    /// when it cannot be read now: the lag's age is a report, and the
+    /// batch's own fetch fails clearly if the broker is gone.
+    async fn record_time(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let timeout = self.options.timeout();
+        let location = self.location.clone();
+        let client = self.client().await.ok()?;
+        let pc = partition_client(client, &location, partition, timeout)
+            .await
+            .ok()?;
+        let fetch = pc.fetch_records(offset, 1..64 * 1024, 0);
+        let (records, _) = tokio::time::timeout(timeout, fetch).await.ok()?.ok()?;
+        records
+            .into_iter()
+            .find(|r| r.offset >= offset)
+            .map(|r| r.record.timestamp.timestamp_millis())
     }
 
     fn error(&self, what: String) -> StreamError {
@@ -53,7 +80,7 @@ impl KafkaSource {
 
     async fn client(&mut self) -> Result<&rskafka::client::Client, StreamError> {
         if self.client.is_none() {
-            let c = connect(&self.location)
+            let c = connect(&self.location, self.options.timeout())
                 .await
                 .map_err(|e| self.error(e.to_string()))?;
             self.client = Some(c);
@@ -65,8 +92,9 @@ impl KafkaSource {
 
     async fn partitions(&mut self) -> Result<Vec<i32>, StreamError> {
         let topic = self.location.topic.clone();
+        let timeout = self.options.timeout();
         let client = self.client().await?;
-        let listed = tokio::time::timeout(CALL_TIMEOUT, client.list_topics()).await;
+        let listed = tokio::time::timeout(timeout, client.list_topics()).await;
         let topics = match listed {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
@@ -75,7 +103,7 @@ impl KafkaSource {
             }
             Err(_) => {
                 self.client = None;
-                return Err(self.error(format!("listing topics took over {CALL_TIMEOUT:?}")));
+                return Err(self.error(format!("listing topics took over {timeout:?}")));
             }
         };
         let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
@@ -87,8 +115,9 @@ impl KafkaSource {
     /// The earliest and next-to-be-written offsets of a partition.
     async fn bounds(&mut self, partition: i32) -> Result<(i64, i64), StreamError> {
         let location = self.location.clone();
+        let timeout = self.options.timeout();
         let client = self.client().await?;
-        let pc = partition_client(client, &location, partition)
+        let pc = partition_client(client, &location, partition, timeout)
             .await
             .map_err(|e| self.error(e.to_string()))?;
         let earliest = self.offset(&pc, OffsetAt::Earliest).await?;
@@ -101,14 +130,15 @@ impl KafkaSource {
         pc: &rskafka::client::partition::PartitionClient,
         at: OffsetAt,
     ) -> Result<i64, StreamError> {
-        match tokio::time::timeout(CALL_TIMEOUT, pc.get_offset(at)).await {
+        let timeout = self.options.timeout();
+        match tokio::time::timeout(timeout, pc.get_offset(at)).await {
             Ok(Ok(o)) => Ok(o),
             Ok(Err(e)) => Err(self.error(format!(
                 "partition {}: reading an offset: {e}",
                 pc.partition()
             ))),
             Err(_) => Err(self.error(format!(
-                "partition {}: reading an offset took over {CALL_TIMEOUT:?}",
+                "partition {}: reading an offset took over {timeout:?}",
                 pc.partition()
             ))),
         }
@@ -126,8 +156,9 @@ impl KafkaSource {
             StartingOffsets::Latest => latest,
             StartingOffsets::Timestamp(ms) => {
                 let location = self.location.clone();
+                let timeout = self.options.timeout();
                 let client = self.client().await?;
-                let pc = partition_client(client, &location, partition)
+                let pc = partition_client(client, &location, partition, timeout)
                     .await
                     .map_err(|e| self.error(e.to_string()))?;
                 let at = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
@@ -139,32 +170,8 @@ impl KafkaSource {
             }
         })
     }
-}
 
-/// Shares `cap` records between partitions with `available` records each:
-/// equal shares, what a partition does not need going to the others.
-fn share(available: &[(i32, i64)], cap: u64) -> BTreeMap<i32, i64> {
-    let mut order: Vec<(i32, i64)> = available.to_vec();
-    order.sort_by_key(|(_, a)| *a);
-    let mut left = cap.min(i64::MAX as u64) as i64;
-    let mut out = BTreeMap::new();
-    let n = order.len() as i64;
-    for (i, (p, a)) in order.into_iter().enumerate() {
-        let fair = left / (n - i as i64).max(1);
-        let take = a.max(0).min(fair);
-        left -= take;
-        out.insert(p, take);
-    }
-    out
-}
-
-#[async_trait]
-impl Source for KafkaSource {
-    fn table(&self) -> &str {
-        &self.table
-    }
-
-    async fn plan(&mut self) -> Result<Planned, StreamError> {
+    async fn plan_ranges(&mut self) -> Result<Planned, StreamError> {
         let mut available = Vec::new();
         let mut starts = BTreeMap::new();
         let mut fresh_starts = HashSet::new();
@@ -197,9 +204,16 @@ impl Source for KafkaSource {
         let takes = share(&available, self.options.max_records_per_batch);
         let mut ranges = Vec::new();
         let mut pending = 0u64;
+        let mut oldest_waiting: Option<i64> = None;
         for (p, a) in &available {
             let take = takes.get(p).copied().unwrap_or(0);
             pending += (a - take).max(0) as u64;
+            if a > &take {
+                let first_left = starts.get(p).copied().unwrap_or(0) + take;
+                if let Some(t) = self.record_time(*p, first_left).await {
+                    oldest_waiting = Some(oldest_waiting.map_or(t, |o| o.min(t)));
+                }
+            }
             if take > 0 || fresh_starts.contains(p) {
                 let start = starts.get(p).copied().unwrap_or(0);
                 ranges.push(Range {
@@ -217,9 +231,45 @@ impl Source for KafkaSource {
                 source: self.table.clone(),
                 pending,
                 pending_bytes: 0,
-                age_ms: 0,
+                age_ms: oldest_waiting.map_or(0, |t| {
+                    (self.clock.wall().timestamp_millis() - t).max(0) as u64
+                }),
             },
         })
+    }
+}
+
+/// Shares `cap` records between partitions with `available` records each:
+/// equal shares, what a partition does not need going to the others.
+fn share(available: &[(i32, i64)], cap: u64) -> BTreeMap<i32, i64> {
+    let mut order: Vec<(i32, i64)> = available.to_vec();
+    order.sort_by_key(|(_, a)| *a);
+    let mut left = cap.min(i64::MAX as u64) as i64;
+    let mut out = BTreeMap::new();
+    let n = order.len() as i64;
+    for (i, (p, a)) in order.into_iter().enumerate() {
+        let fair = left / (n - i as i64).max(1);
+        let take = a.max(0).min(fair);
+        left -= take;
+        out.insert(p, take);
+    }
+    out
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn plan(&mut self) -> Result<Planned, StreamError> {
+        let planned = self.plan_ranges().await;
+        if planned.is_err() {
+            // A broker that failed a call may have restarted or moved: the
+            // next plan connects afresh.
+            self.client = None;
+        }
+        planned
     }
 
     fn taken(&mut self, ranges: &[Range]) {

@@ -231,6 +231,7 @@ impl StreamRunner {
                             &cmd.name.to_string(),
                             parsed,
                             options,
+                            Arc::clone(&self.clock),
                         )));
                         continue;
                     }
@@ -359,6 +360,12 @@ impl StreamRunner {
                 Ok(None) => {
                     if interval.is_none() {
                         break;
+                    }
+                    // Caught up: `no_commit` measures a stall, not a quiet
+                    // source.
+                    last_commit = self.clock.now();
+                    for e in alarms.on_caught_up(self.clock.wall()) {
+                        self.alarm(&notifier, &e);
                     }
                     due = self.options.trigger.after_idle(due, self.clock.wall());
                     self.observer.idle(Some(due));

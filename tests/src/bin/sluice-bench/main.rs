@@ -136,6 +136,13 @@ pub enum Bench {
         /// Files a batch takes in the throughput run.
         #[arg(long, default_value_t = 5)]
         per_batch: usize,
+        /// Skewed events for the Kafka throughput run (0: no Kafka figures).
+        #[arg(long, default_value_t = 60_000)]
+        kafka_records: u64,
+        /// A Kafka broker (host:port) to use; by default a private tansu
+        /// from the test cache (`scripts/test-servers.sh` builds it).
+        #[arg(long)]
+        kafka: Option<String>,
         #[command(flatten)]
         common: CompareArgs,
     },
@@ -201,6 +208,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             rows,
             files,
             per_batch,
+            kafka_records,
+            kafka,
             common,
         } => {
             let scratch = common.scratch()?;
@@ -209,6 +218,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 rows,
                 files.max(1),
                 per_batch.max(1),
+                kafka_records,
+                kafka,
                 scratch.path(),
                 common.spark(),
             )

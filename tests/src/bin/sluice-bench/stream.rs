@@ -7,7 +7,11 @@
 //!   `--batches` batches, on the embedded cluster and on a scheduler with two
 //!   executor processes;
 //! - throughput: Parquet files of the skewed generator, several per batch,
-//!   written `PARTITIONED BY (id)`; rows per second of batch time.
+//!   written `PARTITIONED BY (id)`; rows per second of batch time;
+//! - Kafka (a tansu broker, `--kafka` or a private one): the per-batch
+//!   overhead of one record a batch, and the skewed events from a
+//!   6-partition topic to `PARTITIONED BY (id)` Parquet with a row target:
+//!   records per second of batch time and files per batch against the ideal.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,7 +24,7 @@ use sluice_cli::embedded::EmbeddedCluster;
 use sluice_core::client::{self, JobRunner, NoProgress};
 use sluice_core::stream::files::FileSourceOptions;
 use sluice_core::stream::{BatchInfo, StreamObserver, StreamOptions, StreamRunner, Trigger};
-use sluice_test_support::Cluster;
+use sluice_test_support::{Cluster, kafka};
 
 use crate::common::median;
 use crate::spark::run_spark_output;
@@ -135,11 +139,128 @@ fn small_inputs(dir: &Path, files: usize) -> Result<()> {
     Ok(())
 }
 
+/// A Kafka stream job over `topic`, at most `cap` records a batch.
+fn kafka_job(broker: &str, topic: &str, cap: u64, output: &Path, partitioned: bool) -> String {
+    let write = if partitioned {
+        "PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '1000')"
+    } else {
+        ""
+    };
+    format!(
+        "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, id BIGINT NOT NULL, payload VARCHAR) \
+         STORED AS KAFKA LOCATION 'kafka://{broker}/{topic}' \
+         OPTIONS ('max_records_per_batch' '{cap}');\n\
+         COPY (SELECT seq, payload, id FROM ev WHERE _error IS NULL) TO '{}' \
+         STORED AS PARQUET {write};\n",
+        output.display()
+    )
+}
+
+/// The Kafka figures, on a broker at `broker` (or a private one).
+async fn kafka_bench(
+    broker: Option<String>,
+    batches: usize,
+    records: u64,
+    embedded: &str,
+    processes: &str,
+    dir: &Path,
+) -> Result<Value> {
+    let private = match broker {
+        Some(_) => None,
+        None => Some(tokio::task::spawn_blocking(kafka::Broker::start).await??),
+    };
+    let broker = match (&private, broker) {
+        (Some(b), _) => b.addr.clone(),
+        (None, Some(b)) => b,
+        (None, None) => bail!("no Kafka broker"),
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let one = format!("bench-one-{run_id}");
+    let skewed = format!("bench-skewed-{run_id}");
+    let (b, o, s) = (broker.clone(), one.clone(), skewed.clone());
+    let n = batches as u64;
+    let produce_secs = tokio::task::spawn_blocking(move || -> Result<f64> {
+        kafka::create_topic(&b, &o, 1)?;
+        kafka::produce_events(&b, &o, 1, 0, n)?;
+        kafka::create_topic(&b, &s, 6)?;
+        let t0 = std::time::Instant::now();
+        kafka::produce_events(&b, &s, 6, 0, records)?;
+        Ok(t0.elapsed().as_secs_f64())
+    })
+    .await??;
+
+    // Overhead: one record a batch.
+    let mut medians = vec![];
+    for (name, endpoint) in [("embedded", embedded), ("processes", processes)] {
+        let out = dir.join(format!("k-one-{name}"));
+        let b = sluice_stream(
+            endpoint,
+            &kafka_job(&broker, &one, 1, &out, false),
+            HashMap::new(),
+            &dir.join(format!("k-ck-one-{name}")),
+            1,
+        )
+        .await?;
+        if b.len() != batches {
+            bail!("expected {batches} one-record Kafka batches on {name}, got {}", b.len());
+        }
+        medians.push(median(batch_ms(&b)));
+    }
+
+    // Throughput to partitioned Parquet.
+    let cap = records.div_ceil(3).max(1);
+    let out = dir.join("k-skewed");
+    let t = sluice_stream(
+        embedded,
+        &kafka_job(&broker, &skewed, cap, &out, true),
+        HashMap::new(),
+        &dir.join("k-ck-skewed"),
+        1,
+    )
+    .await?;
+    let written: u64 = t.iter().map(|b| b.rows_written).sum();
+    if written != records {
+        bail!("the Kafka stream wrote {written} rows, not {records}");
+    }
+    let secs: f64 = batch_ms(&t).iter().sum::<f64>() / 1000.0;
+    let mut per_batch = vec![];
+    for b in &t {
+        let Some(w) = b.writes.first() else { continue };
+        let per = sluice_test_support::files_per_id(&out, &w.write_id)?;
+        let files: u64 = per.values().map(|(f, _)| f).sum();
+        let ideal: u64 = per.values().map(|(_, r)| r.div_ceil(1000)).sum();
+        per_batch.push(json!({"batch_id": b.batch_id, "rows": w.rows, "files": files, "ideal_files": ideal}));
+    }
+    Ok(json!({
+        "broker": if private.is_some() { "tansu (private, in-memory)" } else { "given" },
+        "per_batch_overhead": {
+            "batches": batches,
+            "input": "one Kafka record per batch, appended to Parquet",
+            "sluice_embedded_median_ms": medians[0],
+            "sluice_processes_median_ms": medians[1],
+        },
+        "throughput": {
+            "records": records,
+            "partitions": 6,
+            "produce_seconds": produce_secs,
+            "max_records_per_batch": cap,
+            "target_file_rows": 1000,
+            "sluice_batches": t.len(),
+            "sluice_batch_seconds": secs,
+            "sluice_records_per_sec": records as f64 / secs,
+            "files_per_batch": per_batch,
+        },
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn stream_bench(
     batches: usize,
     rows: u64,
     files: u64,
     per_batch: usize,
+    kafka_records: u64,
+    kafka_broker: Option<String>,
     dir: &Path,
     spark: Option<&str>,
 ) -> Result<Value> {
@@ -238,7 +359,22 @@ pub(crate) async fn stream_bench(
         None => None,
     };
     let rate = rows as f64 / secs;
+    let kafka = if kafka_records == 0 {
+        json!({"skipped": "--kafka-records 0"})
+    } else {
+        kafka_bench(
+            kafka_broker,
+            batches,
+            kafka_records,
+            &embedded.endpoint,
+            &cluster.endpoint,
+            dir,
+        )
+        .await
+        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}))
+    };
     Ok(json!({
+        "kafka": kafka,
         "per_batch_overhead": {
             "batches": batches,
             "input": "one 10-row JSON file per batch, appended to Parquet",
