@@ -38,7 +38,10 @@ impl Broker {
             Ok(b) => b,
             Err(_) => {
                 let cache = std::env::var("SLUICE_TEST_CACHE").unwrap_or_else(|_| {
-                    format!("{}/.cache/sluice-test", std::env::var("HOME").unwrap_or_default())
+                    format!(
+                        "{}/.cache/sluice-test",
+                        std::env::var("HOME").unwrap_or_default()
+                    )
                 });
                 format!("{cache}/tansu/bin/tansu")
             }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, Int32Array, Int64Array, RecordBatch, StringBuilder,
-    TimestampMillisecondArray, new_null_array,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
@@ -51,6 +51,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 /// Bytes one fetch asks for.
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
+/// How long the broker may hold a fetch for more bytes: a range's records
+/// are below the high watermark already, so waiting buys nothing (and
+/// some brokers wait the whole time on a small answer).
+const FETCH_WAIT_MS: i32 = 10;
 /// Rows per output batch.
 const BATCH_ROWS: usize = 8192;
 /// The column that says why a value did not parse.
@@ -599,8 +603,10 @@ async fn read_range_in(
     let pc = partition_client(&client, &spec.location, range.partition, timeout).await?;
     let mut records: Vec<rskafka::record::RecordAndOffset> = Vec::new();
     let mut next = range.start;
+    let mut fetches = 0u64;
     while next < range.end {
-        let fetch = pc.fetch_records(next, 1..FETCH_BYTES, 500);
+        fetches += 1;
+        let fetch = pc.fetch_records(next, 1..FETCH_BYTES, FETCH_WAIT_MS);
         let (got, high) = tokio::time::timeout(timeout, fetch)
             .await
             .map_err(|_| {
@@ -646,6 +652,9 @@ async fn read_range_in(
             )));
         }
     }
+    metrics::counter!("sluice_kafka_fetches_total").increment(fetches);
+    metrics::counter!("sluice_kafka_records_read_total").increment(records.len() as u64);
+    tracing::debug!(fetches, records = records.len(), "fetched the range");
     let declared = spec.declared_schema()?;
     let mut bad = 0u64;
     let mut out = Vec::new();
@@ -679,9 +688,6 @@ fn to_batch(
     let mut keys = BinaryBuilder::new();
     let mut values = BinaryBuilder::new();
     let mut headers = StringBuilder::new();
-    let mut errors = StringBuilder::new();
-    let mut bad = Vec::new();
-    let mut parsed: Vec<Option<RecordBatch>> = Vec::with_capacity(records.len());
     for r in records {
         keys.append_option(r.record.key.as_deref());
         values.append_option(r.record.value.as_deref());
@@ -692,21 +698,6 @@ fn to_batch(
             .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
             .collect();
         headers.append_value(serde_json::to_string(&h).unwrap_or_default());
-        if declared.fields().is_empty() {
-            errors.append_null();
-            continue;
-        }
-        match parse_value(declared, r.record.value.as_deref()) {
-            Ok(b) => {
-                errors.append_null();
-                parsed.push(Some(b));
-            }
-            Err(why) => {
-                errors.append_value(&why);
-                bad.push((r.offset, why));
-                parsed.push(None);
-            }
-        }
     }
     let n = records.len();
     let mut columns: Vec<ArrayRef> = vec![
@@ -726,21 +717,30 @@ fn to_batch(
         ),
         Arc::new(headers.finish()),
     ];
-    for (i, field) in declared.fields().iter().enumerate() {
-        let parts: Vec<ArrayRef> = parsed
-            .iter()
-            .map(|p| match p {
-                Some(b) => Arc::clone(b.column(i)),
-                None => new_null_array(field.data_type(), 1),
-            })
-            .collect();
-        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-        let column = if refs.is_empty() {
-            new_null_array(field.data_type(), 0)
-        } else {
-            arrow::compute::concat(&refs)?
-        };
-        columns.push(column);
+    let mut errors = StringBuilder::new();
+    let mut bad = Vec::new();
+    if declared.fields().is_empty() {
+        for _ in records {
+            errors.append_null();
+        }
+    } else {
+        let texts: Vec<Option<&[u8]>> = records.iter().map(|r| r.record.value.as_deref()).collect();
+        let parsed =
+            parse_values(declared, &texts).map_err(|e| DataFusionError::External(e.into()))?;
+        for (r, why) in records.iter().zip(&parsed.errors) {
+            match why {
+                Some(why) => {
+                    errors.append_value(why);
+                    bad.push((r.offset, why.clone()));
+                }
+                None => errors.append_null(),
+            }
+        }
+        let rows = arrow::array::UInt32Array::from(parsed.row_of);
+        for column in parsed.decoded.columns() {
+            // A bad record has no row: `take` gives it nulls.
+            columns.push(arrow::compute::take(column.as_ref(), &rows, None)?);
+        }
     }
     columns.push(Arc::new(errors.finish()));
     // Declared NOT NULL columns are null in bad records: the table's
@@ -749,22 +749,24 @@ fn to_batch(
     Ok((batch, bad))
 }
 
-/// One value parsed as a JSON object into the declared columns.
-fn parse_value(
+/// Values parsed into the declared columns: `decoded` holds the good ones'
+/// rows, `row_of` each value's row in it (`None` for a bad one) and
+/// `errors` why each bad one is bad.
+struct Parsed {
+    decoded: RecordBatch,
+    row_of: Vec<Option<u32>>,
+    errors: Vec<Option<String>>,
+}
+
+/// Parses every value that is a JSON object in one decoder pass; when that
+/// pass fails (a wrong type, a missing required field), parses them one by
+/// one to find which are bad and why.
+fn parse_values(
     declared: &SchemaRef,
-    value: Option<&[u8]>,
-) -> std::result::Result<RecordBatch, String> {
-    let Some(value) = value else {
-        return Err("the record has no value".into());
-    };
-    let text = std::str::from_utf8(value).map_err(|_| "the value is not UTF-8 text".to_string())?;
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(_)) => {}
-        Ok(_) => return Err("the value is JSON but not an object".into()),
-        Err(e) => return Err(format!("the value is not JSON: {e}")),
-    }
-    // Nulls are let through here and required fields checked below, to
-    // name the field that is missing.
+    values: &[Option<&[u8]>],
+) -> std::result::Result<Parsed, arrow::error::ArrowError> {
+    // Nulls are let through by the decoder and required fields checked
+    // afterwards, to name the field that is missing.
     let lenient = Arc::new(Schema::new(
         declared
             .fields()
@@ -772,26 +774,97 @@ fn parse_value(
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     ));
-    let mut decoder = arrow::json::ReaderBuilder::new(lenient)
-        .with_batch_size(1)
-        .build_decoder()
-        .map_err(|e| e.to_string())?;
-    decoder
-        .decode(text.as_bytes())
-        .map_err(|e| clean_arrow(&e.to_string()))?;
-    let batch = decoder
-        .flush()
-        .map_err(|e| clean_arrow(&e.to_string()))?
-        .ok_or_else(|| "the value is empty".to_string())?;
-    if batch.num_rows() != 1 {
-        return Err("the value is not one JSON object".into());
-    }
-    for (i, f) in declared.fields().iter().enumerate() {
-        if !f.is_nullable() && batch.column(i).is_null(0) {
-            return Err(format!("required field {} is missing or null", f.name()));
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(values.len());
+    let mut good: Vec<(usize, &str)> = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        match json_object(*v) {
+            Ok(text) => {
+                good.push((i, text));
+                errors.push(None);
+            }
+            Err(why) => errors.push(Some(why)),
         }
     }
-    Ok(batch)
+    let mut row_of: Vec<Option<u32>> = vec![None; values.len()];
+    if let Ok(batch) = decode(&lenient, good.iter().map(|(_, t)| *t), good.len())
+        && batch.num_rows() == good.len()
+        && required_missing(declared, &batch).is_none()
+    {
+        for (row, (i, _)) in good.iter().enumerate() {
+            row_of[*i] = Some(row as u32);
+        }
+        return Ok(Parsed {
+            decoded: batch,
+            row_of,
+            errors,
+        });
+    }
+    let mut parts = Vec::new();
+    for (i, text) in good {
+        let one = decode(&lenient, std::iter::once(text), 1)
+            .map_err(|e| clean_arrow(&e.to_string()))
+            .and_then(|b| match b.num_rows() {
+                1 => match required_missing(declared, &b) {
+                    Some(field) => Err(format!("required field {field} is missing or null")),
+                    None => Ok(b),
+                },
+                _ => Err("the value is not one JSON object".to_string()),
+            });
+        match one {
+            Ok(b) => {
+                row_of[i] = Some(parts.len() as u32);
+                parts.push(b);
+            }
+            Err(why) => errors[i] = Some(why),
+        }
+    }
+    let decoded = arrow::compute::concat_batches(&lenient, &parts)?;
+    Ok(Parsed {
+        decoded,
+        row_of,
+        errors,
+    })
+}
+
+/// The value as text, when it is one JSON object.
+fn json_object(value: Option<&[u8]>) -> std::result::Result<&str, String> {
+    let Some(value) = value else {
+        return Err("the record has no value".into());
+    };
+    let text = std::str::from_utf8(value).map_err(|_| "the value is not UTF-8 text".to_string())?;
+    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Ok(_) if text.trim_start().starts_with('{') => Ok(text),
+        Ok(_) => Err("the value is JSON but not an object".into()),
+        Err(e) => Err(format!("the value is not JSON: {e}")),
+    }
+}
+
+/// `texts` (JSON objects) decoded into `schema`, in one batch.
+fn decode<'a>(
+    schema: &SchemaRef,
+    texts: impl Iterator<Item = &'a str>,
+    rows: usize,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(schema))
+        .with_batch_size(rows.max(1))
+        .build_decoder()?;
+    for text in texts {
+        decoder.decode(text.as_bytes())?;
+        decoder.decode(b"\n")?;
+    }
+    Ok(decoder
+        .flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema))))
+}
+
+/// The first declared `NOT NULL` column with a null in `batch`.
+fn required_missing<'a>(declared: &'a SchemaRef, batch: &RecordBatch) -> Option<&'a str> {
+    declared
+        .fields()
+        .iter()
+        .enumerate()
+        .find(|(i, f)| !f.is_nullable() && batch.column(*i).null_count() > 0)
+        .map(|(_, f)| f.name().as_str())
 }
 
 fn clean_arrow(text: &str) -> String {
@@ -864,18 +937,37 @@ mod tests {
             Field::new("id", DataType::Int64, false),
             Field::new("name", DataType::Utf8, true),
         ]));
-        let ok = parse_value(&declared, Some(br#"{"id": 7, "name": "a", "extra": 1}"#));
-        assert_eq!(ok.map(|b| b.num_rows()), Ok(1));
-        for (value, why) in [
-            (Some(&b"nope"[..]), "not JSON"),
-            (Some(&b"[1]"[..]), "not an object"),
-            (Some(&br#"{"name": "a"}"#[..]), "required field id"),
-            (Some(&b"\xff"[..]), "not UTF-8"),
+        let ok = parse_values(&declared, &[Some(br#"{"id": 7, "name": "a", "extra": 1}"#)])?;
+        assert_eq!(ok.decoded.num_rows(), 1);
+        assert_eq!(ok.errors, [None]);
+        let cases: [(Option<&[u8]>, &str); 6] = [
+            (Some(b"nope"), "not JSON"),
+            (Some(b"[1]"), "not an object"),
+            (Some(br#"{"name": "a"}"#), "required field id"),
+            (Some(br#"{"id": "x"}"#), "id"),
+            (Some(b"\xff"), "not UTF-8"),
             (None, "no value"),
-        ] {
-            let err = parse_value(&declared, value).err().unwrap_or_default();
+        ];
+        for (value, why) in cases {
+            let one = parse_values(&declared, &[value])?;
+            let err = one.errors[0].clone().unwrap_or_default();
             assert!(err.contains(why), "{value:?}: {err}");
         }
+        // Good and bad mixed: the good rows keep their values, in order,
+        // and each bad one is named.
+        let values: Vec<Option<&[u8]>> = vec![
+            Some(br#"{"id": 1}"#),
+            Some(br#"{"id": "x"}"#),
+            Some(br#"{"id": 3, "name": "c"}"#),
+            Some(b"{"),
+            Some(br#"{"id": 5}"#),
+        ];
+        let mixed = parse_values(&declared, &values)?;
+        assert_eq!(mixed.row_of, [Some(0), None, Some(1), None, Some(2)]);
+        let ids = mixed.decoded.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids.values().to_vec(), [1, 3, 5]);
+        assert!(mixed.errors[1].is_some() && mixed.errors[3].is_some());
+        assert_eq!(mixed.errors.iter().flatten().count(), 2);
         Ok(())
     }
 }

@@ -202,9 +202,20 @@ async fn kafka_bench(
         )
         .await?;
         if b.len() != batches {
-            bail!("expected {batches} one-record Kafka batches on {name}, got {}", b.len());
+            bail!(
+                "expected {batches} one-record Kafka batches on {name}, got {}",
+                b.len()
+            );
         }
-        medians.push(median(batch_ms(&b)));
+        let part = |f: fn(&BatchInfo) -> u64| median(b.iter().map(|x| f(x) as f64).collect());
+        medians.push((
+            median(batch_ms(&b)),
+            json!({
+                "planning_ms": part(|x| x.planning_ms),
+                "running_ms": part(|x| x.running_ms),
+                "committing_ms": part(|x| x.committing_ms),
+            }),
+        ));
     }
 
     // Throughput to partitioned Parquet.
@@ -229,15 +240,19 @@ async fn kafka_bench(
         let per = sluice_test_support::files_per_id(&out, &w.write_id)?;
         let files: u64 = per.values().map(|(f, _)| f).sum();
         let ideal: u64 = per.values().map(|(_, r)| r.div_ceil(1000)).sum();
-        per_batch.push(json!({"batch_id": b.batch_id, "rows": w.rows, "files": files, "ideal_files": ideal}));
+        per_batch.push(
+            json!({"batch_id": b.batch_id, "rows": w.rows, "files": files, "ideal_files": ideal}),
+        );
     }
     Ok(json!({
         "broker": if private.is_some() { "tansu (private, in-memory)" } else { "given" },
         "per_batch_overhead": {
             "batches": batches,
             "input": "one Kafka record per batch, appended to Parquet",
-            "sluice_embedded_median_ms": medians[0],
-            "sluice_processes_median_ms": medians[1],
+            "sluice_embedded_median_ms": medians[0].0,
+            "sluice_processes_median_ms": medians[1].0,
+            "embedded_parts_median": medians[0].1,
+            "processes_parts_median": medians[1].1,
         },
         "throughput": {
             "records": records,
