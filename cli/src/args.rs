@@ -68,6 +68,11 @@ pub enum Command {
     Submit {
         #[command(flatten)]
         job: JobArgs,
+        /// When the scheduler restarts or forgets a running job, wait for it
+        /// (up to 2 minutes) and run the statement again, up to 3 times; a
+        /// write the lost job committed is not written again.
+        #[arg(long)]
+        resubmit_on_scheduler_loss: bool,
     },
     /// List the scheduler's jobs.
     Jobs {

@@ -133,7 +133,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let cluster =
                 embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
             let coordinator = cluster.coordinator.clone();
-            run_job(&job, &cluster.endpoint, coordinator, timeout, &config).await
+            run_job(&job, &cluster.endpoint, coordinator, timeout, &config, 0).await
         }
         Command::Stream(args) => {
             if let Some(crate::args::StreamCommand::Status {
@@ -166,9 +166,21 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let coordinator = cluster.coordinator.clone();
             stream::run_stream(&args, &cluster.endpoint, coordinator, timeout, &config).await
         }
-        Command::Submit { job } => {
+        Command::Submit {
+            job,
+            resubmit_on_scheduler_loss,
+        } => {
             let coordinator = default_coordinator(&config);
-            run_job(&job, &config.scheduler, Some(coordinator), timeout, &config).await
+            let resubmit = if resubmit_on_scheduler_loss { 3 } else { 0 };
+            run_job(
+                &job,
+                &config.scheduler,
+                Some(coordinator),
+                timeout,
+                &config,
+                resubmit,
+            )
+            .await
         }
         Command::Limiter {
             coordinator,
@@ -255,6 +267,7 @@ async fn run_job(
     coordinator: Option<String>,
     timeout: Duration,
     config: &SluiceConfig,
+    resubmit: u32,
 ) -> Result<()> {
     let vars = parse_vars(&job.var)?;
     let source = std::fs::read_to_string(&job.file)
@@ -264,7 +277,8 @@ async fn run_job(
     let progress = Arc::new(CliProgress::new(job.output == OutputFormat::Text));
     let runner = JobRunner::new(ctx, endpoint, progress.clone())?
         .protect(&config.protected_outputs)?
-        .with_coordinator(coordinator);
+        .with_coordinator(coordinator)
+        .resubmit_on_scheduler_loss(resubmit);
     let interrupter = runner.interrupter();
     let run = runner.run(&file, &source, &vars);
     tokio::pin!(run);

@@ -107,6 +107,14 @@ pub enum SluiceError {
     },
     #[error("scheduler at {endpoint} is unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    /// The scheduler restarted, forgot the job or stopped answering while
+    /// the job ran: nothing of it is committed.
+    #[error("the scheduler at {endpoint} lost job {job}: {reason}")]
+    SchedulerLost {
+        endpoint: String,
+        job: String,
+        reason: String,
+    },
     #[error("calling the scheduler at {url}")]
     SchedulerCall {
         url: String,

@@ -171,6 +171,11 @@ pub struct Cluster {
     pub coordinator: String,
     /// Where the processes' logs go (see [`log_dir`]).
     pub logs: PathBuf,
+    /// The scheduler's port and the extra environment of every process,
+    /// to start the scheduler again where it was.
+    scheduler_port: u16,
+    env: Vec<(String, String)>,
+    scheduler_starts: usize,
     _work: tempfile::TempDir,
 }
 
@@ -200,6 +205,28 @@ pub fn log_dir(fallback: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// A scheduler on `port` that notices a lost executor within seconds.
+fn spawn_scheduler(
+    port: u16,
+    coordinator: &str,
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Result<Child> {
+    Command::new(binary("sluice-scheduler")?)
+        .envs(env.iter().copied())
+        .args(local_paths(env))
+        .args(["--coordinator-addr", coordinator])
+        .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+        .args(["--bind-port", &port.to_string()])
+        .args(["--scheduler-policy", "pull-staged"])
+        .args(["--executor-timeout-seconds", "6"])
+        .args(["--expire-dead-executor-interval-seconds", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log)?))
+        .spawn()
+        .context("starting sluice-scheduler")
+}
+
 impl Cluster {
     /// Starts a scheduler that notices a lost executor within seconds, and
     /// `executors` executors with `slots` task slots each.
@@ -214,21 +241,7 @@ impl Cluster {
         let logs = log_dir(work.path())?;
         let port = free_port()?;
         let coordinator = format!("127.0.0.1:{}", free_port()?);
-        let scheduler = Command::new(binary("sluice-scheduler")?)
-            .envs(env.iter().copied())
-            .args(local_paths(env))
-            .args(["--coordinator-addr", &coordinator])
-            .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
-            .args(["--bind-port", &port.to_string()])
-            .args(["--scheduler-policy", "pull-staged"])
-            .args(["--executor-timeout-seconds", "6"])
-            .args(["--expire-dead-executor-interval-seconds", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(
-                logs.join("scheduler.log"),
-            )?))
-            .spawn()
-            .context("starting sluice-scheduler")?;
+        let scheduler = spawn_scheduler(port, &coordinator, env, &logs.join("scheduler.log"))?;
         let endpoint = format!("127.0.0.1:{port}");
         let mut cluster = Self {
             endpoint,
@@ -237,6 +250,12 @@ impl Cluster {
             metrics: vec![],
             coordinator: format!("http://{coordinator}"),
             logs,
+            scheduler_port: port,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            scheduler_starts: 1,
             _work: work,
         };
         cluster.wait_http("/api/version", Duration::from_secs(30))?;
@@ -310,6 +329,33 @@ impl Cluster {
             .spawn()
             .context("starting sluice-executor")?;
         Ok((child, metrics))
+    }
+
+    /// SIGKILLs the scheduler (and the coordinator in its process).
+    pub fn kill_scheduler(&mut self) -> Result<()> {
+        self.scheduler.kill()?;
+        self.scheduler.wait()?;
+        Ok(())
+    }
+
+    /// Starts a fresh scheduler (no memory of earlier jobs) on the same
+    /// ports, and waits until the executors have registered with it again.
+    pub fn restart_scheduler(&mut self) -> Result<()> {
+        let _ = self.scheduler.kill();
+        let _ = self.scheduler.wait();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let coordinator = self.coordinator.trim_start_matches("http://").to_string();
+        self.scheduler_starts += 1;
+        let log = self
+            .logs
+            .join(format!("scheduler-{}.log", self.scheduler_starts));
+        self.scheduler = spawn_scheduler(self.scheduler_port, &coordinator, &env, &log)?;
+        self.wait_http("/api/version", Duration::from_secs(30))?;
+        self.wait_executors(self.executors.len(), Duration::from_secs(60))
     }
 
     /// A REST answer of the scheduler, as text.

@@ -462,3 +462,129 @@ fn sql_on_a_cluster_reaches_only_the_allowed_local_directories() {
         2
     );
 }
+
+/// Starts `job` (an append of `rows` range rows to `out` on S3) on the
+/// cluster and waits until its tasks have staged something.
+fn submit_until_staged(
+    cluster: &Cluster,
+    s3: &sluice_test_support::s3::S3,
+    bucket: &str,
+    job: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut args = vec!["--output", "json"];
+    args.extend_from_slice(extra);
+    let mut child = cluster.spawn_submit(job, &args).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let staged = !s3.list(bucket, "out/_sluice_staging/").unwrap().is_empty()
+            || !s3.open_uploads(bucket, "out/").unwrap().is_empty();
+        if staged {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "the job never started writing");
+        if child.try_wait().unwrap().is_some() {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "the job ended before the scheduler was killed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The scheduler dies mid-job (SIGKILL). Ballista's client would wait
+/// forever for a job a restarted scheduler no longer knows; `sluice submit`
+/// fails within a bound naming the lost job, aborts the write's uploads and
+/// leaves nothing visible. With `--resubmit-on-scheduler-loss`, the same
+/// kill followed by a fresh scheduler on the same port: the statement runs
+/// again once the scheduler answers, and the append holds every row once.
+#[test]
+fn a_lost_scheduler_fails_the_job_clearly_or_it_is_resubmitted_once_back() {
+    let s3 = sluice_test_support::s3::S3::from_env().unwrap();
+    let mut cluster = Cluster::start(2, 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows: u64 = 12_000_000;
+    let job_for = |bucket: &str| {
+        let job = tmp.path().join(format!("{bucket}.sql"));
+        std::fs::write(
+            &job,
+            format!(
+                "COPY (SELECT id FROM range(0, {rows}, 1, 12)) TO 's3://{bucket}/out' STORED AS PARQUET;\n"
+            ),
+        )
+        .unwrap();
+        job
+    };
+
+    // Without resubmission: a clear failure, nothing left behind.
+    let bucket = s3.new_bucket("lostsched").unwrap();
+    let child = submit_until_staged(&cluster, &s3, &bucket, &job_for(&bucket), &[]);
+    cluster.kill_scheduler().unwrap();
+    let killed = Instant::now();
+    let o = wait_after_kill(child);
+    let took = killed.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        took < Duration::from_secs(90),
+        "the client took {took:?} to notice"
+    );
+    assert!(
+        err.contains(&format!("the scheduler at {} lost job", cluster.endpoint)),
+        "{err}"
+    );
+    assert!(err.contains("--resubmit-on-scheduler-loss"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("Status {"), "a debug dump: {err}");
+    assert!(err.contains("its uploads are aborted"), "{err}");
+    assert_eq!(
+        s3.open_uploads(&bucket, "out/").unwrap(),
+        Vec::<String>::new()
+    );
+    let visible: Vec<String> = s3
+        .list(&bucket, "out/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| !k.contains("/_"))
+        .collect();
+    assert!(visible.is_empty(), "{visible:?}");
+
+    // With resubmission: the scheduler comes back on its port.
+    cluster.restart_scheduler().unwrap();
+    let bucket = s3.new_bucket("resubmit").unwrap();
+    let child = submit_until_staged(
+        &cluster,
+        &s3,
+        &bucket,
+        &job_for(&bucket),
+        &["--resubmit-on-scheduler-loss"],
+    );
+    cluster.kill_scheduler().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.restart_scheduler().unwrap();
+    let o = wait_after_kill(child);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resubmitting"), "{err}");
+    assert_eq!(
+        sluice_test_support::count_distinct(
+            tmp.path(),
+            &format!("s3://{bucket}/out"),
+            "id BIGINT",
+            "id"
+        )
+        .unwrap(),
+        (rows, rows)
+    );
+    assert_eq!(
+        s3.open_uploads(&bucket, "out/").unwrap(),
+        Vec::<String>::new()
+    );
+}

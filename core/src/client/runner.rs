@@ -40,6 +40,12 @@ fn store_timeout(url: &str, what: &str) -> DataFusionError {
 
 /// How long an interrupt waits for the scheduler to accept the job to cancel.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// How often a running job's scheduler is asked whether it still knows it.
+const LOSS_CHECK: Duration = Duration::from_secs(1);
+/// How long a scheduler may not answer before its job counts as lost.
+const LOSS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a resubmission waits for the scheduler to be back.
+const RESUBMIT_WAIT: Duration = Duration::from_secs(120);
 
 pub struct JobRunner {
     ctx: SessionContext,
@@ -54,6 +60,10 @@ pub struct JobRunner {
     coordinator: Option<String>,
     /// Set while the runner runs one micro-batch of a stream.
     batch: Option<BatchWrites>,
+    /// The scheduler's address, for errors and reconnection waits.
+    endpoint: String,
+    /// Times a statement whose job the scheduler lost is run again.
+    resubmit: u32,
 }
 
 /// The writes of one micro-batch (see `stream`): each statement's write id
@@ -84,7 +94,57 @@ impl JobRunner {
             protected: vec![],
             coordinator: None,
             batch: None,
+            endpoint: endpoint.to_string(),
+            resubmit: 0,
         })
+    }
+
+    /// Runs a statement again, up to `times` times, when the scheduler
+    /// loses its job (restarts or forgets it): once the scheduler answers
+    /// again, a write whose lost attempt committed is taken as done, any
+    /// other is run again under the same write id.
+    pub fn resubmit_on_scheduler_loss(mut self, times: u32) -> Self {
+        self.resubmit = times;
+        self
+    }
+
+    /// Whether the scheduler still lists job `id` (queued, running or done).
+    async fn job_known(&self, id: &str) -> Result<bool, SluiceError> {
+        let jobs = self.api.jobs().await?;
+        Ok(jobs
+            .as_array()
+            .is_some_and(|list| list.iter().any(|j| j["job_id"].as_str() == Some(id))))
+    }
+
+    fn lost(&self, job: Option<&str>, reason: String) -> DataFusionError {
+        let reason = if self.resubmit == 0 {
+            format!(
+                "{reason}; `sluice submit --resubmit-on-scheduler-loss` runs it again once the scheduler is back"
+            )
+        } else {
+            reason
+        };
+        DataFusionError::External(Box::new(SluiceError::SchedulerLost {
+            endpoint: self.endpoint.clone(),
+            job: job.unwrap_or("(not yet accepted)").to_string(),
+            reason,
+        }))
+    }
+
+    /// After a lost job: waits for the scheduler to answer again, so the
+    /// statement can be resubmitted (`false`: it did not come back).
+    async fn scheduler_back(&self, attempt: u32, error: &DataFusionError) -> bool {
+        if attempt > self.resubmit || !is_lost(error) {
+            return false;
+        }
+        tracing::warn!(error = %crate::error::render(error), attempt, "the scheduler lost the job; resubmitting once it answers");
+        match super::rest::wait_for_scheduler(&self.endpoint, RESUBMIT_WAIT).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the scheduler did not come back; not resubmitting");
+                false
+            }
+        }
     }
 
     /// The coordinator (`http://host:port`) to tell when a DynamoDB write
@@ -471,9 +531,15 @@ impl JobRunner {
         line: usize,
     ) -> Result<(Option<String>, Vec<RecordBatch>), DataFusionError> {
         self.set_job_name(file, line);
-        let df = self.ctx.sql(sql).await?;
-        let plan = df.create_physical_plan().await?;
-        self.execute(plan).await
+        let mut attempt = 0;
+        loop {
+            let df = self.ctx.sql(sql).await?;
+            let plan = df.create_physical_plan().await?;
+            match self.execute(plan).await {
+                Err(e) if self.scheduler_back(attempt + 1, &e).await => attempt += 1,
+                other => return other,
+            }
+        }
     }
 
     async fn run_write(
@@ -525,13 +591,37 @@ impl JobRunner {
             }
         }
         self.set_job_name(file, line);
-        let result = async {
-            let planned = self
-                .plan_physical(WriteNode::try_new(input, spec.clone()).map(WriteNode::into_plan))
-                .await?;
-            self.execute(planned).await
-        }
-        .await;
+        let mut attempt = 0;
+        let result = loop {
+            let result = async {
+                let planned = self
+                    .plan_physical(
+                        WriteNode::try_new(input.clone(), spec.clone()).map(WriteNode::into_plan),
+                    )
+                    .await?;
+                self.execute(planned).await
+            }
+            .await;
+            match result {
+                Err(e) if self.scheduler_back(attempt + 1, &e).await => {
+                    attempt += 1;
+                    // The lost attempt's commit may have run: settle it, and
+                    // take its commit as this write's.
+                    match self.committed_earlier(&spec).await {
+                        Ok(Some(done)) => {
+                            tracing::info!(write_id = %spec.write_id, "the lost job had committed this write");
+                            if let Err(e) = guard.release().await {
+                                tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+                            }
+                            return Ok((None, done));
+                        }
+                        Ok(None) => {}
+                        Err(settle) => break Err(settle),
+                    }
+                }
+                other => break other,
+            }
+        };
         let (job_id, batches) = match result {
             Ok(r) => {
                 if let Err(e) = guard.release().await {
@@ -547,8 +637,16 @@ impl JobRunner {
             }
             Err(e) => {
                 // A failed job commits nothing; remove what its tasks staged.
-                if let Err(clean) = self.cleanup(&spec, guard).await {
-                    tracing::warn!(error = %clean, write_id = %spec.write_id, "staging cleanup failed");
+                match self.cleanup(&spec, guard).await {
+                    Ok(aborted) if is_lost(&e) => tracing::warn!(
+                        write_id = %spec.write_id,
+                        aborted_uploads = aborted,
+                        "the scheduler lost the job: its uploads are aborted and nothing of the write is visible"
+                    ),
+                    Ok(_) => {}
+                    Err(clean) => {
+                        tracing::warn!(error = %clean, write_id = %spec.write_id, "staging cleanup failed")
+                    }
                 }
                 return Err(stmt_err(e));
             }
@@ -661,7 +759,7 @@ impl JobRunner {
     /// A task still running (cancelling, or cut off from the scheduler)
     /// checks the lock after it starts an upload: one started before the
     /// release is found by the last sweep, one started after it aborts itself.
-    async fn cleanup(&self, spec: &WriteSpec, guard: LockGuard) -> Result<(), DataFusionError> {
+    async fn cleanup(&self, spec: &WriteSpec, guard: LockGuard) -> Result<u64, DataFusionError> {
         let store = self
             .ctx
             .runtime_env()
@@ -681,7 +779,7 @@ impl JobRunner {
         tokio::time::sleep(CLEANUP_RESWEEP).await;
         aborted += abandon(spec, &store).await?;
         tracing::info!(write_id = %spec.write_id, aborted_uploads = aborted, "cleaned up failed write");
-        Ok(())
+        Ok(aborted as u64)
     }
 
     /// Aborts uploads of a committed write that its commit did not take
@@ -715,6 +813,12 @@ impl JobRunner {
         // cancels it once; awaiting the plan then ends as cancelled.
         let mut cancel_pending = *interrupt.borrow();
         let mut cancel_deadline = Instant::now() + CANCEL_WAIT;
+        // A scheduler that restarted forgets the job, and Ballista's client
+        // then waits for it forever: the job counts as lost when the
+        // scheduler stops listing it, or stops answering for a while.
+        let mut loss_check = tokio::time::interval(LOSS_CHECK);
+        let mut missing = 0u32;
+        let mut silent_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 changed = interrupt.changed(), if !cancel_pending => {
@@ -735,9 +839,51 @@ impl JobRunner {
                         tracing::warn!("interrupted, but the scheduler never accepted the job");
                     }
                 }
+                _ = loss_check.tick(), if job_id.is_some() => {
+                    let id = job_id.as_deref().unwrap_or_default();
+                    match self.job_known(id).await {
+                        Ok(true) => {
+                            missing = 0;
+                            silent_since = None;
+                        }
+                        Ok(false) => {
+                            missing += 1;
+                            if missing >= 2 {
+                                return Err(self.lost(Some(id), "the scheduler no longer knows the job (it restarted or dropped it)".into()));
+                            }
+                        }
+                        Err(e) => {
+                            let since = *silent_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= LOSS_TIMEOUT {
+                                return Err(self.lost(Some(id), format!("no answer for {}s: {}", LOSS_TIMEOUT.as_secs(), crate::error::render(&e))));
+                            }
+                        }
+                    }
+                }
                 result = &mut running => {
                     if job_id.is_none() {
                         job_id = distributed_job_id(&plan);
+                    }
+                    if let Err(e) = &result {
+                        // Ballista's client fails with a transport error when
+                        // the scheduler goes away: say what happened instead.
+                        match &job_id {
+                            Some(id) => match self.job_known(id).await {
+                                Ok(false) => return Err(self.lost(Some(id), "the scheduler no longer knows the job (it restarted or dropped it)".into())),
+                                Err(unreachable) => {
+                                    // The job's own error is a transport
+                                    // dump; the scheduler's silence says it.
+                                    tracing::debug!(error = %crate::error::render(e), "the job's stream failed");
+                                    return Err(self.lost(Some(id), format!("it does not answer: {}", crate::error::render(&unreachable))));
+                                }
+                                Ok(true) => {}
+                            },
+                            None => {
+                                if let Err(unreachable) = self.api.jobs().await {
+                                    return Err(self.lost(None, format!("it does not answer: {}", crate::error::render(&unreachable))));
+                                }
+                            }
+                        }
                     }
                     if let Some(id) = &job_id
                         && let Ok(p) = self.api.progress(id).await
@@ -773,6 +919,25 @@ impl Interrupter {
     pub fn interrupt(&self) {
         let _ = self.0.send(true);
     }
+}
+
+/// Whether `e` says the scheduler lost the job.
+fn is_lost(e: &DataFusionError) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if matches!(
+            err.downcast_ref::<SluiceError>(),
+            Some(SluiceError::SchedulerLost { .. })
+        ) {
+            return true;
+        }
+        if let Some(DataFusionError::External(inner)) = err.downcast_ref::<DataFusionError>() {
+            current = Some(inner.as_ref());
+            continue;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// The scheduler's id for a plan submitted to it, once it has accepted it.
