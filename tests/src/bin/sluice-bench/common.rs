@@ -76,6 +76,11 @@ pub(crate) struct PartitionedShape {
     pub(crate) target: u64,
     pub(crate) partitions: u64,
     pub(crate) rounds: usize,
+    /// The distributions to time (of `skew`, `hash`, `none`).
+    pub(crate) modes: Vec<String>,
+    /// Executor processes for a `skew` run on a scheduler and executors (0:
+    /// none), with peak RSS per executor.
+    pub(crate) processes: usize,
 }
 
 pub(crate) fn median(mut xs: Vec<f64>) -> f64 {

@@ -100,6 +100,13 @@ pub enum Bench {
         /// Rounds of skew, hash and none, interleaved; times are medians.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Distributions to time, comma-separated.
+        #[arg(long, default_value = "skew,hash,none", value_delimiter = ',')]
+        modes: Vec<String>,
+        /// Also write with `skew` on a scheduler and this many executor
+        /// processes: time and peak RSS per executor (0: skip).
+        #[arg(long, default_value_t = 0)]
+        processes: usize,
         #[command(flatten)]
         common: CompareArgs,
     },
@@ -179,6 +186,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             target,
             partitions,
             rounds,
+            modes,
+            processes,
             common,
         } => {
             let scratch = common.scratch()?;
@@ -187,6 +196,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 target,
                 partitions,
                 rounds: rounds.max(1),
+                modes,
+                processes,
             };
             let report = partitioned_bench(shape, scratch.path(), common.spark()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

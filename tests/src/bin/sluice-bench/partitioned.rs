@@ -26,7 +26,16 @@ pub(crate) async fn partitioned_bench(
         target,
         partitions,
         rounds,
+        modes,
+        processes,
     } = shape;
+    let modes: Vec<&'static str> = PARTITIONED_MODES
+        .into_iter()
+        .filter(|m| modes.iter().any(|x| x == m))
+        .collect();
+    if modes.is_empty() {
+        bail!("--modes: none of skew, hash, none");
+    }
     let seed = 1u64;
     let mut per_id: HashMap<i64, u64> = HashMap::new();
     for r in 0..rows {
@@ -57,7 +66,7 @@ pub(crate) async fn partitioned_bench(
     let mut times: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut last_files: HashMap<&str, FileRows> = HashMap::new();
     for _ in 0..rounds {
-        for mode in PARTITIONED_MODES {
+        for mode in modes.iter().copied() {
             let out = dir.join(mode);
             let sql = format!(
                 "CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS PARQUET LOCATION '{}/';\n\
@@ -85,9 +94,16 @@ pub(crate) async fn partitioned_bench(
             std::fs::remove_dir_all(&out)?;
         }
     }
+    // This process (the embedded cluster, and the input's generation).
+    let embedded_peak_rss = peak_rss(std::process::id());
+    let on_processes = if processes > 0 {
+        Some(skew_on_processes(&input, dir, rows, target, processes, ideal).await?)
+    } else {
+        None
+    };
     let mut runs = vec![];
     let mut seconds = HashMap::new();
-    for mode in PARTITIONED_MODES {
+    for mode in modes.iter().copied() {
         let all = times.remove(mode).unwrap_or_default();
         let secs = median(all.clone());
         let files = last_files.remove(mode).unwrap_or_default();
@@ -115,7 +131,13 @@ pub(crate) async fn partitioned_bench(
         ));
     }
     let r = |a: f64, b: f64| ((a / b) * 1000.0).round() / 1000.0;
+    let ratio = |a: &str, b: &str| match (seconds.get(a), seconds.get(b)) {
+        (Some(x), Some(y)) => Some(r(*x, *y)),
+        _ => None,
+    };
     Ok(json!({
+        "embedded_process_peak_rss_bytes": embedded_peak_rss,
+        "skew_on_processes": on_processes,
         "bench": "skewed_events PARTITIONED BY (id)",
         "rows": rows,
         "target_file_rows": target,
@@ -125,14 +147,74 @@ pub(crate) async fn partitioned_bench(
         "ids": per_id.len(),
         "runs": runs,
         "ratios": {
-            "skew_time_over_hash": r(seconds["skew"], seconds["hash"]),
-            "skew_time_over_none": r(seconds["skew"], seconds["none"]),
-            "hash_time_over_none": r(seconds["hash"], seconds["none"]),
-            "skew_time_over_spark": spark.as_ref().map(|(s, _)| r(seconds["skew"], *s)),
-            "hash_time_over_spark": spark.as_ref().map(|(s, _)| r(seconds["hash"], *s)),
+            "skew_time_over_hash": ratio("skew", "hash"),
+            "skew_time_over_none": ratio("skew", "none"),
+            "hash_time_over_none": ratio("hash", "none"),
+            "skew_time_over_spark": spark.as_ref().and_then(|(s, _)| seconds.get("skew").map(|k| r(*k, *s))),
+            "hash_time_over_spark": spark.as_ref().and_then(|(s, _)| seconds.get("hash").map(|k| r(*k, *s))),
         },
         "spark_error": spark_error,
         "note": "both engines read the same Parquet input of skewed_events (written once, not timed); sluice times are medians over the rounds. skew: one shuffle, each id cut into chunks of the target as rows pass the map side, one file per chunk; hash: one shuffle by id, each id written by one task, files rolled at the target; none: no shuffle, every task writes every id it sees; Spark: REBALANCE(id) with AQE, maxRecordsPerFile = target",
+    }))
+}
+
+/// A process's peak resident set (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The `skew` write from `input` on a scheduler and `n` executor processes:
+/// seconds, files against the ideal, and each executor's peak RSS.
+async fn skew_on_processes(
+    input: &Path,
+    dir: &Path,
+    rows: u64,
+    target: u64,
+    n: usize,
+    ideal: u64,
+) -> Result<Value> {
+    let slots = sluice_core::config::default_slots();
+    let cluster =
+        tokio::task::spawn_blocking(move || sluice_test_support::Cluster::start(n, slots))
+            .await??;
+    let ctx = client::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?
+        .with_coordinator(Some(cluster.coordinator.clone()));
+    let out = dir.join("skew-processes");
+    let sql = format!(
+        "CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS PARQUET LOCATION '{}/';\n\
+         COPY (SELECT seq, ts, payload, id FROM events) \
+         TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
+         OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' 'skew');",
+        input.display(),
+        out.display()
+    );
+    let (_, secs) = timed_write(
+        &runner,
+        "partitioned-processes.sql",
+        &sql,
+        &HashMap::new(),
+        rows,
+    )
+    .await?;
+    let files = file_rows(&out)?;
+    let counted: u64 = files.iter().map(|(_, r)| r).sum();
+    if counted != rows {
+        bail!("skew on processes: the files hold {counted} rows, expected {rows}");
+    }
+    std::fs::remove_dir_all(&out)?;
+    let peaks: Vec<Option<u64>> = cluster.executors.iter().map(|c| peak_rss(c.id())).collect();
+    Ok(json!({
+        "executors": n,
+        "slots_per_executor": slots,
+        "seconds": secs,
+        "files": files.len(),
+        "ideal_files": ideal,
+        "executor_peak_rss_bytes": peaks,
+        "scheduler_peak_rss_bytes": peak_rss(cluster.scheduler.id()),
     }))
 }
 
