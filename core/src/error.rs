@@ -243,6 +243,43 @@ fn clean(text: &str) -> String {
     text.trim().to_string()
 }
 
+/// What AWS error bodies and request dumps can carry that must not reach a
+/// log or a terminal: the signed request (`CanonicalRequest`, holding the
+/// session token), the string to sign, the signature, and credential ids.
+static SECRETS: std::sync::LazyLock<Result<Vec<(regex::Regex, &'static str)>, regex::Error>> =
+    std::sync::LazyLock::new(|| {
+        Ok(vec![
+            (
+                regex::Regex::new(
+                    r"(?s)<(CanonicalRequest|CanonicalRequestBytes|StringToSign|StringToSignBytes|SignatureProvided|AWSAccessKeyId)>.*?</[A-Za-z]+>",
+                )?,
+                "<$1>[redacted]</$1>",
+            ),
+            (
+                regex::Regex::new(
+                    r"(?i)(x-amz-security-token|x-amz-signature|x-amz-credential|signature|credential|aws_secret_access_key|aws_session_token)([=:]\s*)[^\s,&;<>]+",
+                )?,
+                "$1$2[redacted]",
+            ),
+            (
+                regex::Regex::new(r"(?:AKIA|ASIA)[A-Z0-9]{16}")?,
+                "[redacted key id]",
+            ),
+        ])
+    });
+
+/// `text` with what [`SECRETS`] matches replaced. A pattern that does not
+/// compile (it cannot: they are constants) redacts everything rather than
+/// nothing.
+pub fn redact(text: &str) -> String {
+    match SECRETS.as_ref() {
+        Ok(patterns) => patterns.iter().fold(text.to_string(), |t, (re, with)| {
+            re.replace_all(&t, *with).into_owned()
+        }),
+        Err(_) => "[an error message, redacted]".to_string(),
+    }
+}
+
 /// An error and its causes as one line, each cause once: a level whose
 /// text an outer level already shows (DataFusion's wrappers repeat their
 /// cause in their own message and again as `source`) is left out, and the
@@ -257,13 +294,42 @@ pub fn render(err: &(dyn std::error::Error + 'static)) -> String {
         }
         level = e.source();
     }
-    parts.join(": ")
+    redact(&parts.join(": "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::error::Error;
+
+    #[test]
+    fn aws_error_bodies_lose_signed_requests_tokens_and_key_ids() {
+        let body = "SignatureDoesNotMatch: <Error><Code>SignatureDoesNotMatch</Code>\
+            <AWSAccessKeyId>ASIAABCDEFGHIJKLMNOP</AWSAccessKeyId>\
+            <StringToSign>AWS4-HMAC-SHA256\n20261126T000000Z\nabc</StringToSign>\
+            <SignatureProvided>deadbeef</SignatureProvided>\
+            <CanonicalRequest>PUT\n/b/k\n\nhost:s3\nx-amz-security-token:ToKeNsecret\n</CanonicalRequest>\
+            </Error> (request X-Amz-Credential=AKIAABCDEFGHIJKLMNOP/2026 Signature=cafe1234)";
+        let e = DataFusionError::External(body.into());
+        let text = render(&e);
+        for secret in [
+            "ToKeNsecret",
+            "ASIAABCDEFGHIJKLMNOP",
+            "AKIAABCDEFGHIJKLMNOP",
+            "deadbeef",
+            "cafe1234",
+            "20261126T000000Z",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("SignatureDoesNotMatch"), "{text}");
+        assert!(
+            text.contains("<CanonicalRequest>[redacted]</CanonicalRequest>"),
+            "{text}"
+        );
+        // Ordinary messages pass unchanged.
+        assert_eq!(redact("table 'x' not found"), "table 'x' not found");
+    }
 
     #[test]
     fn each_cause_is_rendered_once() {

@@ -81,6 +81,8 @@ pub(crate) struct PartitionedShape {
     /// Executor processes for a `skew` run on a scheduler and executors (0:
     /// none), with peak RSS per executor.
     pub(crate) processes: usize,
+    /// Task slots per executor process.
+    pub(crate) slots: usize,
 }
 
 pub(crate) fn median(mut xs: Vec<f64>) -> f64 {

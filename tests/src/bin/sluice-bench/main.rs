@@ -107,6 +107,9 @@ pub enum Bench {
         /// processes: time and peak RSS per executor (0: skip).
         #[arg(long, default_value_t = 0)]
         processes: usize,
+        /// Task slots per executor process (default: the product's default).
+        #[arg(long)]
+        slots: Option<usize>,
         #[command(flatten)]
         common: CompareArgs,
     },
@@ -188,6 +191,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             rounds,
             modes,
             processes,
+            slots,
             common,
         } => {
             let scratch = common.scratch()?;
@@ -198,6 +202,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 rounds: rounds.max(1),
                 modes,
                 processes,
+                slots: slots
+                    .unwrap_or_else(sluice_core::config::default_slots)
+                    .max(1),
             };
             let report = partitioned_bench(shape, scratch.path(), common.spark()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -28,13 +28,14 @@ pub(crate) async fn partitioned_bench(
         rounds,
         modes,
         processes,
+        slots,
     } = shape;
     let modes: Vec<&'static str> = PARTITIONED_MODES
         .into_iter()
         .filter(|m| modes.iter().any(|x| x == m))
         .collect();
-    if modes.is_empty() {
-        bail!("--modes: none of skew, hash, none");
+    if modes.is_empty() && processes == 0 {
+        bail!("--modes: none of skew, hash, none, and no --processes");
     }
     let seed = 1u64;
     let mut per_id: HashMap<i64, u64> = HashMap::new();
@@ -97,7 +98,7 @@ pub(crate) async fn partitioned_bench(
     // This process (the embedded cluster, and the input's generation).
     let embedded_peak_rss = peak_rss(std::process::id());
     let on_processes = if processes > 0 {
-        Some(skew_on_processes(&input, dir, rows, target, processes, ideal).await?)
+        Some(skew_on_processes(&input, dir, rows, target, (processes, slots), ideal).await?)
     } else {
         None
     };
@@ -173,10 +174,9 @@ async fn skew_on_processes(
     dir: &Path,
     rows: u64,
     target: u64,
-    n: usize,
+    (n, slots): (usize, usize),
     ideal: u64,
 ) -> Result<Value> {
-    let slots = sluice_core::config::default_slots();
     let cluster =
         tokio::task::spawn_blocking(move || sluice_test_support::Cluster::start(n, slots))
             .await??;
