@@ -109,7 +109,14 @@ impl JobRunner {
     }
 
     /// Whether the scheduler still lists job `id` (queued, running or done).
+    /// The job's own page answers once it is planned; before that (and when
+    /// it is gone) only the list says, which costs the scheduler more.
     async fn job_known(&self, id: &str) -> Result<bool, SluiceError> {
+        match self.api.job(id).await {
+            Ok(_) => return Ok(true),
+            Err(e @ SluiceError::SchedulerCall { .. }) => return Err(e),
+            Err(_) => {}
+        }
         let jobs = self.api.jobs().await?;
         Ok(jobs
             .as_array()
