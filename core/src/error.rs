@@ -257,7 +257,15 @@ static SECRETS: std::sync::LazyLock<Result<Vec<(regex::Regex, &'static str)>, re
             ),
             (
                 regex::Regex::new(
-                    r"(?i)(x-amz-security-token|x-amz-signature|x-amz-credential|signature|credential|aws_secret_access_key|aws_session_token)([=:]\s*)[^\s,&;<>]+",
+                    r"(?i)(x-amz-security-token|x-amz-signature|x-amz-credential)([=:]\s*)[^\s,&;<>]+",
+                )?,
+                "$1$2[redacted]",
+            ),
+            // `Name=value` only: prose like "looks like a credential: ..."
+            // stays readable.
+            (
+                regex::Regex::new(
+                    r"(?i)\b(signature|credential|aws_secret_access_key|aws_session_token)(\s*=\s*)[^\s,&;<>]+",
                 )?,
                 "$1$2[redacted]",
             ),
@@ -328,7 +336,12 @@ mod tests {
             "{text}"
         );
         // Ordinary messages pass unchanged.
-        assert_eq!(redact("table 'x' not found"), "table 'x' not found");
+        for plain in [
+            "table 'x' not found",
+            "option 'aws.secret_access_key' looks like a credential: statements do not take credentials",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
     }
 
     #[test]
