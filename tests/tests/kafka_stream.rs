@@ -448,7 +448,8 @@ fn a_stream_beside_a_live_producer_writes_month_day_hour_id_exactly_once() {
         format!(
             "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, id BIGINT NOT NULL, \
              ts TIMESTAMP NOT NULL, payload VARCHAR) \
-             STORED AS KAFKA LOCATION 'kafka://{}/{topic}';\n\
+             STORED AS KAFKA LOCATION 'kafka://{}/{topic}' \
+             OPTIONS ('max_records_per_batch' '1500');\n\
              COPY (SELECT seq, payload, date_part('month', ts) AS month, \
              date_part('day', ts) AS day, date_part('hour', ts) AS hour, id \
              FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET \

@@ -108,6 +108,21 @@ impl JobRunner {
         self
     }
 
+    /// [`Self::job_known`], asked up to three times a second apart while
+    /// the scheduler does not answer or does not list the job, so one slow
+    /// answer does not hide a job's own error behind a loss.
+    async fn job_known_settled(&self, id: &str) -> Result<bool, SluiceError> {
+        let mut answer = self.job_known(id).await;
+        for _ in 0..2 {
+            if matches!(answer, Ok(true)) {
+                break;
+            }
+            tokio::time::sleep(LOSS_CHECK).await;
+            answer = self.job_known(id).await;
+        }
+        answer
+    }
+
     /// Whether the scheduler still lists job `id` (queued, running or done).
     /// The job's own page answers once it is planned; before that (and when
     /// it is gone) only the list says, which costs the scheduler more.
@@ -124,7 +139,7 @@ impl JobRunner {
     }
 
     fn lost(&self, job: Option<&str>, reason: String) -> DataFusionError {
-        let reason = if self.resubmit == 0 {
+        let reason = if self.resubmit == 0 && self.batch.is_none() {
             format!(
                 "{reason}; `sluice submit --resubmit-on-scheduler-loss` runs it again once the scheduler is back"
             )
@@ -146,7 +161,19 @@ impl JobRunner {
         }
         tracing::warn!(error = %crate::error::render(error), attempt, "the scheduler lost the job; resubmitting once it answers");
         match super::rest::wait_for_scheduler(&self.endpoint, RESUBMIT_WAIT).await {
-            Ok(()) => true,
+            Ok(()) => {
+                // A scheduler that only stopped answering for a while may
+                // still run the job: it is cancelled, not run twice at once.
+                if let Some(id) = lost_job(error)
+                    && matches!(self.job_known(&id).await, Ok(true))
+                {
+                    tracing::warn!(job_id = %id, "the scheduler still has the lost job: cancelling it first");
+                    if let Err(e) = self.api.cancel(&id).await {
+                        tracing::warn!(job_id = %id, error = %e, "cancel failed");
+                    }
+                }
+                true
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the scheduler did not come back; not resubmitting");
                 false
@@ -577,7 +604,7 @@ impl JobRunner {
         self.check_protected(&spec)?;
         preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
         let mut spec = spec;
-        let guard = self.lock_output(&spec, file, line).await?;
+        let mut guard = self.lock_output(&spec, file, line).await?;
         spec.lock_generation = Some(guard.generation());
         if self.batch.as_ref().is_some_and(|b| b.resuming) {
             match self.committed_earlier(&spec).await {
@@ -625,6 +652,14 @@ impl JobRunner {
                         Ok(None) => {}
                         Err(settle) => break Err(settle),
                     }
+                    // A new lock generation: the lost job's tasks, still
+                    // running on executors, fail their lock check instead of
+                    // writing beside the new attempt.
+                    if let Err(e) = guard.release().await {
+                        tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+                    }
+                    guard = self.lock_output(&spec, file, line).await?;
+                    spec.lock_generation = Some(guard.generation());
                 }
                 other => break other,
             }
@@ -643,6 +678,18 @@ impl JobRunner {
                 r
             }
             Err(e) => {
+                // A lost job may have committed before the scheduler went:
+                // then the write is done, and saying it failed would invite
+                // a second append.
+                if is_lost(&e)
+                    && let Ok(Some(done)) = self.committed_earlier(&spec).await
+                {
+                    tracing::warn!(write_id = %spec.write_id, "the scheduler lost the job after it committed the write");
+                    if let Err(e) = guard.release().await {
+                        tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+                    }
+                    return Ok((None, done));
+                }
                 // A failed job commits nothing; remove what its tasks staged.
                 match self.cleanup(&spec, guard).await {
                     Ok(aborted) if is_lost(&e) => tracing::warn!(
@@ -824,7 +871,11 @@ impl JobRunner {
         // then waits for it forever: the job counts as lost when the
         // scheduler stops listing it, or stops answering for a while.
         let mut loss_check = tokio::time::interval(LOSS_CHECK);
+        loss_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut missing = 0u32;
+        // A job the scheduler has not listed yet may be between its
+        // submission and its queueing: it gets longer before it counts.
+        let mut seen = false;
         let mut silent_since: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -851,11 +902,13 @@ impl JobRunner {
                     match self.job_known(id).await {
                         Ok(true) => {
                             missing = 0;
+                            seen = true;
                             silent_since = None;
                         }
                         Ok(false) => {
                             missing += 1;
-                            if missing >= 2 {
+                            silent_since = None;
+                            if missing >= if seen { 3 } else { 10 } {
                                 return Err(self.lost(Some(id), "the scheduler no longer knows the job (it restarted or dropped it)".into()));
                             }
                         }
@@ -875,7 +928,7 @@ impl JobRunner {
                         // Ballista's client fails with a transport error when
                         // the scheduler goes away: say what happened instead.
                         match &job_id {
-                            Some(id) => match self.job_known(id).await {
+                            Some(id) => match self.job_known_settled(id).await {
                                 Ok(false) => return Err(self.lost(Some(id), "the scheduler no longer knows the job (it restarted or dropped it)".into())),
                                 Err(unreachable) => {
                                     // The job's own error is a transport
@@ -930,13 +983,15 @@ impl Interrupter {
 
 /// Whether `e` says the scheduler lost the job.
 fn is_lost(e: &DataFusionError) -> bool {
+    lost_job(e).is_some()
+}
+
+/// The job `e` says the scheduler lost.
+fn lost_job(e: &DataFusionError) -> Option<String> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
-        if matches!(
-            err.downcast_ref::<SluiceError>(),
-            Some(SluiceError::SchedulerLost { .. })
-        ) {
-            return true;
+        if let Some(SluiceError::SchedulerLost { job, .. }) = err.downcast_ref::<SluiceError>() {
+            return Some(job.clone());
         }
         if let Some(DataFusionError::External(inner)) = err.downcast_ref::<DataFusionError>() {
             current = Some(inner.as_ref());
@@ -944,7 +999,7 @@ fn is_lost(e: &DataFusionError) -> bool {
         }
         current = err.source();
     }
-    false
+    None
 }
 
 /// The scheduler's id for a plan submitted to it, once it has accepted it.

@@ -56,7 +56,11 @@ impl KafkaSource {
     /// when it cannot be read now: the lag's age is a report, and the
     /// batch's own fetch fails clearly if the broker is gone.
     async fn record_time(&mut self, partition: i32, offset: i64) -> Option<i64> {
-        let timeout = self.options.timeout();
+        // A report: it may not hold the plan up for a whole broker timeout.
+        let timeout = self
+            .options
+            .timeout()
+            .min(std::time::Duration::from_secs(2));
         let location = self.location.clone();
         let client = self.client().await.ok()?;
         let pc = partition_client(client, &location, partition, timeout)
@@ -187,6 +191,11 @@ impl KafkaSource {
                 // restart does not resolve `latest` again and skip records.
                 self.positions.insert(p, start);
                 fresh_starts.insert(p);
+            }
+            if start > latest && self.frozen.is_none() {
+                return Err(self.error(format!(
+                    "partition {p}: the stream's position {start} is past the broker's end {latest}: the topic was recreated or truncated"
+                )));
             }
             if start < earliest {
                 return Err(self.error(format!(
