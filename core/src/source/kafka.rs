@@ -919,6 +919,8 @@ mod tests {
                 "earliest, latest or an RFC 3339 time",
             ),
             ("group_id", "g", "unknown Kafka option group_id"),
+            ("request_timeout_ms", "5", "between 100 and 600000, got 5"),
+            ("request_timeout_ms", "soon", "must be a number"),
         ] {
             let err = KafkaOptions::parse(&HashMap::from([(k.to_string(), v.to_string())]))
                 .err()

@@ -52,6 +52,19 @@ impl KafkaSource {
         }
     }
 
+    /// A client for one partition, each call bounded by `timeout`.
+    async fn partition(
+        &mut self,
+        partition: i32,
+        timeout: std::time::Duration,
+    ) -> Result<rskafka::client::partition::PartitionClient, StreamError> {
+        let location = self.location.clone();
+        let client = self.client().await?;
+        partition_client(client, &location, partition, timeout)
+            .await
+            .map_err(|e| self.error(e.to_string()))
+    }
+
     /// The time (ms since the epoch) of the record at `offset`, or `None`
     /// when it cannot be read now: the lag's age is a report, and the
     /// batch's own fetch fails clearly if the broker is gone.
@@ -61,11 +74,7 @@ impl KafkaSource {
             .options
             .timeout()
             .min(std::time::Duration::from_secs(2));
-        let location = self.location.clone();
-        let client = self.client().await.ok()?;
-        let pc = partition_client(client, &location, partition, timeout)
-            .await
-            .ok()?;
+        let pc = self.partition(partition, timeout).await.ok()?;
         let fetch = pc.fetch_records(offset, 1..64 * 1024, 0);
         let (records, _) = tokio::time::timeout(timeout, fetch).await.ok()?.ok()?;
         records
@@ -118,12 +127,7 @@ impl KafkaSource {
 
     /// The earliest and next-to-be-written offsets of a partition.
     async fn bounds(&mut self, partition: i32) -> Result<(i64, i64), StreamError> {
-        let location = self.location.clone();
-        let timeout = self.options.timeout();
-        let client = self.client().await?;
-        let pc = partition_client(client, &location, partition, timeout)
-            .await
-            .map_err(|e| self.error(e.to_string()))?;
+        let pc = self.partition(partition, self.options.timeout()).await?;
         let earliest = self.offset(&pc, OffsetAt::Earliest).await?;
         let latest = self.offset(&pc, OffsetAt::Latest).await?;
         Ok((earliest, latest))
@@ -159,12 +163,7 @@ impl KafkaSource {
             StartingOffsets::Earliest => earliest,
             StartingOffsets::Latest => latest,
             StartingOffsets::Timestamp(ms) => {
-                let location = self.location.clone();
-                let timeout = self.options.timeout();
-                let client = self.client().await?;
-                let pc = partition_client(client, &location, partition, timeout)
-                    .await
-                    .map_err(|e| self.error(e.to_string()))?;
+                let pc = self.partition(partition, self.options.timeout()).await?;
                 let at = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
                 // No record at or after the time: the broker answers -1.
                 match self.offset(&pc, OffsetAt::Timestamp(at)).await? {

@@ -69,30 +69,10 @@ pub(crate) async fn partitioned_bench(
     for _ in 0..rounds {
         for mode in modes.iter().copied() {
             let out = dir.join(mode);
-            let sql = format!(
-                "CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS PARQUET LOCATION '{}/';\n\
-                 COPY (SELECT seq, ts, payload, id FROM events) \
-                 TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
-                 OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' '{mode}');",
-                input.display(),
-                out.display()
-            );
-            let (_, secs) = timed_write(
-                &runner,
-                &format!("partitioned-{mode}.sql"),
-                &sql,
-                &HashMap::new(),
-                rows,
-            )
-            .await?;
-            let files = file_rows(&out)?;
-            let counted: u64 = files.iter().map(|(_, r)| r).sum();
-            if counted != rows {
-                bail!("{mode}: the files hold {counted} rows, expected {rows}");
-            }
+            let (secs, files) =
+                partitioned_write(&runner, &input, &out, target, mode, rows).await?;
             times.entry(mode).or_default().push(secs);
             last_files.insert(mode, files);
-            std::fs::remove_dir_all(&out)?;
         }
     }
     // This process (the embedded cluster, and the input's generation).
@@ -159,6 +139,38 @@ pub(crate) async fn partitioned_bench(
     }))
 }
 
+/// `input` written `PARTITIONED BY (id)` to `out` with `mode`, timed; the
+/// files it made (checked to hold every row), `out` removed after.
+async fn partitioned_write(
+    runner: &JobRunner,
+    input: &Path,
+    out: &Path,
+    target: u64,
+    mode: &str,
+    rows: u64,
+) -> Result<(f64, FileRows)> {
+    let sql = format!(
+        "CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS PARQUET LOCATION '{}/';\n\
+         COPY (SELECT seq, ts, payload, id FROM events) \
+         TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
+         OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' '{mode}');",
+        input.display(),
+        out.display()
+    );
+    let name = format!("partitioned-{mode}.sql");
+    let (_, secs) = timed_write(runner, &name, &sql, &HashMap::new(), rows).await?;
+    let files = file_rows(out)?;
+    let counted: u64 = files.iter().map(|(_, r)| r).sum();
+    if counted != rows {
+        bail!(
+            "{mode} to {}: the files hold {counted} rows, expected {rows}",
+            out.display()
+        );
+    }
+    std::fs::remove_dir_all(out)?;
+    Ok((secs, files))
+}
+
 /// A process's peak resident set (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -184,28 +196,7 @@ async fn skew_on_processes(
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?
         .with_coordinator(Some(cluster.coordinator.clone()));
     let out = dir.join("skew-processes");
-    let sql = format!(
-        "CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS PARQUET LOCATION '{}/';\n\
-         COPY (SELECT seq, ts, payload, id FROM events) \
-         TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
-         OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' 'skew');",
-        input.display(),
-        out.display()
-    );
-    let (_, secs) = timed_write(
-        &runner,
-        "partitioned-processes.sql",
-        &sql,
-        &HashMap::new(),
-        rows,
-    )
-    .await?;
-    let files = file_rows(&out)?;
-    let counted: u64 = files.iter().map(|(_, r)| r).sum();
-    if counted != rows {
-        bail!("skew on processes: the files hold {counted} rows, expected {rows}");
-    }
-    std::fs::remove_dir_all(&out)?;
+    let (secs, files) = partitioned_write(&runner, input, &out, target, "skew", rows).await?;
     let peaks: Vec<Option<u64>> = cluster.executors.iter().map(|c| peak_rss(c.id())).collect();
     Ok(json!({
         "executors": n,
