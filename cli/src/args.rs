@@ -27,6 +27,15 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `sluice_core=debug` [config: log; default warn, quieter for executor poll loops; RUST_LOG wins].
     #[arg(long, global = true)]
     pub log: Option<String>,
+    /// Cluster CA certificate(s), PEM, for a cluster with TLS [config: tls_ca].
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate, signed by the cluster CA [config: tls_cert].
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert [config: tls_key].
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -90,8 +99,8 @@ pub enum Command {
     /// Show the DynamoDB write coordinator's tables: budget, current rate,
     /// live writers and their grants, consumed WCU, throttles.
     Limiter {
-        /// The coordinator (`http://host:port`); default: the scheduler's
-        /// host on port 50090.
+        /// The coordinator (`host:port` or a URL); default: the
+        /// scheduler's host on port 50090.
         #[arg(long)]
         coordinator: Option<String>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -101,6 +110,9 @@ pub enum Command {
     /// tables (on the embedded cluster, or on --scheduler's), or show a
     /// stream's recent batches (`sluice stream status CHECKPOINT`).
     Stream(StreamArgs),
+    /// Make the cluster's TLS files: a CA, and certificates it signs.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Abort the uploads and remove the staging of writes to OUTPUT whose
     /// client died before it could (killed with SIGKILL, lost its machine).
     Clean {
@@ -110,6 +122,35 @@ pub enum Command {
         /// write still running is left alone.
         #[arg(long, default_value_t = 60)]
         older_than_mins: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// A new cluster CA: DIR/ca.pem (give it to every process as --tls-ca)
+    /// and DIR/ca.key (keep it off the cluster).
+    Ca {
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "sluice cluster CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// A certificate NAME signed by the CA in DIR, for the hosts peers dial
+    /// (DNS names or IP addresses): OUT/NAME.pem and OUT/NAME.key, usable
+    /// as --tls-cert/--tls-key by a scheduler, an executor or a client.
+    Issue {
+        dir: PathBuf,
+        name: String,
+        /// A DNS name or IP address of this process; repeatable.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Where the files go (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 

@@ -30,7 +30,7 @@ impl EmbeddedCluster {
         // The coordinator, as a separate scheduler would run it; the
         // scheduler registers the writes it plans with it.
         let (coordinator, _) =
-            sluice_core::coordinator::Coordinator::spawn(([127, 0, 0, 1], 0).into())
+            sluice_core::coordinator::Coordinator::spawn(([127, 0, 0, 1], 0).into(), None)
                 .await
                 .context("starting the coordinator")?;
         let (addr, _handle) =
@@ -38,7 +38,7 @@ impl EmbeddedCluster {
                 .await
                 .context("starting the embedded scheduler")?;
         let endpoint = addr.to_string();
-        sluice_core::client::wait_for_scheduler(&endpoint, Duration::from_secs(10)).await?;
+        sluice_core::client::wait_for_scheduler(&endpoint, None, Duration::from_secs(10)).await?;
         for i in 0..executors {
             start_executor_thread(i, format!("http://{endpoint}"), slots, coordinator.clone())
                 .await?;
@@ -100,7 +100,7 @@ async fn start_executor_thread(
 /// Waits until `n` executors have registered, so the first job is not planned
 /// against an empty cluster.
 async fn wait_for_executors(endpoint: &str, n: usize) -> Result<()> {
-    let api = SchedulerApi::new(endpoint)?;
+    let api = SchedulerApi::new(endpoint, None)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let seen = api.executors().await.map(|v| v.len()).unwrap_or(0);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sluice_core::client::{self, JobReport, JobRunner, SchedulerApi};
 use sluice_core::config::SluiceConfig;
+use sluice_core::tls::ClusterTls;
 
 use crate::args::{Cli, Command, JobArgs, OutputFormat};
 use crate::display::{CliProgress, print_report};
@@ -100,6 +101,15 @@ pub fn load_config(cli: &Cli) -> Result<SluiceConfig> {
     if let Some(t) = cli.connect_timeout {
         config.connect_timeout_secs = t;
     }
+    for (flag, key) in [
+        (&cli.tls_ca, &mut config.tls_ca),
+        (&cli.tls_cert, &mut config.tls_cert),
+        (&cli.tls_key, &mut config.tls_key),
+    ] {
+        if flag.is_some() {
+            key.clone_from(flag);
+        }
+    }
     if let Some(l) = &cli.log {
         config.log = l.clone();
     }
@@ -112,9 +122,17 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     // The embedded cluster writes and commits in this process.
     let remote = cli.scheduler.is_some();
     if matches!(cli.command, Command::Run { .. } | Command::Stream(_)) {
-        sluice_core::metrics::serve_from_env()?;
+        sluice_core::metrics::serve_from_env().await?;
     }
     let timeout = Duration::from_secs(config.connect_timeout_secs);
+    // Only a remote cluster is dialled with TLS; the embedded one is this
+    // process on loopback.
+    let tls = ClusterTls::load_some(
+        config.tls_ca.as_deref(),
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
+    let tls = tls.as_ref();
     match cli.command {
         Command::Run {
             job,
@@ -133,7 +151,16 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let cluster =
                 embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
             let coordinator = cluster.coordinator.clone();
-            run_job(&job, &cluster.endpoint, coordinator, timeout, &config, 0).await
+            run_job(
+                &job,
+                &cluster.endpoint,
+                None,
+                coordinator,
+                timeout,
+                &config,
+                0,
+            )
+            .await
         }
         Command::Stream(args) => {
             if let Some(crate::args::StreamCommand::Status {
@@ -145,10 +172,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 return stream::show_status(checkpoint, *last, *output).await;
             }
             if remote {
-                let coordinator = default_coordinator(&config);
+                let coordinator = default_coordinator(&config, tls);
                 return stream::run_stream(
                     &args,
                     &config.scheduler,
+                    tls,
                     Some(coordinator),
                     timeout,
                     &config,
@@ -164,17 +192,26 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let cluster =
                 embedded::EmbeddedCluster::start(config.executors, config.slots()).await?;
             let coordinator = cluster.coordinator.clone();
-            stream::run_stream(&args, &cluster.endpoint, coordinator, timeout, &config).await
+            stream::run_stream(
+                &args,
+                &cluster.endpoint,
+                None,
+                coordinator,
+                timeout,
+                &config,
+            )
+            .await
         }
         Command::Submit {
             job,
             resubmit_on_scheduler_loss,
         } => {
-            let coordinator = default_coordinator(&config);
+            let coordinator = default_coordinator(&config, tls);
             let resubmit = if resubmit_on_scheduler_loss { 3 } else { 0 };
             run_job(
                 &job,
                 &config.scheduler,
+                tls,
                 Some(coordinator),
                 timeout,
                 &config,
@@ -186,22 +223,28 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             coordinator,
             output,
         } => {
-            let url = coordinator.unwrap_or_else(|| default_coordinator(&config));
-            let tables = sluice_core::coordinator::fetch_lease_status(&url, timeout)
+            let url = coordinator.unwrap_or_else(|| default_coordinator(&config, tls));
+            let handle = sluice_core::coordinator::CoordinatorHandle::remote(&url, tls)?;
+            let tables = sluice_core::coordinator::fetch_lease_status(&handle, timeout)
                 .await
-                .map_err(|e| anyhow::anyhow!("DynamoDB coordinator at {url}: {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "DynamoDB coordinator at {url}: {}",
+                        sluice_core::error::render(&e)
+                    )
+                })?;
             display::print_limiter(&tables, output);
             Ok(())
         }
         Command::Jobs { output } => {
-            client::wait_for_scheduler(&config.scheduler, timeout).await?;
-            let jobs = SchedulerApi::new(&config.scheduler)?.jobs().await?;
+            client::wait_for_scheduler(&config.scheduler, tls, timeout).await?;
+            let jobs = SchedulerApi::new(&config.scheduler, tls)?.jobs().await?;
             display::print_jobs(&jobs, output);
             Ok(())
         }
         Command::Status { job_id, output } => {
-            client::wait_for_scheduler(&config.scheduler, timeout).await?;
-            let api = SchedulerApi::new(&config.scheduler)?;
+            client::wait_for_scheduler(&config.scheduler, tls, timeout).await?;
+            let api = SchedulerApi::new(&config.scheduler, tls)?;
             let job = api
                 .job(&job_id)
                 .await
@@ -217,13 +260,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cancel { job_id } => {
-            client::wait_for_scheduler(&config.scheduler, timeout).await?;
-            SchedulerApi::new(&config.scheduler)?
+            client::wait_for_scheduler(&config.scheduler, tls, timeout).await?;
+            SchedulerApi::new(&config.scheduler, tls)?
                 .cancel(&job_id)
                 .await?;
             println!("cancelled {job_id}");
             Ok(())
         }
+        Command::Certs(command) => certs(command),
         Command::Clean {
             output,
             older_than_mins,
@@ -246,24 +290,58 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
 }
 
 /// The configured coordinator, else the one next to the configured
-/// scheduler (same host, its port).
-fn default_coordinator(config: &SluiceConfig) -> String {
+/// scheduler (same host, its port), as a URL (`https://` with TLS).
+fn default_coordinator(config: &SluiceConfig, tls: Option<&ClusterTls>) -> String {
+    let scheme = sluice_core::tls::http_scheme(tls);
     if let Some(url) = &config.coordinator {
-        return url.clone();
+        return if url.contains("://") {
+            url.clone()
+        } else {
+            format!("{scheme}://{url}")
+        };
     }
     let host = config
         .scheduler
         .rsplit_once(':')
         .map_or(config.scheduler.as_str(), |(h, _)| h);
     format!(
-        "http://{host}:{}",
+        "{scheme}://{host}:{}",
         sluice_core::coordinator::DEFAULT_COORDINATOR_PORT
     )
+}
+
+/// `sluice certs`: the cluster's TLS files.
+fn certs(command: crate::args::CertsCommand) -> Result<()> {
+    use sluice_core::tls::issue;
+    match command {
+        crate::args::CertsCommand::Ca { dir, name, days } => {
+            let cert = issue::init_ca(&dir, &name, days)?;
+            println!("CA certificate: {}", cert.display());
+            println!(
+                "CA key: {} (keep it off the cluster)",
+                dir.join(issue::CA_KEY).display()
+            );
+        }
+        crate::args::CertsCommand::Issue {
+            dir,
+            name,
+            hosts,
+            days,
+            out,
+        } => {
+            let out = out.unwrap_or_else(|| dir.clone());
+            let (cert, key) = issue::issue(&dir, &name, &hosts, days, &out)?;
+            println!("certificate: {}", cert.display());
+            println!("key: {}", key.display());
+        }
+    }
+    Ok(())
 }
 
 async fn run_job(
     job: &JobArgs,
     endpoint: &str,
+    tls: Option<&ClusterTls>,
     coordinator: Option<String>,
     timeout: Duration,
     config: &SluiceConfig,
@@ -273,7 +351,7 @@ async fn run_job(
     let source = std::fs::read_to_string(&job.file)
         .with_context(|| format!("reading job file {}", job.file.display()))?;
     let file = job.file.display().to_string();
-    let ctx = client::connect(endpoint, timeout).await?;
+    let ctx = client::connect(endpoint, tls, timeout).await?;
     let progress = Arc::new(CliProgress::new(job.output == OutputFormat::Text));
     let runner = JobRunner::new(ctx, endpoint, progress.clone())?
         .protect(&config.protected_outputs)?

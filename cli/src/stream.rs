@@ -112,6 +112,7 @@ fn trigger(args: &StreamArgs) -> Trigger {
 pub async fn run_stream(
     args: &StreamArgs,
     endpoint: &str,
+    tls: Option<&sluice_core::tls::ClusterTls>,
     coordinator: Option<String>,
     timeout: Duration,
     config: &SluiceConfig,
@@ -125,7 +126,7 @@ pub async fn run_stream(
     let vars = crate::parse_vars(&args.var)?;
     let source = std::fs::read_to_string(file)
         .with_context(|| format!("reading job file {}", file.display()))?;
-    let ctx = client::connect(endpoint, timeout).await?;
+    let ctx = client::connect(endpoint, tls, timeout).await?;
     let runner = JobRunner::new(ctx, endpoint, Arc::new(NoProgress))?
         .protect(&config.protected_outputs)?
         .with_coordinator(coordinator);

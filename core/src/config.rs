@@ -35,6 +35,11 @@ pub struct SluiceConfig {
     /// replace, e.g. `["s3://warehouse/raw/", "/var/"]`. Bucket and
     /// filesystem roots are always refused.
     pub protected_outputs: Vec<String>,
+    /// Cluster TLS (all three or none): the CA bundle, and this client's
+    /// certificate and key (`sluice certs`).
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for SluiceConfig {
@@ -47,6 +52,9 @@ impl Default for SluiceConfig {
             connect_timeout_secs: 10,
             log: DEFAULT_LOG.to_string(),
             protected_outputs: vec![],
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -103,7 +103,7 @@ pub enum SluiceError {
     Metrics {
         addr: std::net::SocketAddr,
         #[source]
-        source: Box<metrics_exporter_prometheus::BuildError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("scheduler at {endpoint} is unreachable: {reason}")]
     Unreachable { endpoint: String, reason: String },
@@ -140,6 +140,8 @@ pub enum SluiceError {
     Internal(String),
     #[error("building an HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 crate::error::debug_as_display!(SluiceError);

@@ -2,7 +2,7 @@
 //! (checked by `tests/layers.rs`):
 //!
 //! 1. base: [`error`], [`clock`], [`config`], [`metrics`], [`alloc`],
-//!    [`exec`] (operator boilerplate)
+//!    [`exec`] (operator boilerplate), [`tls`] (cluster mutual TLS)
 //! 2. [`storage`]: how every process reaches S3 and DynamoDB
 //! 3. [`coordinator`]: the cluster service that placement and leases go
 //!    through (in the scheduler)
@@ -27,5 +27,6 @@ pub mod sink;
 pub mod source;
 pub mod storage;
 pub mod stream;
+pub mod tls;
 
 pub use error::SluiceError;

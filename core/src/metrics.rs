@@ -1,7 +1,9 @@
 //! Prometheus metrics of the write path, on every process that writes or
 //! commits. A process serves them at `http://$SLUICE_METRICS_ADDR/metrics`
 //! when that variable is set (`sluice-scheduler`, `sluice-executor`, and
-//! `sluice run` for its embedded cluster).
+//! `sluice run` for its embedded cluster): over mutual TLS (`https://`)
+//! when the process has cluster TLS, and on loopback only without it unless
+//! the operator passed `--insecure-no-tls`.
 //!
 //! Names (all counters unless noted; `format` and `committer` labels):
 //! - `sluice_write_rows_total`, `sluice_write_bytes_total`, `sluice_write_files_total`
@@ -18,13 +20,13 @@ use metrics::{counter, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::error::SluiceError;
+use crate::tls::ClusterTls;
 
 /// The variable naming the address to serve `/metrics` on.
 pub const METRICS_ADDR_ENV: &str = "SLUICE_METRICS_ADDR";
 
-/// Serves `/metrics` on `$SLUICE_METRICS_ADDR` when it is set. Returns the
-/// address served, if any. Must run inside a tokio runtime.
-pub fn serve_from_env() -> Result<Option<SocketAddr>, SluiceError> {
+/// The address `$SLUICE_METRICS_ADDR` names, if set.
+pub fn addr_from_env() -> Result<Option<SocketAddr>, SluiceError> {
     let Ok(raw) = std::env::var(METRICS_ADDR_ENV) else {
         return Ok(None);
     };
@@ -33,13 +35,52 @@ pub fn serve_from_env() -> Result<Option<SocketAddr>, SluiceError> {
         value: raw.clone(),
         source,
     })?;
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|source| SluiceError::Metrics {
-            addr,
-            source: Box::new(source),
-        })?;
+    Ok(Some(addr))
+}
+
+/// Installs the recorder and serves `/metrics` on `addr` in the background
+/// (over mutual TLS with `tls`). Must run inside a tokio runtime.
+pub async fn serve(addr: SocketAddr, tls: Option<ClusterTls>) -> Result<(), SluiceError> {
+    let failed =
+        |source: Box<dyn std::error::Error + Send + Sync>| SluiceError::Metrics { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| failed(Box::new(e)))?;
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| failed(Box::new(e)))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Histograms keep samples until upkeep folds them in.
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = crate::tls::serve(listener, router, tls.as_ref()).await {
+            tracing::error!(error = %e, %addr, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// For processes without cluster TLS (`sluice run`): serves
+/// `$SLUICE_METRICS_ADDR` when set, on loopback only.
+pub async fn serve_from_env() -> Result<Option<SocketAddr>, SluiceError> {
+    let Some(addr) = addr_from_env()? else {
+        return Ok(None);
+    };
+    crate::tls::check_listen("metrics (SLUICE_METRICS_ADDR)", addr, None, false)?;
+    serve(addr, None).await?;
     Ok(Some(addr))
 }
 

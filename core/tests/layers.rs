@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer; a module may use its own layer's siblings
 /// only where listed in `SAME_LAYER`.
 const LAYERS: &[&[&str]] = &[
-    &["error", "clock", "config", "metrics", "alloc", "exec"],
+    &[
+        "error", "clock", "config", "metrics", "alloc", "exec", "tls",
+    ],
     &["storage"],
     &["coordinator"],
     &["sink", "source"],
@@ -19,7 +21,12 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Base modules that use one another (no cycle among them).
-const SAME_LAYER: &[(&str, &str)] = &[("config", "error"), ("metrics", "error")];
+const SAME_LAYER: &[(&str, &str)] = &[
+    ("config", "error"),
+    ("metrics", "error"),
+    ("error", "tls"),
+    ("metrics", "tls"),
+];
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))

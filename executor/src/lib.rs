@@ -25,6 +25,7 @@ use ballista_core::serde::scheduler::{
 use ballista_core::utils::{GrpcClientConfig, GrpcServerConfig, create_grpc_server};
 use ballista_core::{BALLISTA_PROTOCOL_VERSION, JobId};
 use ballista_core::{ConfigProducer, RuntimeProducer};
+use ballista_executor::ArrowFlightServerProvider;
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
@@ -38,6 +39,7 @@ use sluice_core::coordinator::CoordinatorHandle;
 use sluice_core::plan::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use sluice_core::plan::session;
 use sluice_core::storage::local::LocalAccess;
+use sluice_core::tls::ClusterTls;
 
 fn registry() -> ballista_core::error::Result<BallistaFunctionRegistry> {
     let state = session::server_state(session::session_config())
@@ -51,24 +53,42 @@ fn runtime_producer() -> RuntimeProducer {
 }
 
 /// The session config every task of this executor runs with: sluice's,
-/// carrying how operators reach the coordinator and which local files SQL
-/// may use.
-fn config_producer(coordinator: CoordinatorHandle, access: LocalAccess) -> ConfigProducer {
+/// carrying how operators reach the coordinator, which local files SQL
+/// may use, and the cluster TLS shuffle fetches dial with.
+fn config_producer(
+    coordinator: CoordinatorHandle,
+    access: LocalAccess,
+    tls: Option<ClusterTls>,
+) -> ConfigProducer {
     Arc::new(move || {
-        access
+        let config = access
             .clone()
-            .install(coordinator.clone().install(session::session_config()))
+            .install(coordinator.clone().install(session::session_config()));
+        match &tls {
+            Some(tls) => tls.install(config),
+            None => config,
+        }
     })
 }
 
 /// Installs sluice's codecs, functions, object stores and coordinator on an
-/// executor config.
+/// executor config; with `tls`, its Flight port requires a cluster
+/// certificate and its calls (scheduler, other executors) present one.
 pub fn with_sluice(
     mut config: ExecutorProcessConfig,
     coordinator: CoordinatorHandle,
     access: LocalAccess,
+    tls: Option<&ClusterTls>,
 ) -> ballista_core::error::Result<ExecutorProcessConfig> {
-    config.override_config_producer = Some(config_producer(coordinator, access));
+    if let Some(tls) = tls {
+        config.override_create_grpc_client_endpoint = Some(tls.endpoint_override());
+        config.override_arrow_flight_service = Some(tls_flight(
+            tls.clone(),
+            config.grpc_max_encoding_message_size as usize,
+            config.grpc_max_decoding_message_size as usize,
+        ));
+    }
+    config.override_config_producer = Some(config_producer(coordinator, access, tls.cloned()));
     config.override_runtime_producer = Some(runtime_producer());
     config.override_logical_codec = Some(Arc::new(SluiceLogicalCodec::default()));
     config.override_physical_codec = Some(Arc::new(SluicePhysicalCodec::default()));
@@ -77,6 +97,31 @@ pub fn with_sluice(
         Duration::from_secs(config.client_ttl),
     )));
     Ok(config)
+}
+
+/// Ballista's built-in Flight service (shuffle and result fetches), served
+/// over mutual TLS.
+fn tls_flight(
+    tls: ClusterTls,
+    max_encoding: usize,
+    max_decoding: usize,
+) -> Arc<ArrowFlightServerProvider> {
+    Arc::new(move |work_dir, address, mut shutdown, grpc_config| {
+        let tls = tls.tonic_server();
+        tokio::spawn(async move {
+            let flight = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                .max_decoding_message_size(max_decoding)
+                .max_encoding_message_size(max_encoding);
+            tracing::info!(%address, "Flight service listening (mutual TLS)");
+            create_grpc_server(&grpc_config)
+                .tls_config(tls)
+                .map_err(BallistaError::TonicError)?
+                .add_service(flight)
+                .serve_with_shutdown(address, shutdown.recv())
+                .await
+                .map_err(BallistaError::TonicError)
+        })
+    })
 }
 
 /// Ballista's default execution engine, after one change to the plan: a
@@ -248,7 +293,7 @@ pub async fn start_in_process(
         .await
         .map_err(|e| BallistaError::General(format!("connecting to {scheduler_url}: {e}")))?;
     // The embedded cluster acts for the user on the user's machine.
-    let config_producer = config_producer(coordinator, LocalAccess::Any);
+    let config_producer = config_producer(coordinator, LocalAccess::Any, None);
     let codec: BallistaCodec = BallistaCodec::new(
         Arc::new(SluiceLogicalCodec::default()),
         Arc::new(SluicePhysicalCodec::default()),

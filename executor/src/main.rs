@@ -28,6 +28,8 @@ struct Cli {
     #[arg(long, default_value = "")]
     allow_local_paths: String,
     #[command(flatten)]
+    tls: sluice_core::tls::TlsArgs,
+    #[command(flatten)]
     ballista: Config,
 }
 
@@ -57,12 +59,16 @@ async fn run() -> anyhow::Result<()> {
     sluice_core::alloc::tune(10_000);
     let args: Vec<String> = std::env::args().collect();
     let file = sluice_core::config::config_file_arg(&args);
-    let cmd = sluice_core::config::layered_command(Cli::command(), file.as_deref())?;
+    // Pull: push scheduling serves an executor gRPC port that sluice
+    // cannot put behind TLS.
+    let cmd = Cli::command().mut_arg("task_scheduling_policy", |a| a.default_value("pull-staged"));
+    let cmd = sluice_core::config::layered_command(cmd, file.as_deref())?;
     let cli = Cli::from_arg_matches(&cmd.get_matches_from(args))?;
     let opt = cli.ballista;
+    let tls = cli.tls.load()?;
     let coordinator = cli.coordinator_url.unwrap_or_else(|| {
         format!(
-            "http://{}:{}",
+            "{}:{}",
             opt.scheduler_host,
             sluice_core::coordinator::DEFAULT_COORDINATOR_PORT
         )
@@ -70,13 +76,33 @@ async fn run() -> anyhow::Result<()> {
     let health_addr: SocketAddr = format!("{}:{}", opt.bind_host, opt.bind_health_port)
         .parse()
         .context("--bind-host/--bind-health-port")?;
+    let flight_addr: SocketAddr = format!("{}:{}", opt.bind_host, opt.bind_port)
+        .parse()
+        .context("--bind-host/--bind-port")?;
+    // Closed by default: every port that serves data or work is checked
+    // before any is opened (the health port only answers probes).
+    let check = |what: &str, addr| {
+        sluice_core::tls::check_listen(what, addr, tls.as_ref(), cli.tls.insecure_no_tls)
+    };
+    check("the executor's Flight service (shuffle data)", flight_addr)?;
     let config: ExecutorProcessConfig = opt.try_into().context("executor settings")?;
+    if matches!(
+        config.task_scheduling_policy,
+        ballista_core::config::TaskSchedulingPolicy::PushStaged
+    ) && (tls.is_some() || !flight_addr.ip().is_loopback())
+    {
+        anyhow::bail!(
+            "--task-scheduling-policy push-staged serves an executor gRPC port sluice cannot \
+             put behind TLS; use pull-staged (sluice's default) on a network"
+        );
+    }
     let access = sluice_core::storage::local::LocalAccess::only(&cli.allow_local_paths)
         .map_err(|e| anyhow::anyhow!("--allow-local-paths: {e}"))?;
     let config = sluice_executor::with_sluice(
         config,
-        sluice_core::coordinator::CoordinatorHandle::remote(&coordinator),
+        sluice_core::coordinator::CoordinatorHandle::remote(&coordinator, tls.as_ref())?,
         access,
+        tls.as_ref(),
     )?;
     let filter =
         std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());
@@ -86,7 +112,9 @@ async fn run() -> anyhow::Result<()> {
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))
         .init();
-    if let Some(addr) = sluice_core::metrics::serve_from_env()? {
+    if let Some(addr) = sluice_core::metrics::addr_from_env()? {
+        check("metrics (SLUICE_METRICS_ADDR)", addr)?;
+        sluice_core::metrics::serve(addr, tls.clone()).await?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let (stop_health, health_rx) = tokio::sync::oneshot::channel();

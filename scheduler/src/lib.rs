@@ -1,29 +1,39 @@
 //! sluice's scheduler: Ballista's scheduler with sluice's session builder
 //! (the physical planner for distributed writes, functions, object stores)
-//! and codecs. `main.rs` runs it as a process; [`start_in_process`] runs it
-//! inside the CLI's embedded cluster and the test harness.
+//! and codecs, served by sluice so that its port can require mutual TLS.
+//! `main.rs` runs it as a process; [`start_in_process`] runs it inside the
+//! CLI's embedded cluster and the test harness.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
+use ballista_core::error::BallistaError;
+use ballista_core::extension::BallistaConfigGrpcEndpoint;
+use ballista_core::flight_proxy_service::BallistaFlightProxyService;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::scheduler_process::create_scheduler;
+use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use sluice_core::coordinator::CoordinatorHandle;
 use sluice_core::plan::codec::{SluiceLogicalCodec, SluicePhysicalCodec};
 use sluice_core::plan::session;
 use sluice_core::storage::local::LocalAccess;
+use sluice_core::tls::ClusterTls;
 use tokio::task::JoinHandle;
 
 /// Installs sluice's session builder and codecs on a Ballista scheduler
 /// config. Jobs are planned with `coordinator` on their session, so the
 /// planner registers each write it plans with the coordinator in this
-/// process (which serves no other).
+/// process (which serves no other). With `tls`, the scheduler's own calls
+/// to executors (the Flight proxy) present the cluster certificate.
 pub fn with_sluice(
     config: SchedulerConfig,
     coordinator: CoordinatorHandle,
     access: LocalAccess,
+    tls: Option<&ClusterTls>,
 ) -> SchedulerConfig {
     let producer = move || {
         access
@@ -33,9 +43,68 @@ pub fn with_sluice(
     let mut config = config
         .with_override_config_producer(Arc::new(producer))
         .with_override_session_builder(Arc::new(session::server_state));
+    if let Some(tls) = tls {
+        config = config
+            .with_use_tls(true)
+            .with_override_create_grpc_client_endpoint(tls.endpoint_override());
+    }
     config.override_logical_codec = Some(Arc::new(SluiceLogicalCodec::default()));
     config.override_physical_codec = Some(Arc::new(SluicePhysicalCodec::default()));
     config
+}
+
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+
+/// Everything the scheduler serves on its one port, as Ballista's
+/// `start_grpc_service_with_listener` assembles it: the gRPC API, the Flight
+/// proxy when enabled, the REST API and a liveness probe.
+fn routes(scheduler: Scheduler, config: &SchedulerConfig) -> axum::Router {
+    let max_decoding = config.grpc_server_max_decoding_message_size as usize;
+    let max_encoding = config.grpc_server_max_encoding_message_size as usize;
+    let mut grpc = tonic::service::RoutesBuilder::default();
+    grpc.add_service(
+        SchedulerGrpcServer::new(scheduler.clone())
+            .max_encoding_message_size(max_encoding)
+            .max_decoding_message_size(max_decoding),
+    );
+    if config.enable_embedded_flight_proxy {
+        let customize = config
+            .override_create_grpc_client_endpoint
+            .clone()
+            .map(|f| Arc::new(BallistaConfigGrpcEndpoint::new(f)));
+        let proxy =
+            BallistaFlightProxyService::new(max_decoding, max_encoding, config.use_tls, customize);
+        grpc.add_service(
+            FlightServiceServer::new(proxy)
+                .max_decoding_message_size(max_decoding)
+                .max_encoding_message_size(max_encoding),
+        );
+    }
+    let health = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    ballista_scheduler::api::get_routes(Arc::new(scheduler))
+        .merge(grpc.routes().into_axum_router())
+        .merge(health)
+}
+
+/// Starts a scheduler of `config` and serves gRPC and REST on `listener`
+/// in the background, over mutual TLS with `tls`. Fails here when the
+/// scheduler cannot start; the handle ends when serving fails.
+pub async fn start(
+    listener: tokio::net::TcpListener,
+    config: SchedulerConfig,
+    tls: Option<ClusterTls>,
+) -> ballista_core::error::Result<JoinHandle<ballista_core::error::Result<()>>> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let cluster = BallistaCluster::new_from_config(&config).await?;
+    let scheduler =
+        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::clone(&config)).await?;
+    let router = routes(scheduler, &config);
+    Ok(tokio::spawn(async move {
+        sluice_core::tls::serve(listener, router, tls.as_ref())
+            .await
+            .map_err(BallistaError::from)
+    }))
 }
 
 /// A scheduler serving gRPC and REST on `listener`, in this process.
@@ -52,10 +121,8 @@ pub async fn start_in_process(
         coordinator,
         // The embedded cluster acts for the user on the user's machine.
         LocalAccess::Any,
+        None,
     );
-    let cluster = BallistaCluster::new_from_config(&config).await?;
-    let scheduler =
-        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config)).await?;
-    let handle = tokio::spawn(start_grpc_service_with_listener(listener, scheduler));
+    let handle = start(listener, config, None).await?;
     Ok((addr, handle))
 }

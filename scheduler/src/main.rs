@@ -2,13 +2,11 @@
 //! `SLUICE_<FLAG>` environment variables for every flag.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{Config, SchedulerConfig};
-use ballista_scheduler::scheduler_process::start_server;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use sluice_core::tls::{ClusterTls, TlsArgs};
 use tracing_subscriber::EnvFilter;
 
 /// sluice's scheduler: plans sluice jobs and hands tasks to sluice executors.
@@ -18,14 +16,17 @@ struct Cli {
     /// TOML file of settings, keys named like the long flags (e.g. `bind-port = 50050`).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where the DynamoDB write coordinator listens (HTTP). Executors find
-    /// it on the scheduler's host at this port unless told otherwise.
+    /// Where the DynamoDB write coordinator listens (HTTPS with --tls-*).
+    /// Executors find it on the scheduler's host at this port unless told
+    /// otherwise.
     #[arg(long, default_value = "0.0.0.0:50090")]
     coordinator_addr: std::net::SocketAddr,
     /// Absolute directories SQL may read and write on this machine (the
     /// scheduler lists tables while planning), comma-separated (default: none).
     #[arg(long, default_value = "")]
     allow_local_paths: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     ballista: Config,
 }
@@ -51,7 +52,10 @@ fn start() -> anyhow::Result<()> {
     sluice_core::alloc::tune(10_000);
     let args: Vec<String> = std::env::args().collect();
     let file = sluice_core::config::config_file_arg(&args);
-    let cmd = sluice_core::config::layered_command(Cli::command(), file.as_deref())?;
+    // Pull, as the executors: push scheduling needs an executor gRPC port
+    // that sluice cannot put behind TLS.
+    let cmd = Cli::command().mut_arg("scheduler_policy", |a| a.default_value("pull-staged"));
+    let cmd = sluice_core::config::layered_command(cmd, file.as_deref())?;
     let cli = Cli::from_arg_matches(&cmd.get_matches_from(args))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,13 +63,22 @@ fn start() -> anyhow::Result<()> {
         .build()?;
     let access = sluice_core::storage::local::LocalAccess::only(&cli.allow_local_paths)
         .map_err(|e| anyhow::anyhow!("--allow-local-paths: {e}"))?;
-    runtime.block_on(run(cli.ballista, cli.coordinator_addr, access))
+    let tls = cli.tls.load()?;
+    runtime.block_on(run(
+        cli.ballista,
+        cli.coordinator_addr,
+        access,
+        tls,
+        cli.tls.insecure_no_tls,
+    ))
 }
 
 async fn run(
     opt: Config,
     coordinator: std::net::SocketAddr,
     access: sluice_core::storage::local::LocalAccess,
+    tls: Option<ClusterTls>,
+    insecure: bool,
 ) -> anyhow::Result<()> {
     let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(opt.log_level_setting.clone());
     // Logs on stderr, as the CLI's: stdout stays free for output.
@@ -74,18 +87,30 @@ async fn run(
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))
         .init();
-    let addr = format!("{}:{}", opt.bind_host, opt.bind_port)
+    let addr: std::net::SocketAddr = format!("{}:{}", opt.bind_host, opt.bind_port)
         .parse()
         .context("--bind-host/--bind-port")?;
-    if let Some(addr) = sluice_core::metrics::serve_from_env()? {
+    // Closed by default: every port checked before any is opened.
+    let check =
+        |what: &str, addr| sluice_core::tls::check_listen(what, addr, tls.as_ref(), insecure);
+    check("the scheduler (gRPC and REST)", addr)?;
+    check("the coordinator (--coordinator-addr)", coordinator)?;
+    if let Some(addr) = sluice_core::metrics::addr_from_env()? {
+        check("metrics (SLUICE_METRICS_ADDR)", addr)?;
+        sluice_core::metrics::serve(addr, tls.clone()).await?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
-    let (handle, _) = sluice_core::coordinator::Coordinator::spawn(coordinator)
+    let (handle, _) = sluice_core::coordinator::Coordinator::spawn(coordinator, tls.clone())
         .await
         .with_context(|| format!("starting the coordinator on {coordinator}"))?;
     let config: SchedulerConfig = opt.try_into().context("scheduler settings")?;
-    let config = sluice_scheduler::with_sluice(config, handle, access);
-    let cluster = BallistaCluster::new_from_config(&config).await?;
-    start_server(cluster, addr, Arc::new(config)).await?;
+    let config = sluice_scheduler::with_sluice(config, handle, access, tls.as_ref());
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the scheduler to {addr}"))?;
+    tracing::info!(%addr, tls = tls.is_some(), "scheduler listening");
+    sluice_scheduler::start(listener, config, tls)
+        .await?
+        .await??;
     Ok(())
 }

@@ -11,9 +11,11 @@ use anyhow::{Context, Result, bail};
 
 pub mod dynamo;
 pub mod faulty;
+pub mod fleet;
 pub mod imds;
 pub mod kafka;
 pub mod s3;
+pub mod tls;
 
 /// The target directory's binary `name` (e.g. `sluice`), next to the
 /// running binary (`sluice-bench`) or one level up from a test's
@@ -126,21 +128,30 @@ pub fn run_job_text(dir: &Path, sql: &str, args: &[&str]) -> Result<Output> {
     )
 }
 
-/// Runs one HTTP exchange on a client with a 3 s timeout, from a test's
-/// (synchronous) thread.
-fn http<T>(exchange: impl AsyncFnOnce(reqwest::Client) -> Result<T>) -> Result<T> {
+/// Runs one HTTP exchange on a client with a 3 s timeout (presenting
+/// `tls`'s certificate when set), from a test's (synchronous) thread.
+pub fn http<T>(
+    tls: Option<&sluice_core::tls::ClusterTls>,
+    exchange: impl AsyncFnOnce(reqwest::Client) -> Result<T>,
+) -> Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()?;
+    let client = sluice_core::tls::http_client(tls, Duration::from_secs(3))?;
     rt.block_on(exchange(client))
 }
 
 /// GETs a JSON document, with a short timeout.
 pub fn get_json(url: &str) -> Result<serde_json::Value> {
-    http(async |client| {
+    get_json_tls(url, None)
+}
+
+/// GETs a JSON document over cluster TLS, with a short timeout.
+pub fn get_json_tls(
+    url: &str,
+    tls: Option<&sluice_core::tls::ClusterTls>,
+) -> Result<serde_json::Value> {
+    http(tls, async |client| {
         let resp = client.get(url).send().await?.error_for_status()?;
         Ok(resp.json().await?)
     })
@@ -148,7 +159,7 @@ pub fn get_json(url: &str) -> Result<serde_json::Value> {
 
 /// POSTs a JSON body, with a short timeout: the status and the answer's text.
 pub fn post_json(url: &str, body: &str) -> Result<(u16, String)> {
-    http(async |client| {
+    http(None, async |client| {
         let resp = client
             .post(url)
             .header("content-type", "application/json")
@@ -167,8 +178,13 @@ pub struct Cluster {
     pub executors: Vec<Child>,
     /// `host:port` of each executor's Prometheus `/metrics`.
     pub metrics: Vec<String>,
-    /// `http://host:port` of the DynamoDB write coordinator.
+    /// `host:port` of each executor's Flight service (shuffle data).
+    pub flight: Vec<String>,
+    /// `http(s)://host:port` of the DynamoDB write coordinator.
     pub coordinator: String,
+    /// With TLS: the test's client identity, and the CLI's `SLUICE_TLS_*`.
+    pub tls: Option<sluice_core::tls::ClusterTls>,
+    pub cli_env: Vec<(String, String)>,
     /// Where the processes' logs go (see [`log_dir`]).
     pub logs: PathBuf,
     /// The scheduler's port and the extra environment of every process,
@@ -237,18 +253,50 @@ impl Cluster {
     /// As [`Cluster::start`], with extra environment for every process
     /// (e.g. `AWS_ENDPOINT_URL_DYNAMODB` pointing at a proxy).
     pub fn start_with_env(executors: usize, slots: usize, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_inner(executors, slots, env, None)
+    }
+
+    /// As [`Cluster::start`], with mutual TLS on every port: the processes
+    /// present `certs`' node certificate, the CLI and the test's own calls
+    /// its client certificate.
+    pub fn start_tls(
+        executors: usize,
+        slots: usize,
+        certs: &tls::TestCerts,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let node = certs.node_env();
+        let mut all: Vec<(&str, &str)> =
+            node.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(env);
+        Self::start_inner(executors, slots, &all, Some(certs))
+    }
+
+    fn start_inner(
+        executors: usize,
+        slots: usize,
+        env: &[(&str, &str)],
+        certs: Option<&tls::TestCerts>,
+    ) -> Result<Self> {
         let work = tempfile::tempdir()?;
         let logs = log_dir(work.path())?;
         let port = free_port()?;
         let coordinator = format!("127.0.0.1:{}", free_port()?);
         let scheduler = spawn_scheduler(port, &coordinator, env, &logs.join("scheduler.log"))?;
         let endpoint = format!("127.0.0.1:{port}");
+        let tls = certs.map(tls::TestCerts::client).transpose()?;
         let mut cluster = Self {
             endpoint,
             scheduler,
             executors: vec![],
             metrics: vec![],
-            coordinator: format!("http://{coordinator}"),
+            flight: vec![],
+            coordinator: format!(
+                "{}://{coordinator}",
+                sluice_core::tls::http_scheme(tls.as_ref())
+            ),
+            tls,
+            cli_env: certs.map(tls::TestCerts::client_env).unwrap_or_default(),
             logs,
             scheduler_port: port,
             env: env
@@ -260,9 +308,10 @@ impl Cluster {
         };
         cluster.wait_http("/api/version", Duration::from_secs(30))?;
         for i in 0..executors {
-            let (child, metrics) = cluster.spawn_executor(i, port, slots, env, 0)?;
+            let (child, metrics, flight) = cluster.spawn_executor(i, port, slots, env, 0)?;
             cluster.executors.push(child);
             cluster.metrics.push(metrics);
+            cluster.flight.push(flight);
         }
         // The ports above were free when picked, but another process may
         // take one before the executor binds it: an executor that exits
@@ -271,9 +320,11 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(500));
             for i in 0..executors {
                 if cluster.executors[i].try_wait()?.is_some() {
-                    let (child, metrics) = cluster.spawn_executor(i, port, slots, env, attempt)?;
+                    let (child, metrics, flight) =
+                        cluster.spawn_executor(i, port, slots, env, attempt)?;
                     cluster.executors[i] = child;
                     cluster.metrics[i] = metrics;
+                    cluster.flight[i] = flight;
                 }
             }
         }
@@ -281,8 +332,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts executor `i` on free ports; returns it and its metrics
-    /// address. Its log is `executor-{i}.log` (`-{attempt}` on a restart).
+    /// Starts executor `i` on free ports; returns it, its metrics address
+    /// and its Flight address. Its log is `executor-{i}.log` (`-{attempt}`
+    /// on a restart).
     fn spawn_executor(
         &self,
         i: usize,
@@ -290,7 +342,7 @@ impl Cluster {
         slots: usize,
         env: &[(&str, &str)],
         attempt: usize,
-    ) -> Result<(Child, String)> {
+    ) -> Result<(Child, String, String)> {
         let dir = self._work.path().join(format!("executor-{i}"));
         std::fs::create_dir_all(&dir)?;
         if attempt > 0 {
@@ -298,6 +350,7 @@ impl Cluster {
             let _ = std::fs::rename(&log, self.logs.join(format!("executor-{i}.log.{attempt}")));
         }
         let metrics = format!("127.0.0.1:{}", free_port()?);
+        let flight = free_port()?;
         let mut command = Command::new(binary("sluice-executor")?);
         // A test's own SLUICE_COORDINATOR_URL (the flag's variable) wins.
         if !env.iter().any(|(k, _)| *k == "SLUICE_COORDINATOR_URL") {
@@ -314,7 +367,7 @@ impl Cluster {
                 "--scheduler-port",
                 &scheduler_port.to_string(),
             ])
-            .args(["--bind-port", &free_port()?.to_string()])
+            .args(["--bind-port", &flight.to_string()])
             .args(["--bind-grpc-port", &free_port()?.to_string()])
             .args(["--bind-health-port", &free_port()?.to_string()])
             .args(["--vcores", &slots.to_string()])
@@ -328,7 +381,7 @@ impl Cluster {
             )?))
             .spawn()
             .context("starting sluice-executor")?;
-        Ok((child, metrics))
+        Ok((child, metrics, format!("127.0.0.1:{flight}")))
     }
 
     /// SIGKILLs the scheduler (and the coordinator in its process).
@@ -348,7 +401,11 @@ impl Cluster {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let coordinator = self.coordinator.trim_start_matches("http://").to_string();
+        let coordinator = self
+            .coordinator
+            .split_once("://")
+            .map_or(self.coordinator.as_str(), |(_, a)| a)
+            .to_string();
         self.scheduler_starts += 1;
         let log = self
             .logs
@@ -358,11 +415,16 @@ impl Cluster {
         self.wait_executors(self.executors.len(), Duration::from_secs(60))
     }
 
+    /// `http` or, with TLS, `https`.
+    pub fn scheme(&self) -> &'static str {
+        sluice_core::tls::http_scheme(self.tls.as_ref())
+    }
+
     /// A REST answer of the scheduler, as text.
     pub fn rest_text(&self, path: &str) -> Result<String> {
-        http(async |client| {
+        http(self.tls.as_ref(), async |client| {
             Ok(client
-                .get(format!("http://{}{path}", self.endpoint))
+                .get(format!("{}://{}{path}", self.scheme(), self.endpoint))
                 .send()
                 .await?
                 .text()
@@ -371,12 +433,18 @@ impl Cluster {
     }
 
     fn get(&self, path: &str) -> Result<serde_json::Value> {
-        get_json(&format!("http://{}{path}", self.endpoint))
+        get_json_tls(
+            &format!("{}://{}{path}", self.scheme(), self.endpoint),
+            self.tls.as_ref(),
+        )
     }
 
     /// The DynamoDB coordinator's view of its tables (budget, rate, writers).
     pub fn coordinator_tables(&self) -> Result<serde_json::Value> {
-        get_json(&format!("{}/v1/dynamodb/tables", self.coordinator))
+        get_json_tls(
+            &format!("{}/v1/dynamodb/tables", self.coordinator),
+            self.tls.as_ref(),
+        )
     }
 
     fn wait_http(&self, path: &str, timeout: Duration) -> Result<()> {
@@ -417,10 +485,12 @@ impl Cluster {
         let mut total = 0.0;
         for addr in &self.metrics {
             let text = rt.block_on(async {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(3))
-                    .build()?;
-                let resp = client.get(format!("http://{addr}/metrics")).send().await?;
+                let client =
+                    sluice_core::tls::http_client(self.tls.as_ref(), Duration::from_secs(3))?;
+                let resp = client
+                    .get(format!("{}://{addr}/metrics", self.scheme()))
+                    .send()
+                    .await?;
                 Ok::<_, anyhow::Error>(resp.error_for_status()?.text().await?)
             })?;
             for line in text.lines() {
@@ -456,7 +526,9 @@ impl Cluster {
             .find_map(|j| j["job_id"].as_str().map(str::to_string))
             .context("no running job on the scheduler")?;
         let c = run_with_timeout(
-            sluice()?.args(["cancel", &job_id, "--scheduler", &self.endpoint]),
+            sluice()?
+                .args(["cancel", &job_id, "--scheduler", &self.endpoint])
+                .envs(self.cli_env.iter().map(|(k, v)| (k, v))),
             Duration::from_secs(30),
         )?;
         anyhow::ensure!(
@@ -497,6 +569,7 @@ impl Cluster {
                 .arg(job)
                 .args(["--scheduler", &self.endpoint])
                 .env("SLUICE_COORDINATOR", &self.coordinator)
+                .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
                 .args(args),
             Duration::from_secs(300),
         )?;
@@ -517,6 +590,7 @@ impl Cluster {
             .arg(job)
             .args(["--scheduler", &self.endpoint])
             .env("SLUICE_COORDINATOR", &self.coordinator)
+            .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

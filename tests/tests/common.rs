@@ -217,3 +217,57 @@ pub fn check_skewed_output_files(
     );
     Ok(writers)
 }
+
+/// Reads every data object under the prefix with the parquet crate and checks
+/// the ids are exactly `0..rows`, each once. Returns the data keys.
+pub fn check_s3_range_output(
+    s3: &sluice_test_support::s3::S3,
+    bucket: &str,
+    prefix: &str,
+    rows: u64,
+) -> Result<Vec<String>> {
+    let keys = s3.data_keys(bucket, prefix)?;
+    let mut seen = vec![false; rows as usize];
+    let mut count = 0u64;
+    for key in &keys {
+        ensure!(key.ends_with(".parquet"), "unexpected object {key}");
+        let body = bytes::Bytes::from(s3.get(bucket, key)?);
+        for batch in ParquetRecordBatchReaderBuilder::try_new(body)?.build()? {
+            for id in batch?.column(0).as_primitive::<Int64Type>().values() {
+                let i = usize::try_from(*id)?;
+                ensure!(i < seen.len(), "id {id} out of range");
+                ensure!(!seen[i], "id {id} written twice");
+                seen[i] = true;
+                count += 1;
+            }
+        }
+    }
+    ensure!(count == rows, "read {count} rows, expected {rows}");
+    Ok(keys)
+}
+
+/// How many items `table` holds (a counting scan of the DynamoDB of
+/// `AWS_ENDPOINT_URL_DYNAMODB`).
+pub fn dynamo_count(table: &str) -> Result<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        let (mut total, mut start) = (0u64, None);
+        loop {
+            let page = client
+                .scan()
+                .table_name(table)
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            total += u64::try_from(page.count())?;
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(total);
+            }
+        }
+    })
+}

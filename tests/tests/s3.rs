@@ -5,42 +5,18 @@
 
 mod common;
 
+use common::check_s3_range_output;
+
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_test_support::s3::S3;
 use sluice_test_support::{
     Cluster, free_port, run_job_text, run_with_timeout, sluice, workspace_root,
 };
 
 const JOB: &str = "jobs/range_to_parquet.sql";
-
-/// Reads every data object under the prefix with the parquet crate and checks
-/// the ids are exactly `0..rows`, each once. Returns the data keys.
-fn check_s3_range_output(s3: &S3, bucket: &str, prefix: &str, rows: u64) -> Result<Vec<String>> {
-    let keys = s3.data_keys(bucket, prefix)?;
-    let mut seen = vec![false; rows as usize];
-    let mut count = 0u64;
-    for key in &keys {
-        ensure!(key.ends_with(".parquet"), "unexpected object {key}");
-        let body = bytes::Bytes::from(s3.get(bucket, key)?);
-        for batch in ParquetRecordBatchReaderBuilder::try_new(body)?.build()? {
-            for id in batch?.column(0).as_primitive::<Int64Type>().values() {
-                let i = usize::try_from(*id)?;
-                ensure!(i < seen.len(), "id {id} out of range");
-                ensure!(!seen[i], "id {id} written twice");
-                seen[i] = true;
-                count += 1;
-            }
-        }
-    }
-    ensure!(count == rows, "read {count} rows, expected {rows}");
-    Ok(keys)
-}
 
 /// `_SUCCESS` lists exactly the data objects, with the total rows; written
 /// by the multipart committer.

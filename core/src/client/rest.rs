@@ -10,15 +10,21 @@ use datafusion::prelude::SessionContext;
 use super::report::JobProgress;
 use crate::error::SluiceError;
 use crate::plan::session;
+use crate::tls::ClusterTls;
 
-/// Connects to a scheduler, waiting at most `timeout` for it to answer.
-pub async fn connect(endpoint: &str, timeout: Duration) -> Result<SessionContext, SluiceError> {
-    wait_for_scheduler(endpoint, timeout).await?;
+/// Connects to a scheduler (over `tls` when set), waiting at most `timeout`
+/// for it to answer.
+pub async fn connect(
+    endpoint: &str,
+    tls: Option<&ClusterTls>,
+    timeout: Duration,
+) -> Result<SessionContext, SluiceError> {
+    wait_for_scheduler(endpoint, tls, timeout).await?;
     let session_failed = |source| SluiceError::Session {
         endpoint: endpoint.to_string(),
         source: Box::new(source),
     };
-    let state = session::client_state().map_err(session_failed)?;
+    let state = session::client_state(tls).map_err(session_failed)?;
     let url = format!("df://{}", host_port(endpoint));
     let ctx = SessionContext::remote_with_state(&url, state)
         .await
@@ -30,33 +36,35 @@ pub async fn connect(endpoint: &str, timeout: Duration) -> Result<SessionContext
 fn host_port(endpoint: &str) -> &str {
     endpoint
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_start_matches("df://")
         .trim_end_matches('/')
 }
 
-pub fn rest_base(endpoint: &str) -> String {
-    format!("http://{}", host_port(endpoint))
+/// The scheduler's REST base URL (`https://` with cluster TLS).
+pub fn rest_base(endpoint: &str, tls: Option<&ClusterTls>) -> String {
+    format!("{}://{}", crate::tls::http_scheme(tls), host_port(endpoint))
 }
 
-fn http_client() -> Result<reqwest::Client, SluiceError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .map_err(SluiceError::HttpClient)
+fn http_client(tls: Option<&ClusterTls>) -> Result<reqwest::Client, SluiceError> {
+    Ok(crate::tls::http_client(tls, Duration::from_secs(5))?)
 }
 
 /// Polls `/api/version` until the scheduler answers or `timeout` passes.
-pub async fn wait_for_scheduler(endpoint: &str, timeout: Duration) -> Result<(), SluiceError> {
-    let client = http_client()?;
-    let url = format!("{}/api/version", rest_base(endpoint));
+pub async fn wait_for_scheduler(
+    endpoint: &str,
+    tls: Option<&ClusterTls>,
+    timeout: Duration,
+) -> Result<(), SluiceError> {
+    let client = http_client(tls)?;
+    let url = format!("{}/api/version", rest_base(endpoint, tls));
     let deadline = Instant::now() + timeout;
     loop {
         let attempt = client.get(&url).send().await;
         let reason = match attempt {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) => format!("HTTP {} from {url}", r.status()),
-            Err(e) => format!("{e} ({url})"),
+            Err(e) => format!("{} ({url})", crate::error::render(&e)),
         };
         if Instant::now() >= deadline {
             return Err(SluiceError::Unreachable {
@@ -75,10 +83,10 @@ pub struct SchedulerApi {
 }
 
 impl SchedulerApi {
-    pub fn new(endpoint: &str) -> Result<Self, SluiceError> {
+    pub fn new(endpoint: &str, tls: Option<&ClusterTls>) -> Result<Self, SluiceError> {
         Ok(Self {
-            base: rest_base(endpoint),
-            client: http_client()?,
+            base: rest_base(endpoint, tls),
+            client: http_client(tls)?,
         })
     }
 

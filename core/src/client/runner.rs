@@ -64,6 +64,7 @@ pub struct JobRunner {
     endpoint: String,
     /// Times a statement whose job the scheduler lost is run again.
     resubmit: u32,
+    tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
 /// The writes of one micro-batch (see `stream`): each statement's write id
@@ -84,9 +85,12 @@ impl JobRunner {
         progress: Arc<dyn Progress>,
     ) -> Result<Self, SluiceError> {
         let (interrupt_tx, interrupt) = tokio::sync::watch::channel(false);
+        // The TLS the session dials with, for the runner's own calls.
+        let tls = crate::tls::ClusterTls::of(ctx.state().config());
         Ok(Self {
+            api: SchedulerApi::new(endpoint, tls.as_deref())?,
+            tls,
             ctx,
-            api: SchedulerApi::new(endpoint)?,
             progress,
             poll: Duration::from_millis(250),
             interrupt,
@@ -160,7 +164,9 @@ impl JobRunner {
             return false;
         }
         tracing::warn!(error = %crate::error::render(error), attempt, "the scheduler lost the job; resubmitting once it answers");
-        match super::rest::wait_for_scheduler(&self.endpoint, RESUBMIT_WAIT).await {
+        match super::rest::wait_for_scheduler(&self.endpoint, self.tls.as_deref(), RESUBMIT_WAIT)
+            .await
+        {
             Ok(()) => {
                 // A scheduler that only stopped answering for a while may
                 // still run the job: it is cancelled, not run twice at once.
@@ -298,17 +304,16 @@ impl JobRunner {
             write_id: write_id.to_string(),
         };
         let call = async {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?
+            crate::tls::http_client(self.tls.as_deref(), Duration::from_secs(5))?
                 .post(format!("{url}/v1/writes/end"))
                 .json(&body)
                 .send()
-                .await?
-                .error_for_status()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(SluiceError::HttpClient)
         };
         if let Err(e) = call.await {
-            tracing::warn!(%write_id, error = %e, "could not tell the coordinator the write ended");
+            tracing::warn!(%write_id, error = %crate::error::render(&e), "could not tell the coordinator the write ended");
         }
     }
 

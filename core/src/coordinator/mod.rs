@@ -24,6 +24,7 @@ use std::time::Duration;
 use datafusion::prelude::SessionConfig;
 
 use crate::clock::Clock;
+use crate::tls::{ClusterTls, TlsError};
 use leases::{CapacitySource, DescribeTable, Leases};
 use placement::ChunkBook;
 use planned::PlannedWrites;
@@ -32,6 +33,8 @@ use planned::PlannedWrites;
 pub const DEFAULT_COORDINATOR_PORT: u16 = 50090;
 /// How often leases expire and capacities are re-read.
 const TICK: Duration = Duration::from_millis(250);
+/// The longest any coordinator call may take (callers set shorter ones).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the operators of a process reach the coordinator. Each process sets
 /// it once from its own settings (the executor from `--coordinator-url`,
@@ -40,20 +43,31 @@ const TICK: Duration = Duration::from_millis(250);
 /// instead of globals or the environment.
 #[derive(Clone, Default)]
 pub struct CoordinatorHandle {
-    /// `http://host:port` of the coordinator.
+    /// `http(s)://host:port` of the coordinator.
     pub url: Option<String>,
     /// The coordinator running in this process (the embedded cluster):
     /// placement without an HTTP round trip.
     pub local: Option<Coordinator>,
+    /// One client for every call of this process (its tasks share the
+    /// connections), presenting the cluster certificate when TLS is on.
+    pub http: reqwest::Client,
 }
 
 impl CoordinatorHandle {
-    /// A coordinator reached over HTTP.
-    pub fn remote(url: &str) -> Self {
-        Self {
-            url: Some(url.trim_end_matches('/').to_string()),
+    /// A coordinator reached over HTTP(S): `url` without a scheme gets
+    /// `https://` with cluster TLS, `http://` without.
+    pub fn remote(url: &str, tls: Option<&ClusterTls>) -> Result<Self, TlsError> {
+        let url = url.trim_end_matches('/');
+        let url = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("{}://{url}", crate::tls::http_scheme(tls))
+        };
+        Ok(Self {
+            url: Some(url),
             local: None,
-        }
+            http: crate::tls::http_client(tls, CLIENT_TIMEOUT)?,
+        })
     }
 
     /// This handle on `config`, for every task run with it.
@@ -99,8 +113,13 @@ impl Coordinator {
             .merge(self.placement.clone().router())
     }
 
-    /// Serves the API on `listener` and runs the lease and describe loop.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    /// Serves the API on `listener` (over mutual TLS with `tls`) and runs
+    /// the lease and describe loop.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Option<ClusterTls>,
+    ) -> std::io::Result<()> {
         let leases = self.leases.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK);
@@ -109,22 +128,24 @@ impl Coordinator {
                 leases.tick_and_describe();
             }
         });
-        axum::serve(listener, self.router()).await
+        crate::tls::serve(listener, self.router(), tls.as_ref()).await
     }
 
-    /// Binds `addr` and serves in the background; returns a handle for
-    /// operators in this process (placement in-process, leases over HTTP,
-    /// as on a cluster) and the bound address.
-    pub async fn spawn(addr: SocketAddr) -> std::io::Result<(CoordinatorHandle, SocketAddr)> {
+    /// Binds `addr` and serves in the background (over mutual TLS with
+    /// `tls`); returns a handle for operators in this process (placement
+    /// in-process, leases over HTTP, as on a cluster) and the bound address.
+    pub async fn spawn(
+        addr: SocketAddr,
+        tls: Option<ClusterTls>,
+    ) -> std::io::Result<(CoordinatorHandle, SocketAddr)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let coordinator = Self::default();
-        let handle = CoordinatorHandle {
-            url: Some(format!("http://{bound}")),
-            local: Some(coordinator.clone()),
-        };
+        let mut handle = CoordinatorHandle::remote(&bound.to_string(), tls.as_ref())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        handle.local = Some(coordinator.clone());
         tokio::spawn(async move {
-            if let Err(e) = coordinator.serve(listener).await {
+            if let Err(e) = coordinator.serve(listener, tls).await {
                 tracing::error!(error = %e, "coordinator stopped");
             }
         });
@@ -133,13 +154,16 @@ impl Coordinator {
     }
 }
 
-/// `GET /v1/dynamodb/tables` of the coordinator at `url`.
+/// `GET /v1/dynamodb/tables` of the coordinator `handle` names.
 pub async fn fetch_lease_status(
-    url: &str,
+    handle: &CoordinatorHandle,
     timeout: Duration,
 ) -> Result<Vec<leases::TableStatus>, reqwest::Error> {
-    let http = reqwest::Client::builder().timeout(timeout).build()?;
-    http.get(format!("{}/v1/dynamodb/tables", url.trim_end_matches('/')))
+    let url = handle.url.as_deref().unwrap_or_default();
+    handle
+        .http
+        .get(format!("{url}/v1/dynamodb/tables"))
+        .timeout(timeout)
         .send()
         .await?
         .error_for_status()?

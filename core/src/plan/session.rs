@@ -112,12 +112,17 @@ pub fn server_state(config: SessionConfig) -> Result<SessionState> {
     Ok(state)
 }
 
-/// The state a client starts from before Ballista turns it into a remote one.
-pub fn client_state() -> Result<SessionState> {
+/// The state a client starts from before Ballista turns it into a remote one
+/// (dialling the scheduler and executors over `tls` when set).
+pub fn client_state(tls: Option<&crate::tls::ClusterTls>) -> Result<SessionState> {
     // Pull tracking records the scheduler's job id as soon as the job is
     // accepted; push tracking only reports it with the first status change,
     // which leaves the progress bar blind for a short job.
     let config = session_config().set_bool(ballista_core::config::BALLISTA_CLIENT_PULL, true);
+    let config = match tls {
+        Some(tls) => tls.install(config),
+        None => config,
+    };
     let mut state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)

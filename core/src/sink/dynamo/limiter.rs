@@ -69,11 +69,8 @@ impl Limiter {
         budget_hint: f64,
         fallback: f64,
         url: Option<String>,
+        http: reqwest::Client,
     ) -> Arc<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .build()
-            .unwrap_or_default();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let limiter = Arc::new(Self {
             bucket: Mutex::new(Bucket {
@@ -144,6 +141,7 @@ impl Limiter {
                 let call = self
                     .http
                     .post(format!("{url}/v1/dynamodb/lease"))
+                    .timeout(CALL_TIMEOUT)
                     .json(&req)
                     .send()
                     .await
@@ -282,6 +280,7 @@ impl Limiter {
             let _ = self
                 .http
                 .post(format!("{url}/v1/dynamodb/release"))
+                .timeout(CALL_TIMEOUT)
                 .json(&body)
                 .send()
                 .await;

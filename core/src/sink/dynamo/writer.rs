@@ -311,6 +311,7 @@ async fn write_partition(
     // Without the coordinator, the configured-parallelism formula is the
     // safe choice: it can only under-use the table.
     let fallback = spec.budget_hint / partitions.max(1) as f64;
+    let coordinator = CoordinatorHandle::of(context.session_config());
     let limiter = Limiter::start(
         &spec.table,
         writer,
@@ -318,7 +319,8 @@ async fn write_partition(
         spec.options.share(),
         spec.budget_hint,
         fallback,
-        CoordinatorHandle::of(context.session_config()).url.clone(),
+        coordinator.url.clone(),
+        coordinator.http.clone(),
     )
     .await;
     let mut w = PartitionWriter {

@@ -27,8 +27,8 @@
 //! warning.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
@@ -213,8 +213,8 @@ impl ExecutionPlan for SkewRouteExec {
             key_columns,
             tags: Tags::new(self.spec.partitions),
             url: coordinator.url.clone(),
+            http: coordinator.http.clone(),
             coordinator,
-            http: placement_client()?,
             schema: Arc::clone(&schema),
         };
         let stream =
@@ -228,20 +228,6 @@ impl ExecutionPlan for SkewRouteExec {
             });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
-}
-
-/// One HTTP client per process for placement calls: map tasks share its
-/// connections to the coordinator instead of each opening its own.
-fn placement_client() -> Result<reqwest::Client> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(client) = CLIENT.get() {
-        return Ok(client.clone());
-    }
-    let client = reqwest::Client::builder()
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    Ok(CLIENT.get_or_init(|| client).clone())
 }
 
 /// Warn once per process when placement falls back to `hash`.
@@ -327,6 +313,7 @@ impl Placer {
         let resp: ChunkResponse = async {
             self.http
                 .post(format!("{url}/v1/chunks"))
+                .timeout(CALL_TIMEOUT)
                 .json(&req)
                 .send()
                 .await

@@ -117,7 +117,7 @@ pub(crate) async fn sluice_run(
     partitions: u64,
     out: &Path,
 ) -> Result<f64> {
-    let ctx = client::connect(endpoint, Duration::from_secs(10)).await?;
+    let ctx = client::connect(endpoint, None, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, endpoint, Arc::new(NoProgress))?;
     let vars = HashMap::from([
         ("rows".to_string(), rows.to_string()),

@@ -12,6 +12,7 @@ mod range;
 mod s3_commit;
 mod spark;
 mod stream;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -113,6 +114,21 @@ pub enum Bench {
         #[command(flatten)]
         common: CompareArgs,
     },
+    /// The cost of mutual TLS: range_to_parquet and a DynamoDB write on a
+    /// scheduler and two executor processes, TLS off and on.
+    Tls {
+        /// Rows of the range job.
+        #[arg(long, default_value_t = 20_000_000)]
+        rows: u64,
+        /// Items of the DynamoDB write (0: skip; needs AWS_ENDPOINT_URL_DYNAMODB).
+        #[arg(long, default_value_t = 20_000)]
+        items: u64,
+        /// Rounds of off and on, order alternating; times are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[command(flatten)]
+        common: CompareArgs,
+    },
     /// range_to_parquet to S3: the multipart committer vs rename-based v1 and v2.
     S3Commit {
         /// Rows to write.
@@ -207,6 +223,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     .max(1),
             };
             let report = partitioned_bench(shape, scratch.path(), common.spark()).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Bench::Tls {
+            rows,
+            items,
+            rounds,
+            common,
+        } => {
+            let scratch = common.scratch()?;
+            let report = tls::tls_bench(rows, items, rounds.max(1), scratch.path()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -46,7 +46,7 @@ pub(crate) async fn partitioned_bench(
     }
     let ideal: u64 = per_id.values().map(|n| n.div_ceil(target)).sum();
     let cluster = EmbeddedCluster::start(1, sluice_core::config::default_slots()).await?;
-    let ctx = client::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let ctx = client::connect(&cluster.endpoint, None, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
     // Both engines read the same Parquet input (written once, untimed), so
     // the timed jobs are the same: read, one shuffle, partitioned write.
@@ -192,7 +192,7 @@ async fn skew_on_processes(
     let cluster =
         tokio::task::spawn_blocking(move || sluice_test_support::Cluster::start(n, slots))
             .await??;
-    let ctx = client::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let ctx = client::connect(&cluster.endpoint, None, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?
         .with_coordinator(Some(cluster.coordinator.clone()));
     let out = dir.join("skew-processes");

@@ -23,7 +23,7 @@ pub(crate) async fn s3_commit_bench(
 ) -> Result<Value> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
-    let ctx = client::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let ctx = client::connect(&cluster.endpoint, None, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     // Warm the cluster and the store's connections so the first committer
@@ -361,7 +361,7 @@ pub(crate) async fn ledger_write(
     committer: &str,
 ) -> Result<Value> {
     let cluster = EmbeddedCluster::start(2, sluice_core::config::default_slots()).await?;
-    let ctx = client::connect(&cluster.endpoint, Duration::from_secs(10)).await?;
+    let ctx = client::connect(&cluster.endpoint, None, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?;
     let run = s3_commit_run(&runner, bucket, prefix, committer, rows, partitions).await?;
     Ok(json!({ "files": run.files, "bytes": run.bytes }))

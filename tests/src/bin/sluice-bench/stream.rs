@@ -49,7 +49,7 @@ async fn sluice_stream(
     checkpoint: &Path,
     per_batch: usize,
 ) -> Result<Vec<BatchInfo>> {
-    let ctx = client::connect(endpoint, Duration::from_secs(10)).await?;
+    let ctx = client::connect(endpoint, None, Duration::from_secs(10)).await?;
     let runner = JobRunner::new(ctx, endpoint, Arc::new(NoProgress))?;
     let mut options = StreamOptions::new(&checkpoint.display().to_string(), Trigger::AvailableNow);
     options.files = FileSourceOptions {
@@ -321,7 +321,7 @@ pub(crate) async fn stream_bench(
     let stage = dir.join("stage");
     let input = dir.join("skewed");
     let made = sluice_core::client::JobRunner::new(
-        client::connect(&embedded.endpoint, Duration::from_secs(10)).await?,
+        client::connect(&embedded.endpoint, None, Duration::from_secs(10)).await?,
         &embedded.endpoint,
         Arc::new(NoProgress),
     )?

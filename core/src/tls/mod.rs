@@ -1,0 +1,392 @@
+//! Cluster TLS: mutual TLS with one cluster CA on every port a cluster
+//! serves (scheduler gRPC + REST, coordinator, executor Flight, metrics),
+//! and the matching client side for every caller (the CLI, executors,
+//! Ballista's own clients).
+//!
+//! A peer is trusted when it presents a certificate the cluster CA signed;
+//! there is no other credential, so none can reach a log, a plan or a REST
+//! answer. Certificates and not a token because Ballista's clients take
+//! their settings only through a tonic `Endpoint` hook, which can present a
+//! client certificate but not add a header.
+//!
+//! Without TLS a cluster process serves loopback addresses only, unless the
+//! operator passes `--insecure-no-tls` ([`check_listen`]): closed by default.
+//! [`issue`] makes the files (`sluice certs`).
+
+pub mod issue;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::extension::{EndpointOverrideFn, SessionConfigExt};
+use datafusion::prelude::SessionConfig;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// How long a peer may take over its TLS handshake before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {what} {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path} holds no PEM certificate")]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error("TLS key {path} holds no PEM private key")]
+    NoKey { path: PathBuf },
+    #[error("TLS settings: {0}")]
+    Incomplete(String),
+    #[error("TLS certificate {cert} and key {key} do not make a server identity: {reason}")]
+    Identity {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("TLS client settings: {0}")]
+    Client(String),
+    #[error(
+        "refusing to serve {what} on {addr} without TLS: give --tls-ca, --tls-cert and --tls-key \
+         (README, \"Run on EC2\"), bind a loopback address, or pass --insecure-no-tls on a \
+         network you trust"
+    )]
+    OpenPort { what: String, addr: SocketAddr },
+    #[error("issuing a certificate: {0}")]
+    Issue(String),
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The TLS flags every cluster process shares (and `SLUICE_TLS_*`
+/// variables or config-file keys through the layered config).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// The cluster CA certificate(s), PEM (several during a CA rotation):
+    /// peers must present a certificate one of them signed.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// This process's certificate, PEM, signed by the cluster CA; its names
+    /// must include the host peers dial (e.g. --external-host).
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS on a non-loopback address (a network you trust;
+    /// anyone who reaches a port can run SQL as the cluster).
+    #[arg(long)]
+    pub insecure_no_tls: bool,
+}
+
+impl TlsArgs {
+    /// The files loaded, or `None` when no TLS flag is set.
+    pub fn load(&self) -> Result<Option<ClusterTls>, TlsError> {
+        ClusterTls::load_some(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
+    }
+}
+
+struct Pems {
+    ca: String,
+    cert: String,
+    key: String,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+/// A process's cluster TLS: the CA it trusts and the identity it presents,
+/// as a server and as a client. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterTls {
+    pems: Arc<Pems>,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    // Paths only: the key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTls")
+            .field("cert", &self.pems.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn certificates(
+    what: &'static str,
+    path: &Path,
+    pem: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl ClusterTls {
+    /// Loads all three files, none (no TLS), or fails naming what is missing.
+    pub fn load_some(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Option<Self>, TlsError> {
+        match (ca, cert, key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Self::load(ca, cert, key).map(Some),
+            _ => Err(TlsError::Incomplete(
+                "--tls-ca, --tls-cert and --tls-key go together (all three or none)".to_string(),
+            )),
+        }
+    }
+
+    /// Reads and checks the CA bundle, certificate and key.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let pems = Pems {
+            ca: read("TLS CA", ca)?,
+            cert: read("TLS certificate", cert)?,
+            key: read("TLS key", key)?,
+            cert_path: cert.to_path_buf(),
+            key_path: key.to_path_buf(),
+        };
+        certificates("TLS CA", ca, &pems.ca)?;
+        let tls = Self {
+            pems: Arc::new(pems),
+        };
+        // Fails now, naming the files, rather than at the first connection.
+        tls.server_config()?;
+        Ok(tls)
+    }
+
+    fn identity(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let p = &self.pems;
+        let certs = certificates("TLS certificate", &p.cert_path, &p.cert)?;
+        let key = PrivateKeyDer::from_pem_slice(p.key.as_bytes()).map_err(|_| TlsError::NoKey {
+            path: p.key_path.clone(),
+        })?;
+        Ok((certs, key))
+    }
+
+    /// A rustls server config that requires a client certificate signed by
+    /// the cluster CA, speaking HTTP/2 (gRPC) and HTTP/1.1 (REST).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let p = &self.pems;
+        let identity_error = |reason: String| TlsError::Identity {
+            cert: p.cert_path.clone(),
+            key: p.key_path.clone(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        for ca in certificates("TLS CA", &p.cert_path, &p.ca)? {
+            roots
+                .add(ca)
+                .map_err(|e| identity_error(format!("CA certificate: {e}")))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ring())
+            .build()
+            .map_err(|e| identity_error(e.to_string()))?;
+        let (certs, key) = self.identity()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| identity_error(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| identity_error(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// tonic's client side: trust the cluster CA, present this identity.
+    pub fn tonic_client(&self) -> tonic::transport::ClientTlsConfig {
+        let p = &self.pems;
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&p.ca))
+            .identity(tonic::transport::Identity::from_pem(&p.cert, &p.key))
+    }
+
+    /// tonic's server side: this identity, clients must present a
+    /// certificate the cluster CA signed.
+    pub fn tonic_server(&self) -> tonic::transport::ServerTlsConfig {
+        let p = &self.pems;
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&p.cert, &p.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&p.ca))
+            .timeout(HANDSHAKE_TIMEOUT)
+    }
+
+    /// The hook Ballista applies to every gRPC endpoint it dials (scheduler,
+    /// executors' Flight): TLS with this identity. Ballista dials the
+    /// scheduler as `http://` even with TLS on, so such an endpoint is
+    /// rebuilt as `https://` (tonic encrypts only `https` URIs).
+    pub fn endpoint_override(&self) -> EndpointOverrideFn {
+        let tls = self.tonic_client();
+        Arc::new(move |endpoint: tonic::transport::Endpoint| {
+            let endpoint = if endpoint.uri().scheme_str() == Some("http") {
+                let uri = endpoint
+                    .uri()
+                    .to_string()
+                    .replacen("http://", "https://", 1);
+                let config = ballista_core::utils::GrpcClientConfig::default();
+                ballista_core::utils::create_grpc_client_endpoint(uri, Some(&config))?
+            } else {
+                endpoint
+            };
+            Ok(endpoint.tls_config(tls.clone())?)
+        })
+    }
+
+    /// Puts this TLS on a session: Ballista's clients (scheduler, shuffle
+    /// and result fetches) dial with it, and sluice's operators find it for
+    /// their coordinator calls.
+    pub fn install(&self, config: SessionConfig) -> SessionConfig {
+        config
+            .with_ballista_use_tls(true)
+            .with_ballista_override_create_grpc_client_endpoint(self.endpoint_override())
+            .with_extension(Arc::new(self.clone()))
+    }
+
+    /// The TLS a session carries, if any.
+    pub fn of(config: &SessionConfig) -> Option<Arc<Self>> {
+        config.get_extension::<Self>()
+    }
+}
+
+/// `https` with cluster TLS, `http` without.
+pub fn http_scheme(tls: Option<&ClusterTls>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
+}
+
+/// The one way sluice builds an HTTP client for a cluster port: with TLS,
+/// it trusts only the cluster CA, presents this process's certificate and
+/// refuses plain `http://`.
+pub fn http_client(
+    tls: Option<&ClusterTls>,
+    timeout: Duration,
+) -> Result<reqwest::Client, TlsError> {
+    let builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)));
+    let builder = match tls {
+        None => builder,
+        Some(tls) => {
+            let p = &tls.pems;
+            let bad = |e: reqwest::Error| TlsError::Client(e.to_string());
+            let mut builder = builder
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .https_only(true)
+                .identity(
+                    reqwest::Identity::from_pem(format!("{}\n{}", p.cert, p.key).as_bytes())
+                        .map_err(bad)?,
+                );
+            for ca in reqwest::Certificate::from_pem_bundle(p.ca.as_bytes()).map_err(bad)? {
+                builder = builder.add_root_certificate(ca);
+            }
+            builder
+        }
+    };
+    builder.build().map_err(|e| TlsError::Client(e.to_string()))
+}
+
+/// Closed by default: without TLS a cluster port serves loopback only,
+/// unless the operator said the network is trusted.
+pub fn check_listen(
+    what: &str,
+    addr: SocketAddr,
+    tls: Option<&ClusterTls>,
+    insecure: bool,
+) -> Result<(), TlsError> {
+    if tls.is_none() && !insecure && !addr.ip().is_loopback() {
+        return Err(TlsError::OpenPort {
+            what: what.to_string(),
+            addr,
+        });
+    }
+    Ok(())
+}
+
+/// Serves `router` on `listener`, over mutual TLS when `tls` is set
+/// (a handshake must finish within 10 s). Handlers see the peer's address
+/// as `ConnectInfo<SocketAddr>`, as under `axum::serve`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<&ClusterTls>,
+) -> std::io::Result<()> {
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    let Some(tls) = tls else {
+        return axum::serve(listener, app).await;
+    };
+    let config = tls
+        .server_config()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let listener = listener.into_std()?;
+    listener.set_nonblocking(true)?;
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
+        axum_server::tls_rustls::RustlsConfig::from_config(config),
+    )
+    .handshake_timeout(HANDSHAKE_TIMEOUT);
+    axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
+        .serve(app)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_without_tls_is_loopback_only_unless_told() {
+        let open: SocketAddr = "0.0.0.0:50050".parse().unwrap_or(([0, 0, 0, 0], 1).into());
+        let lo: SocketAddr = ([127, 0, 0, 1], 50050).into();
+        let err = check_listen("the scheduler", open, None, false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("refusing to serve the scheduler on 0.0.0.0:50050 without TLS"));
+        assert!(check_listen("the scheduler", lo, None, false).is_ok());
+        assert!(check_listen("the scheduler", open, None, true).is_ok());
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let args = TlsArgs {
+            tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let err = args.load().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("all three or none"), "{err}");
+        assert!(TlsArgs::default().load().ok().flatten().is_none());
+    }
+}
