@@ -120,6 +120,9 @@ pub enum Bench {
         /// Rows of the range job.
         #[arg(long, default_value_t = 20_000_000)]
         rows: u64,
+        /// Rows of the skewed partitioned write (a full shuffle).
+        #[arg(long, default_value_t = 10_000_000)]
+        skewed_rows: u64,
         /// Items of the DynamoDB write (0: skip; needs AWS_ENDPOINT_URL_DYNAMODB).
         #[arg(long, default_value_t = 20_000)]
         items: u64,
@@ -228,12 +231,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         Bench::Tls {
             rows,
+            skewed_rows,
             items,
             rounds,
             common,
         } => {
             let scratch = common.scratch()?;
-            let report = tls::tls_bench(rows, items, rounds.max(1), scratch.path()).await?;
+            let report =
+                tls::tls_bench(rows, skewed_rows, items, rounds.max(1), scratch.path()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
