@@ -228,10 +228,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let tables = sluice_core::coordinator::fetch_lease_status(&handle, timeout)
                 .await
                 .map_err(|e| {
-                    anyhow::anyhow!(
-                        "DynamoDB coordinator at {url}: {}",
-                        sluice_core::error::render(&e)
-                    )
+                    let reason = sluice_core::error::render(&e);
+                    let hint = sluice_core::tls::mismatch_hint(tls, &reason)
+                        .map(|h| format!("; {h}"))
+                        .unwrap_or_default();
+                    anyhow::anyhow!("DynamoDB coordinator at {url}: {reason}{hint}")
                 })?;
             display::print_limiter(&tables, output);
             Ok(())

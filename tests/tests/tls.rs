@@ -91,7 +91,8 @@ fn a_tls_cluster_runs_jobs_and_refuses_every_port_to_clients_without_its_certifi
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains(&format!("scheduler at {} is unreachable", cluster.endpoint)),
+        err.contains(&format!("scheduler at {} is unreachable", cluster.endpoint))
+            && err.contains("the port speaks TLS: give --tls-ca, --tls-cert and --tls-key"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -64,7 +64,13 @@ pub async fn wait_for_scheduler(
         let reason = match attempt {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) => format!("HTTP {} from {url}", r.status()),
-            Err(e) => format!("{} ({url})", crate::error::render(&e)),
+            Err(e) => {
+                let reason = crate::error::render(&e);
+                match crate::tls::mismatch_hint(tls, &reason) {
+                    Some(hint) => format!("{reason}; {hint}"),
+                    None => reason,
+                }
+            }
         };
         if Instant::now() >= deadline {
             return Err(SluiceError::Unreachable {

@@ -318,6 +318,23 @@ pub fn http_client(
     builder.build().map_err(|e| TlsError::Client(e.to_string()))
 }
 
+/// What a failed call to a cluster port most likely means when the two
+/// sides disagree about TLS, for the end of its error message.
+pub fn mismatch_hint(tls: Option<&ClusterTls>, error: &str) -> Option<&'static str> {
+    match tls {
+        None if error.contains("invalid HTTP version") => Some(
+            "the port speaks TLS: give --tls-ca, --tls-cert and --tls-key (README, \"Running a cluster\")",
+        ),
+        Some(_) if error.contains("fatal alert") => {
+            Some("the server refused this client's certificate: is it signed by the cluster's CA?")
+        }
+        Some(_) if error.contains("InvalidContentType") || error.contains("corrupt message") => {
+            Some("the port does not speak TLS: drop --tls-* for a cluster without TLS")
+        }
+        _ => None,
+    }
+}
+
 /// Closed by default: without TLS a cluster port serves loopback only,
 /// unless the operator said the network is trusted.
 pub fn check_listen(
@@ -377,6 +394,13 @@ mod tests {
         assert!(err.contains("refusing to serve the scheduler on 0.0.0.0:50050 without TLS"));
         assert!(check_listen("the scheduler", lo, None, false).is_ok());
         assert!(check_listen("the scheduler", open, None, true).is_ok());
+    }
+
+    #[test]
+    fn a_tls_mismatch_is_explained() {
+        let plain = "client error (SendRequest): invalid HTTP version parsed";
+        assert!(mismatch_hint(None, plain).is_some_and(|h| h.contains("--tls-ca")));
+        assert!(mismatch_hint(None, "Connection refused (os error 111)").is_none());
     }
 
     #[test]
