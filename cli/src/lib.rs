@@ -46,7 +46,7 @@ pub fn finish_main(
 ) -> std::process::ExitCode {
     let filter = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).unwrap_or(log);
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(sluice_core::error::redacting_stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let runtime = match runtime() {

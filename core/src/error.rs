@@ -290,6 +290,28 @@ pub fn redact(text: &str) -> String {
     }
 }
 
+/// A log writer that redacts what [`redact`] matches from every line before
+/// it reaches `W`: a logged error (sluice's, Ballista's, the AWS SDK's) may
+/// quote a signed request. The log formatter writes each event in one call.
+pub struct Redacting<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Standard error through [`Redacting`], as the binaries log.
+pub fn redacting_stderr() -> Redacting<std::io::Stderr> {
+    Redacting(std::io::stderr())
+}
+
 /// An error and its causes as one line, each cause once: a level whose
 /// text an outer level already shows (DataFusion's wrappers repeat their
 /// cause in their own message and again as `source`) is left out, and the
@@ -311,6 +333,17 @@ pub fn render(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use std::error::Error;
+
+    #[test]
+    fn log_lines_are_redacted_on_their_way_out() {
+        use std::io::Write;
+        let mut out = Redacting(Vec::new());
+        let line = "WARN put failed: <StringToSign>AWS4-HMAC-SHA256 secret-bits</StringToSign>\n";
+        assert_eq!(out.write(line.as_bytes()).ok(), Some(line.len()));
+        let written = String::from_utf8_lossy(&out.0).to_string();
+        assert!(!written.contains("secret-bits"), "{written}");
+        assert!(written.starts_with("WARN put failed"), "{written}");
+    }
 
     #[test]
     fn aws_error_bodies_lose_signed_requests_tokens_and_key_ids() {

@@ -108,7 +108,7 @@ async fn run() -> anyhow::Result<()> {
         std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(config.special_mod_log_level.clone());
     // Logs on stderr, as the CLI's: stdout stays free for output.
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(sluice_core::error::redacting_stderr)
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))
         .init();

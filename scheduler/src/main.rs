@@ -83,7 +83,7 @@ async fn run(
     let filter = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or(opt.log_level_setting.clone());
     // Logs on stderr, as the CLI's: stdout stays free for output.
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(sluice_core::error::redacting_stderr)
         .with_ansi(false)
         .with_env_filter(EnvFilter::new(filter))
         .init();
