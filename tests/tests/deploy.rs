@@ -187,6 +187,35 @@ fn the_dashboard_and_iam_policy_are_sound() {
     );
 }
 
+/// The executor's user data is valid shell and installs the TLS files the
+/// executor's config reads, under the names it reads them by.
+#[test]
+fn the_user_data_installs_the_tls_files_the_executor_reads() {
+    let script = workspace_root().join("deploy/ec2-user-data.sh");
+    let o = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&script).unwrap();
+    let config =
+        std::fs::read_to_string(workspace_root().join("deploy/config/executor.toml")).unwrap();
+    for key in ["tls-ca", "tls-cert", "tls-key"] {
+        let path = config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("executor.toml sets no {key}"))
+            .trim_matches('"');
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("aws s3 cp") && l.contains(&format!(" {path} "))),
+            "the user data does not install {path}"
+        );
+    }
+    assert!(text.contains("chmod 0600 /etc/sluice/tls/node.key"));
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -115,6 +115,80 @@ pub fn issue(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// A full handshake in memory: a client presenting `client`'s files
+    /// dials `name`, served with `server`'s; `Ok` when both sides finish.
+    fn handshake(dir: &Path, server: &str, client: &str, name: &str) -> TestResult {
+        let file = |n: &str, ext: &str| dir.join(format!("{n}.{ext}"));
+        let tls = crate::tls::ClusterTls::load(
+            &dir.join(CA_CERT),
+            &file(server, "pem"),
+            &file(server, "key"),
+        )?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(dir.join(CA_CERT))? {
+            roots.add(ca?)?;
+        }
+        let certs =
+            CertificateDer::pem_file_iter(file(client, "pem"))?.collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(file(client, "key"))?;
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+        let mut c = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            ServerName::try_from(name.to_string())?,
+        )?;
+        let mut s = rustls::ServerConnection::new(tls.server_config()?)?;
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            c.write_tls(&mut bytes)?;
+            s.read_tls(&mut bytes.as_slice())?;
+            s.process_new_packets()?;
+            let mut bytes = Vec::new();
+            s.write_tls(&mut bytes)?;
+            c.read_tls(&mut bytes.as_slice())?;
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err("the handshake did not finish".into())
+    }
+
+    /// The fleet's one executor certificate (deploy/ec2-user-data.sh): a
+    /// wildcard over the private DNS names verifies for any executor's name
+    /// and for no other.
+    #[test]
+    fn one_wildcard_certificate_serves_every_executor_name() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        init_ca(dir.path(), "test CA", 30)?;
+        issue(
+            dir.path(),
+            "executor",
+            &["*.ec2.internal".into()],
+            30,
+            dir.path(),
+        )?;
+        issue(dir.path(), "client", &["ops".into()], 30, dir.path())?;
+        handshake(
+            dir.path(),
+            "executor",
+            "client",
+            "ip-10-0-2-21.ec2.internal",
+        )?;
+        handshake(dir.path(), "executor", "client", "ip-10-0-3-7.ec2.internal")?;
+        let wrong = handshake(dir.path(), "executor", "client", "scheduler.internal");
+        assert!(wrong.is_err());
+        Ok(())
+    }
 
     #[test]
     fn issued_files_load_as_a_cluster_identity() -> Result<(), Box<dyn std::error::Error>> {
