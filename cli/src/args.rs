@@ -134,7 +134,7 @@ pub enum CertsCommand {
         /// The CA's common name.
         #[arg(long, default_value = "sluice cluster CA")]
         name: String,
-        #[arg(long, default_value_t = 3650)]
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
     /// A certificate NAME signed by the CA in DIR, for the hosts peers dial
@@ -146,11 +146,11 @@ pub enum CertsCommand {
         /// A DNS name or IP address of this process; repeatable.
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
-        /// Where the files go (default: DIR).
-        #[arg(long)]
-        out: Option<PathBuf>,
+        /// Where the files go (not DIR: the CA key stays off the hosts).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
     },
 }
 

@@ -125,13 +125,26 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         sluice_core::metrics::serve_from_env().await?;
     }
     let timeout = Duration::from_secs(config.connect_timeout_secs);
-    // Only a remote cluster is dialled with TLS; the embedded one is this
-    // process on loopback.
-    let tls = ClusterTls::load_some(
-        config.tls_ca.as_deref(),
-        config.tls_cert.as_deref(),
-        config.tls_key.as_deref(),
-    )?;
+    // Only a remote cluster is dialled with TLS (the embedded one is this
+    // process on loopback), so only commands that dial one load it.
+    let remote_command = remote
+        || matches!(
+            cli.command,
+            Command::Submit { .. }
+                | Command::Jobs { .. }
+                | Command::Status { .. }
+                | Command::Cancel { .. }
+                | Command::Limiter { .. }
+        );
+    let tls = if remote_command {
+        ClusterTls::load_some(
+            config.tls_ca.as_deref(),
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+        )?
+    } else {
+        None
+    };
     let tls = tls.as_ref();
     match cli.command {
         Command::Run {
@@ -330,7 +343,6 @@ fn certs(command: crate::args::CertsCommand) -> Result<()> {
             days,
             out,
         } => {
-            let out = out.unwrap_or_else(|| dir.clone());
             let (cert, key) = issue::issue(&dir, &name, &hosts, days, &out)?;
             println!("certificate: {}", cert.display());
             println!("key: {}", key.display());

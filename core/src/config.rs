@@ -16,8 +16,9 @@ use crate::error::SluiceError;
 pub struct SluiceConfig {
     /// Scheduler `host:port` for `submit`, `jobs`, `status`, `cancel`.
     pub scheduler: String,
-    /// The cluster's coordinator, `http://host:port` (default: the
-    /// scheduler's host, port 50090), for `submit` and `limiter`.
+    /// The cluster's coordinator, `host:port` or a URL (default: the
+    /// scheduler's host, port 50090; https with TLS), for `submit` and
+    /// `limiter`.
     pub coordinator: Option<String>,
     /// Executors the embedded cluster of `sluice run` starts. One by default:
     /// Ballista reads a shuffle section held by another executor whole into

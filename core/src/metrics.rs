@@ -79,7 +79,13 @@ pub async fn serve_from_env() -> Result<Option<SocketAddr>, SluiceError> {
     let Some(addr) = addr_from_env()? else {
         return Ok(None);
     };
-    crate::tls::check_listen("metrics (SLUICE_METRICS_ADDR)", addr, None, false)?;
+    if !addr.ip().is_loopback() {
+        return Err(SluiceError::Config(format!(
+            "{METRICS_ADDR_ENV}={addr}: `sluice` serves metrics on loopback only (e.g. \
+             127.0.0.1:{})",
+            addr.port()
+        )));
+    }
     serve(addr, None).await?;
     Ok(Some(addr))
 }

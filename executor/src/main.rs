@@ -19,8 +19,8 @@ struct Cli {
     /// TOML file of settings, keys named like the long flags (e.g. `scheduler-port = 50050`).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The DynamoDB write coordinator (`http://host:port`); by default the
-    /// scheduler's host, port 50090.
+    /// The cluster's coordinator (`host:port`; https with --tls-*); by
+    /// default the scheduler's host, port 50090.
     #[arg(long)]
     coordinator_url: Option<String>,
     /// Absolute directories SQL may read and write on this machine,

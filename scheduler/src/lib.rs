@@ -57,7 +57,8 @@ type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 
 /// Everything the scheduler serves on its one port, as Ballista's
 /// `start_grpc_service_with_listener` assembles it: the gRPC API, the Flight
-/// proxy when enabled, the REST API and a liveness probe.
+/// proxy when enabled, the REST API unless disabled (`sluice` needs it) and
+/// a liveness probe (`/healthz`; Ballista's `/readyz` is crate-private).
 fn routes(scheduler: Scheduler, config: &SchedulerConfig) -> axum::Router {
     let max_decoding = config.grpc_server_max_decoding_message_size as usize;
     let max_encoding = config.grpc_server_max_encoding_message_size as usize;
@@ -81,9 +82,12 @@ fn routes(scheduler: Scheduler, config: &SchedulerConfig) -> axum::Router {
         );
     }
     let health = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    ballista_scheduler::api::get_routes(Arc::new(scheduler))
-        .merge(grpc.routes().into_axum_router())
-        .merge(health)
+    let routes = grpc.routes().into_axum_router().merge(health);
+    if config.disable_rest_api {
+        routes
+    } else {
+        ballista_scheduler::api::get_routes(Arc::new(scheduler)).merge(routes)
+    }
 }
 
 /// Starts a scheduler of `config` and serves gRPC and REST on `listener`

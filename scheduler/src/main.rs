@@ -103,6 +103,16 @@ async fn run(
     let (handle, _) = sluice_core::coordinator::Coordinator::spawn(coordinator, tls.clone())
         .await
         .with_context(|| format!("starting the coordinator on {coordinator}"))?;
+    if matches!(
+        opt.scheduler_policy,
+        ballista_core::config::TaskSchedulingPolicy::PushStaged
+    ) && (tls.is_some() || !addr.ip().is_loopback())
+    {
+        anyhow::bail!(
+            "--scheduler-policy push-staged needs an executor gRPC port sluice cannot put \
+             behind TLS; use pull-staged (sluice's default) on a network"
+        );
+    }
     let config: SchedulerConfig = opt.try_into().context("scheduler settings")?;
     let config = sluice_scheduler::with_sluice(config, handle, access, tls.as_ref());
     let listener = tokio::net::TcpListener::bind(addr)

@@ -54,14 +54,17 @@ pub struct CoordinatorHandle {
 }
 
 impl CoordinatorHandle {
-    /// A coordinator reached over HTTP(S): `url` without a scheme gets
-    /// `https://` with cluster TLS, `http://` without.
+    /// A coordinator reached over HTTP(S): with cluster TLS always
+    /// `https://`; without, `url`'s scheme or `http://`.
     pub fn remote(url: &str, tls: Option<&ClusterTls>) -> Result<Self, TlsError> {
+        // With TLS every coordinator speaks https: an `http://` URL from an
+        // older config would otherwise fail every call and quietly leave
+        // the writers on their fallback rate.
         let url = url.trim_end_matches('/');
-        let url = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("{}://{url}", crate::tls::http_scheme(tls))
+        let bare = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let url = match (tls, url.contains("://")) {
+            (None, true) => url.to_string(),
+            _ => format!("{}://{bare}", crate::tls::http_scheme(tls)),
         };
         Ok(Self {
             url: Some(url),

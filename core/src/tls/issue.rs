@@ -25,25 +25,50 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
         path: path.to_path_buf(),
         source,
     };
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(failed)?;
     }
-    std::fs::write(path, contents).map_err(failed)?;
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
-    }
-    Ok(())
+    // A key is never readable by others, not even between create and chmod.
+    let mode = if private { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(failed)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(failed)?;
+    file.write_all(contents.as_bytes()).map_err(failed)
 }
 
-/// Valid from yesterday (clock skew between hosts) for `days`.
-fn validity(params: &mut CertificateParams, days: u32) {
-    let from = Utc::now() - chrono::Days::new(1);
-    let to = Utc::now() + chrono::Days::new(u64::from(days));
+/// The validity a certificate may ask for, in days.
+pub const DAYS: std::ops::RangeInclusive<u32> = 1..=36_500;
+
+/// Valid from yesterday (clock skew between hosts) until `days` from now
+/// (the day after, since dates are cut to midnight).
+fn validity(params: &mut CertificateParams, days: u32) -> Result<(), TlsError> {
+    if !DAYS.contains(&days) {
+        return Err(TlsError::Issue(format!(
+            "--days {days}: a certificate is valid for {} to {} days",
+            DAYS.start(),
+            DAYS.end()
+        )));
+    }
+    let now = Utc::now();
+    let (Some(from), Some(to)) = (
+        now.checked_sub_days(chrono::Days::new(1)),
+        now.checked_add_days(chrono::Days::new(u64::from(days) + 1)),
+    ) else {
+        return Err(TlsError::Issue(format!("--days {days}: out of range")));
+    };
     let ymd =
         |d: chrono::DateTime<Utc>| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
     params.not_before = ymd(from);
     params.not_after = ymd(to);
+    Ok(())
 }
 
 /// A new cluster CA in `dir` (`ca.pem`, `ca.key`), valid `days`. Refuses to
@@ -64,7 +89,7 @@ pub fn init_ca(dir: &Path, name: &str, days: u32) -> Result<PathBuf, TlsError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params, days);
+    validity(&mut params, days)?;
     let key = KeyPair::generate().map_err(bad)?;
     let cert = params.self_signed(&key).map_err(bad)?;
     write(&dir.join(CA_KEY), &key.serialize_pem(), true)?;
@@ -74,7 +99,9 @@ pub fn init_ca(dir: &Path, name: &str, days: u32) -> Result<PathBuf, TlsError> {
 
 /// A certificate for `name`, signed by the CA in `ca_dir`, for the DNS names
 /// and IP addresses in `hosts` (what peers dial), usable to serve and to
-/// connect. Writes `out/<name>.pem` and `out/<name>.key`.
+/// connect. Writes `out/<name>.pem` and `out/<name>.key`; `out` may not be
+/// the CA's directory, so the files that go to hosts never sit beside the
+/// CA key.
 pub fn issue(
     ca_dir: &Path,
     name: &str,
@@ -91,6 +118,16 @@ pub fn issue(
             "certificate name '{name}' must be letters, digits, '-', '_' or '.'"
         )));
     }
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(ca_dir, out) {
+        return Err(TlsError::Issue(format!(
+            "--out {}: certificates go outside the CA's directory, so the CA key stays off the hosts",
+            out.display()
+        )));
+    }
     let ca_pem = super::read("TLS CA", &ca_dir.join(CA_CERT))?;
     let ca_key =
         KeyPair::from_pem(&super::read("TLS CA key", &ca_dir.join(CA_KEY))?).map_err(bad)?;
@@ -102,7 +139,7 @@ pub fn issue(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    validity(&mut params, days);
+    validity(&mut params, days)?;
     let key = KeyPair::generate().map_err(bad)?;
     let cert = params.signed_by(&key, &issuer).map_err(bad)?;
     let cert_path = out.join(format!("{name}.pem"));
@@ -125,12 +162,12 @@ mod tests {
     fn handshake(dir: &Path, server: &str, client: &str, name: &str) -> TestResult {
         let file = |n: &str, ext: &str| dir.join(format!("{n}.{ext}"));
         let tls = crate::tls::ClusterTls::load(
-            &dir.join(CA_CERT),
+            &dir.join("ca").join(CA_CERT),
             &file(server, "pem"),
             &file(server, "key"),
         )?;
         let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(dir.join(CA_CERT))? {
+        for ca in CertificateDer::pem_file_iter(dir.join("ca").join(CA_CERT))? {
             roots.add(ca?)?;
         }
         let certs =
@@ -169,15 +206,10 @@ mod tests {
     #[test]
     fn one_wildcard_certificate_serves_every_executor_name() -> TestResult {
         let dir = tempfile::tempdir()?;
-        init_ca(dir.path(), "test CA", 30)?;
-        issue(
-            dir.path(),
-            "executor",
-            &["*.ec2.internal".into()],
-            30,
-            dir.path(),
-        )?;
-        issue(dir.path(), "client", &["ops".into()], 30, dir.path())?;
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "test CA", 30)?;
+        issue(&ca, "executor", &["*.ec2.internal".into()], 30, dir.path())?;
+        issue(&ca, "client", &["ops".into()], 30, dir.path())?;
         handshake(
             dir.path(),
             "executor",
@@ -193,20 +225,36 @@ mod tests {
     #[test]
     fn issued_files_load_as_a_cluster_identity() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let ca = init_ca(dir.path(), "test CA", 30)?;
+        let ca_dir = dir.path().join("ca");
+        let ca = init_ca(&ca_dir, "test CA", 30)?;
         let (cert, key) = issue(
-            dir.path(),
+            &ca_dir,
             "node-1",
             &["localhost".into(), "127.0.0.1".into()],
             30,
             dir.path(),
         )?;
-        crate::tls::ClusterTls::load(&ca, &cert, &key)?;
-        let again = init_ca(dir.path(), "test CA", 30)
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+        let beside = issue(&ca_dir, "n", &[], 30, &ca_dir)
             .err()
             .map(|e| e.to_string());
+        assert!(
+            beside
+                .unwrap_or_default()
+                .contains("outside the CA's directory")
+        );
+        let long = issue(&ca_dir, "n", &[], 3_000_000, dir.path())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            long.unwrap_or_default()
+                .contains("valid for 1 to 36500 days")
+        );
+        crate::tls::ClusterTls::load(&ca, &cert, &key)?;
+        let again = init_ca(&ca_dir, "test CA", 30).err().map(|e| e.to_string());
         assert!(again.unwrap_or_default().contains("exists"));
-        let bad = issue(dir.path(), "../x", &[], 30, dir.path()).err();
+        let bad = issue(&ca_dir, "../x", &[], 30, dir.path()).err();
         assert!(
             bad.map(|e| e.to_string())
                 .unwrap_or_default()

@@ -41,6 +41,12 @@ pub enum TlsError {
     },
     #[error("{what} {path} holds no PEM certificate")]
     NoCertificate { what: &'static str, path: PathBuf },
+    #[error("{what} {path}: a PEM block does not parse: {reason}")]
+    BadPem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("TLS key {path} holds no PEM private key")]
     NoKey { path: PathBuf },
     #[error("TLS settings: {0}")]
@@ -55,8 +61,8 @@ pub enum TlsError {
     Client(String),
     #[error(
         "refusing to serve {what} on {addr} without TLS: give --tls-ca, --tls-cert and --tls-key \
-         (README, \"Run on EC2\"), bind a loopback address, or pass --insecure-no-tls on a \
-         network you trust"
+         (README, \"Running a cluster\"), bind a loopback address, or pass --insecure-no-tls \
+         on a network you trust"
     )]
     OpenPort { what: String, addr: SocketAddr },
     #[error("issuing a certificate: {0}")]
@@ -103,6 +109,7 @@ impl TlsArgs {
 
 struct Pems {
     ca: String,
+    ca_path: PathBuf,
     cert: String,
     key: String,
     cert_path: PathBuf,
@@ -138,9 +145,15 @@ fn certificates(
     path: &Path,
     pem: &str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
+    // A damaged block is an error, not skipped: a CA bundle mid-rotation
+    // that silently lost a CA would refuse half the fleet.
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadPem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             what,
@@ -174,6 +187,7 @@ impl ClusterTls {
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let pems = Pems {
             ca: read("TLS CA", ca)?,
+            ca_path: ca.to_path_buf(),
             cert: read("TLS certificate", cert)?,
             key: read("TLS key", key)?,
             cert_path: cert.to_path_buf(),
@@ -207,7 +221,7 @@ impl ClusterTls {
             reason,
         };
         let mut roots = RootCertStore::empty();
-        for ca in certificates("TLS CA", &p.cert_path, &p.ca)? {
+        for ca in certificates("TLS CA", &p.ca_path, &p.ca)? {
             roots
                 .add(ca)
                 .map_err(|e| identity_error(format!("CA certificate: {e}")))?;
