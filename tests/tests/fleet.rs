@@ -213,6 +213,22 @@ fn a_tls_fleet_in_namespaces_finishes_a_job_to_s3_and_dynamodb_with_an_executor_
     assert_eq!(listed_rows, rows);
     assert!(s3.open_uploads(&bucket, "range/").unwrap().is_empty());
     assert_eq!(common::dynamo_count(&table).unwrap(), items);
+    // The writers paced themselves through the coordinator, over TLS: their
+    // leases made it list the table (a writer that cannot reach it falls
+    // back to a local rate, and the write would succeed all the same).
+    let tables = get_json_tls(
+        &format!("https://{sched}:50090/v1/dynamodb/tables"),
+        Some(&client),
+    )
+    .unwrap();
+    assert!(
+        tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["table"] == table.as_str()),
+        "{tables}"
+    );
     // The scheduler saw executor 1 go.
     let deadline = Instant::now() + Duration::from_secs(30);
     while api("/api/executors")
