@@ -81,7 +81,8 @@ pub fn with_sluice(
     tls: Option<&ClusterTls>,
 ) -> ballista_core::error::Result<ExecutorProcessConfig> {
     if let Some(tls) = tls {
-        config.override_create_grpc_client_endpoint = Some(tls.endpoint_override());
+        config.override_create_grpc_client_endpoint =
+            Some(tls.endpoint_override(&session::session_config()));
         config.override_arrow_flight_service = Some(tls_flight(
             tls.clone(),
             config.grpc_max_encoding_message_size as usize,

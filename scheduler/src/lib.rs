@@ -46,7 +46,9 @@ pub fn with_sluice(
     if let Some(tls) = tls {
         config = config
             .with_use_tls(true)
-            .with_override_create_grpc_client_endpoint(tls.endpoint_override());
+            .with_override_create_grpc_client_endpoint(
+                tls.endpoint_override(&session::session_config()),
+            );
     }
     config.override_logical_codec = Some(Arc::new(SluiceLogicalCodec::default()));
     config.override_physical_codec = Some(Arc::new(SluicePhysicalCodec::default()));

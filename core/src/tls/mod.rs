@@ -261,17 +261,18 @@ impl ClusterTls {
     /// The hook Ballista applies to every gRPC endpoint it dials (scheduler,
     /// executors' Flight): TLS with this identity. Ballista dials the
     /// scheduler as `http://` even with TLS on, so such an endpoint is
-    /// rebuilt as `https://` (tonic encrypts only `https` URIs).
-    pub fn endpoint_override(&self) -> EndpointOverrideFn {
+    /// rebuilt as `https://` (tonic encrypts only `https` URIs), with the
+    /// timeouts and windows of `config` (the process's Ballista settings).
+    pub fn endpoint_override(&self, config: &SessionConfig) -> EndpointOverrideFn {
         let tls = self.tonic_client();
+        let grpc = ballista_core::utils::GrpcClientConfig::from(&config.ballista_config());
         Arc::new(move |endpoint: tonic::transport::Endpoint| {
             let endpoint = if endpoint.uri().scheme_str() == Some("http") {
                 let uri = endpoint
                     .uri()
                     .to_string()
                     .replacen("http://", "https://", 1);
-                let config = ballista_core::utils::GrpcClientConfig::default();
-                ballista_core::utils::create_grpc_client_endpoint(uri, Some(&config))?
+                ballista_core::utils::create_grpc_client_endpoint(uri, Some(&grpc))?
             } else {
                 endpoint
             };
@@ -283,9 +284,10 @@ impl ClusterTls {
     /// and result fetches) dial with it, and sluice's operators find it for
     /// their coordinator calls.
     pub fn install(&self, config: SessionConfig) -> SessionConfig {
+        let hook = self.endpoint_override(&config);
         config
             .with_ballista_use_tls(true)
-            .with_ballista_override_create_grpc_client_endpoint(self.endpoint_override())
+            .with_ballista_override_create_grpc_client_endpoint(hook)
             .with_extension(Arc::new(self.clone()))
     }
 
