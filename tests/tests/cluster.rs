@@ -315,17 +315,7 @@ fn killing_an_executor_mid_skew_write_loses_and_duplicates_nothing() {
     let dir = out.path().join("events");
     let (rows, seed, target) = (3_000_000u64, 5u64, 200_000u64);
     let job = out.path().join("job.sql");
-    std::fs::write(
-        &job,
-        common::skewed_copy(
-            rows,
-            seed,
-            8,
-            &dir,
-            &format!("'write.target_file_rows' '{target}'"),
-        ),
-    )
-    .unwrap();
+    common::write_skewed_job(&job, rows, seed, 8, &dir, target).unwrap();
     let mut child = cluster.spawn_submit(&job, &[]).unwrap();
 
     // Kill once the coordinator has placed rows (the map side is running).

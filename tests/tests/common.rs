@@ -20,6 +20,26 @@ pub fn skewed_copy(rows: u64, seed: u64, partitions: u64, dir: &Path, options: &
     )
 }
 
+/// Writes [`skewed_copy`] with `write.target_file_rows` = `target` to
+/// `job`, the file a test submits.
+pub fn write_skewed_job(
+    job: &Path,
+    rows: u64,
+    seed: u64,
+    partitions: u64,
+    dir: &Path,
+    target: u64,
+) -> Result<()> {
+    let sql = skewed_copy(
+        rows,
+        seed,
+        partitions,
+        dir,
+        &format!("'write.target_file_rows' '{target}'"),
+    );
+    std::fs::write(job, sql).with_context(|| format!("writing {}", job.display()))
+}
+
 /// Reads every `.parquet` file in `dir` and checks the `id` column holds
 /// `0..rows` exactly once. Returns the number of files.
 pub fn check_range_output(dir: &Path, rows: u64) -> Result<usize> {

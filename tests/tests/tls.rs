@@ -25,17 +25,7 @@ fn a_tls_cluster_runs_jobs_and_refuses_every_port_to_clients_without_its_certifi
     let (rows, seed, target) = (100_000u64, 5u64, 10_000u64);
     let dir = out.path().join("placed");
     let job = out.path().join("job.sql");
-    std::fs::write(
-        &job,
-        common::skewed_copy(
-            rows,
-            seed,
-            4,
-            &dir,
-            &format!("'write.target_file_rows' '{target}'"),
-        ),
-    )
-    .unwrap();
+    common::write_skewed_job(&job, rows, seed, 4, &dir, target).unwrap();
     cluster.submit_ok(&job, &[]).unwrap();
     let writers =
         common::check_skewed_output(&dir, rows, target, |r| sluice_udfs::skewed::id_of(seed, r))
@@ -191,4 +181,40 @@ fn without_tls_no_cluster_port_opens_on_a_network_address() {
         ],
     );
     assert!(err.contains("reading TLS CA /nonexistent/ca.pem"), "{err}");
+    // The scheduler refuses push scheduling with TLS as the executor does.
+    let err = refused(
+        "sluice-scheduler",
+        &[
+            "--bind-host",
+            "127.0.0.1",
+            "--coordinator-addr",
+            "127.0.0.1:0",
+            "--scheduler-policy",
+            "push-staged",
+        ],
+        &env,
+    );
+    assert!(
+        err.contains("push-staged needs an executor gRPC port"),
+        "{err}"
+    );
+    // `sluice run` serves metrics on loopback only, and says so.
+    let job = tempfile::tempdir().unwrap();
+    let file = job.path().join("job.sql");
+    std::fs::write(&file, "SELECT 1;").unwrap();
+    let o = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("run")
+            .arg(&file)
+            .env("SLUICE_METRICS_ADDR", "0.0.0.0:0"),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("SLUICE_METRICS_ADDR=0.0.0.0:0: `sluice` serves metrics on loopback only"),
+        "{err}"
+    );
 }

@@ -420,6 +420,24 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_block_in_a_ca_bundle_is_named() {
+        let pem = "-----BEGIN CERTIFICATE-----\n%%%not base64%%%\n-----END CERTIFICATE-----\n";
+        let err = certificates("TLS CA", Path::new("/etc/sluice/tls/ca.pem"), pem)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("TLS CA /etc/sluice/tls/ca.pem: a PEM block does not parse"),
+            "{err}"
+        );
+        let none = certificates("TLS CA", Path::new("/x.pem"), "no pem here")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(none.contains("holds no PEM certificate"), "{none}");
+    }
+
+    #[test]
     fn tls_flags_go_together() {
         let args = TlsArgs {
             tls_ca: Some("/nonexistent/ca.pem".into()),
