@@ -173,3 +173,25 @@ pub async fn fetch_lease_status(
         .json()
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::issue;
+
+    /// With TLS, a coordinator URL written for a plain cluster is dialled
+    /// over https (plain http would fail every lease call).
+    #[test]
+    fn with_tls_the_coordinator_is_dialled_over_https() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca");
+        issue::init_ca(&ca, "test CA", 2)?;
+        let (cert, key) = issue::issue(&ca, "client", &["ops".into()], 2, dir.path())?;
+        let tls = ClusterTls::load(&ca.join(issue::CA_CERT), &cert, &key)?;
+        let handle = CoordinatorHandle::remote("http://s:50090/", Some(&tls))?;
+        assert_eq!(handle.url.as_deref(), Some("https://s:50090"));
+        let plain = CoordinatorHandle::remote("s:50090", None)?;
+        assert_eq!(plain.url.as_deref(), Some("http://s:50090"));
+        Ok(())
+    }
+}

@@ -217,17 +217,6 @@ mod tests {
             "ip-10-0-2-21.ec2.internal",
         )?;
         handshake(dir.path(), "executor", "client", "ip-10-0-3-7.ec2.internal")?;
-        // With TLS, a coordinator URL written for a plain cluster is dialled
-        // over https (plain http would fail every lease call).
-        let tls = crate::tls::ClusterTls::load(
-            &ca.join(CA_CERT),
-            &dir.path().join("client.pem"),
-            &dir.path().join("client.key"),
-        )?;
-        let handle = crate::coordinator::CoordinatorHandle::remote("http://s:50090/", Some(&tls))?;
-        assert_eq!(handle.url.as_deref(), Some("https://s:50090"));
-        let plain = crate::coordinator::CoordinatorHandle::remote("s:50090", None)?;
-        assert_eq!(plain.url.as_deref(), Some("http://s:50090"));
         let wrong = handshake(dir.path(), "executor", "client", "scheduler.internal");
         assert!(wrong.is_err());
         Ok(())
