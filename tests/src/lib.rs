@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod changes;
 pub mod dynamo;
 pub mod faulty;
 pub mod fleet;

@@ -24,6 +24,7 @@ use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 use crate::sink::dynamo::{DynamoCommitExec, DynamoSpec, DynamoWriteNode, DynamoWriterExec};
 use crate::sink::files::{CommitExec, RouteSpec, SkewRouteExec, WriteNode, WriteSpec, WriterExec};
 use crate::source::kafka::{KafkaScanExec, KafkaSpec, KafkaTable};
+use crate::source::shards::{ShardScanExec, ShardSpec, ShardTable};
 
 const MAGIC: &[u8] = b"SLUICE1\0";
 
@@ -63,6 +64,7 @@ enum TableNode {
     Range(RangeSpecDto),
     Skewed { spec: RangeSpecDto, seed: i64 },
     Kafka(KafkaSpec),
+    Shards(ShardSpec),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,6 +80,7 @@ enum PhysicalNode {
     },
     SkewRoute(RouteSpec),
     KafkaScan(KafkaSpec),
+    ShardScan(ShardSpec),
     Writer(WriteSpec),
     Commit(WriteSpec),
     DynamoWriter(DynamoSpec),
@@ -164,6 +167,7 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                     seed,
                 })),
                 TableNode::Kafka(spec) => Ok(Arc::new(KafkaTable::try_new(spec)?)),
+                TableNode::Shards(spec) => Ok(Arc::new(ShardTable::try_new(spec)?)),
             },
             None => self
                 .inner
@@ -182,6 +186,9 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         }
         if let Some(kafka) = node.downcast_ref::<KafkaTable>() {
             return encode(&TableNode::Kafka(kafka.spec.clone()), buf);
+        }
+        if let Some(shards) = node.downcast_ref::<ShardTable>() {
+            return encode(&TableNode::Shards(shards.spec.clone()), buf);
         }
         if let Some(skewed) = node.downcast_ref::<SkewedTable>() {
             return encode(
@@ -248,6 +255,7 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 spec,
                 one_input(inputs, "KafkaScanExec")?,
             )?),
+            PhysicalNode::ShardScan(spec) => Arc::new(ShardScanExec::try_new(spec)?),
             PhysicalNode::SkewRoute(spec) => Arc::new(SkewRouteExec::new(
                 one_input(inputs, "SluiceSkewRouteExec")?,
                 spec,
@@ -307,6 +315,9 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
         }
         if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
             return encode(&PhysicalNode::KafkaScan(scan.spec().clone()), buf);
+        }
+        if let Some(scan) = node.downcast_ref::<ShardScanExec>() {
+            return encode(&PhysicalNode::ShardScan(scan.spec().clone()), buf);
         }
         if let Some(writer) = node.downcast_ref::<DynamoWriterExec>() {
             return encode(&PhysicalNode::DynamoWriter(writer.spec().clone()), buf);

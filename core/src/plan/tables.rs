@@ -232,6 +232,19 @@ pub fn install_table_factories(state: &mut SessionState) {
         crate::source::kafka::KAFKA.to_string(),
         Arc::new(crate::source::kafka::KafkaTableFactory),
     );
+    for kind in [
+        crate::source::shards::Kind::DynamodbStream,
+        crate::source::shards::Kind::Kinesis,
+    ] {
+        let name = match kind {
+            crate::source::shards::Kind::DynamodbStream => crate::source::shards::DYNAMODB_STREAM,
+            crate::source::shards::Kind::Kinesis => crate::source::shards::KINESIS,
+        };
+        state.table_factories_mut().insert(
+            name.to_string(),
+            Arc::new(crate::source::shards::ShardTableFactory(kind)),
+        );
+    }
     state.table_factories_mut().insert(
         crate::sink::dynamo::DYNAMODB.to_string(),
         Arc::new(crate::sink::dynamo::DynamoTableFactory),

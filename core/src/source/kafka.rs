@@ -34,7 +34,7 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -318,28 +318,11 @@ impl TableProvider for KafkaTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let scan = KafkaScanExec::try_new(self.spec.clone(), range_source(&self.spec.ranges)?)?;
-        match projection {
-            Some(p) => {
-                let exprs = p
-                    .iter()
-                    .map(|i| {
-                        let field = self.schema.field(*i);
-                        let col: Arc<dyn PhysicalExpr> = Arc::new(
-                            datafusion::physical_expr::expressions::Column::new(field.name(), *i),
-                        );
-                        (col, field.name().clone())
-                    })
-                    .collect::<Vec<_>>();
-                Ok(Arc::new(
-                    datafusion::physical_plan::projection::ProjectionExec::try_new(
-                        exprs,
-                        Arc::new(scan),
-                    )?,
-                ))
-            }
-            None => Ok(Arc::new(scan)),
-        }
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(KafkaScanExec::try_new(
+            self.spec.clone(),
+            range_source(&self.spec.ranges)?,
+        )?);
+        crate::exec::project(scan, &self.schema, projection)
     }
 }
 
@@ -752,16 +735,16 @@ fn to_batch(
 /// Values parsed into the declared columns: `decoded` holds the good ones'
 /// rows, `row_of` each value's row in it (`None` for a bad one) and
 /// `errors` why each bad one is bad.
-struct Parsed {
-    decoded: RecordBatch,
-    row_of: Vec<Option<u32>>,
-    errors: Vec<Option<String>>,
+pub(crate) struct Parsed {
+    pub(crate) decoded: RecordBatch,
+    pub(crate) row_of: Vec<Option<u32>>,
+    pub(crate) errors: Vec<Option<String>>,
 }
 
 /// Parses every value that is a JSON object in one decoder pass; when that
 /// pass fails (a wrong type, a missing required field), parses them one by
 /// one to find which are bad and why.
-fn parse_values(
+pub(crate) fn parse_values(
     declared: &SchemaRef,
     values: &[Option<&[u8]>],
 ) -> std::result::Result<Parsed, arrow::error::ArrowError> {

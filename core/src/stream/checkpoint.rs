@@ -345,6 +345,7 @@ mod tests {
                 start: 0,
                 end: 1,
                 modified_ms: Some(id as i64),
+                ..Default::default()
             }],
             lag: vec![],
         }

@@ -204,6 +204,7 @@ impl Source for FileSource {
                 start: 0,
                 end: f.size as i64,
                 modified_ms: Some(f.modified_ms),
+                ..Default::default()
             })
             .collect();
         Ok(Planned { ranges, lag })

@@ -230,6 +230,7 @@ impl KafkaSource {
                     start,
                     end: start + take,
                     modified_ms: None,
+                    ..Default::default()
                 });
             }
         }

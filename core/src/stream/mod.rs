@@ -6,7 +6,7 @@
 //!
 //! - [`source`]: what a streaming source is (a table whose batch input is a
 //!   set of `(split, start, end)` ranges), [`files`], the file source, and
-//!   [`kafka`], the Kafka source
+//!   [`kafka`], the Kafka source, and [`shards`], DynamoDB Streams and Kinesis
 //! - [`checkpoint`]: the checkpoint's records (`offsets/N`, `commits/N`,
 //!   compacted `state/N`) and its lock
 //! - [`trigger`]: when batches run (Spark's ProcessingTime, once, available-now)
@@ -22,6 +22,7 @@ pub mod files;
 pub mod info;
 pub mod kafka;
 pub mod runner;
+pub mod shards;
 pub mod source;
 pub mod status;
 pub mod trigger;

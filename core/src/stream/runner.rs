@@ -216,6 +216,29 @@ impl StreamRunner {
                         continue;
                     };
                     let format = cmd.file_type.to_ascii_uppercase();
+                    if let Some(kind) = crate::source::shards::Kind::from_stored_as(&format) {
+                        let bad = |e: datafusion::error::DataFusionError| StreamError::Source {
+                            table: cmd.name.to_string(),
+                            location: location.clone(),
+                            what: e.to_string(),
+                        };
+                        let name =
+                            crate::source::shards::parse_location(kind, location).map_err(bad)?;
+                        let options = crate::source::shards::ShardOptions::parse(
+                            kind,
+                            &option_texts(&cmd.options),
+                        )
+                        .map_err(bad)?;
+                        sources.push(Box::new(super::shards::ShardSource::new(
+                            &cmd.name.to_string(),
+                            kind,
+                            location,
+                            &name,
+                            options,
+                            Arc::clone(&self.clock),
+                        )));
+                        continue;
+                    }
                     if format == crate::source::kafka::KAFKA {
                         let bad = |e: datafusion::error::DataFusionError| StreamError::Source {
                             table: cmd.name.to_string(),
@@ -265,7 +288,7 @@ impl StreamRunner {
         }
         if sources.is_empty() {
             return Err(StreamError::Setting(format!(
-                "{}: the job reads no streaming table (CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON LOCATION 'dir/', or STORED AS KAFKA LOCATION 'kafka://host:port/topic'), so there is nothing to stream",
+                "{}: the job reads no streaming table (CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON LOCATION 'dir/', STORED AS KAFKA LOCATION 'kafka://host:port/topic', STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://table' or STORED AS KINESIS LOCATION 'kinesis://stream'), so there is nothing to stream",
                 self.file
             )));
         }
@@ -386,9 +409,20 @@ impl StreamRunner {
             self.observer
                 .batch_started(plan.batch_id, plan.ranges.len(), resumed);
             let batch_id = plan.batch_id;
-            let ran = self
-                .run_batch(ctx, &sources, &plan, resumed, stream_id)
-                .await;
+            let mut ran = Ok(());
+            for s in &mut sources {
+                if let Err(e) = s.prepare().await {
+                    ran = Err(SluiceError::Layer(Box::new(e)));
+                    break;
+                }
+            }
+            let ran = match ran {
+                Ok(()) => {
+                    self.run_batch(ctx, &sources, &plan, resumed, stream_id)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             let (report, split_rows) = match ran {
                 Ok(r) => r,
                 Err(e) => {
@@ -605,6 +639,7 @@ impl StreamRunner {
             let config = state.config_mut();
             config.set_extension(Arc::new(inputs.files));
             config.set_extension(Arc::new(inputs.kafka));
+            config.set_extension(Arc::new(inputs.shards));
         }
         let id = stream_id.get(..12).unwrap_or(stream_id);
         self.runner.set_batch(Some(BatchWrites {

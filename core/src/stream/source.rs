@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::StreamError;
 use crate::plan::tables::BatchFiles;
 use crate::source::kafka::BatchKafka;
+use crate::source::shards::BatchShards;
 
 /// What each source's table reads in one batch, put on the session by the
 /// runner.
@@ -19,10 +20,11 @@ use crate::source::kafka::BatchKafka;
 pub struct BatchInputs {
     pub files: BatchFiles,
     pub kafka: BatchKafka,
+    pub shards: BatchShards,
 }
 
 /// One part of one split that a batch reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
     /// The source's table name.
     pub source: String,
@@ -33,6 +35,13 @@ pub struct Range {
     /// modification time, in ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified_ms: Option<i64>,
+    /// For shards, whose positions are sequence numbers (up to 40 digits,
+    /// not an `i64`): the first and last record of the range, `start..end`
+    /// then counting its records (`0..n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
 }
 
 /// How far a source is behind after a batch was planned.
@@ -60,6 +69,12 @@ pub trait Source: Send + Sync {
 
     /// Ranges not taken yet, at most the source's cap per batch.
     async fn plan(&mut self) -> Result<Planned, StreamError>;
+
+    /// Connects before a batch recorded by an earlier process re-runs (its
+    /// plan was not made by this one).
+    async fn prepare(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
 
     /// Marks ranges as taken (planned by this process, or replayed from the
     /// checkpoint on restart).

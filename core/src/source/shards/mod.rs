@@ -1,0 +1,994 @@
+//! Sharded change streams as tables: a DynamoDB table's stream
+//! (`STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://<table>'`) and Kinesis
+//! Data Streams (`STORED AS KINESIS LOCATION 'kinesis://<stream>'`).
+//!
+//! Columns of a change stream (DynamoDB Streams, or Kinesis with
+//! `format 'dynamodb'`, DynamoDB's Kinesis streaming destination):
+//! `event_name` (INSERT, MODIFY, REMOVE), `keys`, `new_image`, `old_image`
+//! (plain JSON text), `approximate_creation_time`, `sequence_number`,
+//! `shard_id`. Of a raw Kinesis stream: `data` (bytes), `partition_key`,
+//! `sequence_number`, `arrival_time`, `shard_id`. Then the declared columns,
+//! parsed as JSON from the new image (the old one for a REMOVE) or from a
+//! raw record's data, and `_error`, why that failed.
+//!
+//! A stream's batch reads ranges `(shard, first, last, count)` that the
+//! client found when it planned the batch (`stream::shards`): one scan
+//! partition per range, read on the executor from an iterator at `first`
+//! up to `last`, and checked to hold exactly `count` records. Iterators
+//! never outlive a read; only sequence numbers are kept.
+
+pub mod api;
+pub mod dynamodb;
+pub mod kinesis;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, RecordBatch, StringBuilder, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use serde::{Deserialize, Serialize};
+
+use self::api::{ApiError, At, Body, Change, Failure, Retry, ShardApi, ShardRecord};
+use crate::source::kafka::{Declared, ERROR_COLUMN, parse_values};
+
+/// The `STORED AS` names.
+pub const DYNAMODB_STREAM: &str = "DYNAMODB_STREAM";
+pub const KINESIS: &str = "KINESIS";
+/// Rows per output batch.
+const BATCH_ROWS: usize = 8192;
+/// The bounds of `request_timeout_ms`.
+const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+/// Empty pages a range read waits through (200 ms apart) before it fails:
+/// a shard can answer empty while records are further on.
+const MAX_EMPTY_PAGES: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    DynamodbStream,
+    Kinesis,
+}
+
+impl Kind {
+    pub fn from_stored_as(name: &str) -> Option<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            DYNAMODB_STREAM => Some(Self::DynamodbStream),
+            KINESIS => Some(Self::Kinesis),
+            _ => None,
+        }
+    }
+
+    fn scheme(self) -> &'static str {
+        match self {
+            Self::DynamodbStream => "dynamodb",
+            Self::Kinesis => "kinesis",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::DynamodbStream => "DynamoDB stream",
+            Self::Kinesis => "Kinesis stream",
+        }
+    }
+}
+
+/// `dynamodb://<table>` or `kinesis://<stream>`: the name.
+pub fn parse_location(kind: Kind, raw: &str) -> Result<String> {
+    let scheme = kind.scheme();
+    let bad = |why: &str| {
+        DataFusionError::Plan(format!(
+            "{} location '{raw}': {why} (expected {scheme}://<name>)",
+            kind.what()
+        ))
+    };
+    let name = raw
+        .strip_prefix(&format!("{scheme}://"))
+        .ok_or_else(|| bad(&format!("not a {scheme}:// URL")))?
+        .trim_end_matches('/');
+    if name.contains('@') {
+        return Err(bad("credentials do not belong in the URL"));
+    }
+    let valid = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
+    if name.is_empty() || name.len() > 255 || !name.chars().all(valid) {
+        return Err(bad(
+            "the name must be 1 to 255 letters, digits, '_', '-' or '.'",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// Where a stream with no position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartingPosition {
+    TrimHorizon,
+    Latest,
+}
+
+/// What a Kinesis record's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordFormat {
+    /// Bytes, and declared columns parsed from them as JSON.
+    Raw,
+    /// DynamoDB change records (the Kinesis streaming destination's JSON).
+    Dynamodb,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOptions {
+    pub starting_position: StartingPosition,
+    pub max_records_per_batch: u64,
+    pub max_bad_records: u64,
+    /// One call's timeout; a call and its retries end within three.
+    pub request_timeout_ms: u64,
+    pub format: RecordFormat,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        Self {
+            starting_position: StartingPosition::TrimHorizon,
+            max_records_per_batch: 100_000,
+            max_bad_records: 0,
+            request_timeout_ms: 30_000,
+            format: RecordFormat::Raw,
+        }
+    }
+}
+
+impl ShardOptions {
+    /// From `OPTIONS (...)`: `starting_position` (`trim_horizon`,
+    /// `latest`), `max_records_per_batch`, `max_bad_records`,
+    /// `request_timeout_ms`, and for Kinesis `format` (`raw`, `dynamodb`).
+    pub fn parse(kind: Kind, options: &HashMap<String, String>) -> Result<Self> {
+        let mut out = Self {
+            format: match kind {
+                Kind::DynamodbStream => RecordFormat::Dynamodb,
+                Kind::Kinesis => RecordFormat::Raw,
+            },
+            ..Self::default()
+        };
+        let what = kind.what();
+        for (raw_key, value) in options {
+            let key = raw_key
+                .trim_start_matches("format.")
+                .to_ascii_lowercase()
+                .replace('.', "_");
+            let number = |v: &str| {
+                v.trim().parse::<u64>().map_err(|_| {
+                    DataFusionError::Plan(format!(
+                        "{what} option {raw_key} must be a number, got '{v}'"
+                    ))
+                })
+            };
+            match key.as_str() {
+                "starting_position" => {
+                    out.starting_position = match value.trim().to_ascii_lowercase().as_str() {
+                        "trim_horizon" | "earliest" => StartingPosition::TrimHorizon,
+                        "latest" => StartingPosition::Latest,
+                        _ => {
+                            return plan_err!(
+                                "{what} option starting_position must be trim_horizon or latest, got '{value}'"
+                            );
+                        }
+                    }
+                }
+                "max_records_per_batch" => {
+                    out.max_records_per_batch = number(value)?;
+                    if out.max_records_per_batch == 0 {
+                        return plan_err!("{what} option max_records_per_batch must be at least 1");
+                    }
+                }
+                "max_bad_records" => out.max_bad_records = number(value)?,
+                "request_timeout_ms" => {
+                    out.request_timeout_ms = number(value)?;
+                    if !TIMEOUT_MS.contains(&out.request_timeout_ms) {
+                        return plan_err!(
+                            "{what} option request_timeout_ms must be between {} and {}, got {value}",
+                            TIMEOUT_MS.start(),
+                            TIMEOUT_MS.end()
+                        );
+                    }
+                }
+                "format" if kind == Kind::Kinesis => {
+                    out.format = match value.trim().to_ascii_lowercase().as_str() {
+                        "raw" => RecordFormat::Raw,
+                        "dynamodb" => RecordFormat::Dynamodb,
+                        _ => {
+                            return plan_err!(
+                                "{what} option format must be raw or dynamodb, got '{value}'"
+                            );
+                        }
+                    }
+                }
+                _ => {
+                    return plan_err!(
+                        "unknown {what} option {raw_key} (known: starting_position, max_records_per_batch, max_bad_records, request_timeout_ms{})",
+                        if kind == Kind::Kinesis {
+                            ", format"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn retry(&self) -> Retry {
+        let attempt = Duration::from_millis(self.request_timeout_ms);
+        Retry {
+            deadline: attempt * 3,
+            attempt,
+        }
+    }
+}
+
+/// Records `first..=last` of one shard, `count` of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRange {
+    pub shard: String,
+    pub first: String,
+    pub last: String,
+    pub count: u64,
+}
+
+/// What each shard table reads in one micro-batch, by location URL: the
+/// stream (a DynamoDB stream's ARN, a Kinesis stream's name) and ranges.
+#[derive(Debug, Default, Clone)]
+pub struct BatchShards {
+    pub by_location: HashMap<String, (String, Vec<ShardRange>)>,
+}
+
+/// What a shard table is: enough to rebuild it on the scheduler and to
+/// scan it on an executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSpec {
+    pub kind: Kind,
+    /// The table's LOCATION.
+    pub location: String,
+    /// The DynamoDB stream's ARN or the Kinesis stream's name.
+    pub stream: String,
+    pub options: ShardOptions,
+    pub declared: Vec<Declared>,
+    pub ranges: Vec<ShardRange>,
+}
+
+/// The columns before the declared ones.
+pub fn fixed_fields(format: RecordFormat) -> Vec<Field> {
+    let time = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    match format {
+        RecordFormat::Dynamodb => vec![
+            Field::new("event_name", DataType::Utf8, true),
+            Field::new("keys", DataType::Utf8, true),
+            Field::new("new_image", DataType::Utf8, true),
+            Field::new("old_image", DataType::Utf8, true),
+            Field::new("approximate_creation_time", time, true),
+            Field::new("sequence_number", DataType::Utf8, false),
+            Field::new("shard_id", DataType::Utf8, false),
+        ],
+        RecordFormat::Raw => vec![
+            Field::new("data", DataType::Binary, false),
+            Field::new("partition_key", DataType::Utf8, false),
+            Field::new("sequence_number", DataType::Utf8, false),
+            Field::new("arrival_time", time, false),
+            Field::new("shard_id", DataType::Utf8, false),
+        ],
+    }
+}
+
+impl ShardSpec {
+    fn declared_schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .declared
+            .iter()
+            .map(|d| {
+                DataType::from_str(&d.data_type)
+                    .map(|t| Field::new(&d.name, t, d.nullable))
+                    .map_err(DataFusionError::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let mut fields = fixed_fields(self.options.format);
+        fields.extend(
+            self.declared_schema()?
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        fields.push(Field::new(ERROR_COLUMN, DataType::Utf8, true));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    pub async fn api(&self) -> Box<dyn ShardApi> {
+        api(self.kind, &self.stream, self.options.retry()).await
+    }
+}
+
+/// The service's client for one stream.
+pub async fn api(kind: Kind, stream: &str, retry: Retry) -> Box<dyn ShardApi> {
+    match kind {
+        Kind::DynamodbStream => Box::new(dynamodb::StreamsApi::new(stream, retry).await),
+        Kind::Kinesis => Box::new(kinesis::KinesisApi::new(stream, retry).await),
+    }
+}
+
+/// A shard table for one batch (or, outside a stream, no rows).
+#[derive(Debug, Clone)]
+pub struct ShardTable {
+    pub spec: ShardSpec,
+    schema: SchemaRef,
+}
+
+impl ShardTable {
+    pub fn try_new(spec: ShardSpec) -> Result<Self> {
+        let schema = spec.schema()?;
+        Ok(Self { spec, schema })
+    }
+}
+
+#[async_trait]
+impl TableProvider for ShardTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(ShardScanExec::try_new(self.spec.clone())?);
+        crate::exec::project(scan, &self.schema, projection)
+    }
+}
+
+/// Builds shard tables from `CREATE EXTERNAL TABLE ... STORED AS
+/// DYNAMODB_STREAM | KINESIS`.
+#[derive(Debug)]
+pub struct ShardTableFactory(pub Kind);
+
+#[async_trait]
+impl TableProviderFactory for ShardTableFactory {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let kind = self.0;
+        let [location] = cmd.locations.as_slice() else {
+            return plan_err!("{}: a {} table has one LOCATION", cmd.name, kind.what());
+        };
+        parse_location(kind, location)?;
+        let options = ShardOptions::parse(kind, &cmd.options)?;
+        let fixed: Vec<String> = fixed_fields(options.format)
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut declared = Vec::new();
+        for f in cmd.schema.fields() {
+            if fixed.contains(f.name()) || f.name() == ERROR_COLUMN {
+                return plan_err!(
+                    "{}: column {} is one of the {} table's own columns ({}, {ERROR_COLUMN}); declare only the fields parsed from the records",
+                    cmd.name,
+                    f.name(),
+                    kind.what(),
+                    fixed.join(", ")
+                );
+            }
+            declared.push(Declared {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            });
+        }
+        let (stream, ranges) = state
+            .config()
+            .get_extension::<BatchShards>()
+            .and_then(|b| b.by_location.get(location.as_str()).cloned())
+            .unwrap_or_default();
+        Ok(Arc::new(ShardTable::try_new(ShardSpec {
+            kind,
+            location: location.clone(),
+            stream,
+            options,
+            declared,
+            ranges,
+        })?))
+    }
+}
+
+/// Reads one range per partition.
+#[derive(Debug)]
+pub struct ShardScanExec {
+    spec: ShardSpec,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShardScanExec {
+    pub fn try_new(spec: ShardSpec) -> Result<Self> {
+        let schema = spec.schema()?;
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(spec.ranges.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            spec,
+            schema,
+            properties: Arc::new(properties),
+        })
+    }
+
+    pub fn spec(&self) -> &ShardSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for ShardScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShardScanExec: {} ranges of {}",
+            self.spec.ranges.len(),
+            self.spec.location
+        )
+    }
+}
+
+impl ExecutionPlan for ShardScanExec {
+    fn name(&self) -> &str {
+        "ShardScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let spec = self.spec.clone();
+        let schema = Arc::clone(&self.schema);
+        let range = spec.ranges.get(partition).cloned();
+        let read = async move {
+            let Some(range) = range else {
+                return Ok(Vec::new());
+            };
+            let span = tracing::info_span!("shards.read_range", location = %spec.location, shard = %range.shard, records = range.count);
+            tracing::Instrument::instrument(read_batches(&spec, &schema, &range), span).await
+        };
+        let stream = futures::stream::once(read);
+        let flat = futures::StreamExt::flat_map(stream, |r: Result<Vec<RecordBatch>>| match r {
+            Ok(batches) => {
+                futures::StreamExt::boxed(futures::stream::iter(batches.into_iter().map(Ok)))
+            }
+            Err(e) => futures::StreamExt::boxed(futures::stream::once(async move { Err(e) })),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            flat,
+        )))
+    }
+}
+
+fn shard_err(spec: &ShardSpec, shard: &str, what: impl fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(format!("{} shard {shard}: {what}", spec.location))
+}
+
+/// What a failed read says: a trimmed position says records were lost.
+pub fn describe(e: &ApiError) -> String {
+    match e.failure {
+        Failure::Trimmed => format!(
+            "{e}: the position is older than the stream keeps (24 hours for DynamoDB Streams, the retention period for Kinesis); the records between were lost"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+async fn read_batches(
+    spec: &ShardSpec,
+    schema: &SchemaRef,
+    range: &ShardRange,
+) -> Result<Vec<RecordBatch>> {
+    let api = spec.api().await;
+    let records = read_range(api.as_ref(), range)
+        .await
+        .map_err(|e| shard_err(spec, &range.shard, e))?;
+    metrics::counter!("sluice_shard_records_read_total", "kind" => spec.kind.scheme())
+        .increment(records.len() as u64);
+    let declared = spec.declared_schema()?;
+    let mut bad = 0u64;
+    let mut out = Vec::new();
+    for chunk in records.chunks(BATCH_ROWS) {
+        let (batch, chunk_bad) = to_batch(spec, schema, &declared, &range.shard, chunk)?;
+        bad += chunk_bad.len() as u64;
+        if bad > spec.options.max_bad_records {
+            let (sequence, why) = chunk_bad.last().cloned().unwrap_or_default();
+            return Err(shard_err(
+                spec,
+                &range.shard,
+                format!(
+                    "sequence number {sequence}: {bad} bad records in this batch's range, over max_bad_records {}; the last: {why}",
+                    spec.options.max_bad_records
+                ),
+            ));
+        }
+        out.push(batch);
+    }
+    Ok(out)
+}
+
+/// The range's records: from an iterator at `first` to `last`, exactly
+/// `count` of them, renewing an iterator that expires meanwhile.
+pub async fn read_range(
+    api: &dyn ShardApi,
+    range: &ShardRange,
+) -> Result<Vec<ShardRecord>, String> {
+    let mut out: Vec<ShardRecord> = Vec::with_capacity(range.count.min(100_000) as usize);
+    let at = |out: &Vec<ShardRecord>| match out.last() {
+        Some(r) => At::After(r.sequence.clone()),
+        None => At::Sequence(range.first.clone()),
+    };
+    let mut iterator = api
+        .iterator(&range.shard, &at(&out))
+        .await
+        .map_err(|e| describe(&e))?;
+    let mut empty = 0u32;
+    loop {
+        let Some(it) = iterator.take() else {
+            return Err(format!(
+                "the shard ended after {} of the {} records planned ({}..={})",
+                out.len(),
+                range.count,
+                range.first,
+                range.last
+            ));
+        };
+        let want = (range.count - out.len() as u64).clamp(1, 1000) as i32;
+        let page = match api.records(&it, want).await {
+            Ok(p) => p,
+            Err(e) if e.failure == Failure::ExpiredIterator => {
+                iterator = api
+                    .iterator(&range.shard, &at(&out))
+                    .await
+                    .map_err(|e| describe(&e))?;
+                continue;
+            }
+            Err(e) => return Err(describe(&e)),
+        };
+        if page.records.is_empty() {
+            empty += 1;
+            if empty > MAX_EMPTY_PAGES {
+                return Err(format!(
+                    "read {} of the {} records planned ({}..={}), then {MAX_EMPTY_PAGES} empty pages",
+                    out.len(),
+                    range.count,
+                    range.first,
+                    range.last
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            empty = 0;
+        }
+        for r in page.records {
+            if api::compare(&r.sequence, &range.last) == std::cmp::Ordering::Greater {
+                break;
+            }
+            out.push(r);
+        }
+        if out
+            .last()
+            .is_some_and(|r| api::compare(&r.sequence, &range.last) != std::cmp::Ordering::Less)
+        {
+            break;
+        }
+        iterator = page.next;
+    }
+    if out.len() as u64 != range.count {
+        return Err(format!(
+            "read {} records from {} to {} where the plan counted {}",
+            out.len(),
+            range.first,
+            range.last,
+            range.count
+        ));
+    }
+    Ok(out)
+}
+
+/// A DynamoDB number as JSON: its own text when that is a JSON number (no
+/// precision lost), else through `f64`, else as a string.
+pub(crate) fn number_json(n: &str) -> String {
+    let t = n.trim();
+    let json_number = t.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        && serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok();
+    if json_number {
+        return t.to_string();
+    }
+    match t.parse::<f64>() {
+        Ok(v) if v.is_finite() => v.to_string(),
+        _ => serde_json::Value::String(t.to_string()).to_string(),
+    }
+}
+
+/// DynamoDB's typed JSON (`{"id": {"N": "7"}}`) as plain JSON text.
+pub fn plain_json(typed: &serde_json::Value) -> Result<String, String> {
+    let mut out = String::new();
+    write_typed_map(typed, &mut out)?;
+    Ok(out)
+}
+
+fn write_typed_map(v: &serde_json::Value, out: &mut String) -> Result<(), String> {
+    let map = v.as_object().ok_or("an image is not a JSON object")?;
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::String(k.clone()).to_string());
+        out.push(':');
+        write_typed(&map[k], out).map_err(|e| format!("attribute {k}: {e}"))?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+fn write_typed(v: &serde_json::Value, out: &mut String) -> Result<(), String> {
+    let obj = v
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or("not a DynamoDB attribute value (one of S, N, B, BOOL, NULL, M, L, SS, NS, BS)")?;
+    let Some((tag, inner)) = obj.iter().next() else {
+        return Err("an empty attribute value".into());
+    };
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(String::from)
+            .ok_or(format!("{tag} is not text"))
+    };
+    let list = |v: &serde_json::Value| v.as_array().cloned().ok_or(format!("{tag} is not a list"));
+    match tag.as_str() {
+        "S" | "B" => out.push_str(&serde_json::Value::String(text(inner)?).to_string()),
+        "N" => out.push_str(&number_json(&text(inner)?)),
+        "BOOL" => out.push_str(if inner.as_bool().ok_or("BOOL is not true or false")? {
+            "true"
+        } else {
+            "false"
+        }),
+        "NULL" => out.push_str("null"),
+        "M" => write_typed_map(inner, out)?,
+        "L" | "SS" | "NS" | "BS" => {
+            out.push('[');
+            for (i, item) in list(inner)?.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match tag.as_str() {
+                    "L" => write_typed(item, out)?,
+                    "NS" => out.push_str(&number_json(&text(item)?)),
+                    _ => out.push_str(&serde_json::Value::String(text(item)?).to_string()),
+                }
+            }
+            out.push(']');
+        }
+        other => return Err(format!("unknown attribute type {other}")),
+    }
+    Ok(())
+}
+
+/// A record of DynamoDB's Kinesis streaming destination: the change and
+/// its approximate creation time (ms).
+fn change_of(data: &[u8]) -> Result<(Change, Option<i64>), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| format!("the data is not JSON: {e}"))?;
+    let event_name = v
+        .get("eventName")
+        .and_then(|n| n.as_str())
+        .ok_or("no eventName: not a DynamoDB change record")?
+        .to_string();
+    let d = v
+        .get("dynamodb")
+        .ok_or("no dynamodb field: not a DynamoDB change record")?;
+    let image = |name: &str| match d.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(i) => plain_json(i).map(Some).map_err(|e| format!("{name}: {e}")),
+    };
+    let time = d
+        .get("ApproximateCreationDateTime")
+        .and_then(|t| t.as_f64())
+        .map(|t| {
+            // The destination writes milliseconds (or microseconds when the
+            // table asks for that precision).
+            if t > 1e14 {
+                (t / 1000.0) as i64
+            } else {
+                t as i64
+            }
+        });
+    Ok((
+        Change {
+            event_name,
+            keys: image("Keys")?.unwrap_or_else(|| "{}".into()),
+            new_image: image("NewImage")?,
+            old_image: image("OldImage")?,
+        },
+        time,
+    ))
+}
+
+/// The records as a batch of the table's schema; the bad ones' sequence
+/// numbers and reasons too.
+fn to_batch(
+    spec: &ShardSpec,
+    schema: &SchemaRef,
+    declared: &SchemaRef,
+    shard: &str,
+    records: &[ShardRecord],
+) -> Result<(RecordBatch, Vec<(String, String)>)> {
+    let n = records.len();
+    let mut sequences = StringBuilder::new();
+    let mut shards = StringBuilder::new();
+    let mut texts: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut decode_errors: Vec<Option<String>> = vec![None; n];
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for r in records {
+        sequences.append_value(&r.sequence);
+        shards.append_value(shard);
+    }
+    match spec.options.format {
+        RecordFormat::Dynamodb => {
+            let mut names = StringBuilder::new();
+            let mut keys = StringBuilder::new();
+            let mut news = StringBuilder::new();
+            let mut olds = StringBuilder::new();
+            let mut times = Vec::with_capacity(n);
+            for (i, r) in records.iter().enumerate() {
+                let decoded = match &r.body {
+                    Body::Change(c) => Ok((c.clone(), Some(r.time_ms))),
+                    Body::Data { data, .. } => change_of(data),
+                };
+                match decoded {
+                    Ok((c, time)) => {
+                        names.append_value(&c.event_name);
+                        keys.append_value(&c.keys);
+                        news.append_option(c.new_image.as_deref());
+                        olds.append_option(c.old_image.as_deref());
+                        times.push(time);
+                        texts.push(c.new_image.or(c.old_image).or(Some(c.keys)));
+                    }
+                    Err(why) => {
+                        names.append_null();
+                        keys.append_null();
+                        news.append_null();
+                        olds.append_null();
+                        times.push(None);
+                        texts.push(None);
+                        decode_errors[i] = Some(why);
+                    }
+                }
+            }
+            columns.push(Arc::new(names.finish()));
+            columns.push(Arc::new(keys.finish()));
+            columns.push(Arc::new(news.finish()));
+            columns.push(Arc::new(olds.finish()));
+            columns.push(Arc::new(
+                TimestampMillisecondArray::from(times).with_timezone("UTC"),
+            ));
+            columns.push(Arc::new(sequences.finish()));
+            columns.push(Arc::new(shards.finish()));
+        }
+        RecordFormat::Raw => {
+            let mut data = BinaryBuilder::new();
+            let mut keys = StringBuilder::new();
+            for r in records {
+                match &r.body {
+                    Body::Data {
+                        data: d,
+                        partition_key,
+                    } => {
+                        data.append_value(d);
+                        keys.append_value(partition_key);
+                        texts.push(Some(String::from_utf8_lossy(d).into_owned()));
+                    }
+                    Body::Change(c) => {
+                        let text = c
+                            .new_image
+                            .clone()
+                            .or(c.old_image.clone())
+                            .unwrap_or_default();
+                        data.append_value(text.as_bytes());
+                        keys.append_value(&c.keys);
+                        texts.push(Some(text));
+                    }
+                }
+            }
+            columns.push(Arc::new(data.finish()));
+            columns.push(Arc::new(keys.finish()));
+            columns.push(Arc::new(sequences.finish()));
+            columns.push(Arc::new(
+                TimestampMillisecondArray::from_iter_values(records.iter().map(|r| r.time_ms))
+                    .with_timezone("UTC"),
+            ));
+            columns.push(Arc::new(shards.finish()));
+        }
+    }
+    let mut errors = StringBuilder::new();
+    let mut bad = Vec::new();
+    if declared.fields().is_empty() {
+        for (r, why) in records.iter().zip(&decode_errors) {
+            errors.append_option(why.as_deref());
+            if let Some(why) = why {
+                bad.push((r.sequence.clone(), why.clone()));
+            }
+        }
+    } else {
+        let values: Vec<Option<&[u8]>> = texts
+            .iter()
+            .map(|t| t.as_deref().map(str::as_bytes))
+            .collect();
+        let parsed =
+            parse_values(declared, &values).map_err(|e| DataFusionError::External(e.into()))?;
+        for (i, r) in records.iter().enumerate() {
+            let why = decode_errors[i]
+                .clone()
+                .or_else(|| parsed.errors[i].clone());
+            match why {
+                Some(why) => {
+                    errors.append_value(&why);
+                    bad.push((r.sequence.clone(), why));
+                }
+                None => errors.append_null(),
+            }
+        }
+        let rows = arrow::array::UInt32Array::from(parsed.row_of);
+        for column in parsed.decoded.columns() {
+            columns.push(arrow::compute::take(column.as_ref(), &rows, None)?);
+        }
+    }
+    columns.push(Arc::new(errors.finish()));
+    Ok((RecordBatch::try_new(Arc::clone(schema), columns)?, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_and_options_parse_and_bad_ones_say_why() -> Result<()> {
+        assert_eq!(
+            parse_location(Kind::DynamodbStream, "dynamodb://chat/")?,
+            "chat"
+        );
+        assert_eq!(parse_location(Kind::Kinesis, "kinesis://events")?, "events");
+        for (kind, bad, why) in [
+            (Kind::DynamodbStream, "kinesis://x", "not a dynamodb:// URL"),
+            (Kind::Kinesis, "kinesis://", "1 to 255"),
+            (Kind::Kinesis, "kinesis://a/b", "1 to 255"),
+            (Kind::Kinesis, "kinesis://u:p@x", "credentials"),
+        ] {
+            let err = parse_location(kind, bad).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(why)),
+                "{bad}: {err:?}"
+            );
+        }
+        let o = ShardOptions::parse(
+            Kind::Kinesis,
+            &HashMap::from([
+                ("format".to_string(), "dynamodb".to_string()),
+                ("starting_position".to_string(), "latest".to_string()),
+            ]),
+        )?;
+        assert_eq!(o.format, RecordFormat::Dynamodb);
+        assert_eq!(o.starting_position, StartingPosition::Latest);
+        for (kind, k, v, why) in [
+            (
+                Kind::DynamodbStream,
+                "format",
+                "raw",
+                "unknown DynamoDB stream option format",
+            ),
+            (
+                Kind::Kinesis,
+                "starting_position",
+                "soon",
+                "trim_horizon or latest",
+            ),
+            (Kind::Kinesis, "max_records_per_batch", "0", "at least 1"),
+            (
+                Kind::Kinesis,
+                "request_timeout_ms",
+                "1",
+                "between 100 and 600000",
+            ),
+        ] {
+            let err = ShardOptions::parse(kind, &HashMap::from([(k.to_string(), v.to_string())]))
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(why)),
+                "{k}: {err:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn destination_records_decode_to_the_change_columns() -> Result<(), String> {
+        let data = br#"{"awsRegion":"us-east-1","eventID":"e1","eventName":"MODIFY","tableName":"chat","dynamodb":{"ApproximateCreationDateTime":1764100000000,"Keys":{"LivestreamID":{"S":"live-1"},"UID":{"N":"3"}},"NewImage":{"LivestreamID":{"S":"live-1"},"UID":{"N":"3"},"tags":{"SS":["a"]},"n":{"NULL":true}},"OldImage":{"LivestreamID":{"S":"live-1"},"UID":{"N":"3"}},"SizeBytes":40},"eventSource":"aws:dynamodb"}"#;
+        let (c, time) = change_of(data)?;
+        assert_eq!(c.event_name, "MODIFY");
+        assert_eq!(c.keys, r#"{"LivestreamID":"live-1","UID":3}"#);
+        assert_eq!(
+            c.new_image.as_deref(),
+            Some(r#"{"LivestreamID":"live-1","UID":3,"n":null,"tags":["a"]}"#)
+        );
+        assert_eq!(time, Some(1_764_100_000_000));
+        for (bad, why) in [
+            (&b"nope"[..], "not JSON"),
+            (br#"{"eventName":"INSERT"}"#, "no dynamodb field"),
+            (
+                br#"{"eventName":"INSERT","dynamodb":{"NewImage":{"a":{"X":1}}}}"#,
+                "NewImage: attribute a: unknown attribute type X",
+            ),
+        ] {
+            let err = change_of(bad).err().unwrap_or_default();
+            assert!(err.contains(why), "{err}");
+        }
+        assert_eq!(number_json("1.50"), "1.50");
+        assert_eq!(number_json(".5"), "0.5");
+        Ok(())
+    }
+}

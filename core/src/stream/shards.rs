@@ -1,0 +1,441 @@
+//! The shard source of a stream: a `STORED AS DYNAMODB_STREAM` or
+//! `STORED AS KINESIS` table. Each batch the client lists the shards
+//! (`DescribeStream`, `ListShards`), and for each shard whose parents are
+//! read to their end reads ahead from the stream's position, to find the
+//! next range: its first and last sequence numbers and how many records it
+//! holds, at most `max_records_per_batch` over the stream. The executors
+//! read those ranges again (`source::shards`), so a batch that re-runs
+//! reads exactly the same records; the price is that every record is read
+//! twice (planning reads are counted in `sluice_shard_plan_records_total`).
+//!
+//! Positions are the last sequence number read per shard; a shard is
+//! finished when it is closed and nothing follows its position, and its
+//! children start then, at their beginning. A stream with no positions
+//! starts at `starting_position`. A position the stream no longer keeps
+//! (trimmed after 24 h) fails the batch, saying records were lost.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::error::StreamError;
+use super::source::{BatchInputs, Planned, Range, Source, SourceLag};
+use crate::clock::Clock;
+use crate::source::shards::api::{At, Failure, ShardApi, ShardInfo, ShardRecord, compare};
+use crate::source::shards::{Kind, ShardOptions, ShardRange, StartingPosition, describe};
+
+/// Pages one shard's planning read takes at most.
+const MAX_PAGES: u32 = 50;
+/// Empty pages after which an open shard counts as read to its newest
+/// record (DynamoDB Streams says nothing about how far behind a page is).
+const EMPTY_PAGES_AT_TIP: u32 = 2;
+
+pub struct ShardSource {
+    table: String,
+    kind: Kind,
+    location: String,
+    name: String,
+    options: ShardOptions,
+    /// The DynamoDB stream's ARN or the Kinesis stream's name, once known.
+    stream: Option<String>,
+    api: Option<Box<dyn ShardApi>>,
+    /// Last sequence number read, per shard.
+    positions: BTreeMap<String, String>,
+    /// Shards closed and read to their end.
+    finished: BTreeSet<String>,
+    /// Iterators of shards a new stream reads from `latest` and found
+    /// nothing in yet, kept in memory only: so the next plan goes on from
+    /// there, not from a later `latest`.
+    latest: HashMap<String, String>,
+    /// With `--available-now`: records created after this (ms) wait.
+    frozen_at: Option<i64>,
+    clock: Arc<dyn Clock>,
+}
+
+impl ShardSource {
+    pub fn new(
+        table: &str,
+        kind: Kind,
+        location: &str,
+        name: &str,
+        options: ShardOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            table: table.to_string(),
+            kind,
+            location: location.to_string(),
+            name: name.to_string(),
+            options,
+            stream: None,
+            api: None,
+            positions: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            latest: HashMap::new(),
+            frozen_at: None,
+            clock,
+        }
+    }
+
+    fn error(&self, what: String) -> StreamError {
+        StreamError::Source {
+            table: self.table.clone(),
+            location: self.location.clone(),
+            what,
+        }
+    }
+
+    /// Resolves the stream (a table's current stream ARN) and its client.
+    async fn connect(&mut self) -> Result<(), StreamError> {
+        if self.api.is_some() {
+            return Ok(());
+        }
+        let stream = match self.kind {
+            Kind::DynamodbStream => {
+                crate::source::shards::dynamodb::stream_arn(&self.name, self.options.retry())
+                    .await
+                    .map_err(|e| self.error(e.to_string()))?
+            }
+            Kind::Kinesis => self.name.clone(),
+        };
+        if let Some(old) = &self.stream
+            && *old != stream
+        {
+            return Err(self.error(format!(
+                "the table's stream changed (the checkpoint read {old}, the table now has {stream}): records written between the two streams were lost; start a new checkpoint to read the new stream"
+            )));
+        }
+        self.api = Some(crate::source::shards::api(self.kind, &stream, self.options.retry()).await);
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// Shards in lineage order: every parent before its children.
+    fn lineage(shards: Vec<ShardInfo>) -> Vec<ShardInfo> {
+        let ids: BTreeSet<String> = shards.iter().map(|s| s.id.clone()).collect();
+        let mut placed: BTreeSet<String> = BTreeSet::new();
+        let mut left = shards;
+        let mut out = Vec::with_capacity(left.len());
+        while !left.is_empty() {
+            let (ready, wait): (Vec<ShardInfo>, Vec<ShardInfo>) = left.into_iter().partition(|s| {
+                s.parents
+                    .iter()
+                    .all(|p| placed.contains(p) || !ids.contains(p))
+            });
+            if ready.is_empty() {
+                // A cycle cannot happen; if a service reported one, keep
+                // the rest in listed order rather than loop.
+                out.extend(wait);
+                break;
+            }
+            placed.extend(ready.iter().map(|s| s.id.clone()));
+            out.extend(ready);
+            left = wait;
+        }
+        out
+    }
+
+    /// Reads ahead in one shard from `start`: up to `cap + 1` records, and
+    /// whether the shard is closed and read to its end.
+    async fn read_ahead(
+        &mut self,
+        shard: &ShardInfo,
+        start: At,
+        cap: u64,
+    ) -> Result<(Vec<ShardRecord>, bool, Option<i64>), StreamError> {
+        let Some(api) = self.api.as_ref() else {
+            return Err(self.error("no client".into()));
+        };
+        let mut iterator = match self.latest.remove(&shard.id) {
+            Some(it) if start == At::Latest => Some(it),
+            _ => api
+                .iterator(&shard.id, &start)
+                .await
+                .map_err(|e| self.error(format!("shard {}: {}", shard.id, describe(&e))))?,
+        };
+        let mut out: Vec<ShardRecord> = Vec::new();
+        let mut empty = 0u32;
+        let mut behind: Option<i64> = None;
+        for _ in 0..MAX_PAGES {
+            let Some(it) = iterator.clone() else {
+                return Ok((out, shard.closed, behind));
+            };
+            let want = (cap + 1 - out.len() as u64).clamp(1, 1000) as i32;
+            let page = match api.records(&it, want).await {
+                Ok(p) => p,
+                Err(e) if e.failure == Failure::ExpiredIterator => {
+                    let again = match out.last() {
+                        Some(r) => At::After(r.sequence.clone()),
+                        None => start.clone(),
+                    };
+                    iterator = api
+                        .iterator(&shard.id, &again)
+                        .await
+                        .map_err(|e| self.error(format!("shard {}: {}", shard.id, describe(&e))))?;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(self.error(format!("shard {}: {}", shard.id, describe(&e))));
+                }
+            };
+            behind = page.behind_ms.or(behind);
+            let got = page.records.len();
+            for r in page.records {
+                if self.frozen_at.is_some_and(|t| r.time_ms > t) {
+                    return Ok((out, false, behind));
+                }
+                out.push(r);
+            }
+            if out.len() as u64 > cap {
+                return Ok((out, false, behind));
+            }
+            iterator = page.next;
+            if iterator.is_none() {
+                return Ok((out, shard.closed, behind));
+            }
+            if got == 0 {
+                empty += 1;
+                let at_tip = match self.kind {
+                    Kind::Kinesis => page.behind_ms.is_none_or(|b| b == 0),
+                    Kind::DynamodbStream => empty >= EMPTY_PAGES_AT_TIP,
+                };
+                if at_tip {
+                    // A closed shard takes no more records: at its newest
+                    // it is read to its end, whether the service says so
+                    // with a null iterator (AWS) or not (moto).
+                    if shard.closed {
+                        return Ok((out, true, behind));
+                    }
+                    break;
+                }
+            } else if page.behind_ms == Some(0) {
+                break;
+            }
+        }
+        if start == At::Latest
+            && out.is_empty()
+            && let Some(it) = iterator
+        {
+            self.latest.insert(shard.id.clone(), it);
+        }
+        Ok((out, false, behind))
+    }
+
+    async fn plan_ranges(&mut self) -> Result<Planned, StreamError> {
+        self.connect().await?;
+        let Some(api) = self.api.as_ref() else {
+            return Err(self.error("no client".into()));
+        };
+        let listed = api.shards().await.map_err(|e| self.error(describe(&e)))?;
+        let ids: BTreeSet<String> = listed.iter().map(|s| s.id.clone()).collect();
+        for (shard, position) in &self.positions {
+            if !ids.contains(shard) && !self.finished.contains(shard) {
+                return Err(self.error(format!(
+                    "shard {shard} is no longer in the stream (trimmed: streams keep 24 hours) and was not read to its end: records after sequence number {position} were lost"
+                )));
+            }
+        }
+        let fresh = self.positions.is_empty() && self.finished.is_empty();
+        let shards = Self::lineage(listed);
+        let open = shards
+            .iter()
+            .filter(|s| !self.finished.contains(&s.id))
+            .count()
+            .max(1) as u64;
+        let cap = self.options.max_records_per_batch.div_ceil(open).max(1);
+        let mut ranges = Vec::new();
+        let mut pending = 0u64;
+        let mut age_ms = 0u64;
+        let mut planned_records = 0u64;
+        let now = self.clock.wall().timestamp_millis();
+        for shard in &shards {
+            if self.finished.contains(&shard.id) {
+                continue;
+            }
+            let ready = shard
+                .parents
+                .iter()
+                .all(|p| self.finished.contains(p) || !ids.contains(p));
+            if !ready {
+                continue;
+            }
+            let start = match self.positions.get(&shard.id) {
+                Some(seq) => At::After(seq.clone()),
+                None if fresh && self.options.starting_position == StartingPosition::Latest => {
+                    At::Latest
+                }
+                None => At::TrimHorizon,
+            };
+            let (mut records, ended, behind) = self.read_ahead(shard, start, cap).await?;
+            planned_records += records.len() as u64;
+            if records.len() as u64 > cap {
+                let waiting = records.split_off(cap as usize);
+                pending += waiting.len() as u64;
+                if let Some(first) = waiting.first() {
+                    age_ms = age_ms.max((now - first.time_ms).max(0) as u64);
+                }
+            }
+            if let Some(b) = behind {
+                age_ms = age_ms.max(b.max(0) as u64);
+            }
+            match (records.first(), records.last()) {
+                (Some(first), Some(last)) => ranges.push(Range {
+                    source: self.table.clone(),
+                    split: shard.id.clone(),
+                    start: 0,
+                    end: records.len() as i64,
+                    first: Some(first.sequence.clone()),
+                    last: Some(last.sequence.clone()),
+                    ..Default::default()
+                }),
+                _ if ended => {
+                    // Closed and nothing after the committed position: its
+                    // children may start (from the next plan on).
+                    tracing::debug!(shard = %shard.id, "shard read to its end");
+                    self.finished.insert(shard.id.clone());
+                }
+                _ => {}
+            }
+        }
+        metrics::counter!("sluice_shard_plan_records_total").increment(planned_records);
+        Ok(Planned {
+            ranges,
+            lag: SourceLag {
+                source: self.table.clone(),
+                pending,
+                pending_bytes: 0,
+                age_ms,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Source for ShardSource {
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn plan(&mut self) -> Result<Planned, StreamError> {
+        let planned = self.plan_ranges().await;
+        if planned.is_err() {
+            // The next plan resolves the stream and connects afresh.
+            self.api = None;
+        }
+        planned
+    }
+
+    async fn prepare(&mut self) -> Result<(), StreamError> {
+        self.connect().await
+    }
+
+    fn taken(&mut self, ranges: &[Range]) {
+        for r in ranges.iter().filter(|r| r.source == self.table) {
+            if let Some(last) = &r.last {
+                let newer = self
+                    .positions
+                    .get(&r.split)
+                    .is_none_or(|p| compare(last, p) == std::cmp::Ordering::Greater);
+                if newer {
+                    self.positions.insert(r.split.clone(), last.clone());
+                }
+                self.latest.remove(&r.split);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stream": self.stream,
+            "positions": self.positions,
+            "finished": self.finished,
+        })
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), StreamError> {
+        #[derive(serde::Deserialize)]
+        struct Saved {
+            stream: Option<String>,
+            positions: BTreeMap<String, String>,
+            #[serde(default)]
+            finished: BTreeSet<String>,
+        }
+        let saved: Saved = serde_json::from_value(state.clone())
+            .map_err(|e| self.error(format!("its checkpointed state is unreadable: {e}")))?;
+        self.stream = saved.stream;
+        self.positions = saved.positions;
+        self.finished = saved.finished;
+        Ok(())
+    }
+
+    fn bind(&self, ranges: &[&Range], batch: &mut BatchInputs) -> Result<(), StreamError> {
+        let Some(stream) = &self.stream else {
+            return Err(self.error("the stream is not resolved yet".into()));
+        };
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for r in ranges {
+            let (Some(first), Some(last)) = (&r.first, &r.last) else {
+                return Err(self.error(format!(
+                    "shard {}: the plan has no sequence numbers",
+                    r.split
+                )));
+            };
+            if !seen.insert(r.split.clone()) {
+                return Err(self.error(format!("shard {} twice in one batch", r.split)));
+            }
+            out.push(ShardRange {
+                shard: r.split.clone(),
+                first: first.clone(),
+                last: last.clone(),
+                count: (r.end - r.start).max(0) as u64,
+            });
+        }
+        batch
+            .shards
+            .by_location
+            .insert(self.location.clone(), (stream.clone(), out));
+        Ok(())
+    }
+
+    async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>> {
+        ranges
+            .iter()
+            .map(|r| Some((r.end - r.start).max(0) as u64))
+            .collect()
+    }
+
+    async fn freeze(&mut self) -> Result<(), StreamError> {
+        self.frozen_at = Some(self.clock.wall().timestamp_millis());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parents: &[&str]) -> ShardInfo {
+        ShardInfo {
+            id: id.into(),
+            parents: parents.iter().map(|p| p.to_string()).collect(),
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn parents_come_before_children_whatever_the_listing_order() {
+        let listed = vec![
+            shard("merged", &["left", "right"]),
+            shard("right", &["root"]),
+            shard("left", &["root"]),
+            shard("root", &["trimmed-away"]),
+        ];
+        let order: Vec<String> = ShardSource::lineage(listed)
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(order, ["root", "right", "left", "merged"]);
+    }
+}

@@ -1,0 +1,277 @@
+//! Change streams for tests: a chat table with a DynamoDB stream and a
+//! loader that writes it as the seed's pipeline did (`BatchWriteItem`, 25
+//! items a request, 10 LivestreamIDs), then modifies and removes some
+//! items; Kinesis streams on moto, with records put and shards split. Real
+//! SDK calls against the servers `scripts/test-servers.sh` starts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, StreamSpecification, StreamViewType, WriteRequest,
+};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A fresh on-demand chat table (`LivestreamID` S, `UID` N), its stream
+/// on with `view` (`NEW_AND_OLD_IMAGES`, `KEYS_ONLY`...) or off (`None`).
+pub fn create_chat_table(hint: &str, view: Option<StreamViewType>) -> Result<String> {
+    let name = format!("{hint}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    runtime()?.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        let mut create = client
+            .create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("LivestreamID")
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("UID")
+                    .key_type(KeyType::Range)
+                    .build()?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("LivestreamID")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("UID")
+                    .attribute_type(ScalarAttributeType::N)
+                    .build()?,
+            );
+        if let Some(view) = view {
+            create = create.stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(view)
+                    .build()?,
+            );
+        }
+        create.send().await.context("CreateTable")?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(name)
+}
+
+/// The LivestreamID of chat item `uid`: 10 ids, `live-0`..`live-9`.
+pub fn livestream_of(uid: u64) -> String {
+    format!("live-{}", uid % 10)
+}
+
+/// Writes chat items `from..to` (`UID` = the number) at about `per_sec`
+/// items a second, 25 to a `BatchWriteItem`, retrying unprocessed items.
+pub fn load_chat(table: &str, from: u64, to: u64, per_sec: u64) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        let start = Instant::now();
+        let uids: Vec<u64> = (from..to).collect();
+        for (n, chunk) in uids.chunks(25).enumerate() {
+            let mut requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|uid| {
+                    let item = [
+                        ("LivestreamID", AttributeValue::S(livestream_of(*uid))),
+                        ("UID", AttributeValue::N(uid.to_string())),
+                        ("message", AttributeValue::S(format!("hello {uid}"))),
+                        (
+                            "sent_at",
+                            AttributeValue::N((1_764_100_000 + uid).to_string()),
+                        ),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                    PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .map(|p| WriteRequest::builder().put_request(p).build())
+                })
+                .collect::<Result<_, _>>()?;
+            for _ in 0..20 {
+                let out = client
+                    .batch_write_item()
+                    .request_items(table, requests.clone())
+                    .send()
+                    .await
+                    .context("BatchWriteItem")?;
+                requests = out
+                    .unprocessed_items()
+                    .and_then(|u| u.get(table).cloned())
+                    .unwrap_or_default();
+                if requests.is_empty() {
+                    break;
+                }
+            }
+            anyhow::ensure!(requests.is_empty(), "items stayed unprocessed");
+            let due = Duration::from_secs_f64(((n + 1) * 25) as f64 / per_sec.max(1) as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Changes `message` of each item in `uids` (a MODIFY each).
+pub fn modify_chat(table: &str, uids: impl IntoIterator<Item = u64>) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        for uid in uids {
+            client
+                .update_item()
+                .table_name(table)
+                .key("LivestreamID", AttributeValue::S(livestream_of(uid)))
+                .key("UID", AttributeValue::N(uid.to_string()))
+                .update_expression("SET message = :m")
+                .expression_attribute_values(":m", AttributeValue::S(format!("edited {uid}")))
+                .send()
+                .await
+                .context("UpdateItem")?;
+        }
+        Ok(())
+    })
+}
+
+/// Deletes each item in `uids` (a REMOVE each).
+pub fn remove_chat(table: &str, uids: impl IntoIterator<Item = u64>) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        for uid in uids {
+            client
+                .delete_item()
+                .table_name(table)
+                .key("LivestreamID", AttributeValue::S(livestream_of(uid)))
+                .key("UID", AttributeValue::N(uid.to_string()))
+                .send()
+                .await
+                .context("DeleteItem")?;
+        }
+        Ok(())
+    })
+}
+
+async fn kinesis() -> aws_sdk_kinesis::Client {
+    aws_sdk_kinesis::Client::new(sluice_core::storage::aws::sdk_config().await)
+}
+
+/// A fresh Kinesis stream of `shards` shards; returns its name.
+pub fn create_stream(hint: &str, shards: i32) -> Result<String> {
+    let name = format!("{hint}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    runtime()?.block_on(async {
+        let k = kinesis().await;
+        k.create_stream()
+            .stream_name(&name)
+            .shard_count(shards)
+            .send()
+            .await
+            .context("CreateStream")?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(name)
+}
+
+/// Puts each `(partition key, data)` record, in order.
+pub fn put_records(stream: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
+    runtime()?.block_on(async {
+        let k = kinesis().await;
+        for (key, data) in records {
+            k.put_record()
+                .stream_name(stream)
+                .partition_key(key)
+                .data(aws_sdk_kinesis::primitives::Blob::new(data.clone()))
+                .send()
+                .await
+                .context("PutRecord")?;
+        }
+        Ok(())
+    })
+}
+
+/// Splits the stream's first open shard in two at the middle of its hash
+/// range; returns the shard split.
+pub fn split_first_shard(stream: &str) -> Result<String> {
+    runtime()?.block_on(async {
+        let k = kinesis().await;
+        let shards = k
+            .list_shards()
+            .stream_name(stream)
+            .send()
+            .await
+            .context("ListShards")?;
+        let open = shards
+            .shards()
+            .iter()
+            .find(|s| {
+                s.sequence_number_range()
+                    .is_some_and(|r| r.ending_sequence_number().is_none())
+            })
+            .context("no open shard")?;
+        let range = open.hash_key_range().context("no hash range")?;
+        let lo: u128 = range.starting_hash_key().parse()?;
+        let hi: u128 = range.ending_hash_key().parse()?;
+        let middle = lo + (hi - lo) / 2 + 1;
+        k.split_shard()
+            .stream_name(stream)
+            .shard_to_split(open.shard_id())
+            .new_starting_hash_key(middle.to_string())
+            .send()
+            .await
+            .context("SplitShard")?;
+        Ok(open.shard_id().to_string())
+    })
+}
+
+/// Lines per value of `field` in the NDJSON files under `dir`, read with
+/// Python's own JSON reader (not sluice's); `field` `None` keys by the
+/// file's `name=value` directory instead.
+pub fn ndjson_counts(dir: &std::path::Path, field: &str) -> Result<BTreeMap<String, u64>> {
+    let script = r#"
+import json, os, sys, collections
+root, field = sys.argv[1], sys.argv[2]
+counts = collections.Counter()
+seqs = collections.Counter()
+for d, _, files in os.walk(root):
+    for f in files:
+        if not f.endswith('.json'):
+            continue
+        for line in open(os.path.join(d, f)):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            key = row.get(field)
+            if key is None:
+                parts = dict(p.split('=', 1) for p in os.path.relpath(d, root).split(os.sep) if '=' in p)
+                key = parts.get(field)
+            counts[str(key)] += 1
+            seqs[(row.get('shard_id'), row.get('sequence_number'))] += 1
+dups = sum(1 for v in seqs.values() if v > 1)
+counts['__duplicates__'] = dups
+print(json.dumps(counts))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(field)
+        .output()
+        .context("python3")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "python3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
