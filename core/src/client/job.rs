@@ -301,7 +301,17 @@ pub fn classify(text: &str, file: &str, line: usize) -> Result<Action, SluiceErr
                 format: WriteFormat::parse(&format)?,
                 overwrite: false,
                 options,
-                partition_by: copy.partitioned_by.clone(),
+                // A quoted name keeps its case: `PARTITIONED BY ("LivestreamID")`.
+                partition_by: copy
+                    .partitioned_by
+                    .iter()
+                    .map(
+                        |c| match c.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
+                            Some(quoted) => quoted.replace("\"\"", "\""),
+                            None => c.clone(),
+                        },
+                    )
+                    .collect(),
             });
         }
     }

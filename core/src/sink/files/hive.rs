@@ -39,11 +39,13 @@ pub(crate) fn partition_key_columns(schema: &Schema, names: &[String]) -> Result
 }
 
 /// Row indices of `batch` grouped by their Hive directory (`k=v/k2=v2`),
-/// in first-seen order.
+/// or with `values_only` by their values (`v/v2`, Firehose's layout), in
+/// first-seen order.
 pub(crate) fn group_rows(
     batch: &RecordBatch,
     names: &[String],
     key_columns: &[usize],
+    values_only: bool,
 ) -> Result<Vec<(String, Vec<u32>)>> {
     // Group on the key columns' row encoding (bytes, no allocation per row)
     // and format a Hive directory once per distinct value.
@@ -88,7 +90,11 @@ pub(crate) fn group_rows(
                     } else {
                         escape_partition_value(&f.value(first).to_string())
                     };
-                    format!("{name}={value}")
+                    if values_only {
+                        value
+                    } else {
+                        format!("{name}={value}")
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join("/");
@@ -138,7 +144,7 @@ mod tests {
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
             ],
         )?;
-        let groups = group_rows(&batch, &["k".to_string()], &[0])?;
+        let groups = group_rows(&batch, &["k".to_string()], &[0], false)?;
         assert_eq!(
             groups,
             vec![

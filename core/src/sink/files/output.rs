@@ -25,6 +25,7 @@ use parquet::file::properties::WriterPropertiesBuilder;
 
 use super::hive::{group_rows, partition_key_columns};
 use super::markers;
+use super::spec::PartitionStyle;
 use super::spec::{CHUNK_COLUMN, Committer, TextOptions, WriteFormat, WriteSpec};
 use crate::error::SluiceError;
 use crate::storage::multipart::{MultipartFileWriter, PART_SIZE};
@@ -404,7 +405,12 @@ pub async fn write_partition(
             let chunks =
                 chunk_column.and_then(|i| batch.column(i).as_any().downcast_ref::<Int64Array>());
             let mut groups = vec![];
-            for (dir, rows) in group_rows(&batch, &spec.partition_by, &key_columns)? {
+            for (dir, rows) in group_rows(
+                &batch,
+                &spec.partition_by,
+                &key_columns,
+                spec.partition_style == PartitionStyle::Values,
+            )? {
                 match chunks {
                     Some(chunks) => {
                         for (chunk, rows) in split_by_chunk(chunks, rows) {

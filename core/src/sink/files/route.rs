@@ -246,7 +246,7 @@ struct Placer {
 
 impl Placer {
     async fn route(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
-        let groups = group_rows(&batch, &self.spec.partition_by, &self.key_columns)?;
+        let groups = group_rows(&batch, &self.spec.partition_by, &self.key_columns, false)?;
         let placed = match self.place(&groups).await {
             Ok(placed) => Some(placed),
             Err(reason) => {

@@ -111,6 +111,9 @@ pub struct WriteSpec {
     /// Hive-style partition columns (`k=v/` directories), in order.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// How partition directories are named (`write.partition_style`).
+    #[serde(default)]
+    pub partition_style: PartitionStyle,
     /// Files a partitioned writer keeps open at once.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: usize,
@@ -157,6 +160,20 @@ pub enum Distribution {
     None,
 }
 
+/// How a partitioned write names its directories
+/// (`OPTIONS ('write.partition_style' 'hive'|'values')`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub enum PartitionStyle {
+    /// `k=v/k2=v2/`, which Hive, Spark, Athena and sluice read back as
+    /// columns.
+    #[default]
+    Hive,
+    /// `v/v2/`, Firehose's `yyyy/MM/dd/HH/` layout; readers see no
+    /// partition columns, so keep the values in the rows too.
+    Values,
+}
+
+pub const PARTITION_STYLE_OPTION: &str = "write.partition_style";
 pub const TARGET_FILE_ROWS_OPTION: &str = "write.target_file_rows";
 pub const TARGET_FILE_BYTES_OPTION: &str = "write.target_file_bytes";
 pub const DISTRIBUTION_OPTION: &str = "write.distribution";
@@ -384,6 +401,18 @@ impl WriteSpec {
                 });
             }
         };
+        let partition_style = match options.remove(PARTITION_STYLE_OPTION).as_deref() {
+            None | Some("hive") => PartitionStyle::Hive,
+            Some("values") => PartitionStyle::Values,
+            Some(other) => {
+                return Err(SluiceError::InvalidOutput {
+                    url: url.to_string(),
+                    reason: format!(
+                        "unknown {PARTITION_STYLE_OPTION} '{other}' (expected hive or values)"
+                    ),
+                });
+            }
+        };
         let lock_wait =
             take_duration(&mut options, LOCK_WAIT_OPTION, Default::default()).map_err(named)?;
         let lock_ttl = take_duration(&mut options, LOCK_TTL_OPTION, super::lock::DEFAULT_TTL)
@@ -420,6 +449,7 @@ impl WriteSpec {
             options,
             committer,
             partition_by: vec![],
+            partition_style,
             max_open_files,
             max_buffered_bytes,
             target_file_rows,

@@ -1,0 +1,470 @@
+//! DynamoDB Streams and Kinesis as stream sources, against DynamoDB Local
+//! (streams on) and moto's Kinesis, both started by `scripts/test-servers.sh`:
+//! the chat pipeline of workload 5 (`jobs/chat_changes.sql`) with a loader
+//! writing 25-item batches for 10 LivestreamIDs while the stream runs and a
+//! SIGKILL mid-batch, read back by Python's JSON reader; a Kinesis shard
+//! split mid-stream; and the bad inputs that must fail clearly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::StreamViewType;
+use sluice_test_support::changes::{self, livestream_of};
+use sluice_test_support::{run_with_timeout, sluice, workspace_root};
+
+fn spawn(args: &[String], stdout: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stdout)
+        .unwrap();
+    sluice()
+        .unwrap()
+        .args(args)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {sig} failed");
+}
+
+fn stop(mut child: Child) -> String {
+    signal(&child, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    err
+}
+
+fn batches(stdout: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("batch_id").is_some())
+        .collect()
+}
+
+fn entries(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `lines` rows are visible under `dir` (counted by Python).
+fn wait_rows(dir: &Path, field: &str, lines: u64, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let counts = changes::ndjson_counts(dir, field).unwrap();
+        let seen: u64 = counts
+            .iter()
+            .filter(|(k, _)| *k != "__duplicates__")
+            .map(|(_, v)| v)
+            .sum();
+        if seen >= lines {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("{what}: the stream exited ({status}) at {seen} of {lines} rows: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {seen} of {lines} rows after 180 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn chat_args(table: &str, out: &Path, ck: &Path, batch: u64) -> Vec<String> {
+    let job = workspace_root().join("jobs/chat_changes.sql");
+    vec![
+        "stream".into(),
+        job.display().to_string(),
+        "--var".into(),
+        format!("table={table}"),
+        "--var".into(),
+        format!("output={}", out.display()),
+        "--var".into(),
+        format!("batch={batch}"),
+        "--checkpoint".into(),
+        ck.display().to_string(),
+        "--every".into(),
+        "1s".into(),
+        "--output".into(),
+        "json".into(),
+    ]
+}
+
+/// The seed's test, scaled: 3,000 chat items over 10 LivestreamIDs written
+/// 25 to a request while the stream runs, then 100 MODIFYs, 50 REMOVEs and
+/// one item whose `sent_at` is not a number. The stream is SIGKILLed while
+/// a batch is planned but not committed and restarted with the same
+/// command. Afterwards both layouts hold every change once, per id, and the
+/// bad item is in errors/ with its reason.
+#[test]
+fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
+    let table = changes::create_chat_table("chat", Some(StreamViewType::NewAndOldImages)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, ck, log) = (
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+        tmp.path().join("batches.jsonl"),
+    );
+    let args = chat_args(&table, &out, &ck, 400);
+    let loader = {
+        let table = table.clone();
+        std::thread::spawn(move || changes::load_chat(&table, 0, 3_000, 500))
+    };
+    let first = spawn(&args, &log);
+    // Kill while a batch is recorded in offsets/ but not in commits/.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let killed_at = loop {
+        let planned = entries(&ck.join("offsets"));
+        let committed = entries(&ck.join("commits"));
+        if let Some(open) = planned.difference(&committed).next()
+            && !committed.is_empty()
+        {
+            signal(&first, "-KILL");
+            break open.clone();
+        }
+        assert!(Instant::now() < deadline, "no batch in flight to kill");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut first = first;
+    first.wait().unwrap();
+    let committed_before = entries(&ck.join("commits"));
+    assert!(
+        !committed_before.contains(&killed_at),
+        "the kill landed after the commit of {killed_at}"
+    );
+    let mut second = spawn(&args, &log);
+    loader.join().unwrap().unwrap();
+    changes::modify_chat(&table, 0..100).unwrap();
+    changes::remove_chat(&table, 100..150).unwrap();
+    put_bad_item(&table);
+    wait_rows(
+        &out.join("by_stream"),
+        "LivestreamID",
+        3_150,
+        &mut second,
+        "by_stream",
+    );
+    wait_rows(
+        &out.join("by_hour"),
+        "LivestreamID",
+        3_150,
+        &mut second,
+        "by_hour",
+    );
+    wait_rows(&out.join("errors"), "errorCode", 1, &mut second, "errors");
+    let err = stop(second);
+
+    // The restarted process re-ran the batch the kill interrupted.
+    let b = batches(&log);
+    let killed_id: u64 = killed_at.trim_end_matches(".json").parse().unwrap();
+    let rerun = b
+        .iter()
+        .find(|x| x["batch_id"].as_u64() == Some(killed_id))
+        .unwrap_or_else(|| panic!("batch {killed_id} never committed: {err}"));
+    assert_eq!(rerun["resumed"], true, "{rerun}");
+
+    let mut expected = std::collections::BTreeMap::new();
+    for uid in 0..3_000u64 {
+        *expected.entry(livestream_of(uid)).or_insert(0u64) += 1;
+    }
+    for uid in 0..150u64 {
+        *expected.entry(livestream_of(uid)).or_insert(0u64) += 1;
+    }
+    for layout in ["by_stream", "by_hour"] {
+        let mut counts = changes::ndjson_counts(&out.join(layout), "LivestreamID").unwrap();
+        assert_eq!(
+            counts.remove("__duplicates__"),
+            Some(0),
+            "{layout}: duplicates"
+        );
+        assert_eq!(counts, expected, "{layout}: changes per LivestreamID");
+        let mut events = changes::ndjson_counts(&out.join(layout), "event_name").unwrap();
+        events.remove("__duplicates__");
+        assert_eq!(
+            events.into_iter().collect::<Vec<_>>(),
+            [
+                ("INSERT".to_string(), 3_000),
+                ("MODIFY".to_string(), 100),
+                ("REMOVE".to_string(), 50)
+            ],
+            "{layout}: changes per event"
+        );
+    }
+    // The hour layout is Firehose's yyyy/MM/dd/HH/, not k=v directories.
+    let hour_dirs: Vec<PathBuf> = walk(&out.join("by_hour"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(!hour_dirs.is_empty());
+    for p in &hour_dirs {
+        let rel = p
+            .strip_prefix(out.join("by_hour"))
+            .unwrap()
+            .display()
+            .to_string();
+        let parts: Vec<&str> = rel.split('/').collect();
+        assert_eq!(parts.len(), 5, "{rel}");
+        assert!(
+            parts[..4]
+                .iter()
+                .all(|x| x.chars().all(|c| c.is_ascii_digit())),
+            "{rel}"
+        );
+    }
+    let errors = changes::ndjson_counts(&out.join("errors"), "errorMessage").unwrap();
+    assert!(
+        errors.keys().any(|k| k.contains("sent_at")),
+        "the bad item's reason names its field: {errors:?}"
+    );
+    // Every batch accounts for its input: records read = written + dead-lettered.
+    for x in &b {
+        let input = x["input_rows"].as_u64().unwrap();
+        let writes = x["writes"].as_array().unwrap();
+        let rows = |name: &str| {
+            writes
+                .iter()
+                .find(|w| w["output"].as_str().unwrap_or("").ends_with(name))
+                .map_or(0, |w| w["rows"].as_u64().unwrap())
+        };
+        assert_eq!(rows("/by_stream/") + rows("/errors/"), input, "{x}");
+        assert_eq!(rows("/by_hour/") + rows("/errors/"), input, "{x}");
+    }
+}
+
+fn put_bad_item(table: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        sluice_core::storage::dynamodb::client()
+            .await
+            .put_item()
+            .table_name(table)
+            .item("LivestreamID", AttributeValue::S("live-bad".into()))
+            .item("UID", AttributeValue::N("999999".into()))
+            .item("sent_at", AttributeValue::S("yesterday".into()))
+            .send()
+            .await
+            .unwrap();
+    });
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('_') || name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn kinesis_job(dir: &Path, stream: &str, out: &Path) -> PathBuf {
+    let path = dir.join("kinesis.sql");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(
+        f,
+        "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL) STORED AS KINESIS LOCATION 'kinesis://{stream}' \
+         OPTIONS ('max_records_per_batch' '60');\n\
+         COPY (SELECT n, shard_id, sequence_number, partition_key FROM k WHERE _error IS NULL) TO '{}' STORED AS JSON;",
+        out.display()
+    )
+    .unwrap();
+    path
+}
+
+fn numbered(from: u64, to: u64) -> Vec<(String, Vec<u8>)> {
+    (from..to)
+        .map(|n| (format!("key-{n}"), format!("{{\"n\": {n}}}").into_bytes()))
+        .collect()
+}
+
+/// A Kinesis shard split while the stream runs: the parent is read to its
+/// end before either child starts, and every record arrives once.
+#[test]
+fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
+    let stream = changes::create_stream("split", 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, ck, log) = (
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+        tmp.path().join("batches.jsonl"),
+    );
+    let job = kinesis_job(tmp.path(), &stream, &out);
+    changes::put_records(&stream, &numbered(0, 150)).unwrap();
+    let args: Vec<String> = [
+        "stream",
+        &job.display().to_string(),
+        "--checkpoint",
+        &ck.display().to_string(),
+        "--every",
+        "1s",
+        "--output",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn(&args, &log);
+    wait_rows(&out, "n", 60, &mut child, "before the split");
+    let parent = changes::split_first_shard(&stream).unwrap();
+    changes::put_records(&stream, &numbered(150, 300)).unwrap();
+    wait_rows(&out, "n", 300, &mut child, "after the split");
+    stop(child);
+
+    let mut counts = changes::ndjson_counts(&out, "n").unwrap();
+    assert_eq!(counts.remove("__duplicates__"), Some(0));
+    let seen: BTreeSet<u64> = counts.keys().map(|k| k.parse().unwrap()).collect();
+    assert_eq!(seen, (0..300).collect::<BTreeSet<u64>>());
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a record twice: {counts:?}"
+    );
+
+    let b = batches(&log);
+    let splits_of = |x: &serde_json::Value| -> Vec<String> {
+        x["splits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["split"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let last_parent = b
+        .iter()
+        .filter(|x| splits_of(x).contains(&parent))
+        .map(|x| x["batch_id"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let children: Vec<u64> = b
+        .iter()
+        .filter(|x| splits_of(x).iter().any(|s| *s != parent))
+        .map(|x| x["batch_id"].as_u64().unwrap())
+        .collect();
+    assert!(!children.is_empty(), "no child shard was read: {b:?}");
+    assert!(
+        children.iter().all(|c| *c > last_parent),
+        "a child was read before its parent's end (parent's last batch {last_parent}, children in {children:?})"
+    );
+}
+
+fn stream_once(job: &Path, ck: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = sluice().unwrap();
+    cmd.arg("stream")
+        .arg(job)
+        .arg("--checkpoint")
+        .arg(ck)
+        .arg("--once");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = run_with_timeout(&mut cmd, Duration::from_secs(120)).unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// A table without a stream, a missing table, a missing Kinesis stream and
+/// an unreachable endpoint each fail the run with one line naming it.
+#[test]
+fn bad_change_sources_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = changes::create_chat_table("nostream", None).unwrap();
+    let job = |name: &str, table: &str| {
+        let path = tmp.path().join(format!("{name}.sql"));
+        std::fs::write(
+            &path,
+            format!(
+                "CREATE EXTERNAL TABLE c STORED AS {table} OPTIONS ('request_timeout_ms' '1000');\n\
+                 COPY (SELECT * FROM c) TO '{}' STORED AS JSON;",
+                tmp.path().join(name).display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let cases = [
+        (
+            job(
+                "nostream",
+                &format!("DYNAMODB_STREAM LOCATION 'dynamodb://{plain}'"),
+            ),
+            vec![],
+            vec![plain.as_str(), "has no stream enabled"],
+        ),
+        (
+            job(
+                "missing",
+                "DYNAMODB_STREAM LOCATION 'dynamodb://no-such-table'",
+            ),
+            vec![],
+            vec!["no-such-table", "ResourceNotFoundException"],
+        ),
+        (
+            job("nokinesis", "KINESIS LOCATION 'kinesis://no-such-stream'"),
+            vec![],
+            vec!["no-such-stream", "ResourceNotFoundException"],
+        ),
+        (
+            job("unreachable", "DYNAMODB_STREAM LOCATION 'dynamodb://chat'"),
+            vec![("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")],
+            vec!["dynamodb://chat", "DescribeTable", "gave up after"],
+        ),
+    ];
+    for (i, (job, env, want)) in cases.iter().enumerate() {
+        let (ok, text) = stream_once(job, &tmp.path().join(format!("ck{i}")), env);
+        assert!(!ok, "{job:?} succeeded: {text}");
+        for w in want {
+            assert!(text.contains(w), "{job:?}: no '{w}' in: {text}");
+        }
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
