@@ -468,3 +468,89 @@ fn bad_change_sources_fail_clearly() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+/// DynamoDB's Kinesis streaming destination: records of that JSON shape,
+/// read with `format 'dynamodb'`, give the same columns as the Streams
+/// source, typed columns from the new (or, for a REMOVE, old) image, and a
+/// record that is not a change goes to `_error`.
+#[test]
+fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
+    let stream = changes::create_stream("ddbdest", 1).unwrap();
+    let change = |name: &str, uid: u64, image: &str| {
+        format!(
+            r#"{{"awsRegion":"us-east-1","eventID":"e{uid}","eventName":"{name}","tableName":"chat","recordFormat":"application/json","dynamodb":{{"ApproximateCreationDateTime":1764100000000,"Keys":{{"LivestreamID":{{"S":"live-1"}},"UID":{{"N":"{uid}"}}}},{image},"SizeBytes":40}},"eventSource":"aws:dynamodb"}}"#
+        )
+        .into_bytes()
+    };
+    let records = vec![
+        (
+            "a".to_string(),
+            change(
+                "INSERT",
+                1,
+                r#""NewImage":{"LivestreamID":{"S":"live-1"},"UID":{"N":"1"},"message":{"S":"hi"}}"#,
+            ),
+        ),
+        (
+            "b".to_string(),
+            change(
+                "REMOVE",
+                2,
+                r#""OldImage":{"LivestreamID":{"S":"live-1"},"UID":{"N":"2"},"message":{"S":"bye"}}"#,
+            ),
+        ),
+        ("c".to_string(), b"not a change".to_vec()),
+    ];
+    changes::put_records(&stream, &records).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, bad) = (tmp.path().join("out"), tmp.path().join("bad"));
+    let job = tmp.path().join("dest.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE c (\"LivestreamID\" VARCHAR NOT NULL, \"UID\" BIGINT NOT NULL, message VARCHAR) \
+             STORED AS KINESIS LOCATION 'kinesis://{stream}' OPTIONS ('format' 'dynamodb', 'max_bad_records' '5');\n\
+             COPY (SELECT event_name, \"UID\", message, keys, approximate_creation_time FROM c WHERE _error IS NULL) TO '{}' STORED AS JSON;\n\
+             COPY (SELECT sequence_number, _error FROM c WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;",
+            out.display(),
+            bad.display()
+        ),
+    )
+    .unwrap();
+    let (ok, text) = stream_once(&job, &tmp.path().join("ck"), &[]);
+    assert!(ok, "{text}");
+    let rows: Vec<serde_json::Value> = walk(&out)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let insert = rows.iter().find(|r| r["event_name"] == "INSERT").unwrap();
+    assert_eq!(insert["UID"], 1);
+    assert_eq!(insert["message"], "hi");
+    assert_eq!(insert["keys"], r#"{"LivestreamID":"live-1","UID":1}"#);
+    assert_eq!(insert["approximate_creation_time"], "2025-11-25T19:46:40Z");
+    let remove = rows.iter().find(|r| r["event_name"] == "REMOVE").unwrap();
+    assert_eq!(remove["message"], "bye");
+    let bad_rows: Vec<String> = walk(&bad)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(bad_rows.len(), 1, "{bad_rows:?}");
+    assert!(
+        bad_rows[0].contains("the data is not JSON"),
+        "{}",
+        bad_rows[0]
+    );
+}

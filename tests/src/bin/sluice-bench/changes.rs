@@ -64,6 +64,11 @@ async fn run_stream(
     Ok(())
 }
 
+/// Runs `f` (which starts its own runtime) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
 fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     let i = ((xs.len() as f64 * p).ceil() as usize).saturating_sub(1);
@@ -127,16 +132,18 @@ pub(crate) async fn changes_bench(
     records: u64,
 ) -> Result<Value> {
     let s3 = S3::from_env()?;
-    let bucket = s3.new_bucket("changes")?;
+    let bucket = {
+        let s3 = S3::from_env()?;
+        blocking(move || s3.new_bucket("changes")).await?
+    };
     let embedded = EmbeddedCluster::start(1, sluice_core::config::default_slots()).await?;
     let endpoint = embedded.endpoint.clone();
     let (_keep, never) = tokio::sync::watch::channel(false);
 
     // 1. Drain: what the server holds, as fast as it comes.
-    let table = changes::create_chat_table(
-        "bench",
-        Some(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages),
-    )?;
+    let view = Some(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages);
+    let v = view.clone();
+    let table = blocking(move || changes::create_chat_table("bench", v)).await?;
     let t = table.clone();
     let t0 = Instant::now();
     let loaders: Vec<_> = (0..4u64)
@@ -174,10 +181,7 @@ pub(crate) async fn changes_bench(
     ddb["wall_seconds"] = json!(drain_wall);
 
     // 2. Lag under a steady load.
-    let table = changes::create_chat_table(
-        "benchlag",
-        Some(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages),
-    )?;
+    let table = blocking(move || changes::create_chat_table("benchlag", view)).await?;
     let n = rate * seconds;
     let seen = Arc::new(Collect::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -224,7 +228,10 @@ pub(crate) async fn changes_bench(
     let _ = stop_tx.send(true);
     running.await.context("the lag stream")??;
     let batches = seen.batches();
-    let l = tokio::task::block_in_place(|| lags(&s3, &bucket, "lag/by_stream/", &batches))?;
+    let l = {
+        let (b, batches) = (bucket.clone(), batches.clone());
+        blocking(move || lags(&s3, &b, "lag/by_stream/", &batches)).await?
+    };
     let lag = json!({
         "rate_items_per_sec": rate,
         "changes": l.len(),
@@ -235,9 +242,10 @@ pub(crate) async fn changes_bench(
     });
 
     // 3. Kinesis: a preloaded 4-shard stream, drained.
-    let stream = changes::create_stream("bench", 4)?;
+    let stream = blocking(|| changes::create_stream("bench", 4)).await?;
     let t0 = Instant::now();
-    changes::put_many(&stream, 0, records)?;
+    let st = stream.clone();
+    blocking(move || changes::put_many(&st, 0, records)).await?;
     let put_secs = t0.elapsed().as_secs_f64();
     let seen = Arc::new(Collect::default());
     let vars = HashMap::from([
