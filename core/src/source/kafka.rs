@@ -248,6 +248,58 @@ pub struct Declared {
     pub nullable: bool,
 }
 
+impl Declared {
+    /// The columns `cmd` declares, parsed from each record as JSON; one
+    /// that is a `fixed` column of the `what` table (or `_error`) is refused.
+    pub fn from_command(cmd: &CreateExternalTable, fixed: &[Field], what: &str) -> Result<Vec<Self>> {
+        let fixed: Vec<&String> = fixed.iter().map(|f| f.name()).collect();
+        let mut declared = Vec::new();
+        for f in cmd.schema.fields() {
+            if fixed.contains(&f.name()) || f.name() == ERROR_COLUMN {
+                return plan_err!(
+                    "{}: column {} is one of the {what} table's own columns ({}, {ERROR_COLUMN}); declare only the fields parsed from the records",
+                    cmd.name,
+                    f.name(),
+                    fixed.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            declared.push(Self {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            });
+        }
+        Ok(declared)
+    }
+
+    /// The declared columns as a schema, as declared.
+    pub fn schema(declared: &[Self]) -> Result<SchemaRef> {
+        let fields = declared
+            .iter()
+            .map(|d| {
+                DataType::from_str(&d.data_type)
+                    .map(|t| Field::new(&d.name, t, d.nullable))
+                    .map_err(DataFusionError::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// A source table's schema: its `fixed` columns, the declared ones
+    /// (nullable: a bad record's are null, its `_error` says why; required
+    /// ones are checked when parsing), then `_error`.
+    pub fn table_schema(mut fixed: Vec<Field>, declared: &[Self]) -> Result<SchemaRef> {
+        fixed.extend(
+            Self::schema(declared)?
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        fixed.push(Field::new(ERROR_COLUMN, DataType::Utf8, true));
+        Ok(Arc::new(Schema::new(fixed)))
+    }
+}
+
 /// What a Kafka table is: enough to rebuild it on the scheduler and to
 /// scan it on an executor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,30 +312,11 @@ pub struct KafkaSpec {
 
 impl KafkaSpec {
     fn declared_schema(&self) -> Result<SchemaRef> {
-        let fields = self
-            .declared
-            .iter()
-            .map(|d| {
-                DataType::from_str(&d.data_type)
-                    .map(|t| Field::new(&d.name, t, d.nullable))
-                    .map_err(DataFusionError::from)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Arc::new(Schema::new(fields)))
+        Declared::schema(&self.declared)
     }
 
     pub fn schema(&self) -> Result<SchemaRef> {
-        let mut fields = fixed_fields();
-        // Nullable in the table: a bad record's declared columns are null
-        // (its `_error` says why); required ones are checked when parsing.
-        fields.extend(
-            self.declared_schema()?
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true)),
-        );
-        fields.push(Field::new(ERROR_COLUMN, DataType::Utf8, true));
-        Ok(Arc::new(Schema::new(fields)))
+        Declared::table_schema(fixed_fields(), &self.declared)
     }
 }
 
@@ -342,23 +375,7 @@ impl TableProviderFactory for KafkaTableFactory {
         };
         let location = KafkaLocation::parse(location)?;
         let options = KafkaOptions::parse(&cmd.options)?;
-        let fixed: Vec<String> = fixed_fields().iter().map(|f| f.name().clone()).collect();
-        let mut declared = Vec::new();
-        for f in cmd.schema.fields() {
-            if fixed.contains(f.name()) || f.name() == ERROR_COLUMN {
-                return plan_err!(
-                    "{}: column {} is one of the Kafka table's own columns ({}, {ERROR_COLUMN}); declare only the fields parsed from the value",
-                    cmd.name,
-                    f.name(),
-                    fixed.join(", ")
-                );
-            }
-            declared.push(Declared {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                nullable: f.is_nullable(),
-            });
-        }
+        let declared = Declared::from_command(cmd, &fixed_fields(), "Kafka")?;
         let ranges = state
             .config()
             .get_extension::<BatchKafka>()

@@ -23,14 +23,13 @@ pub mod kinesis;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, RecordBatch, StringBuilder, TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::common::{DataFusionError, Result, plan_err};
@@ -44,7 +43,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use serde::{Deserialize, Serialize};
 
 use self::api::{ApiError, At, Body, Change, Failure, Retry, ShardApi, ShardRecord};
-use crate::source::kafka::{Declared, ERROR_COLUMN, parse_values};
+use crate::source::kafka::{Declared, parse_values};
 
 /// The `STORED AS` names.
 pub const DYNAMODB_STREAM: &str = "DYNAMODB_STREAM";
@@ -294,28 +293,11 @@ pub fn fixed_fields(format: RecordFormat) -> Vec<Field> {
 
 impl ShardSpec {
     fn declared_schema(&self) -> Result<SchemaRef> {
-        let fields = self
-            .declared
-            .iter()
-            .map(|d| {
-                DataType::from_str(&d.data_type)
-                    .map(|t| Field::new(&d.name, t, d.nullable))
-                    .map_err(DataFusionError::from)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Arc::new(Schema::new(fields)))
+        Declared::schema(&self.declared)
     }
 
     pub fn schema(&self) -> Result<SchemaRef> {
-        let mut fields = fixed_fields(self.options.format);
-        fields.extend(
-            self.declared_schema()?
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true)),
-        );
-        fields.push(Field::new(ERROR_COLUMN, DataType::Utf8, true));
-        Ok(Arc::new(Schema::new(fields)))
+        Declared::table_schema(fixed_fields(self.options.format), &self.declared)
     }
 
     pub async fn api(&self) -> Box<dyn ShardApi> {
@@ -385,27 +367,7 @@ impl TableProviderFactory for ShardTableFactory {
         };
         parse_location(kind, location)?;
         let options = ShardOptions::parse(kind, &cmd.options)?;
-        let fixed: Vec<String> = fixed_fields(options.format)
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let mut declared = Vec::new();
-        for f in cmd.schema.fields() {
-            if fixed.contains(f.name()) || f.name() == ERROR_COLUMN {
-                return plan_err!(
-                    "{}: column {} is one of the {} table's own columns ({}, {ERROR_COLUMN}); declare only the fields parsed from the records",
-                    cmd.name,
-                    f.name(),
-                    kind.what(),
-                    fixed.join(", ")
-                );
-            }
-            declared.push(Declared {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                nullable: f.is_nullable(),
-            });
-        }
+        let declared = Declared::from_command(cmd, &fixed_fields(options.format), kind.what())?;
         let (stream, ranges) = state
             .config()
             .get_extension::<BatchShards>()
