@@ -251,7 +251,11 @@ pub struct Declared {
 impl Declared {
     /// The columns `cmd` declares, parsed from each record as JSON; one
     /// that is a `fixed` column of the `what` table (or `_error`) is refused.
-    pub fn from_command(cmd: &CreateExternalTable, fixed: &[Field], what: &str) -> Result<Vec<Self>> {
+    pub fn from_command(
+        cmd: &CreateExternalTable,
+        fixed: &[Field],
+        what: &str,
+    ) -> Result<Vec<Self>> {
         let fixed: Vec<&String> = fixed.iter().map(|f| f.name()).collect();
         let mut declared = Vec::new();
         for f in cmd.schema.fields() {
@@ -260,7 +264,11 @@ impl Declared {
                     "{}: column {} is one of the {what} table's own columns ({}, {ERROR_COLUMN}); declare only the fields parsed from the records",
                     cmd.name,
                     f.name(),
-                    fixed.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                    fixed
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             declared.push(Self {

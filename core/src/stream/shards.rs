@@ -414,7 +414,302 @@ impl Source for ShardSource {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::source::shards::api::{ApiError, Body, Change, Page};
+
+    /// A stream in memory: shards, their records (sequence numbers 1, 2,
+    /// ... per shard), and iterators `shard@index`.
+    #[derive(Default)]
+    struct Fake {
+        shards: Mutex<Vec<(ShardInfo, Vec<ShardRecord>)>>,
+        trimmed_before: Mutex<Option<u64>>,
+    }
+
+    impl Fake {
+        fn add_shard(&self, id: &str, parents: &[&str], records: u64, closed: bool) {
+            let info = ShardInfo {
+                id: id.into(),
+                parents: parents.iter().map(|p| p.to_string()).collect(),
+                closed,
+            };
+            let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            shards.push((info, vec![]));
+            drop(shards);
+            self.append(id, records);
+        }
+
+        fn append(&self, id: &str, n: u64) {
+            let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, records)) = shards.iter_mut().find(|(s, _)| s.id == id) {
+                for _ in 0..n {
+                    let seq = format!("{:030}", records.len() + 1);
+                    records.push(ShardRecord {
+                        sequence: seq,
+                        time_ms: 0,
+                        body: Body::Change(Change {
+                            event_name: "INSERT".into(),
+                            keys: "{}".into(),
+                            new_image: None,
+                            old_image: None,
+                        }),
+                    });
+                }
+            }
+        }
+
+        fn close(&self, id: &str) {
+            let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((s, _)) = shards.iter_mut().find(|(s, _)| s.id == id) {
+                s.closed = true;
+            }
+        }
+    }
+
+    #[async_trait]
+    impl ShardApi for Arc<Fake> {
+        async fn shards(&self) -> Result<Vec<ShardInfo>, ApiError> {
+            let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(shards.iter().map(|(s, _)| s.clone()).collect())
+        }
+
+        async fn iterator(&self, shard: &str, at: &At) -> Result<Option<String>, ApiError> {
+            let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((_, records)) = shards.iter().find(|(s, _)| s.id == shard) else {
+                return Err(ApiError {
+                    call: "GetShardIterator",
+                    failure: Failure::Fatal,
+                    message: format!("ResourceNotFoundException: no shard {shard}"),
+                });
+            };
+            let index = match at {
+                At::TrimHorizon => 0,
+                At::Latest => records.len(),
+                At::Sequence(s) => s.parse::<usize>().unwrap_or(1) - 1,
+                At::After(s) => s.parse::<usize>().unwrap_or(0),
+            };
+            let trimmed = self
+                .trimmed_before
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if trimmed.is_some_and(|t| (index as u64) < t) {
+                return Err(ApiError {
+                    call: "GetShardIterator",
+                    failure: Failure::Trimmed,
+                    message: "TrimmedDataAccessException: too old".into(),
+                });
+            }
+            Ok(Some(format!("{shard}@{index}")))
+        }
+
+        async fn records(&self, iterator: &str, limit: i32) -> Result<Page, ApiError> {
+            let (shard, index) = iterator.split_once('@').unwrap_or_default();
+            let index: usize = index.parse().unwrap_or(0);
+            let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((info, records)) = shards.iter().find(|(s, _)| s.id == shard) else {
+                return Ok(Page::default());
+            };
+            let end = (index + limit as usize).min(records.len());
+            let next = if info.closed && end == records.len() {
+                None
+            } else {
+                Some(format!("{shard}@{end}"))
+            };
+            Ok(Page {
+                records: records[index.min(end)..end].to_vec(),
+                next,
+                behind_ms: None,
+            })
+        }
+    }
+
+    fn source(fake: &Arc<Fake>, cap: u64, latest: bool) -> ShardSource {
+        let options = ShardOptions {
+            max_records_per_batch: cap,
+            starting_position: if latest {
+                StartingPosition::Latest
+            } else {
+                StartingPosition::TrimHorizon
+            },
+            ..ShardOptions::default()
+        };
+        let mut s = ShardSource::new(
+            "t",
+            Kind::Kinesis,
+            "kinesis://s",
+            "s",
+            options,
+            crate::clock::ManualClock::new(),
+        );
+        s.api = Some(Box::new(Arc::clone(fake)));
+        s.stream = Some("s".into());
+        s
+    }
+
+    /// Plans a batch and takes it, as the runner does after a commit:
+    /// (shard, records) per range.
+    async fn batch(s: &mut ShardSource) -> Result<Vec<(String, i64)>, StreamError> {
+        let planned = s.plan().await?;
+        s.taken(&planned.ranges);
+        Ok(planned
+            .ranges
+            .iter()
+            .map(|r| (r.split.clone(), r.end - r.start))
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn a_split_parent_is_read_to_its_end_before_its_children_and_every_record_once()
+    -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("p", &[], 5, true);
+        fake.add_shard("a", &["p"], 3, false);
+        fake.add_shard("b", &["p"], 2, false);
+        let mut s = source(&fake, 1_000, false);
+        assert_eq!(batch(&mut s).await?, [("p".to_string(), 5)]);
+        // The parent is done; its children start in the same plan.
+        assert_eq!(
+            batch(&mut s).await?,
+            [("a".to_string(), 3), ("b".to_string(), 2)]
+        );
+        assert_eq!(batch(&mut s).await?, []);
+        fake.append("a", 4);
+        assert_eq!(batch(&mut s).await?, [("a".to_string(), 4)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_merge_waits_for_both_parents() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("l", &[], 2, true);
+        fake.add_shard("r", &[], 3, false);
+        fake.add_shard("m", &["l", "r"], 4, false);
+        let mut s = source(&fake, 1_000, false);
+        assert_eq!(
+            batch(&mut s).await?,
+            [("l".to_string(), 2), ("r".to_string(), 3)]
+        );
+        // `r` is still open: `m` waits.
+        assert_eq!(batch(&mut s).await?, []);
+        fake.append("r", 1);
+        fake.close("r");
+        assert_eq!(batch(&mut s).await?, [("r".to_string(), 1)]);
+        assert_eq!(batch(&mut s).await?, [("m".to_string(), 4)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_cap_is_shared_between_shards_and_the_rest_waits_as_lag() -> Result<(), StreamError>
+    {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 10, false);
+        fake.add_shard("y", &[], 10, false);
+        let mut s = source(&fake, 8, false);
+        let planned = s.plan().await?;
+        let counts: Vec<i64> = planned.ranges.iter().map(|r| r.end - r.start).collect();
+        assert_eq!(counts, [4, 4]);
+        assert_eq!(
+            planned.lag.pending, 2,
+            "one record seen beyond the cap per shard"
+        );
+        s.taken(&planned.ranges);
+        let mut total = 8;
+        for _ in 0..5 {
+            total += batch(&mut s).await?.iter().map(|(_, n)| n).sum::<i64>();
+        }
+        assert_eq!(total, 20);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_restart_goes_on_from_the_checkpointed_positions() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 6, false);
+        let mut s = source(&fake, 4, false);
+        let first = s.plan().await?;
+        s.taken(&first.ranges);
+        let saved = s.snapshot();
+        let mut again = source(&fake, 4, false);
+        again.restore(&saved)?;
+        assert_eq!(batch(&mut again).await?, [("x".to_string(), 2)]);
+        // Replaying a recorded plan (offsets/N) moves the position too.
+        let mut replayed = source(&fake, 4, false);
+        replayed.taken(&first.ranges);
+        assert_eq!(batch(&mut replayed).await?, [("x".to_string(), 2)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn latest_skips_what_was_there_and_keeps_its_place_until_records_come()
+    -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 3, false);
+        let mut s = source(&fake, 100, true);
+        assert_eq!(batch(&mut s).await?, []);
+        fake.append("x", 2);
+        assert_eq!(batch(&mut s).await?, [("x".to_string(), 2)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_executor_reads_exactly_the_planned_range_or_says_what_differs() {
+        use crate::source::shards::{ShardRange, read_range};
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 10, false);
+        let seq = |n: u64| format!("{n:030}");
+        let range = ShardRange {
+            shard: "x".into(),
+            first: seq(3),
+            last: seq(7),
+            count: 5,
+        };
+        let got = read_range(&fake, &range).await.unwrap_or_default();
+        let seqs: Vec<String> = got.iter().map(|r| r.sequence.clone()).collect();
+        assert_eq!(seqs, (3..=7).map(seq).collect::<Vec<_>>());
+        let wrong = ShardRange { count: 6, ..range };
+        let err = read_range(&fake, &wrong).await.err().unwrap_or_default();
+        assert!(
+            err.contains("read 5 records") && err.contains("counted 6"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn lost_records_fail_the_plan_saying_so() {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 3, false);
+        let mut s = source(&fake, 100, false);
+        s.positions
+            .insert("gone".into(), "000000000000000000000000000007".into());
+        let err = s
+            .plan()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("shard gone is no longer in the stream") && err.contains("were lost"),
+            "{err}"
+        );
+        let mut s = source(&fake, 100, false);
+        *fake
+            .trimmed_before
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(2);
+        s.positions
+            .insert("x".into(), "000000000000000000000000000001".into());
+        let err = s
+            .plan()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("TrimmedDataAccessException") && err.contains("were lost"),
+            "{err}"
+        );
+    }
 
     fn shard(id: &str, parents: &[&str]) -> ShardInfo {
         ShardInfo {
