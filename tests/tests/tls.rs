@@ -66,8 +66,66 @@ fn a_tls_cluster_runs_jobs_and_refuses_every_port_to_clients_without_its_certifi
         );
     }
 
+    // The CLI's other commands with the cluster's files: jobs, status and
+    // the coordinator's limiter table, over TLS.
+    let cli = |args: &[&str]| {
+        run_with_timeout(
+            sluice()
+                .unwrap()
+                .args(args)
+                .args(["--scheduler", &cluster.endpoint])
+                .envs(cluster.cli_env.iter().map(|(k, v)| (k, v))),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    };
+    let o = cli(&["jobs", "--output", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let job_id = listed
+        .as_array()
+        .and_then(|jobs| jobs.iter().find_map(|j| j["job_id"].as_str()))
+        .unwrap_or_else(|| panic!("no job listed: {listed}"))
+        .to_string();
+    let o = cli(&["status", &job_id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&job_id),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = cli(&[
+        "limiter",
+        "--coordinator",
+        &cluster.coordinator,
+        "--output",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok());
+
     // The CLI without the cluster's files: one clear line, no job.
     let before = cluster.jobs().unwrap().len();
+    for args in [
+        vec!["jobs"],
+        vec!["limiter", "--coordinator", &cluster.coordinator],
+    ] {
+        let o = run_with_timeout(
+            sluice()
+                .unwrap()
+                .args(&args)
+                .args(["--scheduler", &cluster.endpoint]),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} without certificates: {err}");
+        assert!(
+            err.contains("give --tls-ca, --tls-cert and --tls-key"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
     let o = run_with_timeout(
         sluice().unwrap().arg("submit").arg(&job).args([
             "--scheduler",

@@ -341,6 +341,10 @@ pub fn mismatch_hint(tls: Option<&ClusterTls>, error: &str) -> Option<&'static s
         None if error.contains("invalid HTTP version") => Some(
             "the port speaks TLS: give --tls-ca, --tls-cert and --tls-key (README, \"Running a cluster\")",
         ),
+        // An https:// URL dialled without the cluster's CA.
+        None if error.contains("UnknownIssuer") => Some(
+            "the port's certificate is the cluster's own: give --tls-ca, --tls-cert and --tls-key (README, \"Running a cluster\")",
+        ),
         Some(_) if error.contains("fatal alert") => {
             Some("the server refused this client's certificate: is it signed by the cluster's CA?")
         }
@@ -417,6 +421,8 @@ mod tests {
         let plain = "client error (SendRequest): invalid HTTP version parsed";
         assert!(mismatch_hint(None, plain).is_some_and(|h| h.contains("--tls-ca")));
         assert!(mismatch_hint(None, "Connection refused (os error 111)").is_none());
+        let unknown = "client error (Connect): invalid peer certificate: UnknownIssuer";
+        assert!(mismatch_hint(None, unknown).is_some_and(|h| h.contains("--tls-ca")));
     }
 
     #[test]
