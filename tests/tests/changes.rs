@@ -370,6 +370,8 @@ fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
             .as_array()
             .unwrap()
             .iter()
+            // Ranges with records (marks read nothing).
+            .filter(|s| s["end"].as_i64() > s["start"].as_i64())
             .map(|s| s["split"].as_str().unwrap().to_string())
             .collect()
     };

@@ -28,8 +28,15 @@ use crate::source::shards::{Kind, ShardOptions, ShardRange, StartingPosition, de
 /// Pages one shard's planning read takes at most.
 const MAX_PAGES: u32 = 50;
 /// Empty pages after which an open shard counts as read to its newest
-/// record (DynamoDB Streams says nothing about how far behind a page is).
+/// record for this plan (DynamoDB Streams says nothing about how far
+/// behind a page is); the next plan goes on from where this one stopped.
 const EMPTY_PAGES_AT_TIP: u32 = 2;
+/// Expired iterators one read renews at most.
+const MAX_RENEWALS: u32 = 5;
+/// A range's `first` with no `last`: the shard starts at its newest record.
+const MARK_LATEST: &str = "LATEST";
+/// A range's `first` with no `last`: the shard was read to its end.
+const MARK_END: &str = "END";
 
 pub struct ShardSource {
     table: String,
@@ -44,10 +51,20 @@ pub struct ShardSource {
     positions: BTreeMap<String, String>,
     /// Shards closed and read to their end.
     finished: BTreeSet<String>,
-    /// Iterators of shards a new stream reads from `latest` and found
-    /// nothing in yet, kept in memory only: so the next plan goes on from
-    /// there, not from a later `latest`.
-    latest: HashMap<String, String>,
+    /// Shards that start at their newest record (`latest`, for the shards
+    /// listed when the stream first planned) until they have a position.
+    start_latest: BTreeSet<String>,
+    /// Whether this source has planned (or been given a position) yet.
+    started: bool,
+    /// Marks not yet recorded in a committed plan: `LATEST` and `END`
+    /// ranges (no records) that carry `start_latest` and `finished` into
+    /// the checkpoint with the next batch.
+    marks: Vec<Range>,
+    /// Per shard, an iterator past the newest record seen by a plan that
+    /// found nothing there, and the position it goes on from: the next plan
+    /// continues from it instead of starting again (past empty stretches,
+    /// and without re-resolving `latest`). In memory only.
+    parked: HashMap<String, (Option<String>, String)>,
     /// With `--available-now`: records created after this (ms) wait.
     frozen_at: Option<i64>,
     clock: Arc<dyn Clock>,
@@ -72,7 +89,10 @@ impl ShardSource {
             api: None,
             positions: BTreeMap::new(),
             finished: BTreeSet::new(),
-            latest: HashMap::new(),
+            start_latest: BTreeSet::new(),
+            started: false,
+            marks: Vec::new(),
+            parked: HashMap::new(),
             frozen_at: None,
             clock,
         }
@@ -136,8 +156,10 @@ impl ShardSource {
         out
     }
 
-    /// Reads ahead in one shard from `start`: up to `cap + 1` records, and
-    /// whether the shard is closed and read to its end.
+    /// Reads ahead in one shard from `start` (or from its parked
+    /// iterator): up to `cap + 1` records, whether the shard is read to its
+    /// end (the service gave no next iterator: closed and done), and how far
+    /// behind the newest record the read stopped.
     async fn read_ahead(
         &mut self,
         shard: &ShardInfo,
@@ -147,24 +169,35 @@ impl ShardSource {
         let Some(api) = self.api.as_ref() else {
             return Err(self.error("no client".into()));
         };
-        let mut iterator = match self.latest.remove(&shard.id) {
-            Some(it) if start == At::Latest => Some(it),
-            _ => api
+        let fail = |e: &crate::source::shards::api::ApiError| {
+            self.error(format!("shard {}: {}", shard.id, describe(e)))
+        };
+        let position = self.positions.get(&shard.id).cloned();
+        let parked = self
+            .parked
+            .get(&shard.id)
+            .filter(|(from, _)| *from == position)
+            .map(|(_, it)| it.clone());
+        let mut iterator = match parked {
+            Some(it) => Some(it),
+            None => api
                 .iterator(&shard.id, &start)
                 .await
-                .map_err(|e| self.error(format!("shard {}: {}", shard.id, describe(&e))))?,
+                .map_err(|e| fail(&e))?,
         };
         let mut out: Vec<ShardRecord> = Vec::new();
         let mut empty = 0u32;
+        let mut renewals = 0u32;
         let mut behind: Option<i64> = None;
         for _ in 0..MAX_PAGES {
             let Some(it) = iterator.clone() else {
-                return Ok((out, shard.closed, behind));
+                return Ok((out, true, behind));
             };
             let want = (cap + 1 - out.len() as u64).clamp(1, 1000) as i32;
             let page = match api.records(&it, want).await {
                 Ok(p) => p,
-                Err(e) if e.failure == Failure::ExpiredIterator => {
+                Err(e) if e.failure == Failure::ExpiredIterator && renewals < MAX_RENEWALS => {
+                    renewals += 1;
                     let again = match out.last() {
                         Some(r) => At::After(r.sequence.clone()),
                         None => start.clone(),
@@ -172,12 +205,10 @@ impl ShardSource {
                     iterator = api
                         .iterator(&shard.id, &again)
                         .await
-                        .map_err(|e| self.error(format!("shard {}: {}", shard.id, describe(&e))))?;
+                        .map_err(|e| fail(&e))?;
                     continue;
                 }
-                Err(e) => {
-                    return Err(self.error(format!("shard {}: {}", shard.id, describe(&e))));
-                }
+                Err(e) => return Err(fail(&e)),
             };
             behind = page.behind_ms.or(behind);
             let got = page.records.len();
@@ -192,7 +223,7 @@ impl ShardSource {
             }
             iterator = page.next;
             if iterator.is_none() {
-                return Ok((out, shard.closed, behind));
+                return Ok((out, true, behind));
             }
             if got == 0 {
                 empty += 1;
@@ -201,25 +232,29 @@ impl ShardSource {
                     Kind::DynamodbStream => empty >= EMPTY_PAGES_AT_TIP,
                 };
                 if at_tip {
-                    // A closed shard takes no more records: at its newest
-                    // it is read to its end, whether the service says so
-                    // with a null iterator (AWS) or not (moto).
-                    if shard.closed {
-                        return Ok((out, true, behind));
-                    }
                     break;
                 }
             } else if page.behind_ms == Some(0) {
                 break;
             }
         }
-        if start == At::Latest
-            && out.is_empty()
+        // Nothing new: the next plan goes on from here (nothing is skipped,
+        // since nothing was seen).
+        if out.is_empty()
             && let Some(it) = iterator
         {
-            self.latest.insert(shard.id.clone(), it);
+            self.parked.insert(shard.id.clone(), (position, it));
         }
         Ok((out, false, behind))
+    }
+
+    fn mark(&mut self, shard: &str, what: &str) {
+        self.marks.push(Range {
+            source: self.table.clone(),
+            split: shard.to_string(),
+            first: Some(what.to_string()),
+            ..Default::default()
+        });
     }
 
     async fn plan_ranges(&mut self) -> Result<Planned, StreamError> {
@@ -229,14 +264,36 @@ impl ShardSource {
         };
         let listed = api.shards().await.map_err(|e| self.error(describe(&e)))?;
         let ids: BTreeSet<String> = listed.iter().map(|s| s.id.clone()).collect();
+        // A shard whose child has a position (or is done) was read to its
+        // end: children start only then.
+        let vouched: BTreeSet<String> = listed
+            .iter()
+            .filter(|s| self.positions.contains_key(&s.id) || self.finished.contains(&s.id))
+            .flat_map(|s| s.parents.iter().cloned())
+            .collect();
         for (shard, position) in &self.positions {
-            if !ids.contains(shard) && !self.finished.contains(shard) {
+            if !ids.contains(shard) && !self.finished.contains(shard) && !vouched.contains(shard) {
                 return Err(self.error(format!(
                     "shard {shard} is no longer in the stream (trimmed: streams keep 24 hours) and was not read to its end: records after sequence number {position} were lost"
                 )));
             }
         }
-        let fresh = self.positions.is_empty() && self.finished.is_empty();
+        // Shards gone from the listing and done with are forgotten, so the
+        // state stays as small as the stream.
+        self.positions.retain(|s, _| ids.contains(s));
+        self.finished.retain(|s| ids.contains(s));
+        self.start_latest.retain(|s| ids.contains(s));
+        if !self.started {
+            self.started = true;
+            if self.options.starting_position == StartingPosition::Latest {
+                for s in &listed {
+                    if !self.positions.contains_key(&s.id) && !self.finished.contains(&s.id) {
+                        self.start_latest.insert(s.id.clone());
+                        self.mark(&s.id, MARK_LATEST);
+                    }
+                }
+            }
+        }
         let shards = Self::lineage(listed);
         let open = shards
             .iter()
@@ -262,9 +319,7 @@ impl ShardSource {
             }
             let start = match self.positions.get(&shard.id) {
                 Some(seq) => At::After(seq.clone()),
-                None if fresh && self.options.starting_position == StartingPosition::Latest => {
-                    At::Latest
-                }
+                None if self.start_latest.contains(&shard.id) => At::Latest,
                 None => At::TrimHorizon,
             };
             let (mut records, ended, behind) = self.read_ahead(shard, start, cap).await?;
@@ -291,13 +346,15 @@ impl ShardSource {
                 }),
                 _ if ended => {
                     // Closed and nothing after the committed position: its
-                    // children may start (from the next plan on).
+                    // children may start.
                     tracing::debug!(shard = %shard.id, "shard read to its end");
                     self.finished.insert(shard.id.clone());
+                    self.mark(&shard.id, MARK_END);
                 }
                 _ => {}
             }
         }
+        ranges.extend(self.marks.iter().cloned());
         metrics::counter!("sluice_shard_plan_records_total").increment(planned_records);
         Ok(Planned {
             ranges,
@@ -332,15 +389,32 @@ impl Source for ShardSource {
 
     fn taken(&mut self, ranges: &[Range]) {
         for r in ranges.iter().filter(|r| r.source == self.table) {
-            if let Some(last) = &r.last {
-                let newer = self
-                    .positions
-                    .get(&r.split)
-                    .is_none_or(|p| compare(last, p) == std::cmp::Ordering::Greater);
-                if newer {
-                    self.positions.insert(r.split.clone(), last.clone());
+            self.started = true;
+            match (&r.first, &r.last) {
+                (_, Some(last)) => {
+                    let newer = self
+                        .positions
+                        .get(&r.split)
+                        .is_none_or(|p| compare(last, p) == std::cmp::Ordering::Greater);
+                    if newer {
+                        self.positions.insert(r.split.clone(), last.clone());
+                    }
+                    self.parked.remove(&r.split);
+                    self.start_latest.remove(&r.split);
                 }
-                self.latest.remove(&r.split);
+                (Some(mark), None) => {
+                    match mark.as_str() {
+                        MARK_LATEST if !self.positions.contains_key(&r.split) => {
+                            self.start_latest.insert(r.split.clone());
+                        }
+                        MARK_END => {
+                            self.finished.insert(r.split.clone());
+                        }
+                        _ => {}
+                    }
+                    self.marks.retain(|m| m != r);
+                }
+                (None, None) => {}
             }
         }
     }
@@ -350,6 +424,7 @@ impl Source for ShardSource {
             "stream": self.stream,
             "positions": self.positions,
             "finished": self.finished,
+            "start_latest": self.start_latest,
         })
     }
 
@@ -360,12 +435,16 @@ impl Source for ShardSource {
             positions: BTreeMap<String, String>,
             #[serde(default)]
             finished: BTreeSet<String>,
+            #[serde(default)]
+            start_latest: BTreeSet<String>,
         }
         let saved: Saved = serde_json::from_value(state.clone())
             .map_err(|e| self.error(format!("its checkpointed state is unreadable: {e}")))?;
         self.stream = saved.stream;
         self.positions = saved.positions;
         self.finished = saved.finished;
+        self.start_latest = saved.start_latest;
+        self.started = true;
         Ok(())
     }
 
@@ -377,10 +456,8 @@ impl Source for ShardSource {
         let mut out = Vec::new();
         for r in ranges {
             let (Some(first), Some(last)) = (&r.first, &r.last) else {
-                return Err(self.error(format!(
-                    "shard {}: the plan has no sequence numbers",
-                    r.split
-                )));
+                // A mark (`LATEST`, `END`) reads nothing.
+                continue;
             };
             if !seen.insert(r.split.clone()) {
                 return Err(self.error(format!("shard {} twice in one batch", r.split)));
@@ -555,8 +632,49 @@ mod tests {
         Ok(planned
             .ranges
             .iter()
+            .filter(|r| r.last.is_some())
             .map(|r| (r.split.clone(), r.end - r.start))
             .collect())
+    }
+
+    #[tokio::test]
+    async fn latest_is_per_shard_and_recorded_with_the_next_batch() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 3, false);
+        fake.add_shard("y", &[], 4, false);
+        let mut s = source(&fake, 100, true);
+        let first = s.plan().await?;
+        // Nothing to read yet, but where each shard starts is planned.
+        assert!(first.ranges.iter().all(|r| r.last.is_none()));
+        assert_eq!(first.ranges.len(), 2);
+        fake.append("x", 2);
+        let second = s.plan().await?;
+        s.taken(&second.ranges);
+        // The batch carries the marks too, so a restart from its plan
+        // knows y starts at its newest record, not at its oldest.
+        let mut restarted = source(&fake, 100, false);
+        restarted.taken(&second.ranges);
+        assert_eq!(
+            batch(&mut restarted).await?,
+            [],
+            "y's older records are skipped"
+        );
+        fake.append("y", 1);
+        assert_eq!(batch(&mut restarted).await?, [("y".to_string(), 1)]);
+        assert_eq!(batch(&mut s).await?, [("y".to_string(), 1)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_trimmed_parent_whose_child_has_a_position_is_not_lost() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("c", &["p"], 2, false);
+        let mut s = source(&fake, 100, false);
+        s.positions.insert("p".into(), format!("{:030}", 9));
+        s.positions.insert("c".into(), format!("{:030}", 1));
+        assert_eq!(batch(&mut s).await?, [("c".to_string(), 1)]);
+        assert!(!s.positions.contains_key("p"), "forgotten once gone");
+        Ok(())
     }
 
     #[tokio::test]

@@ -582,15 +582,20 @@ pub async fn read_range(
         } else {
             empty = 0;
         }
+        let mut past_last = false;
         for r in page.records {
             if api::compare(&r.sequence, &range.last) == std::cmp::Ordering::Greater {
+                past_last = true;
                 break;
             }
             out.push(r);
         }
-        if out
-            .last()
-            .is_some_and(|r| api::compare(&r.sequence, &range.last) != std::cmp::Ordering::Less)
+        // Past the range's last record (or at it): done; the count check
+        // below says whether anything in between went missing.
+        if past_last
+            || out
+                .last()
+                .is_some_and(|r| api::compare(&r.sequence, &range.last) != std::cmp::Ordering::Less)
         {
             break;
         }
