@@ -394,12 +394,17 @@ fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
 }
 
 fn stream_once(job: &Path, ck: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    stream_with(job, ck, "--once", env)
+}
+
+fn stream_with(job: &Path, ck: &Path, trigger: &str, env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = sluice().unwrap();
     cmd.arg("stream")
         .arg(job)
         .arg("--checkpoint")
         .arg(ck)
-        .arg("--once");
+        .arg(trigger)
+        .args(["--output", "json"]);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -555,4 +560,40 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
         "{}",
         bad_rows[0]
     );
+}
+
+/// `--available-now` on a change stream: what is there at the start, in
+/// capped batches, then exit 0; a second run takes only what came since.
+#[test]
+fn available_now_drains_a_kinesis_stream_in_capped_batches_and_exits() {
+    let stream = changes::create_stream("drain", 2).unwrap();
+    changes::put_records(&stream, &numbered(0, 150)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, ck) = (tmp.path().join("out"), tmp.path().join("ck"));
+    let job = kinesis_job(tmp.path(), &stream, &out);
+    let (ok, text) = stream_with(&job, &ck, "--available-now", &[]);
+    assert!(ok, "{text}");
+    let batches: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("batch_id").is_some())
+        .collect();
+    // 150 records, at most 60 a batch.
+    assert!(batches.len() >= 3, "{text}");
+    assert!(
+        batches
+            .iter()
+            .all(|b| b["input_rows"].as_u64().unwrap() <= 60),
+        "{text}"
+    );
+    let mut counts = changes::ndjson_counts(&out, "n").unwrap();
+    assert_eq!(counts.remove("__duplicates__"), Some(0));
+    assert_eq!(counts.len(), 150);
+    changes::put_records(&stream, &numbered(150, 170)).unwrap();
+    let (ok, text) = stream_with(&job, &ck, "--available-now", &[]);
+    assert!(ok, "{text}");
+    let mut counts = changes::ndjson_counts(&out, "n").unwrap();
+    assert_eq!(counts.remove("__duplicates__"), Some(0));
+    assert_eq!(counts.len(), 170);
+    assert!(counts.values().all(|c| *c == 1));
 }
