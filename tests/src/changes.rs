@@ -24,7 +24,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn create_chat_table(hint: &str, view: Option<StreamViewType>) -> Result<String> {
     let name = format!("{hint}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     runtime()?.block_on(async {
-        let client = sluice_core::storage::dynamodb::client().await;
+        let client = dynamodb().await;
         let mut create = client
             .create_table()
             .table_name(&name)
@@ -76,7 +76,7 @@ pub fn livestream_of(uid: u64) -> String {
 /// items a second, 25 to a `BatchWriteItem`, retrying unprocessed items.
 pub fn load_chat(table: &str, from: u64, to: u64, per_sec: u64) -> Result<()> {
     runtime()?.block_on(async {
-        let client = sluice_core::storage::dynamodb::client().await;
+        let client = dynamodb().await;
         let start = Instant::now();
         let uids: Vec<u64> = (from..to).collect();
         for (n, chunk) in uids.chunks(25).enumerate() {
@@ -133,7 +133,7 @@ fn now_ms() -> i64 {
 /// Changes `message` of each item in `uids` (a MODIFY each).
 pub fn modify_chat(table: &str, uids: impl IntoIterator<Item = u64>) -> Result<()> {
     runtime()?.block_on(async {
-        let client = sluice_core::storage::dynamodb::client().await;
+        let client = dynamodb().await;
         for uid in uids {
             client
                 .update_item()
@@ -153,7 +153,7 @@ pub fn modify_chat(table: &str, uids: impl IntoIterator<Item = u64>) -> Result<(
 /// Deletes each item in `uids` (a REMOVE each).
 pub fn remove_chat(table: &str, uids: impl IntoIterator<Item = u64>) -> Result<()> {
     runtime()?.block_on(async {
-        let client = sluice_core::storage::dynamodb::client().await;
+        let client = dynamodb().await;
         for uid in uids {
             client
                 .delete_item()
@@ -168,8 +168,14 @@ pub fn remove_chat(table: &str, uids: impl IntoIterator<Item = u64>) -> Result<(
     })
 }
 
+// Clients of their own per call: each helper runs its own runtime, and a
+// pooled connection dies with the runtime that opened it.
 async fn kinesis() -> aws_sdk_kinesis::Client {
-    aws_sdk_kinesis::Client::new(sluice_core::storage::aws::sdk_config().await)
+    aws_sdk_kinesis::Client::new(&sluice_core::storage::aws::new_sdk_config().await)
+}
+
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&sluice_core::storage::aws::new_sdk_config().await)
 }
 
 /// A fresh Kinesis stream of `shards` shards; returns its name.

@@ -272,7 +272,7 @@ fn put_bad_item(table: &str) {
         .unwrap();
     rt.block_on(async {
         use aws_sdk_dynamodb::types::AttributeValue;
-        sluice_core::storage::dynamodb::client()
+        changes::dynamodb()
             .await
             .put_item()
             .table_name(table)

@@ -32,24 +32,27 @@ const RENEW_BEFORE: Duration = Duration::from_secs(300);
 /// The process's AWS configuration, loaded on first use: rustls with ring,
 /// and no SDK retries (callers retry, counted and paced).
 pub async fn sdk_config() -> &'static aws_config::SdkConfig {
-    CONFIG
-        .get_or_init(|| async {
-            let http = aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(
-                    tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https();
-            aws_config::defaults(BehaviorVersion::latest())
-                .http_client(http)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .build(),
-                )
-                .load()
-                .await
-        })
+    CONFIG.get_or_init(new_sdk_config).await
+}
+
+/// A configuration of its own, with its own connection pool: for a caller
+/// that runs on a short-lived runtime (a pooled connection belongs to the
+/// runtime that opened it, and dies with it).
+pub async fn new_sdk_config() -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .build(),
+        )
+        .load()
         .await
 }
 
