@@ -178,6 +178,10 @@ impl ShardApi for StreamsApi {
                 .shard_iterator_type(kind.clone())
                 .set_sequence_number(sequence.clone())
                 .send()
+                .instrument(tracing::debug_span!(
+                    "dynamodbstreams.get_shard_iterator",
+                    shard
+                ))
                 .await
                 .map_err(|e| api_error("GetShardIterator", &e))
         })
@@ -192,6 +196,7 @@ impl ShardApi for StreamsApi {
                 .shard_iterator(iterator)
                 .limit(limit.clamp(1, 1000))
                 .send()
+                .instrument(tracing::debug_span!("dynamodbstreams.get_records"))
                 .await
                 .map_err(|e| api_error("GetRecords", &e))
         })

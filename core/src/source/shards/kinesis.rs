@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 use super::api::{ApiError, At, Body, Page, Retry, ShardApi, ShardInfo, ShardRecord, call};
 use super::dynamodb::api_error;
@@ -50,7 +51,10 @@ impl ShardApi for KinesisApi {
                     Some(t) => self.client.list_shards().next_token(t),
                     None => self.client.list_shards().stream_name(&self.stream),
                 };
-                req.send().await.map_err(|e| api_error("ListShards", &e))
+                req.send()
+                    .instrument(tracing::debug_span!("kinesis.list_shards"))
+                    .await
+                    .map_err(|e| api_error("ListShards", &e))
             })
             .await?;
             for s in page.shards() {
@@ -91,6 +95,7 @@ impl ShardApi for KinesisApi {
                 .shard_iterator_type(kind.clone())
                 .set_starting_sequence_number(sequence.clone())
                 .send()
+                .instrument(tracing::debug_span!("kinesis.get_shard_iterator", shard))
                 .await
                 .map_err(|e| api_error("GetShardIterator", &e))
         })
@@ -105,6 +110,7 @@ impl ShardApi for KinesisApi {
                 .shard_iterator(iterator)
                 .limit(limit.clamp(1, 10_000))
                 .send()
+                .instrument(tracing::debug_span!("kinesis.get_records"))
                 .await
                 .map_err(|e| api_error("GetRecords", &e))
         })
