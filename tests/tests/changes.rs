@@ -597,3 +597,51 @@ fn available_now_drains_a_kinesis_stream_in_capped_batches_and_exits() {
     assert_eq!(counts.len(), 170);
     assert!(counts.values().all(|c| *c == 1));
 }
+
+/// A table whose stream was turned off and on again has a new stream: a
+/// checkpoint of the old one fails naming both, instead of reading the new
+/// one from positions that do not belong to it.
+#[test]
+fn a_replaced_table_stream_fails_naming_both_streams() {
+    use aws_sdk_dynamodb::types::StreamSpecification;
+    let table =
+        changes::create_chat_table("replaced", Some(StreamViewType::NewAndOldImages)).unwrap();
+    changes::load_chat(&table, 0, 30, 1_000).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE c STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://{table}';\n\
+             COPY (SELECT sequence_number FROM c) TO '{}' STORED AS JSON;",
+            tmp.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let ck = tmp.path().join("ck");
+    let (ok, text) = stream_once(&job, &ck, &[]);
+    assert!(ok, "{text}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = changes::dynamodb().await;
+        for on in [false, true] {
+            let mut spec = StreamSpecification::builder().stream_enabled(on);
+            if on {
+                spec = spec.stream_view_type(StreamViewType::NewAndOldImages);
+            }
+            client
+                .update_table()
+                .table_name(&table)
+                .stream_specification(spec.build().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    let (ok, text) = stream_once(&job, &ck, &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("the table's stream changed"), "{text}");
+}

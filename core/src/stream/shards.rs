@@ -37,6 +37,8 @@ const MAX_RENEWALS: u32 = 5;
 const MARK_LATEST: &str = "LATEST";
 /// A range's `first` with no `last`: the shard was read to its end.
 const MARK_END: &str = "END";
+/// A range's `first` with no `last`: its `split` is the stream's ARN.
+const MARK_STREAM: &str = "STREAM";
 
 pub struct ShardSource {
     table: String,
@@ -127,6 +129,11 @@ impl ShardSource {
             )));
         }
         self.api = Some(crate::source::shards::api(self.kind, &stream, self.options.retry()).await);
+        if self.stream.is_none() && self.kind == Kind::DynamodbStream {
+            // Which stream the positions belong to, in the checkpoint with
+            // the next batch: a table's stream can be replaced.
+            self.mark(&stream, MARK_STREAM);
+        }
         self.stream = Some(stream);
         Ok(())
     }
@@ -409,6 +416,9 @@ impl Source for ShardSource {
                         }
                         MARK_END => {
                             self.finished.insert(r.split.clone());
+                        }
+                        MARK_STREAM if self.stream.is_none() => {
+                            self.stream = Some(r.split.clone());
                         }
                         _ => {}
                     }
