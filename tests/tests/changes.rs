@@ -406,7 +406,11 @@ fn stream_with(job: &Path, ck: &Path, trigger: &str, env: &[(&str, &str)]) -> (b
         .arg(trigger)
         .args(["--output", "json"]);
     for (k, v) in env {
-        cmd.env(k, v);
+        // An empty value removes the variable.
+        match v {
+            &"" => cmd.env_remove(k),
+            v => cmd.env(k, v),
+        };
     }
     let o = run_with_timeout(&mut cmd, Duration::from_secs(120)).unwrap();
     (
@@ -425,12 +429,15 @@ fn stream_with(job: &Path, ck: &Path, trigger: &str, env: &[(&str, &str)]) -> (b
 fn bad_change_sources_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let plain = changes::create_chat_table("nostream", None).unwrap();
+    let streamed =
+        changes::create_chat_table("collide", Some(StreamViewType::NewAndOldImages)).unwrap();
+    changes::load_chat(&streamed, 0, 3, 100).unwrap();
     let job = |name: &str, table: &str| {
         let path = tmp.path().join(format!("{name}.sql"));
         std::fs::write(
             &path,
             format!(
-                "CREATE EXTERNAL TABLE c STORED AS {table} OPTIONS ('request_timeout_ms' '1000');\n\
+                "CREATE EXTERNAL TABLE c {table} OPTIONS ('request_timeout_ms' '1000');\n\
                  COPY (SELECT * FROM c) TO '{}' STORED AS JSON;",
                 tmp.path().join(name).display()
             ),
@@ -442,7 +449,7 @@ fn bad_change_sources_fail_clearly() {
         (
             job(
                 "nostream",
-                &format!("DYNAMODB_STREAM LOCATION 'dynamodb://{plain}'"),
+                &format!("STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://{plain}'"),
             ),
             vec![],
             vec![plain.as_str(), "has no stream enabled"],
@@ -450,20 +457,50 @@ fn bad_change_sources_fail_clearly() {
         (
             job(
                 "missing",
-                "DYNAMODB_STREAM LOCATION 'dynamodb://no-such-table'",
+                "STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://no-such-table'",
             ),
             vec![],
             vec!["no-such-table", "ResourceNotFoundException"],
         ),
         (
-            job("nokinesis", "KINESIS LOCATION 'kinesis://no-such-stream'"),
+            job(
+                "nokinesis",
+                "STORED AS KINESIS LOCATION 'kinesis://no-such-stream'",
+            ),
             vec![],
             vec!["no-such-stream", "ResourceNotFoundException"],
         ),
         (
-            job("unreachable", "DYNAMODB_STREAM LOCATION 'dynamodb://chat'"),
+            job(
+                "unreachable",
+                "STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://chat'",
+            ),
             vec![("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")],
             vec!["dynamodb://chat", "DescribeTable", "gave up after"],
+        ),
+        // No credentials: final at once, not retried.
+        (
+            job(
+                "nocredentials",
+                "STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://chat'",
+            ),
+            vec![("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")],
+            vec![
+                "dynamodb://chat",
+                "DescribeTable",
+                "no providers in chain provided credentials",
+            ],
+        ),
+        // A declared column that is one of the table's own.
+        (
+            job(
+                "collide",
+                &format!(
+                    "(event_name VARCHAR) STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://{streamed}'"
+                ),
+            ),
+            vec![],
+            vec!["column event_name is one of the DynamoDB stream table's own columns"],
         ),
     ];
     for (i, (job, env, want)) in cases.iter().enumerate() {

