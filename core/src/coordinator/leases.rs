@@ -1,5 +1,9 @@
-//! Leases: one write budget per DynamoDB table for the whole cluster
-//! (`/v1/dynamodb/*`).
+//! Leases: one write budget and one read budget per DynamoDB table for the
+//! whole cluster (`/v1/dynamodb/*`).
+//!
+//! Writers (the sink) lease write capacity, scan partitions (the source)
+//! read capacity; the two are metered apart, as DynamoDB meters them, and
+//! everything below holds for each. "Writer" names either.
 //!
 //! Every writer partition holds a lease on its table, renewed every
 //! [`RENEW`]; each renewal reports what the writer consumed and whether it
@@ -31,7 +35,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::storage::dynamodb::{self, CapacityShare, DynamoError, TableShape};
+use crate::storage::dynamodb::{self, Capacity, CapacityShare, DynamoError, TableShape};
 
 pub const RENEW: Duration = Duration::from_millis(250);
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
@@ -136,8 +140,12 @@ pub struct LeaseRequest {
     pub share: CapacityShare,
     /// The client's budget, used until the coordinator's own `DescribeTable` answers.
     pub budget_hint: f64,
+    /// Units consumed since the last renewal (RCU for a read lease).
     pub consumed_wcu: f64,
     pub throttles: u64,
+    /// Which capacity the lease draws on (writes when left out).
+    #[serde(default)]
+    pub capacity: Capacity,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +162,8 @@ pub struct LeaseGrant {
 pub struct Release {
     pub table: String,
     pub writer: String,
+    #[serde(default)]
+    pub capacity: Capacity,
 }
 
 /// `POST /v1/writes/end`: the client's word that a write is over.
@@ -166,6 +176,9 @@ pub struct EndWrite {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableStatus {
     pub table: String,
+    /// Which of the table's capacities this budget is drawn from.
+    #[serde(default)]
+    pub capacity: Capacity,
     pub budget: f64,
     pub rate: f64,
     pub writers: Vec<String>,
@@ -235,10 +248,13 @@ impl TableState {
     }
 }
 
+/// A budget: a table and which of its capacities.
+type Key = (String, Capacity);
+
 /// The lease table; cheap to clone.
 #[derive(Clone)]
 pub struct Leases {
-    tables: Arc<Mutex<HashMap<String, TableState>>>,
+    tables: Arc<Mutex<HashMap<Key, TableState>>>,
     /// Writes that ended, and when.
     ended: Arc<Mutex<HashMap<String, Instant>>>,
     /// Only these writes get leases (none: every write).
@@ -314,7 +330,7 @@ impl Leases {
         Ok(())
     }
 
-    fn with_tables<T>(&self, f: impl FnOnce(&mut HashMap<String, TableState>) -> T) -> T {
+    fn with_tables<T>(&self, f: impl FnOnce(&mut HashMap<Key, TableState>) -> T) -> T {
         let mut guard = match self.tables.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -337,8 +353,9 @@ impl Leases {
             return Err(LeaseError::UnknownWrite(req.write_id));
         }
         let now = self.clock.now();
+        let key = (req.table.clone(), req.capacity);
         self.with_tables(|tables| {
-            match tables.get(&req.table) {
+            match tables.get(&key) {
                 None if tables.len() >= MAX_TABLES => return Err(LeaseError::TooManyTables),
                 Some(state)
                     if state.leases.len() >= MAX_WRITERS_PER_TABLE
@@ -350,7 +367,7 @@ impl Leases {
                 }
                 _ => {}
             }
-            let state = tables.entry(req.table.clone()).or_insert_with(|| TableState {
+            let state = tables.entry(key).or_insert_with(|| TableState {
                 share: req.share,
                 shape: None,
                 budget: req.budget_hint,
@@ -435,7 +452,7 @@ impl Leases {
 
     pub fn release(&self, req: &Release) {
         self.with_tables(|tables| {
-            if let Some(state) = tables.get_mut(&req.table) {
+            if let Some(state) = tables.get_mut(&(req.table.clone(), req.capacity)) {
                 state.leases.remove(&req.writer);
             }
         });
@@ -445,8 +462,9 @@ impl Leases {
         self.with_tables(|tables| {
             let mut out: Vec<TableStatus> = tables
                 .iter()
-                .map(|(name, s)| TableStatus {
+                .map(|((name, capacity), s)| TableStatus {
                     table: name.clone(),
+                    capacity: *capacity,
                     budget: s.budget,
                     rate: s.rate,
                     writers: {
@@ -462,7 +480,7 @@ impl Leases {
                         .map(|t| t.duration_since(self.started).as_secs_f64()),
                 })
                 .collect();
-            out.sort_by(|a, b| a.table.cmp(&b.table));
+            out.sort_by(|a, b| (&a.table, a.capacity.unit()).cmp(&(&b.table, b.capacity.unit())));
             out
         })
     }
@@ -478,7 +496,7 @@ impl Leases {
                 !s.leases.is_empty() || now.duration_since(s.touched) < IDLE_TABLE_TTL
             });
             let mut due = Vec::new();
-            for (name, s) in tables.iter_mut() {
+            for ((name, capacity), s) in tables.iter_mut() {
                 s.leases.retain(|_, lease| lease.expires > now);
                 let dt = now.duration_since(s.last_tick).as_secs_f64();
                 s.last_tick = now;
@@ -497,35 +515,59 @@ impl Leases {
                     s.describing = true;
                     due.push(name.clone());
                 }
-                metrics::gauge!("sluice_dynamodb_rate_wcu", "table" => name.clone()).set(s.rate);
-                metrics::gauge!("sluice_dynamodb_writers", "table" => name.clone())
-                    .set(s.leases.len() as f64);
+                match capacity {
+                    Capacity::Write => {
+                        metrics::gauge!("sluice_dynamodb_rate_wcu", "table" => name.clone())
+                            .set(s.rate);
+                        metrics::gauge!("sluice_dynamodb_writers", "table" => name.clone())
+                            .set(s.leases.len() as f64);
+                    }
+                    Capacity::Read => {
+                        metrics::gauge!("sluice_dynamodb_rate_rcu", "table" => name.clone())
+                            .set(s.rate);
+                        metrics::gauge!("sluice_dynamodb_readers", "table" => name.clone())
+                            .set(s.leases.len() as f64);
+                    }
+                }
             }
+            // One DescribeTable answers for both capacities.
+            due.sort();
+            due.dedup();
             due
         })
     }
 
     /// Takes a `DescribeTable` answer for `table`: a changed capacity
-    /// becomes the new budget at once.
+    /// becomes the new budget at once, for reads and writes.
     pub fn described(&self, table: &str, shape: Result<TableShape, DynamoError>) {
         let now = self.clock.now();
         self.with_tables(|tables| {
-            let Some(s) = tables.get_mut(table) else {
-                return;
-            };
-            s.describing = false;
-            s.describe_soon = false;
-            s.last_describe = Some(now);
-            match shape {
-                Ok(shape) => {
-                    let budget = shape.budget(s.share);
-                    s.set_budget(budget, now);
-                    metrics::gauge!("sluice_dynamodb_budget_wcu", "table" => table.to_string())
-                        .set(budget);
-                    s.shape = Some(shape);
-                }
-                Err(e) => {
-                    tracing::warn!(%table, error = %e, "coordinator could not read the table's capacity; keeping the last budget");
+            for capacity in [Capacity::Write, Capacity::Read] {
+                let Some(s) = tables.get_mut(&(table.to_string(), capacity)) else {
+                    continue;
+                };
+                s.describing = false;
+                s.describe_soon = false;
+                s.last_describe = Some(now);
+                match &shape {
+                    Ok(shape) => {
+                        let budget = shape.budget_of(capacity, s.share);
+                        s.set_budget(budget, now);
+                        match capacity {
+                            Capacity::Write => metrics::gauge!(
+                                "sluice_dynamodb_budget_wcu", "table" => table.to_string()
+                            )
+                            .set(budget),
+                            Capacity::Read => metrics::gauge!(
+                                "sluice_dynamodb_budget_rcu", "table" => table.to_string()
+                            )
+                            .set(budget),
+                        }
+                        s.shape = Some(shape.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(%table, error = %e, "coordinator could not read the table's capacity; keeping the last budget");
+                    }
                 }
             }
         });
@@ -598,6 +640,7 @@ mod tests {
             indexes: vec![],
             provisioned_wcu: Some(wcu),
             on_demand_max: None,
+            ..Default::default()
         }
     }
 
@@ -619,6 +662,7 @@ mod tests {
             consumed_wcu: 0.0,
             throttles,
             write_id: "w1".into(),
+            capacity: Capacity::Write,
         }
     }
 
@@ -689,6 +733,7 @@ mod tests {
         c.release(&Release {
             table: "t".into(),
             writer: "b".into(),
+            capacity: Capacity::Write,
         });
         assert_eq!(grant(&c, "a", 0).rate, 1000.0);
         let cut = grant(&c, "a", 3);
@@ -767,6 +812,7 @@ mod tests {
                     c.release(&Release {
                         table: "t".into(),
                         writer: w.clone(),
+                        capacity: Capacity::Write,
                     });
                 }
                 let rate = c.status()[0].rate;
@@ -868,6 +914,7 @@ mod tests {
         c.release(&Release {
             table: "t".into(),
             writer: "a".into(),
+            capacity: Capacity::Write,
         });
         clock.advance(IDLE_TABLE_TTL - Duration::from_secs(1));
         c.tick();

@@ -7,13 +7,14 @@
 //!   (`/v1/chunks`);
 //! - [`leases`]: one DynamoDB write budget per table, shared out among the
 //!   writers running now (`/v1/dynamodb/*`).
-//! - [`planned`]: the writes the scheduler planned, the only ones both
-//!   routes serve.
+//! - [`planned`]: the writes (and scans) the scheduler planned, the only
+//!   ones both routes serve.
 //!
-//! Its clients (the skew router, the DynamoDB writers' limiter) live with
-//! the sinks that use them and speak the request types defined here.
+//! The lease client ([`limiter`]) lives here because both the DynamoDB sink
+//! and the DynamoDB scan use it; the skew router lives with the file sink.
 
 pub mod leases;
+pub mod limiter;
 pub mod placement;
 pub mod planned;
 

@@ -24,6 +24,7 @@ use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 use crate::sink::dynamo::{DynamoCommitExec, DynamoSpec, DynamoWriteNode, DynamoWriterExec};
 use crate::sink::files::{CommitExec, RouteSpec, SkewRouteExec, WriteNode, WriteSpec, WriterExec};
 use crate::source::kafka::{KafkaScanExec, KafkaSpec, KafkaTable};
+use crate::source::dynamodb::{DynamoScanExec, ScanSpec, ScanTableSpec};
 use crate::source::shards::{ShardScanExec, ShardSpec, ShardTable};
 
 const MAGIC: &[u8] = b"SLUICE1\0";
@@ -65,6 +66,7 @@ enum TableNode {
     Skewed { spec: RangeSpecDto, seed: i64 },
     Kafka(KafkaSpec),
     Shards(ShardSpec),
+    Dynamo(ScanTableSpec),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,6 +83,7 @@ enum PhysicalNode {
     SkewRoute(RouteSpec),
     KafkaScan(KafkaSpec),
     ShardScan(ShardSpec),
+    DynamoScan(ScanSpec),
     Writer(WriteSpec),
     Commit(WriteSpec),
     DynamoWriter(DynamoSpec),
@@ -168,6 +171,7 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                 })),
                 TableNode::Kafka(spec) => Ok(Arc::new(KafkaTable::try_new(spec)?)),
                 TableNode::Shards(spec) => Ok(Arc::new(ShardTable::try_new(spec)?)),
+                TableNode::Dynamo(spec) => Ok(Arc::new(super::dynamodb::from_scan_spec(spec)?)),
             },
             None => self
                 .inner
@@ -189,6 +193,12 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         }
         if let Some(shards) = node.downcast_ref::<ShardTable>() {
             return encode(&TableNode::Shards(shards.spec.clone()), buf);
+        }
+        if let Some(spec) = node
+            .downcast_ref::<crate::sink::dynamo::DynamoTable>()
+            .and_then(super::dynamodb::scan_spec)
+        {
+            return encode(&TableNode::Dynamo(spec), buf);
         }
         if let Some(skewed) = node.downcast_ref::<SkewedTable>() {
             return encode(
@@ -256,6 +266,7 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 one_input(inputs, "KafkaScanExec")?,
             )?),
             PhysicalNode::ShardScan(spec) => Arc::new(ShardScanExec::try_new(spec)?),
+            PhysicalNode::DynamoScan(spec) => Arc::new(DynamoScanExec::try_new(spec)?),
             PhysicalNode::SkewRoute(spec) => Arc::new(SkewRouteExec::new(
                 one_input(inputs, "SluiceSkewRouteExec")?,
                 spec,
@@ -319,6 +330,9 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
         if let Some(scan) = node.downcast_ref::<ShardScanExec>() {
             return encode(&PhysicalNode::ShardScan(scan.spec().clone()), buf);
         }
+        if let Some(scan) = node.downcast_ref::<DynamoScanExec>() {
+            return encode(&PhysicalNode::DynamoScan(scan.spec().clone()), buf);
+        }
         if let Some(writer) = node.downcast_ref::<DynamoWriterExec>() {
             return encode(&PhysicalNode::DynamoWriter(writer.spec().clone()), buf);
         }
@@ -363,6 +377,7 @@ mod tests {
                 indexes: vec![],
                 provisioned_wcu: Some(600.0),
                 on_demand_max: None,
+                ..Default::default()
             },
             budget_hint: 300.0,
         }

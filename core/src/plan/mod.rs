@@ -4,6 +4,7 @@
 //! tables that read only data files.
 
 pub mod codec;
+pub mod dynamodb;
 pub mod planner;
 pub mod session;
 pub mod tables;

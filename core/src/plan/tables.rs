@@ -247,6 +247,6 @@ pub fn install_table_factories(state: &mut SessionState) {
     }
     state.table_factories_mut().insert(
         crate::sink::dynamo::DYNAMODB.to_string(),
-        Arc::new(crate::sink::dynamo::DynamoTableFactory),
+        Arc::new(super::dynamodb::DynamoDbFactory),
     );
 }

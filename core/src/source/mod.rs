@@ -1,7 +1,9 @@
 //! Sources a job reads that are not files: [`kafka`] topics and
-//! [`shards`] (DynamoDB Streams, Kinesis). Each is a
-//! table whose scan reads a given set of ranges (a stream's batch) as the
-//! partitions of a Ballista job, so the executors, not the client, fetch.
+//! [`shards`] (DynamoDB Streams, Kinesis), each a table whose scan reads a
+//! given set of ranges (a stream's batch) as the partitions of a Ballista
+//! job, so the executors, not the client, fetch; and [`dynamodb`], the
+//! rate-limited parallel read of a DynamoDB table.
 
+pub mod dynamodb;
 pub mod kafka;
 pub mod shards;

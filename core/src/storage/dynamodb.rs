@@ -39,8 +39,30 @@ pub async fn client() -> Client {
 pub const MAX_SHARE: f64 = 0.97;
 
 /// On-demand tables with no `OnDemandThroughput` maximum and no
-/// `write.max_units`: DynamoDB's default per-table write limit.
+/// `write.max_units` (or `read.max_units`): DynamoDB's default per-table
+/// limit, the same for reads and writes.
 pub const ON_DEMAND_DEFAULT_WCU: f64 = 40_000.0;
+
+/// Which of a table's two capacities a budget is drawn from. Reads and
+/// writes are metered separately by DynamoDB, so a backfill scan and a
+/// write into the same table each have their own cluster-wide budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capacity {
+    #[default]
+    Write,
+    Read,
+}
+
+impl Capacity {
+    /// The unit's name: `wcu` or `rcu`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::Write => "wcu",
+            Self::Read => "rcu",
+        }
+    }
+}
 
 /// The share of a table's capacity a job may use: `write.percent` of it,
 /// capped by `write.max_units` (the setting for on-demand tables).
@@ -60,8 +82,8 @@ impl Default for CapacityShare {
     }
 }
 
-/// What `DescribeTable` says that matters to a write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What `DescribeTable` says that matters to a write or a scan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TableShape {
     /// Partition key, then sort key if any: (name, `S`|`N`|`B`).
     pub keys: Vec<(String, String)>,
@@ -72,16 +94,38 @@ pub struct TableShape {
     pub provisioned_wcu: Option<f64>,
     /// On-demand `MaxWriteRequestUnits`, when set.
     pub on_demand_max: Option<f64>,
+    /// Provisioned RCU, or `None` for on-demand tables.
+    #[serde(default)]
+    pub provisioned_rcu: Option<f64>,
+    /// On-demand `MaxReadRequestUnits`, when set.
+    #[serde(default)]
+    pub on_demand_max_read: Option<f64>,
+    /// `ItemCount` and `TableSizeBytes` (DynamoDB refreshes them about
+    /// every six hours): how a scan sizes its segments and first pages.
+    #[serde(default)]
+    pub item_count: u64,
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 impl TableShape {
     /// The cluster-wide WCU/s budget: capacity x percent, capped by
     /// `write.max_units`.
     pub fn budget(&self, share: CapacityShare) -> f64 {
+        self.budget_of(Capacity::Write, share)
+    }
+
+    /// The cluster-wide budget in units/s of one capacity: capacity x
+    /// percent, capped by `max_units`.
+    pub fn budget_of(&self, kind: Capacity, share: CapacityShare) -> f64 {
+        let (provisioned, on_demand_max) = match kind {
+            Capacity::Write => (self.provisioned_wcu, self.on_demand_max),
+            Capacity::Read => (self.provisioned_rcu, self.on_demand_max_read),
+        };
         let percent = share.percent.min(MAX_SHARE);
-        let capacity = match self.provisioned_wcu {
-            Some(wcu) => wcu * percent,
-            None => match (share.max_units, self.on_demand_max) {
+        let capacity = match provisioned {
+            Some(units) => units * percent,
+            None => match (share.max_units, on_demand_max) {
                 (Some(cap), _) => cap,
                 (None, Some(max)) => max * percent,
                 (None, None) => ON_DEMAND_DEFAULT_WCU * percent,
@@ -249,23 +293,22 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableShape, Dynamo
         .billing_mode_summary()
         .and_then(|b| b.billing_mode())
         .is_some_and(|m| *m == BillingMode::PayPerRequest);
-    let provisioned_wcu = if on_demand {
-        None
-    } else {
-        desc.provisioned_throughput()
-            .and_then(|p| p.write_capacity_units())
-            .filter(|w| *w > 0)
-            .map(|w| w as f64)
+    let provisioned = |units: Option<i64>| {
+        units
+            .filter(|u| !on_demand && *u > 0)
+            .map(|u| u as f64)
     };
-    let on_demand_max = desc
-        .on_demand_throughput()
-        .and_then(|o| o.max_write_request_units())
-        .filter(|w| *w > 0)
-        .map(|w| w as f64);
+    let throughput = desc.provisioned_throughput();
+    let on_demand_limit = |units: Option<i64>| units.filter(|u| *u > 0).map(|u| u as f64);
+    let limits = desc.on_demand_throughput();
     Ok(TableShape {
         keys,
         indexes,
-        provisioned_wcu,
-        on_demand_max,
+        provisioned_wcu: provisioned(throughput.and_then(|p| p.write_capacity_units())),
+        on_demand_max: on_demand_limit(limits.and_then(|o| o.max_write_request_units())),
+        provisioned_rcu: provisioned(throughput.and_then(|p| p.read_capacity_units())),
+        on_demand_max_read: on_demand_limit(limits.and_then(|o| o.max_read_request_units())),
+        item_count: desc.item_count().map_or(0, |n| n.max(0) as u64),
+        size_bytes: desc.table_size_bytes().map_or(0, |n| n.max(0) as u64),
     })
 }

@@ -1,12 +1,11 @@
 //! The DynamoDB sink: `STORED AS DYNAMODB` tables ([`table`]), the Arrow to
 //! item mapping ([`item`]), the writer and commit operators ([`writer`]),
-//! and the writers' side of the cluster-wide rate limiter ([`limiter`]),
-//! whose coordinator runs with the scheduler (`coordinator::leases`).
+//! paced by the cluster-wide rate limiter (`coordinator::limiter`), whose
+//! coordinator runs with the scheduler (`coordinator::leases`).
 //! Options and the checks made before any item is sent live in [`spec`]; the
 //! shared SDK client in `storage::dynamodb`.
 
 pub mod item;
-pub mod limiter;
 pub mod spec;
 pub mod table;
 pub mod writer;

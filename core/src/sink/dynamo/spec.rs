@@ -129,6 +129,10 @@ impl DynamoOptions {
         let mut o = Self::default();
         for (key, value) in raw {
             let key = key.strip_prefix("format.").unwrap_or(key);
+            // `read.*` options belong to the table's read side (the scan).
+            if key.starts_with("read.") {
+                continue;
+            }
             let bad = |reason: &'static str| SpecError::BadOption {
                 key: key.to_string(),
                 value: value.clone(),
@@ -303,6 +307,7 @@ mod tests {
             indexes: vec![],
             provisioned_wcu: wcu,
             on_demand_max: None,
+            ..Default::default()
         }
     }
 

@@ -1,7 +1,9 @@
 //! `CREATE EXTERNAL TABLE t (...) STORED AS DYNAMODB LOCATION
-//! 'dynamodb://<table>' OPTIONS (...)`: a write-only table. Its columns name
-//! the attributes jobs write; `INSERT INTO t SELECT ...` is planned by the
-//! runner into a [`DynamoWriteNode`].
+//! 'dynamodb://<table>' OPTIONS (...)`. Its columns name the attributes
+//! jobs write; `INSERT INTO t SELECT ...` is planned by the runner into a
+//! [`DynamoWriteNode`]. Reading it goes through the `reader` the plan layer
+//! gives it (the rate-limited scan, a source), so this sink does not
+//! depend on the source.
 
 use std::sync::Arc;
 
@@ -9,7 +11,9 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::common::{Result, plan_err};
-use datafusion::logical_expr::{CreateExternalTable, Expr, TableType};
+use datafusion::logical_expr::{
+    CreateExternalTable, Expr, TableProviderFilterPushDown, TableType,
+};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::spec::{DynamoOptions, DynamoSpec, table_name};
@@ -24,6 +28,8 @@ pub struct DynamoTable {
     pub table: String,
     pub options: DynamoOptions,
     pub schema: SchemaRef,
+    /// What `SELECT ... FROM` the table reads through (none: write-only).
+    pub reader: Option<Arc<dyn TableProvider>>,
 }
 
 #[async_trait]
@@ -36,13 +42,26 @@ impl TableProvider for DynamoTable {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        match &self.reader {
+            Some(r) => r.supports_filters_pushdown(filters),
+            None => Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()]),
+        }
+    }
+
     async fn scan(
         &self,
-        _state: &dyn Session,
-        _projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(reader) = &self.reader {
+            return reader.scan(state, projection, filters, limit).await;
+        }
         plan_err!(
             "DynamoDB table '{}' is write-only in sluice: use it as the target of INSERT INTO",
             self.table
@@ -60,6 +79,13 @@ impl TableProviderFactory for DynamoTableFactory {
         _state: &dyn Session,
         cmd: &CreateExternalTable,
     ) -> Result<Arc<dyn TableProvider>> {
+        Ok(Arc::new(Self::build(cmd)?))
+    }
+}
+
+impl DynamoTableFactory {
+    /// The table `cmd` defines, without a reader.
+    pub fn build(cmd: &CreateExternalTable) -> Result<DynamoTable> {
         let [location] = cmd.locations.as_slice() else {
             return plan_err!("a DynamoDB table has one LOCATION 'dynamodb://<table>'");
         };
@@ -74,15 +100,16 @@ impl TableProviderFactory for DynamoTableFactory {
         })?;
         if cmd.schema.fields().is_empty() {
             return plan_err!(
-                "DynamoDB table {} needs a column list naming the attributes to write",
+                "DynamoDB table {} needs a column list naming the attributes to write or read",
                 cmd.name
             );
         }
-        Ok(Arc::new(DynamoTable {
+        Ok(DynamoTable {
             table,
             options,
             schema: Arc::new(cmd.schema.as_arrow().clone()),
-        }))
+            reader: None,
+        })
     }
 }
 

@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::item::{self, Item, MAX_ITEM_BYTES};
-use super::limiter::Limiter;
+use crate::coordinator::leases::LeaseRequest;
+use crate::coordinator::limiter::Limiter;
+use crate::storage::dynamodb::Capacity;
 use super::spec::DynamoSpec;
 use crate::coordinator::CoordinatorHandle;
 use crate::exec::Report;
@@ -312,12 +314,18 @@ async fn write_partition(
     // safe choice: it can only under-use the table.
     let fallback = spec.budget_hint / partitions.max(1) as f64;
     let coordinator = CoordinatorHandle::of(context.session_config());
+    let request = LeaseRequest {
+        table: spec.table.clone(),
+        writer: writer.to_string(),
+        write_id: spec.write_id.clone(),
+        share: spec.options.share(),
+        budget_hint: spec.budget_hint,
+        consumed_wcu: 0.0,
+        throttles: 0,
+        capacity: Capacity::Write,
+    };
     let limiter = Limiter::start(
-        &spec.table,
-        writer,
-        &spec.write_id,
-        spec.options.share(),
-        spec.budget_hint,
+        request,
         fallback,
         coordinator.url.clone(),
         coordinator.http.clone(),
@@ -461,7 +469,7 @@ fn row_json(batch: &RecordBatch, row: usize) -> serde_json::Value {
 /// Exponential backoff with full jitter, capped at 5 s.
 fn backoff(attempt: u32) -> Duration {
     let cap_ms = (50u64 << attempt.min(7)).min(5_000) as f64;
-    let jitter = super::limiter::unit_random() * cap_ms;
+    let jitter = crate::coordinator::limiter::unit_random() * cap_ms;
     Duration::from_millis(jitter.max(cap_ms / 4.0) as u64)
 }
 

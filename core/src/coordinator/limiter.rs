@@ -1,6 +1,7 @@
-//! A DynamoDB writer's side of the cluster-wide limiter: a token bucket at
-//! the writer's share, kept up to date by a background loop that renews the
-//! writer's lease at the coordinator (`coordinator::leases`). A writer that
+//! The client side of the cluster-wide DynamoDB limiter ([`super::leases`]),
+//! used by the sink's writers (write capacity) and the scan's partitions
+//! (read capacity): a token bucket at the holder's share, kept up to date
+//! by a background loop that renews its lease at the coordinator. A writer that
 //! cannot reach the coordinator from the start runs at a conservative local
 //! share and warns. A writer whose lease is refused because its write ended,
 //! or that held a lease and then could not renew it for [`CUT_OFF`] (its
@@ -10,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::coordinator::leases::{DECREASE, LeaseGrant, LeaseRequest, RENEW, Release};
-use crate::storage::dynamodb::CapacityShare;
+use super::leases::{DECREASE, LeaseGrant, LeaseRequest, RENEW, Release};
 
 /// Timeout of a lease call; a writer never waits longer on the coordinator.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,6 +26,7 @@ pub struct Limiter {
     detached: AtomicBool,
     table: String,
     writer: String,
+    capacity: crate::storage::dynamodb::Capacity,
     url: Option<String>,
     /// The most this writer ever uses, whatever it is granted: its write's
     /// `write.max_units`.
@@ -58,15 +59,11 @@ impl Bucket {
 }
 
 impl Limiter {
-    /// Registers a writer and starts renewing its lease. `fallback` is the
+    /// Registers the lease `request` asks for (its consumption and
+    /// throttles left at zero) and starts renewing it. `fallback` is the
     /// rate used while the coordinator cannot be reached.
-    #[allow(clippy::too_many_arguments)]
     pub async fn start(
-        table: &str,
-        writer: &str,
-        write_id: &str,
-        share: CapacityShare,
-        budget_hint: f64,
+        request: LeaseRequest,
         fallback: f64,
         url: Option<String>,
         http: reqwest::Client,
@@ -86,23 +83,20 @@ impl Limiter {
             }),
             report: Mutex::new((0.0, 0)),
             detached: AtomicBool::new(false),
-            table: table.to_string(),
-            writer: writer.to_string(),
+            table: request.table.clone(),
+            writer: request.writer.clone(),
+            capacity: request.capacity,
             url,
-            ceiling: share.max_units.unwrap_or(f64::INFINITY),
+            ceiling: request.share.max_units.unwrap_or(f64::INFINITY),
             http,
             stop,
             revoked: Mutex::new(None),
             last_grant: Mutex::new(None),
         });
         let request = LeaseRequest {
-            table: table.to_string(),
-            writer: writer.to_string(),
-            write_id: write_id.to_string(),
-            share,
-            budget_hint,
             consumed_wcu: 0.0,
             throttles: 0,
+            ..request
         };
         limiter.renew(&request, fallback).await;
         let me = Arc::clone(&limiter);
@@ -276,6 +270,7 @@ impl Limiter {
             let body = Release {
                 table: self.table.clone(),
                 writer: self.writer.clone(),
+                capacity: self.capacity,
             };
             let _ = self
                 .http
