@@ -349,3 +349,57 @@ pub(crate) fn project(
         datafusion::physical_plan::projection::ProjectionExec::try_new(exprs, scan)?,
     ))
 }
+
+/// The input of a source whose partitions read planned parts (scan
+/// segments, shard ranges): one in-memory partition per part, holding one
+/// row with the part's index. Ballista's scheduler narrows a task to its
+/// own partitions only for the leaves it knows (in-memory and file
+/// sources); a custom leaf would be read whole by every task, so the
+/// source reads the indices of its input instead.
+pub(crate) fn part_source(
+    parts: usize,
+) -> datafusion::common::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, UInt32Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![Field::new("part", DataType::UInt32, false)]));
+    let mut partitions = (0..parts)
+        .map(|i| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(UInt32Array::from(vec![i as u32]))],
+            )
+            .map(|b| vec![b])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if partitions.is_empty() {
+        partitions.push(vec![]);
+    }
+    let exec: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
+        datafusion::datasource::memory::MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+    Ok(exec)
+}
+
+/// The part indices of `input`'s `partition` (see [`part_source`]).
+pub(crate) async fn part_indices(
+    input: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    partition: usize,
+    context: std::sync::Arc<datafusion::execution::TaskContext>,
+) -> datafusion::common::Result<Vec<usize>> {
+    use arrow::array::AsArray;
+    use futures::TryStreamExt;
+    let batches: Vec<arrow::array::RecordBatch> =
+        input.execute(partition, context)?.try_collect().await?;
+    Ok(batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<arrow::datatypes::UInt32Type>()
+                .values()
+                .iter()
+                .map(|v| *v as usize)
+                .collect::<Vec<_>>()
+        })
+        .collect())
+}

@@ -6,7 +6,16 @@
 //! forwarded with the items that fit, and the rest come back as
 //! `UnprocessedItems`; when none fit the answer is HTTP 400
 //! `ProvisionedThroughputExceededException`. Rewritten bodies get a fresh
-//! `x-amz-crc32`. Everything else is forwarded unchanged.
+//! `x-amz-crc32`.
+//!
+//! Reads are metered the way the service meters them: a `Scan` or `Query`
+//! on a table whose read bucket (RCU from `CreateTable`, or
+//! [`ThrottlingDynamo::set_read_capacity`]) is empty is refused with
+//! `ProvisionedThroughputExceededException`; one that is let through is
+//! charged afterwards what it consumed (the answer's `ConsumedCapacity`,
+//! else its items' size in 4 KB units, halved for eventually consistent
+//! reads), which may take the bucket below zero. Everything else is
+//! forwarded unchanged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +62,13 @@ pub struct Stats {
     pub throttle_times: Vec<f64>,
     /// (seconds since start, table, new WCU) per capacity change.
     pub capacity_changes: Vec<(f64, String, f64)>,
+    pub scan_requests: u64,
+    pub query_requests: u64,
+    /// Reads refused for lack of read capacity.
+    pub read_throttles: u64,
+    pub accepted_rcu: f64,
+    /// (seconds since start, RCU charged) per answered read.
+    pub read_timeline: Vec<(f64, f64)>,
 }
 
 #[derive(Clone)]
@@ -60,6 +76,7 @@ struct Shared {
     upstream: String,
     http: reqwest::Client,
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    read_buckets: Arc<Mutex<HashMap<String, Bucket>>>,
     stats: Arc<Mutex<Stats>>,
     started: Instant,
 }
@@ -84,6 +101,7 @@ impl ThrottlingDynamo {
                 .timeout(Duration::from_secs(30))
                 .build()?,
             buckets: Arc::default(),
+            read_buckets: Arc::default(),
             stats: Arc::default(),
             started: Instant::now(),
         };
@@ -105,6 +123,11 @@ impl ThrottlingDynamo {
     /// Sets a table's capacity, as `UpdateTable` through the proxy would.
     pub fn set_capacity(&self, table: &str, wcu: f64) {
         self.shared.set_capacity(table, wcu);
+    }
+
+    /// Sets a table's read capacity, as `UpdateTable` through the proxy would.
+    pub fn set_read_capacity(&self, table: &str, rcu: f64) {
+        self.shared.set_read_capacity(table, rcu);
     }
 
     /// Runs `f` on the statistics.
@@ -148,6 +171,41 @@ impl Shared {
         if let Ok(mut s) = self.stats.lock() {
             s.capacity_changes
                 .push((self.started.elapsed().as_secs_f64(), table.to_string(), wcu));
+        }
+    }
+
+    fn set_read_capacity(&self, table: &str, rcu: f64) {
+        let now = Instant::now();
+        if let Ok(mut b) = self.read_buckets.lock() {
+            let bucket = b.entry(table.to_string()).or_insert(Bucket {
+                wcu: rcu,
+                tokens: rcu,
+                last: now,
+            });
+            bucket.refill(now);
+            bucket.wcu = rcu;
+            bucket.tokens = bucket.tokens.min(rcu);
+        }
+    }
+
+    /// Whether a read of `table` may go ahead (its bucket is not empty).
+    fn may_read(&self, table: &str) -> bool {
+        let Ok(mut buckets) = self.read_buckets.lock() else {
+            return true;
+        };
+        let Some(bucket) = buckets.get_mut(table) else {
+            return true;
+        };
+        bucket.refill(Instant::now());
+        bucket.tokens > 0.0
+    }
+
+    fn charge_read(&self, table: &str, rcu: f64) {
+        if let Ok(mut buckets) = self.read_buckets.lock()
+            && let Some(bucket) = buckets.get_mut(table)
+        {
+            bucket.refill(Instant::now());
+            bucket.tokens -= rcu;
         }
     }
 
@@ -233,16 +291,20 @@ async fn route(s: &Shared, headers: &HeaderMap, body: Bytes) -> Result<Response>
     let op = target.rsplit('.').next().unwrap_or_default();
     match op {
         "BatchWriteItem" => batch_write(s, headers, body).await,
+        "Scan" | "Query" => read(s, op, headers, body).await,
         "CreateTable" | "UpdateTable" => {
             let request: Value = serde_json::from_slice(&body).unwrap_or_default();
             let (status, h, b) = s.forward(headers, body).await?;
+            let throughput = &request["ProvisionedThroughput"];
             if status.is_success()
-                && let (Some(table), Some(wcu)) = (
-                    request["TableName"].as_str(),
-                    request["ProvisionedThroughput"]["WriteCapacityUnits"].as_f64(),
-                )
+                && let Some(table) = request["TableName"].as_str()
             {
-                s.set_capacity(table, wcu);
+                if let Some(wcu) = throughput["WriteCapacityUnits"].as_f64() {
+                    s.set_capacity(table, wcu);
+                }
+                if let Some(rcu) = throughput["ReadCapacityUnits"].as_f64() {
+                    s.set_read_capacity(table, rcu);
+                }
             }
             Ok(respond(status, h, b, false))
         }
@@ -251,6 +313,70 @@ async fn route(s: &Shared, headers: &HeaderMap, body: Bytes) -> Result<Response>
             Ok(respond(status, h, b, false))
         }
     }
+}
+
+fn throttled() -> Response {
+    let body = Bytes::from(
+        json!({
+            "__type": THROTTLE_TYPE,
+            "message": "The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level with the UpdateTable API."
+        })
+        .to_string(),
+    );
+    let mut h = HeaderMap::new();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-amz-json-1.0"),
+    );
+    respond(StatusCode::BAD_REQUEST, h, body, true)
+}
+
+async fn read(s: &Shared, op: &str, headers: &HeaderMap, body: Bytes) -> Result<Response> {
+    let request: Value = serde_json::from_slice(&body)?;
+    let table = request["TableName"].as_str().unwrap_or_default().to_string();
+    s.stats(|st| match op {
+        "Scan" => st.scan_requests += 1,
+        _ => st.query_requests += 1,
+    });
+    if !s.may_read(&table) {
+        s.stats(|st| st.read_throttles += 1);
+        return Ok(throttled());
+    }
+    let (status, h, b) = s.forward(headers, body).await?;
+    if status.is_success() {
+        let answer: Value = serde_json::from_slice(&b)?;
+        let rcu = answer["ConsumedCapacity"]["CapacityUnits"]
+            .as_f64()
+            .unwrap_or_else(|| {
+                let bytes: usize = answer["Items"]
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(Value::as_object)
+                            .map(|item| {
+                                item.iter()
+                                    .map(|(k, v)| k.len() + value_size(v))
+                                    .sum::<usize>()
+                            })
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                let units = bytes.div_ceil(4096).max(1) as f64;
+                if request["ConsistentRead"].as_bool() == Some(true) {
+                    units
+                } else {
+                    units / 2.0
+                }
+            });
+        s.charge_read(&table, rcu);
+        let t = s.started.elapsed().as_secs_f64();
+        s.stats(|st| {
+            st.accepted_rcu += rcu;
+            st.read_timeline.push((t, rcu));
+        });
+    }
+    Ok(respond(status, h, b, false))
 }
 
 async fn batch_write(s: &Shared, headers: &HeaderMap, body: Bytes) -> Result<Response> {
@@ -284,19 +410,7 @@ async fn batch_write(s: &Shared, headers: &HeaderMap, body: Bytes) -> Result<Res
             st.refused_requests += 1;
             st.throttle_times.push(t);
         });
-        let body = Bytes::from(
-            json!({
-                "__type": THROTTLE_TYPE,
-                "message": "The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level with the UpdateTable API."
-            })
-            .to_string(),
-        );
-        let mut h = HeaderMap::new();
-        h.insert(
-            "content-type",
-            HeaderValue::from_static("application/x-amz-json-1.0"),
-        );
-        return Ok(respond(StatusCode::BAD_REQUEST, h, body, true));
+        return Ok(throttled());
     }
     let partial = !unprocessed.is_empty();
     let forwarded = if partial {
@@ -400,6 +514,11 @@ fn value_size(v: &Value) -> usize {
 /// A fresh table in the DynamoDB of `AWS_ENDPOINT_URL_DYNAMODB` (`pk` S, `sk`
 /// N) with `wcu` provisioned write capacity; returns its name.
 pub fn create_table(hint: &str, wcu: i64) -> Result<String> {
+    create_table_with(hint, 100, wcu)
+}
+
+/// [`create_table`] with `rcu` provisioned read capacity as well.
+pub fn create_table_with(hint: &str, rcu: i64, wcu: i64) -> Result<String> {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
         ScalarAttributeType,
@@ -428,7 +547,7 @@ pub fn create_table(hint: &str, wcu: i64) -> Result<String> {
             .billing_mode(BillingMode::Provisioned)
             .provisioned_throughput(
                 ProvisionedThroughput::builder()
-                    .read_capacity_units(100)
+                    .read_capacity_units(rcu)
                     .write_capacity_units(wcu)
                     .build()?,
             )
@@ -441,4 +560,68 @@ pub fn create_table(hint: &str, wcu: i64) -> Result<String> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(name)
+}
+
+/// Puts `count` items into `table` (`pk` S, `sk` N) straight into DynamoDB
+/// (not through a proxy), 25 per `BatchWriteItem`, 4 requests at a time:
+/// item `i` has `pk` = `k{i % keys}`, `sk` = `i`, `n` = `i` and `body` =
+/// `body_bytes` bytes of text.
+pub fn load_items(table: &str, count: u64, keys: u64, body_bytes: usize) -> Result<()> {
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        let ids: Vec<u64> = (0..count).collect();
+        let chunks: Vec<Vec<u64>> = ids.chunks(25).map(<[u64]>::to_vec).collect();
+        let body = "x".repeat(body_bytes);
+        let work = futures::stream::iter(chunks.into_iter().map(|chunk| {
+            let client = client.clone();
+            let body = body.clone();
+            let table = table.to_string();
+            async move {
+                let mut requests: Vec<WriteRequest> = chunk
+                    .iter()
+                    .map(|i| {
+                        let item = [
+                            ("pk", AttributeValue::S(format!("k{}", i % keys.max(1)))),
+                            ("sk", AttributeValue::N(i.to_string())),
+                            ("n", AttributeValue::N(i.to_string())),
+                            ("body", AttributeValue::S(body.clone())),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .map(|p| WriteRequest::builder().put_request(p).build())
+                    })
+                    .collect::<Result<_, _>>()?;
+                for _ in 0..20 {
+                    let out = client
+                        .batch_write_item()
+                        .request_items(&table, requests.clone())
+                        .send()
+                        .await?;
+                    requests = out
+                        .unprocessed_items()
+                        .and_then(|u| u.get(&table).cloned())
+                        .unwrap_or_default();
+                    if requests.is_empty() {
+                        break;
+                    }
+                }
+                anyhow::ensure!(requests.is_empty(), "items stayed unprocessed");
+                Ok::<_, anyhow::Error>(())
+            }
+        }));
+        let mut tasks = futures::StreamExt::buffer_unordered(work, 4);
+        while let Some(done) = futures::StreamExt::next(&mut tasks).await {
+            done?;
+        }
+        Ok(())
+    })
 }

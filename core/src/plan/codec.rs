@@ -266,7 +266,10 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 one_input(inputs, "KafkaScanExec")?,
             )?),
             PhysicalNode::ShardScan(spec) => Arc::new(ShardScanExec::try_new(spec)?),
-            PhysicalNode::DynamoScan(spec) => Arc::new(DynamoScanExec::try_new(spec)?),
+            PhysicalNode::DynamoScan(spec) => Arc::new(DynamoScanExec::with_input(
+                spec,
+                one_input(inputs, "DynamoScanExec")?,
+            )?),
             PhysicalNode::SkewRoute(spec) => Arc::new(SkewRouteExec::new(
                 one_input(inputs, "SluiceSkewRouteExec")?,
                 spec,

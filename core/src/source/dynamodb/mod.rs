@@ -258,7 +258,8 @@ impl ScanTable {
     }
 }
 
-/// `pk = literal` or `pk IN (literals)`: the values.
+/// `pk = literal`, `pk IN (literals)` or an `OR` of them (DataFusion
+/// rewrites a short `IN` list that way): the values.
 fn key_filter(pk: &str, filter: &Expr) -> Option<Vec<ScalarValue>> {
     let is_pk = |e: &Expr| matches!(e, Expr::Column(c) if c.name == pk);
     let literal = |e: &Expr| match e {
@@ -266,6 +267,15 @@ fn key_filter(pk: &str, filter: &Expr) -> Option<Vec<ScalarValue>> {
         _ => None,
     };
     match filter {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut values = key_filter(pk, left)?;
+            values.extend(key_filter(pk, right)?);
+            (values.len() <= MAX_QUERY_KEYS).then_some(values)
+        }
         Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Eq,
@@ -331,20 +341,15 @@ impl TableProvider for ScanTable {
         Ok(filters
             .iter()
             .map(|f| {
-                let column = match f {
-                    Expr::BinaryExpr(BinaryExpr { left, right, .. }) => match (&**left, &**right) {
-                        (Expr::Column(c), _) | (_, Expr::Column(c)) => Some(c.name.clone()),
-                        _ => None,
-                    },
-                    Expr::InList(list) => match &*list.expr {
-                        Expr::Column(c) => Some(c.name.clone()),
-                        _ => None,
-                    },
-                    _ => None,
+                let columns = f.column_refs();
+                let pinned = match columns.iter().next() {
+                    Some(c) if columns.len() == 1 => key_filter(&c.name, f).is_some(),
+                    _ => false,
                 };
-                match column.and_then(|c| key_filter(&c, f)) {
-                    Some(_) => TableProviderFilterPushDown::Inexact,
-                    None => TableProviderFilterPushDown::Unsupported,
+                if pinned {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
                 }
             })
             .collect())
@@ -459,6 +464,10 @@ mod tests {
         assert_eq!(key_filter("pk", &flipped), Some(vec![ScalarValue::from(7i64)]));
         let list = col("pk").in_list(vec![lit("a"), lit("b")], false);
         assert_eq!(key_filter("pk", &list).map(|v| v.len()), Some(2));
+        let either = col("pk").eq(lit("a")).or(col("pk").eq(lit("b")));
+        assert_eq!(key_filter("pk", &either).map(|v| v.len()), Some(2));
+        let mixed = col("pk").eq(lit("a")).or(col("sk").eq(lit(1)));
+        assert_eq!(key_filter("pk", &mixed), None);
         let negated = col("pk").in_list(vec![lit("a")], true);
         assert_eq!(key_filter("pk", &negated), None);
         assert_eq!(key_filter("pk", &col("pk").gt(lit("a"))), None);

@@ -27,6 +27,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use datafusion::physical_plan::ExecutionPlanProperties;
+use futures::StreamExt;
 
 use super::{Part, ScanSpec};
 use crate::coordinator::CoordinatorHandle;
@@ -83,28 +85,45 @@ impl fmt::Display for Part {
     }
 }
 
-/// Reads one [`Part`] per partition.
+/// Reads the [`Part`]s its input names (`exec::part_source`: one per
+/// partition until Ballista narrows a task to its own).
 #[derive(Debug)]
 pub struct DynamoScanExec {
     spec: ScanSpec,
+    input: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl DynamoScanExec {
     pub fn try_new(spec: ScanSpec) -> Result<Self> {
+        let input = crate::exec::part_source(spec.parts.len())?;
+        Self::with_input(spec, input)
+    }
+
+    /// The scan over `input`'s part indices.
+    pub fn with_input(spec: ScanSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
         let schema = spec.schema()?;
+        Ok(Self::assemble(spec, schema, input))
+    }
+
+    fn assemble(spec: ScanSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(spec.parts.len().max(1)),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self {
+        Self {
             spec,
+            input,
             schema,
             properties: Arc::new(properties),
-        })
+        }
+    }
+
+    fn rebuild(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self::assemble(self.spec.clone(), Arc::clone(&self.schema), input)
     }
 
     pub fn spec(&self) -> &ScanSpec {
@@ -134,32 +153,11 @@ impl DisplayAs for DynamoScanExec {
 }
 
 impl ExecutionPlan for DynamoScanExec {
-    fn name(&self) -> &str {
-        "DynamoScanExec"
-    }
+    crate::exec::single_input_plan!("DynamoScanExec", rebuild);
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(
-            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
-        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
-    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+    // Splitting the part source would read a part twice.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn execute(
@@ -168,31 +166,47 @@ impl ExecutionPlan for DynamoScanExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let schema = Arc::clone(&self.schema);
-        let Some(part) = self.spec.parts.get(partition).cloned() else {
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(
-                schema,
-                futures::stream::empty(),
-            )));
-        };
         let spec = self.spec.clone();
+        let input = Arc::clone(&self.input);
         let coordinator = CoordinatorHandle::of(context.session_config());
-        let parts = spec.parts.len();
-        let reader = Reader {
-            spec,
-            part,
-            schema: Arc::clone(&schema),
-            partition,
-            parts,
-            coordinator,
-            state: None,
-        };
-        let stream = futures::stream::try_unfold(reader, |mut r| async move {
-            match r.next_page().await? {
-                Some(batch) => Ok(Some((batch, r))),
-                None => Ok(None),
-            }
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        let out_schema = Arc::clone(&schema);
+        let indices = async move { crate::exec::part_indices(&input, partition, context).await };
+        let stream = futures::stream::once(indices)
+            .map(move |indices| -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+                let indices = match indices {
+                    Ok(i) => i,
+                    Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+                };
+                let spec = spec.clone();
+                let schema = Arc::clone(&schema);
+                let coordinator = Arc::clone(&coordinator);
+                futures::stream::iter(indices)
+                    .filter_map(move |i| {
+                        let part = spec.parts.get(i).cloned();
+                        let reader = part.map(|part| Reader {
+                            spec: spec.clone(),
+                            part,
+                            schema: Arc::clone(&schema),
+                            partition: i,
+                            parts: spec.parts.len(),
+                            coordinator: Arc::clone(&coordinator),
+                            state: None,
+                        });
+                        async move { reader }
+                    })
+                    .map(|reader| {
+                        futures::stream::try_unfold(reader, |mut r| async move {
+                            match r.next_page().await? {
+                                Some(batch) => Ok(Some((batch, r))),
+                                None => Ok(None),
+                            }
+                        })
+                    })
+                    .flatten()
+                    .boxed()
+            })
+            .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
 }
 
