@@ -194,14 +194,17 @@ pub fn print_limiter(
         }
         return;
     }
+    // One row per table and capacity: a backfill's read budget is apart
+    // from the writes' budget on the same table.
     println!(
-        "{:<32} {:>10} {:>10} {:>8} {:>10} {:>12} {:>10}",
-        "TABLE", "BUDGET", "RATE", "WRITERS", "GRANTED", "CONSUMED", "THROTTLES"
+        "{:<32} {:>5} {:>10} {:>10} {:>8} {:>10} {:>12} {:>10}",
+        "TABLE", "UNIT", "BUDGET", "RATE", "HOLDERS", "GRANTED", "CONSUMED", "THROTTLES"
     );
     for t in tables {
         println!(
-            "{:<32} {:>10.0} {:>10.0} {:>8} {:>10.0} {:>12.0} {:>10}",
+            "{:<32} {:>5} {:>10.0} {:>10.0} {:>8} {:>10.0} {:>12.0} {:>10}",
             t.table,
+            t.capacity.unit(),
             t.budget,
             t.rate,
             t.writers.len(),

@@ -721,6 +721,46 @@ mod tests {
         l.status().first().map_or(0.0, |t| t.granted)
     }
 
+    /// A backfill's reads and a job's writes on one table draw on the
+    /// table's two capacities, apart: throttled reads never slow writes.
+    #[test]
+    fn reads_and_writes_of_one_table_have_their_own_budgets() {
+        let (c, _clock) = leases();
+        assert_eq!(grant(&c, "w", 0).rate, 1000.0);
+        let read = LeaseRequest {
+            capacity: Capacity::Read,
+            budget_hint: 200.0,
+            ..req("r", 0)
+        };
+        let granted = c.lease(read.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((granted.rate, granted.writers), (200.0, 1));
+        let cut = c
+            .lease(LeaseRequest {
+                throttles: 2,
+                ..read.clone()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cut.table_rate, 180.0);
+        assert_eq!(grant(&c, "w", 0).table_rate, 1000.0);
+        c.described(
+            "t",
+            Ok(TableShape {
+                provisioned_rcu: Some(100.0),
+                ..provisioned(600.0)
+            }),
+        );
+        let budgets: Vec<(Capacity, f64)> =
+            c.status().iter().map(|t| (t.capacity, t.budget)).collect();
+        assert_eq!(budgets, vec![(Capacity::Read, 50.0), (Capacity::Write, 300.0)]);
+        c.release(&Release {
+            table: "t".into(),
+            writer: "r".into(),
+            capacity: Capacity::Read,
+        });
+        assert_eq!(c.status()[0].writers.len(), 0);
+        assert_eq!(c.status()[1].writers, vec!["w"]);
+    }
+
     #[test]
     fn shares_follow_live_writers_and_throttles_cut_the_rate() {
         let (c, clock) = leases();

@@ -265,7 +265,10 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 spec,
                 one_input(inputs, "KafkaScanExec")?,
             )?),
-            PhysicalNode::ShardScan(spec) => Arc::new(ShardScanExec::try_new(spec)?),
+            PhysicalNode::ShardScan(spec) => Arc::new(ShardScanExec::with_input(
+                spec,
+                one_input(inputs, "ShardScanExec")?,
+            )?),
             PhysicalNode::DynamoScan(spec) => Arc::new(DynamoScanExec::with_input(
                 spec,
                 one_input(inputs, "DynamoScanExec")?,

@@ -40,7 +40,9 @@ use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use serde::{Deserialize, Serialize};
 
 use self::api::{ApiError, At, Body, Change, Failure, Retry, ShardApi, ShardRecord};
@@ -385,28 +387,45 @@ impl TableProviderFactory for ShardTableFactory {
     }
 }
 
-/// Reads one range per partition.
+/// Reads the ranges its input names (`exec::part_source`: one per
+/// partition until Ballista narrows a task to its own).
 #[derive(Debug)]
 pub struct ShardScanExec {
     spec: ShardSpec,
+    input: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl ShardScanExec {
     pub fn try_new(spec: ShardSpec) -> Result<Self> {
+        let input = crate::exec::part_source(spec.ranges.len())?;
+        Self::with_input(spec, input)
+    }
+
+    /// The scan over `input`'s range indices.
+    pub fn with_input(spec: ShardSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
         let schema = spec.schema()?;
+        Ok(Self::assemble(spec, schema, input))
+    }
+
+    fn assemble(spec: ShardSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(spec.ranges.len().max(1)),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self {
+        Self {
             spec,
+            input,
             schema,
             properties: Arc::new(properties),
-        })
+        }
+    }
+
+    fn rebuild(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self::assemble(self.spec.clone(), Arc::clone(&self.schema), input)
     }
 
     pub fn spec(&self) -> &ShardSpec {
@@ -426,48 +445,34 @@ impl DisplayAs for ShardScanExec {
 }
 
 impl ExecutionPlan for ShardScanExec {
-    fn name(&self) -> &str {
-        "ShardScanExec"
-    }
+    crate::exec::single_input_plan!("ShardScanExec", rebuild);
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(
-            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
-        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
-    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+    // Splitting the range source would read a range twice.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
     }
 
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let spec = self.spec.clone();
         let schema = Arc::clone(&self.schema);
-        let range = spec.ranges.get(partition).cloned();
+        let input = Arc::clone(&self.input);
         let read = async move {
-            let Some(range) = range else {
-                return Ok(Vec::new());
-            };
-            let span = tracing::info_span!("shards.read_range", location = %spec.location, shard = %range.shard, records = range.count);
-            tracing::Instrument::instrument(read_batches(&spec, &schema, &range), span).await
+            let mut out = Vec::new();
+            for i in crate::exec::part_indices(&input, partition, context).await? {
+                let Some(range) = spec.ranges.get(i) else {
+                    continue;
+                };
+                let span = tracing::info_span!("shards.read_range", location = %spec.location, shard = %range.shard, records = range.count);
+                out.extend(
+                    tracing::Instrument::instrument(read_batches(&spec, &schema, range), span)
+                        .await?,
+                );
+            }
+            Ok::<_, DataFusionError>(out)
         };
         let stream = futures::stream::once(read);
         let flat = futures::StreamExt::flat_map(stream, |r: Result<Vec<RecordBatch>>| match r {
