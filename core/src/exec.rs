@@ -363,7 +363,11 @@ pub(crate) fn part_source(
 
     use arrow::array::{RecordBatch, UInt32Array};
     use arrow::datatypes::{DataType, Field, Schema};
-    let schema = Arc::new(Schema::new(vec![Field::new("part", DataType::UInt32, false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "part",
+        DataType::UInt32,
+        false,
+    )]));
     let mut partitions = (0..parts)
         .map(|i| {
             RecordBatch::try_new(
@@ -377,7 +381,11 @@ pub(crate) fn part_source(
         partitions.push(vec![]);
     }
     let exec: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
-        datafusion::datasource::memory::MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+        datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &partitions,
+            schema,
+            None,
+        )?;
     Ok(exec)
 }
 

@@ -333,7 +333,10 @@ fn throttled() -> Response {
 
 async fn read(s: &Shared, op: &str, headers: &HeaderMap, body: Bytes) -> Result<Response> {
     let request: Value = serde_json::from_slice(&body)?;
-    let table = request["TableName"].as_str().unwrap_or_default().to_string();
+    let table = request["TableName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     s.stats(|st| match op {
         "Scan" => st.scan_requests += 1,
         _ => st.query_requests += 1,

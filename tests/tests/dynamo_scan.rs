@@ -103,10 +103,26 @@ fn a_backfill_reads_every_item_once_within_its_read_budget() {
         .unwrap();
         for batch in reader {
             let batch = batch.unwrap();
-            let pk = batch.column_by_name("pk").unwrap().as_string::<i32>().clone();
-            let sk = batch.column_by_name("sk").unwrap().as_primitive::<Int64Type>().clone();
-            let n = batch.column_by_name("n").unwrap().as_primitive::<Float64Type>().clone();
-            let len = batch.column_by_name("body_len").unwrap().as_primitive::<Int32Type>().clone();
+            let pk = batch
+                .column_by_name("pk")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            let sk = batch
+                .column_by_name("sk")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone();
+            let n = batch
+                .column_by_name("n")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone();
+            let len = batch
+                .column_by_name("body_len")
+                .unwrap()
+                .as_primitive::<Int32Type>()
+                .clone();
             for i in 0..batch.num_rows() {
                 let id = sk.value(i);
                 assert_eq!(pk.value(i), format!("k{}", id % 40));
@@ -137,7 +153,10 @@ fn a_backfill_reads_every_item_once_within_its_read_budget() {
         "backfill: {consumed:.0} RCU in {:.1} s = {rate:.1} RCU/s (budget 80), {reads} scans, {throttles} throttled",
         last - first
     );
-    assert!(rate <= 80.0 * 1.05, "{rate:.1} RCU/s over the 80 RCU/s budget");
+    assert!(
+        rate <= 80.0 * 1.05,
+        "{rate:.1} RCU/s over the 80 RCU/s budget"
+    );
     assert!(
         throttles * 20 <= reads,
         "{throttles} of {reads} reads throttled"
@@ -246,10 +265,16 @@ fn bad_reads_are_named() {
     assert!(err.contains("ResourceNotFoundException"), "{err}");
 
     let err = read("pk VARCHAR, sk BIGINT, body BIGINT", &table, "", &[]);
-    assert!(err.contains(&format!("reading DynamoDB table {table}")), "{err}");
+    assert!(
+        err.contains(&format!("reading DynamoDB table {table}")),
+        "{err}"
+    );
     assert!(err.contains("item pk=\"k"), "{err}");
     assert!(err.contains("body Int64"), "{err}");
-    assert!(err.contains("failed to parse \"xxxxxxxxxx\" as Int64"), "{err}");
+    assert!(
+        err.contains("failed to parse \"xxxxxxxxxx\" as Int64"),
+        "{err}"
+    );
 
     let err = read(columns, &table, "OPTIONS ('read.percent' 'lots')", &[]);
     assert!(

@@ -751,7 +751,10 @@ mod tests {
         );
         let budgets: Vec<(Capacity, f64)> =
             c.status().iter().map(|t| (t.capacity, t.budget)).collect();
-        assert_eq!(budgets, vec![(Capacity::Read, 50.0), (Capacity::Write, 300.0)]);
+        assert_eq!(
+            budgets,
+            vec![(Capacity::Read, 50.0), (Capacity::Write, 300.0)]
+        );
         c.release(&Release {
             table: "t".into(),
             writer: "r".into(),

@@ -23,8 +23,8 @@ use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 
 use crate::sink::dynamo::{DynamoCommitExec, DynamoSpec, DynamoWriteNode, DynamoWriterExec};
 use crate::sink::files::{CommitExec, RouteSpec, SkewRouteExec, WriteNode, WriteSpec, WriterExec};
-use crate::source::kafka::{KafkaScanExec, KafkaSpec, KafkaTable};
 use crate::source::dynamodb::{DynamoScanExec, ScanSpec, ScanTableSpec};
+use crate::source::kafka::{KafkaScanExec, KafkaSpec, KafkaTable};
 use crate::source::shards::{ShardScanExec, ShardSpec, ShardTable};
 
 const MAGIC: &[u8] = b"SLUICE1\0";

@@ -293,11 +293,7 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableShape, Dynamo
         .billing_mode_summary()
         .and_then(|b| b.billing_mode())
         .is_some_and(|m| *m == BillingMode::PayPerRequest);
-    let provisioned = |units: Option<i64>| {
-        units
-            .filter(|u| !on_demand && *u > 0)
-            .map(|u| u as f64)
-    };
+    let provisioned = |units: Option<i64>| units.filter(|u| !on_demand && *u > 0).map(|u| u as f64);
     let throughput = desc.provisioned_throughput();
     let on_demand_limit = |units: Option<i64>| units.filter(|u| *u > 0).map(|u| u as f64);
     let limits = desc.on_demand_throughput();

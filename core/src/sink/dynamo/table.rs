@@ -11,9 +11,7 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::common::{Result, plan_err};
-use datafusion::logical_expr::{
-    CreateExternalTable, Expr, TableProviderFilterPushDown, TableType,
-};
+use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::spec::{DynamoOptions, DynamoSpec, table_name};
@@ -48,7 +46,10 @@ impl TableProvider for DynamoTable {
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         match &self.reader {
             Some(r) => r.supports_filters_pushdown(filters),
-            None => Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()]),
+            None => Ok(vec![
+                TableProviderFilterPushDown::Unsupported;
+                filters.len()
+            ]),
         }
     }
 

@@ -33,12 +33,12 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::item::{self, Item, MAX_ITEM_BYTES};
-use crate::coordinator::leases::LeaseRequest;
-use crate::coordinator::limiter::Limiter;
-use crate::storage::dynamodb::Capacity;
 use super::spec::DynamoSpec;
 use crate::coordinator::CoordinatorHandle;
+use crate::coordinator::leases::LeaseRequest;
+use crate::coordinator::limiter::Limiter;
 use crate::exec::Report;
+use crate::storage::dynamodb::Capacity;
 use crate::storage::dynamodb::{self as client, Failure};
 
 /// BatchWriteItem's limits.

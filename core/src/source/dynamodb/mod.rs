@@ -109,7 +109,9 @@ impl ScanOptions {
     /// Whether `key` (with or without DataFusion's `format.` prefix) is a
     /// read option, which the sink leaves to this module.
     pub fn is_read_option(key: &str) -> bool {
-        key.strip_prefix("format.").unwrap_or(key).starts_with("read.")
+        key.strip_prefix("format.")
+            .unwrap_or(key)
+            .starts_with("read.")
     }
 
     /// The read options among a table's options; `table` names it in errors.
@@ -126,7 +128,11 @@ impl ScanOptions {
                 value: value.clone(),
                 reason,
             };
-            let whole = |v: &str| v.trim().parse::<u64>().map_err(|_| bad("not a whole number"));
+            let whole = |v: &str| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad("not a whole number"))
+            };
             match key {
                 PERCENT_OPTION => {
                     let mut v: f64 = value.trim().parse().map_err(|_| bad("not a number"))?;
@@ -300,9 +306,9 @@ fn key_filter(pk: &str, filter: &Expr) -> Option<Vec<ScalarValue>> {
 /// A literal as a key value of DynamoDB type `ty`, when it can be one.
 fn key_value(ty: &str, v: &ScalarValue) -> Option<(String, String)> {
     let text = match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            s.clone()
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s.clone(),
         ScalarValue::Int8(_)
         | ScalarValue::Int16(_)
         | ScalarValue::Int32(_)
@@ -385,7 +391,10 @@ impl TableProvider for ScanTable {
             Some(mut values) => {
                 values.sort();
                 values.dedup();
-                values.into_iter().map(|value| Part::Query { value }).collect()
+                values
+                    .into_iter()
+                    .map(|value| Part::Query { value })
+                    .collect()
             }
             None => {
                 let by_size = shape.size_bytes.div_ceil(BYTES_PER_SEGMENT);
@@ -445,12 +454,27 @@ mod tests {
         assert_eq!(o.segments, Some(16));
         assert!(o.consistent);
         for (key, value, want) in [
-            ("read.percent", "0", "DynamoDB table t: option 'read.percent' = '0': must be in (0, 1] or (0, 100]"),
-            ("read.segments", "0", "DynamoDB table t: option 'read.segments' = '0': must be from 1 to 10000"),
-            ("read.speed", "1", "DynamoDB table t: unknown read option 'read.speed'"),
+            (
+                "read.percent",
+                "0",
+                "DynamoDB table t: option 'read.percent' = '0': must be in (0, 1] or (0, 100]",
+            ),
+            (
+                "read.segments",
+                "0",
+                "DynamoDB table t: option 'read.segments' = '0': must be from 1 to 10000",
+            ),
+            (
+                "read.speed",
+                "1",
+                "DynamoDB table t: unknown read option 'read.speed'",
+            ),
         ] {
             let raw = HashMap::from([(key.to_string(), value.to_string())]);
-            let err = ScanOptions::parse("t", &raw).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = ScanOptions::parse("t", &raw)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.starts_with(want), "{err}");
         }
     }
@@ -461,7 +485,10 @@ mod tests {
         assert_eq!(key_filter("pk", &eq), Some(vec![ScalarValue::from("a")]));
         assert_eq!(key_filter("sk", &eq), None);
         let flipped = lit(7i64).eq(col("pk"));
-        assert_eq!(key_filter("pk", &flipped), Some(vec![ScalarValue::from(7i64)]));
+        assert_eq!(
+            key_filter("pk", &flipped),
+            Some(vec![ScalarValue::from(7i64)])
+        );
         let list = col("pk").in_list(vec![lit("a"), lit("b")], false);
         assert_eq!(key_filter("pk", &list).map(|v| v.len()), Some(2));
         let either = col("pk").eq(lit("a")).or(col("pk").eq(lit("b")));
@@ -471,8 +498,14 @@ mod tests {
         let negated = col("pk").in_list(vec![lit("a")], true);
         assert_eq!(key_filter("pk", &negated), None);
         assert_eq!(key_filter("pk", &col("pk").gt(lit("a"))), None);
-        assert_eq!(key_value("N", &ScalarValue::from(7i64)), Some(("N".into(), "7".into())));
-        assert_eq!(key_value("S", &ScalarValue::from("x")), Some(("S".into(), "x".into())));
+        assert_eq!(
+            key_value("N", &ScalarValue::from(7i64)),
+            Some(("N".into(), "7".into()))
+        );
+        assert_eq!(
+            key_value("S", &ScalarValue::from("x")),
+            Some(("S".into(), "x".into()))
+        );
         // A string cannot pin a number key: the statement scans.
         assert_eq!(key_value("N", &ScalarValue::from("x")), None);
         assert_eq!(key_value("B", &ScalarValue::from("x")), None);

@@ -22,12 +22,12 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, Select};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use datafusion::physical_plan::ExecutionPlanProperties;
 use futures::StreamExt;
 
 use super::{Part, ScanSpec};
@@ -172,39 +172,41 @@ impl ExecutionPlan for DynamoScanExec {
         let out_schema = Arc::clone(&schema);
         let indices = async move { crate::exec::part_indices(&input, partition, context).await };
         let stream = futures::stream::once(indices)
-            .map(move |indices| -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
-                let indices = match indices {
-                    Ok(i) => i,
-                    Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
-                };
-                let spec = spec.clone();
-                let schema = Arc::clone(&schema);
-                let coordinator = Arc::clone(&coordinator);
-                futures::stream::iter(indices)
-                    .filter_map(move |i| {
-                        let part = spec.parts.get(i).cloned();
-                        let reader = part.map(|part| Reader {
-                            spec: spec.clone(),
-                            part,
-                            schema: Arc::clone(&schema),
-                            partition: i,
-                            parts: spec.parts.len(),
-                            coordinator: Arc::clone(&coordinator),
-                            state: None,
-                        });
-                        async move { reader }
-                    })
-                    .map(|reader| {
-                        futures::stream::try_unfold(reader, |mut r| async move {
-                            match r.next_page().await? {
-                                Some(batch) => Ok(Some((batch, r))),
-                                None => Ok(None),
-                            }
+            .map(
+                move |indices| -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+                    let indices = match indices {
+                        Ok(i) => i,
+                        Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+                    };
+                    let spec = spec.clone();
+                    let schema = Arc::clone(&schema);
+                    let coordinator = Arc::clone(&coordinator);
+                    futures::stream::iter(indices)
+                        .filter_map(move |i| {
+                            let part = spec.parts.get(i).cloned();
+                            let reader = part.map(|part| Reader {
+                                spec: spec.clone(),
+                                part,
+                                schema: Arc::clone(&schema),
+                                partition: i,
+                                parts: spec.parts.len(),
+                                coordinator: Arc::clone(&coordinator),
+                                state: None,
+                            });
+                            async move { reader }
                         })
-                    })
-                    .flatten()
-                    .boxed()
-            })
+                        .map(|reader| {
+                            futures::stream::try_unfold(reader, |mut r| async move {
+                                match r.next_page().await? {
+                                    Some(batch) => Ok(Some((batch, r))),
+                                    None => Ok(None),
+                                }
+                            })
+                        })
+                        .flatten()
+                        .boxed()
+                },
+            )
             .flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
@@ -303,7 +305,8 @@ impl Reader {
         if state.done {
             return Ok(None);
         }
-        let span = tracing::info_span!("dynamodb.read_page", table = %self.spec.table, part = %self.part);
+        let span =
+            tracing::info_span!("dynamodb.read_page", table = %self.spec.table, part = %self.part);
         let page = tracing::Instrument::instrument(self.fetch(), span).await;
         let page = match page {
             Ok(p) => p,
@@ -380,7 +383,13 @@ impl Reader {
                 }
             }
             state.calls += 1;
-            let call = call(&state.client, &self.spec, &self.part, limit, state.start_key.clone());
+            let call = call(
+                &state.client,
+                &self.spec,
+                &self.part,
+                limit,
+                state.start_key.clone(),
+            );
             let answer = match tokio::time::timeout(timeout, call).await {
                 Ok(a) => a,
                 Err(_) => Err((
@@ -430,7 +439,7 @@ impl Reader {
                 &options,
             )?);
         }
-        let texts: Vec<String> = page.items.iter().map(|i| item_json(i)).collect();
+        let texts: Vec<String> = page.items.iter().map(item_json).collect();
         let values: Vec<Option<&[u8]>> = texts.iter().map(|t| Some(t.as_bytes())).collect();
         let parsed = crate::source::kafka::parse_values(&self.schema, &values)
             .map_err(|e| DataFusionError::External(e.into()))?;
@@ -636,9 +645,9 @@ fn write_value(v: &AttributeValue, out: &mut String) {
         AttributeValue::M(m) => write_map(m, out),
         AttributeValue::L(l) => write_list(l, out, write_value),
         AttributeValue::Ss(s) => write_list(s, out, |s, o| write_string(s, o)),
-        AttributeValue::Ns(n) => {
-            write_list(n, out, |n, o| o.push_str(&crate::source::shards::number_json(n)))
-        }
+        AttributeValue::Ns(n) => write_list(n, out, |n, o| {
+            o.push_str(&crate::source::shards::number_json(n))
+        }),
         AttributeValue::Bs(b) => write_list(b, out, |b, o| write_hex(b.as_ref(), o)),
         _ => out.push_str("null"),
     }
@@ -653,8 +662,14 @@ mod tests {
     #[test]
     fn items_become_plain_json() {
         let item = HashMap::from([
-            ("n".to_string(), AttributeValue::N("12345678901234567890123".into())),
-            ("b".to_string(), AttributeValue::B(Blob::new(vec![0u8, 255]))),
+            (
+                "n".to_string(),
+                AttributeValue::N("12345678901234567890123".into()),
+            ),
+            (
+                "b".to_string(),
+                AttributeValue::B(Blob::new(vec![0u8, 255])),
+            ),
             (
                 "l".to_string(),
                 AttributeValue::L(vec![
@@ -665,16 +680,21 @@ mod tests {
             ),
             ("ns".to_string(), AttributeValue::Ns(vec!["1.50".into()])),
         ]);
-        let v: serde_json::Value =
-            serde_json::from_str(&item_json(&item)).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&item_json(&item)).unwrap_or_default();
         assert_eq!(v["b"], "00ff");
         assert_eq!(v["l"], serde_json::json!(["a\"b", null, false]));
         // Numbers keep their own text, every digit.
         assert!(item_json(&item).contains("\"ns\":[1.50]"));
         assert!(item_json(&item).contains("12345678901234567890123"));
-        let keys = [("pk".to_string(), "S".to_string()), ("n".to_string(), "N".to_string())];
+        let keys = [
+            ("pk".to_string(), "S".to_string()),
+            ("n".to_string(), "N".to_string()),
+        ];
         let mut with_key = item.clone();
         with_key.insert("pk".into(), AttributeValue::S("k1".into()));
-        assert_eq!(key_text(&with_key, &keys), "pk=\"k1\", n=12345678901234567890123");
+        assert_eq!(
+            key_text(&with_key, &keys),
+            "pk=\"k1\", n=12345678901234567890123"
+        );
     }
 }

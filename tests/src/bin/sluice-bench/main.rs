@@ -11,6 +11,7 @@ mod common;
 mod partitioned;
 mod range;
 mod s3_commit;
+mod scan;
 mod spark;
 mod stream;
 mod tls;
@@ -194,6 +195,19 @@ pub enum Bench {
         #[arg(long, default_value_t = 20_000)]
         records: u64,
     },
+    /// A DynamoDB backfill into Parquet on a scheduler and 2 executors,
+    /// through the read-capacity proxy: RCU/s against the budget, items/s,
+    /// at read.percent 0.5 and 1.0 (servers from `scripts/test-servers.sh`).
+    Scan {
+        /// Items of about 830 bytes loaded and read.
+        #[arg(long, default_value_t = 20_000)]
+        items: u64,
+        /// The table's provisioned read capacity.
+        #[arg(long, default_value_t = 400)]
+        rcu: u64,
+        #[arg(long, default_value_t = 8)]
+        segments: u32,
+    },
     /// One write of `s3-commit`'s ledger pass (run by it, through its proxy).
     #[command(hide = true)]
     S3CommitLedger {
@@ -304,6 +318,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         } => {
             let report =
                 changes::changes_bench(items, rate.max(1), seconds.max(1), records).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Bench::Scan {
+            items,
+            rcu,
+            segments,
+        } => {
+            let scratch = tempfile::tempdir()?;
+            let report =
+                scan::scan_bench(items, rcu.max(1), segments.max(1), scratch.path()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
