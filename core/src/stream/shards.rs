@@ -13,6 +13,19 @@
 //! children start then, at their beginning. A stream with no positions
 //! starts at `starting_position`. A position the stream no longer keeps
 //! (trimmed after 24 h) fails the batch, saying records were lost.
+//!
+//! With `snapshot 'true'` (DynamoDB Streams) the first batch scans the
+//! table (`source::dynamodb`) instead of reading the stream: its plan reads
+//! every shard to its newest record and records those positions as skipped
+//! (`SKIP` ranges), all before the scan starts, which runs with the batch.
+//! Later batches read the stream from there. A record the stream holds when
+//! the batch is planned is reflected in the scan; one written after it
+//! arrives as a change, and if it changed an item the scan read afterwards,
+//! also in the scan: an item changed during the scan may arrive twice, in
+//! its newest state both times; none is missed. The positions travel in
+//! the checkpoint with the first batch, so a re-run scans again and skips
+//! the same records. (Sequence numbers, not creation times: DynamoDB rounds
+//! those, DynamoDB Local to the minute.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -39,6 +52,15 @@ const MARK_LATEST: &str = "LATEST";
 const MARK_END: &str = "END";
 /// A range's `first` with no `last`: its `split` is the stream's ARN.
 const MARK_STREAM: &str = "STREAM";
+/// A range's `first` with no `last`: this batch scans the table in `end`
+/// segments.
+const MARK_SNAPSHOT: &str = "SNAPSHOT";
+/// A range's `first` whose `last` is set: records up to `last` were in the
+/// stream before the snapshot and are skipped (`end` of them).
+const MARK_SKIP: &str = "SKIP";
+/// Records per shard a snapshot's plan skips at most (the stream holds 24
+/// hours; past this, start from `latest` or trim the stream first).
+const MAX_SKIPPED: u64 = 50_000_000;
 
 pub struct ShardSource {
     table: String,
@@ -255,6 +277,35 @@ impl ShardSource {
         Ok((out, false, behind))
     }
 
+    /// Reads a shard from `start` to its newest record (or its end):
+    /// how many records, the last one's sequence number, whether it ended.
+    async fn read_to_tip(
+        &mut self,
+        shard: &ShardInfo,
+        start: At,
+    ) -> Result<(u64, Option<String>, bool), StreamError> {
+        let mut at = start;
+        let mut count = 0u64;
+        let mut last = None;
+        loop {
+            let (records, ended, _) = self.read_ahead(shard, at.clone(), 100_000).await?;
+            count += records.len() as u64;
+            if let Some(r) = records.last() {
+                last = Some(r.sequence.clone());
+                at = At::After(r.sequence.clone());
+            }
+            if ended || records.is_empty() {
+                return Ok((count, last, ended));
+            }
+            if count > MAX_SKIPPED {
+                return Err(self.error(format!(
+                    "shard {} holds over {MAX_SKIPPED} records before the snapshot: start from starting_position 'latest' and backfill with a SELECT from the table instead",
+                    shard.id
+                )));
+            }
+        }
+    }
+
     fn mark(&mut self, shard: &str, what: &str) {
         self.marks.push(Range {
             source: self.table.clone(),
@@ -290,8 +341,22 @@ impl ShardSource {
         self.positions.retain(|s, _| ids.contains(s));
         self.finished.retain(|s| ids.contains(s));
         self.start_latest.retain(|s| ids.contains(s));
+        let snapshot = !self.started
+            && self.options.snapshot
+            && self.positions.is_empty()
+            && self.finished.is_empty();
         if !self.started {
             self.started = true;
+            if snapshot {
+                self.marks.push(Range {
+                    source: self.table.clone(),
+                    split: "snapshot".to_string(),
+                    first: Some(MARK_SNAPSHOT.to_string()),
+                    start: 0,
+                    end: i64::from(self.options.snapshot_segments.max(1)),
+                    ..Default::default()
+                });
+            }
             if self.options.starting_position == StartingPosition::Latest {
                 for s in &listed {
                     if !self.positions.contains_key(&s.id) && !self.finished.contains(&s.id) {
@@ -329,6 +394,27 @@ impl ShardSource {
                 None if self.start_latest.contains(&shard.id) => At::Latest,
                 None => At::TrimHorizon,
             };
+            if snapshot {
+                let (skipped, last, ended) = self.read_to_tip(shard, start).await?;
+                planned_records += skipped;
+                if let Some(last) = last {
+                    ranges.push(Range {
+                        source: self.table.clone(),
+                        split: shard.id.clone(),
+                        start: 0,
+                        end: skipped as i64,
+                        first: Some(MARK_SKIP.to_string()),
+                        last: Some(last),
+                        ..Default::default()
+                    });
+                }
+                if ended {
+                    // Its children are read to their tip in this plan too.
+                    self.finished.insert(shard.id.clone());
+                    self.mark(&shard.id, MARK_END);
+                }
+                continue;
+            }
             let (mut records, ended, behind) = self.read_ahead(shard, start, cap).await?;
             planned_records += records.len() as u64;
             if records.len() as u64 > cap {
@@ -465,10 +551,20 @@ impl Source for ShardSource {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for r in ranges {
+            if r.first.as_deref() == Some(MARK_SNAPSHOT) {
+                batch
+                    .shards
+                    .snapshots
+                    .insert(self.location.clone(), (r.end - r.start).max(1) as u32);
+                continue;
+            }
             let (Some(first), Some(last)) = (&r.first, &r.last) else {
                 // A mark (`LATEST`, `END`) reads nothing.
                 continue;
             };
+            if first == MARK_SKIP {
+                continue;
+            }
             if !seen.insert(r.split.clone()) {
                 return Err(self.error(format!("shard {} twice in one batch", r.split)));
             }
@@ -489,7 +585,13 @@ impl Source for ShardSource {
     async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>> {
         ranges
             .iter()
-            .map(|r| Some((r.end - r.start).max(0) as u64))
+            .map(|r| match r.first.as_deref() {
+                // Skipped records are not read; a snapshot's rows are
+                // counted as it runs.
+                Some(MARK_SKIP) => Some(0),
+                Some(MARK_SNAPSHOT) => None,
+                _ => Some((r.end - r.start).max(0) as u64),
+            })
             .collect()
     }
 
@@ -528,13 +630,18 @@ mod tests {
         }
 
         fn append(&self, id: &str, n: u64) {
+            self.append_at(id, n, 0);
+        }
+
+        /// `n` records created at `time_ms`.
+        fn append_at(&self, id: &str, n: u64, time_ms: i64) {
             let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, records)) = shards.iter_mut().find(|(s, _)| s.id == id) {
                 for _ in 0..n {
                     let seq = format!("{:030}", records.len() + 1);
                     records.push(ShardRecord {
                         sequence: seq,
-                        time_ms: 0,
+                        time_ms,
                         body: Body::Change(Change {
                             event_name: "INSERT".into(),
                             keys: "{}".into(),
@@ -645,6 +752,65 @@ mod tests {
             .filter(|r| r.last.is_some())
             .map(|r| (r.split.clone(), r.end - r.start))
             .collect())
+    }
+
+    /// A snapshot's first batch scans the table and skips the records its
+    /// scan holds; a restart that replays that batch skips the same ones
+    /// and does not scan again.
+    #[tokio::test]
+    async fn a_snapshot_skips_what_its_scan_holds_and_survives_a_restart() -> Result<(), StreamError>
+    {
+        let fake = Arc::new(Fake::default());
+        // Created long before the snapshot.
+        fake.add_shard("x", &[], 3, false);
+        let snapshotting = |fake: &Arc<Fake>| {
+            let mut s = source(fake, 100, false);
+            s.options.snapshot = true;
+            s.options.snapshot_segments = 3;
+            s
+        };
+        let mut s = snapshotting(&fake);
+        let first = s.plan().await?;
+        let marks: Vec<(Option<&str>, &str, i64)> = first
+            .ranges
+            .iter()
+            .map(|r| (r.first.as_deref(), r.split.as_str(), r.end - r.start))
+            .collect();
+        assert!(marks.contains(&(Some(MARK_SKIP), "x", 3)), "{marks:?}");
+        assert!(
+            marks
+                .iter()
+                .any(|(m, _, n)| *m == Some(MARK_SNAPSHOT) && *n == 3),
+            "{marks:?}"
+        );
+        let mut inputs = BatchInputs::default();
+        s.bind(&first.ranges.iter().collect::<Vec<_>>(), &mut inputs)?;
+        assert_eq!(inputs.shards.snapshots.get("kinesis://s"), Some(&3));
+        assert_eq!(
+            inputs
+                .shards
+                .by_location
+                .get("kinesis://s")
+                .map(|b| b.1.len()),
+            Some(0),
+            "skipped records are not read"
+        );
+        s.taken(&first.ranges);
+        fake.append("x", 2);
+        assert_eq!(batch(&mut s).await?, [("x".to_string(), 2)]);
+
+        let mut restarted = snapshotting(&fake);
+        restarted.taken(&first.ranges);
+        let again = restarted.plan().await?;
+        assert!(
+            again
+                .ranges
+                .iter()
+                .all(|r| r.first.as_deref() != Some(MARK_SNAPSHOT)),
+            "a second scan"
+        );
+        assert_eq!(again.ranges.iter().map(|r| r.end - r.start).sum::<i64>(), 2);
+        Ok(())
     }
 
     #[tokio::test]

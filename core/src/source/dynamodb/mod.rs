@@ -217,6 +217,10 @@ pub struct ScanSpec {
     pub budget_hint: f64,
     /// Average item size from `DescribeTable`, for sizing the first pages.
     pub item_bytes: f64,
+    /// Every attribute of every item, not `columns` (a change stream's
+    /// snapshot, whose rows are whole items).
+    #[serde(default)]
+    pub whole_items: bool,
 }
 
 impl ScanSpec {
@@ -408,28 +412,70 @@ impl TableProvider for ScanTable {
                     .collect()
             }
         };
-        let scan_id = uuid::Uuid::new_v4().simple().to_string();
-        // On the scheduler, whose coordinator then leases this read
-        // capacity (and to no read it did not plan).
-        if let Some(local) = &crate::coordinator::CoordinatorHandle::of(state.config()).local {
-            local.planned.register(&scan_id);
-        }
-        let spec = ScanSpec {
-            table: table.clone(),
-            options: self.spec.options.clone(),
-            columns,
-            keys: shape.keys.clone(),
-            scan_id,
-            parts,
-            budget_hint: shape.budget_of(Capacity::Read, self.spec.options.share()),
-            item_bytes: match shape.item_count {
-                0 => 1024.0,
-                n => shape.size_bytes as f64 / n as f64,
+        let spec = registered(
+            state,
+            ScanSpec {
+                table: table.clone(),
+                options: self.spec.options.clone(),
+                columns,
+                keys: shape.keys.clone(),
+                scan_id: String::new(),
+                parts,
+                budget_hint: shape.budget_of(Capacity::Read, self.spec.options.share()),
+                item_bytes: item_bytes(&shape),
+                whole_items: false,
             },
-        };
-        tracing::info!(table = %spec.table, parts = spec.parts.len(), budget_rcu = spec.budget_hint, "DynamoDB read planned");
+        );
         Ok(Arc::new(DynamoScanExec::try_new(spec)?))
     }
+}
+
+fn item_bytes(shape: &client::TableShape) -> f64 {
+    match shape.item_count {
+        0 => 1024.0,
+        n => shape.size_bytes as f64 / n as f64,
+    }
+}
+
+/// `spec` with a fresh id, registered with the coordinator of this process
+/// (the scheduler's, where reads are planned), which then leases it read
+/// capacity (and to no read it did not plan).
+fn registered(state: &dyn Session, mut spec: ScanSpec) -> ScanSpec {
+    spec.scan_id = uuid::Uuid::new_v4().simple().to_string();
+    if let Some(local) = &crate::coordinator::CoordinatorHandle::of(state.config()).local {
+        local.planned.register(&spec.scan_id);
+    }
+    tracing::info!(table = %spec.table, parts = spec.parts.len(), budget_rcu = spec.budget_hint, "DynamoDB read planned");
+    spec
+}
+
+/// A parallel scan of every item of `table` in `segments` segments at the
+/// default read options: a change stream's snapshot.
+pub async fn plan_snapshot(state: &dyn Session, table: &str, segments: u32) -> Result<ScanSpec> {
+    let sdk = client::client().await;
+    let shape = client::describe(&sdk, table)
+        .await
+        .map_err(|e| DataFusionError::Plan(format!("snapshot of DynamoDB table {table}: {e}")))?;
+    let options = ScanOptions::default();
+    Ok(registered(
+        state,
+        ScanSpec {
+            table: table.to_string(),
+            budget_hint: shape.budget_of(Capacity::Read, options.share()),
+            options,
+            columns: vec![],
+            keys: shape.keys.clone(),
+            scan_id: String::new(),
+            parts: (0..segments.max(1))
+                .map(|segment| Part::Segment {
+                    segment,
+                    total: segments.max(1),
+                })
+                .collect(),
+            item_bytes: item_bytes(&shape),
+            whole_items: true,
+        },
+    ))
 }
 
 #[cfg(test)]

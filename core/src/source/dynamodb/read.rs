@@ -184,22 +184,20 @@ impl ExecutionPlan for DynamoScanExec {
                     futures::stream::iter(indices)
                         .filter_map(move |i| {
                             let part = spec.parts.get(i).cloned();
-                            let reader = part.map(|part| Reader {
-                                spec: spec.clone(),
-                                part,
-                                schema: Arc::clone(&schema),
-                                partition: i,
-                                parts: spec.parts.len(),
-                                coordinator: Arc::clone(&coordinator),
-                                state: None,
+                            let reader = part.map(|part| {
+                                Reader::new(spec.clone(), part, i, Arc::clone(&coordinator))
                             });
                             async move { reader }
                         })
-                        .map(|reader| {
-                            futures::stream::try_unfold(reader, |mut r| async move {
-                                match r.next_page().await? {
-                                    Some(batch) => Ok(Some((batch, r))),
-                                    None => Ok(None),
+                        .map(move |reader| {
+                            let schema = Arc::clone(&schema);
+                            futures::stream::try_unfold(reader, move |mut r| {
+                                let schema = Arc::clone(&schema);
+                                async move {
+                                    match r.next_page().await? {
+                                        Some(page) => Ok(Some((r.to_batch(&schema, &page)?, r))),
+                                        None => Ok(None),
+                                    }
                                 }
                             })
                         })
@@ -212,10 +210,10 @@ impl ExecutionPlan for DynamoScanExec {
     }
 }
 
-struct Reader {
+/// Reads one part page by page under its own read lease.
+pub(crate) struct Reader {
     spec: ScanSpec,
     part: Part,
-    schema: SchemaRef,
     partition: usize,
     parts: usize,
     coordinator: Arc<CoordinatorHandle>,
@@ -238,14 +236,32 @@ struct Running {
 }
 
 /// One answer of a Scan or a Query.
-struct Page {
-    items: Vec<HashMap<String, AttributeValue>>,
-    count: usize,
+pub(crate) struct Page {
+    pub(crate) items: Vec<HashMap<String, AttributeValue>>,
+    pub(crate) count: usize,
     next: Option<HashMap<String, AttributeValue>>,
     consumed: Option<f64>,
 }
 
 impl Reader {
+    /// Part `part` (partition `partition` of the read) of `spec`.
+    pub(crate) fn new(
+        spec: ScanSpec,
+        part: Part,
+        partition: usize,
+        coordinator: Arc<CoordinatorHandle>,
+    ) -> Self {
+        let parts = spec.parts.len();
+        Self {
+            spec,
+            part,
+            partition,
+            parts,
+            coordinator,
+            state: None,
+        }
+    }
+
     fn error(&self, make: impl FnOnce(String, String) -> ReadError) -> DataFusionError {
         DataFusionError::External(Box::new(make(
             self.spec.table.clone(),
@@ -295,7 +311,8 @@ impl Reader {
         }
     }
 
-    async fn next_page(&mut self) -> Result<Option<RecordBatch>> {
+    /// The next page of items; `None` once the part is read.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>> {
         if self.state.is_none() {
             self.state = Some(self.start().await);
         }
@@ -308,7 +325,7 @@ impl Reader {
         let span =
             tracing::info_span!("dynamodb.read_page", table = %self.spec.table, part = %self.part);
         let page = tracing::Instrument::instrument(self.fetch(), span).await;
-        let page = match page {
+        let mut page = match page {
             Ok(p) => p,
             Err(e) => {
                 if let Some(s) = &self.state {
@@ -317,12 +334,11 @@ impl Reader {
                 return Err(e);
             }
         };
-        let batch = self.to_batch(&page)?;
         let Some(state) = self.state.as_mut() else {
             return Ok(None);
         };
         state.items += page.count as u64;
-        state.start_key = page.next;
+        state.start_key = page.next.take();
         if state.start_key.is_none() {
             state.done = true;
             state.limiter.release().await;
@@ -344,7 +360,7 @@ impl Reader {
                 "DynamoDB read part done"
             );
         }
-        Ok(Some(batch))
+        Ok(Some(page))
     }
 
     /// One page, retried through throttles and network errors.
@@ -429,19 +445,24 @@ impl Reader {
         }
     }
 
-    fn to_batch(&self, page: &Page) -> Result<RecordBatch> {
-        if self.schema.fields().is_empty() {
+    /// A page's items as rows of the declared columns `schema`.
+    fn to_batch(&self, schema: &SchemaRef, page: &Page) -> Result<RecordBatch> {
+        if schema.fields().is_empty() {
             // `SELECT count(*)`: rows without columns.
             let options = RecordBatchOptions::new().with_row_count(Some(page.count));
             return Ok(RecordBatch::try_new_with_options(
-                Arc::clone(&self.schema),
+                Arc::clone(schema),
                 vec![],
                 &options,
             )?);
         }
-        let texts: Vec<String> = page.items.iter().map(item_json).collect();
+        let texts: Vec<String> = page
+            .items
+            .iter()
+            .map(|i| item_json(i, Binary::Hex))
+            .collect();
         let values: Vec<Option<&[u8]>> = texts.iter().map(|t| Some(t.as_bytes())).collect();
-        let parsed = crate::source::kafka::parse_values(&self.schema, &values)
+        let parsed = crate::source::kafka::parse_values(schema, &values)
             .map_err(|e| DataFusionError::External(e.into()))?;
         if let Some((at, reason)) = parsed
             .errors
@@ -462,7 +483,7 @@ impl Reader {
             }));
         }
         Ok(RecordBatch::try_new(
-            Arc::clone(&self.schema),
+            Arc::clone(schema),
             parsed.decoded.columns().to_vec(),
         )?)
     }
@@ -498,7 +519,7 @@ async fn call(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let count_only = spec.columns.is_empty();
+    let count_only = spec.columns.is_empty() && !spec.whole_items;
     match part {
         Part::Segment { segment, total } => {
             let mut req = client
@@ -512,7 +533,7 @@ async fn call(
                 .set_exclusive_start_key(start);
             if count_only {
                 req = req.select(Select::Count);
-            } else {
+            } else if !spec.whole_items {
                 req = req
                     .projection_expression(projection)
                     .set_expression_attribute_names(Some(names));
@@ -543,7 +564,7 @@ async fn call(
                 .set_exclusive_start_key(start);
             if count_only {
                 req = req.select(Select::Count);
-            } else {
+            } else if !spec.whole_items {
                 req = req.projection_expression(projection);
             }
             let out = req
@@ -581,7 +602,7 @@ fn key_text(item: &HashMap<String, AttributeValue>, keys: &[(String, String)]) -
         .map(|(name, _)| {
             let mut v = String::new();
             if let Some(a) = item.get(name) {
-                write_value(a, &mut v);
+                write_value(a, &mut v, Binary::Hex);
             }
             format!("{name}={v}")
         })
@@ -589,24 +610,37 @@ fn key_text(item: &HashMap<String, AttributeValue>, keys: &[(String, String)]) -
         .join(", ")
 }
 
-/// An item as plain JSON for the declared columns' decoder: numbers keep
-/// their digits, binary is hex (what Arrow's JSON reader reads into
-/// `BYTEA`), sets are arrays, maps are objects.
-pub fn item_json(item: &HashMap<String, AttributeValue>) -> String {
+/// How binary values are written in an item's JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// Hex: what Arrow's JSON reader reads into `BYTEA` (declared columns).
+    Hex,
+    /// Base64: as the stream sources' images show binary.
+    Base64,
+}
+
+/// An item as plain JSON: numbers keep their digits, binary as `binary`
+/// says, sets are arrays, maps are objects.
+pub fn item_json(item: &HashMap<String, AttributeValue>, binary: Binary) -> String {
     let mut out = String::with_capacity(64 * item.len());
-    write_map(item, &mut out);
+    write_map(item, &mut out, binary);
     out
 }
 
-fn write_map(map: &HashMap<String, AttributeValue>, out: &mut String) {
+fn write_map(map: &HashMap<String, AttributeValue>, out: &mut String, bin: Binary) {
+    // Sorted, so one item always reads as the same text.
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
     out.push('{');
-    for (i, (k, v)) in map.iter().enumerate() {
+    for (i, k) in keys.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         write_string(k, out);
         out.push(':');
-        write_value(v, out);
+        if let Some(v) = map.get(k) {
+            write_value(v, out, bin);
+        }
     }
     out.push('}');
 }
@@ -615,12 +649,17 @@ fn write_string(s: &str, out: &mut String) {
     out.push_str(&serde_json::Value::String(s.to_string()).to_string());
 }
 
-fn write_hex(bytes: &[u8], out: &mut String) {
+fn write_bytes(bytes: &[u8], out: &mut String, bin: Binary) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 15)] as char);
+    match bin {
+        Binary::Hex => {
+            for b in bytes {
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 15)] as char);
+            }
+        }
+        Binary::Base64 => out.push_str(&aws_smithy_types::base64::encode(bytes)),
     }
     out.push('"');
 }
@@ -636,21 +675,29 @@ fn write_list<T>(items: &[T], out: &mut String, mut each: impl FnMut(&T, &mut St
     out.push(']');
 }
 
-fn write_value(v: &AttributeValue, out: &mut String) {
+fn write_value(v: &AttributeValue, out: &mut String, bin: Binary) {
+    let number = |n: &String, o: &mut String| o.push_str(&crate::source::shards::number_json(n));
     match v {
         AttributeValue::S(s) => write_string(s, out),
-        AttributeValue::N(n) => out.push_str(&crate::source::shards::number_json(n)),
-        AttributeValue::B(b) => write_hex(b.as_ref(), out),
+        AttributeValue::N(n) => number(n, out),
+        AttributeValue::B(b) => write_bytes(b.as_ref(), out, bin),
         AttributeValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        AttributeValue::M(m) => write_map(m, out),
-        AttributeValue::L(l) => write_list(l, out, write_value),
+        AttributeValue::M(m) => write_map(m, out, bin),
+        AttributeValue::L(l) => write_list(l, out, |v, o| write_value(v, o, bin)),
         AttributeValue::Ss(s) => write_list(s, out, |s, o| write_string(s, o)),
-        AttributeValue::Ns(n) => write_list(n, out, |n, o| {
-            o.push_str(&crate::source::shards::number_json(n))
-        }),
-        AttributeValue::Bs(b) => write_list(b, out, |b, o| write_hex(b.as_ref(), o)),
+        AttributeValue::Ns(n) => write_list(n, out, number),
+        AttributeValue::Bs(b) => write_list(b, out, |b, o| write_bytes(b.as_ref(), o, bin)),
         _ => out.push_str("null"),
     }
+}
+
+/// The item's key attributes as a JSON object, as a change's `keys`.
+pub fn keys_json(item: &HashMap<String, AttributeValue>, keys: &[(String, String)]) -> String {
+    let key: HashMap<String, AttributeValue> = keys
+        .iter()
+        .filter_map(|(k, _)| item.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
+    item_json(&key, Binary::Base64)
 }
 
 #[cfg(test)]
@@ -680,12 +727,13 @@ mod tests {
             ),
             ("ns".to_string(), AttributeValue::Ns(vec!["1.50".into()])),
         ]);
-        let v: serde_json::Value = serde_json::from_str(&item_json(&item)).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(&item_json(&item, Binary::Hex)).unwrap_or_default();
         assert_eq!(v["b"], "00ff");
         assert_eq!(v["l"], serde_json::json!(["a\"b", null, false]));
         // Numbers keep their own text, every digit.
-        assert!(item_json(&item).contains("\"ns\":[1.50]"));
-        assert!(item_json(&item).contains("12345678901234567890123"));
+        assert!(item_json(&item, Binary::Hex).contains("\"ns\":[1.50]"));
+        assert!(item_json(&item, Binary::Hex).contains("12345678901234567890123"));
         let keys = [
             ("pk".to_string(), "S".to_string()),
             ("n".to_string(), "N".to_string()),

@@ -138,6 +138,17 @@ pub struct ShardOptions {
     /// One call's timeout; a call and its retries end within three.
     pub request_timeout_ms: u64,
     pub format: RecordFormat,
+    /// DynamoDB Streams: the first batch is a scan of the table, and the
+    /// stream's records from just before the scan follow.
+    #[serde(default)]
+    pub snapshot: bool,
+    /// Parallel segments of that scan.
+    #[serde(default = "default_snapshot_segments")]
+    pub snapshot_segments: u32,
+}
+
+fn default_snapshot_segments() -> u32 {
+    4
 }
 
 impl Default for ShardOptions {
@@ -148,6 +159,8 @@ impl Default for ShardOptions {
             max_bad_records: 0,
             request_timeout_ms: 30_000,
             format: RecordFormat::Raw,
+            snapshot: false,
+            snapshot_segments: default_snapshot_segments(),
         }
     }
 }
@@ -206,6 +219,27 @@ impl ShardOptions {
                         );
                     }
                 }
+                "snapshot" if kind == Kind::DynamodbStream => {
+                    out.snapshot = match value.trim().to_ascii_lowercase().as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return plan_err!(
+                                "{what} option snapshot must be true or false, got '{value}'"
+                            );
+                        }
+                    }
+                }
+                "snapshot_segments" if kind == Kind::DynamodbStream => {
+                    let n = number(value)?;
+                    if !(1..=u64::from(crate::source::dynamodb::MAX_SEGMENTS)).contains(&n) {
+                        return plan_err!(
+                            "{what} option snapshot_segments must be from 1 to {}, got {value}",
+                            crate::source::dynamodb::MAX_SEGMENTS
+                        );
+                    }
+                    out.snapshot_segments = n as u32;
+                }
                 "format" if kind == Kind::Kinesis => {
                     out.format = match value.trim().to_ascii_lowercase().as_str() {
                         "raw" => RecordFormat::Raw,
@@ -223,11 +257,16 @@ impl ShardOptions {
                         if kind == Kind::Kinesis {
                             ", format"
                         } else {
-                            ""
+                            ", snapshot, snapshot_segments"
                         }
                     );
                 }
             }
+        }
+        if out.snapshot && out.starting_position == StartingPosition::Latest {
+            return plan_err!(
+                "{what} options snapshot and starting_position latest exclude each other: a snapshot reads the stream from just before its scan"
+            );
         }
         Ok(out)
     }
@@ -255,11 +294,13 @@ pub struct ShardRange {
 #[derive(Debug, Default, Clone)]
 pub struct BatchShards {
     pub by_location: HashMap<String, (String, Vec<ShardRange>)>,
+    /// Locations whose batch includes the table's snapshot, and its segments.
+    pub snapshots: HashMap<String, u32>,
 }
 
 /// What a shard table is: enough to rebuild it on the scheduler and to
 /// scan it on an executor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardSpec {
     pub kind: Kind,
     /// The table's LOCATION.
@@ -269,6 +310,12 @@ pub struct ShardSpec {
     pub options: ShardOptions,
     pub declared: Vec<Declared>,
     pub ranges: Vec<ShardRange>,
+    /// Segments of the table's snapshot this batch reads (0: none).
+    #[serde(default)]
+    pub snapshot_segments: u32,
+    /// The snapshot's scan, once planned (on the scheduler).
+    #[serde(default)]
+    pub snapshot: Option<crate::source::dynamodb::ScanSpec>,
 }
 
 /// The columns before the declared ones.
@@ -342,12 +389,20 @@ impl TableProvider for ShardTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(ShardScanExec::try_new(self.spec.clone())?);
+        let mut spec = self.spec.clone();
+        if spec.snapshot_segments > 0 && spec.snapshot.is_none() {
+            let table = parse_location(spec.kind, &spec.location)?;
+            spec.snapshot = Some(
+                crate::source::dynamodb::plan_snapshot(state, &table, spec.snapshot_segments)
+                    .await?,
+            );
+        }
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(ShardScanExec::try_new(spec)?);
         crate::exec::project(scan, &self.schema, projection)
     }
 }
@@ -371,11 +426,15 @@ impl TableProviderFactory for ShardTableFactory {
         parse_location(kind, location)?;
         let options = ShardOptions::parse(kind, &cmd.options)?;
         let declared = Declared::from_command(cmd, &fixed_fields(options.format), kind.what())?;
-        let (stream, ranges) = state
-            .config()
-            .get_extension::<BatchShards>()
+        let batch = state.config().get_extension::<BatchShards>();
+        let (stream, ranges) = batch
+            .as_ref()
             .and_then(|b| b.by_location.get(location.as_str()).cloned())
             .unwrap_or_default();
+        let snapshot_segments = batch
+            .as_ref()
+            .and_then(|b| b.snapshots.get(location.as_str()).copied())
+            .unwrap_or(0);
         Ok(Arc::new(ShardTable::try_new(ShardSpec {
             kind,
             location: location.clone(),
@@ -383,6 +442,8 @@ impl TableProviderFactory for ShardTableFactory {
             options,
             declared,
             ranges,
+            snapshot_segments,
+            snapshot: None,
         })?))
     }
 }
@@ -399,7 +460,9 @@ pub struct ShardScanExec {
 
 impl ShardScanExec {
     pub fn try_new(spec: ShardSpec) -> Result<Self> {
-        let input = crate::exec::part_source(spec.ranges.len())?;
+        // The snapshot's segments are parts after the ranges.
+        let snapshot = spec.snapshot.as_ref().map_or(0, |s| s.parts.len());
+        let input = crate::exec::part_source(spec.ranges.len() + snapshot)?;
         Self::with_input(spec, input)
     }
 
@@ -462,8 +525,15 @@ impl ExecutionPlan for ShardScanExec {
         let input = Arc::clone(&self.input);
         let read = async move {
             let mut out = Vec::new();
+            let coordinator = crate::coordinator::CoordinatorHandle::of(context.session_config());
             for i in crate::exec::part_indices(&input, partition, context).await? {
                 let Some(range) = spec.ranges.get(i) else {
+                    if let Some(scan) = &spec.snapshot {
+                        let segment = i - spec.ranges.len();
+                        let span = tracing::info_span!("shards.read_snapshot", location = %spec.location, segment);
+                        let read = read_snapshot(&spec, &schema, scan, segment, &coordinator);
+                        out.extend(tracing::Instrument::instrument(read, span).await?);
+                    }
                     continue;
                 };
                 let span = tracing::info_span!("shards.read_range", location = %spec.location, shard = %range.shard, records = range.count);
@@ -502,6 +572,43 @@ pub fn describe(e: &ApiError) -> String {
     }
 }
 
+/// Segment `segment` of the table's snapshot as change rows: each item an
+/// `event_name` `SNAPSHOT` with its keys and its image, at the time the
+/// snapshot was planned, `shard_id` `snapshot`.
+async fn read_snapshot(
+    spec: &ShardSpec,
+    schema: &SchemaRef,
+    scan: &crate::source::dynamodb::ScanSpec,
+    segment: usize,
+    coordinator: &Arc<crate::coordinator::CoordinatorHandle>,
+) -> Result<Vec<RecordBatch>> {
+    use crate::source::dynamodb::read::{Binary, Reader, item_json, keys_json};
+    let Some(part) = scan.parts.get(segment).cloned() else {
+        return Ok(Vec::new());
+    };
+    let mut reader = Reader::new(scan.clone(), part, segment, Arc::clone(coordinator));
+    let mut records = Vec::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    while let Some(page) = reader.next_page().await? {
+        for item in &page.items {
+            records.push(ShardRecord {
+                sequence: format!("snapshot-{segment}-{}", records.len()),
+                time_ms: now,
+                body: Body::Change(api::Change {
+                    event_name: SNAPSHOT_EVENT.to_string(),
+                    keys: keys_json(item, &scan.keys),
+                    new_image: Some(item_json(item, Binary::Base64)),
+                    old_image: None,
+                }),
+            });
+        }
+    }
+    records_to_batches(spec, schema, "snapshot", &records)
+}
+
+/// The `event_name` of a snapshot's rows.
+pub const SNAPSHOT_EVENT: &str = "SNAPSHOT";
+
 async fn read_batches(
     spec: &ShardSpec,
     schema: &SchemaRef,
@@ -513,17 +620,28 @@ async fn read_batches(
         .map_err(|e| shard_err(spec, &range.shard, e))?;
     metrics::counter!("sluice_shard_records_read_total", "kind" => spec.kind.scheme())
         .increment(records.len() as u64);
+    records_to_batches(spec, schema, &range.shard, &records)
+}
+
+/// Records as rows, parsing the declared columns; fails past
+/// `max_bad_records`.
+fn records_to_batches(
+    spec: &ShardSpec,
+    schema: &SchemaRef,
+    shard: &str,
+    records: &[ShardRecord],
+) -> Result<Vec<RecordBatch>> {
     let declared = spec.declared_schema()?;
     let mut bad = 0u64;
     let mut out = Vec::new();
     for chunk in records.chunks(BATCH_ROWS) {
-        let (batch, chunk_bad) = to_batch(spec, schema, &declared, &range.shard, chunk)?;
+        let (batch, chunk_bad) = to_batch(spec, schema, &declared, shard, chunk)?;
         bad += chunk_bad.len() as u64;
         if bad > spec.options.max_bad_records {
             let (sequence, why) = chunk_bad.last().cloned().unwrap_or_default();
             return Err(shard_err(
                 spec,
-                &range.shard,
+                shard,
                 format!(
                     "sequence number {sequence}: {bad} bad records in this batch's range, over max_bad_records {}; the last: {why}",
                     spec.options.max_bad_records
