@@ -36,7 +36,9 @@ use super::error::StreamError;
 use super::source::{BatchInputs, Planned, Range, Source, SourceLag};
 use crate::clock::Clock;
 use crate::source::shards::api::{At, Failure, ShardApi, ShardInfo, ShardRecord, compare};
-use crate::source::shards::{Kind, ShardOptions, ShardRange, StartingPosition, describe};
+use crate::source::shards::{
+    Kind, OnTrimmed, ShardOptions, ShardRange, StartingPosition, describe,
+};
 
 /// Pages one shard's planning read takes at most.
 const MAX_PAGES: u32 = 50;
@@ -91,6 +93,10 @@ pub struct ShardSource {
     parked: HashMap<String, (Option<String>, String)>,
     /// With `--available-now`: records created after this (ms) wait.
     frozen_at: Option<i64>,
+    /// The last plan failed because records it had not read were trimmed.
+    lost: std::sync::atomic::AtomicBool,
+    /// The next plan scans the table again (`on_trimmed 'snapshot'`).
+    resnapshot: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -118,6 +124,8 @@ impl ShardSource {
             marks: Vec::new(),
             parked: HashMap::new(),
             frozen_at: None,
+            lost: std::sync::atomic::AtomicBool::new(false),
+            resnapshot: false,
             clock,
         }
     }
@@ -199,6 +207,9 @@ impl ShardSource {
             return Err(self.error("no client".into()));
         };
         let fail = |e: &crate::source::shards::api::ApiError| {
+            if e.failure == Failure::Trimmed {
+                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             self.error(format!("shard {}: {}", shard.id, describe(e)))
         };
         let position = self.positions.get(&shard.id).cloned();
@@ -331,6 +342,7 @@ impl ShardSource {
             .collect();
         for (shard, position) in &self.positions {
             if !ids.contains(shard) && !self.finished.contains(shard) && !vouched.contains(shard) {
+                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(self.error(format!(
                     "shard {shard} is no longer in the stream (trimmed: streams keep 24 hours) and was not read to its end: records after sequence number {position} were lost"
                 )));
@@ -342,9 +354,10 @@ impl ShardSource {
         self.finished.retain(|s| ids.contains(s));
         self.start_latest.retain(|s| ids.contains(s));
         let snapshot = !self.started
-            && self.options.snapshot
+            && (self.options.snapshot || self.resnapshot)
             && self.positions.is_empty()
             && self.finished.is_empty();
+        self.resnapshot = false;
         if !self.started {
             self.started = true;
             if snapshot {
@@ -468,7 +481,24 @@ impl Source for ShardSource {
     }
 
     async fn plan(&mut self) -> Result<Planned, StreamError> {
-        let planned = self.plan_ranges().await;
+        let mut planned = self.plan_ranges().await;
+        let lost = self.lost.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = &planned
+            && lost
+            && self.options.on_trimmed == OnTrimmed::Snapshot
+        {
+            tracing::warn!(table = %self.table, error = %e, "records the stream no longer keeps were not read: scanning the table again (on_trimmed 'snapshot')");
+            metrics::counter!("sluice_shard_resnapshots_total").increment(1);
+            self.positions.clear();
+            self.finished.clear();
+            self.start_latest.clear();
+            self.parked.clear();
+            self.marks
+                .retain(|m| m.first.as_deref() == Some(MARK_STREAM));
+            self.started = false;
+            self.resnapshot = true;
+            planned = self.plan_ranges().await;
+        }
         if planned.is_err() {
             // The next plan resolves the stream and connects afresh.
             self.api = None;
@@ -677,8 +707,14 @@ mod tests {
                     message: format!("ResourceNotFoundException: no shard {shard}"),
                 });
             };
+            // The trim horizon is the oldest record kept.
+            let horizon = self
+                .trimmed_before
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or(0) as usize;
             let index = match at {
-                At::TrimHorizon => 0,
+                At::TrimHorizon => horizon,
                 At::Latest => records.len(),
                 At::Sequence(s) => s.parse::<usize>().unwrap_or(1) - 1,
                 At::After(s) => s.parse::<usize>().unwrap_or(0),
@@ -810,6 +846,35 @@ mod tests {
             "a second scan"
         );
         assert_eq!(again.ranges.iter().map(|r| r.end - r.start).sum::<i64>(), 2);
+        Ok(())
+    }
+
+    /// With `on_trimmed 'snapshot'`, records trimmed before they were read
+    /// make the next batch a snapshot instead of an error.
+    #[tokio::test]
+    async fn trimmed_records_can_be_replaced_by_a_snapshot() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 5, false);
+        *fake
+            .trimmed_before
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(2);
+        let mut s = source(&fake, 100, false);
+        s.options.on_trimmed = OnTrimmed::Snapshot;
+        s.started = true;
+        s.positions.insert("x".into(), format!("{:030}", 1));
+        let planned = s.plan().await?;
+        let marks: Vec<(Option<&str>, i64)> = planned
+            .ranges
+            .iter()
+            .map(|r| (r.first.as_deref(), r.end - r.start))
+            .collect();
+        assert!(marks.contains(&(Some(MARK_SNAPSHOT), 4)), "{marks:?}");
+        // From the trim horizon (record 3) to the newest (5): skipped.
+        assert!(marks.contains(&(Some(MARK_SKIP), 3)), "{marks:?}");
+        s.taken(&planned.ranges);
+        fake.append("x", 1);
+        assert_eq!(batch(&mut s).await?, [("x".to_string(), 1)]);
         Ok(())
     }
 

@@ -145,6 +145,20 @@ pub struct ShardOptions {
     /// Parallel segments of that scan.
     #[serde(default = "default_snapshot_segments")]
     pub snapshot_segments: u32,
+    /// What a position the stream no longer keeps does.
+    #[serde(default)]
+    pub on_trimmed: OnTrimmed,
+}
+
+/// What a change stream does when records it had not read were trimmed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnTrimmed {
+    /// The batch fails, saying how much was lost.
+    #[default]
+    Fail,
+    /// The next batch scans the table again (a snapshot), and the stream
+    /// goes on from its newest records.
+    Snapshot,
 }
 
 fn default_snapshot_segments() -> u32 {
@@ -161,6 +175,7 @@ impl Default for ShardOptions {
             format: RecordFormat::Raw,
             snapshot: false,
             snapshot_segments: default_snapshot_segments(),
+            on_trimmed: OnTrimmed::Fail,
         }
     }
 }
@@ -240,6 +255,17 @@ impl ShardOptions {
                     }
                     out.snapshot_segments = n as u32;
                 }
+                "on_trimmed" if kind == Kind::DynamodbStream => {
+                    out.on_trimmed = match value.trim().to_ascii_lowercase().as_str() {
+                        "fail" => OnTrimmed::Fail,
+                        "snapshot" => OnTrimmed::Snapshot,
+                        _ => {
+                            return plan_err!(
+                                "{what} option on_trimmed must be fail or snapshot, got '{value}'"
+                            );
+                        }
+                    }
+                }
                 "format" if kind == Kind::Kinesis => {
                     out.format = match value.trim().to_ascii_lowercase().as_str() {
                         "raw" => RecordFormat::Raw,
@@ -257,7 +283,7 @@ impl ShardOptions {
                         if kind == Kind::Kinesis {
                             ", format"
                         } else {
-                            ", snapshot, snapshot_segments"
+                            ", snapshot, snapshot_segments, on_trimmed"
                         }
                     );
                 }
