@@ -411,3 +411,21 @@ pub(crate) async fn part_indices(
         })
         .collect())
 }
+
+/// The properties of a source that reads its input's parts: as many
+/// partitions as the input, unordered, incremental, bounded.
+pub(crate) fn part_properties(
+    schema: &arrow::datatypes::SchemaRef,
+    input: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> std::sync::Arc<datafusion::physical_plan::PlanProperties> {
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+    std::sync::Arc::new(datafusion::physical_plan::PlanProperties::new(
+        datafusion::physical_expr::EquivalenceProperties::new(std::sync::Arc::clone(schema)),
+        datafusion::physical_plan::Partitioning::UnknownPartitioning(
+            input.output_partitioning().partition_count(),
+        ),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}

@@ -37,12 +37,8 @@ use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use serde::{Deserialize, Serialize};
 
 use self::api::{ApiError, At, Body, Change, Failure, Retry, ShardApi, ShardRecord};
@@ -499,17 +495,12 @@ impl ShardScanExec {
     }
 
     fn assemble(spec: ShardSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
+        let properties = crate::exec::part_properties(&schema, &input);
         Self {
             spec,
             input,
             schema,
-            properties: Arc::new(properties),
+            properties,
         }
     }
 
