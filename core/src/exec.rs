@@ -399,17 +399,19 @@ pub(crate) async fn part_indices(
     use futures::TryStreamExt;
     let batches: Vec<arrow::array::RecordBatch> =
         input.execute(partition, context)?.try_collect().await?;
-    Ok(batches
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<arrow::datatypes::UInt32Type>()
-                .values()
-                .iter()
-                .map(|v| *v as usize)
-                .collect::<Vec<_>>()
-        })
-        .collect())
+    let mut out = Vec::new();
+    for b in &batches {
+        let parts = b
+            .column(0)
+            .as_primitive_opt::<arrow::datatypes::UInt32Type>()
+            .ok_or_else(|| {
+                datafusion::common::DataFusionError::Internal(
+                    "a part source's column is not UInt32".into(),
+                )
+            })?;
+        out.extend(parts.values().iter().map(|v| *v as usize));
+    }
+    Ok(out)
 }
 
 /// The properties of a source that reads its input's parts: as many

@@ -99,13 +99,22 @@ impl Limiter {
             ..request
         };
         limiter.renew(&request, fallback).await;
-        let me = Arc::clone(&limiter);
+        // Weak: a holder dropped without `release()` (a cancelled task, a
+        // `LIMIT` met, an error) drops the limiter, whose `Drop` stops
+        // this loop; the lease then lapses at the coordinator.
+        let me = Arc::downgrade(&limiter);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(RENEW);
             every.tick().await;
             loop {
                 tokio::select! {
-                    _ = every.tick() => me.renew(&request, fallback).await,
+                    _ = every.tick() => {
+                        let Some(me) = me.upgrade() else { break };
+                        if me.revoked().is_some() {
+                            break;
+                        }
+                        me.renew(&request, fallback).await;
+                    }
                     _ = stopped.changed() => break,
                 }
             }

@@ -353,14 +353,10 @@ impl ShardSource {
         self.positions.retain(|s, _| ids.contains(s));
         self.finished.retain(|s| ids.contains(s));
         self.start_latest.retain(|s| ids.contains(s));
-        let snapshot = !self.started
-            && (self.options.snapshot || self.resnapshot)
-            && self.positions.is_empty()
-            && self.finished.is_empty();
-        self.resnapshot = false;
         if !self.started {
             self.started = true;
-            if snapshot {
+            let fresh = self.positions.is_empty() && self.finished.is_empty();
+            if (self.options.snapshot && fresh) || self.resnapshot {
                 self.marks.push(Range {
                     source: self.table.clone(),
                     split: "snapshot".to_string(),
@@ -370,7 +366,9 @@ impl ShardSource {
                     ..Default::default()
                 });
             }
-            if self.options.starting_position == StartingPosition::Latest {
+            // A snapshot reads every shard to its tip from the trim horizon
+            // instead (so its positions are recorded, not re-resolved).
+            if self.options.starting_position == StartingPosition::Latest && !self.resnapshot {
                 for s in &listed {
                     if !self.positions.contains_key(&s.id) && !self.finished.contains(&s.id) {
                         self.start_latest.insert(s.id.clone());
@@ -378,6 +376,19 @@ impl ShardSource {
                     }
                 }
             }
+        }
+        self.resnapshot = false;
+        // Until a plan carrying the mark is taken: a plan that failed
+        // (here, in another source, or writing the checkpoint) is made
+        // again as a snapshot.
+        let snapshot = self
+            .marks
+            .iter()
+            .any(|m| m.first.as_deref() == Some(MARK_SNAPSHOT));
+        if snapshot {
+            // Every shard is read to its tip from its recorded position:
+            // an iterator parked by a plan that failed would skip nothing.
+            self.parked.clear();
         }
         let shards = Self::lineage(listed);
         let open = shards
@@ -511,6 +522,16 @@ impl Source for ShardSource {
     }
 
     fn taken(&mut self, ranges: &[Range]) {
+        // A snapshot (the first, or after records were trimmed) starts the
+        // positions afresh: replayed on restart, it forgets the older ones.
+        let snapshot = ranges.iter().any(|r| {
+            r.source == self.table && r.first.as_deref() == Some(MARK_SNAPSHOT) && r.last.is_none()
+        });
+        if snapshot {
+            self.positions.clear();
+            self.finished.clear();
+            self.start_latest.clear();
+        }
         for r in ranges.iter().filter(|r| r.source == self.table) {
             self.started = true;
             match (&r.first, &r.last) {
@@ -806,7 +827,11 @@ mod tests {
             s
         };
         let mut s = snapshotting(&fake);
+        // A plan that is not taken (the checkpoint write failed, another
+        // source failed) is made again as the same snapshot.
+        let failed = s.plan().await?;
         let first = s.plan().await?;
+        assert_eq!(failed.ranges, first.ranges);
         let marks: Vec<(Option<&str>, &str, i64)> = first
             .ranges
             .iter()

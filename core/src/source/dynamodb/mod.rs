@@ -172,7 +172,12 @@ impl ScanOptions {
                         return Err(bad("must be at least 1"));
                     }
                 }
-                MAX_RETRY_OPTION => o.max_retry_secs = whole(value)?,
+                MAX_RETRY_OPTION => {
+                    o.max_retry_secs = whole(value)?;
+                    if o.max_retry_secs == 0 {
+                        return Err(bad("must be at least 1"));
+                    }
+                }
                 other => {
                     return Err(ScanError::UnknownOption {
                         table: table.to_string(),
@@ -456,7 +461,12 @@ pub async fn plan_snapshot(state: &dyn Session, table: &str, segments: u32) -> R
     let shape = client::describe(&sdk, table)
         .await
         .map_err(|e| DataFusionError::Plan(format!("snapshot of DynamoDB table {table}: {e}")))?;
-    let options = ScanOptions::default();
+    // Strongly consistent: every stream record the snapshot skips must be
+    // in what the scan reads.
+    let options = ScanOptions {
+        consistent: true,
+        ..ScanOptions::default()
+    };
     Ok(registered(
         state,
         ScanSpec {

@@ -172,25 +172,32 @@ impl ExecutionPlan for DynamoScanExec {
                     let schema = Arc::clone(&schema);
                     let coordinator = Arc::clone(&coordinator);
                     futures::stream::iter(indices)
-                        .filter_map(move |i| {
-                            let part = spec.parts.get(i).cloned();
-                            let reader = part.map(|part| {
-                                Reader::new(spec.clone(), part, i, Arc::clone(&coordinator))
-                            });
-                            async move { reader }
-                        })
-                        .map(move |reader| {
-                            let schema = Arc::clone(&schema);
-                            futures::stream::try_unfold(reader, move |mut r| {
+                        .map(
+                            move |i| -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+                                let Some(part) = spec.parts.get(i).cloned() else {
+                                    let e = DataFusionError::Internal(format!(
+                                        "DynamoScanExec: part {i} of {}",
+                                        spec.parts.len()
+                                    ));
+                                    return futures::stream::once(async move { Err(e) }).boxed();
+                                };
+                                let reader =
+                                    Reader::new(spec.clone(), part, i, Arc::clone(&coordinator));
                                 let schema = Arc::clone(&schema);
-                                async move {
-                                    match r.next_page().await? {
-                                        Some(page) => Ok(Some((r.to_batch(&schema, &page)?, r))),
-                                        None => Ok(None),
+                                futures::stream::try_unfold(reader, move |mut r| {
+                                    let schema = Arc::clone(&schema);
+                                    async move {
+                                        match r.next_page().await? {
+                                            Some(page) => {
+                                                Ok(Some((r.to_batch(&schema, &page)?, r)))
+                                            }
+                                            None => Ok(None),
+                                        }
                                     }
-                                }
-                            })
-                        })
+                                })
+                                .boxed()
+                            },
+                        )
                         .flatten()
                         .boxed()
                 },

@@ -537,42 +537,116 @@ impl ExecutionPlan for ShardScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let spec = self.spec.clone();
+        use futures::StreamExt;
+        let spec = Arc::new(self.spec.clone());
         let schema = Arc::clone(&self.schema);
         let input = Arc::clone(&self.input);
-        let read = async move {
-            let mut out = Vec::new();
-            let coordinator = crate::coordinator::CoordinatorHandle::of(context.session_config());
-            for i in crate::exec::part_indices(&input, partition, context).await? {
-                let Some(range) = spec.ranges.get(i) else {
-                    if let Some(scan) = &spec.snapshot {
-                        let segment = i - spec.ranges.len();
-                        let span = tracing::info_span!("shards.read_snapshot", location = %spec.location, segment);
-                        let read = read_snapshot(&spec, &schema, scan, segment, &coordinator);
-                        out.extend(tracing::Instrument::instrument(read, span).await?);
-                    }
-                    continue;
-                };
-                let span = tracing::info_span!("shards.read_range", location = %spec.location, shard = %range.shard, records = range.count);
-                out.extend(
-                    tracing::Instrument::instrument(read_batches(&spec, &schema, range), span)
-                        .await?,
-                );
-            }
-            Ok::<_, DataFusionError>(out)
-        };
-        let stream = futures::stream::once(read);
-        let flat = futures::StreamExt::flat_map(stream, |r: Result<Vec<RecordBatch>>| match r {
-            Ok(batches) => {
-                futures::StreamExt::boxed(futures::stream::iter(batches.into_iter().map(Ok)))
-            }
-            Err(e) => futures::StreamExt::boxed(futures::stream::once(async move { Err(e) })),
-        });
+        let coordinator = crate::coordinator::CoordinatorHandle::of(context.session_config());
+        let indices = async move { crate::exec::part_indices(&input, partition, context).await };
+        // Part by part, and a snapshot's segment page by page: a task holds
+        // one page of a table, not the table.
+        let stream = futures::stream::once(indices)
+            .map(move |indices| match indices {
+                Ok(indices) => {
+                    let (spec, schema, coordinator) = (
+                        Arc::clone(&spec),
+                        Arc::clone(&schema),
+                        Arc::clone(&coordinator),
+                    );
+                    futures::stream::iter(indices)
+                        .map(move |i| part_stream(&spec, &schema, &coordinator, i))
+                        .flatten()
+                        .boxed()
+                }
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            })
+            .flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
-            flat,
+            stream,
         )))
     }
+}
+
+/// The batches of part `i`: a range, or a segment of the snapshot.
+fn part_stream(
+    spec: &Arc<ShardSpec>,
+    schema: &SchemaRef,
+    coordinator: &Arc<crate::coordinator::CoordinatorHandle>,
+    i: usize,
+) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+    use futures::StreamExt;
+    let batches = |r: Result<Vec<RecordBatch>>| match r {
+        Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+        Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+    };
+    let (spec, schema) = (Arc::clone(spec), Arc::clone(schema));
+    if let Some(range) = spec.ranges.get(i).cloned() {
+        let read = async move {
+            let span = tracing::info_span!("shards.read_range", location = %spec.location, shard = %range.shard, records = range.count);
+            tracing::Instrument::instrument(read_batches(&spec, &schema, &range), span).await
+        };
+        return futures::stream::once(read).map(batches).flatten().boxed();
+    }
+    let segment = i - spec.ranges.len();
+    let part = spec
+        .snapshot
+        .as_ref()
+        .and_then(|scan| scan.parts.get(segment).cloned().map(|p| (scan.clone(), p)));
+    let Some((scan, part)) = part else {
+        let e = DataFusionError::Internal(format!(
+            "ShardScanExec: part {i} of {} ranges and no snapshot segment {segment}",
+            spec.ranges.len()
+        ));
+        return futures::stream::once(async move { Err(e) }).boxed();
+    };
+    let reader = crate::source::dynamodb::read::Reader::new(
+        scan.clone(),
+        part,
+        segment,
+        Arc::clone(coordinator),
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    futures::stream::try_unfold((reader, 0usize), move |(mut reader, seen)| {
+        let (spec, schema, scan) = (Arc::clone(&spec), Arc::clone(&schema), scan.clone());
+        async move {
+            let Some(page) = reader.next_page().await? else {
+                return Ok(None);
+            };
+            let records = snapshot_records(&scan, segment, seen, now, &page.items);
+            let out = records_to_batches(&spec, &schema, "snapshot", &records)?;
+            Ok(Some((out, (reader, seen + records.len()))))
+        }
+    })
+    .map(batches)
+    .flatten()
+    .boxed()
+}
+
+/// A page of a snapshot's items as change records: `event_name`
+/// `SNAPSHOT`, the item's keys and image, the time the segment started.
+fn snapshot_records(
+    scan: &crate::source::dynamodb::ScanSpec,
+    segment: usize,
+    seen: usize,
+    time_ms: i64,
+    items: &[HashMap<String, aws_sdk_dynamodb::types::AttributeValue>],
+) -> Vec<ShardRecord> {
+    use crate::source::dynamodb::read::{Binary, item_json, keys_json};
+    items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| ShardRecord {
+            sequence: format!("snapshot-{segment}-{}", seen + n),
+            time_ms,
+            body: Body::Change(api::Change {
+                event_name: SNAPSHOT_EVENT.to_string(),
+                keys: keys_json(item, &scan.keys),
+                new_image: Some(item_json(item, Binary::Base64)),
+                old_image: None,
+            }),
+        })
+        .collect()
 }
 
 fn shard_err(spec: &ShardSpec, shard: &str, what: impl fmt::Display) -> DataFusionError {
@@ -587,40 +661,6 @@ pub fn describe(e: &ApiError) -> String {
         ),
         _ => e.to_string(),
     }
-}
-
-/// Segment `segment` of the table's snapshot as change rows: each item an
-/// `event_name` `SNAPSHOT` with its keys and its image, at the time the
-/// snapshot was planned, `shard_id` `snapshot`.
-async fn read_snapshot(
-    spec: &ShardSpec,
-    schema: &SchemaRef,
-    scan: &crate::source::dynamodb::ScanSpec,
-    segment: usize,
-    coordinator: &Arc<crate::coordinator::CoordinatorHandle>,
-) -> Result<Vec<RecordBatch>> {
-    use crate::source::dynamodb::read::{Binary, Reader, item_json, keys_json};
-    let Some(part) = scan.parts.get(segment).cloned() else {
-        return Ok(Vec::new());
-    };
-    let mut reader = Reader::new(scan.clone(), part, segment, Arc::clone(coordinator));
-    let mut records = Vec::new();
-    let now = chrono::Utc::now().timestamp_millis();
-    while let Some(page) = reader.next_page().await? {
-        for item in &page.items {
-            records.push(ShardRecord {
-                sequence: format!("snapshot-{segment}-{}", records.len()),
-                time_ms: now,
-                body: Body::Change(api::Change {
-                    event_name: SNAPSHOT_EVENT.to_string(),
-                    keys: keys_json(item, &scan.keys),
-                    new_image: Some(item_json(item, Binary::Base64)),
-                    old_image: None,
-                }),
-            });
-        }
-    }
-    records_to_batches(spec, schema, "snapshot", &records)
 }
 
 /// The `event_name` of a snapshot's rows.
