@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::leases::{DECREASE, LeaseGrant, LeaseRequest, RENEW, Release};
+use crate::storage::dynamodb::Capacity;
 
 /// Timeout of a lease call; a writer never waits longer on the coordinator.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,7 +27,7 @@ pub struct Limiter {
     detached: AtomicBool,
     table: String,
     writer: String,
-    capacity: crate::storage::dynamodb::Capacity,
+    capacity: Capacity,
     url: Option<String>,
     /// The most this writer ever uses, whatever it is granted: its write's
     /// `write.max_units`.
@@ -152,7 +153,11 @@ impl Limiter {
                 match call {
                     Ok(resp) => resp.json::<LeaseGrant>().await.map_err(|e| e.to_string()),
                     Err(e) if e.status() == Some(reqwest::StatusCode::GONE) => {
-                        self.revoke(format!("write {} has ended", template.write_id));
+                        let what = match self.capacity {
+                            Capacity::Write => "write",
+                            Capacity::Read => "read",
+                        };
+                        self.revoke(format!("{what} {} has ended", template.write_id));
                         return;
                     }
                     Err(e) => Err(e.to_string()),
@@ -170,10 +175,10 @@ impl Limiter {
             }
             Err(e) => {
                 if held.is_some() {
-                    tracing::warn!(table = %self.table, writer = %self.writer, error = %e, "lease renewal failed; the writer stops if it fails for {} s", CUT_OFF.as_secs());
+                    tracing::warn!(table = %self.table, writer = %self.writer, error = %e, kind = self.capacity.unit(), "lease renewal failed; the writer stops if it fails for {} s", CUT_OFF.as_secs());
                 }
                 if !self.detached.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(table = %self.table, writer = %self.writer, error = %e, rate = fallback, "DynamoDB coordinator unreachable: writing at a safe local share");
+                    tracing::warn!(table = %self.table, writer = %self.writer, error = %e, rate = fallback, kind = self.capacity.unit(), "DynamoDB coordinator unreachable: writing at a safe local share");
                 }
                 // Keep what was reported for the next successful renewal.
                 let mut r = lock(&self.report);
@@ -205,7 +210,7 @@ impl Limiter {
     fn revoke(&self, reason: String) {
         let mut r = lock(&self.revoked);
         if r.is_none() {
-            tracing::warn!(table = %self.table, writer = %self.writer, %reason, "DynamoDB writer stops");
+            tracing::warn!(table = %self.table, writer = %self.writer, %reason, kind = self.capacity.unit(), "DynamoDB writer stops");
             *r = Some(reason);
         }
     }
@@ -309,5 +314,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::dynamodb::CapacityShare;
+
+    /// The renewal loop holds no strong reference: a holder dropped
+    /// without `release()` (a cancelled task, a `LIMIT` met) drops the
+    /// limiter, whose `Drop` ends the loop.
+    #[tokio::test]
+    async fn the_renewal_loop_does_not_keep_a_dropped_limiter_alive() {
+        let request = LeaseRequest {
+            table: "t".into(),
+            writer: "r".into(),
+            write_id: "s".into(),
+            share: CapacityShare::default(),
+            budget_hint: 10.0,
+            consumed_wcu: 0.0,
+            throttles: 0,
+            capacity: Capacity::Read,
+        };
+        let limiter = Limiter::start(request, 5.0, None, reqwest::Client::new()).await;
+        tokio::time::sleep(RENEW * 2).await;
+        assert_eq!(Arc::strong_count(&limiter), 1);
+        assert_eq!(limiter.rate(), 5.0);
     }
 }
