@@ -677,6 +677,13 @@ mod tests {
             Some("write w1 was not planned by this cluster's scheduler")
         );
         assert!(c.status().is_empty(), "a refused lease registered a table");
+        // A read lease too: only scans the scheduler planned.
+        let read = LeaseRequest {
+            capacity: Capacity::Read,
+            ..req("a", 0)
+        };
+        assert!(matches!(c.lease(read), Err(LeaseError::UnknownWrite(_))));
+        assert!(c.status().is_empty());
         planned.register("w1");
         grant(&c, "a", 0);
     }

@@ -525,6 +525,11 @@ mod tests {
                 "1",
                 "DynamoDB table t: unknown read option 'read.speed'",
             ),
+            (
+                "read.max_retry_secs",
+                "0",
+                "DynamoDB table t: option 'read.max_retry_secs' = '0': must be at least 1",
+            ),
         ] {
             let raw = HashMap::from([(key.to_string(), value.to_string())]);
             let err = ScanOptions::parse("t", &raw)

@@ -1078,6 +1078,20 @@ mod tests {
                 "{bad}: {err:?}"
             );
         }
+        let both = ShardOptions::parse(
+            Kind::DynamodbStream,
+            &HashMap::from([
+                ("snapshot".to_string(), "true".to_string()),
+                ("starting_position".to_string(), "latest".to_string()),
+            ]),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            both.contains("snapshot and starting_position latest exclude each other"),
+            "{both}"
+        );
         let o = ShardOptions::parse(
             Kind::Kinesis,
             &HashMap::from([
@@ -1101,6 +1115,30 @@ mod tests {
                 "trim_horizon or latest",
             ),
             (Kind::Kinesis, "max_records_per_batch", "0", "at least 1"),
+            (
+                Kind::DynamodbStream,
+                "snapshot",
+                "maybe",
+                "snapshot must be true or false",
+            ),
+            (
+                Kind::DynamodbStream,
+                "snapshot_segments",
+                "0",
+                "must be from 1 to 10000",
+            ),
+            (
+                Kind::DynamodbStream,
+                "on_trimmed",
+                "ignore",
+                "must be fail or snapshot",
+            ),
+            (
+                Kind::Kinesis,
+                "snapshot",
+                "true",
+                "unknown Kinesis stream option snapshot",
+            ),
             (
                 Kind::Kinesis,
                 "request_timeout_ms",
