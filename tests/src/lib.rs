@@ -45,10 +45,23 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// A loopback port free now and not handed out before by this process:
+/// the kernel may give a just-released port again, and a cluster asks for
+/// several in a row (seen in CI: the coordinator and the scheduler got the
+/// same one, and the scheduler could not bind).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port free that was not handed out already")
 }
 
 /// A `sluice` command with the default log setting (sluice's warnings
