@@ -83,6 +83,8 @@ pub(crate) struct PartitionedShape {
     pub(crate) processes: usize,
     /// Task slots per executor process.
     pub(crate) slots: usize,
+    /// `SET key = value;` statements run before each timed write.
+    pub(crate) settings: String,
 }
 
 pub(crate) fn median(mut xs: Vec<f64>) -> f64 {

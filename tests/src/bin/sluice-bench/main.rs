@@ -113,6 +113,10 @@ pub enum Bench {
         /// Task slots per executor process (default: the product's default).
         #[arg(long)]
         slots: Option<usize>,
+        /// An engine setting for the timed writes, `key=value` (repeatable),
+        /// e.g. `ballista.shuffle.sort_based.memory_limit_per_task_bytes=268435456`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
         #[command(flatten)]
         common: CompareArgs,
     },
@@ -244,6 +248,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             modes,
             processes,
             slots,
+            settings,
             common,
         } => {
             let scratch = common.scratch()?;
@@ -257,6 +262,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 slots: slots
                     .unwrap_or_else(sluice_core::config::default_slots)
                     .max(1),
+                settings: set_statements(&settings)?,
             };
             let report = partitioned_bench(shape, scratch.path(), common.spark()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -345,4 +351,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--set key=value` arguments as `SET key = value;` statements.
+fn set_statements(settings: &[String]) -> Result<String> {
+    settings
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok(format!("SET {} = {};\n", k.trim(), v.trim()))
+            }
+            _ => anyhow::bail!("--set {kv}: expected KEY=VALUE"),
+        })
+        .collect()
 }

@@ -29,6 +29,7 @@ pub(crate) async fn partitioned_bench(
         modes,
         processes,
         slots,
+        settings,
     } = shape;
     let modes: Vec<&'static str> = PARTITIONED_MODES
         .into_iter()
@@ -70,7 +71,7 @@ pub(crate) async fn partitioned_bench(
         for mode in modes.iter().copied() {
             let out = dir.join(mode);
             let (secs, files) =
-                partitioned_write(&runner, &input, &out, target, mode, rows).await?;
+                partitioned_write(&runner, &input, &out, (target, mode), rows, &settings).await?;
             times.entry(mode).or_default().push(secs);
             last_files.insert(mode, files);
         }
@@ -78,7 +79,17 @@ pub(crate) async fn partitioned_bench(
     // This process (the embedded cluster, and the input's generation).
     let embedded_peak_rss = peak_rss(std::process::id());
     let on_processes = if processes > 0 {
-        Some(skew_on_processes(&input, dir, rows, target, (processes, slots), ideal).await?)
+        Some(
+            skew_on_processes(
+                &input,
+                dir,
+                (rows, target),
+                (processes, slots),
+                ideal,
+                &settings,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -122,6 +133,7 @@ pub(crate) async fn partitioned_bench(
         "bench": "skewed_events PARTITIONED BY (id)",
         "rows": rows,
         "target_file_rows": target,
+        "settings": settings,
         "input_partitions": partitions,
         "rounds": rounds,
         "ideal_files": ideal,
@@ -145,12 +157,12 @@ async fn partitioned_write(
     runner: &JobRunner,
     input: &Path,
     out: &Path,
-    target: u64,
-    mode: &str,
+    (target, mode): (u64, &str),
     rows: u64,
+    settings: &str,
 ) -> Result<(f64, FileRows)> {
     let sql = format!(
-        "CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS PARQUET LOCATION '{}/';\n\
+        "{settings}CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS PARQUET LOCATION '{}/';\n\
          COPY (SELECT seq, ts, payload, id FROM events) \
          TO '{}' STORED AS PARQUET PARTITIONED BY (id) \
          OPTIONS ('write.target_file_rows' '{target}', 'write.distribution' '{mode}');",
@@ -184,10 +196,10 @@ fn peak_rss(pid: u32) -> Option<u64> {
 async fn skew_on_processes(
     input: &Path,
     dir: &Path,
-    rows: u64,
-    target: u64,
+    (rows, target): (u64, u64),
     (n, slots): (usize, usize),
     ideal: u64,
+    settings: &str,
 ) -> Result<Value> {
     let cluster =
         tokio::task::spawn_blocking(move || sluice_test_support::Cluster::start(n, slots))
@@ -196,7 +208,8 @@ async fn skew_on_processes(
     let runner = JobRunner::new(ctx, &cluster.endpoint, Arc::new(NoProgress))?
         .with_coordinator(Some(cluster.coordinator.clone()));
     let out = dir.join("skew-processes");
-    let (secs, files) = partitioned_write(&runner, input, &out, target, "skew", rows).await?;
+    let (secs, files) =
+        partitioned_write(&runner, input, &out, (target, "skew"), rows, settings).await?;
     let peaks: Vec<Option<u64>> = cluster.executors.iter().map(|c| peak_rss(c.id())).collect();
     Ok(json!({
         "executors": n,
