@@ -174,3 +174,37 @@ fn the_memory_cap_flushes_row_groups_without_adding_files() {
         .unwrap();
     assert!(most_row_groups > 1, "{most_row_groups} row groups");
 }
+
+/// From a Parquet input (its row count known from the footers) a skew write
+/// plans one reduce task per target's worth of rows, more than the
+/// session's 16, so no reduce task holds more than about one file's rows.
+#[test]
+fn a_parquet_input_gets_one_reduce_task_per_target_rows() {
+    let out = tempfile::tempdir().unwrap();
+    let (input, dir) = (out.path().join("in"), out.path().join("out"));
+    let sql = format!(
+        "COPY (SELECT id, id % 2 AS k FROM range(0, 40000, 1, 4)) TO '{}' STORED AS PARQUET;\n\
+         CREATE EXTERNAL TABLE src STORED AS PARQUET LOCATION '{}/';\n\
+         COPY (SELECT id, k FROM src) TO '{}' STORED AS PARQUET PARTITIONED BY (k) \
+           OPTIONS ('write.target_file_rows' '1000');\n",
+        input.display(),
+        input.display(),
+        dir.display()
+    );
+    let o = run_job_text(out.path(), &sql, &[]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = common::manifest(&dir).unwrap();
+    let files = m["files"].as_array().unwrap();
+    let rows: Vec<u64> = files.iter().map(|f| f["rows"].as_u64().unwrap()).collect();
+    assert_eq!(rows.iter().sum::<u64>(), 40_000);
+    assert_eq!(files.len(), 40, "{rows:?}");
+    // 40 reduce partitions, chunk n in partition n mod 40: every file has a
+    // writer partition of its own (with 16, the 40 chunks would share 16).
+    let mut writers: Vec<&str> = files
+        .iter()
+        .map(|f| f["writer"].as_str().unwrap())
+        .collect();
+    writers.sort_unstable();
+    writers.dedup();
+    assert_eq!(writers.len(), 40, "{files:?}");
+}

@@ -72,8 +72,9 @@ impl QueryPlanner for SluiceQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(WritePlanner)])
+        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(WritePlanner)])
             .create_physical_plan(logical_plan, session_state)
-            .await
+            .await?;
+        crate::sink::files::size_skew_shuffles(plan)
     }
 }

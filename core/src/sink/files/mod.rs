@@ -34,7 +34,7 @@ pub use clean::{CleanedWrite, abandon, clean_abandoned, remove_staging};
 pub use commit::{CommitExec, CommitReport, write_result_schema};
 pub use committer::commit;
 pub use manifest::{CommittedFile, SuccessData};
-pub use node::{WriteNode, plan_write};
+pub use node::{WriteNode, plan_write, size_skew_shuffles};
 pub use route::{RouteSpec, SkewRouteExec};
 pub use spec::{
     COMMITTER_OPTION, Committer, STAGING_DIR, SUCCESS_FILE, WriteFormat, WriteSpec,

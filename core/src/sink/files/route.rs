@@ -184,6 +184,10 @@ impl SkewRouteExec {
     pub fn spec(&self) -> &RouteSpec {
         &self.spec
     }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
 }
 
 impl DisplayAs for SkewRouteExec {
