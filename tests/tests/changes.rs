@@ -710,11 +710,7 @@ fn ndjson_rows(dir: &Path) -> Vec<serde_json::Value> {
 /// the checkpoint without scanning again.
 #[test]
 fn a_snapshot_then_the_stream_leaves_no_gap_at_the_switch() {
-    let table =
-        changes::create_chat_table("snapshot", Some(StreamViewType::NewAndOldImages)).unwrap();
-    changes::load_chat(&table, 0, 300, 2_000).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (job, out) = snapshot_job(tmp.path(), &table);
+    let (table, tmp, job, out) = snapshot_job("snapshot");
     let ck = tmp.path().join("ck");
     let (ok, text) = stream_with(&job, &ck, "--available-now", &[]);
     assert!(ok, "{text}");
@@ -745,11 +741,15 @@ fn a_snapshot_then_the_stream_leaves_no_gap_at_the_switch() {
     assert_eq!(uids_of("MODIFY", &rows), (0..20).collect::<Vec<_>>());
 }
 
-/// A snapshot job over `table` writing `event_name`, `UID`, `message` and
-/// `shard_id` as NDJSON; the job file and the output directory.
-fn snapshot_job(dir: &Path, table: &str) -> (PathBuf, PathBuf) {
-    let out = dir.join("out");
-    let job = dir.join("job.sql");
+/// A chat table `name` of 300 items with a stream, and a snapshot job over
+/// it writing `event_name`, `UID`, `message` and `shard_id` as NDJSON: the
+/// table, the job's directory, the job file and the output directory.
+fn snapshot_job(name: &str) -> (String, tempfile::TempDir, PathBuf, PathBuf) {
+    let table = changes::create_chat_table(name, Some(StreamViewType::NewAndOldImages)).unwrap();
+    changes::load_chat(&table, 0, 300, 2_000).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("job.sql");
     std::fs::write(
         &job,
         format!(
@@ -761,7 +761,7 @@ fn snapshot_job(dir: &Path, table: &str) -> (PathBuf, PathBuf) {
         ),
     )
     .unwrap();
-    (job, out)
+    (table, tmp, job, out)
 }
 
 /// The sorted `UID`s of the rows whose `event_name` is `event` (a `UID`
@@ -782,11 +782,7 @@ fn uids_of(event: &str, rows: &[serde_json::Value]) -> Vec<u64> {
 /// of the killed attempt visible.
 #[test]
 fn a_snapshot_killed_mid_batch_is_scanned_again_exactly_once() {
-    let table =
-        changes::create_chat_table("snapkill", Some(StreamViewType::NewAndOldImages)).unwrap();
-    changes::load_chat(&table, 0, 300, 2_000).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (job, out) = snapshot_job(tmp.path(), &table);
+    let (_table, tmp, job, out) = snapshot_job("snapkill");
     let (ck, log) = (tmp.path().join("ck"), tmp.path().join("batches.jsonl"));
     let args: Vec<String> = [
         "stream",

@@ -150,29 +150,22 @@ mod tests {
     use super::*;
     use ballista_core::config::BallistaConfig;
 
+    /// The sort shuffle's per-task buffer as executors will read it.
+    fn sort_shuffle_buffer(config: &SessionConfig) -> usize {
+        config
+            .options()
+            .extensions
+            .get::<BallistaConfig>()
+            .cloned()
+            .unwrap_or_default()
+            .shuffle_sort_based_memory_limit_per_task_bytes()
+    }
+
     #[test]
     fn sort_shuffle_buffer_is_sluices_default_and_a_set_wins() {
         let config = session_config();
-        let ballista = config
-            .options()
-            .extensions
-            .get::<BallistaConfig>()
-            .cloned()
-            .unwrap_or_default();
-        assert_eq!(
-            ballista.shuffle_sort_based_memory_limit_per_task_bytes(),
-            SORT_SHUFFLE_MEMORY_BYTES
-        );
+        assert_eq!(sort_shuffle_buffer(&config), SORT_SHUFFLE_MEMORY_BYTES);
         let config = config.set_usize(SORT_SHUFFLE_MEMORY, 1 << 20);
-        let ballista = config
-            .options()
-            .extensions
-            .get::<BallistaConfig>()
-            .cloned()
-            .unwrap_or_default();
-        assert_eq!(
-            ballista.shuffle_sort_based_memory_limit_per_task_bytes(),
-            1 << 20
-        );
+        assert_eq!(sort_shuffle_buffer(&config), 1 << 20);
     }
 }
