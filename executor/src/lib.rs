@@ -1,8 +1,11 @@
 //! sluice's executor: Ballista's executor with sluice's codecs, functions
 //! and object stores, and an execution engine that tells a sluice writer
-//! which stage-wide partitions its task runs ([`SluiceExecutionEngine`]).
+//! which stage-wide partitions its task runs and checks its shuffle reads
+//! ([`SluiceExecutionEngine`]).
 //! `main.rs` runs it as a process; [`start_in_process`] runs one inside the
 //! CLI's embedded cluster.
+
+pub mod shuffle_check;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -125,11 +128,13 @@ fn tls_flight(
     })
 }
 
-/// Ballista's default execution engine, after one change to the plan: a
+/// Ballista's default execution engine, after two changes to the plan: a
 /// sluice writer at the top of the stage is told the stage-wide partitions
 /// the task runs (`WriterExec::with_global_partitions`), which Ballista
-/// gives the engine and not the operators; with them an S3 file's key is
-/// the same for every attempt of its partition.
+/// gives the engine and not the operators, so an S3 file's key is the same
+/// for every attempt of its partition; and every shuffle read is checked
+/// for map outputs read twice or rows miscounted
+/// ([`shuffle_check::CheckedShuffleRead`]).
 pub struct SluiceExecutionEngine {
     inner: DefaultExecutionEngine,
 }
@@ -158,14 +163,7 @@ impl ExecutionEngine for SluiceExecutionEngine {
         work_dir: &str,
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
-        // Only a pass-through shuffle writer (not the hash-partitioning
-        // `SortShuffleWriterExec`, whose ids are its K output partitions)
-        // maps the task's partitions one to one onto stage partitions.
-        let plan = if plan.downcast_ref::<ShuffleWriterExec>().is_some() {
-            sluice_core::sink::files::attach_global_partitions(plan, &global_output_partition_ids)?
-        } else {
-            plan
-        };
+        let plan = stage_plan(plan, &global_output_partition_ids)?;
         self.inner.create_query_stage_exec(
             job_id,
             stage_id,
@@ -176,6 +174,23 @@ impl ExecutionEngine for SluiceExecutionEngine {
             config,
         )
     }
+}
+
+/// The plan a task runs: its writer told the stage-wide partitions, its
+/// shuffle reads checked.
+fn stage_plan(
+    plan: Arc<dyn ExecutionPlan>,
+    global_output_partition_ids: &[usize],
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    // Only a pass-through shuffle writer (not the hash-partitioning
+    // `SortShuffleWriterExec`, whose ids are its K output partitions)
+    // maps the task's partitions one to one onto stage partitions.
+    let plan = if plan.downcast_ref::<ShuffleWriterExec>().is_some() {
+        sluice_core::sink::files::attach_global_partitions(plan, global_output_partition_ids)?
+    } else {
+        plan
+    };
+    shuffle_check::check_shuffle_reads(plan)
 }
 
 type PoolKey = (String, u16, GrpcClientConfig);
@@ -348,4 +363,35 @@ pub async fn start_in_process(
         ballista_executor::health::ExecutorHealth::new(),
     ));
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use ballista_core::execution_plans::ShuffleReaderExec;
+    use datafusion::physical_plan::{Partitioning, displayable};
+
+    use super::*;
+
+    #[test]
+    fn a_tasks_shuffle_reads_are_checked() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let reader = ShuffleReaderExec::try_new(
+            1,
+            vec![vec![], vec![]],
+            schema,
+            Partitioning::UnknownPartitioning(2),
+        )
+        .unwrap();
+        let writer =
+            ShuffleWriterExec::try_new(JobId::new("job"), 2, Arc::new(reader), "/tmp".into())
+                .unwrap();
+        let plan = stage_plan(Arc::new(writer), &[3, 4]).unwrap();
+        let shown = displayable(plan.as_ref()).indent(false).to_string();
+        let lines: Vec<&str> = shown.lines().map(str::trim).collect();
+        assert!(lines[0].starts_with("ShuffleWriterExec"), "{shown}");
+        assert_eq!(lines[1], "CheckedShuffleRead", "{shown}");
+        assert!(lines[2].starts_with("ShuffleReaderExec"), "{shown}");
+    }
 }

@@ -37,9 +37,14 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     );
 }
 
-/// The workspace root (for `jobs/...`).
+/// The workspace root (for `jobs/...`). Read when the test runs, not
+/// when it was built: a build of this checkout can be reused from another
+/// one's target directory (CI's clone shares the developers' cache), and
+/// the path compiled in may be gone.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&manifest)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
