@@ -60,7 +60,8 @@ type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 /// Everything the scheduler serves on its one port, as Ballista's
 /// `start_grpc_service_with_listener` assembles it: the gRPC API, the Flight
 /// proxy when enabled, the REST API unless disabled (`sluice` needs it) and
-/// a liveness probe (`/healthz`; Ballista's `/readyz` is crate-private).
+/// a liveness probe (`/healthz`) and a readiness probe (`/readyz`, as
+/// Ballista's own, which is private to its crate).
 fn routes(scheduler: Scheduler, config: &SchedulerConfig) -> axum::Router {
     let max_decoding = config.grpc_server_max_decoding_message_size as usize;
     let max_encoding = config.grpc_server_max_encoding_message_size as usize;
@@ -83,12 +84,36 @@ fn routes(scheduler: Scheduler, config: &SchedulerConfig) -> axum::Router {
                 .max_encoding_message_size(max_encoding),
         );
     }
-    let health = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let ready = {
+        let scheduler = scheduler.clone();
+        move || async move { readiness(&scheduler) }
+    };
+    let health = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(ready));
     let routes = grpc.routes().into_axum_router().merge(health);
     if config.disable_rest_api {
         routes
     } else {
         ballista_scheduler::api::get_routes(Arc::new(scheduler)).merge(routes)
+    }
+}
+
+/// Ready when at least `--min-ready-executors` (default 1) executors are
+/// alive: 200, or 503 while jobs would only queue (a fresh scheduler, or one
+/// whose executors were lost), so a load balancer or a deploy script waits.
+fn readiness(scheduler: &Scheduler) -> (axum::http::StatusCode, String) {
+    let required = scheduler.state.config.min_ready_executors;
+    if scheduler.is_ready() {
+        (
+            axum::http::StatusCode::OK,
+            format!("ready: at least {required} executors alive\n"),
+        )
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: fewer than {required} executors alive\n"),
+        )
     }
 }
 

@@ -441,13 +441,17 @@ impl Cluster {
 
     /// A REST answer of the scheduler, as text.
     pub fn rest_text(&self, path: &str) -> Result<String> {
+        Ok(self.rest_get(path)?.1)
+    }
+
+    /// A REST answer of the scheduler: its status and text.
+    pub fn rest_get(&self, path: &str) -> Result<(u16, String)> {
         http(self.tls.as_ref(), async |client| {
-            Ok(client
+            let answer = client
                 .get(format!("{}://{}{path}", self.scheme(), self.endpoint))
                 .send()
-                .await?
-                .text()
-                .await?)
+                .await?;
+            Ok((answer.status().as_u16(), answer.text().await?))
         })
     }
 

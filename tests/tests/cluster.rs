@@ -126,6 +126,33 @@ fn submit_runs_the_range_job_on_two_executor_processes() {
 /// attempts reported (one per writer partition); the lost attempt's partial
 /// file is deleted with the staging directory. So the job completes with
 /// exactly the rows.
+/// `/readyz` answers 200 while an executor is alive and 503 once the
+/// scheduler has found its only executor lost; `/healthz` stays 200.
+#[test]
+fn readyz_follows_the_alive_executors() {
+    let mut cluster = Cluster::start(1, 1).unwrap();
+    assert_eq!(
+        cluster.rest_get("/readyz").unwrap(),
+        (200, "ready: at least 1 executors alive\n".to_string())
+    );
+    cluster.kill_executor(0).unwrap();
+    // The test scheduler expires an executor 6 s after its last heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = cluster.rest_get("/readyz").unwrap();
+    while answer.0 == 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        answer = cluster.rest_get("/readyz").unwrap();
+    }
+    assert_eq!(
+        answer,
+        (503, "not ready: fewer than 1 executors alive\n".to_string())
+    );
+    assert_eq!(
+        cluster.rest_get("/healthz").unwrap(),
+        (200, "ok".to_string())
+    );
+}
+
 #[test]
 fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
     let mut cluster = Cluster::start(2, 1).unwrap();

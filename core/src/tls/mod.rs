@@ -30,6 +30,13 @@ use rustls::server::WebPkiClientVerifier;
 /// How long a peer may take over its TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many TLS handshakes a port runs at once. A peer that has not shown a
+/// certificate yet is anyone on the network: past this many, a new
+/// connection is closed at once instead of holding a task and its buffers
+/// for the handshake timeout, so a flood of half-open connections cannot
+/// grow a server's memory.
+pub const MAX_HANDSHAKES: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {what} {path}")]
@@ -380,6 +387,16 @@ pub async fn serve(
     router: axum::Router,
     tls: Option<&ClusterTls>,
 ) -> std::io::Result<()> {
+    serve_bounded(listener, router, tls, MAX_HANDSHAKES).await
+}
+
+/// [`serve`] with at most `max_handshakes` TLS handshakes at once.
+async fn serve_bounded(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<&ClusterTls>,
+    max_handshakes: usize,
+) -> std::io::Result<()> {
     let app = router.into_make_service_with_connect_info::<SocketAddr>();
     let Some(tls) = tls else {
         return axum::serve(listener, app).await;
@@ -393,15 +410,106 @@ pub async fn serve(
         axum_server::tls_rustls::RustlsConfig::from_config(config),
     )
     .handshake_timeout(HANDSHAKE_TIMEOUT);
+    let acceptor = BoundedHandshakes {
+        inner: acceptor,
+        permits: Arc::new(tokio::sync::Semaphore::new(max_handshakes)),
+        max: max_handshakes,
+    };
     axum_server::from_tcp(listener)?
         .acceptor(acceptor)
         .serve(app)
         .await
 }
 
+/// An acceptor that runs `inner` (the TLS handshake) only while it holds
+/// one of `permits`; a connection that finds none is closed unanswered.
+#[derive(Clone)]
+struct BoundedHandshakes<A> {
+    inner: A,
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl<A, I, S> axum_server::accept::Accept<I, S> for BoundedHandshakes<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send>,
+    >;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                let handshake = self.inner.accept(stream, service);
+                Box::pin(async move {
+                    let done = handshake.await;
+                    drop(permit);
+                    done
+                })
+            }
+            Err(_) => {
+                // Dropping the stream closes the connection.
+                drop(stream);
+                metrics::counter!("sluice_tls_handshakes_refused_total").increment(1);
+                Box::pin(std::future::ready(Err(std::io::Error::other(format!(
+                    "{} TLS handshakes in progress; connection closed",
+                    self.max
+                )))))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Peers that connect and never start a handshake use up the port's
+    /// handshake slots; the next connection is closed at once (not after
+    /// the 10 s handshake timeout), and once they leave a client with a
+    /// certificate is served again.
+    #[tokio::test]
+    async fn half_open_connections_past_the_cap_are_closed_at_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir()?;
+        let ca = dir.path().join("ca");
+        let ca_pem = issue::init_ca(&ca, "test CA", 30)?;
+        let (cert, key) = issue::issue(&ca, "server", &["127.0.0.1".into()], 30, dir.path())?;
+        let (ccert, ckey) = issue::issue(&ca, "client", &["ops".into()], 30, dir.path())?;
+        let server = ClusterTls::load(&ca_pem, &cert, &key)?;
+        let identity = ClusterTls::load(&ca_pem, &ccert, &ckey)?;
+        // A new client each time: a pooled connection would skip the handshake.
+        let client = || http_client(Some(&identity), Duration::from_secs(3));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let router = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+        tokio::spawn(async move { serve_bounded(listener, router, Some(&server), 2).await });
+        let url = format!("https://{addr}/ping");
+        assert_eq!(client()?.get(&url).send().await?.text().await?, "pong");
+
+        let idle = [
+            tokio::net::TcpStream::connect(addr).await?,
+            tokio::net::TcpStream::connect(addr).await?,
+        ];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut third = tokio::net::TcpStream::connect(addr).await?;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf)).await?;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(client()?.get(&url).send().await.is_err());
+
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(client()?.get(&url).send().await?.text().await?, "pong");
+        Ok(())
+    }
 
     #[test]
     fn a_port_without_tls_is_loopback_only_unless_told() {
