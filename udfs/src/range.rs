@@ -10,8 +10,9 @@ use arrow::array::{AsArray, Int64Array, RecordBatch, RecordBatchOptions, UInt64A
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::common::{DataFusionError, Result, ScalarValue, Statistics, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -21,6 +22,7 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    StatisticsArgs,
 };
 use futures::TryStreamExt;
 
@@ -87,6 +89,21 @@ impl RangeSpec {
         let from = n * i / p;
         let to = n * (i + 1) / p;
         (from as u64, to as u64)
+    }
+
+    /// The exact row count of the whole range (`None`) or of one
+    /// partition's slice, so the planner can size what depends on it (a
+    /// skew-aware write's reduce tasks).
+    pub fn statistics(&self, schema: &Schema, partition: Option<usize>) -> Statistics {
+        let rows = match partition {
+            None => self.len(),
+            Some(p) => {
+                let (from, to) = self.slice(p);
+                to - from
+            }
+        };
+        let rows = usize::try_from(rows).map_or(Precision::Absent, Precision::Exact);
+        Statistics::new_unknown(schema).with_num_rows(rows)
     }
 
     fn value(&self, index: u64) -> i64 {
@@ -318,6 +335,16 @@ impl ExecutionPlan for RangeExec {
     // `range(..., numPartitions)` write promises.
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        Ok(Arc::new(
+            self.spec.statistics(&self.schema(), args.partition()),
+        ))
     }
 
     fn with_new_children(

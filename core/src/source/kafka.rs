@@ -29,13 +29,16 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DataFusionError, Result, Statistics, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs,
+};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -355,10 +358,7 @@ impl TableProvider for KafkaTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(KafkaScanExec::try_new(
-            self.spec.clone(),
-            range_source(&self.spec.ranges)?,
-        )?);
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(KafkaScanExec::of(self.spec.clone())?);
         crate::exec::project(scan, &self.schema, projection)
     }
 }
@@ -437,6 +437,12 @@ pub struct KafkaScanExec {
 }
 
 impl KafkaScanExec {
+    /// The scan of `spec`'s ranges, one partition each.
+    pub fn of(spec: KafkaSpec) -> Result<Self> {
+        let input = range_source(&spec.ranges)?;
+        Self::try_new(spec, input)
+    }
+
     pub fn try_new(spec: KafkaSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
         let schema = spec.schema()?;
         Ok(Self::with_schema(spec, schema, input))
@@ -479,6 +485,24 @@ impl ExecutionPlan for KafkaScanExec {
     // Splitting the range source would read a range twice.
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
+    }
+
+    /// Offsets bound a batch's records (compaction and transaction
+    /// markers leave gaps), so the planner can size a skew-aware write's
+    /// reduce tasks to the batch.
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let span = |r: &KafkaRange| usize::try_from(r.end.saturating_sub(r.start)).unwrap_or(0);
+        let rows = match args.partition() {
+            None => self.spec.ranges.iter().map(span).sum(),
+            Some(p) => self.spec.ranges.get(p).map_or(0, span),
+        };
+        Ok(Arc::new(
+            Statistics::new_unknown(&self.schema).with_num_rows(Precision::Inexact(rows)),
+        ))
     }
 
     fn execute(
@@ -875,6 +899,38 @@ fn clean_arrow(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch's offsets bound its rows: an estimate the planner sizes a
+    /// skew-aware write's reduce tasks by.
+    #[test]
+    fn a_batch_estimates_its_rows_from_its_offsets() -> Result<()> {
+        use datafusion::physical_plan::StatisticsContext;
+        let ranges = vec![
+            KafkaRange {
+                partition: 0,
+                start: 0,
+                end: 20_000,
+            },
+            KafkaRange {
+                partition: 1,
+                start: 500,
+                end: 5_500,
+            },
+        ];
+        let scan = KafkaScanExec::of(KafkaSpec {
+            location: KafkaLocation::parse("kafka://127.0.0.1:9092/t")?,
+            options: KafkaOptions::parse(&HashMap::new())?,
+            declared: vec![],
+            ranges,
+        })?;
+        let rows = |partition: Option<usize>| -> Result<Precision<usize>> {
+            let args = StatisticsArgs::new().with_partition(partition);
+            Ok(StatisticsContext::new().compute(&scan, &args)?.num_rows)
+        };
+        assert_eq!(rows(None)?, Precision::Inexact(25_000));
+        assert_eq!(rows(Some(1))?, Precision::Inexact(5_000));
+        Ok(())
+    }
 
     #[test]
     fn locations_and_options_parse_and_bad_ones_say_why() -> Result<()> {

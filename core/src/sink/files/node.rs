@@ -174,6 +174,16 @@ mod tests {
     }
 
     #[test]
+    fn a_generator_gives_its_rows() -> Result<()> {
+        use sluice_udfs::range::{RangeExec, RangeSpec, slice_source};
+        // range(0, 40000, 1, 3): exactly 40,000 rows, 40 tasks at 1,000.
+        let spec = RangeSpec::new(0, 40_000, 1, 3)?;
+        let range = RangeExec::try_new(spec, false, slice_source(spec)?)?;
+        assert_eq!(reduce_partitions(&range, 16, 1000), 40);
+        Ok(())
+    }
+
+    #[test]
     fn a_skew_shuffle_is_recut_by_rows_with_its_route() -> Result<()> {
         let spec = RouteSpec {
             write_id: "w".into(),
