@@ -35,13 +35,13 @@ use futures::{Stream, StreamExt};
 pub enum ShuffleReadError {
     #[error(
         "shuffle read of stage {stage} partition {partition}: the output of map task {map_task} \
-         on executor {executor} is listed {times} times; reading it would repeat its rows"
+         is listed {times} times (executors {executors}); reading it would repeat its rows"
     )]
     Repeated {
         stage: usize,
         partition: usize,
         map_task: usize,
-        executor: String,
+        executors: String,
         times: usize,
     },
     #[error(
@@ -108,28 +108,29 @@ fn reported_rows(locations: &[PartitionLocation]) -> Option<u64> {
         .sum()
 }
 
-/// Fails when one map output appears twice in a partition's locations.
-fn check_locations(
-    partition: usize,
-    locations: &[PartitionLocation],
-) -> Result<(), ShuffleReadError> {
-    let mut seen: HashMap<(usize, usize, usize, &str), usize> = HashMap::new();
+/// Fails when one map output appears twice in a partition's locations. A
+/// map task's slot is never reused within a stage and runs on one
+/// executor, so the same slot twice is a repeat even from two executors
+/// (a late success from an executor taken for lost, and its re-run).
+fn check_locations(locations: &[PartitionLocation]) -> Result<(), ShuffleReadError> {
+    let mut seen: HashMap<(usize, usize, usize), Vec<&str>> = HashMap::new();
     for l in locations {
         let key = (
             l.partition_id.stage_id,
             l.partition_id.partition_id,
             l.map_partition_id,
-            l.executor_meta.id.as_str(),
         );
-        *seen.entry(key).or_default() += 1;
+        seen.entry(key)
+            .or_default()
+            .push(l.executor_meta.id.as_str());
     }
-    match seen.into_iter().find(|(_, n)| *n > 1) {
-        Some(((stage, _, map_task, executor), times)) => Err(ShuffleReadError::Repeated {
+    match seen.into_iter().find(|(_, on)| on.len() > 1) {
+        Some(((stage, partition, map_task), on)) => Err(ShuffleReadError::Repeated {
             stage,
             partition,
             map_task,
-            executor: executor.to_string(),
-            times,
+            executors: on.join(", "),
+            times: on.len(),
         }),
         None => Ok(()),
     }
@@ -184,7 +185,12 @@ impl ExecutionPlan for CheckedShuffleRead {
             // The reader names the bad index itself.
             return self.input.execute(partition, context);
         };
-        check_locations(partition, locations)?;
+        check_locations(locations)?;
+        // The stage-wide partition, for the error (a task numbers its own
+        // partitions from 0).
+        let stage_partition = locations
+            .first()
+            .map_or(partition, |l| l.partition_id.partition_id);
         let stream = self.input.execute(partition, context)?;
         Ok(match reported_rows(locations) {
             Some(reported) => Box::pin(CountedRead {
@@ -192,7 +198,7 @@ impl ExecutionPlan for CheckedShuffleRead {
                 read: 0,
                 reported,
                 stage: reader.stage_id,
-                partition,
+                partition: stage_partition,
                 maps: locations.len(),
                 done: false,
             }),
@@ -351,14 +357,15 @@ mod tests {
     #[tokio::test]
     async fn a_map_output_listed_twice_is_refused_before_reading() {
         let dir = tempfile::tempdir().unwrap();
+        // A late success from an executor taken for lost, and the re-run.
         let once = map_output(dir.path(), 7, 5, 5);
-        let err = read(dir.path(), vec![once.clone(), once])
-            .await
-            .unwrap_err();
+        let mut again = once.clone();
+        again.executor_meta.id = "executor-b".into();
+        let err = read(dir.path(), vec![once, again]).await.unwrap_err();
         assert!(
             err.contains(
-                "shuffle read of stage 1 partition 0: the output of map task 7 on executor \
-                 executor-a is listed 2 times"
+                "shuffle read of stage 1 partition 0: the output of map task 7 is listed 2 \
+                 times (executors executor-a, executor-b)"
             ),
             "{err}"
         );

@@ -119,13 +119,6 @@ fn submit_runs_the_range_job_on_two_executor_processes() {
     );
 }
 
-/// SIGKILL one executor while the write stage runs. Ballista notices the lost
-/// executor (heartbeat timeout, 6 s here), re-runs its tasks and any shuffle
-/// output it held on the surviving executor. Each attempt stages under its own
-/// task-attempt name, and the commit takes only the files that successful
-/// attempts reported (one per writer partition); the lost attempt's partial
-/// file is deleted with the staging directory. So the job completes with
-/// exactly the rows.
 /// `/readyz` answers 200 while an executor is alive and 503 once the
 /// scheduler has found its only executor lost; `/healthz` stays 200.
 #[test]
@@ -153,6 +146,13 @@ fn readyz_follows_the_alive_executors() {
     );
 }
 
+/// SIGKILL one executor while the write stage runs. Ballista notices the lost
+/// executor (heartbeat timeout, 6 s here), re-runs its tasks and any shuffle
+/// output it held on the surviving executor. Each attempt stages under its own
+/// task-attempt name, and the commit takes only the files that successful
+/// attempts reported (one per writer partition); the lost attempt's partial
+/// file is deleted with the staging directory. So the job completes with
+/// exactly the rows.
 #[test]
 fn killing_an_executor_mid_job_loses_and_duplicates_nothing() {
     let mut cluster = Cluster::start(2, 1).unwrap();

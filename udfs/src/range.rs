@@ -97,10 +97,11 @@ impl RangeSpec {
     pub fn statistics(&self, schema: &Schema, partition: Option<usize>) -> Statistics {
         let rows = match partition {
             None => self.len(),
-            Some(p) => {
+            Some(p) if p < self.partitions => {
                 let (from, to) = self.slice(p);
                 to - from
             }
+            Some(_) => return Statistics::new_unknown(schema),
         };
         let rows = usize::try_from(rows).map_or(Precision::Absent, Precision::Exact);
         Statistics::new_unknown(schema).with_num_rows(rows)

@@ -44,6 +44,9 @@ use serde::{Deserialize, Serialize};
 
 /// The `STORED AS` name.
 pub const KAFKA: &str = "KAFKA";
+/// Kafka's default `message.max.bytes`: what one record may take, as far
+/// as a plan's size estimate knows.
+const RECORD_BYTES_BOUND: usize = 1 << 20;
 /// How long one broker call may take, unless `request_timeout_ms` says.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bounds of `request_timeout_ms`.
@@ -497,11 +500,19 @@ impl ExecutionPlan for KafkaScanExec {
     ) -> Result<Arc<Statistics>> {
         let span = |r: &KafkaRange| usize::try_from(r.end.saturating_sub(r.start)).unwrap_or(0);
         let rows = match args.partition() {
-            None => self.spec.ranges.iter().map(span).sum(),
-            Some(p) => self.spec.ranges.get(p).map_or(0, span),
+            None => Some(self.spec.ranges.iter().map(span).sum()),
+            Some(p) => self.spec.ranges.get(p).map(span),
         };
+        let Some(rows) = rows else {
+            return Ok(Arc::new(Statistics::new_unknown(&self.schema)));
+        };
+        // Bytes bounded by the broker's default record limit, so a join
+        // never takes a batch of few but large records for a small build
+        // side (it would judge by rows without a byte size).
         Ok(Arc::new(
-            Statistics::new_unknown(&self.schema).with_num_rows(Precision::Inexact(rows)),
+            Statistics::new_unknown(&self.schema)
+                .with_num_rows(Precision::Inexact(rows))
+                .with_total_byte_size(Precision::Inexact(rows.saturating_mul(RECORD_BYTES_BOUND))),
         ))
     }
 
@@ -929,6 +940,11 @@ mod tests {
         };
         assert_eq!(rows(None)?, Precision::Inexact(25_000));
         assert_eq!(rows(Some(1))?, Precision::Inexact(5_000));
+        // Never small enough in bytes to be broadcast as a join's build side.
+        let bytes = StatisticsContext::new()
+            .compute(&scan, &StatisticsArgs::new())?
+            .total_byte_size;
+        assert_eq!(bytes, Precision::Inexact(25_000 << 20));
         Ok(())
     }
 

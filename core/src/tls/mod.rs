@@ -498,16 +498,30 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await?,
             tokio::net::TcpStream::connect(addr).await?,
         ];
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut third = tokio::net::TcpStream::connect(addr).await?;
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf)).await?;
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // Until the server has taken both (a probe it still admits holds a
+        // slot only until it is dropped), a further connection is closed
+        // unanswered, long before the 10 s handshake timeout.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut probe = tokio::net::TcpStream::connect(addr).await?;
+            let mut buf = [0u8; 1];
+            match tokio::time::timeout(Duration::from_secs(1), probe.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => panic!("the server wrote before a handshake"),
+                Err(_) => assert!(tokio::time::Instant::now() < deadline, "never closed"),
+            }
+        }
         assert!(client()?.get(&url).send().await.is_err());
 
         drop(idle);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(client()?.get(&url).send().await?.text().await?, "pong");
+        let served = loop {
+            match client()?.get(&url).send().await {
+                Ok(answer) => break answer.text().await?,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(served, "pong");
         Ok(())
     }
 
