@@ -153,36 +153,19 @@ pub fn modify_chat(table: &str, uids: impl IntoIterator<Item = u64>) -> Result<(
 /// Every chat item's `message` by `UID`, read with a strongly consistent
 /// Scan (the table as it is now, for comparing with what a stream wrote).
 pub fn chat_messages(table: &str) -> Result<BTreeMap<u64, String>> {
-    runtime()?.block_on(async {
-        let client = dynamodb().await;
-        let mut out = BTreeMap::new();
-        let mut start = None;
-        loop {
-            let page = client
-                .scan()
-                .table_name(table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .context("Scan")?;
-            for item in page.items() {
-                let uid = match item.get("UID") {
-                    Some(AttributeValue::N(n)) => n.parse::<u64>()?,
-                    other => anyhow::bail!("an item without a numeric UID: {other:?}"),
-                };
-                let message = match item.get("message") {
-                    Some(AttributeValue::S(m)) => m.clone(),
-                    _ => String::new(),
-                };
-                out.insert(uid, message);
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(out);
-            }
-        }
-    })
+    let mut out = BTreeMap::new();
+    for item in crate::dynamo::scan_items(table)? {
+        let uid = match item.get("UID") {
+            Some(AttributeValue::N(n)) => n.parse::<u64>()?,
+            other => anyhow::bail!("an item without a numeric UID: {other:?}"),
+        };
+        let message = match item.get("message") {
+            Some(AttributeValue::S(m)) => m.clone(),
+            _ => String::new(),
+        };
+        out.insert(uid, message);
+    }
+    Ok(out)
 }
 
 /// Deletes each item in `uids` (a REMOVE each).

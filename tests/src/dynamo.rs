@@ -514,6 +514,34 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
+/// Every item of `table` in the DynamoDB of `AWS_ENDPOINT_URL_DYNAMODB`,
+/// read with a strongly consistent Scan, page by page.
+pub fn scan_items(
+    table: &str,
+) -> Result<Vec<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = sluice_core::storage::dynamodb::client().await;
+        let (mut out, mut start) = (Vec::new(), None);
+        loop {
+            let page = client
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            out.extend(page.items().iter().cloned());
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                return Ok(out);
+            }
+        }
+    })
+}
+
 /// A fresh table in the DynamoDB of `AWS_ENDPOINT_URL_DYNAMODB` (`pk` S, `sk`
 /// N) with `wcu` provisioned write capacity; returns its name.
 pub fn create_table(hint: &str, wcu: i64) -> Result<String> {

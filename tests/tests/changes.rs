@@ -749,27 +749,9 @@ fn a_snapshot_then_the_stream_leaves_no_gap_at_the_switch() {
 /// no item scanned twice, no change delivered twice.
 #[test]
 fn writes_during_a_snapshot_are_neither_lost_nor_delivered_twice() {
-    let table =
-        changes::create_chat_table("snapwrite", Some(StreamViewType::NewAndOldImages)).unwrap();
-    changes::load_chat(&table, 0, 325, 2_000).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (out, job, ck) = (
-        tmp.path().join("out"),
-        tmp.path().join("job.sql"),
-        tmp.path().join("ck"),
-    );
-    std::fs::write(
-        &job,
-        format!(
-            "CREATE EXTERNAL TABLE c (\"UID\" BIGINT NOT NULL, message VARCHAR)
-               STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://{table}'
-               OPTIONS ('snapshot' 'true', 'snapshot_segments' '3');
-             COPY (SELECT event_name, \"UID\", message, sequence_number FROM c)
-               TO '{}/' STORED AS JSON;",
-            out.display()
-        ),
-    )
-    .unwrap();
+    let (table, tmp, job, out) = snapshot_job("snapwrite");
+    changes::load_chat(&table, 300, 325, 2_000).unwrap();
+    let ck = tmp.path().join("ck");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (table, stop) = (table.clone(), std::sync::Arc::clone(&stop));
@@ -856,7 +838,8 @@ fn writes_during_a_snapshot_are_neither_lost_nor_delivered_twice() {
 }
 
 /// A chat table `name` of 300 items with a stream, and a snapshot job over
-/// it writing `event_name`, `UID`, `message` and `shard_id` as NDJSON: the
+/// it writing `event_name`, `UID`, `message`, `shard_id` and
+/// `sequence_number` as NDJSON: the
 /// table, the job's directory, the job file and the output directory.
 fn snapshot_job(name: &str) -> (String, tempfile::TempDir, PathBuf, PathBuf) {
     let table = changes::create_chat_table(name, Some(StreamViewType::NewAndOldImages)).unwrap();
@@ -870,7 +853,8 @@ fn snapshot_job(name: &str) -> (String, tempfile::TempDir, PathBuf, PathBuf) {
             "CREATE EXTERNAL TABLE c (\"UID\" BIGINT NOT NULL, message VARCHAR)
                STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://{table}'
                OPTIONS ('snapshot' 'true', 'snapshot_segments' '3');
-             COPY (SELECT event_name, \"UID\", message, shard_id FROM c) TO '{}/' STORED AS JSON;",
+             COPY (SELECT event_name, \"UID\", message, shard_id, sequence_number FROM c)
+               TO '{}/' STORED AS JSON;",
             out.display()
         ),
     )

@@ -32,29 +32,17 @@ fn create_table(hint: &str, wcu: i64) -> String {
 
 /// Every item of `table`, keyed by (pk, sk).
 fn scan(table: &str) -> HashMap<(String, String), HashMap<String, AttributeValue>> {
-    rt().block_on(async {
-        let client = sluice_core::storage::dynamodb::client().await;
-        let mut out = HashMap::new();
-        let mut start = None;
-        loop {
-            let page = client
-                .scan()
-                .table_name(table)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .unwrap();
-            for item in page.items() {
-                let pk = item["pk"].as_s().unwrap().clone();
-                let sk = item["sk"].as_n().unwrap().clone();
-                out.insert((pk, sk), item.clone());
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                return out;
-            }
-        }
-    })
+    sluice_test_support::dynamo::scan_items(table)
+        .unwrap()
+        .into_iter()
+        .map(|item| {
+            let key = (
+                item["pk"].as_s().unwrap().clone(),
+                item["sk"].as_n().unwrap().clone(),
+            );
+            (key, item)
+        })
+        .collect()
 }
 
 fn run_job(dir: &Path, sql: &str, env: &[(&str, &str)], cluster: Option<&Cluster>) -> Output {

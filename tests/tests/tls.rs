@@ -37,6 +37,10 @@ fn a_tls_cluster_runs_jobs_and_refuses_every_port_to_clients_without_its_certifi
         rows as f64
     );
 
+    // The probes are on the TLS port, for clients with a certificate.
+    assert_eq!(cluster.rest_get("/readyz").unwrap().0, 200);
+    assert_eq!(cluster.rest_get("/healthz").unwrap().0, 200);
+
     let addr = |s: &str| -> SocketAddr { s.trim_start_matches("https://").parse().unwrap() };
     let mut ports = vec![
         ("scheduler", addr(&cluster.endpoint)),
