@@ -16,5 +16,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/sluice-scheduler /src/target/release/sluice-executor /src/target/release/sluice /usr/local/bin/
 USER sluice:sluice
 WORKDIR /var/lib/sluice
-EXPOSE 50050
-CMD ["sluice-scheduler", "--bind-host", "0.0.0.0"]
+# The scheduler's gRPC and REST port and its coordinator (the executors'
+# Flight port, 50051, is set by their own command).
+EXPOSE 50050 50090
+# Closed by default: a scheduler on a non-loopback address needs the
+# cluster's TLS files (`sluice certs`), mounted at /etc/sluice/tls; without
+# them it refuses to start, naming the missing file. docker-compose.yml runs
+# its development cluster with --insecure-no-tls instead.
+CMD ["sluice-scheduler", "--bind-host", "0.0.0.0", "--coordinator-addr", "0.0.0.0:50090", \
+     "--tls-ca", "/etc/sluice/tls/ca.pem", "--tls-cert", "/etc/sluice/tls/node.pem", \
+     "--tls-key", "/etc/sluice/tls/node.key"]

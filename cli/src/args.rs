@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(
     name = "sluice",
-    version,
+    version = sluice_core::config::VERSION,
     about = "Run SQL data jobs on a DataFusion Ballista cluster",
     long_about = "Run SQL data jobs on a DataFusion Ballista cluster.\n\n\
         Settings come from built-in defaults, then a TOML file (--config, SLUICE_CONFIG or \

@@ -179,7 +179,9 @@ pub fn print_status(job: &serde_json::Value, p: &JobProgress, output: OutputForm
     if let Some(s) = job["status"].as_str()
         && !s.is_empty()
     {
-        println!("{s}");
+        // A scheduler (or executor) older than this client may keep an
+        // error that quotes a signed request.
+        println!("{}", sluice_core::error::redact(s));
     }
 }
 

@@ -369,7 +369,8 @@ async fn run_job(
     let runner = JobRunner::new(ctx, endpoint, progress.clone())?
         .protect(&config.protected_outputs)?
         .with_coordinator(coordinator)
-        .resubmit_on_scheduler_loss(resubmit);
+        .resubmit_on_scheduler_loss(resubmit)
+        .no_executor_timeout(Duration::from_secs(config.no_executor_timeout_secs));
     let interrupter = runner.interrupter();
     let run = runner.run(&file, &source, &vars);
     tokio::pin!(run);

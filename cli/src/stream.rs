@@ -129,7 +129,8 @@ pub async fn run_stream(
     let ctx = client::connect(endpoint, tls, timeout).await?;
     let runner = JobRunner::new(ctx, endpoint, Arc::new(NoProgress))?
         .protect(&config.protected_outputs)?
-        .with_coordinator(coordinator);
+        .with_coordinator(coordinator)
+        .no_executor_timeout(Duration::from_secs(config.no_executor_timeout_secs));
     let mut options = StreamOptions::new(checkpoint, trigger(args));
     options.files = FileSourceOptions {
         max_files: args.max_files_per_batch,

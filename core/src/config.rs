@@ -11,6 +11,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SluiceError;
 
+/// The binaries' `--version`: the version, and whether this is a test
+/// build (test-only SQL functions or the benchmark's rename committers
+/// compiled in), which `deploy/install.sh` refuses to install.
+pub const VERSION: &str = match (
+    sluice_udfs::TEST_FUNCTIONS,
+    cfg!(feature = "bench-committers"),
+) {
+    (false, false) => env!("CARGO_PKG_VERSION"),
+    (true, false) => concat!(env!("CARGO_PKG_VERSION"), " (test build: test-functions)"),
+    (false, true) => concat!(env!("CARGO_PKG_VERSION"), " (test build: bench-committers)"),
+    (true, true) => concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (test build: test-functions, bench-committers)"
+    ),
+};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct SluiceConfig {
@@ -30,6 +46,9 @@ pub struct SluiceConfig {
     pub executor_slots: usize,
     /// Seconds to wait for a scheduler to answer before giving up.
     pub connect_timeout_secs: u64,
+    /// Seconds a submitted job may wait with no executor alive before it is
+    /// cancelled and fails (Ballista would keep it queued forever).
+    pub no_executor_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log: String,
     /// Output locations (and everything under them) that no overwrite may
@@ -51,6 +70,7 @@ impl Default for SluiceConfig {
             executors: 1,
             executor_slots: 0,
             connect_timeout_secs: 10,
+            no_executor_timeout_secs: 120,
             log: DEFAULT_LOG.to_string(),
             protected_outputs: vec![],
             tls_ca: None,

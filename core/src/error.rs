@@ -115,6 +115,16 @@ pub enum SluiceError {
         job: String,
         reason: String,
     },
+    /// The job waited with no executor alive to run it, past the client's
+    /// bound: it was cancelled, nothing of it committed.
+    #[error(
+        "job {job} waited {waited_s}s at the scheduler at {endpoint} with no executor alive to run it, and was cancelled; start executors (or check that they reach the scheduler), or raise no_executor_timeout_secs"
+    )]
+    NoExecutors {
+        endpoint: String,
+        job: String,
+        waited_s: u64,
+    },
     #[error("calling the scheduler at {url}")]
     SchedulerCall {
         url: String,
@@ -259,7 +269,7 @@ static SECRETS: std::sync::LazyLock<Result<Vec<(regex::Regex, &'static str)>, re
             ),
             (
                 regex::Regex::new(
-                    r"(?i)(x-amz-security-token|x-amz-signature|x-amz-credential)([=:]\s*)[^\s,&;<>]+",
+                    r#"(?i)(x-amz-security-token|x-amz-signature|x-amz-credential|sessiontoken|secretaccesskey)(\\?"?\s*[=:]\s*\\?"?)[^\s,&;<>"\\]+"#,
                 )?,
                 "$1$2[redacted]",
             ),
@@ -370,6 +380,14 @@ mod tests {
             text.contains("<CanonicalRequest>[redacted]</CanonicalRequest>"),
             "{text}"
         );
+        // Quoted dumps: a header map printed with Debug, a JSON credential.
+        let quoted = r#"headers: {"x-amz-security-token": "QuOtEdToken", "authorization": "AWS4-HMAC-SHA256"} {"SessionToken":"JsOnToken","SecretAccessKey" : "JsOnSecret"}"#;
+        // And the same inside a Debug dump, which escapes the quotes.
+        for text in [redact(quoted), redact(&format!("{quoted:?}"))] {
+            for secret in ["QuOtEdToken", "JsOnToken", "JsOnSecret"] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
         // Ordinary messages pass unchanged.
         for plain in [
             "table 'x' not found",

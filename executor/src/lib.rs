@@ -5,6 +5,7 @@
 //! `main.rs` runs it as a process; [`start_in_process`] runs one inside the
 //! CLI's embedded cluster.
 
+pub mod redact;
 pub mod shuffle_check;
 
 use std::collections::HashMap;
@@ -116,12 +117,18 @@ fn tls_flight(
             let flight = FlightServiceServer::new(BallistaFlightService::new(work_dir))
                 .max_decoding_message_size(max_decoding)
                 .max_encoding_message_size(max_encoding);
+            let listener = tokio::net::TcpListener::bind(address).await?;
             tracing::info!(%address, "Flight service listening (mutual TLS)");
+            // tonic would run any number of handshakes at once.
+            let incoming = sluice_core::tls::capped_incoming(
+                listener,
+                sluice_core::tls::MAX_TONIC_CONNECTIONS,
+            );
             create_grpc_server(&grpc_config)
                 .tls_config(tls)
                 .map_err(BallistaError::TonicError)?
                 .add_service(flight)
-                .serve_with_shutdown(address, shutdown.recv())
+                .serve_with_incoming_shutdown(incoming, shutdown.recv())
                 .await
                 .map_err(BallistaError::TonicError)
         })
@@ -134,7 +141,8 @@ fn tls_flight(
 /// gives the engine and not the operators, so an S3 file's key is the same
 /// for every attempt of its partition; and every shuffle read is checked
 /// for map outputs read twice or rows miscounted
-/// ([`shuffle_check::CheckedShuffleRead`]).
+/// ([`shuffle_check::CheckedShuffleRead`]). A task's error leaves it
+/// redacted ([`redact::RedactedStage`]).
 pub struct SluiceExecutionEngine {
     inner: DefaultExecutionEngine,
 }
@@ -164,7 +172,7 @@ impl ExecutionEngine for SluiceExecutionEngine {
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
         let plan = stage_plan(plan, &global_output_partition_ids)?;
-        self.inner.create_query_stage_exec(
+        let stage = self.inner.create_query_stage_exec(
             job_id,
             stage_id,
             task_id,
@@ -172,7 +180,8 @@ impl ExecutionEngine for SluiceExecutionEngine {
             plan,
             work_dir,
             config,
-        )
+        )?;
+        Ok(Arc::new(redact::RedactedStage(stage)))
     }
 }
 

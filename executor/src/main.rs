@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 /// sluice's executor: runs the tasks of sluice jobs.
 #[derive(Parser, Debug)]
-#[command(name = "sluice-executor", version)]
+#[command(name = "sluice-executor", version = sluice_core::config::VERSION)]
 struct Cli {
     /// TOML file of settings, keys named like the long flags (e.g. `scheduler-port = 50050`).
     #[arg(long)]

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 /// sluice's scheduler: plans sluice jobs and hands tasks to sluice executors.
 #[derive(Parser, Debug)]
-#[command(name = "sluice-scheduler", version)]
+#[command(name = "sluice-scheduler", version = sluice_core::config::VERSION)]
 struct Cli {
     /// TOML file of settings, keys named like the long flags (e.g. `bind-port = 50050`).
     #[arg(long)]

@@ -120,7 +120,11 @@ pub fn create_topic(broker: &str, name: &str, partitions: i32) -> Result<()> {
 /// batch of its own: tansu 0.6 answers a fetch from an offset inside a
 /// batch with the next batch, and ListOffsets(latest) with the last batch's
 /// first offset + 1), the partitions in parallel.
-pub fn produce_all(broker: &str, topic: &str, by_partition: Vec<(i32, Vec<String>)>) -> Result<()> {
+pub fn produce_all<V: Into<Vec<u8>> + Send + 'static>(
+    broker: &str,
+    topic: &str,
+    by_partition: Vec<(i32, Vec<V>)>,
+) -> Result<()> {
     rt()?.block_on(async {
         let client = ClientBuilder::new(vec![broker.to_string()]).build().await?;
         let mut tasks = vec![];
@@ -132,7 +136,7 @@ pub fn produce_all(broker: &str, topic: &str, by_partition: Vec<(i32, Vec<String
                 for v in values {
                     let record = Record {
                         key: None,
-                        value: Some(v.into_bytes()),
+                        value: Some(v.into()),
                         headers: Default::default(),
                         timestamp: chrono::Utc::now(),
                     };

@@ -249,6 +249,16 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
                 .all(|x| x.chars().all(|c| c.is_ascii_digit())),
             "{rel}"
         );
+        // Each row sits in the hour of its own event time (UTC).
+        let hour = format!("{}-{}-{}T{}", parts[0], parts[1], parts[2], parts[3]);
+        for line in std::fs::read_to_string(p).unwrap().lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["event_hour"], hour.as_str(), "{rel}: {line}");
+            assert!(
+                row["event_time"].as_str().unwrap().starts_with(&hour),
+                "{rel}: {line}"
+            );
+        }
     }
     let errors = changes::ndjson_counts(&out.join("errors"), "errorMessage").unwrap();
     assert!(
@@ -537,7 +547,15 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
             change(
                 "INSERT",
                 1,
-                r#""NewImage":{"LivestreamID":{"S":"live-1"},"UID":{"N":"1"},"message":{"S":"hi"}}"#,
+                r#""NewImage":{"LivestreamID":{"S":"live-1"},"UID":{"N":"1"},"message":{"S":"hi"},"avatar":{"B":"abcd"}}"#,
+            ),
+        ),
+        (
+            "d".to_string(),
+            change(
+                "INSERT",
+                3,
+                r#""NewImage":{"LivestreamID":{"S":"live-1"},"UID":{"N":"3"},"avatar":{"B":"not base64!"}}"#,
             ),
         ),
         (
@@ -557,9 +575,9 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
     std::fs::write(
         &job,
         format!(
-            "CREATE EXTERNAL TABLE c (\"LivestreamID\" VARCHAR NOT NULL, \"UID\" BIGINT NOT NULL, message VARCHAR) \
+            "CREATE EXTERNAL TABLE c (\"LivestreamID\" VARCHAR NOT NULL, \"UID\" BIGINT NOT NULL, message VARCHAR, avatar BYTEA) \
              STORED AS KINESIS LOCATION 'kinesis://{stream}' OPTIONS ('format' 'dynamodb', 'max_bad_records' '5');\n\
-             COPY (SELECT event_name, \"UID\", message, keys, approximate_creation_time FROM c WHERE _error IS NULL) TO '{}' STORED AS JSON;\n\
+             COPY (SELECT event_name, \"UID\", message, keys, approximate_creation_time, encode(avatar, 'hex') AS avatar_hex FROM c WHERE _error IS NULL) TO '{}' STORED AS JSON;\n\
              COPY (SELECT sequence_number, _error FROM c WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;",
             out.display(),
             bad.display()
@@ -584,6 +602,9 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
     assert_eq!(insert["message"], "hi");
     assert_eq!(insert["keys"], r#"{"LivestreamID":"live-1","UID":1}"#);
     assert_eq!(insert["approximate_creation_time"], "2025-11-25T19:46:40Z");
+    // The image's base64 "abcd" is the bytes 69 b7 1d (Arrow alone would
+    // have read the hex digits ab cd).
+    assert_eq!(insert["avatar_hex"], "69b71d");
     let remove = rows.iter().find(|r| r["event_name"] == "REMOVE").unwrap();
     assert_eq!(remove["message"], "bye");
     let bad_rows: Vec<String> = walk(&bad)
@@ -596,11 +617,16 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(bad_rows.len(), 1, "{bad_rows:?}");
+    assert_eq!(bad_rows.len(), 2, "{bad_rows:?}");
     assert!(
-        bad_rows[0].contains("the data is not JSON"),
-        "{}",
-        bad_rows[0]
+        bad_rows.iter().any(|r| r.contains("the data is not JSON")),
+        "{bad_rows:?}"
+    );
+    assert!(
+        bad_rows
+            .iter()
+            .any(|r| r.contains("field avatar: the binary value is not base64")),
+        "{bad_rows:?}"
     );
 }
 
@@ -663,6 +689,25 @@ fn a_replaced_table_stream_fails_naming_both_streams() {
     let ck = tmp.path().join("ck");
     let (ok, text) = stream_once(&job, &ck, &[]);
     assert!(ok, "{text}");
+    // A stream running meanwhile notices too (it asks the table again every
+    // 10 plans), instead of idling on the old stream as caught up.
+    let (live_out, live_err) = (tmp.path().join("live.out"), tmp.path().join("live.err"));
+    let mut live = sluice()
+        .unwrap()
+        .arg("stream")
+        .arg(&job)
+        .arg("--checkpoint")
+        .arg(tmp.path().join("ck-live"))
+        .args(["--every", "1s", "--output", "json"])
+        .stdout(std::fs::File::create(&live_out).unwrap())
+        .stderr(std::fs::File::create(&live_err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while batches(&live_out).is_empty() {
+        assert!(Instant::now() < deadline, "the live stream never committed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -686,6 +731,20 @@ fn a_replaced_table_stream_fails_naming_both_streams() {
     let (ok, text) = stream_once(&job, &ck, &[]);
     assert!(!ok, "{text}");
     assert!(text.contains("the table's stream changed"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let noticed = loop {
+        let err = std::fs::read_to_string(&live_err).unwrap_or_default();
+        if err.contains("the table's stream changed") || Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = live.kill();
+    let _ = live.wait();
+    assert!(
+        noticed.contains("the table's stream changed"),
+        "the running stream did not notice: {noticed}"
+    );
 }
 
 /// Every NDJSON row under `dir`.

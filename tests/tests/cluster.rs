@@ -144,6 +144,44 @@ fn readyz_follows_the_alive_executors() {
         cluster.rest_get("/healthz").unwrap(),
         (200, "ok".to_string())
     );
+    // A job submitted now would wait forever in Ballista's queue: the
+    // client cancels it once no executor was alive for its bound.
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("queued.sql");
+    std::fs::write(&job, "SELECT count(*) FROM range(0, 10, 1, 2);\n").unwrap();
+    let o = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("submit")
+            .arg(&job)
+            .args(["--scheduler", &cluster.endpoint])
+            .env("SLUICE_NO_EXECUTOR_TIMEOUT_SECS", "3"),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("with no executor alive to run it, and was cancelled"),
+        "{err}"
+    );
+    let waiting = || {
+        cluster
+            .jobs()
+            .unwrap()
+            .iter()
+            .filter(|j| {
+                j["job_status"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("Running") || s.contains("Queued"))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while waiting() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(waiting(), 0, "the queued job was not cancelled");
 }
 
 /// SIGKILL one executor while the write stage runs. Ballista notices the lost
@@ -478,6 +516,72 @@ fn sql_on_a_cluster_reaches_only_the_allowed_local_directories() {
         common::check_range_output(&allowed.join("range"), 100).unwrap(),
         2
     );
+}
+
+/// A session setting that sizes the scheduler's plans or an executor's
+/// buffers is bounded: sluice's client refuses the `SET` at its line, and the
+/// scheduler refuses a client that sends it anyway (a raw Ballista session),
+/// and goes on serving.
+#[test]
+fn session_settings_over_their_ceilings_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(1, 2).unwrap();
+    let job = out.path().join("huge.sql");
+    std::fs::write(
+        &job,
+        "SELECT 1;\nSET datafusion.execution.target_partitions = 1000000000;\nSELECT count(*) FROM range(0, 10, 1, 2);\n",
+    )
+    .unwrap();
+    let o = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("submit")
+            .arg(&job)
+            .args(["--scheduler", &cluster.endpoint]),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("huge.sql:2")
+            && err.contains(
+                "datafusion.execution.target_partitions = 1000000000 is over sluice's ceiling of 10000"
+            ),
+        "{err}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let raw = runtime.block_on(async {
+        let ctx = sluice_core::client::connect(&cluster.endpoint, None, Duration::from_secs(30))
+            .await
+            .unwrap();
+        ctx.sql("SET ballista.shuffle.sort_based.memory_limit_per_task_bytes = 1099511627776")
+            .await
+            .unwrap();
+        let df = ctx
+            .sql("SELECT count(*) FROM range(0, 10, 1, 2)")
+            .await
+            .unwrap();
+        df.collect()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    });
+    assert!(
+        raw.contains(
+            "ballista.shuffle.sort_based.memory_limit_per_task_bytes = 1099511627776 is over sluice's ceiling"
+        ),
+        "{raw}"
+    );
+    let fine = out.path().join("fine.sql");
+    std::fs::write(
+        &fine,
+        "SET datafusion.execution.target_partitions = 10000;\nSELECT 41 + 1 AS answer;\n",
+    )
+    .unwrap();
+    let o = cluster.submit_ok(&fine, &[]).unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("42"));
 }
 
 /// Starts `job` (an append of `rows` range rows to `out` on S3) on the

@@ -71,4 +71,25 @@ fn the_image_runs_as_a_non_root_user() {
         build.contains("-p sluice-cli") && !build.contains("sluice-test-support"),
         "{build}"
     );
+    // The default command is closed (TLS files, which the scheduler
+    // requires off loopback) and uses flags the scheduler has.
+    let cmd = text
+        .split_once("\nCMD ")
+        .expect("a CMD")
+        .1
+        .replace("\\\n", " ");
+    let args: Vec<String> = serde_json::from_str(cmd.trim()).unwrap();
+    assert_eq!(args[0], "sluice-scheduler");
+    assert!(args.iter().any(|a| a == "--tls-ca"), "{args:?}");
+    let help = Command::new(binary("sluice-scheduler").unwrap())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(flag.as_str()),
+            "sluice-scheduler has no flag {flag}"
+        );
+    }
 }

@@ -20,11 +20,30 @@ fn install() -> tempfile::TempDir {
 
 fn install_into(root: &std::path::Path) {
     let bin_dir = binary("sluice").unwrap().parent().unwrap().to_path_buf();
+    // The workspace's binaries are test builds: refused by default.
+    let fresh = !root.join("usr/local/bin/sluice").exists();
+    let refused = Command::new(workspace_root().join("deploy/install.sh"))
+        .arg("--root")
+        .arg(root)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("is a test build") && err.contains("test-functions"),
+        "{err}"
+    );
+    if fresh {
+        assert!(!root.join("usr/local/bin/sluice").exists());
+    }
     let o = Command::new(workspace_root().join("deploy/install.sh"))
         .arg("--root")
         .arg(root)
         .arg("--bin-dir")
         .arg(&bin_dir)
+        .arg("--allow-test-build")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -185,6 +204,31 @@ fn the_dashboard_and_iam_policy_are_sound() {
         !text.contains("\"*\""),
         "the policy grants a wildcard: {text}"
     );
+    // S3 gives `s3:prefix` only to ListBucket and ListBucketVersions: any
+    // other action under that condition would never be allowed.
+    for statement in policy["Statement"].as_array().unwrap() {
+        if statement["Condition"].to_string().contains("s3:prefix") {
+            for action in statement["Action"].as_array().unwrap() {
+                assert!(
+                    ["s3:ListBucket", "s3:ListBucketVersions"].contains(&action.as_str().unwrap()),
+                    "{action} under an s3:prefix condition is never allowed: {statement}"
+                );
+            }
+        }
+    }
+    // Every AWS call the sources make is granted.
+    for action in [
+        "dynamodb:Scan",
+        "dynamodb:Query",
+        "dynamodb:DescribeStream",
+        "dynamodb:GetShardIterator",
+        "dynamodb:GetRecords",
+        "kinesis:ListShards",
+        "kinesis:GetShardIterator",
+        "kinesis:GetRecords",
+    ] {
+        assert!(text.contains(action), "the policy lacks {action}");
+    }
 }
 
 /// The executor's user data is valid shell and installs the TLS files the

@@ -59,7 +59,7 @@ fn job_with(
              OPTIONS ('max_records_per_batch' '3500', 'max_bad_records' '{bad}'{extra});\n\
              COPY (SELECT seq, payload, id FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET \
              PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '500');\n\
-             COPY (SELECT CAST(value AS VARCHAR) AS raw, \"partition\", \"offset\", _error AS reason \
+             COPY (SELECT encode(value, 'base64pad') AS raw, \"partition\", \"offset\", _error AS reason \
              FROM ev WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;\n",
             out.display(),
             dlq.display()
@@ -124,6 +124,13 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
             "{\"payload\":\"no id\",\"seq\":1}".into(),
         ],
     );
+    // Bytes that are not text: the dead letter keeps them (base64).
+    kafka::produce_all(
+        &broker(),
+        &topic,
+        vec![(0, vec![b"\xff\xfe not utf-8".to_vec()])],
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (out, dlq, ck) = (
         tmp.path().join("out"),
@@ -134,15 +141,15 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
     let run = stream(&job, &ck, &["--available-now"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let b = batches(&run);
-    // 12,003 records, at most 3,500 a batch.
+    // 12,004 records, at most 3,500 a batch.
     assert_eq!(b.len(), 4, "{}", String::from_utf8_lossy(&run.stdout));
     let input: u64 = b.iter().map(|x| x["input_rows"].as_u64().unwrap()).sum();
-    assert_eq!(input, 12_003, "{}", String::from_utf8_lossy(&run.stdout));
+    assert_eq!(input, 12_004, "{}", String::from_utf8_lossy(&run.stdout));
     assert!(b.iter().all(|x| x["input_rows"].as_u64().unwrap() <= 3_500));
     // The first batch left records waiting: their count and the age of the
     // oldest (produced before the stream started); the last left none.
     let lag = &b[0]["lag"][0];
-    assert_eq!(lag["pending"], 12_003 - 3_500, "{lag}");
+    assert_eq!(lag["pending"], 12_004 - 3_500, "{lag}");
     let age = lag["age_ms"].as_u64().unwrap();
     assert!(age > 0 && age < 600_000, "{lag}");
     assert_eq!(b[3]["lag"][0]["pending"], 0, "{}", b[3]);
@@ -175,8 +182,8 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
         }
     }
     letters.sort_by_key(|l| l["offset"].as_i64().unwrap());
-    assert_eq!(letters.len(), 3, "{letters:?}");
-    assert_eq!(letters[0]["raw"], "not json");
+    assert_eq!(letters.len(), 4, "{letters:?}");
+    assert_eq!(letters[0]["raw"], "bm90IGpzb24=", "base64 of `not json`");
     assert_eq!(letters[0]["partition"], 0);
     assert_eq!(letters[0]["offset"], 2_000);
     assert!(
@@ -192,6 +199,15 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
             .as_str()
             .unwrap()
             .contains("required field id"),
+        "{letters:?}"
+    );
+    assert_eq!(letters[3]["raw"], "//4gbm90IHV0Zi04", "{letters:?}");
+    assert_eq!(letters[3]["offset"], 2_003);
+    assert!(
+        letters[3]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8 text"),
         "{letters:?}"
     );
 
@@ -575,4 +591,61 @@ fn a_stopped_broker_fails_clearly_and_the_stream_retries_until_it_is_back() {
     });
     terminate(child);
     assert_eq!(counts(tmp.path(), &out), (150, 150));
+}
+
+/// On a scheduler and two executor processes the executors fetch the
+/// batch's offset ranges from the broker themselves (the client only plans):
+/// every record once, in capped batches.
+#[test]
+fn a_kafka_stream_runs_on_a_cluster() {
+    let cluster = sluice_test_support::Cluster::start(2, 2).unwrap();
+    let topic = format!("cluster-{}", uuid::Uuid::new_v4().simple());
+    create_topic(&topic, 6);
+    events(&topic, 0, 900);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("cluster.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, payload VARCHAR) \
+             STORED AS KAFKA LOCATION 'kafka://{}/{topic}' OPTIONS ('max_records_per_batch' '400');\n\
+             COPY (SELECT seq, payload FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET;\n",
+            broker(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let run = run_with_timeout(
+        sluice()
+            .unwrap()
+            .arg("stream")
+            .arg(&job)
+            .args([
+                "--checkpoint",
+                &tmp.path().join("ck").display().to_string(),
+                "--available-now",
+                "--output",
+                "json",
+                "--scheduler",
+                &cluster.endpoint,
+            ])
+            .env("SLUICE_COORDINATOR", &cluster.coordinator),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        stderr(&run),
+        cluster.scheduler_log()
+    );
+    let b = batches(&run);
+    assert!(b.len() >= 3, "{}", String::from_utf8_lossy(&run.stdout));
+    assert!(b.iter().all(|x| x["input_rows"].as_u64().unwrap() <= 400));
+    assert!(
+        b.iter()
+            .all(|x| !x["job_ids"].as_array().unwrap().is_empty())
+    );
+    assert_eq!(counts(tmp.path(), &out), (900, 900));
 }

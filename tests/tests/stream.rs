@@ -734,6 +734,96 @@ fn a_stream_runs_on_a_cluster() {
     assert_eq!(local_ids(&out), exactly(3_500));
 }
 
+/// The seed-4 stall inside a batch: its only executor stops answering
+/// (SIGSTOP) while the batch runs, so the batch neither fails nor commits.
+/// `no_commit` fires while the batch hangs, not only between batches; once
+/// the executor is back the batch commits every row once and the alarm
+/// clears.
+#[test]
+fn a_batch_that_hangs_fires_the_no_commit_alarm() {
+    let cluster = sluice_test_support::Cluster::start(1, 2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let job = job(
+        tmp.path(),
+        &src.display().to_string(),
+        "PARQUET",
+        &out.display().to_string(),
+    );
+    let (lines, err) = (tmp.path().join("lines.jsonl"), tmp.path().join("err"));
+    let metrics = format!("127.0.0.1:{}", sluice_test_support::free_port().unwrap());
+    let child = stream_cmd(&job, &ck, &["--every", "1s", "--alarm", "no_commit > 2s"])
+        .args(["--scheduler", &cluster.endpoint])
+        .env("SLUICE_COORDINATOR", &cluster.coordinator)
+        .env("SLUICE_METRICS_ADDR", &metrics)
+        .stdout(std::fs::File::create(&lines).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let seen = || batches(&std::fs::read(&lines).unwrap_or_default());
+    let stderr_text = || std::fs::read_to_string(&err).unwrap_or_default();
+    parquet_input(&src, "f0.parquet", 0..1_000);
+    wait_for("the first batch", Duration::from_secs(120), || {
+        seen().len() == 1
+    });
+    // A slow first batch on a cold cluster may already have fired (and
+    // cleared) it: count from here.
+    let count = |what: &str| stderr_text().matches(what).count();
+    let (fired, cleared) = (
+        count("alarm FIRING: no_commit > 2s"),
+        count("alarm cleared: no_commit > 2s"),
+    );
+    cluster.signal_executor(0, "-STOP").unwrap();
+    parquet_input(&src, "f1.parquet", 1_000..3_000);
+    wait_for(
+        "no_commit while the batch hangs",
+        Duration::from_secs(60),
+        || count("alarm FIRING: no_commit > 2s") > fired,
+    );
+    assert_eq!(seen().len(), 1, "the hanging batch committed");
+    cluster.signal_executor(0, "-CONT").unwrap();
+    wait_for(
+        "the batch after the stall",
+        Duration::from_secs(180),
+        || seen().len() == 2,
+    );
+    wait_for("the alarm clearing", Duration::from_secs(60), || {
+        count("alarm cleared: no_commit > 2s") > cleared
+    });
+    // The same, as Prometheus sees it.
+    let scraped = sluice_test_support::http(None, async |c| {
+        Ok(c.get(format!("http://{metrics}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    })
+    .unwrap();
+    let value = |name: &str| -> f64 {
+        scraped
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {scraped}"))
+    };
+    assert_eq!(value("sluice_stream_batches_total"), 2.0);
+    assert_eq!(value("sluice_stream_rows_written_total"), 3_000.0);
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l.starts_with("sluice_stream_alarms_total")
+                && l.contains("state=\"firing\"")
+                && l.ends_with(&format!(" {}", fired + 1))),
+        "{scraped}"
+    );
+    signal(&child, "-TERM");
+    assert!(wait_child(child, "the stream after SIGTERM").success());
+    assert_eq!(local_ids(&out), exactly(3_000));
+}
+
 /// A batch whose writes committed but whose commit record was lost (the
 /// process died between them) runs again and writes nothing twice, also
 /// when its two writes append to one output (so `_SUCCESS` names only the
@@ -766,6 +856,21 @@ fn a_batch_whose_commit_record_was_lost_writes_nothing_twice() {
     assert_eq!(local_ids(&out), want);
     // The process "died" after both writes committed, before its record.
     std::fs::remove_file(ck.join("commits").join(format!("{:020}.json", 0))).unwrap();
+    // An edited job would name its writes by other lines: it may not
+    // finish the batch.
+    let original = std::fs::read_to_string(&job_file).unwrap();
+    std::fs::write(&job_file, format!("-- edited\n{original}")).unwrap();
+    let edited = run_stream(&job_file, &ck_text, &["--once"]);
+    assert!(!edited.status.success());
+    let err = stderr(&edited);
+    assert!(
+        err.contains("batch 0 was planned by another version of")
+            && err.contains("two.sql")
+            && err.contains("restore it"),
+        "{err}"
+    );
+    assert_eq!(local_ids(&out), want, "the edited job wrote");
+    std::fs::write(&job_file, original).unwrap();
     let again = run_stream(&job_file, &ck_text, &["--once"]);
     assert!(again.status.success(), "{}", stderr(&again));
     let b = batches(&again.stdout);

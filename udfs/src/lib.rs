@@ -19,6 +19,10 @@ use std::sync::Arc;
 
 use datafusion::logical_expr::ScalarUDF;
 
+/// Whether this build carries the test-only functions (a workspace build,
+/// with the test-support crate): release binaries must not.
+pub const TEST_FUNCTIONS: bool = cfg!(feature = "test-functions");
+
 /// Scalar functions every sluice session registers.
 pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
     #[cfg(feature = "test-functions")]

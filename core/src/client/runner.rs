@@ -44,6 +44,8 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 const LOSS_CHECK: Duration = Duration::from_secs(1);
 /// How long a scheduler may not answer before its job counts as lost.
 const LOSS_TIMEOUT: Duration = Duration::from_secs(30);
+/// [`JobRunner::no_executor_timeout`]'s default.
+pub const DEFAULT_NO_EXECUTOR_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a resubmission waits for the scheduler to be back.
 const RESUBMIT_WAIT: Duration = Duration::from_secs(120);
 
@@ -64,6 +66,8 @@ pub struct JobRunner {
     endpoint: String,
     /// Times a statement whose job the scheduler lost is run again.
     resubmit: u32,
+    /// See [`JobRunner::no_executor_timeout`].
+    no_executor_timeout: Duration,
     tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
@@ -100,7 +104,16 @@ impl JobRunner {
             batch: None,
             endpoint: endpoint.to_string(),
             resubmit: 0,
+            no_executor_timeout: DEFAULT_NO_EXECUTOR_TIMEOUT,
         })
+    }
+
+    /// How long a job may wait with no executor alive before it is
+    /// cancelled and fails (Ballista would keep it queued forever); zero
+    /// waits without end.
+    pub fn no_executor_timeout(mut self, timeout: Duration) -> Self {
+        self.no_executor_timeout = timeout;
+        self
     }
 
     /// Runs a statement again, up to `times` times, when the scheduler
@@ -573,6 +586,9 @@ impl JobRunner {
         let mut attempt = 0;
         loop {
             let df = self.ctx.sql(sql).await?;
+            // A `SET` over a ceiling fails at its own line, not at the next
+            // job the scheduler refuses.
+            crate::plan::limits::check_settings(self.ctx.state().config())?;
             let plan = df.create_physical_plan().await?;
             match self.execute(plan).await {
                 Err(e) if self.scheduler_back(attempt + 1, &e).await => attempt += 1,
@@ -882,6 +898,7 @@ impl JobRunner {
         // submission and its queueing: it gets longer before it counts.
         let mut seen = false;
         let mut silent_since: Option<Instant> = None;
+        let mut no_executor_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 changed = interrupt.changed(), if !cancel_pending => {
@@ -909,6 +926,24 @@ impl JobRunner {
                             missing = 0;
                             seen = true;
                             silent_since = None;
+                            match self.api.executors().await {
+                                Ok(alive) if alive.is_empty() && !self.no_executor_timeout.is_zero() => {
+                                    let since = *no_executor_since.get_or_insert_with(Instant::now);
+                                    if since.elapsed() >= self.no_executor_timeout {
+                                        if let Err(e) = self.api.cancel(id).await {
+                                            tracing::warn!(job_id = %id, error = %e, "cancel failed");
+                                        }
+                                        return Err(DataFusionError::External(Box::new(SluiceError::NoExecutors {
+                                            endpoint: self.endpoint.clone(),
+                                            job: id.to_string(),
+                                            waited_s: since.elapsed().as_secs(),
+                                        })));
+                                    }
+                                }
+                                Ok(_) => no_executor_since = None,
+                                // Unanswered: the loss check above judges.
+                                Err(_) => {}
+                            }
                         }
                         Ok(false) => {
                             missing += 1;

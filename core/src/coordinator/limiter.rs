@@ -30,7 +30,7 @@ pub struct Limiter {
     capacity: Capacity,
     url: Option<String>,
     /// The most this writer ever uses, whatever it is granted: its write's
-    /// `write.max_units`.
+    /// `write.max_units` (and, per grant, the table's whole budget).
     ceiling: f64,
     http: reqwest::Client,
     stop: tokio::sync::watch::Sender<bool>,
@@ -171,7 +171,16 @@ impl Limiter {
                 if self.detached.swap(false, Ordering::Relaxed) {
                     tracing::warn!(table = %self.table, "coordinator reachable again");
                 }
-                grant.rate.min(self.ceiling)
+                // One writer never takes more than the whole write's
+                // budget (capacity x percent as the coordinator last read
+                // it, so a capacity raised mid-write is used) nor its
+                // `max_units`: a grant that says otherwise is wrong.
+                let budget = if grant.budget > 0.0 {
+                    grant.budget
+                } else {
+                    f64::INFINITY
+                };
+                grant.rate.min(budget).min(self.ceiling)
             }
             Err(e) => {
                 if held.is_some() {
@@ -341,5 +350,43 @@ mod tests {
         tokio::time::sleep(RENEW * 2).await;
         assert_eq!(Arc::strong_count(&limiter), 1);
         assert_eq!(limiter.rate(), 5.0);
+    }
+
+    /// A grant over the write's whole budget or its `max_units` (a
+    /// coordinator that is wrong) is clamped on the writer's side.
+    #[tokio::test]
+    async fn a_grant_over_the_writes_budget_is_clamped() -> Result<(), Box<dyn std::error::Error>> {
+        let grant = || async {
+            axum::Json(LeaseGrant {
+                rate: 1e9,
+                table_rate: 1e9,
+                budget: 400.0,
+                writers: 1,
+            })
+        };
+        let app = axum::Router::new().route("/v1/dynamodb/lease", axum::routing::post(grant));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let request = |max_units| LeaseRequest {
+            table: "t".into(),
+            writer: "w".into(),
+            write_id: "s".into(),
+            share: CapacityShare {
+                max_units,
+                ..CapacityShare::default()
+            },
+            budget_hint: 400.0,
+            consumed_wcu: 0.0,
+            throttles: 0,
+            capacity: Capacity::Write,
+        };
+        let http = reqwest::Client::new();
+        let limiter = Limiter::start(request(None), 5.0, Some(url.clone()), http.clone()).await;
+        assert_eq!(limiter.rate(), 400.0);
+        let capped = Limiter::start(request(Some(100.0)), 5.0, Some(url), http).await;
+        assert_eq!(capped.rate(), 100.0);
+        server.abort();
+        Ok(())
     }
 }

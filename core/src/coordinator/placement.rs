@@ -38,6 +38,11 @@ pub const MAX_VALUES_PER_WRITE: usize = 1_000_000;
 pub const MAX_WRITES: usize = 10_000;
 /// Longest write id and partition value (a Hive directory) accepted.
 pub const MAX_NAME_BYTES: usize = 4096;
+/// Bytes the whole book may hold (values' names and their counts, over
+/// every write): the per-write and per-request bounds multiply to far more.
+pub const MAX_BOOK_BYTES: usize = 512 * 1024 * 1024;
+/// What one value costs the book besides its name (key, counts, map slot).
+const VALUE_OVERHEAD: usize = 64;
 
 /// A placement request the book refuses; nothing was placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +63,10 @@ pub enum PlacementError {
     NameTooLong,
     #[error("write {0} was not planned by this cluster's scheduler")]
     UnknownWrite(String),
+    #[error(
+        "the coordinator's placement book would hold {bytes} bytes (at most {budget}); try again when running writes end"
+    )]
+    BookFull { bytes: usize, budget: usize },
 }
 
 /// A map task's placement request: rows of each partition value (its Hive
@@ -81,6 +90,8 @@ struct WriteChunks {
     values: HashMap<String, (u64, u64)>,
     next_seq: u64,
     touched: Instant,
+    /// What its values cost the book (see [`MAX_BOOK_BYTES`]).
+    bytes: usize,
 }
 
 /// The coordinator's side: running counts per write and value.
@@ -90,6 +101,8 @@ pub struct ChunkBook {
     clock: Arc<dyn Clock>,
     /// Only these writes are placed (none: every write).
     planned: Option<super::planned::PlannedWrites>,
+    /// [`MAX_BOOK_BYTES`], smaller in tests.
+    budget: usize,
 }
 
 impl ChunkBook {
@@ -98,7 +111,14 @@ impl ChunkBook {
             writes: Arc::default(),
             clock,
             planned: None,
+            budget: MAX_BOOK_BYTES,
         }
+    }
+
+    #[cfg(test)]
+    fn with_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
     }
 
     /// The same book, placing only the writes `planned` knows.
@@ -135,11 +155,17 @@ impl ChunkBook {
         let known = writes.get(&req.write_id);
         let mut chunks: u64 = 0;
         let mut new_values = 0usize;
+        let mut new_bytes = 0usize;
+        // A value named twice in one request is stored once.
+        let mut fresh: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (value, count) in &req.counts {
             let placed = match known.and_then(|w| w.values.get(value)) {
                 Some((placed, _)) => *placed,
                 None => {
-                    new_values += 1;
+                    if fresh.insert(value.as_str()) {
+                        new_values += 1;
+                        new_bytes += value.len() + VALUE_OVERHEAD;
+                    }
                     0
                 }
             };
@@ -161,14 +187,23 @@ impl ChunkBook {
         {
             return Err(PlacementError::UnknownWrite(req.write_id.clone()));
         }
+        let held_bytes: usize = writes.values().map(|w| w.bytes).sum();
+        if held_bytes + new_bytes > self.budget {
+            return Err(PlacementError::BookFull {
+                bytes: held_bytes + new_bytes,
+                budget: self.budget,
+            });
+        }
         let write = writes
             .entry(req.write_id.clone())
             .or_insert_with(|| WriteChunks {
                 values: HashMap::new(),
                 next_seq: 0,
                 touched: now,
+                bytes: 0,
             });
         write.touched = now;
+        write.bytes += new_bytes;
         let mut segments = Vec::with_capacity(req.counts.len());
         for (value, count) in &req.counts {
             let (placed, seq) = write.values.entry(value.clone()).or_insert((0, 0));
@@ -239,6 +274,7 @@ async fn allocate(
     book.allocate(&req).map(Json).map_err(|e| {
         let status = match e {
             PlacementError::UnknownWrite(_) => StatusCode::FORBIDDEN,
+            PlacementError::BookFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         (status, e.to_string())
@@ -411,6 +447,31 @@ mod tests {
         ));
         // Values it already holds still place.
         assert!(book.allocate(&batch(0)).is_ok());
+    }
+
+    /// Many writes, each within its own bounds, cannot together grow the
+    /// book past its byte budget; what they hold still places, and the
+    /// budget comes back when a write is forgotten.
+    #[test]
+    fn the_whole_book_stays_within_its_byte_budget() {
+        let clock = ManualClock::new();
+        let book = ChunkBook::new(clock.clone()).with_budget(10 * (100 + VALUE_OVERHEAD));
+        let req = |write: &str, value: usize| ChunkRequest {
+            write_id: write.into(),
+            target_rows: 10,
+            counts: vec![(format!("{value:0>100}"), 1)],
+        };
+        for i in 0..10 {
+            assert!(book.allocate(&req(&format!("w{i}"), i)).is_ok());
+        }
+        let full = book.allocate(&req("w10", 10));
+        assert!(
+            matches!(full, Err(PlacementError::BookFull { bytes, .. }) if bytes == 11 * (100 + VALUE_OVERHEAD)),
+            "{full:?}"
+        );
+        assert!(book.allocate(&req("w3", 3)).is_ok());
+        clock.advance(IDLE_WRITE_TTL);
+        assert!(book.allocate(&req("w10", 10)).is_ok());
     }
 
     #[test]

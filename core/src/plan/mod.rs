@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod dynamodb;
+pub mod limits;
 pub mod planner;
 pub mod session;
 pub mod tables;

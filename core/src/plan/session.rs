@@ -106,6 +106,9 @@ pub fn register_functions(ctx: &SessionContext) {
 /// The state the scheduler plans with (and executors decode with): DataFusion
 /// defaults, sluice's physical planner for writes, functions and stores.
 pub fn server_state(config: SessionConfig) -> Result<SessionState> {
+    // Ballista's scheduler builds every client's session here, with the
+    // settings the client sent.
+    super::limits::check_settings(&config)?;
     let config = config
         .with_ballista_logical_extension_codec(Arc::new(SluiceLogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(SluicePhysicalCodec::default()));

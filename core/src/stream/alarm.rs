@@ -10,6 +10,7 @@
 //! it to a webhook and/or gives it to a command in the background, with
 //! timeouts, so a slow receiver never stalls the batches.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +26,8 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Alarm changes waiting for the notifier; more are dropped (and logged).
 const QUEUE: usize = 256;
+/// How long a stopping stream waits for its queued alarm notifications.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Metric {
@@ -298,6 +301,8 @@ impl AlarmState {
 #[derive(Clone)]
 pub struct Notifier {
     tx: Option<tokio::sync::mpsc::Sender<AlarmEvent>>,
+    /// The task that sends them, awaited by [`Notifier::finish`].
+    sender: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Notifier {
@@ -305,7 +310,10 @@ impl Notifier {
     /// `command`: run with `sh -c`, the event as JSON on its stdin.
     pub fn start(webhook: Option<String>, command: Option<String>) -> Result<Self, StreamError> {
         if webhook.is_none() && command.is_none() {
-            return Ok(Self { tx: None });
+            return Ok(Self {
+                tx: None,
+                sender: Arc::default(),
+            });
         }
         if let Some(url) = &webhook
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -319,7 +327,7 @@ impl Notifier {
             .build()
             .map_err(|e| StreamError::Setting(format!("alarm webhook client: {e}")))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<AlarmEvent>(QUEUE);
-        tokio::spawn(async move {
+        let sender = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 if let Some(url) = &webhook {
                     let sent = client.post(url).json(&event).send().await;
@@ -338,7 +346,27 @@ impl Notifier {
                 }
             }
         });
-        Ok(Self { tx: Some(tx) })
+        Ok(Self {
+            tx: Some(tx),
+            sender: Arc::new(Mutex::new(Some(sender))),
+        })
+    }
+
+    /// Stops taking events and waits for the queued ones to be delivered,
+    /// at most [`DRAIN_TIMEOUT`] (the rest are dropped, with a warning).
+    pub async fn finish(self) {
+        let Self { tx, sender } = self;
+        drop(tx);
+        let handle = sender.lock().ok().and_then(|mut h| h.take());
+        let Some(handle) = handle else {
+            return;
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, handle).await.is_err() {
+            tracing::warn!(
+                "alarm notifications still queued after {}s at exit were dropped",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
     }
 
     pub fn notify(&self, event: &AlarmEvent) {
@@ -458,6 +486,30 @@ mod tests {
         assert_eq!(caught_up.len(), 1);
         assert_eq!(caught_up[0].state, Change::Cleared);
         assert!(a.on_caught_up(now).is_empty());
+        Ok(())
+    }
+
+    /// A stream that stops right after an alarm changed still delivers it:
+    /// `finish` waits for the queue (here a command that takes a second).
+    #[tokio::test]
+    async fn queued_notifications_are_delivered_before_the_stream_exits()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("events");
+        let notifier = Notifier::start(None, Some(format!("sleep 1; cat >> {}", file.display())))?;
+        notifier.notify(&AlarmEvent {
+            alarm: "no_commit > 3s".into(),
+            state: Change::Firing,
+            value: 4000.0,
+            threshold: 3000.0,
+            batch_id: None,
+            stream_id: "s".into(),
+            checkpoint: "ck".into(),
+            at: Utc::now(),
+        });
+        notifier.finish().await;
+        let text = std::fs::read_to_string(&file)?;
+        assert!(text.contains("\"alarm\":\"no_commit > 3s\""), "{text}");
         Ok(())
     }
 }

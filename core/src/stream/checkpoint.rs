@@ -50,6 +50,11 @@ pub struct BatchPlan {
     pub ranges: Vec<Range>,
     #[serde(default)]
     pub lag: Vec<super::source::SourceLag>,
+    /// CRC-32 of the job's text and variables: a re-run of the batch must
+    /// be the same job, since its writes are named by the job's lines.
+    /// Absent in checkpoints older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_digest: Option<String>,
 }
 
 impl BatchPlan {
@@ -348,6 +353,7 @@ mod tests {
                 ..Default::default()
             }],
             lag: vec![],
+            job_digest: None,
         }
     }
 

@@ -35,6 +35,14 @@ pub enum StreamError {
         location: String,
         what: String,
     },
+    #[error(
+        "checkpoint {url}: batch {batch_id} was planned by another version of {file} (its text or variables changed) and did not commit; its writes are named by the job's lines, so a changed job could write them twice: restore it and run it once (`--once`) to finish batch {batch_id}, then change the job"
+    )]
+    JobChanged {
+        url: String,
+        file: String,
+        batch_id: u64,
+    },
     #[error("bad alarm '{text}': {reason}")]
     BadAlarm { text: String, reason: String },
     #[error("bad stream setting: {0}")]

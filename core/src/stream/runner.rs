@@ -81,6 +81,20 @@ pub trait StreamObserver: Send + Sync {
     fn alarm(&self, _event: &AlarmEvent) {}
 }
 
+/// Logs an alarm's change and hands it to the observer and the notifier.
+fn raise(observer: &dyn StreamObserver, notifier: &Notifier, event: &AlarmEvent) {
+    match event.state {
+        super::alarm::Change::Firing => {
+            tracing::warn!(alarm = %event.alarm, value = event.value, threshold = event.threshold, "stream alarm firing")
+        }
+        super::alarm::Change::Cleared => {
+            tracing::info!(alarm = %event.alarm, value = event.value, "stream alarm cleared")
+        }
+    }
+    observer.alarm(event);
+    notifier.notify(event);
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamSummary {
@@ -183,6 +197,21 @@ impl StreamRunner {
             tracing::warn!(error = %e, "releasing the checkpoint's claim failed; it expires");
         }
         result
+    }
+
+    /// CRC-32 of the job's text and its command-line variables, recorded
+    /// with each planned batch.
+    fn job_digest(&self) -> String {
+        let mut h = crc32fast::Hasher::new();
+        h.update(self.source.as_bytes());
+        let mut vars: Vec<_> = self.vars.iter().collect();
+        vars.sort();
+        for (k, v) in vars {
+            for part in [k.as_bytes(), b"\0", v.as_bytes(), b"\0"] {
+                h.update(part);
+            }
+        }
+        format!("{:08x}", h.finalize())
     }
 
     /// The job's streaming sources: its directory tables, and the alarm
@@ -295,13 +324,35 @@ impl StreamRunner {
         Ok((sources, alarms))
     }
 
+    /// Runs the loop, then lets the alarm notifications it queued go out
+    /// (within a bound), so an alarm raised just before the end is not lost.
     async fn run_claimed(
         &mut self,
         ctx: &SessionContext,
         checkpoint: &Checkpoint,
         stream_id: &str,
         guard: &LockGuard,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<StreamSummary, StreamError> {
+        let notifier = Notifier::start(
+            self.options.webhook.clone(),
+            self.options.alarm_command.clone(),
+        )?;
+        let result = self
+            .run_loop(ctx, checkpoint, stream_id, guard, stop, &notifier)
+            .await;
+        notifier.finish().await;
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
+        ctx: &SessionContext,
+        checkpoint: &Checkpoint,
+        stream_id: &str,
+        guard: &LockGuard,
         mut stop: tokio::sync::watch::Receiver<bool>,
+        notifier: &Notifier,
     ) -> Result<StreamSummary, StreamError> {
         let (mut sources, job_alarms) = self.discover(ctx).await?;
         let interval = self.options.trigger.interval();
@@ -313,10 +364,6 @@ impl StreamRunner {
             .map(|text| AlarmRule::parse(text, interval))
             .collect::<Result<Vec<_>, _>>()?;
         let mut alarms = AlarmState::new(rules, stream_id, checkpoint.url());
-        let notifier = Notifier::start(
-            self.options.webhook.clone(),
-            self.options.alarm_command.clone(),
-        )?;
         let recovered = checkpoint.recover().await?;
         if let Some(state) = &recovered.state {
             for s in &mut sources {
@@ -334,6 +381,16 @@ impl StreamRunner {
             for s in &mut sources {
                 s.freeze().await?;
             }
+        }
+        let digest = self.job_digest();
+        if let Some(p) = &recovered.pending
+            && p.job_digest.as_ref().is_some_and(|d| *d != digest)
+        {
+            return Err(StreamError::JobChanged {
+                url: checkpoint.url().to_string(),
+                file: self.file.clone(),
+                batch_id: p.batch_id,
+            });
         }
         let mut pending = recovered.pending;
         let mut next_id = recovered.next_batch;
@@ -359,7 +416,7 @@ impl StreamRunner {
                 });
             }
             for e in alarms.on_time(self.clock.now() - last_commit, self.clock.wall()) {
-                self.alarm(&notifier, &e);
+                self.alarm(notifier, &e);
             }
             let now = self.clock.wall();
             if due > now {
@@ -388,7 +445,7 @@ impl StreamRunner {
                     // source.
                     last_commit = self.clock.now();
                     for e in alarms.on_caught_up(self.clock.wall()) {
-                        self.alarm(&notifier, &e);
+                        self.alarm(notifier, &e);
                     }
                     due = self.options.trigger.after_idle(due, self.clock.wall());
                     self.observer.idle(Some(due));
@@ -418,8 +475,26 @@ impl StreamRunner {
             }
             let ran = match ran {
                 Ok(()) => {
-                    self.run_batch(ctx, &sources, &plan, resumed, stream_id)
-                        .await
+                    // The batch borrows the runner; the alarm check beside
+                    // it needs only the clock and the observer.
+                    let (clock, observer) = (Arc::clone(&self.clock), Arc::clone(&self.observer));
+                    let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id);
+                    tokio::pin!(batch);
+                    // A batch that hangs (its job queued with no executor,
+                    // a stuck task) is the stall `no_commit` is for: the
+                    // alarm is checked while it runs, not only between
+                    // batches.
+                    loop {
+                        tokio::select! {
+                            r = &mut batch => break r,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                                let stalled = clock.now() - last_commit;
+                                for e in alarms.on_time(stalled, clock.wall()) {
+                                    raise(observer.as_ref(), notifier, &e);
+                                }
+                            }
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -512,7 +587,7 @@ impl StreamRunner {
             info.record_metrics();
             self.observer.batch_done(&info);
             for e in alarms.on_batch(&info, self.clock.wall()) {
-                self.alarm(&notifier, &e);
+                self.alarm(notifier, &e);
             }
             last_commit = self.clock.now();
             previous_start = Some(started);
@@ -539,16 +614,7 @@ impl StreamRunner {
     }
 
     fn alarm(&self, notifier: &Notifier, event: &AlarmEvent) {
-        match event.state {
-            super::alarm::Change::Firing => {
-                tracing::warn!(alarm = %event.alarm, value = event.value, threshold = event.threshold, "stream alarm firing")
-            }
-            super::alarm::Change::Cleared => {
-                tracing::info!(alarm = %event.alarm, value = event.value, "stream alarm cleared")
-            }
-        }
-        self.observer.alarm(event);
-        notifier.notify(event);
+        raise(self.observer.as_ref(), notifier, event);
     }
 
     /// After a failure: with `--every`, waits (doubling up to a minute) and
@@ -603,6 +669,7 @@ impl StreamRunner {
             due_at: due,
             ranges,
             lag,
+            job_digest: Some(self.job_digest()),
         };
         match checkpoint.write_plan(&plan).await {
             Ok(()) => Ok(Some((plan, false))),

@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -37,7 +38,7 @@ use super::source::{BatchInputs, Planned, Range, Source, SourceLag};
 use crate::clock::Clock;
 use crate::source::shards::api::{At, Failure, ShardApi, ShardInfo, ShardRecord, compare};
 use crate::source::shards::{
-    Kind, OnTrimmed, ShardOptions, ShardRange, StartingPosition, describe,
+    Kind, MAX_RENEWALS, OnTrimmed, ShardOptions, ShardRange, StartingPosition, describe,
 };
 
 /// Pages one shard's planning read takes at most.
@@ -46,8 +47,6 @@ const MAX_PAGES: u32 = 50;
 /// record for this plan (DynamoDB Streams says nothing about how far
 /// behind a page is); the next plan goes on from where this one stopped.
 const EMPTY_PAGES_AT_TIP: u32 = 2;
-/// Expired iterators one read renews at most.
-const MAX_RENEWALS: u32 = 5;
 /// A range's `first` with no `last`: the shard starts at its newest record.
 const MARK_LATEST: &str = "LATEST";
 /// A range's `first` with no `last`: the shard was read to its end.
@@ -60,6 +59,9 @@ const MARK_SNAPSHOT: &str = "SNAPSHOT";
 /// A range's `first` whose `last` is set: records up to `last` were in the
 /// stream before the snapshot and are skipped (`end` of them).
 const MARK_SKIP: &str = "SKIP";
+/// Plans after which a DynamoDB stream source asks the table again which
+/// stream it has (`DescribeTable`).
+const RESOLVE_EVERY_PLANS: u32 = 10;
 /// Records per shard a snapshot's plan skips at most (the stream holds 24
 /// hours; past this, start from `latest` or trim the stream first).
 const MAX_SKIPPED: u64 = 50_000_000;
@@ -97,6 +99,8 @@ pub struct ShardSource {
     lost: std::sync::atomic::AtomicBool,
     /// The next plan scans the table again (`on_trimmed 'snapshot'`).
     resnapshot: bool,
+    /// Plans since the table's stream was last resolved.
+    since_resolved: u32,
     clock: Arc<dyn Clock>,
 }
 
@@ -126,6 +130,7 @@ impl ShardSource {
             frozen_at: None,
             lost: std::sync::atomic::AtomicBool::new(false),
             resnapshot: false,
+            since_resolved: 0,
             clock,
         }
     }
@@ -220,15 +225,24 @@ impl ShardSource {
             .map(|(_, it)| it.clone());
         let mut iterator = match parked {
             Some(it) => Some(it),
-            None => api
-                .iterator(&shard.id, &start)
-                .await
-                .map_err(|e| fail(&e))?,
+            None => match api.iterator(&shard.id, &start).await {
+                Ok(it) => it,
+                Err(e) if e.failure == Failure::Trimmed => {
+                    let kept = oldest_kept(api.as_ref(), &shard.id, self.clock.as_ref()).await;
+                    let mut err = fail(&e);
+                    if let (StreamError::Source { what, .. }, Some(kept)) = (&mut err, kept) {
+                        what.push_str(&kept);
+                    }
+                    return Err(err);
+                }
+                Err(e) => return Err(fail(&e)),
+            },
         };
         let mut out: Vec<ShardRecord> = Vec::new();
         let mut empty = 0u32;
         let mut renewals = 0u32;
         let mut behind: Option<i64> = None;
+        let mut at_tip = false;
         for _ in 0..MAX_PAGES {
             let Some(it) = iterator.clone() else {
                 return Ok((out, true, behind));
@@ -267,7 +281,7 @@ impl ShardSource {
             }
             if got == 0 {
                 empty += 1;
-                let at_tip = match self.kind {
+                at_tip = match self.kind {
                     Kind::Kinesis => page.behind_ms.is_none_or(|b| b == 0),
                     Kind::DynamodbStream => empty >= EMPTY_PAGES_AT_TIP,
                 };
@@ -275,8 +289,20 @@ impl ShardSource {
                     break;
                 }
             } else if page.behind_ms == Some(0) {
+                at_tip = true;
                 break;
             }
+        }
+        // Cut short by the page limit with more to read: the reader is
+        // behind by at least its last record's age. DynamoDB Streams says
+        // nothing else about it, and its lag alarm must still see it.
+        if !at_tip
+            && empty == 0
+            && behind.is_none()
+            && let Some(last) = out.last()
+        {
+            let now = self.clock.wall().timestamp_millis();
+            behind = Some((now - last.time_ms).max(0));
         }
         // Nothing new: the next plan goes on from here (nothing is skipped,
         // since nothing was seen).
@@ -327,6 +353,16 @@ impl ShardSource {
     }
 
     async fn plan_ranges(&mut self) -> Result<Planned, StreamError> {
+        // A table's stream turned off, or off and on (a new ARN), while the
+        // job runs: the old stream's shards close and it would idle forever
+        // as caught up. The table is asked again every few plans.
+        if self.kind == Kind::DynamodbStream {
+            self.since_resolved += 1;
+            if self.since_resolved >= RESOLVE_EVERY_PLANS {
+                self.since_resolved = 0;
+                self.api = None;
+            }
+        }
         self.connect().await?;
         let Some(api) = self.api.as_ref() else {
             return Err(self.error("no client".into()));
@@ -483,6 +519,21 @@ impl ShardSource {
             },
         })
     }
+}
+
+/// How much a trimmed position lost, as far as the shard tells: when the
+/// oldest record it still keeps was created.
+async fn oldest_kept(api: &dyn ShardApi, shard: &str, clock: &dyn Clock) -> Option<String> {
+    let it = api.iterator(shard, &At::TrimHorizon).await.ok()??;
+    let page = api.records(&it, 1).await.ok()?;
+    let first = page.records.first()?;
+    let created = chrono::DateTime::from_timestamp_millis(first.time_ms)?;
+    let ago = (clock.wall() - created).num_seconds().max(0) as u64;
+    Some(format!(
+        "; the oldest record shard {shard} keeps was created at {} ({} ago): every record after the checkpoint's position and before it is gone",
+        created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        humantime::format_duration(Duration::from_secs(ago))
+    ))
 }
 
 #[async_trait]
@@ -665,6 +716,10 @@ mod tests {
     struct Fake {
         shards: Mutex<Vec<(ShardInfo, Vec<ShardRecord>)>>,
         trimmed_before: Mutex<Option<u64>>,
+        /// The next this many `records` calls find their iterator expired.
+        expiring: Mutex<u32>,
+        /// The most records a page holds, when smaller than asked.
+        page_limit: Mutex<Option<usize>>,
     }
 
     impl Fake {
@@ -755,13 +810,29 @@ mod tests {
         }
 
         async fn records(&self, iterator: &str, limit: i32) -> Result<Page, ApiError> {
+            {
+                let mut expiring = self.expiring.lock().unwrap_or_else(|e| e.into_inner());
+                if *expiring > 0 {
+                    *expiring -= 1;
+                    return Err(ApiError {
+                        call: "GetRecords",
+                        failure: Failure::ExpiredIterator,
+                        message: "ExpiredIteratorException: too old".into(),
+                    });
+                }
+            }
             let (shard, index) = iterator.split_once('@').unwrap_or_default();
             let index: usize = index.parse().unwrap_or(0);
             let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
             let Some((info, records)) = shards.iter().find(|(s, _)| s.id == shard) else {
                 return Ok(Page::default());
             };
-            let end = (index + limit as usize).min(records.len());
+            let limit = self
+                .page_limit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map_or(limit as usize, |l| l.min(limit as usize));
+            let end = (index + limit).min(records.len());
             let next = if info.closed && end == records.len() {
                 None
             } else {
@@ -1006,6 +1077,29 @@ mod tests {
         Ok(())
     }
 
+    /// A plan cut short by its page limit before the shard's tip (small
+    /// pages, no `MillisBehindLatest` as with DynamoDB Streams) reports the
+    /// age of where it stopped, so a `lag_age` alarm sees the backlog.
+    #[tokio::test]
+    async fn a_read_cut_short_before_the_tip_reports_its_age() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 0, false);
+        fake.append_at("x", 200, 1_000);
+        *fake.page_limit.lock().unwrap_or_else(|e| e.into_inner()) = Some(1);
+        let mut s = source(&fake, 1_000, false);
+        let now = s.clock.wall().timestamp_millis();
+        let planned = s.plan().await?;
+        assert_eq!(planned.ranges[0].end, MAX_PAGES as i64);
+        assert_eq!(planned.lag.age_ms, (now - 1_000) as u64);
+        // Read to the tip: nothing waits, no age.
+        *fake.page_limit.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        s.taken(&planned.ranges);
+        let rest = s.plan().await?;
+        assert_eq!(rest.ranges[0].end, 150);
+        assert_eq!(rest.lag.age_ms, 0);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_restart_goes_on_from_the_checkpointed_positions() -> Result<(), StreamError> {
         let fake = Arc::new(Fake::default());
@@ -1051,10 +1145,24 @@ mod tests {
         let got = read_range(&fake, &range).await.unwrap_or_default();
         let seqs: Vec<String> = got.iter().map(|r| r.sequence.clone()).collect();
         assert_eq!(seqs, (3..=7).map(seq).collect::<Vec<_>>());
-        let wrong = ShardRange { count: 6, ..range };
+        let wrong = ShardRange {
+            count: 6,
+            ..range.clone()
+        };
         let err = read_range(&fake, &wrong).await.err().unwrap_or_default();
         assert!(
             err.contains("read 5 records") && err.contains("counted 6"),
+            "{err}"
+        );
+        // Expired iterators are renewed, a few times in a row at most.
+        *fake.expiring.lock().unwrap_or_else(|e| e.into_inner()) = 2;
+        let renewed = read_range(&fake, &range).await.unwrap_or_default();
+        assert_eq!(renewed.len(), 5);
+        *fake.expiring.lock().unwrap_or_else(|e| e.into_inner()) = u32::MAX;
+        let err = read_range(&fake, &range).await.err().unwrap_or_default();
+        assert!(
+            err.contains("ExpiredIteratorException")
+                && err.contains("renewed 5 times in a row without reading a page"),
             "{err}"
         );
     }
@@ -1091,6 +1199,11 @@ mod tests {
             .unwrap_or_default();
         assert!(
             err.contains("TrimmedDataAccessException") && err.contains("were lost"),
+            "{err}"
+        );
+        // How much: up to the oldest record the shard still keeps.
+        assert!(
+            err.contains("the oldest record shard x keeps was created at 1970-01-01T00:00:00Z"),
             "{err}"
         );
     }

@@ -421,6 +421,94 @@ async fn serve_bounded(
         .await
 }
 
+/// Connections one tonic port (an executor's Flight service) holds at
+/// once. tonic runs every accepted connection's TLS handshake at once with
+/// no bound of its own, so the cap is on connections: a half-open flood
+/// holds slots only until tonic's 10 s handshake timeout drops them.
+pub const MAX_TONIC_CONNECTIONS: usize = 1024;
+
+/// A connection that holds one of its port's slots until it is dropped.
+pub struct Capped {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Capped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Capped {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// The connections of `listener` for tonic's `serve_with_incoming*`, at
+/// most `max` at once: one past it is closed unanswered (and counted in
+/// `sluice_tls_handshakes_refused_total`), as the axum ports do.
+pub fn capped_incoming(
+    listener: tokio::net::TcpListener,
+    max: usize,
+) -> impl futures::Stream<Item = std::io::Result<Capped>> + Send + 'static {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    futures::stream::unfold((listener, slots), |(listener, slots)| async move {
+        loop {
+            let (io, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // A failed accept (the peer left, no file descriptors) ends
+                // no one else's connection.
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    let _ = io.set_nodelay(true);
+                    return Some((Ok(Capped { io, _slot: slot }), (listener, slots)));
+                }
+                Err(_) => {
+                    drop(io);
+                    metrics::counter!("sluice_tls_handshakes_refused_total").increment(1);
+                }
+            }
+        }
+    })
+}
+
 /// An acceptor that runs `inner` (the TLS handshake) only while it holds
 /// one of `permits`; a connection that finds none is closed unanswered.
 #[derive(Clone)]
@@ -522,6 +610,34 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(served, "pong");
+        Ok(())
+    }
+
+    /// A tonic port's connections past its cap are closed at once; a slot
+    /// comes back when a connection ends.
+    #[tokio::test]
+    async fn connections_past_a_tonic_ports_cap_are_closed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use futures::StreamExt;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut incoming = Box::pin(capped_incoming(listener, 2));
+        let _a = tokio::net::TcpStream::connect(addr).await?;
+        let _b = tokio::net::TcpStream::connect(addr).await?;
+        let first = incoming.next().await.ok_or("no connection")??;
+        let _second = incoming.next().await.ok_or("no connection")??;
+        let mut third = tokio::net::TcpStream::connect(addr).await?;
+        // The stream accepts the third while it waits for a fourth, and
+        // closes it: the peer reads the end at once.
+        let waiting = tokio::spawn(async move { incoming.next().await.map(|c| c.is_ok()) });
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await?;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        drop(first);
+        let _fourth = tokio::net::TcpStream::connect(addr).await?;
+        let admitted = tokio::time::timeout(Duration::from_secs(5), waiting).await??;
+        assert_eq!(admitted, Some(true));
         Ok(())
     }
 

@@ -454,9 +454,14 @@ fn registered(state: &dyn Session, mut spec: ScanSpec) -> ScanSpec {
     spec
 }
 
-/// A parallel scan of every item of `table` in `segments` segments at the
-/// default read options: a change stream's snapshot.
-pub async fn plan_snapshot(state: &dyn Session, table: &str, segments: u32) -> Result<ScanSpec> {
+/// A parallel scan of every item of `table` in `segments` segments at
+/// `options` (the stream table's `read.*`): a change stream's snapshot.
+pub async fn plan_snapshot(
+    state: &dyn Session,
+    table: &str,
+    segments: u32,
+    options: ScanOptions,
+) -> Result<ScanSpec> {
     let sdk = client::client().await;
     let shape = client::describe(&sdk, table)
         .await
@@ -465,7 +470,7 @@ pub async fn plan_snapshot(state: &dyn Session, table: &str, segments: u32) -> R
     // in what the scan reads.
     let options = ScanOptions {
         consistent: true,
-        ..ScanOptions::default()
+        ..options
     };
     Ok(registered(
         state,

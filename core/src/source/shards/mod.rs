@@ -18,6 +18,7 @@
 //! never outlive a read; only sequence numbers are kept.
 
 pub mod api;
+mod binary;
 pub mod dynamodb;
 pub mod kinesis;
 
@@ -54,6 +55,9 @@ const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 /// Empty pages a range read waits through (200 ms apart) before it fails:
 /// a shard can answer empty while records are further on.
 const MAX_EMPTY_PAGES: u32 = 50;
+/// Expired iterators a read renews at most in a row (without a page read
+/// in between); each renewal waits longer (100 ms doubling).
+pub(crate) const MAX_RENEWALS: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -126,7 +130,7 @@ pub enum RecordFormat {
     Dynamodb,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardOptions {
     pub starting_position: StartingPosition,
     pub max_records_per_batch: u64,
@@ -144,6 +148,11 @@ pub struct ShardOptions {
     /// What a position the stream no longer keeps does.
     #[serde(default)]
     pub on_trimmed: OnTrimmed,
+    /// The snapshot scan's `read.*` options (`read.percent`,
+    /// `read.max_units`, `read.call_timeout_ms`, `read.max_retry_secs`), as
+    /// a `STORED AS DYNAMODB` table takes them; always strongly consistent.
+    #[serde(default)]
+    pub snapshot_read: crate::source::dynamodb::ScanOptions,
 }
 
 /// What a change stream does when records it had not read were trimmed.
@@ -172,6 +181,10 @@ impl Default for ShardOptions {
             snapshot: false,
             snapshot_segments: default_snapshot_segments(),
             on_trimmed: OnTrimmed::Fail,
+            snapshot_read: crate::source::dynamodb::ScanOptions {
+                consistent: true,
+                ..Default::default()
+            },
         }
     }
 }
@@ -189,7 +202,14 @@ impl ShardOptions {
             ..Self::default()
         };
         let what = kind.what();
+        let mut read: HashMap<String, String> = HashMap::new();
         for (raw_key, value) in options {
+            if kind == Kind::DynamodbStream
+                && crate::source::dynamodb::ScanOptions::is_read_option(raw_key)
+            {
+                read.insert(raw_key.to_ascii_lowercase(), value.clone());
+                continue;
+            }
             let key = raw_key
                 .trim_start_matches("format.")
                 .to_ascii_lowercase()
@@ -285,6 +305,24 @@ impl ShardOptions {
                 }
             }
         }
+        if read
+            .keys()
+            .any(|k| k.ends_with(crate::source::dynamodb::SEGMENTS_OPTION))
+        {
+            return plan_err!(
+                "{what} option read.segments: a snapshot's segments are snapshot_segments"
+            );
+        }
+        if read.iter().any(|(k, v)| {
+            k.ends_with(crate::source::dynamodb::CONSISTENT_OPTION) && v.trim() != "true"
+        }) {
+            return plan_err!(
+                "{what} option read.consistent: a snapshot reads strongly consistent (every stream record it skips must be in what it read)"
+            );
+        }
+        out.snapshot_read = crate::source::dynamodb::ScanOptions::parse("(the snapshot)", &read)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        out.snapshot_read.consistent = true;
         if out.snapshot && out.starting_position == StartingPosition::Latest {
             return plan_err!(
                 "{what} options snapshot and starting_position latest exclude each other: a snapshot reads the stream from just before its scan"
@@ -420,8 +458,13 @@ impl TableProvider for ShardTable {
         if spec.snapshot_segments > 0 && spec.snapshot.is_none() {
             let table = parse_location(spec.kind, &spec.location)?;
             spec.snapshot = Some(
-                crate::source::dynamodb::plan_snapshot(state, &table, spec.snapshot_segments)
-                    .await?,
+                crate::source::dynamodb::plan_snapshot(
+                    state,
+                    &table,
+                    spec.snapshot_segments,
+                    spec.options.snapshot_read.clone(),
+                )
+                .await?,
             );
         }
         let scan: Arc<dyn ExecutionPlan> = Arc::new(ShardScanExec::try_new(spec)?);
@@ -726,6 +769,7 @@ pub async fn read_range(
         .await
         .map_err(|e| describe(&e))?;
     let mut empty = 0u32;
+    let mut renewals = 0u32;
     loop {
         let Some(it) = iterator.take() else {
             return Err(format!(
@@ -738,8 +782,21 @@ pub async fn read_range(
         };
         let want = (range.count - out.len() as u64).clamp(1, 1000) as i32;
         let page = match api.records(&it, want).await {
-            Ok(p) => p,
+            Ok(p) => {
+                renewals = 0;
+                p
+            }
             Err(e) if e.failure == Failure::ExpiredIterator => {
+                if renewals >= MAX_RENEWALS {
+                    return Err(format!(
+                        "{}; renewed {MAX_RENEWALS} times in a row without reading a page, after {} of the {} records planned",
+                        describe(&e),
+                        out.len(),
+                        range.count
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100 << renewals)).await;
+                renewals += 1;
                 iterator = api
                     .iterator(&range.shard, &at(&out))
                     .await
@@ -945,6 +1002,8 @@ fn to_batch(
         sequences.append_value(&r.sequence);
         shards.append_value(shard);
     }
+    // Images show binary as base64; declared binary columns read hex.
+    let binary = binary::has_binary(declared.fields());
     match spec.options.format {
         RecordFormat::Dynamodb => {
             let mut names = StringBuilder::new();
@@ -964,10 +1023,20 @@ fn to_batch(
                         news.append_option(c.new_image.as_deref());
                         olds.append_option(c.old_image.as_deref());
                         times.push(time);
-                        texts.push(Some(match c {
-                            Cow::Borrowed(c) => Cow::Borrowed(image_of(c).as_bytes()),
-                            Cow::Owned(c) => Cow::Owned(image_of(&c).as_bytes().to_vec()),
-                        }));
+                        if binary {
+                            match binary::hex_binary(declared.fields(), image_of(&c)) {
+                                Ok(text) => texts.push(Some(Cow::Owned(text.into_bytes()))),
+                                Err(why) => {
+                                    texts.push(None);
+                                    decode_errors[i] = Some(why);
+                                }
+                            }
+                        } else {
+                            texts.push(Some(match c {
+                                Cow::Borrowed(c) => Cow::Borrowed(image_of(c).as_bytes()),
+                                Cow::Owned(c) => Cow::Owned(image_of(&c).as_bytes().to_vec()),
+                            }));
+                        }
                     }
                     Err(why) => {
                         names.append_null();
@@ -993,7 +1062,7 @@ fn to_batch(
         RecordFormat::Raw => {
             let mut data = BinaryBuilder::new();
             let mut keys = StringBuilder::new();
-            for r in records {
+            for (i, r) in records.iter().enumerate() {
                 match &r.body {
                     Body::Data {
                         data: d,
@@ -1004,10 +1073,20 @@ fn to_batch(
                         texts.push(Some(Cow::Borrowed(d.as_slice())));
                     }
                     Body::Change(c) => {
-                        let text = image_of(c).as_bytes();
-                        data.append_value(text);
+                        let text = image_of(c);
+                        data.append_value(text.as_bytes());
                         keys.append_value(&c.keys);
-                        texts.push(Some(Cow::Borrowed(text)));
+                        if binary {
+                            match binary::hex_binary(declared.fields(), text) {
+                                Ok(hex) => texts.push(Some(Cow::Owned(hex.into_bytes()))),
+                                Err(why) => {
+                                    texts.push(None);
+                                    decode_errors[i] = Some(why);
+                                }
+                            }
+                        } else {
+                            texts.push(Some(Cow::Borrowed(text.as_bytes())));
+                        }
                     }
                 }
             }
@@ -1101,6 +1180,17 @@ mod tests {
         )?;
         assert_eq!(o.format, RecordFormat::Dynamodb);
         assert_eq!(o.starting_position, StartingPosition::Latest);
+        // A snapshot's scan takes the table's read options.
+        let o = ShardOptions::parse(
+            Kind::DynamodbStream,
+            &HashMap::from([
+                ("read.percent".to_string(), "0.25".to_string()),
+                ("read.max_units".to_string(), "400".to_string()),
+            ]),
+        )?;
+        assert_eq!(o.snapshot_read.percent, 0.25);
+        assert_eq!(o.snapshot_read.max_units, Some(400.0));
+        assert!(o.snapshot_read.consistent);
         for (kind, k, v, why) in [
             (
                 Kind::DynamodbStream,
@@ -1144,6 +1234,30 @@ mod tests {
                 "request_timeout_ms",
                 "1",
                 "between 100 and 600000",
+            ),
+            (
+                Kind::DynamodbStream,
+                "read.percent",
+                "0",
+                "must be in (0, 1]",
+            ),
+            (
+                Kind::DynamodbStream,
+                "read.segments",
+                "8",
+                "a snapshot's segments are snapshot_segments",
+            ),
+            (
+                Kind::DynamodbStream,
+                "read.consistent",
+                "false",
+                "a snapshot reads strongly consistent",
+            ),
+            (
+                Kind::Kinesis,
+                "read.percent",
+                "0.5",
+                "unknown Kinesis stream option read.percent",
             ),
         ] {
             let err = ShardOptions::parse(kind, &HashMap::from([(k.to_string(), v.to_string())]))
