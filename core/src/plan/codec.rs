@@ -65,7 +65,7 @@ enum TableNode {
     Range(RangeSpecDto),
     Skewed { spec: RangeSpecDto, seed: i64 },
     Kafka(KafkaSpec),
-    Shards(ShardSpec),
+    Shards(Box<ShardSpec>),
     Dynamo(ScanTableSpec),
 }
 
@@ -170,7 +170,7 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                     seed,
                 })),
                 TableNode::Kafka(spec) => Ok(Arc::new(KafkaTable::try_new(spec)?)),
-                TableNode::Shards(spec) => Ok(Arc::new(ShardTable::try_new(spec)?)),
+                TableNode::Shards(spec) => Ok(Arc::new(ShardTable::try_new(*spec)?)),
                 TableNode::Dynamo(spec) => Ok(Arc::new(super::dynamodb::from_scan_spec(spec)?)),
             },
             None => self
@@ -192,7 +192,7 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
             return encode(&TableNode::Kafka(kafka.spec.clone()), buf);
         }
         if let Some(shards) = node.downcast_ref::<ShardTable>() {
-            return encode(&TableNode::Shards(shards.spec.clone()), buf);
+            return encode(&TableNode::Shards(Box::new(shards.spec.clone())), buf);
         }
         if let Some(spec) = node
             .downcast_ref::<crate::sink::dynamo::DynamoTable>()
