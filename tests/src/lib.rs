@@ -582,20 +582,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// `sluice submit job args` against this cluster (five minutes at
-    /// most); fails with the CLI's stderr and the scheduler's log unless the
-    /// job succeeded.
-    pub fn submit_ok(&self, job: &Path, args: &[&str]) -> Result<Output> {
-        let o = run_with_timeout(
+    /// `sluice submit job args` on this cluster with `env` set, whatever
+    /// its outcome (within 300 s).
+    pub fn submit(&self, job: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+        run_with_timeout(
             sluice()?
                 .arg("submit")
                 .arg(job)
                 .args(["--scheduler", &self.endpoint])
                 .env("SLUICE_COORDINATOR", &self.coordinator)
                 .envs(self.cli_env.iter().map(|(k, v)| (k, v)))
+                .envs(env.iter().copied())
                 .args(args),
             Duration::from_secs(300),
-        )?;
+        )
+    }
+
+    /// `sluice submit job args` against this cluster (five minutes at
+    /// most); fails with the CLI's stderr and the scheduler's log unless the
+    /// job succeeded.
+    pub fn submit_ok(&self, job: &Path, args: &[&str]) -> Result<Output> {
+        let o = self.submit(job, args, &[])?;
         anyhow::ensure!(
             o.status.success(),
             "submit failed: {}\nscheduler log:\n{}",

@@ -87,15 +87,7 @@ fn submit_runs_the_range_job_on_two_executor_processes() {
         "SELECT CAST(CAST(id AS VARCHAR) || 'x' AS INT) AS n FROM range(0, 10, 1, 2);\n",
     )
     .unwrap();
-    let failed = run_with_timeout(
-        sluice()
-            .unwrap()
-            .arg("submit")
-            .arg(&job)
-            .args(["--scheduler", &cluster.endpoint]),
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let failed = cluster.submit(&job, &[], &[]).unwrap();
     assert!(!failed.status.success());
     let failed_id = cluster
         .jobs()
@@ -149,16 +141,9 @@ fn readyz_follows_the_alive_executors() {
     let tmp = tempfile::tempdir().unwrap();
     let job = tmp.path().join("queued.sql");
     std::fs::write(&job, "SELECT count(*) FROM range(0, 10, 1, 2);\n").unwrap();
-    let o = run_with_timeout(
-        sluice()
-            .unwrap()
-            .arg("submit")
-            .arg(&job)
-            .args(["--scheduler", &cluster.endpoint])
-            .env("SLUICE_NO_EXECUTOR_TIMEOUT_SECS", "3"),
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let o = cluster
+        .submit(&job, &[], &[("SLUICE_NO_EXECUTOR_TIMEOUT_SECS", "3")])
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(
@@ -532,15 +517,7 @@ fn session_settings_over_their_ceilings_are_refused() {
         "SELECT 1;\nSET datafusion.execution.target_partitions = 1000000000;\nSELECT count(*) FROM range(0, 10, 1, 2);\n",
     )
     .unwrap();
-    let o = run_with_timeout(
-        sluice()
-            .unwrap()
-            .arg("submit")
-            .arg(&job)
-            .args(["--scheduler", &cluster.endpoint]),
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let o = cluster.submit(&job, &[], &[]).unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(

@@ -688,12 +688,19 @@ fn a_skewed_stream_gets_files_per_id_from_each_batch_rows() {
     assert_eq!(n, total);
 }
 
-/// On a scheduler and two executor processes (`--scheduler`): the batch's
-/// file list travels in the plan, so the executors read only the batch's
-/// files.
-#[test]
-fn a_stream_runs_on_a_cluster() {
-    let cluster = sluice_test_support::Cluster::start(2, 2).unwrap();
+/// A cluster of `executors` processes (2 slots each) and a Parquet stream
+/// job: (cluster, temp dir, source dir, output dir, checkpoint, job file).
+fn on_a_cluster(
+    executors: usize,
+) -> (
+    sluice_test_support::Cluster,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+    std::path::PathBuf,
+) {
+    let cluster = sluice_test_support::Cluster::start(executors, 2).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
     std::fs::create_dir_all(&src).unwrap();
@@ -704,6 +711,15 @@ fn a_stream_runs_on_a_cluster() {
         "PARQUET",
         &out.display().to_string(),
     );
+    (cluster, tmp, src, out, ck, job)
+}
+
+/// On a scheduler and two executor processes (`--scheduler`): the batch's
+/// file list travels in the plan, so the executors read only the batch's
+/// files.
+#[test]
+fn a_stream_runs_on_a_cluster() {
+    let (cluster, _tmp, src, out, ck, job) = on_a_cluster(2);
     for (i, n) in [(0, 1_000), (1, 2_000)] {
         parquet_input(&src, &format!("f{i}.parquet"), i * 1_000..i * 1_000 + n);
     }
@@ -741,17 +757,7 @@ fn a_stream_runs_on_a_cluster() {
 /// clears.
 #[test]
 fn a_batch_that_hangs_fires_the_no_commit_alarm() {
-    let cluster = sluice_test_support::Cluster::start(1, 2).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    std::fs::create_dir_all(&src).unwrap();
-    let ck = tmp.path().join("ck").display().to_string();
-    let job = job(
-        tmp.path(),
-        &src.display().to_string(),
-        "PARQUET",
-        &out.display().to_string(),
-    );
+    let (cluster, tmp, src, out, ck, job) = on_a_cluster(1);
     let (lines, err) = (tmp.path().join("lines.jsonl"), tmp.path().join("err"));
     let metrics = format!("127.0.0.1:{}", sluice_test_support::free_port().unwrap());
     let child = stream_cmd(&job, &ck, &["--every", "1s", "--alarm", "no_commit > 2s"])
