@@ -263,6 +263,65 @@ fn each_file_is_read_by_exactly_one_batch_across_runs() {
     assert!(text.contains("next batch: 4"), "{text}");
 }
 
+/// A long stream's checkpoint stays small: every 10 batches it records the
+/// sources' state and deletes the offsets before it (Spark's
+/// `_spark_metadata` only grows), and a restart after compaction goes on
+/// from that state with the next batch id, reading only new files.
+#[test]
+fn the_checkpoint_is_compacted_and_a_restart_goes_on_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..25 {
+        parquet_input(&src, &format!("f{i:02}.parquet"), i * 10..(i + 1) * 10);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ck_dir = tmp.path().join("ck");
+    let ck = ck_dir.display().to_string();
+    let job = job(
+        tmp.path(),
+        &src.display().to_string(),
+        "PARQUET",
+        &out.display().to_string(),
+    );
+    let run = run_stream(
+        &job,
+        &ck,
+        &["--available-now", "--max-files-per-batch", "1"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(batches(&run.stdout).len(), 25);
+    let names = |dir: &str| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(ck_dir.join(dir))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.contains('#'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        n.sort();
+        n
+    };
+    // State after batch 19; offsets only of the batches after it.
+    assert_eq!(names("state"), [format!("{:020}.json", 19)]);
+    assert_eq!(
+        names("offsets"),
+        (20..25)
+            .map(|i| format!("{i:020}.json"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(local_ids(&out), exactly(250));
+    parquet_input(&src, "f25.parquet", 250..260);
+    let once = run_stream(&job, &ck, &["--once"]);
+    assert!(once.status.success(), "{}", stderr(&once));
+    let b = batches(&once.stdout);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["batch_id"], 25);
+    assert_eq!(b[0]["input_rows"], 10);
+    assert_eq!(local_ids(&out), exactly(260));
+}
+
 /// A stream with `--every 1s` picks files up as they arrive; a second
 /// process on its checkpoint refuses to start, naming the holder; SIGTERM
 /// stops it cleanly, and every row is there once.
@@ -817,6 +876,10 @@ fn a_batch_that_hangs_fires_the_no_commit_alarm() {
     };
     assert_eq!(value("sluice_stream_batches_total"), 2.0);
     assert_eq!(value("sluice_stream_rows_written_total"), 3_000.0);
+    assert!(
+        scraped.contains("sluice_stream_phase_seconds{phase=\"running\""),
+        "{scraped}"
+    );
     assert!(
         scraped
             .lines()

@@ -325,7 +325,10 @@ impl Checkpoint {
             }
         }
         for path in &doomed {
-            match self.store.delete(path).await {
+            let deleted = tokio::time::timeout(CALL_TIMEOUT, self.store.delete(path))
+                .await
+                .map_err(|_| self.timed_out(&format!("deleting {path}")))?;
+            match deleted {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.failed(format!("deleting {path}"))(e)),
             }

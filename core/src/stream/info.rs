@@ -114,6 +114,19 @@ impl BatchInfo {
         counter!("sluice_stream_input_rows_total").increment(self.input_rows.unwrap_or(0));
         counter!("sluice_stream_input_splits_total").increment(self.input_splits);
         counter!("sluice_stream_rows_written_total").increment(self.rows_written);
+        for (phase, ms) in [
+            ("planning", self.planning_ms),
+            ("running", self.running_ms),
+            ("committing", self.committing_ms),
+        ] {
+            histogram!("sluice_stream_phase_seconds", "phase" => phase).record(secs(ms));
+        }
+        if let Some(rate) = self.input_rows_per_sec {
+            gauge!("sluice_stream_input_rows_per_second").set(rate);
+        }
+        if let Some(rate) = self.processed_rows_per_sec {
+            gauge!("sluice_stream_processed_rows_per_second").set(rate);
+        }
         for lag in &self.lag {
             gauge!("sluice_stream_lag_records", "source" => lag.source.clone())
                 .set(lag.pending as f64);
