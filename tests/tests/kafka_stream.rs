@@ -261,36 +261,43 @@ fn an_unreachable_broker_fails_the_batch_clearly() {
     assert!(err.contains("source ev"), "{err}");
 }
 
-/// `starting_offsets` `latest`: a stream started on a topic with records
-/// reads only what arrives after it started, each record once.
-#[test]
-fn a_stream_from_latest_reads_only_what_arrives_after_it_starts() {
-    let topic = format!("latest-{}", uuid::Uuid::new_v4().simple());
-    create_topic(&topic, 6);
-    events(&topic, 0, 60);
+/// A 6-partition `topic` holding 60 events, and a stream of it from
+/// `latest` (`--every 1s`, lock ttl 3 s, batch lines in `lines.jsonl`)
+/// that has looked at the topic (it says it waits for input): (temp dir,
+/// output dir, job file, the stream, its stderr, which must stay open while
+/// it runs).
+fn started_latest_stream(
+    topic: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    create_topic(topic, 6);
+    events(topic, 0, 60);
     let tmp = tempfile::tempdir().unwrap();
     let (out, dlq) = (tmp.path().join("out"), tmp.path().join("dlq"));
     let job = job_with(
         tmp.path(),
-        &topic,
+        topic,
         &out,
         &dlq,
         0,
         &broker(),
         ", 'starting_offsets' 'latest'",
     );
-    let lines = tmp.path().join("lines.jsonl");
     let mut child = sluice()
         .unwrap()
         .arg("stream")
         .arg(&job)
         .args(["--checkpoint", &tmp.path().join("ck").display().to_string()])
-        .args(["--output", "json", "--every", "1s"])
-        .stdout(std::fs::File::create(&lines).unwrap())
+        .args(["--output", "json", "--every", "1s", "--lock-ttl", "3s"])
+        .stdout(std::fs::File::create(tmp.path().join("lines.jsonl")).unwrap())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Once it has looked at the topic (it says it is waiting), produce more.
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     while !seen.contains("no new input") {
@@ -300,6 +307,16 @@ fn a_stream_from_latest_reads_only_what_arrives_after_it_starts() {
         }
         seen.push_str(&line);
     }
+    (tmp, out, job, child, err)
+}
+
+/// `starting_offsets` `latest`: a stream started on a topic with records
+/// reads only what arrives after it started, each record once.
+#[test]
+fn a_stream_from_latest_reads_only_what_arrives_after_it_starts() {
+    let topic = format!("latest-{}", uuid::Uuid::new_v4().simple());
+    let (tmp, out, _job, mut child, _stderr) = started_latest_stream(&topic);
+    let lines = tmp.path().join("lines.jsonl");
     events(&topic, 60, 90);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -319,6 +336,29 @@ fn a_stream_from_latest_reads_only_what_arrives_after_it_starts() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    assert_eq!(counts(tmp.path(), &out), (30, 30));
+}
+
+/// `latest` is resolved once: a stream killed before its first batch
+/// recorded where it starts (`starts/` in the checkpoint), so its restart
+/// reads what arrived while it was down instead of resolving `latest`
+/// again and skipping it.
+#[test]
+fn a_latest_stream_killed_before_its_first_batch_loses_nothing() {
+    let topic = format!("latest-kill-{}", uuid::Uuid::new_v4().simple());
+    let (tmp, out, job, mut child, _stderr) = started_latest_stream(&topic);
+    let ck = tmp.path().join("ck");
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        std::fs::read_dir(ck.join("starts")).unwrap().count() >= 1,
+        "no starts recorded"
+    );
+    events(&topic, 60, 90);
+    let again = stream(&job, &ck, &["--available-now", "--lock-ttl", "3s"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let b = batches(&again);
+    assert_eq!(b[0]["batch_id"], 0, "{b:?}");
     assert_eq!(counts(tmp.path(), &out), (30, 30));
 }
 

@@ -4,6 +4,11 @@
 //!   of its batches are made from it)
 //! - `offsets/N.json`: batch N's ranges, written before it runs
 //! - `commits/N.json`: batch N's report, written after its writes committed
+//! - `starts/N-*.json`: where sources start (a resolved `latest` or time, a
+//!   new partition), recorded when a plan found nothing to read yet, so a
+//!   restart before batch N does not resolve them again and skip what
+//!   arrived meanwhile (Spark writes its sources' initial offsets at once
+//!   for the same reason)
 //! - `state/N.json`: every source's position after batch N, written every
 //!   few batches; offsets before it and commits older than the last
 //!   `retain` are then deleted, so the checkpoint does not grow with the
@@ -71,10 +76,21 @@ pub struct State {
     pub sources: BTreeMap<String, serde_json::Value>,
 }
 
+/// Sources' starting positions recorded before batch `before_batch` (see
+/// the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Starts {
+    pub before_batch: u64,
+    pub ranges: Vec<Range>,
+}
+
 /// What a restarted stream finds.
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub state: Option<State>,
+    /// Starts recorded after the state, oldest first (applied before the
+    /// replayed batches).
+    pub starts: Vec<Starts>,
     /// Committed batches after the state, oldest first.
     pub replay: Vec<BatchPlan>,
     /// A planned batch without a commit: it runs again over its ranges.
@@ -194,6 +210,41 @@ impl Checkpoint {
         Ok(ids)
     }
 
+    /// The `starts/` records: (batch they precede, path), by batch.
+    async fn starts(&self) -> Result<Vec<(u64, Path)>, StreamError> {
+        let prefix = self.base.clone().join("starts");
+        let list = self.store.list(Some(&prefix)).try_collect::<Vec<_>>();
+        let metas = tokio::time::timeout(CALL_TIMEOUT, list)
+            .await
+            .map_err(|_| self.timed_out("listing records"))?
+            .map_err(self.failed(format!("listing {prefix}")))?;
+        let mut out: Vec<(u64, Path)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.strip_suffix(".json")?;
+                let id = name.split('-').next()?.parse().ok()?;
+                Some((id, m.location))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        Ok(out)
+    }
+
+    /// Records where sources start, before batch `before_batch`.
+    pub async fn write_starts(
+        &self,
+        before_batch: u64,
+        ranges: &[Range],
+    ) -> Result<(), StreamError> {
+        let name = format!("{before_batch:020}-{}.json", uuid::Uuid::new_v4().simple());
+        let record = Starts {
+            before_batch,
+            ranges: ranges.to_vec(),
+        };
+        self.create(&self.base.clone().join("starts").join(name), &record)
+            .await
+    }
+
     /// The stream's metadata, if it ever started.
     pub async fn existing_metadata(&self) -> Result<Option<Metadata>, StreamError> {
         self.read(&self.base.clone().join("metadata.json")).await
@@ -268,6 +319,14 @@ impl Checkpoint {
             state,
             ..Default::default()
         };
+        for (id, path) in self.starts().await? {
+            if after.is_some_and(|a| id <= a) {
+                continue;
+            }
+            if let Some(starts) = self.read::<Starts>(&path).await? {
+                out.starts.push(starts);
+            }
+        }
         for id in &offsets {
             if after.is_some_and(|a| *id <= a) {
                 continue;
@@ -317,6 +376,12 @@ impl Checkpoint {
         for old in self.ids("offsets").await? {
             if old <= id {
                 doomed.push(self.entry("offsets", old));
+            }
+        }
+        // The state holds the positions these recorded.
+        for (before, path) in self.starts().await? {
+            if before <= id {
+                doomed.push(path);
             }
         }
         for old in self.ids("commits").await? {
@@ -418,6 +483,37 @@ mod tests {
         assert_eq!(r.state.map(|s| s.batch_id), Some(49));
         assert!(r.replay.is_empty());
         assert_eq!(c.recent(100).await?.len(), 5);
+        Ok(())
+    }
+
+    /// Starts recorded before any batch are what a restart finds, until a
+    /// state holds them.
+    #[tokio::test]
+    async fn starts_are_recovered_until_a_state_holds_them()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let url = url::Url::parse("memory:///ck/")?;
+        let c = Checkpoint::new(Arc::new(InMemory::new()), &url)?;
+        let start = Range {
+            source: "ev".into(),
+            split: "0".into(),
+            start: 42,
+            end: 42,
+            ..Default::default()
+        };
+        c.write_starts(0, std::slice::from_ref(&start)).await?;
+        c.write_starts(0, std::slice::from_ref(&start)).await?;
+        let r = c.recover().await?;
+        assert_eq!(r.next_batch, 0);
+        assert_eq!(r.starts.len(), 2);
+        assert_eq!(r.starts[0].ranges, vec![start]);
+        c.write_plan(&plan(0)).await?;
+        c.write_commit(&committed(0)).await?;
+        let state = State {
+            batch_id: 0,
+            sources: BTreeMap::new(),
+        };
+        c.compact(&state, 5).await?;
+        assert!(c.recover().await?.starts.is_empty());
         Ok(())
     }
 }

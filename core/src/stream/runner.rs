@@ -372,6 +372,11 @@ impl StreamRunner {
                 }
             }
         }
+        for starts in &recovered.starts {
+            for s in &mut sources {
+                s.taken(&starts.ranges);
+            }
+        }
         for plan in &recovered.replay {
             for s in &mut sources {
                 s.taken(&plan.ranges);
@@ -659,8 +664,16 @@ impl StreamRunner {
             ranges.extend(planned.ranges);
             lag.push(planned.lag);
         }
-        // Empty ranges only record where a source starts: no batch.
+        // Empty ranges only record where a source starts: no batch, but
+        // the starts are recorded at once (a restart before the next batch
+        // would resolve `latest` again and skip what arrived meanwhile).
         if ranges.iter().all(|r| r.end <= r.start) {
+            if !ranges.is_empty() {
+                checkpoint.write_starts(batch_id, &ranges).await?;
+                for s in sources.iter_mut() {
+                    s.taken(&ranges);
+                }
+            }
             return Ok(None);
         }
         let plan = BatchPlan {
