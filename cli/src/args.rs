@@ -191,6 +191,10 @@ pub struct StreamArgs {
     /// How long the checkpoint's claim outlives a stream process that died.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub lock_ttl: Duration,
+    /// Cancel a batch that runs longer than this (its job is cancelled, its
+    /// writes cleaned up) and run it again, as a failed batch (default: no bound).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub batch_timeout: Option<Duration>,
     /// An alarm rule, e.g. "scheduling_share > 0.5 for 3",
     /// "total_delay > 2 intervals", "no_commit > 10m"; repeatable.
     #[arg(long = "alarm", value_name = "RULE")]

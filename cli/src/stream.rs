@@ -137,6 +137,7 @@ pub async fn run_stream(
         max_file_age: args.max_file_age,
     };
     options.lock_ttl = args.lock_ttl;
+    options.batch_timeout = args.batch_timeout;
     options.alarms = args.alarms.clone();
     options.webhook = args.alarm_webhook.clone();
     options.alarm_command = args.alarm_command.clone();

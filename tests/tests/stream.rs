@@ -811,22 +811,33 @@ fn a_stream_runs_on_a_cluster() {
 
 /// The seed-4 stall inside a batch: its only executor stops answering
 /// (SIGSTOP) while the batch runs, so the batch neither fails nor commits.
-/// `no_commit` fires while the batch hangs, not only between batches; once
-/// the executor is back the batch commits every row once and the alarm
-/// clears.
+/// `no_commit` fires while the batch hangs, not only between batches; past
+/// `--batch-timeout` the batch is cancelled and tried again; once the
+/// executor is back the batch commits every row once and the alarm clears.
 #[test]
 fn a_batch_that_hangs_fires_the_no_commit_alarm() {
     let (cluster, tmp, src, out, ck, job) = on_a_cluster(1);
     let (lines, err) = (tmp.path().join("lines.jsonl"), tmp.path().join("err"));
     let metrics = format!("127.0.0.1:{}", sluice_test_support::free_port().unwrap());
-    let child = stream_cmd(&job, &ck, &["--every", "1s", "--alarm", "no_commit > 2s"])
-        .args(["--scheduler", &cluster.endpoint])
-        .env("SLUICE_COORDINATOR", &cluster.coordinator)
-        .env("SLUICE_METRICS_ADDR", &metrics)
-        .stdout(std::fs::File::create(&lines).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
+    let child = stream_cmd(
+        &job,
+        &ck,
+        &[
+            "--every",
+            "1s",
+            "--alarm",
+            "no_commit > 2s",
+            "--batch-timeout",
+            "3s",
+        ],
+    )
+    .args(["--scheduler", &cluster.endpoint])
+    .env("SLUICE_COORDINATOR", &cluster.coordinator)
+    .env("SLUICE_METRICS_ADDR", &metrics)
+    .stdout(std::fs::File::create(&lines).unwrap())
+    .stderr(std::fs::File::create(&err).unwrap())
+    .spawn()
+    .unwrap();
     let seen = || batches(&std::fs::read(&lines).unwrap_or_default());
     let stderr_text = || std::fs::read_to_string(&err).unwrap_or_default();
     parquet_input(&src, "f0.parquet", 0..1_000);
@@ -848,6 +859,10 @@ fn a_batch_that_hangs_fires_the_no_commit_alarm() {
         || count("alarm FIRING: no_commit > 2s") > fired,
     );
     assert_eq!(seen().len(), 1, "the hanging batch committed");
+    // Past --batch-timeout the batch is cancelled and tried again.
+    wait_for("the batch timeout", Duration::from_secs(60), || {
+        stderr_text().contains("batch 1 ran longer than --batch-timeout 3s")
+    });
     cluster.signal_executor(0, "-CONT").unwrap();
     wait_for(
         "the batch after the stall",

@@ -1019,6 +1019,12 @@ impl Interrupter {
     pub fn interrupt(&self) {
         let _ = self.0.send(true);
     }
+
+    /// Lets the runner run again after an interrupt (a stream's next batch
+    /// after one it cancelled).
+    pub fn reset(&self) {
+        let _ = self.0.send(false);
+    }
 }
 
 /// Whether `e` says the scheduler lost the job.

@@ -53,6 +53,14 @@ pub enum StreamError {
         #[source]
         source: Box<SluiceError>,
     },
+    #[error(
+        "batch {batch_id} ran longer than --batch-timeout {}: its job was cancelled and its writes cleaned up; it runs again over the same input",
+        humantime::format_duration(*after)
+    )]
+    BatchTimedOut {
+        batch_id: u64,
+        after: std::time::Duration,
+    },
     #[error(transparent)]
     Job(#[from] SluiceError),
     #[error(transparent)]

@@ -53,6 +53,8 @@ pub struct StreamOptions {
     pub compact_every: u64,
     /// Batch reports kept in the checkpoint for `sluice stream status`.
     pub retain: u64,
+    /// A batch running longer is cancelled and fails (then runs again).
+    pub batch_timeout: Option<Duration>,
 }
 
 impl StreamOptions {
@@ -67,6 +69,7 @@ impl StreamOptions {
             alarm_command: None,
             compact_every: 10,
             retain: 100,
+            batch_timeout: None,
         }
     }
 }
@@ -471,6 +474,7 @@ impl StreamRunner {
             self.observer
                 .batch_started(plan.batch_id, plan.ranges.len(), resumed);
             let batch_id = plan.batch_id;
+            let mut timed_out = false;
             let mut ran = Ok(());
             for s in &mut sources {
                 if let Err(e) = s.prepare().await {
@@ -483,12 +487,20 @@ impl StreamRunner {
                     // The batch borrows the runner; the alarm check beside
                     // it needs only the clock and the observer.
                     let (clock, observer) = (Arc::clone(&self.clock), Arc::clone(&self.observer));
+                    // An earlier batch's timeout interrupted the runner; a
+                    // stop asked for meanwhile still interrupts this one.
+                    let interrupter = self.interrupter();
+                    if !*stop.borrow() {
+                        interrupter.reset();
+                    }
+                    let timeout = self.options.batch_timeout;
+                    let started_at = clock.now();
                     let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id);
                     tokio::pin!(batch);
                     // A batch that hangs (its job queued with no executor,
                     // a stuck task) is the stall `no_commit` is for: the
                     // alarm is checked while it runs, not only between
-                    // batches.
+                    // batches; past `--batch-timeout` it is cancelled.
                     loop {
                         tokio::select! {
                             r = &mut batch => break r,
@@ -496,6 +508,14 @@ impl StreamRunner {
                                 let stalled = clock.now() - last_commit;
                                 for e in alarms.on_time(stalled, clock.wall()) {
                                     raise(observer.as_ref(), notifier, &e);
+                                }
+                                if let Some(limit) = timeout
+                                    && !timed_out
+                                    && clock.now() - started_at >= limit
+                                {
+                                    tracing::warn!(batch_id, timeout = ?limit, "the batch ran over --batch-timeout; cancelling it");
+                                    timed_out = true;
+                                    interrupter.interrupt();
                                 }
                             }
                         }
@@ -507,9 +527,12 @@ impl StreamRunner {
                 Ok(r) => r,
                 Err(e) => {
                     pending = Some(plan);
-                    let e = StreamError::Batch {
-                        batch_id,
-                        source: Box::new(e),
+                    let e = match self.options.batch_timeout {
+                        Some(after) if timed_out => StreamError::BatchTimedOut { batch_id, after },
+                        _ => StreamError::Batch {
+                            batch_id,
+                            source: Box::new(e),
+                        },
                     };
                     if *stop.borrow() {
                         summary.stopped = true;
