@@ -113,14 +113,16 @@ impl ShardApi for StreamsApi {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            {
-                let mut last = LAST_DESCRIBE.lock().await;
-                if let Some(at) = *last {
-                    tokio::time::sleep_until(at + DESCRIBE_EVERY).await;
-                }
-                *last = Some(tokio::time::Instant::now());
-            }
             let page = call("DescribeStream", self.retry, || async {
+                // Paced per call, retries included: DescribeStream allows
+                // 10 calls a second per account.
+                {
+                    let mut last = LAST_DESCRIBE.lock().await;
+                    if let Some(at) = *last {
+                        tokio::time::sleep_until(at + DESCRIBE_EVERY).await;
+                    }
+                    *last = Some(tokio::time::Instant::now());
+                }
                 self.client
                     .describe_stream()
                     .stream_arn(&self.arn)
