@@ -192,7 +192,7 @@ pub struct StreamArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub lock_ttl: Duration,
     /// Cancel a batch that runs longer than this (its job is cancelled, its
-    /// writes cleaned up) and run it again, as a failed batch (default: no bound).
+    /// writes cleaned up): it fails, and under --every runs again (default: no bound).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub batch_timeout: Option<Duration>,
     /// An alarm rule, e.g. "scheduling_share > 0.5 for 3",

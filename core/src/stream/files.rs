@@ -178,6 +178,9 @@ impl Source for FileSource {
             .list()
             .await?
             .into_iter()
+            // An empty file may still be being written (or holds no
+            // rows): it waits until it has content.
+            .filter(|f| f.size > 0)
             .filter(|f| !self.seen.contains_key(&f.name) && !self.too_old(f.modified_ms))
             .filter(|f| {
                 self.frozen
@@ -350,6 +353,14 @@ mod tests {
         let third = again.plan().await?;
         assert_eq!(third.ranges.len(), 1);
         assert_eq!(third.ranges[0].split, "d.json");
+        again.taken(&third.ranges);
+        // An empty file (perhaps still being written) waits for content.
+        store
+            .put(&Path::from("in/e.json"), PutPayload::from(""))
+            .await?;
+        assert!(again.plan().await?.ranges.is_empty());
+        put(&store, "e.json").await?;
+        assert_eq!(again.plan().await?.ranges[0].split, "e.json");
         Ok(())
     }
 

@@ -30,6 +30,10 @@ pub struct KafkaSource {
     positions: BTreeMap<i32, i64>,
     /// With `--available-now`: the high watermarks at start.
     frozen: Option<BTreeMap<i32, i64>>,
+    /// Partitions whose resolved start no recorded plan holds yet: each
+    /// plan carries them (as empty ranges) until one is taken, so a plan
+    /// that was not recorded (another source failed) loses no start.
+    unrecorded: HashSet<i32>,
     client: Option<rskafka::client::Client>,
     clock: Arc<dyn Clock>,
 }
@@ -47,6 +51,7 @@ impl KafkaSource {
             options,
             positions: BTreeMap::new(),
             frozen: None,
+            unrecorded: HashSet::new(),
             client: None,
             clock,
         }
@@ -177,7 +182,6 @@ impl KafkaSource {
     async fn plan_ranges(&mut self) -> Result<Planned, StreamError> {
         let mut available = Vec::new();
         let mut starts = BTreeMap::new();
-        let mut fresh_starts = HashSet::new();
         for p in self.partitions().await? {
             let (earliest, latest) = self.bounds(p).await?;
             let (start, fresh) = match self.positions.get(&p) {
@@ -185,11 +189,12 @@ impl KafkaSource {
                 None => (self.start_of(p, earliest, latest).await?, true),
             };
             if fresh {
-                // Known from now on, and recorded by the next batch's plan
-                // (as an empty range if nothing is taken from it), so a
-                // restart does not resolve `latest` again and skip records.
+                // Known from now on, and carried by every plan (as an
+                // empty range if nothing is taken from it) until one is
+                // recorded, so a restart does not resolve `latest` again
+                // and skip records.
                 self.positions.insert(p, start);
-                fresh_starts.insert(p);
+                self.unrecorded.insert(p);
             }
             if start > latest && self.frozen.is_none() {
                 return Err(self.error(format!(
@@ -222,7 +227,7 @@ impl KafkaSource {
                     oldest_waiting = Some(oldest_waiting.map_or(t, |o| o.min(t)));
                 }
             }
-            if take > 0 || fresh_starts.contains(p) {
+            if take > 0 || self.unrecorded.contains(p) {
                 let start = starts.get(p).copied().unwrap_or(0);
                 ranges.push(Range {
                     source: self.table.clone(),
@@ -286,6 +291,7 @@ impl Source for KafkaSource {
             if let Ok(p) = r.split.parse::<i32>() {
                 let pos = self.positions.entry(p).or_insert(r.end);
                 *pos = (*pos).max(r.end);
+                self.unrecorded.remove(&p);
             }
         }
     }

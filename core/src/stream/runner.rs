@@ -375,14 +375,21 @@ impl StreamRunner {
                 }
             }
         }
-        for starts in &recovered.starts {
-            for s in &mut sources {
-                s.taken(&starts.ranges);
-            }
-        }
+        // In batch order: the starts recorded before batch N, then N.
+        let mut starts = recovered.starts.iter().peekable();
         for plan in &recovered.replay {
+            while let Some(st) = starts.next_if(|st| st.before_batch <= plan.batch_id) {
+                for s in &mut sources {
+                    s.taken(&st.ranges);
+                }
+            }
             for s in &mut sources {
                 s.taken(&plan.ranges);
+            }
+        }
+        for st in starts {
+            for s in &mut sources {
+                s.taken(&st.ranges);
             }
         }
         if self.options.trigger == Trigger::AvailableNow {
@@ -490,9 +497,13 @@ impl StreamRunner {
                     // An earlier batch's timeout interrupted the runner; a
                     // stop asked for meanwhile still interrupts this one.
                     let interrupter = self.interrupter();
-                    if !*stop.borrow() {
-                        interrupter.reset();
+                    interrupter.reset();
+                    // A stop sets `stop` before it interrupts: one that came
+                    // before the reset is not lost.
+                    if *stop.borrow() {
+                        interrupter.interrupt();
                     }
+                    let mut stop_seen = false;
                     let timeout = self.options.batch_timeout;
                     let started_at = clock.now();
                     let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id);
@@ -504,6 +515,12 @@ impl StreamRunner {
                     loop {
                         tokio::select! {
                             r = &mut batch => break r,
+                            changed = stop.changed(), if !stop_seen => {
+                                stop_seen = true;
+                                if changed.is_err() || *stop.borrow() {
+                                    interrupter.interrupt();
+                                }
+                            }
                             () = tokio::time::sleep(Duration::from_secs(1)) => {
                                 let stalled = clock.now() - last_commit;
                                 for e in alarms.on_time(stalled, clock.wall()) {
@@ -528,6 +545,7 @@ impl StreamRunner {
                 Err(e) => {
                     pending = Some(plan);
                     let e = match self.options.batch_timeout {
+                        // The timeout's cancel is what failed it.
                         Some(after) if timed_out => StreamError::BatchTimedOut { batch_id, after },
                         _ => StreamError::Batch {
                             batch_id,
