@@ -162,20 +162,18 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Files arriving between runs are each read once; a backlog is cut into
-/// capped batches, oldest first; batch ids continue across runs; each batch
-/// reports its input rows per file (from Parquet footers) and its delays;
-/// `sluice stream status` shows the batches.
-#[test]
-fn each_file_is_read_by_exactly_one_batch_across_runs() {
+/// A Parquet stream job over an empty source directory: (temp dir,
+/// source dir, output dir, checkpoint, job file).
+fn parquet_stream() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+    std::path::PathBuf,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
     std::fs::create_dir_all(&src).unwrap();
-    for i in 0..5 {
-        parquet_input(&src, &format!("f{i}.parquet"), i * 100..(i + 1) * 100);
-        // Distinct modification times: the order batches take files in.
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let ck = tmp.path().join("ck").display().to_string();
     let job = job(
         tmp.path(),
@@ -183,6 +181,21 @@ fn each_file_is_read_by_exactly_one_batch_across_runs() {
         "PARQUET",
         &out.display().to_string(),
     );
+    (tmp, src, out, ck, job)
+}
+
+/// Files arriving between runs are each read once; a backlog is cut into
+/// capped batches, oldest first; batch ids continue across runs; each batch
+/// reports its input rows per file (from Parquet footers) and its delays;
+/// `sluice stream status` shows the batches.
+#[test]
+fn each_file_is_read_by_exactly_one_batch_across_runs() {
+    let (_tmp, src, out, ck, job) = parquet_stream();
+    for i in 0..5 {
+        parquet_input(&src, &format!("f{i}.parquet"), i * 100..(i + 1) * 100);
+        // Distinct modification times: the order batches take files in.
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let run = run_stream(
         &job,
         &ck,
@@ -269,21 +282,12 @@ fn each_file_is_read_by_exactly_one_batch_across_runs() {
 /// from that state with the next batch id, reading only new files.
 #[test]
 fn the_checkpoint_is_compacted_and_a_restart_goes_on_from_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    std::fs::create_dir_all(&src).unwrap();
+    let (tmp, src, out, ck, job) = parquet_stream();
     for i in 0..25 {
         parquet_input(&src, &format!("f{i:02}.parquet"), i * 10..(i + 1) * 10);
         std::thread::sleep(Duration::from_millis(5));
     }
     let ck_dir = tmp.path().join("ck");
-    let ck = ck_dir.display().to_string();
-    let job = job(
-        tmp.path(),
-        &src.display().to_string(),
-        "PARQUET",
-        &out.display().to_string(),
-    );
     let run = run_stream(
         &job,
         &ck,
@@ -760,16 +764,7 @@ fn on_a_cluster(
     std::path::PathBuf,
 ) {
     let cluster = sluice_test_support::Cluster::start(executors, 2).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    std::fs::create_dir_all(&src).unwrap();
-    let ck = tmp.path().join("ck").display().to_string();
-    let job = job(
-        tmp.path(),
-        &src.display().to_string(),
-        "PARQUET",
-        &out.display().to_string(),
-    );
+    let (tmp, src, out, ck, job) = parquet_stream();
     (cluster, tmp, src, out, ck, job)
 }
 

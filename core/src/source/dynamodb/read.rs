@@ -646,7 +646,8 @@ fn write_string(s: &str, out: &mut String) {
     out.push_str(&serde_json::Value::String(s.to_string()).to_string());
 }
 
-fn write_bytes(bytes: &[u8], out: &mut String, bin: Binary) {
+/// `bytes` as a JSON string, hex or base64.
+pub(crate) fn write_bytes(bytes: &[u8], out: &mut String, bin: Binary) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     match bin {

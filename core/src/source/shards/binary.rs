@@ -7,10 +7,11 @@
 //! as it was written: numbers keep every digit.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use arrow::datatypes::{DataType, Fields};
 use serde_json::value::RawValue;
+
+use crate::source::dynamodb::read::{Binary, write_bytes};
 
 /// Whether `fields` hold a binary value anywhere (then images need
 /// [`hex_binary`]).
@@ -121,11 +122,7 @@ fn value_hex(t: &DataType, raw: &RawValue, at: &str) -> Result<Option<String>, S
             let bytes = aws_smithy_types::base64::decode(&text)
                 .map_err(|_| format!("field {at}: the binary value is not base64"))?;
             let mut hex = String::with_capacity(2 + 2 * bytes.len());
-            hex.push('"');
-            for b in bytes {
-                let _ = write!(hex, "{b:02x}");
-            }
-            hex.push('"');
+            write_bytes(&bytes, &mut hex, Binary::Hex);
             Ok(Some(hex))
         }
     }
