@@ -51,8 +51,24 @@ impl StreamObserver for Printer {
             .input_rows
             .map_or_else(|| "?".to_string(), |r| r.to_string());
         let lag: u64 = info.lag.iter().map(|l| l.pending).sum();
+        let dead = if info.rows_dead_lettered > 0 {
+            format!(" ({} dead-lettered)", info.rows_dead_lettered)
+        } else {
+            String::new()
+        };
+        for a in info.accounts.iter().filter(|a| a.overcount().is_some()) {
+            eprintln!(
+                "batch {}: split {} of {}: {} rows read, {} written, {} dead-lettered: rows were written more than once",
+                info.batch_id,
+                a.split,
+                a.source,
+                a.read.unwrap_or(0),
+                a.written.unwrap_or(0),
+                a.dead_lettered.unwrap_or(0)
+            );
+        }
         println!(
-            "batch {}{}: {} rows from {} files ({} B) -> {} rows in {} files | delay: scheduling {} processing {} total {} | lag {} files, {}",
+            "batch {}{}: {} rows from {} splits ({} B) -> {} rows in {} files{dead} | delay: scheduling {} processing {} total {} | lag {} files, {}",
             info.batch_id,
             if info.resumed { " (re-run)" } else { "" },
             rows,

@@ -57,7 +57,7 @@ fn job_with(
             "CREATE EXTERNAL TABLE ev (seq BIGINT NOT NULL, id BIGINT NOT NULL, payload VARCHAR) \
              STORED AS KAFKA LOCATION 'kafka://{broker}/{topic}' \
              OPTIONS ('max_records_per_batch' '3500', 'max_bad_records' '{bad}'{extra});\n\
-             COPY (SELECT seq, payload, id FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET \
+             COPY (SELECT seq, payload, id, \"partition\" FROM ev WHERE _error IS NULL) TO '{}' STORED AS PARQUET \
              PARTITIONED BY (id) OPTIONS ('write.target_file_rows' '500');\n\
              COPY (SELECT encode(value, 'base64pad') AS raw, \"partition\", \"offset\", _error AS reason \
              FROM ev WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;\n",
@@ -210,6 +210,39 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
             .contains("not UTF-8 text"),
         "{letters:?}"
     );
+
+    // Each batch accounts for every partition it read: records read =
+    // rows written + rows dead-lettered, counted by the writers from each
+    // row's `partition`; the dead letters are counted per batch.
+    let mut read_per_partition = std::collections::BTreeMap::<String, u64>::new();
+    for x in &b {
+        let accounts = x["accounts"].as_array().unwrap();
+        assert_eq!(accounts.len(), 6, "{x}");
+        for a in accounts {
+            let (read, written, dead) = (
+                a["read"].as_u64().unwrap(),
+                a["written"].as_u64().unwrap(),
+                a["dead_lettered"].as_u64().unwrap(),
+            );
+            assert_eq!(read, written + dead, "{x}");
+            assert_eq!(a["filtered"], 0, "{x}");
+            *read_per_partition
+                .entry(a["split"].as_str().unwrap().to_string())
+                .or_default() += read;
+        }
+        let dead: u64 = accounts
+            .iter()
+            .map(|a| a["dead_lettered"].as_u64().unwrap())
+            .sum();
+        assert_eq!(x["rows_dead_lettered"].as_u64().unwrap(), dead, "{x}");
+    }
+    let dead: u64 = b
+        .iter()
+        .map(|x| x["rows_dead_lettered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dead, 4);
+    assert_eq!(read_per_partition.values().sum::<u64>(), 12_004);
+    assert_eq!(read_per_partition["0"], 2_004, "{read_per_partition:?}");
 
     // More records: the next batch takes only them.
     events(&topic, 12_000, 13_000);

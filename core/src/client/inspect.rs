@@ -93,3 +93,55 @@ pub(super) fn table_insert(
         .with_partition_by(partition_by);
     Ok(Some((dml.input.as_ref().clone(), spec)))
 }
+
+/// Whether a write's rows are a source's dead letters: its plan keeps only
+/// rows whose `_error` column is set (a filter with `_error IS NOT NULL`
+/// as one of its conjuncts).
+pub fn keeps_only_errors(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr;
+    use datafusion::logical_expr::utils::split_conjunction;
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::Filter(filter) = node
+            && split_conjunction(&filter.predicate).iter().any(|e| {
+                matches!(e, Expr::IsNotNull(inner)
+                    if matches!(inner.as_ref(), Expr::Column(c) if c.name == crate::source::kafka::ERROR_COLUMN))
+            })
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use datafusion::prelude::SessionContext;
+
+    use super::keeps_only_errors;
+
+    #[tokio::test]
+    async fn dead_letter_writes_are_told_by_their_filter() {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE ev (v INT, _error VARCHAR) AS VALUES (1, NULL), (2, 'bad')")
+            .await
+            .unwrap();
+        let plan = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(sql).await.unwrap().into_unoptimized_plan() }
+        };
+        for (sql, dead) in [
+            ("SELECT v, _error FROM ev WHERE _error IS NOT NULL", true),
+            ("SELECT v FROM ev WHERE v > 0 AND _error IS NOT NULL", true),
+            ("SELECT v FROM ev WHERE _error IS NULL", false),
+            ("SELECT v FROM ev", false),
+            ("SELECT v FROM ev WHERE v IS NOT NULL", false),
+        ] {
+            assert_eq!(keeps_only_errors(&plan(sql).await), dead, "{sql}");
+        }
+    }
+}

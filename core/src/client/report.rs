@@ -41,6 +41,14 @@ pub struct WriteOutcome {
     /// A DynamoDB write's counts and where its writers' time went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamodb: Option<DynamoOutcome>,
+    /// A micro-batch's write: its rows per source split, when its rows
+    /// carry the split (see `WriteSpec::count_by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_by_split: Option<std::collections::BTreeMap<String, u64>>,
+    /// The write keeps only rows the source could not decode
+    /// (`WHERE _error IS NOT NULL`): dead letters.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dead_letter: bool,
 }
 
 /// The summary of a DynamoDB write. Times are summed over writers.

@@ -80,6 +80,9 @@ pub struct BatchWrites {
     pub prefix: String,
     /// An earlier attempt of this batch may have staged or committed writes.
     pub resuming: bool,
+    /// The columns that name a row's source split (`shard_id`,
+    /// `partition`): writes count their rows by the first they have.
+    pub count_by: Vec<String>,
 }
 
 impl JobRunner {
@@ -218,6 +221,7 @@ impl JobRunner {
     fn batch_spec(&self, mut spec: WriteSpec, line: usize) -> WriteSpec {
         if let Some(b) = &self.batch {
             spec.write_id = format!("{}l{line}", b.prefix);
+            spec.count_by = b.count_by.clone();
             if spec.lock_wait_ms == 0 {
                 spec.lock_wait_ms = spec.lock_ttl_ms.saturating_mul(2);
             }
@@ -262,6 +266,8 @@ impl JobRunner {
                 bytes: done.bytes,
                 commit_ms: 0,
                 dynamodb: None,
+                rows_by_split: crate::sink::files::manifest::rows_by_split(&done.files),
+                dead_letter: false,
             }));
         }
         // `_SUCCESS` names another write (a later append to the same
@@ -304,6 +310,8 @@ impl JobRunner {
             bytes: mine.iter().map(|m| m.size).sum(),
             commit_ms: 0,
             dynamodb: None,
+            rows_by_split: None,
+            dead_letter: false,
         }))
     }
 
@@ -621,6 +629,19 @@ impl JobRunner {
         file: &str,
         line: usize,
     ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
+        let dead_letter = super::inspect::keeps_only_errors(&input);
+        let (job_id, mut outcome) = self.commit_write_plan(input, spec, file, line).await?;
+        outcome.dead_letter = dead_letter;
+        Ok((job_id, outcome))
+    }
+
+    async fn commit_write_plan(
+        &self,
+        input: LogicalPlan,
+        spec: WriteSpec,
+        file: &str,
+        line: usize,
+    ) -> Result<(Option<String>, WriteOutcome), SluiceError> {
         let stmt_err = SluiceError::in_statement(file, line);
         self.check_protected(&spec)?;
         preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
@@ -744,6 +765,8 @@ impl JobRunner {
                 bytes: report.bytes,
                 commit_ms: report.commit_ms,
                 dynamodb: None,
+                rows_by_split: report.rows_by_split(),
+                dead_letter: false,
             },
         ))
     }
@@ -825,6 +848,8 @@ impl JobRunner {
                 bytes: 0,
                 commit_ms: 0,
                 dynamodb: Some(d),
+                rows_by_split: None,
+                dead_letter: false,
             },
         ))
     }

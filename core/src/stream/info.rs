@@ -4,6 +4,8 @@
 //! the checkpoint's `commits/N`, the `--output json` line, what `sluice
 //! stream status` shows, and the Prometheus metrics.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use metrics::{counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,12 @@ pub struct BatchWrite {
     pub files: u64,
     pub bytes: u64,
     pub commit_ms: u64,
+    /// Its rows per source split, when its rows name their split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_by_split: Option<BTreeMap<String, u64>>,
+    /// It keeps only records the source could not decode.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_letter: bool,
 }
 
 impl From<&WriteOutcome> for BatchWrite {
@@ -42,8 +50,84 @@ impl From<&WriteOutcome> for BatchWrite {
             files: w.files,
             bytes: w.bytes,
             commit_ms: w.commit_ms,
+            rows_by_split: w.rows_by_split.clone(),
+            dead_letter: w.dead_letter,
         }
     }
+}
+
+/// One split's input, accounted for: read = written + dead-lettered +
+/// filtered. `read` comes from the source (records in the range, checked
+/// by the executors as they read it); `written` and `dead_lettered` from
+/// the writers, which count their rows by the split column. `filtered` is
+/// what the job's SQL dropped; below zero, rows were written more than once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitAccount {
+    pub source: String,
+    pub split: String,
+    pub read: Option<u64>,
+    /// Rows of the data write (not dead letters) that wrote the most of
+    /// this split's rows.
+    pub written: Option<u64>,
+    pub dead_lettered: Option<u64>,
+    pub filtered: Option<i64>,
+}
+
+impl SplitAccount {
+    /// Rows written or dead-lettered beyond what was read.
+    pub fn overcount(&self) -> Option<u64> {
+        self.filtered.filter(|f| *f < 0).map(|f| f.unsigned_abs())
+    }
+}
+
+/// Every split's account from its input and the batch's writes. A split
+/// is only accounted when some write counted rows by it.
+pub fn accounts(splits: &[SplitInput], writes: &[BatchWrite]) -> Vec<SplitAccount> {
+    if writes.iter().all(|w| w.rows_by_split.is_none()) {
+        return vec![];
+    }
+    // Reads summed per split (a split may come in several ranges).
+    let mut read: BTreeMap<(String, String), Option<u64>> = BTreeMap::new();
+    for s in splits {
+        let entry = read
+            .entry((s.source.clone(), s.split.clone()))
+            .or_insert(Some(0));
+        *entry = entry.zip(s.rows).map(|(a, b)| a + b);
+    }
+    let of = |w: &BatchWrite, split: &str| {
+        w.rows_by_split
+            .as_ref()
+            .map(|m| m.get(split).copied().unwrap_or(0))
+    };
+    read.into_iter()
+        .map(|((source, split), read)| {
+            let mut data = writes.iter().filter(|w| !w.dead_letter).peekable();
+            let written = if data.peek().is_none() {
+                Some(0)
+            } else {
+                data.map(|w| of(w, &split))
+                    .collect::<Option<Vec<u64>>>()
+                    .map(|v| v.into_iter().max().unwrap_or(0))
+            };
+            let dead_lettered = writes
+                .iter()
+                .filter(|w| w.dead_letter)
+                .map(|w| of(w, &split))
+                .sum::<Option<u64>>();
+            let filtered = match (read, written, dead_lettered) {
+                (Some(r), Some(w), Some(d)) => Some(r as i64 - w as i64 - d as i64),
+                _ => None,
+            };
+            SplitAccount {
+                source,
+                split,
+                read,
+                written,
+                dead_lettered,
+                filtered,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,11 +159,18 @@ pub struct BatchInfo {
     pub rows_written: u64,
     pub files_written: u64,
     pub bytes_written: u64,
+    /// Rows of the writes that keep only records the source could not
+    /// decode (`WHERE _error IS NOT NULL`).
+    #[serde(default)]
+    pub rows_dead_lettered: u64,
     /// A re-run of a batch an earlier process planned and did not commit.
     pub resumed: bool,
     pub splits: Vec<SplitInput>,
     pub lag: Vec<SourceLag>,
     pub writes: Vec<BatchWrite>,
+    /// Per split: rows read = written + dead-lettered + filtered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<SplitAccount>,
     pub job_ids: Vec<String>,
 }
 
@@ -114,6 +205,11 @@ impl BatchInfo {
         counter!("sluice_stream_input_rows_total").increment(self.input_rows.unwrap_or(0));
         counter!("sluice_stream_input_splits_total").increment(self.input_splits);
         counter!("sluice_stream_rows_written_total").increment(self.rows_written);
+        counter!("sluice_stream_rows_dead_lettered_total").increment(self.rows_dead_lettered);
+        let overcount: u64 = self.accounts.iter().filter_map(|a| a.overcount()).sum();
+        if overcount > 0 {
+            counter!("sluice_stream_rows_overcounted_total").increment(overcount);
+        }
         for (phase, ms) in [
             ("planning", self.planning_ms),
             ("running", self.running_ms),
@@ -133,5 +229,93 @@ impl BatchInfo {
             gauge!("sluice_stream_lag_age_seconds", "source" => lag.source.clone())
                 .set(secs(lag.age_ms));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(split: &str, rows: Option<u64>) -> SplitInput {
+        SplitInput {
+            source: "chat".into(),
+            split: split.into(),
+            rows,
+            ..Default::default()
+        }
+    }
+
+    fn write(dead_letter: bool, counts: Option<&[(&str, u64)]>) -> BatchWrite {
+        BatchWrite {
+            dead_letter,
+            rows_by_split: counts.map(|c| c.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_split_is_read_written_dead_lettered_or_filtered() {
+        let splits = [
+            split("shard-a", Some(10)),
+            split("shard-b", Some(5)),
+            // A second range of shard-a in the same batch.
+            split("shard-a", Some(2)),
+            split("shard-c", Some(0)),
+        ];
+        let writes = [
+            write(false, Some(&[("shard-a", 11), ("shard-b", 3)])),
+            // A second layout of the same rows, one filtered more.
+            write(false, Some(&[("shard-a", 10), ("shard-b", 3)])),
+            write(true, Some(&[("shard-a", 1)])),
+        ];
+        let got = accounts(&splits, &writes);
+        let by = |s: &str| {
+            got.iter()
+                .find(|a| a.split == s)
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(got.len(), 3);
+        let a = by("shard-a");
+        assert_eq!(
+            (a.read, a.written, a.dead_lettered, a.filtered),
+            (Some(12), Some(11), Some(1), Some(0))
+        );
+        let b = by("shard-b");
+        assert_eq!(
+            (b.written, b.dead_lettered, b.filtered),
+            (Some(3), Some(0), Some(2))
+        );
+        let c = by("shard-c");
+        assert_eq!((c.read, c.written, c.filtered), (Some(0), Some(0), Some(0)));
+        assert_eq!(a.overcount(), None);
+    }
+
+    #[test]
+    fn rows_written_twice_show_as_an_overcount() {
+        let got = accounts(
+            &[split("0", Some(4))],
+            &[
+                write(false, Some(&[("0", 4)])),
+                write(true, Some(&[("0", 2)])),
+            ],
+        );
+        assert_eq!(got[0].filtered, Some(-2));
+        assert_eq!(got[0].overcount(), Some(2));
+    }
+
+    #[test]
+    fn unknown_counts_leave_the_account_open() {
+        // No write counted by split: no accounts at all.
+        assert!(accounts(&[split("0", Some(4))], &[write(false, None)]).is_empty());
+        // One data write without counts: what it wrote is unknown.
+        let got = accounts(
+            &[split("0", Some(4)), split("1", None)],
+            &[write(false, None), write(true, Some(&[("0", 1)]))],
+        );
+        assert_eq!(got[0].written, None);
+        assert_eq!(got[0].dead_lettered, Some(1));
+        assert_eq!(got[0].filtered, None);
+        assert_eq!(got[1].read, None);
     }
 }

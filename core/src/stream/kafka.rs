@@ -272,6 +272,10 @@ fn share(available: &[(i32, i64)], cap: u64) -> BTreeMap<i32, i64> {
 
 #[async_trait]
 impl Source for KafkaSource {
+    fn split_column(&self) -> Option<&'static str> {
+        Some("partition")
+    }
+
     fn table(&self) -> &str {
         &self.table
     }

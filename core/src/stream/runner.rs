@@ -763,9 +763,16 @@ impl StreamRunner {
             config.set_extension(Arc::new(inputs.shards));
         }
         let id = stream_id.get(..12).unwrap_or(stream_id);
+        let mut count_by: Vec<String> = Vec::new();
+        for column in sources.iter().filter_map(|s| s.split_column()) {
+            if !count_by.iter().any(|c| c == column) {
+                count_by.push(column.to_string());
+            }
+        }
         self.runner.set_batch(Some(BatchWrites {
             prefix: format!("{id}b{}", plan.batch_id),
             resuming: resumed,
+            count_by,
         }));
         let counting = async {
             let mut rows = Vec::with_capacity(plan.ranges.len());
@@ -870,6 +877,17 @@ fn batch_info(
         .map(BatchWrite::from)
         .collect();
     let commit_ms: u64 = writes.iter().map(|w| w.commit_ms).sum();
+    let accounts = super::info::accounts(&splits, &writes);
+    for a in accounts.iter().filter(|a| a.overcount().is_some()) {
+        tracing::error!(
+            source = %a.source,
+            split = %a.split,
+            read = ?a.read,
+            written = ?a.written,
+            dead_lettered = ?a.dead_lettered,
+            "a split's rows were written more often than they were read"
+        );
+    }
     BatchInfo {
         batch_id: plan.batch_id,
         stream_id: stream_id.to_string(),
@@ -879,12 +897,18 @@ fn batch_info(
         rows_written: report.rows_written,
         files_written: report.files_written,
         bytes_written: report.bytes_written,
+        rows_dead_lettered: writes
+            .iter()
+            .filter(|w| w.dead_letter)
+            .map(|w| w.rows)
+            .sum(),
         running_ms: report.duration_ms.saturating_sub(commit_ms),
         committing_ms: commit_ms,
         resumed,
         splits,
         lag: plan.lag.clone(),
         writes,
+        accounts,
         job_ids: report.job_ids.clone(),
         ..Default::default()
     }

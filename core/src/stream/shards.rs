@@ -538,6 +538,10 @@ async fn oldest_kept(api: &dyn ShardApi, shard: &str, clock: &dyn Clock) -> Opti
 
 #[async_trait]
 impl Source for ShardSource {
+    fn split_column(&self) -> Option<&'static str> {
+        Some("shard_id")
+    }
+
     fn table(&self) -> &str {
         &self.table
     }

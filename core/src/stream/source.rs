@@ -95,6 +95,12 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// The column of this source's rows that names their split, if they
+    /// have one: a batch's writes count their rows by it.
+    fn split_column(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Rows per range, where the source can tell cheaply (a Parquet footer).
     async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>>;
 

@@ -35,6 +35,16 @@ pub struct CommitReport {
     pub output: String,
     /// The whole commit step, staging cleanup included.
     pub commit_ms: u64,
+    /// Rows per source split (a JSON object), when every file counted them.
+    #[serde(default)]
+    pub splits: Option<String>,
+}
+
+impl CommitReport {
+    /// [`CommitReport::splits`], read.
+    pub fn rows_by_split(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        serde_json::from_str(self.splits.as_deref()?).ok()
+    }
 }
 
 impl Report for CommitReport {
@@ -48,6 +58,7 @@ impl Report for CommitReport {
             Field::new("write_id", DataType::Utf8, false),
             Field::new("output", DataType::Utf8, false),
             Field::new("commit_ms", DataType::UInt64, false),
+            Field::new("splits", DataType::Utf8, true),
         ]
     }
 }
@@ -151,5 +162,7 @@ fn summary_batch(summary: &CommitSummary, spec: &WriteSpec) -> Result<RecordBatc
         write_id: spec.write_id.clone(),
         output: spec.url.clone(),
         commit_ms: summary.commit_ms,
+        splits: super::manifest::rows_by_split(&summary.files)
+            .and_then(|s| serde_json::to_string(&s).ok()),
     }])
 }

@@ -48,6 +48,7 @@ struct Staged {
     rows: u64,
     bytes: u64,
     upload: Option<PendingUpload>,
+    splits: Option<BTreeMap<String, u64>>,
 }
 
 /// Reads the writer rows and insists on a report from exactly every writer
@@ -85,6 +86,13 @@ fn collect_staged(
             }
             None => None,
         };
+        let splits = match r.splits.as_deref() {
+            Some(json) => Some(
+                serde_json::from_str(json)
+                    .map_err(|e| fail(format!("unreadable split counts: {e}")))?,
+            ),
+            None => None,
+        };
         staged.push(Staged {
             task,
             dir: r.dir,
@@ -92,6 +100,7 @@ fn collect_staged(
             rows: r.rows,
             bytes: r.bytes,
             upload,
+            splits,
         });
     }
     staged.sort_by(|a, b| a.staging_path.cmp(&b.staging_path));
@@ -137,6 +146,8 @@ struct Planned {
     target: String,
     rows: u64,
     bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    splits: Option<BTreeMap<String, u64>>,
 }
 
 impl Planned {
@@ -146,6 +157,7 @@ impl Planned {
             rows: self.rows,
             bytes: self.bytes,
             writer: self.task.clone(),
+            splits: self.splits.clone(),
         }
     }
 }
@@ -607,6 +619,7 @@ async fn record_intent(
             target,
             rows: s.rows,
             bytes: s.bytes,
+            splits: s.splits.clone(),
         });
     }
     let intent = Intent {
@@ -975,6 +988,7 @@ mod tests {
                     bytes: body.len() as u64,
                     upload_id: None,
                     parts: None,
+                    splits: None,
                 },
             });
         }

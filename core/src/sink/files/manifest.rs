@@ -15,6 +15,22 @@ pub struct CommittedFile {
     /// The writer partition (task attempt and partition) that wrote it.
     #[serde(default)]
     pub writer: String,
+    /// Its rows per source split, for a micro-batch's write (see
+    /// `WriteSpec::count_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splits: Option<BTreeMap<String, u64>>,
+}
+
+/// A write's rows per source split, summed over its files: `None` unless
+/// every file counted them.
+pub fn rows_by_split(files: &[CommittedFile]) -> Option<BTreeMap<String, u64>> {
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for file in files {
+        for (split, rows) in file.splits.as_ref()? {
+            *total.entry(split.clone()).or_default() += rows;
+        }
+    }
+    Some(total)
 }
 
 /// The `_SUCCESS` manifest: Hadoop S3A's SuccessData fields plus per-file

@@ -3,12 +3,12 @@
 //! CSV, NDJSON), and, for a Hive-partitioned write, one file per partition
 //! value with a cap on open files and buffered bytes per task.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::config::{ConfigField, TableParquetOptions};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -51,6 +51,54 @@ pub struct Written {
     /// A pending multipart upload: its id and part ids (a JSON list).
     pub upload_id: Option<String>,
     pub parts: Option<String>,
+    /// Rows per source split (a JSON object), when the write counts by a
+    /// column (`WriteSpec::count_by`) and the file's rows have it.
+    #[serde(default)]
+    pub splits: Option<String>,
+}
+
+/// Past this many distinct values a file stops counting rows by split: a
+/// batch reads a few hundred splits, so more means the column is not one.
+const MAX_SPLITS: usize = 10_000;
+
+/// A file's rows counted by the value of one column.
+struct SplitCounter {
+    column: usize,
+    counts: Option<BTreeMap<String, u64>>,
+}
+
+impl SplitCounter {
+    /// Counts by the first of `names` the schema has, if any.
+    fn new(names: &[String], schema: &Schema) -> Option<Self> {
+        let column = names.iter().find_map(|n| schema.index_of(n).ok())?;
+        Some(Self {
+            column,
+            counts: Some(BTreeMap::new()),
+        })
+    }
+
+    fn count(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Some(counts) = self.counts.as_mut() else {
+            return Ok(());
+        };
+        let values = arrow::compute::cast(batch.column(self.column), &DataType::Utf8)?;
+        let values = datafusion::common::cast::as_string_array(&values)?;
+        for v in values.iter() {
+            *counts.entry(v.unwrap_or("null").to_string()).or_default() += 1;
+        }
+        if counts.len() > MAX_SPLITS {
+            self.counts = None;
+        }
+        Ok(())
+    }
+
+    /// The counts as the report's JSON, or `None` when the column had too
+    /// many values to be a split.
+    fn report(&self) -> Option<String> {
+        self.counts
+            .as_ref()
+            .and_then(|c| serde_json::to_string(c).ok())
+    }
 }
 
 pub fn write_error(path: &str, reason: String) -> DataFusionError {
@@ -114,6 +162,7 @@ pub struct OpenFile {
     shown: String,
     rows: u64,
     upload: bool,
+    splits: Option<SplitCounter>,
 }
 
 /// What a writer needs to open files: the spec, its store and task context.
@@ -185,6 +234,7 @@ impl FileFactory<'_> {
         Ok(OpenFile {
             encoder,
             format: spec.format,
+            splits: SplitCounter::new(&spec.count_by, &schema),
             schema,
             stem: stem.to_string(),
             dir: dir.to_string(),
@@ -224,6 +274,7 @@ impl FileFactory<'_> {
             bytes,
             upload_id: None,
             parts: None,
+            splits: file.splits.as_ref().and_then(SplitCounter::report),
         };
         match sink {
             Sink::Upload(upload) => {
@@ -264,6 +315,9 @@ impl OpenFile {
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
+        if let Some(splits) = self.splits.as_mut() {
+            splits.count(batch)?;
+        }
         if let Encoder::Parquet(w) = &mut self.encoder {
             let shown = &self.shown;
             return w
@@ -518,4 +572,49 @@ pub fn parquet_properties(
         options.arrow_schema(schema);
     }
     WriterPropertiesBuilder::try_from(&options)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int32Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::{MAX_SPLITS, SplitCounter};
+
+    #[test]
+    fn rows_are_counted_by_the_first_split_column_the_rows_have() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Utf8, true),
+            Field::new("partition", DataType::Int32, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(Int32Array::from(vec![Some(3), Some(0), Some(3)])),
+            ],
+        )
+        .unwrap();
+        let names = ["shard_id".to_string(), "partition".to_string()];
+        let mut counter = SplitCounter::new(&names, &schema).unwrap();
+        counter.count(&batch).unwrap();
+        counter.count(&batch).unwrap();
+        assert_eq!(counter.report().unwrap(), r#"{"0":2,"3":4}"#);
+        // Rows without any of the columns are not counted.
+        assert!(SplitCounter::new(&names[..1], &schema).is_none());
+        // A column with more values than splits ever have stops counting.
+        let many = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["x"; MAX_SPLITS + 1])),
+                Arc::new(Int32Array::from_iter_values(0..=MAX_SPLITS as i32)),
+            ],
+        )
+        .unwrap();
+        counter.count(&many).unwrap();
+        assert_eq!(counter.report(), None);
+    }
 }

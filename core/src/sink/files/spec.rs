@@ -141,6 +141,11 @@ pub struct WriteSpec {
     /// it holds it); the commit and the writers check it is still held.
     #[serde(default)]
     pub lock_generation: Option<u64>,
+    /// Columns a micro-batch's writers count rows by (the first one the
+    /// written rows have): the source split each row came from, so a
+    /// batch accounts for its input split by split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub count_by: Vec<String>,
 }
 
 /// How a partitioned write distributes rows to its writers
@@ -458,6 +463,7 @@ impl WriteSpec {
             lock_wait_ms: lock_wait.as_millis() as u64,
             lock_ttl_ms: lock_ttl.as_millis() as u64,
             lock_generation: None,
+            count_by: vec![],
         })
     }
 

@@ -51,6 +51,7 @@ impl Report for WrittenFile {
             Field::new("bytes", DataType::UInt64, false),
             Field::new("upload_id", DataType::Utf8, true),
             Field::new("parts", DataType::Utf8, true),
+            Field::new("splits", DataType::Utf8, true),
         ]
     }
 }
@@ -232,6 +233,7 @@ impl ExecutionPlan for WriterExec {
                     bytes: 0,
                     upload_id: None,
                     parts: None,
+                    splits: None,
                 });
             }
             let reports: Vec<WrittenFile> = files
@@ -339,6 +341,7 @@ mod tests {
                     bytes: 1 << 33,
                     upload_id: Some("u-1".into()),
                     parts: Some(r#"["e1","e2"]"#.into()),
+                    splits: Some(r#"{"shardId-1":240000}"#.into()),
                 },
             },
             WrittenFile {
@@ -350,6 +353,7 @@ mod tests {
                     bytes: 0,
                     upload_id: None,
                     parts: None,
+                    splits: None,
                 },
             },
         ];
