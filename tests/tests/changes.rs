@@ -491,7 +491,8 @@ fn stream_with(job: &Path, ck: &Path, trigger: &str, env: &[(&str, &str)]) -> (b
 }
 
 /// A table without a stream, a missing table, a missing Kinesis stream and
-/// an unreachable endpoint each fail the run with one line naming it.
+/// an unreachable DynamoDB or Kinesis endpoint each fail the run with one
+/// line naming it.
 #[test]
 fn bad_change_sources_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -544,6 +545,14 @@ fn bad_change_sources_fail_clearly() {
             ),
             vec![("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")],
             vec!["dynamodb://chat", "DescribeTable", "gave up after"],
+        ),
+        (
+            job(
+                "unreachablekinesis",
+                "STORED AS KINESIS LOCATION 'kinesis://chat'",
+            ),
+            vec![("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:9")],
+            vec!["kinesis://chat", "ListShards", "gave up after"],
         ),
         // No credentials: final at once, not retried.
         (
