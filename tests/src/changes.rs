@@ -327,43 +327,48 @@ pub fn split_first_shard(stream: &str) -> Result<String> {
 }
 
 /// Lines per value of `field` in the visible NDJSON files under `dir`,
-/// read with Python's own JSON reader (not sluice's); a row without the
-/// field takes it from its `field=value` directory. `__duplicates__`
+/// read with DuckDB's JSON reader (not sluice's); a row without the field
+/// takes it from its `field=value` directory. `__duplicates__`
 /// counts `(shard_id, sequence_number)` pairs seen more than once.
 pub fn ndjson_counts(dir: &std::path::Path, field: &str) -> Result<BTreeMap<String, u64>> {
+    // DuckDB's JSON reader, not sluice's: `k=v` directories are columns
+    // (Hive partitioning), and files under `_` or `.` directories (staging,
+    // the lock) are not data.
     let script = r#"
-import json, os, sys, collections
+import duckdb, json, os, sys
 root, field = sys.argv[1], sys.argv[2]
-counts = collections.Counter()
-seqs = collections.Counter()
-for d, dirs, files in os.walk(root):
+files = []
+for d, dirs, names in os.walk(root):
     dirs[:] = [x for x in dirs if not x.startswith(('_', '.'))]
-    for f in files:
-        if not f.endswith('.json'):
-            continue
-        for line in open(os.path.join(d, f)):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            key = row.get(field)
-            if key is None:
-                parts = dict(p.split('=', 1) for p in os.path.relpath(d, root).split(os.sep) if '=' in p)
-                key = parts.get(field)
-            counts[str(key)] += 1
-            seqs[(row.get('shard_id'), row.get('sequence_number'))] += 1
-dups = sum(1 for v in seqs.values() if v > 1)
-counts['__duplicates__'] = dups
+    files += [os.path.join(d, f) for f in names if f.endswith('.json')]
+counts = {'__duplicates__': 0}
+if files:
+    quote = lambda s: "'" + s.replace("'", "''") + "'"
+    source = ("read_json([" + ",".join(quote(f) for f in sorted(files)) + "], "
+              "format='newline_delimited', hive_partitioning=true, union_by_name=true)")
+    con = duckdb.connect()
+    columns = [c[0] for c in con.execute("DESCRIBE SELECT * FROM " + source).fetchall()]
+    col = lambda c: ('"' + c.replace('"', '""') + '"') if c in columns else 'NULL'
+    for key, n in con.execute(
+            "SELECT CAST(" + col(field) + " AS VARCHAR), count(*) FROM " + source + " GROUP BY 1").fetchall():
+        counts['None' if key is None else key] = n
+    counts['__duplicates__'] = con.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM " + source + " GROUP BY "
+        + col('shard_id') + ", " + col('sequence_number') + " HAVING count(*) > 1)").fetchone()[0]
 print(json.dumps(counts))
 "#;
-    let out = std::process::Command::new("python3")
+    let python = std::env::var("SLUICE_TEST_PYTHON").context(
+        "SLUICE_TEST_PYTHON (the test venv's python, with duckdb) is not set: run the tests through scripts/test.sh",
+    )?;
+    let out = std::process::Command::new(&python)
         .args(["-c", script])
         .arg(dir)
         .arg(field)
         .output()
-        .context("python3")?;
+        .with_context(|| python.clone())?;
     anyhow::ensure!(
         out.status.success(),
-        "python3: {}",
+        "duckdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
