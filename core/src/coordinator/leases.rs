@@ -56,6 +56,9 @@ pub const IDLE_TABLE_TTL: Duration = Duration::from_secs(600);
 pub const MAX_WRITERS_PER_TABLE: usize = 10_000;
 /// Tables the coordinator holds at once.
 pub const MAX_TABLES: usize = 1_000;
+/// Live writers over all tables: with names up to [`MAX_NAME_BYTES`], the
+/// leases stay within about 100 MiB whatever the mix of tables.
+pub const MAX_LEASES: usize = 50_000;
 /// Longest table or writer name accepted.
 pub const MAX_NAME_BYTES: usize = 1024;
 /// Ended writes remembered at once (each for [`ENDED_TTL`]); past this the
@@ -81,6 +84,8 @@ pub enum LeaseError {
     TooManyWriters { table: String },
     #[error("{MAX_TABLES} tables are being written already")]
     TooManyTables,
+    #[error("the coordinator holds {MAX_LEASES} writers' leases already")]
+    TooManyLeases,
     #[error("write {write_id} has ended (committed, failed or cancelled): stop writing")]
     WriteEnded { write_id: String },
     #[error("write {0} was not planned by this cluster's scheduler")]
@@ -367,6 +372,12 @@ impl Leases {
                 }
                 _ => {}
             }
+            let renewal = tables
+                .get(&key)
+                .is_some_and(|s| s.leases.contains_key(&req.writer));
+            if !renewal && tables.values().map(|s| s.leases.len()).sum::<usize>() >= MAX_LEASES {
+                return Err(LeaseError::TooManyLeases);
+            }
             let state = tables.entry(key).or_insert_with(|| TableState {
                 share: req.share,
                 shape: None,
@@ -595,6 +606,8 @@ async fn lease(
         let status = match e {
             LeaseError::WriteEnded { .. } => StatusCode::GONE,
             LeaseError::UnknownWrite(_) => StatusCode::FORBIDDEN,
+            // Full, as the placement book answers past its byte budget.
+            LeaseError::TooManyLeases => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         (status, e.to_string())
@@ -934,6 +947,33 @@ mod tests {
         ));
         // A writer it holds still renews.
         assert!(c.lease(req("w0", 0)).is_ok());
+    }
+
+    #[test]
+    fn leases_over_all_tables_are_bounded() {
+        let (c, _clock) = leases();
+        let per_table = MAX_LEASES / 50;
+        for t in 0..50 {
+            for i in 0..per_table {
+                c.lease(LeaseRequest {
+                    table: format!("t{t}"),
+                    ..req(&format!("w{i}"), 0)
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let one_more = LeaseRequest {
+            table: "t-new".into(),
+            ..req("w", 0)
+        };
+        assert!(matches!(c.lease(one_more), Err(LeaseError::TooManyLeases)));
+        assert_eq!(c.status().len(), 50, "the refused table was not added");
+        // Held leases still renew.
+        let renewal = LeaseRequest {
+            table: "t7".into(),
+            ..req("w3", 0)
+        };
+        assert!(c.lease(renewal).is_ok());
     }
 
     #[test]
