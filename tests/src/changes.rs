@@ -296,20 +296,8 @@ pub fn put_many(stream: &str, from: u64, count: u64) -> Result<()> {
 pub fn split_first_shard(stream: &str) -> Result<String> {
     runtime()?.block_on(async {
         let k = kinesis().await;
-        let shards = k
-            .list_shards()
-            .stream_name(stream)
-            .send()
-            .await
-            .context("ListShards")?;
-        let open = shards
-            .shards()
-            .iter()
-            .find(|s| {
-                s.sequence_number_range()
-                    .is_some_and(|r| r.ending_sequence_number().is_none())
-            })
-            .context("no open shard")?;
+        let shards = open_shards(&k, stream).await?;
+        let open = shards.first().context("no open shard")?;
         let range = open.hash_key_range().context("no hash range")?;
         let lo: u128 = range.starting_hash_key().parse()?;
         let hi: u128 = range.ending_hash_key().parse()?;
@@ -323,6 +311,60 @@ pub fn split_first_shard(stream: &str) -> Result<String> {
             .context("SplitShard")?;
         active(&k, stream).await?;
         Ok(open.shard_id().to_string())
+    })
+}
+
+/// The stream's shards that are still open (no ending sequence number).
+async fn open_shards(
+    k: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<Vec<aws_sdk_kinesis::types::Shard>> {
+    let listed = k
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .context("ListShards")?;
+    Ok(listed
+        .shards()
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_none())
+        })
+        .cloned()
+        .collect())
+}
+
+/// Merges the stream's two open shards (a two-shard stream's are
+/// adjacent); returns the parents' ids.
+pub fn merge_open_shards(stream: &str) -> Result<(String, String)> {
+    runtime()?.block_on(async {
+        let k = kinesis().await;
+        let mut open: Vec<(u128, String)> = open_shards(&k, stream)
+            .await?
+            .iter()
+            .map(|s| {
+                let start = s
+                    .hash_key_range()
+                    .map(|r| r.starting_hash_key().parse::<u128>())
+                    .context("no hash range")??;
+                Ok((start, s.shard_id().to_string()))
+            })
+            .collect::<Result<_>>()?;
+        open.sort();
+        let [(_, a), (_, b)] = open.as_slice() else {
+            anyhow::bail!("{} open shards, not 2", open.len());
+        };
+        k.merge_shards()
+            .stream_name(stream)
+            .shard_to_merge(a)
+            .adjacent_shard_to_merge(b)
+            .send()
+            .await
+            .context("MergeShards")?;
+        active(&k, stream).await?;
+        Ok((a.clone(), b.clone()))
     })
 }
 

@@ -109,6 +109,27 @@ fn wait_rows(dir: &Path, field: &str, lines: u64, child: &mut Child, what: &str)
     }
 }
 
+/// SIGKILLs `child` while a batch is recorded in the checkpoint's
+/// offsets/ but not in commits/ (after an earlier batch committed); returns
+/// that batch's record name.
+fn kill_mid_batch(mut child: Child, ck: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let killed_at = loop {
+        let planned = entries(&ck.join("offsets"));
+        let committed = entries(&ck.join("commits"));
+        if let Some(open) = planned.difference(&committed).next()
+            && !committed.is_empty()
+        {
+            signal(&child, "-KILL");
+            break open.clone();
+        }
+        assert!(Instant::now() < deadline, "no batch in flight to kill");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.wait().unwrap();
+    killed_at
+}
+
 fn chat_args(table: &str, out: &Path, ck: &Path, batch: u64) -> Vec<String> {
     let job = workspace_root().join("jobs/chat_changes.sql");
     vec![
@@ -149,23 +170,7 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
         let table = table.clone();
         std::thread::spawn(move || changes::load_chat(&table, 0, 3_000, 500))
     };
-    let first = spawn(&args, &log);
-    // Kill while a batch is recorded in offsets/ but not in commits/.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let killed_at = loop {
-        let planned = entries(&ck.join("offsets"));
-        let committed = entries(&ck.join("commits"));
-        if let Some(open) = planned.difference(&committed).next()
-            && !committed.is_empty()
-        {
-            signal(&first, "-KILL");
-            break open.clone();
-        }
-        assert!(Instant::now() < deadline, "no batch in flight to kill");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut first = first;
-    first.wait().unwrap();
+    let killed_at = kill_mid_batch(spawn(&args, &log), &ck);
     let committed_before = entries(&ck.join("commits"));
     assert!(
         !committed_before.contains(&killed_at),
@@ -383,10 +388,73 @@ fn kinesis_job(dir: &Path, stream: &str, out: &Path) -> PathBuf {
     path
 }
 
+/// `sluice stream` of a Kinesis job with 1 s batches; a restart after a
+/// kill waits 3 s for the killed process's claim to lapse.
+fn kinesis_args(job: &Path, ck: &Path) -> Vec<String> {
+    [
+        "stream",
+        &job.display().to_string(),
+        "--checkpoint",
+        &ck.display().to_string(),
+        "--every",
+        "1s",
+        "--output",
+        "json",
+        "--lock-ttl",
+        "3s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn numbered(from: u64, to: u64) -> Vec<(String, Vec<u8>)> {
     (from..to)
         .map(|n| (format!("key-{n}"), format!("{{\"n\": {n}}}").into_bytes()))
         .collect()
+}
+
+/// Every `n` in `0..count` is in `out` exactly once.
+fn assert_each_once(out: &Path, count: u64) {
+    let mut counts = changes::ndjson_counts(out, "n").unwrap();
+    assert_eq!(counts.remove("__duplicates__"), Some(0));
+    let seen: BTreeSet<u64> = counts.keys().map(|k| k.parse().unwrap()).collect();
+    assert_eq!(seen, (0..count).collect::<BTreeSet<u64>>());
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a record twice: {counts:?}"
+    );
+}
+
+/// No batch reads a record of a child shard before (or in) the last batch
+/// that reads one of its `parents`, and some batch reads a child.
+fn assert_children_after_parents(batches: &[serde_json::Value], parents: &[String]) {
+    let read = |x: &serde_json::Value| -> Vec<String> {
+        x["splits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            // Ranges with records (marks read nothing).
+            .filter(|s| s["end"].as_i64() > s["start"].as_i64())
+            .map(|s| s["split"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let last_parent = batches
+        .iter()
+        .filter(|x| read(x).iter().any(|s| parents.contains(s)))
+        .map(|x| x["batch_id"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let children: Vec<u64> = batches
+        .iter()
+        .filter(|x| read(x).iter().any(|s| !parents.contains(s)))
+        .map(|x| x["batch_id"].as_u64().unwrap())
+        .collect();
+    assert!(!children.is_empty(), "no child shard was read: {batches:?}");
+    assert!(
+        children.iter().all(|c| *c > last_parent),
+        "a child was read before its parents' end (their last batch {last_parent}, children in {children:?})"
+    );
 }
 
 /// A Kinesis shard split while the stream runs: the parent is read to its
@@ -402,19 +470,7 @@ fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
     );
     let job = kinesis_job(tmp.path(), &stream, &out);
     changes::put_records(&stream, &numbered(0, 150)).unwrap();
-    let args: Vec<String> = [
-        "stream",
-        &job.display().to_string(),
-        "--checkpoint",
-        &ck.display().to_string(),
-        "--every",
-        "1s",
-        "--output",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = kinesis_args(&job, &ck);
     let mut child = spawn(&args, &log);
     wait_rows(&out, "n", 60, &mut child, "before the split");
     let parent = changes::split_first_shard(&stream).unwrap();
@@ -422,42 +478,52 @@ fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
     wait_rows(&out, "n", 300, &mut child, "after the split");
     stop(child);
 
-    let mut counts = changes::ndjson_counts(&out, "n").unwrap();
-    assert_eq!(counts.remove("__duplicates__"), Some(0));
-    let seen: BTreeSet<u64> = counts.keys().map(|k| k.parse().unwrap()).collect();
-    assert_eq!(seen, (0..300).collect::<BTreeSet<u64>>());
-    assert!(
-        counts.values().all(|c| *c == 1),
-        "a record twice: {counts:?}"
-    );
+    assert_each_once(&out, 300);
 
-    let b = batches(&log);
-    let splits_of = |x: &serde_json::Value| -> Vec<String> {
-        x["splits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            // Ranges with records (marks read nothing).
-            .filter(|s| s["end"].as_i64() > s["start"].as_i64())
-            .map(|s| s["split"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let last_parent = b
-        .iter()
-        .filter(|x| splits_of(x).contains(&parent))
-        .map(|x| x["batch_id"].as_u64().unwrap())
-        .max()
-        .unwrap();
-    let children: Vec<u64> = b
-        .iter()
-        .filter(|x| splits_of(x).iter().any(|s| *s != parent))
-        .map(|x| x["batch_id"].as_u64().unwrap())
-        .collect();
-    assert!(!children.is_empty(), "no child shard was read: {b:?}");
-    assert!(
-        children.iter().all(|c| *c > last_parent),
-        "a child was read before its parent's end (parent's last batch {last_parent}, children in {children:?})"
+    assert_children_after_parents(&batches(&log), &[parent]);
+}
+
+/// Two Kinesis shards merged while the stream is down after a SIGKILL
+/// mid-batch: the restart re-runs the killed batch, reads both parents to
+/// their ends before the merged child, and every record arrives once.
+#[test]
+fn a_kinesis_merge_after_a_sigkill_loses_and_repeats_nothing() {
+    let stream = changes::create_stream("merge", 2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, ck, log) = (
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+        tmp.path().join("batches.jsonl"),
     );
+    let job = kinesis_job(tmp.path(), &stream, &out);
+    changes::put_records(&stream, &numbered(0, 200)).unwrap();
+    let args = kinesis_args(&job, &ck);
+    let killed_at = kill_mid_batch(spawn(&args, &log), &ck);
+    assert!(
+        !entries(&ck.join("commits")).contains(&killed_at),
+        "the kill landed after the commit of {killed_at}"
+    );
+    let (a, b) = changes::merge_open_shards(&stream).unwrap();
+    changes::put_records(&stream, &numbered(200, 300)).unwrap();
+    let mut second = spawn(&args, &log);
+    wait_rows(&out, "n", 300, &mut second, "after the merge");
+    stop(second);
+
+    assert_each_once(&out, 300);
+    let batches = batches(&log);
+    let killed_id: u64 = killed_at.trim_end_matches(".json").parse().unwrap();
+    let rerun = batches
+        .iter()
+        .find(|x| x["batch_id"].as_u64() == Some(killed_id))
+        .unwrap_or_else(|| panic!("batch {killed_id} never committed"));
+    assert_eq!(rerun["resumed"], true, "{rerun}");
+    assert_children_after_parents(&batches, &[a, b]);
+    // And the accounts: per shard, records read = rows written.
+    for x in &batches {
+        for acc in x["accounts"].as_array().unwrap() {
+            assert_eq!(acc["read"], acc["written"], "{x}");
+        }
+    }
 }
 
 fn stream_once(job: &Path, ck: &Path, env: &[(&str, &str)]) -> (bool, String) {

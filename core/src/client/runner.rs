@@ -396,7 +396,12 @@ impl JobRunner {
             since: chrono::Utc::now(),
             ttl_ms: spec.lock_ttl_ms,
         };
-        let lock = spec.lock(store, crate::clock::system())?;
+        let mut lock = spec.lock(store, crate::clock::system())?;
+        if self.batch.is_some() {
+            // A micro-batch's write id names one statement of one batch of
+            // this stream, whose checkpoint this process holds.
+            lock = lock.taking_over_earlier_attempts();
+        }
         let wait = Duration::from_millis(spec.lock_wait_ms);
         let acquire = LockGuard::acquire(lock, holder, wait)
             .instrument(tracing::info_span!("sluice.output_lock", url = %spec.url));

@@ -138,6 +138,8 @@ pub struct OutputLock {
     dir: Path,
     url: String,
     clock: Arc<dyn Clock>,
+    /// Whether a generation held by the same write id is taken over.
+    take_over_earlier_attempts: bool,
 }
 
 impl OutputLock {
@@ -148,7 +150,19 @@ impl OutputLock {
             dir: base.clone().join(LOCK_DIR),
             url: url.to_string(),
             clock,
+            take_over_earlier_attempts: false,
         }
+    }
+
+    /// For a write whose id is unique to one attempt series (a
+    /// micro-batch's, re-run only by the process holding the stream's
+    /// checkpoint): a lock its id holds is an earlier attempt's, dead or
+    /// fenced off by the next generation, and is taken over at once
+    /// instead of after its ttl. Never for a lock whose id two live
+    /// processes can share (the checkpoint's own).
+    pub fn taking_over_earlier_attempts(mut self) -> Self {
+        self.take_over_earlier_attempts = true;
+        self
     }
 
     fn store_err(&self, what: String) -> impl FnOnce(object_store::Error) -> LockError + '_ {
@@ -231,7 +245,23 @@ impl OutputLock {
             reason: e.to_string(),
         })?;
         loop {
-            match self.state().await? {
+            let state = match self.state().await? {
+                // An earlier attempt of this very write (a micro-batch run
+                // again after its process died): nothing else can hold this
+                // id, and the next generation makes that attempt's tasks,
+                // if any still run, fail their lock checks.
+                LockState::Held(current)
+                    if self.take_over_earlier_attempts
+                        && current.holder.write_id == holder.write_id =>
+                {
+                    LockState::Free {
+                        next: current.number + 1,
+                        previous: Some(current),
+                    }
+                }
+                state => state,
+            };
+            match state {
                 LockState::Free { next, previous } => {
                     let opts = PutOptions {
                         mode: PutMode::Create,
@@ -240,8 +270,14 @@ impl OutputLock {
                     let path = self.json_path(next);
                     match self.store.put_opts(&path, body.clone().into(), opts).await {
                         Ok(_) => {
-                            if let Some(p) = previous {
-                                tracing::warn!(url = %self.url, previous = %p.holder, "took over an output lock its holder stopped renewing");
+                            match previous {
+                                Some(p) if p.holder.write_id == holder.write_id => {
+                                    tracing::warn!(url = %self.url, previous = %p.holder, "took over the output lock from an earlier attempt of this write")
+                                }
+                                Some(p) => {
+                                    tracing::warn!(url = %self.url, previous = %p.holder, "took over an output lock its holder stopped renewing")
+                                }
+                                None => {}
                             }
                             self.prune(next).await;
                             return Ok(next);
@@ -550,6 +586,49 @@ mod tests {
                 source: Box::new(e),
             })?;
         assert_eq!(names, vec![format!("{:020}.json", 2)]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_rerun_of_the_same_write_takes_over_at_once() -> Result<(), LockError> {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let clock = ManualClock::new();
+        // Without the opt-in (the checkpoint's lock), the same id waits.
+        let plain = lock_on(&store, &clock);
+        plain
+            .acquire(&holder("stream s1", DEFAULT_TTL), Duration::ZERO)
+            .await?;
+        assert!(
+            plain
+                .acquire(&holder("stream s1", DEFAULT_TTL), Duration::ZERO)
+                .await
+                .is_err()
+        );
+        let lock = OutputLock::new(
+            Arc::clone(&store),
+            &Path::from("batch-out"),
+            "s3://b/batch-out/",
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        )
+        .taking_over_earlier_attempts();
+        // A micro-batch's write, whose process died holding the lock.
+        let first = lock
+            .acquire(&holder("s1b7l2", DEFAULT_TTL), Duration::ZERO)
+            .await?;
+        // Its re-run (same write id) does not wait out the ttl.
+        let again = lock
+            .acquire(&holder("s1b7l2", DEFAULT_TTL), Duration::ZERO)
+            .await?;
+        assert_eq!(again, first + 1);
+        // The earlier attempt, if still running somewhere, is superseded.
+        assert!(lock.check(first, "s1b7l2").await.is_err());
+        lock.check(again, "s1b7l2").await?;
+        // Another write still waits for it.
+        assert!(
+            lock.acquire(&holder("other", DEFAULT_TTL), Duration::ZERO)
+                .await
+                .is_err()
+        );
         Ok(())
     }
 
