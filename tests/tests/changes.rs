@@ -414,12 +414,12 @@ fn numbered(from: u64, to: u64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Every `n` in `0..count` is in `out` exactly once.
-fn assert_each_once(out: &Path, count: u64) {
+/// Every `n` in `expected` is in `out` exactly once, and no other.
+fn assert_each_once(out: &Path, expected: std::ops::Range<u64>) {
     let mut counts = changes::ndjson_counts(out, "n").unwrap();
     assert_eq!(counts.remove("__duplicates__"), Some(0));
     let seen: BTreeSet<u64> = counts.keys().map(|k| k.parse().unwrap()).collect();
-    assert_eq!(seen, (0..count).collect::<BTreeSet<u64>>());
+    assert_eq!(seen, expected.collect::<BTreeSet<u64>>());
     assert!(
         counts.values().all(|c| *c == 1),
         "a record twice: {counts:?}"
@@ -478,7 +478,7 @@ fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
     wait_rows(&out, "n", 300, &mut child, "after the split");
     stop(child);
 
-    assert_each_once(&out, 300);
+    assert_each_once(&out, 0..300);
 
     assert_children_after_parents(&batches(&log), &[parent]);
 }
@@ -509,7 +509,7 @@ fn a_kinesis_merge_after_a_sigkill_loses_and_repeats_nothing() {
     wait_rows(&out, "n", 300, &mut second, "after the merge");
     stop(second);
 
-    assert_each_once(&out, 300);
+    assert_each_once(&out, 0..300);
     let batches = batches(&log);
     let killed_id: u64 = killed_at.trim_end_matches(".json").parse().unwrap();
     let rerun = batches
@@ -524,6 +524,46 @@ fn a_kinesis_merge_after_a_sigkill_loses_and_repeats_nothing() {
             assert_eq!(acc["read"], acc["written"], "{x}");
         }
     }
+}
+
+/// A Kinesis stream from `latest` SIGKILLed after its first look at the
+/// shard and before any record arrived: the restart goes on from when the
+/// first process started (`AT_TIMESTAMP`), so what arrived while it was
+/// down is read, and nothing from before it started.
+#[test]
+fn a_latest_kinesis_stream_killed_before_its_first_record_loses_nothing() {
+    let stream = changes::create_stream("latestkill", 1).unwrap();
+    changes::put_records(&stream, &numbered(0, 20)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, ck) = (tmp.path().join("out"), tmp.path().join("ck"));
+    let job = tmp.path().join("latest.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL) STORED AS KINESIS LOCATION 'kinesis://{stream}' \
+             OPTIONS ('starting_position' 'latest');\n\
+             COPY (SELECT n, shard_id, sequence_number FROM k WHERE _error IS NULL) TO '{}' STORED AS JSON;",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut first = spawn(&kinesis_args(&job, &ck), &tmp.path().join("first.jsonl"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while entries(&ck.join("starts")).is_empty() {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the stream exited before it started"
+        );
+        assert!(Instant::now() < deadline, "no start recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&first, "-KILL");
+    first.wait().unwrap();
+    assert!(entries(&ck.join("commits")).is_empty());
+    changes::put_records(&stream, &numbered(20, 50)).unwrap();
+    let (ok, text) = stream_with(&job, &ck, "--available-now", &[]);
+    assert!(ok, "{text}");
+    assert_each_once(&out, 20..50);
 }
 
 fn stream_once(job: &Path, ck: &Path, env: &[(&str, &str)]) -> (bool, String) {

@@ -82,6 +82,11 @@ pub struct ShardSource {
     /// Shards that start at their newest record (`latest`, for the shards
     /// listed when the stream first planned) until they have a position.
     start_latest: BTreeSet<String>,
+    /// When each `latest` shard was resolved (ms since the epoch): a
+    /// Kinesis shard goes on from there (`AT_TIMESTAMP`) when the iterator
+    /// of its first plan is gone (a restart, an expired iterator), instead
+    /// of resolving `latest` again and skipping what arrived meanwhile.
+    latest_since: BTreeMap<String, i64>,
     /// Whether this source has planned (or been given a position) yet.
     started: bool,
     /// Marks not yet recorded in a committed plan: `LATEST` and `END`
@@ -124,6 +129,7 @@ impl ShardSource {
             positions: BTreeMap::new(),
             finished: BTreeSet::new(),
             start_latest: BTreeSet::new(),
+            latest_since: BTreeMap::new(),
             started: false,
             marks: Vec::new(),
             parked: HashMap::new(),
@@ -389,6 +395,11 @@ impl ShardSource {
         self.positions.retain(|s, _| ids.contains(s));
         self.finished.retain(|s| ids.contains(s));
         self.start_latest.retain(|s| ids.contains(s));
+        self.latest_since
+            .retain(|s, _| self.start_latest.contains(s));
+        // `latest` resolved by this plan reads from the newest record; the
+        // time is for when this plan's iterator is gone.
+        let mut resolved_now: Vec<(String, i64)> = Vec::new();
         if !self.started {
             self.started = true;
             let fresh = self.positions.is_empty() && self.finished.is_empty();
@@ -407,8 +418,16 @@ impl ShardSource {
             if self.options.starting_position == StartingPosition::Latest && !self.resnapshot {
                 for s in &listed {
                     if !self.positions.contains_key(&s.id) && !self.finished.contains(&s.id) {
+                        let since = self.clock.wall().timestamp_millis();
                         self.start_latest.insert(s.id.clone());
-                        self.mark(&s.id, MARK_LATEST);
+                        resolved_now.push((s.id.clone(), since));
+                        self.marks.push(Range {
+                            source: self.table.clone(),
+                            split: s.id.clone(),
+                            first: Some(MARK_LATEST.to_string()),
+                            modified_ms: Some(since),
+                            ..Default::default()
+                        });
                     }
                 }
             }
@@ -451,7 +470,12 @@ impl ShardSource {
             }
             let start = match self.positions.get(&shard.id) {
                 Some(seq) => At::After(seq.clone()),
-                None if self.start_latest.contains(&shard.id) => At::Latest,
+                None if self.start_latest.contains(&shard.id) => {
+                    match (self.kind, self.latest_since.get(&shard.id)) {
+                        (Kind::Kinesis, Some(since)) => At::Timestamp(*since),
+                        _ => At::Latest,
+                    }
+                }
                 None => At::TrimHorizon,
             };
             if snapshot {
@@ -507,6 +531,7 @@ impl ShardSource {
                 _ => {}
             }
         }
+        self.latest_since.extend(resolved_now);
         ranges.extend(self.marks.iter().cloned());
         metrics::counter!("sluice_shard_plan_records_total").increment(planned_records);
         Ok(Planned {
@@ -600,11 +625,15 @@ impl Source for ShardSource {
                     }
                     self.parked.remove(&r.split);
                     self.start_latest.remove(&r.split);
+                    self.latest_since.remove(&r.split);
                 }
                 (Some(mark), None) => {
                     match mark.as_str() {
                         MARK_LATEST if !self.positions.contains_key(&r.split) => {
                             self.start_latest.insert(r.split.clone());
+                            if let Some(since) = r.modified_ms {
+                                self.latest_since.insert(r.split.clone(), since);
+                            }
                         }
                         MARK_END => {
                             self.finished.insert(r.split.clone());
@@ -627,6 +656,7 @@ impl Source for ShardSource {
             "positions": self.positions,
             "finished": self.finished,
             "start_latest": self.start_latest,
+            "latest_since": self.latest_since,
         })
     }
 
@@ -639,6 +669,8 @@ impl Source for ShardSource {
             finished: BTreeSet<String>,
             #[serde(default)]
             start_latest: BTreeSet<String>,
+            #[serde(default)]
+            latest_since: BTreeMap<String, i64>,
         }
         let saved: Saved = serde_json::from_value(state.clone())
             .map_err(|e| self.error(format!("its checkpointed state is unreadable: {e}")))?;
@@ -646,6 +678,7 @@ impl Source for ShardSource {
         self.positions = saved.positions;
         self.finished = saved.finished;
         self.start_latest = saved.start_latest;
+        self.latest_since = saved.latest_since;
         self.started = true;
         Ok(())
     }
@@ -798,6 +831,10 @@ mod tests {
                 At::Latest => records.len(),
                 At::Sequence(s) => s.parse::<usize>().unwrap_or(1) - 1,
                 At::After(s) => s.parse::<usize>().unwrap_or(0),
+                At::Timestamp(ms) => records
+                    .iter()
+                    .position(|r| r.time_ms >= *ms)
+                    .unwrap_or(records.len()),
             };
             let trimmed = self
                 .trimmed_before
@@ -1000,9 +1037,45 @@ mod tests {
             [],
             "y's older records are skipped"
         );
-        fake.append("y", 1);
+        // Arriving after the start (Kinesis goes on from its time).
+        fake.append_at("y", 1, chrono::Utc::now().timestamp_millis() + 1_000);
         assert_eq!(batch(&mut restarted).await?, [("y".to_string(), 1)]);
         assert_eq!(batch(&mut s).await?, [("y".to_string(), 1)]);
+        Ok(())
+    }
+
+    /// A Kinesis shard started at `latest` with nothing read yet: a restart
+    /// goes on from when the first process resolved it, so what arrived
+    /// while it was down is read, and what was there before is not.
+    #[tokio::test]
+    async fn a_latest_kinesis_shard_goes_on_from_its_start_time_after_a_restart()
+    -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        let before = chrono::Utc::now().timestamp_millis() - 60_000;
+        fake.add_shard("x", &[], 0, false);
+        fake.append_at("x", 3, before);
+        let mut first = source(&fake, 100, true);
+        let planned = first.plan().await?;
+        // Nothing to read: only the mark, with when `latest` was resolved.
+        let mark = planned
+            .ranges
+            .iter()
+            .find(|r| r.first.as_deref() == Some(MARK_LATEST))
+            .cloned()
+            .unwrap_or_default();
+        let since = mark.modified_ms.unwrap_or_default();
+        assert!(since > before, "{mark:?}");
+        // The process dies; records arrive; a new one takes the recorded
+        // start (as the runner replays `starts/`).
+        fake.append_at("x", 2, since + 500);
+        let mut restarted = source(&fake, 100, true);
+        restarted.taken(&planned.ranges);
+        assert_eq!(batch(&mut restarted).await?, [("x".to_string(), 2)]);
+        // Its compacted state keeps the start too.
+        let state = first.snapshot();
+        let mut from_state = source(&fake, 100, true);
+        from_state.restore(&state)?;
+        assert_eq!(batch(&mut from_state).await?, [("x".to_string(), 2)]);
         Ok(())
     }
 

@@ -31,6 +31,9 @@ pub enum At {
     Sequence(String),
     /// Just after this record.
     After(String),
+    /// The first record that arrived at or after this time (ms since the
+    /// epoch). Kinesis only: DynamoDB Streams has no such iterator.
+    Timestamp(i64),
 }
 
 /// One record, as the service gave it.

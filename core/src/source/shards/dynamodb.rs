@@ -161,6 +161,9 @@ impl ShardApi for StreamsApi {
             At::Latest => (ShardIteratorType::Latest, None),
             At::Sequence(s) => (ShardIteratorType::AtSequenceNumber, Some(s.clone())),
             At::After(s) => (ShardIteratorType::AfterSequenceNumber, Some(s.clone())),
+            // Never asked of DynamoDB Streams (see `stream::shards`), which
+            // has no iterator by time: its newest record is the nearest.
+            At::Timestamp(_) => (ShardIteratorType::Latest, None),
         };
         let out = call("GetShardIterator", self.retry, || async {
             self.client

@@ -86,6 +86,11 @@ impl ShardApi for KinesisApi {
             At::Latest => (ShardIteratorType::Latest, None),
             At::Sequence(s) => (ShardIteratorType::AtSequenceNumber, Some(s.clone())),
             At::After(s) => (ShardIteratorType::AfterSequenceNumber, Some(s.clone())),
+            At::Timestamp(_) => (ShardIteratorType::AtTimestamp, None),
+        };
+        let timestamp = match at {
+            At::Timestamp(ms) => Some(aws_sdk_kinesis::primitives::DateTime::from_millis(*ms)),
+            _ => None,
         };
         let out = call("GetShardIterator", self.retry, || async {
             self.client
@@ -94,6 +99,7 @@ impl ShardApi for KinesisApi {
                 .shard_id(shard)
                 .shard_iterator_type(kind.clone())
                 .set_starting_sequence_number(sequence.clone())
+                .set_timestamp(timestamp)
                 .send()
                 .instrument(tracing::debug_span!("kinesis.get_shard_iterator", shard))
                 .await
