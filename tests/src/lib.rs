@@ -403,6 +403,17 @@ impl Cluster {
         Ok((child, metrics, format!("127.0.0.1:{flight}")))
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`, ...) to the scheduler's process.
+    pub fn signal_scheduler(&self, signal: &str) -> Result<()> {
+        let pid = self.scheduler.id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill {signal} {pid} failed");
+        Ok(())
+    }
+
     /// SIGKILLs the scheduler (and the coordinator in its process).
     pub fn kill_scheduler(&mut self) -> Result<()> {
         self.scheduler.kill()?;

@@ -518,9 +518,14 @@ fn a_kinesis_merge_after_a_sigkill_loses_and_repeats_nothing() {
         .unwrap_or_else(|| panic!("batch {killed_id} never committed"));
     assert_eq!(rerun["resumed"], true, "{rerun}");
     assert_children_after_parents(&batches, &[a, b]);
-    // And the accounts: per shard, records read = rows written.
+    // And the accounts: per shard, records read = rows written (a write
+    // found committed by the re-run, without `_SUCCESS` naming it, has no
+    // counts).
     for x in &batches {
         for acc in x["accounts"].as_array().unwrap() {
+            if x["resumed"] == true && acc["written"].is_null() {
+                continue;
+            }
             assert_eq!(acc["read"], acc["written"], "{x}");
         }
     }

@@ -592,6 +592,72 @@ fn submit_until_staged(
     }
 }
 
+/// The scheduler stops answering mid-job (SIGSTOP: its sockets stay open,
+/// so no call is refused, each one just hangs). `sluice submit` gives up
+/// within its deadlines naming the silence, aborts the write's uploads
+/// and leaves nothing visible. Once the scheduler runs again (SIGCONT) and
+/// the job's tasks go on, they find the write's lock released: nothing of
+/// the write becomes visible and no upload is left open.
+#[test]
+fn a_silent_scheduler_fails_the_job_within_its_deadline_and_nothing_lands() {
+    let s3 = sluice_test_support::s3::S3::from_env().unwrap();
+    let cluster = Cluster::start(2, 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = s3.new_bucket("silent").unwrap();
+    let job = tmp.path().join("silent.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "COPY (SELECT id FROM range(0, 12000000, 1, 12)) TO 's3://{bucket}/out' STORED AS PARQUET;\n"
+        ),
+    )
+    .unwrap();
+    let child = submit_until_staged(&cluster, &s3, &bucket, &job, &[]);
+    cluster.signal_scheduler("-STOP").unwrap();
+    let stopped = Instant::now();
+    let o = wait_after_kill(child);
+    let took = stopped.elapsed();
+    cluster.signal_scheduler("-CONT").unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        took < Duration::from_secs(120),
+        "the client took {took:?} to give up"
+    );
+    // Whichever of the client's calls notices first (the job's own stream
+    // or its 1 s status check) names the silence.
+    assert!(
+        err.contains(&format!("the scheduler at {} lost job", cluster.endpoint))
+            && (err.contains("it does not answer") || err.contains("no answer for 30s")),
+        "{err}"
+    );
+    assert!(err.contains("its uploads are aborted"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    let visible = || -> Vec<String> {
+        s3.list(&bucket, "out/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| !k.contains("/_"))
+            .collect()
+    };
+    // The resumed job's tasks and commit run against a released lock.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert_eq!(visible(), Vec::<String>::new());
+        let open = s3.open_uploads(&bucket, "out/").unwrap();
+        if open.is_empty() && Instant::now() > stopped + took + Duration::from_secs(15) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "uploads left open: {open:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The scheduler dies mid-job (SIGKILL). Ballista's client would wait
 /// forever for a job a restarted scheduler no longer knows; `sluice submit`
 /// fails within a bound naming the lost job, aborts the write's uploads and

@@ -94,27 +94,29 @@ pub(super) fn table_insert(
     Ok(Some((dml.input.as_ref().clone(), spec)))
 }
 
-/// Whether a write's rows are a source's dead letters: its plan keeps only
-/// rows whose `_error` column is set (a filter with `_error IS NOT NULL`
-/// as one of its conjuncts).
+/// Whether a write's rows are a source's dead letters: its plan, followed
+/// down from the top through single-input steps, filters on
+/// `_error IS NOT NULL` (one of the filter's conjuncts) before it reaches a
+/// join, a union or a scan. A union with such a branch, or a view over
+/// one (not inlined in the plan this reads), is not told apart.
 pub fn keeps_only_errors(plan: &LogicalPlan) -> bool {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::logical_expr::Expr;
     use datafusion::logical_expr::utils::split_conjunction;
-    let mut found = false;
-    let _ = plan.apply(|node| {
+    let mut node = plan;
+    loop {
         if let LogicalPlan::Filter(filter) = node
             && split_conjunction(&filter.predicate).iter().any(|e| {
                 matches!(e, Expr::IsNotNull(inner)
                     if matches!(inner.as_ref(), Expr::Column(c) if c.name == crate::source::kafka::ERROR_COLUMN))
             })
         {
-            found = true;
-            return Ok(TreeNodeRecursion::Stop);
+            return true;
         }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    found
+        match node.inputs().as_slice() {
+            [only] => node = only,
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +142,14 @@ mod tests {
             ("SELECT v FROM ev WHERE _error IS NULL", false),
             ("SELECT v FROM ev", false),
             ("SELECT v FROM ev WHERE v IS NOT NULL", false),
+            (
+                "SELECT v FROM ev WHERE _error IS NOT NULL UNION ALL SELECT v FROM ev WHERE _error IS NULL",
+                false,
+            ),
+            (
+                "SELECT v FROM (SELECT v, _error FROM ev WHERE _error IS NOT NULL) ORDER BY v",
+                true,
+            ),
         ] {
             assert_eq!(keeps_only_errors(&plan(sql).await), dead, "{sql}");
         }

@@ -396,12 +396,11 @@ impl JobRunner {
             since: chrono::Utc::now(),
             ttl_ms: spec.lock_ttl_ms,
         };
-        let mut lock = spec.lock(store, crate::clock::system())?;
-        if self.batch.is_some() {
-            // A micro-batch's write id names one statement of one batch of
-            // this stream, whose checkpoint this process holds.
-            lock = lock.taking_over_earlier_attempts();
-        }
+        // A resubmitted statement, or a micro-batch re-run after a crash,
+        // takes over its own earlier attempt's generation at once.
+        let lock = spec
+            .lock(store, crate::clock::system())?
+            .taking_over_earlier_attempts();
         let wait = Duration::from_millis(spec.lock_wait_ms);
         let acquire = LockGuard::acquire(lock, holder, wait)
             .instrument(tracing::info_span!("sluice.output_lock", url = %spec.url));
@@ -699,13 +698,14 @@ impl JobRunner {
                         Ok(None) => {}
                         Err(settle) => break Err(settle),
                     }
-                    // A new lock generation: the lost job's tasks, still
-                    // running on executors, fail their lock check instead of
-                    // writing beside the new attempt.
-                    if let Err(e) = guard.release().await {
-                        tracing::warn!(error = %e, "releasing the output lock failed; it expires");
-                    }
+                    // A new lock generation, taken while this one is held
+                    // (a release would let the numbers start again at 1, with
+                    // the same write id): the lost job's tasks, still running
+                    // on executors, fail their lock check instead of writing
+                    // beside the new attempt.
+                    let previous = guard;
                     guard = self.lock_output(&spec, file, line).await?;
+                    drop(previous);
                     spec.lock_generation = Some(guard.generation());
                 }
                 other => break other,

@@ -60,7 +60,10 @@ impl From<&WriteOutcome> for BatchWrite {
 /// filtered. `read` comes from the source (records in the range, checked
 /// by the executors as they read it); `written` and `dead_lettered` from
 /// the writers, which count their rows by the split column. `filtered` is
-/// what the job's SQL dropped; below zero, rows were written more than once.
+/// what the job's SQL dropped; below zero, more rows were written than
+/// read (twice, or a job that makes several rows of one record). With
+/// several data writes, `written` is the largest: a job that routes one
+/// split's records to different outputs shows the others as filtered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SplitAccount {
     pub source: String,
@@ -109,11 +112,13 @@ pub fn accounts(splits: &[SplitInput], writes: &[BatchWrite]) -> Vec<SplitAccoun
                     .collect::<Option<Vec<u64>>>()
                     .map(|v| v.into_iter().max().unwrap_or(0))
             };
+            // Two layouts of the same dead letters count them once.
             let dead_lettered = writes
                 .iter()
                 .filter(|w| w.dead_letter)
                 .map(|w| of(w, &split))
-                .sum::<Option<u64>>();
+                .collect::<Option<Vec<u64>>>()
+                .map(|v| v.into_iter().max().unwrap_or(0));
             let filtered = match (read, written, dead_lettered) {
                 (Some(r), Some(w), Some(d)) => Some(r as i64 - w as i64 - d as i64),
                 _ => None,
@@ -266,6 +271,8 @@ mod tests {
             write(false, Some(&[("shard-a", 11), ("shard-b", 3)])),
             // A second layout of the same rows, one filtered more.
             write(false, Some(&[("shard-a", 10), ("shard-b", 3)])),
+            write(true, Some(&[("shard-a", 1)])),
+            // The same dead letters in a second layout count once.
             write(true, Some(&[("shard-a", 1)])),
         ];
         let got = accounts(&splits, &writes);

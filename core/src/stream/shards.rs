@@ -397,9 +397,10 @@ impl ShardSource {
         self.start_latest.retain(|s| ids.contains(s));
         self.latest_since
             .retain(|s, _| self.start_latest.contains(s));
-        // `latest` resolved by this plan reads from the newest record; the
-        // time is for when this plan's iterator is gone.
-        let mut resolved_now: Vec<(String, i64)> = Vec::new();
+        // `latest` resolved by this plan reads from the newest record; its
+        // time is for when this plan's iterator is gone (a later plan of a
+        // shard this one did not park, a restart, an expired iterator).
+        let mut resolved_now: BTreeSet<String> = BTreeSet::new();
         if !self.started {
             self.started = true;
             let fresh = self.positions.is_empty() && self.finished.is_empty();
@@ -420,7 +421,8 @@ impl ShardSource {
                     if !self.positions.contains_key(&s.id) && !self.finished.contains(&s.id) {
                         let since = self.clock.wall().timestamp_millis();
                         self.start_latest.insert(s.id.clone());
-                        resolved_now.push((s.id.clone(), since));
+                        self.latest_since.insert(s.id.clone(), since);
+                        resolved_now.insert(s.id.clone());
                         self.marks.push(Range {
                             source: self.table.clone(),
                             split: s.id.clone(),
@@ -472,7 +474,9 @@ impl ShardSource {
                 Some(seq) => At::After(seq.clone()),
                 None if self.start_latest.contains(&shard.id) => {
                     match (self.kind, self.latest_since.get(&shard.id)) {
-                        (Kind::Kinesis, Some(since)) => At::Timestamp(*since),
+                        (Kind::Kinesis, Some(since)) if !resolved_now.contains(&shard.id) => {
+                            At::Timestamp(*since)
+                        }
                         _ => At::Latest,
                     }
                 }
@@ -531,7 +535,6 @@ impl ShardSource {
                 _ => {}
             }
         }
-        self.latest_since.extend(resolved_now);
         ranges.extend(self.marks.iter().cloned());
         metrics::counter!("sluice_shard_plan_records_total").increment(planned_records);
         Ok(Planned {

@@ -131,6 +131,15 @@ pub enum LockState {
     Held(Generation),
 }
 
+/// Whether a process with this pid runs on this machine (Linux's /proc;
+/// elsewhere every process counts as alive).
+pub fn process_alive(pid: u32) -> bool {
+    if !std::path::Path::new("/proc/self").exists() {
+        return true;
+    }
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// One output's lock.
 #[derive(Clone)]
 pub struct OutputLock {
@@ -138,7 +147,8 @@ pub struct OutputLock {
     dir: Path,
     url: String,
     clock: Arc<dyn Clock>,
-    /// Whether a generation held by the same write id is taken over.
+    /// Whether an earlier attempt's generation is taken over (see
+    /// [`OutputLock::taking_over_earlier_attempts`]).
     take_over_earlier_attempts: bool,
 }
 
@@ -154,12 +164,16 @@ impl OutputLock {
         }
     }
 
-    /// For a write whose id is unique to one attempt series (a
-    /// micro-batch's, re-run only by the process holding the stream's
-    /// checkpoint): a lock its id holds is an earlier attempt's, dead or
-    /// fenced off by the next generation, and is taken over at once
-    /// instead of after its ttl. Never for a lock whose id two live
-    /// processes can share (the checkpoint's own).
+    /// For a write's lock: a generation held by the same write id from
+    /// this host, by this process (a statement resubmitted after its
+    /// scheduler lost it) or by one that is dead (a micro-batch re-run
+    /// after a crash), is an earlier attempt of this write, and is taken
+    /// over at once instead of after its ttl. The next generation fences
+    /// that attempt off: its tasks, if any still run on a cluster, fail
+    /// their lock checks. A live process elsewhere, or on another host, is
+    /// waited for as any holder. A stream's checkpoint claim works the same
+    /// way: every process of a stream has its id, and a dead one's claim is
+    /// taken over at once.
     pub fn taking_over_earlier_attempts(mut self) -> Self {
         self.take_over_earlier_attempts = true;
         self
@@ -246,13 +260,14 @@ impl OutputLock {
         })?;
         loop {
             let state = match self.state().await? {
-                // An earlier attempt of this very write (a micro-batch run
-                // again after its process died): nothing else can hold this
-                // id, and the next generation makes that attempt's tasks,
-                // if any still run, fail their lock checks.
+                // An earlier attempt of this very write, by this process or
+                // a dead one (see `taking_over_earlier_attempts`).
                 LockState::Held(current)
                     if self.take_over_earlier_attempts
-                        && current.holder.write_id == holder.write_id =>
+                        && current.holder.write_id == holder.write_id
+                        && current.holder.host == holder.host
+                        && (current.holder.pid == holder.pid
+                            || !process_alive(current.holder.pid)) =>
                 {
                     LockState::Free {
                         next: current.number + 1,
@@ -611,18 +626,51 @@ mod tests {
             Arc::clone(&clock) as Arc<dyn Clock>,
         )
         .taking_over_earlier_attempts();
+        let with_pid = |pid: u32| Holder {
+            pid,
+            ..holder("s1b7l2", DEFAULT_TTL)
+        };
+        let me = std::process::id();
         // A micro-batch's write, whose process died holding the lock.
-        let first = lock
-            .acquire(&holder("s1b7l2", DEFAULT_TTL), Duration::ZERO)
-            .await?;
-        // Its re-run (same write id) does not wait out the ttl.
-        let again = lock
-            .acquire(&holder("s1b7l2", DEFAULT_TTL), Duration::ZERO)
-            .await?;
+        let first = lock.acquire(&with_pid(u32::MAX), Duration::ZERO).await?;
+        // Its re-run (same write id, same host) does not wait out the ttl.
+        let again = lock.acquire(&with_pid(me), Duration::ZERO).await?;
         assert_eq!(again, first + 1);
         // The earlier attempt, if still running somewhere, is superseded.
         assert!(lock.check(first, "s1b7l2").await.is_err());
         lock.check(again, "s1b7l2").await?;
+        // This process again (a resubmitted statement): the next one.
+        let third = lock.acquire(&with_pid(me), Duration::ZERO).await?;
+        assert_eq!(third, again + 1);
+        assert!(lock.check(again, "s1b7l2").await.is_err());
+        // A live process (pid 1) or another host holding it is waited for.
+        let other = OutputLock::new(
+            Arc::clone(&store),
+            &Path::from("other-out"),
+            "s3://b/other-out/",
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        )
+        .taking_over_earlier_attempts();
+        other.acquire(&with_pid(1), Duration::ZERO).await?;
+        assert!(other.acquire(&with_pid(me), Duration::ZERO).await.is_err());
+        let elsewhere = Holder {
+            host: "elsewhere".into(),
+            ..with_pid(u32::MAX)
+        };
+        let third_out = OutputLock::new(
+            Arc::clone(&store),
+            &Path::from("third-out"),
+            "s3://b/third-out/",
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        )
+        .taking_over_earlier_attempts();
+        third_out.acquire(&elsewhere, Duration::ZERO).await?;
+        assert!(
+            third_out
+                .acquire(&with_pid(me), Duration::ZERO)
+                .await
+                .is_err()
+        );
         // Another write still waits for it.
         assert!(
             lock.acquire(&holder("other", DEFAULT_TTL), Duration::ZERO)
