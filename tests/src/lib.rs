@@ -37,6 +37,16 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     );
 }
 
+/// `kill SIGNAL PID`.
+fn send_signal(pid: u32, signal: &str) -> Result<()> {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "kill {signal} {pid} failed");
+    Ok(())
+}
+
 /// The workspace root (for `jobs/...`). Read when the test runs, not
 /// when it was built: a build of this checkout can be reused from another
 /// one's target directory (CI's clone shares the developers' cache), and
@@ -405,13 +415,7 @@ impl Cluster {
 
     /// Sends `signal` (`-STOP`, `-CONT`, ...) to the scheduler's process.
     pub fn signal_scheduler(&self, signal: &str) -> Result<()> {
-        let pid = self.scheduler.id();
-        let ok = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "kill {signal} {pid} failed");
-        Ok(())
+        send_signal(self.scheduler.id(), signal)
     }
 
     /// SIGKILLs the scheduler (and the coordinator in its process).
@@ -576,13 +580,7 @@ impl Cluster {
     /// Sends `signal` (`-STOP`, `-CONT`) to executor `i`: SIGSTOP cuts it off
     /// as a network partition would, without killing it.
     pub fn signal_executor(&self, i: usize, signal: &str) -> Result<()> {
-        let pid = self.executors.get(i).context("no such executor")?.id();
-        let ok = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "kill {signal} {pid} failed");
-        Ok(())
+        send_signal(self.executors.get(i).context("no such executor")?.id(), signal)
     }
 
     /// SIGKILL, as a crashed machine would.
