@@ -580,7 +580,10 @@ impl Cluster {
     /// Sends `signal` (`-STOP`, `-CONT`) to executor `i`: SIGSTOP cuts it off
     /// as a network partition would, without killing it.
     pub fn signal_executor(&self, i: usize, signal: &str) -> Result<()> {
-        send_signal(self.executors.get(i).context("no such executor")?.id(), signal)
+        send_signal(
+            self.executors.get(i).context("no such executor")?.id(),
+            signal,
+        )
     }
 
     /// SIGKILL, as a crashed machine would.

@@ -84,10 +84,18 @@ impl SplitCounter {
         let values = arrow::compute::cast(batch.column(self.column), &DataType::Utf8)?;
         let values = datafusion::common::cast::as_string_array(&values)?;
         for v in values.iter() {
-            *counts.entry(v.unwrap_or("null").to_string()).or_default() += 1;
-        }
-        if counts.len() > MAX_SPLITS {
-            self.counts = None;
+            let v = v.unwrap_or("null");
+            // A key is allocated once per split, not once per row.
+            match counts.get_mut(v) {
+                Some(n) => *n += 1,
+                None => {
+                    if counts.len() >= MAX_SPLITS {
+                        self.counts = None;
+                        return Ok(());
+                    }
+                    counts.insert(v.to_string(), 1);
+                }
+            }
         }
         Ok(())
     }
