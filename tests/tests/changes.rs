@@ -388,6 +388,24 @@ fn kinesis_job(dir: &Path, stream: &str, out: &Path) -> PathBuf {
     path
 }
 
+/// A new stream of `shards` shards and [`kinesis_job`] over it, writing
+/// to `out/` of the temporary directory.
+fn kinesis_setup(hint: &str, shards: i32) -> (String, tempfile::TempDir, PathBuf) {
+    let stream = changes::create_stream(hint, shards).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = kinesis_job(tmp.path(), &stream, &tmp.path().join("out"));
+    (stream, tmp, job)
+}
+
+/// The output, checkpoint and batch log under [`kinesis_setup`]'s directory.
+fn kinesis_paths(tmp: &tempfile::TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        tmp.path().join("out"),
+        tmp.path().join("ck"),
+        tmp.path().join("batches.jsonl"),
+    )
+}
+
 /// `sluice stream` of a Kinesis job with 1 s batches; a restart after a
 /// kill waits 3 s for the killed process's claim to lapse.
 fn kinesis_args(job: &Path, ck: &Path) -> Vec<String> {
@@ -461,14 +479,8 @@ fn assert_children_after_parents(batches: &[serde_json::Value], parents: &[Strin
 /// end before either child starts, and every record arrives once.
 #[test]
 fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
-    let stream = changes::create_stream("split", 1).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (out, ck, log) = (
-        tmp.path().join("out"),
-        tmp.path().join("ck"),
-        tmp.path().join("batches.jsonl"),
-    );
-    let job = kinesis_job(tmp.path(), &stream, &out);
+    let (stream, tmp, job) = kinesis_setup("split", 1);
+    let (out, ck, log) = kinesis_paths(&tmp);
     changes::put_records(&stream, &numbered(0, 150)).unwrap();
     let args = kinesis_args(&job, &ck);
     let mut child = spawn(&args, &log);
@@ -488,14 +500,8 @@ fn a_kinesis_shard_split_mid_stream_loses_and_repeats_nothing() {
 /// their ends before the merged child, and every record arrives once.
 #[test]
 fn a_kinesis_merge_after_a_sigkill_loses_and_repeats_nothing() {
-    let stream = changes::create_stream("merge", 2).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (out, ck, log) = (
-        tmp.path().join("out"),
-        tmp.path().join("ck"),
-        tmp.path().join("batches.jsonl"),
-    );
-    let job = kinesis_job(tmp.path(), &stream, &out);
+    let (stream, tmp, job) = kinesis_setup("merge", 2);
+    let (out, ck, log) = kinesis_paths(&tmp);
     changes::put_records(&stream, &numbered(0, 200)).unwrap();
     let args = kinesis_args(&job, &ck);
     let killed_at = kill_mid_batch(spawn(&args, &log), &ck);

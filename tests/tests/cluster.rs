@@ -592,6 +592,39 @@ fn submit_until_staged(
     }
 }
 
+/// A job file writing `rows` ids in 12 partitions to `s3://bucket/out`.
+fn range_to_s3_job(dir: &std::path::Path, bucket: &str, rows: u64) -> std::path::PathBuf {
+    let job = dir.join(format!("{bucket}.sql"));
+    std::fs::write(
+        &job,
+        format!(
+            "COPY (SELECT id FROM range(0, {rows}, 1, 12)) TO 's3://{bucket}/out' STORED AS PARQUET;\n"
+        ),
+    )
+    .unwrap();
+    job
+}
+
+/// The objects a reader of `s3://bucket/out/` sees (not staging or locks).
+fn visible_output(s3: &sluice_test_support::s3::S3, bucket: &str) -> Vec<String> {
+    s3.list(bucket, "out/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| !k.contains("/_"))
+        .collect()
+}
+
+/// One `error:` line, and no debug dump in it.
+fn assert_one_clear_error(err: &str) {
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("Status {"), "a debug dump: {err}");
+}
+
 /// The scheduler stops answering mid-job (SIGSTOP: its sockets stay open,
 /// so no call is refused, each one just hangs). `sluice submit` gives up
 /// within its deadlines naming the silence, aborts the write's uploads
@@ -604,14 +637,7 @@ fn a_silent_scheduler_fails_the_job_within_its_deadline_and_nothing_lands() {
     let cluster = Cluster::start(2, 1).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let bucket = s3.new_bucket("silent").unwrap();
-    let job = tmp.path().join("silent.sql");
-    std::fs::write(
-        &job,
-        format!(
-            "COPY (SELECT id FROM range(0, 12000000, 1, 12)) TO 's3://{bucket}/out' STORED AS PARQUET;\n"
-        ),
-    )
-    .unwrap();
+    let job = range_to_s3_job(tmp.path(), &bucket, 12_000_000);
     let child = submit_until_staged(&cluster, &s3, &bucket, &job, &[]);
     cluster.signal_scheduler("-STOP").unwrap();
     let stopped = Instant::now();
@@ -632,23 +658,11 @@ fn a_silent_scheduler_fails_the_job_within_its_deadline_and_nothing_lands() {
         "{err}"
     );
     assert!(err.contains("its uploads are aborted"), "{err}");
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{err}"
-    );
-    let visible = || -> Vec<String> {
-        s3.list(&bucket, "out/")
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .filter(|k| !k.contains("/_"))
-            .collect()
-    };
+    assert_one_clear_error(&err);
     // The resumed job's tasks and commit run against a released lock.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert_eq!(visible(), Vec::<String>::new());
+        assert_eq!(visible_output(&s3, &bucket), Vec::<String>::new());
         let open = s3.open_uploads(&bucket, "out/").unwrap();
         if open.is_empty() && Instant::now() > stopped + took + Duration::from_secs(15) {
             break;
@@ -670,17 +684,7 @@ fn a_lost_scheduler_fails_the_job_clearly_or_it_is_resubmitted_once_back() {
     let mut cluster = Cluster::start(2, 1).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let rows: u64 = 12_000_000;
-    let job_for = |bucket: &str| {
-        let job = tmp.path().join(format!("{bucket}.sql"));
-        std::fs::write(
-            &job,
-            format!(
-                "COPY (SELECT id FROM range(0, {rows}, 1, 12)) TO 's3://{bucket}/out' STORED AS PARQUET;\n"
-            ),
-        )
-        .unwrap();
-        job
-    };
+    let job_for = |bucket: &str| range_to_s3_job(tmp.path(), bucket, rows);
 
     // Without resubmission: a clear failure, nothing left behind.
     let bucket = s3.new_bucket("lostsched").unwrap();
@@ -700,25 +704,13 @@ fn a_lost_scheduler_fails_the_job_clearly_or_it_is_resubmitted_once_back() {
         "{err}"
     );
     assert!(err.contains("--resubmit-on-scheduler-loss"), "{err}");
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{err}"
-    );
-    assert!(!err.contains("Status {"), "a debug dump: {err}");
+    assert_one_clear_error(&err);
     assert!(err.contains("its uploads are aborted"), "{err}");
     assert_eq!(
         s3.open_uploads(&bucket, "out/").unwrap(),
         Vec::<String>::new()
     );
-    let visible: Vec<String> = s3
-        .list(&bucket, "out/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| !k.contains("/_"))
-        .collect();
-    assert!(visible.is_empty(), "{visible:?}");
+    assert_eq!(visible_output(&s3, &bucket), Vec::<String>::new());
 
     // With resubmission: the scheduler comes back on its port.
     cluster.restart_scheduler().unwrap();

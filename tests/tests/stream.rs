@@ -162,9 +162,20 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// A Parquet stream job over an empty source directory: (temp dir,
-/// source dir, output dir, checkpoint, job file).
-fn parquet_stream() -> (
+/// Runs the stream `--once`: its one batch's report.
+fn one_batch(job: &Path, ck: &str) -> serde_json::Value {
+    let once = run_stream(job, ck, &["--once"]);
+    assert!(once.status.success(), "{}", stderr(&once));
+    let mut b = batches(&once.stdout);
+    assert_eq!(b.len(), 1, "{b:?}");
+    b.remove(0)
+}
+
+/// A stream job of `format` files over an empty source directory: (temp
+/// dir, source dir, output dir, checkpoint, job file).
+fn file_stream(
+    format: &str,
+) -> (
     tempfile::TempDir,
     std::path::PathBuf,
     std::path::PathBuf,
@@ -178,7 +189,7 @@ fn parquet_stream() -> (
     let job = job(
         tmp.path(),
         &src.display().to_string(),
-        "PARQUET",
+        format,
         &out.display().to_string(),
     );
     (tmp, src, out, ck, job)
@@ -190,7 +201,7 @@ fn parquet_stream() -> (
 /// `sluice stream status` shows the batches.
 #[test]
 fn each_file_is_read_by_exactly_one_batch_across_runs() {
-    let (_tmp, src, out, ck, job) = parquet_stream();
+    let (_tmp, src, out, ck, job) = file_stream("PARQUET");
     for i in 0..5 {
         parquet_input(&src, &format!("f{i}.parquet"), i * 100..(i + 1) * 100);
         // Distinct modification times: the order batches take files in.
@@ -247,12 +258,11 @@ fn each_file_is_read_by_exactly_one_batch_across_runs() {
     // New files: the next batch id, only them.
     parquet_input(&src, "f5.parquet", 500..600);
     json_input(&src, "ignored.json", 0..3);
-    let once = run_stream(&job, &ck, &["--once"]);
-    assert!(once.status.success(), "{}", stderr(&once));
-    let b = batches(&once.stdout);
-    assert_eq!(b.len(), 1);
-    assert_eq!(b[0]["batch_id"], 3);
-    assert_eq!(b[0]["input_rows"], 100);
+    let b = one_batch(&job, &ck);
+    assert_eq!(
+        (b["batch_id"].as_u64(), b["input_rows"].as_u64()),
+        (Some(3), Some(100))
+    );
     assert_eq!(local_ids(&out), exactly(600));
 
     let status = run_with_timeout(
@@ -282,7 +292,7 @@ fn each_file_is_read_by_exactly_one_batch_across_runs() {
 /// from that state with the next batch id, reading only new files.
 #[test]
 fn the_checkpoint_is_compacted_and_a_restart_goes_on_from_it() {
-    let (tmp, src, out, ck, job) = parquet_stream();
+    let (tmp, src, out, ck, job) = file_stream("PARQUET");
     for i in 0..25 {
         parquet_input(&src, &format!("f{i:02}.parquet"), i * 10..(i + 1) * 10);
         std::thread::sleep(Duration::from_millis(5));
@@ -317,12 +327,11 @@ fn the_checkpoint_is_compacted_and_a_restart_goes_on_from_it() {
     );
     assert_eq!(local_ids(&out), exactly(250));
     parquet_input(&src, "f25.parquet", 250..260);
-    let once = run_stream(&job, &ck, &["--once"]);
-    assert!(once.status.success(), "{}", stderr(&once));
-    let b = batches(&once.stdout);
-    assert_eq!(b.len(), 1);
-    assert_eq!(b[0]["batch_id"], 25);
-    assert_eq!(b[0]["input_rows"], 10);
+    let b = one_batch(&job, &ck);
+    assert_eq!(
+        (b["batch_id"].as_u64(), b["input_rows"].as_u64()),
+        (Some(25), Some(10))
+    );
     assert_eq!(local_ids(&out), exactly(260));
 }
 
@@ -331,16 +340,7 @@ fn the_checkpoint_is_compacted_and_a_restart_goes_on_from_it() {
 /// stops it cleanly, and every row is there once.
 #[test]
 fn a_running_stream_takes_arrivals_and_owns_its_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, out) = (tmp.path().join("in"), tmp.path().join("out"));
-    std::fs::create_dir_all(&src).unwrap();
-    let ck = tmp.path().join("ck").display().to_string();
-    let job = job(
-        tmp.path(),
-        &src.display().to_string(),
-        "JSON",
-        &out.display().to_string(),
-    );
+    let (tmp, src, out, ck, job) = file_stream("JSON");
     let lines = tmp.path().join("lines.jsonl");
     let child = stream_cmd(&job, &ck, &["--every", "1s"])
         .stdout(std::fs::File::create(&lines).unwrap())
@@ -764,7 +764,7 @@ fn on_a_cluster(
     std::path::PathBuf,
 ) {
     let cluster = sluice_test_support::Cluster::start(executors, 2).unwrap();
-    let (tmp, src, out, ck, job) = parquet_stream();
+    let (tmp, src, out, ck, job) = file_stream("PARQUET");
     (cluster, tmp, src, out, ck, job)
 }
 

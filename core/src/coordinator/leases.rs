@@ -966,7 +966,29 @@ mod tests {
             table: "t-new".into(),
             ..req("w", 0)
         };
-        assert!(matches!(c.lease(one_more), Err(LeaseError::TooManyLeases)));
+        assert!(matches!(
+            c.lease(one_more.clone()),
+            Err(LeaseError::TooManyLeases)
+        ));
+        // The route answers it with a 503 naming the cap.
+        let answered = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(super::lease(
+                    axum::extract::State(c.clone()),
+                    axum::Json(one_more),
+                ))
+                .map(|_| "granted".to_string())
+                .map_err(|(status, text)| format!("{status}: {text}"))
+            });
+        assert_eq!(
+            answered,
+            Err(
+                "503 Service Unavailable: the coordinator holds 50000 writers' leases already"
+                    .into()
+            )
+        );
         assert_eq!(c.status().len(), 50, "the refused table was not added");
         // Held leases still renew.
         let renewal = LeaseRequest {

@@ -608,7 +608,7 @@ mod tests {
     async fn a_rerun_of_the_same_write_takes_over_at_once() -> Result<(), LockError> {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let clock = ManualClock::new();
-        // Without the opt-in (the checkpoint's lock), the same id waits.
+        // Without the opt-in, the same id waits out the ttl.
         let plain = lock_on(&store, &clock);
         plain
             .acquire(&holder("stream s1", DEFAULT_TTL), Duration::ZERO)
@@ -619,13 +619,16 @@ mod tests {
                 .await
                 .is_err()
         );
-        let lock = OutputLock::new(
-            Arc::clone(&store),
-            &Path::from("batch-out"),
-            "s3://b/batch-out/",
-            Arc::clone(&clock) as Arc<dyn Clock>,
-        )
-        .taking_over_earlier_attempts();
+        let opted = |dir: &str| {
+            OutputLock::new(
+                Arc::clone(&store),
+                &Path::from(dir),
+                &format!("s3://b/{dir}/"),
+                Arc::clone(&clock) as Arc<dyn Clock>,
+            )
+            .taking_over_earlier_attempts()
+        };
+        let lock = opted("batch-out");
         let with_pid = |pid: u32| Holder {
             pid,
             ..holder("s1b7l2", DEFAULT_TTL)
@@ -644,26 +647,14 @@ mod tests {
         assert_eq!(third, again + 1);
         assert!(lock.check(again, "s1b7l2").await.is_err());
         // A live process (pid 1) or another host holding it is waited for.
-        let other = OutputLock::new(
-            Arc::clone(&store),
-            &Path::from("other-out"),
-            "s3://b/other-out/",
-            Arc::clone(&clock) as Arc<dyn Clock>,
-        )
-        .taking_over_earlier_attempts();
+        let other = opted("other-out");
         other.acquire(&with_pid(1), Duration::ZERO).await?;
         assert!(other.acquire(&with_pid(me), Duration::ZERO).await.is_err());
         let elsewhere = Holder {
             host: "elsewhere".into(),
             ..with_pid(u32::MAX)
         };
-        let third_out = OutputLock::new(
-            Arc::clone(&store),
-            &Path::from("third-out"),
-            "s3://b/third-out/",
-            Arc::clone(&clock) as Arc<dyn Clock>,
-        )
-        .taking_over_earlier_attempts();
+        let third_out = opted("third-out");
         third_out.acquire(&elsewhere, Duration::ZERO).await?;
         assert!(
             third_out
