@@ -402,11 +402,9 @@ print(json.dumps(counts))
     let python = std::env::var("SLUICE_TEST_PYTHON").context(
         "SLUICE_TEST_PYTHON (the test venv's python, with duckdb) is not set: run the tests through scripts/test.sh",
     )?;
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(dir)
-        .arg(field)
-        .output()
+    let mut cmd = std::process::Command::new(&python);
+    cmd.args(["-c", script]).arg(dir).arg(field);
+    let out = crate::run_with_timeout(&mut cmd, Duration::from_secs(60))
         .with_context(|| python.clone())?;
     anyhow::ensure!(
         out.status.success(),
