@@ -242,6 +242,21 @@ impl JobRunner {
             .object_store_registry
             .get_store(&spec.output_url()?)?;
         abandon(spec, &store).await?;
+        if let Some(done) = self.committed_by_success(spec, &store).await? {
+            return Ok(Some(done));
+        }
+        // `_SUCCESS` names another write (a later append to the same
+        // output), or was never written (a commit settled forward): the
+        // write's own files, which carry its whole id, say it committed.
+        self.committed_files(spec, &store).await
+    }
+
+    /// The write's commit, if the output's `_SUCCESS` names it.
+    async fn committed_by_success(
+        &self,
+        spec: &WriteSpec,
+        store: &Arc<dyn object_store::ObjectStore>,
+    ) -> Result<Option<WriteOutcome>, DataFusionError> {
         let path = spec
             .base_path()?
             .join(crate::sink::files::spec::SUCCESS_FILE);
@@ -270,10 +285,7 @@ impl JobRunner {
                 dead_letter: false,
             }));
         }
-        // `_SUCCESS` names another write (a later append to the same
-        // output), or was never written (a commit settled forward): the
-        // write's own files, which carry its whole id, say it committed.
-        self.committed_files(spec, &store).await
+        Ok(None)
     }
 
     /// A write whose files are visible in its output (outside the hidden
@@ -732,6 +744,24 @@ impl JobRunner {
                     && let Ok(Some(done)) = self.committed_earlier(&spec).await
                 {
                     tracing::warn!(write_id = %spec.write_id, "the scheduler lost the job after it committed the write");
+                    if let Err(e) = guard.release().await {
+                        tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+                    }
+                    return Ok((None, done));
+                }
+                // The commit is the job's last task: a job that fails after
+                // it (its one result row could not be fetched from an
+                // executor cut off meanwhile) wrote everything, and
+                // `_SUCCESS` names the write.
+                if !is_lost(&e)
+                    && let Ok(store) = self
+                        .ctx
+                        .runtime_env()
+                        .object_store_registry
+                        .get_store(&spec.output_url()?)
+                    && let Ok(Some(done)) = self.committed_by_success(&spec, &store).await
+                {
+                    tracing::warn!(write_id = %spec.write_id, error = %crate::error::render(&e), "the job failed after its commit; the write is committed");
                     if let Err(e) = guard.release().await {
                         tracing::warn!(error = %e, "releasing the output lock failed; it expires");
                     }
