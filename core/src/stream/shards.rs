@@ -47,6 +47,9 @@ const MAX_PAGES: u32 = 50;
 /// record for this plan (DynamoDB Streams says nothing about how far
 /// behind a page is); the next plan goes on from where this one stopped.
 const EMPTY_PAGES_AT_TIP: u32 = 2;
+/// The coarsest rounding of a DynamoDB stream record's creation time seen
+/// (DynamoDB Local's minute).
+const CREATION_TIME_ROUNDING_MS: i64 = 60_000;
 /// A range's `first` with no `last`: the shard starts at its newest record.
 const MARK_LATEST: &str = "LATEST";
 /// A range's `first` with no `last`: the shard was read to its end.
@@ -244,6 +247,19 @@ impl ShardSource {
                 Err(e) => return Err(fail(&e)),
             },
         };
+        // DynamoDB Streams has no iterator by time: a `Timestamp` start reads
+        // from the trim horizon and skips what was created before it.
+        // Creation times are "approximate" and rounded down (to the second
+        // by AWS's docs, to the minute by DynamoDB Local), so the whole
+        // minute is kept: a record written up to a minute before `latest`
+        // was resolved may be read, none written after it is lost.
+        let skip_before = match (&start, self.kind) {
+            (At::Timestamp(since), Kind::DynamodbStream) if position.is_none() => {
+                Some(since - since.rem_euclid(CREATION_TIME_ROUNDING_MS))
+            }
+            _ => None,
+        };
+        let mut skipped = 0u64;
         let mut out: Vec<ShardRecord> = Vec::new();
         let mut empty = 0u32;
         let mut renewals = 0u32;
@@ -275,6 +291,13 @@ impl ShardSource {
             for r in page.records {
                 if self.frozen_at.is_some_and(|t| r.time_ms > t) {
                     return Ok((out, false, behind));
+                }
+                if out.is_empty() && skip_before.is_some_and(|t| r.time_ms < t) {
+                    skipped += 1;
+                    continue;
+                }
+                if out.is_empty() && skipped > 0 {
+                    tracing::info!(shard = %shard.id, skipped, "records created before `latest` was resolved skipped");
                 }
                 out.push(r);
             }
@@ -473,10 +496,8 @@ impl ShardSource {
             let start = match self.positions.get(&shard.id) {
                 Some(seq) => At::After(seq.clone()),
                 None if self.start_latest.contains(&shard.id) => {
-                    match (self.kind, self.latest_since.get(&shard.id)) {
-                        (Kind::Kinesis, Some(since)) if !resolved_now.contains(&shard.id) => {
-                            At::Timestamp(*since)
-                        }
+                    match self.latest_since.get(&shard.id) {
+                        Some(since) if !resolved_now.contains(&shard.id) => At::Timestamp(*since),
                         _ => At::Latest,
                     }
                 }
@@ -746,6 +767,7 @@ impl Source for ShardSource {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::source::shards::api::{ApiError, Body, Change, Page};
@@ -760,6 +782,8 @@ mod tests {
         expiring: Mutex<u32>,
         /// The most records a page holds, when smaller than asked.
         page_limit: Mutex<Option<usize>>,
+        /// As DynamoDB Streams: no iterator by time (the trim horizon).
+        no_time_iterator: std::sync::atomic::AtomicBool,
     }
 
     impl Fake {
@@ -834,6 +858,7 @@ mod tests {
                 At::Latest => records.len(),
                 At::Sequence(s) => s.parse::<usize>().unwrap_or(1) - 1,
                 At::After(s) => s.parse::<usize>().unwrap_or(0),
+                At::Timestamp(_) if self.no_time_iterator.load(Ordering::Relaxed) => horizon,
                 At::Timestamp(ms) => records
                     .iter()
                     .position(|r| r.time_ms >= *ms)
@@ -1047,16 +1072,35 @@ mod tests {
         Ok(())
     }
 
-    /// A Kinesis shard started at `latest` with nothing read yet: a restart
-    /// goes on from when the first process resolved it, so what arrived
-    /// while it was down is read, and what was there before is not.
+    /// A shard started at `latest` with nothing read yet: a restart goes on
+    /// from when the first process resolved it, so what arrived while it
+    /// was down is read, and what was there before is not.
     #[tokio::test]
     async fn a_latest_kinesis_shard_goes_on_from_its_start_time_after_a_restart()
     -> Result<(), StreamError> {
+        latest_goes_on_from_its_start_time(Kind::Kinesis).await
+    }
+
+    /// The same on DynamoDB Streams, which has no iterator by time: the
+    /// reader skips from the trim horizon by creation time.
+    #[tokio::test]
+    async fn a_latest_dynamodb_shard_goes_on_from_its_start_time_after_a_restart()
+    -> Result<(), StreamError> {
+        latest_goes_on_from_its_start_time(Kind::DynamodbStream).await
+    }
+
+    async fn latest_goes_on_from_its_start_time(kind: Kind) -> Result<(), StreamError> {
         let fake = Arc::new(Fake::default());
+        fake.no_time_iterator
+            .store(kind == Kind::DynamodbStream, Ordering::Relaxed);
         let before = chrono::Utc::now().timestamp_millis() - 60_000;
         fake.add_shard("x", &[], 0, false);
         fake.append_at("x", 3, before);
+        let source = |fake: &Arc<Fake>, cap: u64, latest: bool| {
+            let mut s = source(fake, cap, latest);
+            s.kind = kind;
+            s
+        };
         let mut first = source(&fake, 100, true);
         let planned = first.plan().await?;
         // Nothing to read: only the mark, with when `latest` was resolved.
@@ -1069,7 +1113,13 @@ mod tests {
         let since = mark.modified_ms.unwrap_or_default();
         assert!(since > before, "{mark:?}");
         // The process dies; records arrive; a new one takes the recorded
-        // start (as the runner replays `starts/`).
+        // start (as the runner replays `starts/`). The one created in the
+        // minute before is older than the start even rounded down.
+        fake.append_at(
+            "x",
+            1,
+            since - since.rem_euclid(CREATION_TIME_ROUNDING_MS) - 1,
+        );
         fake.append_at("x", 2, since + 500);
         let mut restarted = source(&fake, 100, true);
         restarted.taken(&planned.ranges);

@@ -32,7 +32,8 @@ pub enum At {
     /// Just after this record.
     After(String),
     /// The first record that arrived at or after this time (ms since the
-    /// epoch). Kinesis only: DynamoDB Streams has no such iterator.
+    /// epoch). DynamoDB Streams has no such iterator: it gives the trim
+    /// horizon, and the planner skips the older records.
     Timestamp(i64),
 }
 

@@ -161,9 +161,10 @@ impl ShardApi for StreamsApi {
             At::Latest => (ShardIteratorType::Latest, None),
             At::Sequence(s) => (ShardIteratorType::AtSequenceNumber, Some(s.clone())),
             At::After(s) => (ShardIteratorType::AfterSequenceNumber, Some(s.clone())),
-            // Never asked of DynamoDB Streams (see `stream::shards`), which
-            // has no iterator by time: its newest record is the nearest.
-            At::Timestamp(_) => (ShardIteratorType::Latest, None),
+            // DynamoDB Streams has no iterator by time: the reader starts at
+            // the trim horizon and skips what was created earlier (see
+            // `stream::shards`).
+            At::Timestamp(_) => (ShardIteratorType::TrimHorizon, None),
         };
         let out = call("GetShardIterator", self.retry, || async {
             self.client
