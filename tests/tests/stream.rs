@@ -958,3 +958,87 @@ fn a_batch_whose_commit_record_was_lost_writes_nothing_twice() {
     assert_eq!(b[0]["resumed"], true);
     assert_eq!(local_ids(&out), want, "a committed write ran again");
 }
+
+/// A JSON file source with `max_bad_records` keeps its bad lines as rows:
+/// the job sends them to a dead-letter write with their file, line, text
+/// and reason, and the good ones to the output, each once, in the same
+/// batch. A file with more bad lines than allowed fails the batch, naming
+/// the file and line, and nothing of that batch lands.
+#[test]
+fn bad_json_lines_go_to_dead_letters_and_too_many_fail_the_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out, errors) = (
+        tmp.path().join("in"),
+        tmp.path().join("out"),
+        tmp.path().join("errors"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let job = tmp.path().join("dlq.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, v VARCHAR) STORED AS JSON LOCATION '{}/' \
+               OPTIONS ('max_bad_records' '3');\n\
+             COPY (SELECT id, v FROM src WHERE _error IS NULL) TO '{}' STORED AS PARQUET;\n\
+             COPY (SELECT _file, _line, _raw, _error FROM src WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;\n",
+            src.display(),
+            out.display(),
+            errors.display()
+        ),
+    )
+    .unwrap();
+    let put = |name: &str, text: &[u8]| {
+        let tmp = src.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, src.join(name)).unwrap();
+    };
+    put("a.json", &json_lines(0..5));
+    put(
+        "b.json",
+        b"{\"id\": 10, \"v\": \"x\"}\nnot json\n{\"v\": \"no id\"}\n\n{\"id\": \"eleven\"}\n{\"id\": 12}",
+    );
+    let first = one_batch(&job, &ck);
+    assert_eq!(first["rows_dead_lettered"], 3, "{first}");
+    assert_eq!(local_ids(&out), [0, 1, 2, 3, 4, 10, 12]);
+    let mut dead: Vec<serde_json::Value> = vec![];
+    for name in sluice_test_support::visible_files(&errors).unwrap() {
+        let text = std::fs::read_to_string(errors.join(&name)).unwrap();
+        dead.extend(text.lines().map(|l| serde_json::from_str(l).unwrap()));
+    }
+    dead.sort_by_key(|r| r["_line"].as_i64());
+    let lines: Vec<i64> = dead.iter().map(|r| r["_line"].as_i64().unwrap()).collect();
+    assert_eq!(lines, [2, 3, 5], "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|r| r["_file"].as_str().unwrap().ends_with("/in/b.json"))
+    );
+    assert_eq!(dead[0]["_raw"], "not json");
+    let why: Vec<&str> = dead.iter().map(|r| r["_error"].as_str().unwrap()).collect();
+    assert!(why[0].contains("not JSON"), "{why:?}");
+    assert!(why[1].contains("required field id"), "{why:?}");
+    assert!(
+        why[2].contains("eleven") || why[2].contains("id"),
+        "{why:?}"
+    );
+
+    // Four bad lines in one file: over the threshold.
+    put("c.json", b"{\"id\": 20}\nx\ny\nz\nw\n");
+    let failed = run_stream(&job, &ck, &["--once"]);
+    assert!(!failed.status.success());
+    let err = stderr(&failed);
+    assert!(
+        err.contains("c.json: line 5: 4 bad lines in this file, over max_bad_records 3"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        local_ids(&out),
+        [0, 1, 2, 3, 4, 10, 12],
+        "a failed batch landed"
+    );
+}

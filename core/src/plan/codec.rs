@@ -24,6 +24,7 @@ use sluice_udfs::skewed::{SkewedExec, SkewedTable};
 use crate::sink::dynamo::{DynamoCommitExec, DynamoSpec, DynamoWriteNode, DynamoWriterExec};
 use crate::sink::files::{CommitExec, RouteSpec, SkewRouteExec, WriteNode, WriteSpec, WriterExec};
 use crate::source::dynamodb::{DynamoScanExec, ScanSpec, ScanTableSpec};
+use crate::source::json_lines::{JsonLinesScanExec, JsonLinesSpec, JsonLinesTable};
 use crate::source::kafka::{KafkaScanExec, KafkaSpec, KafkaTable};
 use crate::source::shards::{ShardScanExec, ShardSpec, ShardTable};
 
@@ -67,6 +68,7 @@ enum TableNode {
     Kafka(KafkaSpec),
     Shards(Box<ShardSpec>),
     Dynamo(ScanTableSpec),
+    JsonLines(JsonLinesSpec),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,6 +84,7 @@ enum PhysicalNode {
     },
     SkewRoute(RouteSpec),
     KafkaScan(KafkaSpec),
+    JsonLinesScan(JsonLinesSpec),
     ShardScan(ShardSpec),
     DynamoScan(ScanSpec),
     Writer(WriteSpec),
@@ -170,6 +173,7 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
                     seed,
                 })),
                 TableNode::Kafka(spec) => Ok(Arc::new(KafkaTable::try_new(spec)?)),
+                TableNode::JsonLines(spec) => Ok(Arc::new(JsonLinesTable::try_new(spec)?)),
                 TableNode::Shards(spec) => Ok(Arc::new(ShardTable::try_new(*spec)?)),
                 TableNode::Dynamo(spec) => Ok(Arc::new(super::dynamodb::from_scan_spec(spec)?)),
             },
@@ -190,6 +194,9 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         }
         if let Some(kafka) = node.downcast_ref::<KafkaTable>() {
             return encode(&TableNode::Kafka(kafka.spec.clone()), buf);
+        }
+        if let Some(lines) = node.downcast_ref::<JsonLinesTable>() {
+            return encode(&TableNode::JsonLines(lines.spec.clone()), buf);
         }
         if let Some(shards) = node.downcast_ref::<ShardTable>() {
             return encode(&TableNode::Shards(Box::new(shards.spec.clone())), buf);
@@ -265,6 +272,10 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 spec,
                 one_input(inputs, "KafkaScanExec")?,
             )?),
+            PhysicalNode::JsonLinesScan(spec) => Arc::new(JsonLinesScanExec::with_input(
+                spec,
+                one_input(inputs, "JsonLinesScanExec")?,
+            )?),
             PhysicalNode::ShardScan(spec) => Arc::new(ShardScanExec::with_input(
                 spec,
                 one_input(inputs, "ShardScanExec")?,
@@ -332,6 +343,9 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
         }
         if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
             return encode(&PhysicalNode::KafkaScan(scan.spec().clone()), buf);
+        }
+        if let Some(scan) = node.downcast_ref::<JsonLinesScanExec>() {
+            return encode(&PhysicalNode::JsonLinesScan(scan.spec().clone()), buf);
         }
         if let Some(scan) = node.downcast_ref::<ShardScanExec>() {
             return encode(&PhysicalNode::ShardScan(scan.spec().clone()), buf);

@@ -24,6 +24,8 @@ use datafusion::datasource::listing_table_factory::ListingTableFactory;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::CreateExternalTable;
 
+use crate::source::json_lines::{JsonLinesSpec, JsonLinesTable};
+
 /// The formats whose `STORED AS` goes through [`DataFilesFactory`].
 const FORMATS: [&str; 4] = ["PARQUET", "CSV", "JSON", "ARROW"];
 
@@ -45,6 +47,18 @@ impl TableProviderFactory for DataFilesFactory {
         {
             let url = ListingTableUrl::parse(location)?.with_table_ref(cmd.name.clone());
             if url.is_collection() {
+                if JsonLinesSpec::wanted(cmd) {
+                    let files = match session
+                        .config()
+                        .get_extension::<BatchFiles>()
+                        .and_then(|b| b.files(url.as_str()).map(<[String]>::to_vec))
+                    {
+                        Some(files) => files,
+                        None => crate::source::json_lines::list_files(state, &url).await?,
+                    };
+                    let spec = JsonLinesSpec::from_command(cmd, files)?;
+                    return Ok(Arc::new(JsonLinesTable::try_new(spec)?));
+                }
                 if let Some(batch) = session.config().get_extension::<BatchFiles>()
                     && let Some(files) = batch.files(url.as_str())
                 {

@@ -1,0 +1,426 @@
+//! Newline-delimited JSON files that keep their bad lines: a JSON directory
+//! table with declared columns and `OPTIONS ('max_bad_records' 'N')`.
+//!
+//! DataFusion's JSON reader fails a whole file on one bad line, so one bad
+//! file would stop a stream for good. This table reads each file line by
+//! line and parses each line as a Kafka table parses a value
+//! ([`super::kafka::parse_values`]). Its columns are the declared ones, then
+//! `_file` (the file's URL), `_line` (from 1), `_raw` (the line as text) and
+//! `_error` (why the line did not parse; its declared columns are then
+//! null). A job routes the bad lines to a dead-letter write with SQL. More
+//! than `max_bad_records` bad lines in one file fail the read, naming the
+//! file and line. Blank lines are skipped, as JSON readers do.
+//!
+//! One scan partition per file (a [`crate::exec::part_source`] index), read
+//! on the executor through the session's object stores, each call bounded.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+use super::kafka::{Declared, parse_values};
+
+/// The option that makes a JSON directory table keep its bad lines.
+pub const MAX_BAD_RECORDS: &str = "max_bad_records";
+/// How long reading one file may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Lines parsed (and rows emitted) at once.
+const BATCH_LINES: usize = 8192;
+
+/// What the table reads: enough to rebuild it on the scheduler and to scan
+/// it on an executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonLinesSpec {
+    pub table: String,
+    /// Full URLs, one scan partition each.
+    pub files: Vec<String>,
+    pub declared: Vec<Declared>,
+    pub max_bad_records: u64,
+}
+
+impl JsonLinesSpec {
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let mut fields: Vec<Field> = Declared::schema(&self.declared)?
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        fields.extend(fixed_fields());
+        fields.push(Field::new(super::kafka::ERROR_COLUMN, DataType::Utf8, true));
+        Ok(Arc::new(arrow::datatypes::Schema::new(fields)))
+    }
+
+    /// The table `cmd` declares over `files`: declared columns required,
+    /// `max_bad_records` the only option.
+    pub fn from_command(cmd: &CreateExternalTable, files: Vec<String>) -> Result<Self> {
+        let mut max_bad_records = None;
+        for (raw_key, value) in &cmd.options {
+            let key = raw_key.trim_start_matches("format.").to_ascii_lowercase();
+            if key != MAX_BAD_RECORDS {
+                return plan_err!(
+                    "{}: a JSON table with {MAX_BAD_RECORDS} takes no other option, got {raw_key}",
+                    cmd.name
+                );
+            }
+            max_bad_records = Some(value.trim().parse::<u64>().map_err(|_| {
+                DataFusionError::Plan(format!(
+                    "{}: option {raw_key} must be a number, got '{value}'",
+                    cmd.name
+                ))
+            })?);
+        }
+        let Some(max_bad_records) = max_bad_records else {
+            return plan_err!("{}: no {MAX_BAD_RECORDS} option", cmd.name);
+        };
+        if cmd.schema.fields().is_empty() {
+            return plan_err!(
+                "{}: a JSON table with {MAX_BAD_RECORDS} needs its columns declared (they are parsed from each line)",
+                cmd.name
+            );
+        }
+        if !cmd.table_partition_cols.is_empty() {
+            return plan_err!(
+                "{}: a JSON table with {MAX_BAD_RECORDS} reads its files' lines only; PARTITIONED BY is not supported",
+                cmd.name
+            );
+        }
+        let declared = Declared::from_command(cmd, &fixed_fields(), "JSON lines")?;
+        Ok(Self {
+            table: cmd.name.to_string(),
+            files,
+            declared,
+            max_bad_records,
+        })
+    }
+
+    /// Whether `cmd` asks for this table (a JSON table with the option).
+    pub fn wanted(cmd: &CreateExternalTable) -> bool {
+        cmd.file_type.eq_ignore_ascii_case("JSON")
+            && cmd.options.keys().any(|k| {
+                k.trim_start_matches("format.")
+                    .eq_ignore_ascii_case(MAX_BAD_RECORDS)
+            })
+    }
+}
+
+fn fixed_fields() -> Vec<Field> {
+    vec![
+        Field::new("_file", DataType::Utf8, false),
+        Field::new("_line", DataType::Int64, false),
+        Field::new("_raw", DataType::Utf8, false),
+    ]
+}
+
+/// The files' lines as a table.
+#[derive(Debug, Clone)]
+pub struct JsonLinesTable {
+    pub spec: JsonLinesSpec,
+    schema: SchemaRef,
+}
+
+impl JsonLinesTable {
+    pub fn try_new(spec: JsonLinesSpec) -> Result<Self> {
+        let schema = spec.schema()?;
+        Ok(Self { spec, schema })
+    }
+}
+
+#[async_trait]
+impl TableProvider for JsonLinesTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = crate::exec::part_source(self.spec.files.len())?;
+        let scan: Arc<dyn ExecutionPlan> =
+            Arc::new(JsonLinesScanExec::with_input(self.spec.clone(), input)?);
+        crate::exec::project(scan, &self.schema, projection)
+    }
+}
+
+/// Reads the files its input's part indices name.
+#[derive(Debug)]
+pub struct JsonLinesScanExec {
+    spec: JsonLinesSpec,
+    input: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl JsonLinesScanExec {
+    pub fn with_input(spec: JsonLinesSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let schema = spec.schema()?;
+        Ok(Self::assemble(spec, schema, input))
+    }
+
+    fn assemble(spec: JsonLinesSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
+        let properties = crate::exec::part_properties(&schema, &input);
+        Self {
+            spec,
+            input,
+            schema,
+            properties,
+        }
+    }
+
+    fn rebuild(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self::assemble(self.spec.clone(), Arc::clone(&self.schema), input)
+    }
+
+    pub fn spec(&self) -> &JsonLinesSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for JsonLinesScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "JsonLinesScanExec: {} files of {}",
+            self.spec.files.len(),
+            self.spec.table
+        )
+    }
+}
+
+impl ExecutionPlan for JsonLinesScanExec {
+    crate::exec::single_input_plan!("JsonLinesScanExec", rebuild);
+
+    // Splitting the part source would read a file twice.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let spec = Arc::new(self.spec.clone());
+        let schema = Arc::clone(&self.schema);
+        let input = Arc::clone(&self.input);
+        let read = async move {
+            let indices =
+                crate::exec::part_indices(&input, partition, Arc::clone(&context)).await?;
+            let mut out = Vec::new();
+            for i in indices {
+                let Some(url) = spec.files.get(i) else {
+                    return Err(DataFusionError::Internal(format!(
+                        "JsonLinesScanExec: no file {i}"
+                    )));
+                };
+                let span = tracing::info_span!("json_lines.read_file", file = %url);
+                let read = read_file(&spec, &schema, url, &context);
+                out.extend(tracing::Instrument::instrument(read, span).await?);
+            }
+            Ok::<_, DataFusionError>(out)
+        };
+        let stream = futures::stream::once(read)
+            .map(|r| match r {
+                Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            })
+            .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
+
+/// One file's lines as batches of the table's schema.
+async fn read_file(
+    spec: &JsonLinesSpec,
+    schema: &SchemaRef,
+    url: &str,
+    context: &TaskContext,
+) -> Result<Vec<RecordBatch>> {
+    let failed = |what: String| DataFusionError::Execution(format!("{url}: {what}"));
+    let parsed = ListingTableUrl::parse(url)?;
+    let store = context.runtime_env().object_store(parsed.object_store())?;
+    let get = async {
+        let got = store.get(parsed.prefix()).await?;
+        got.bytes().await
+    };
+    let bytes = tokio::time::timeout(READ_TIMEOUT, get)
+        .await
+        .map_err(|_| failed(format!("reading took over {READ_TIMEOUT:?}")))?
+        .map_err(|e| failed(format!("reading failed: {e}")))?;
+    let declared = Declared::schema(&spec.declared)?;
+    let lines: Vec<(i64, &[u8])> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i as i64 + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let mut bad = 0u64;
+    let mut out = Vec::new();
+    for chunk in lines.chunks(BATCH_LINES) {
+        let (batch, chunk_bad) = to_batch(schema, &declared, url, chunk)?;
+        bad += chunk_bad.len() as u64;
+        if bad > spec.max_bad_records {
+            let (line, why) = chunk_bad.last().cloned().unwrap_or_default();
+            return Err(failed(format!(
+                "line {line}: {bad} bad lines in this file, over max_bad_records {}; the last: {why}",
+                spec.max_bad_records
+            )));
+        }
+        out.push(batch);
+    }
+    Ok(out)
+}
+
+/// The lines as a batch, and the bad ones' line numbers and reasons.
+fn to_batch(
+    schema: &SchemaRef,
+    declared: &SchemaRef,
+    url: &str,
+    lines: &[(i64, &[u8])],
+) -> Result<(RecordBatch, Vec<(i64, String)>)> {
+    let values: Vec<Option<&[u8]>> = lines.iter().map(|(_, l)| Some(*l)).collect();
+    let parsed =
+        parse_values(declared, &values).map_err(|e| DataFusionError::External(e.into()))?;
+    let rows = arrow::array::UInt32Array::from(parsed.row_of);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for column in parsed.decoded.columns() {
+        // A bad line has no row: `take` gives it nulls.
+        columns.push(arrow::compute::take(column.as_ref(), &rows, None)?);
+    }
+    columns.push(Arc::new(StringArray::from(vec![url; lines.len()])));
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        lines.iter().map(|(n, _)| *n),
+    )));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        lines.iter().map(|(_, l)| String::from_utf8_lossy(l)),
+    )));
+    let mut errors = StringBuilder::new();
+    let mut bad = Vec::new();
+    for ((n, _), why) in lines.iter().zip(&parsed.errors) {
+        match why {
+            Some(why) => {
+                errors.append_value(why.replace("the value", "the line"));
+                bad.push((*n, why.replace("the value", "the line")));
+            }
+            None => errors.append_null(),
+        }
+    }
+    columns.push(Arc::new(errors.finish()));
+    Ok((RecordBatch::try_new(Arc::clone(schema), columns)?, bad))
+}
+
+/// The JSON files of a directory (full URLs), for a table outside a stream.
+pub async fn list_files(session: &dyn Session, dir: &ListingTableUrl) -> Result<Vec<String>> {
+    use futures::TryStreamExt;
+    let store = session.runtime_env().object_store(dir.object_store())?;
+    let listing = dir
+        .list_all_files(session, store.as_ref(), ".json")
+        .await?
+        .try_collect::<Vec<_>>();
+    let metas = tokio::time::timeout(READ_TIMEOUT, listing)
+        .await
+        .map_err(|_| {
+            DataFusionError::Execution(format!("{dir}: listing took over {READ_TIMEOUT:?}"))
+        })??;
+    let base = dir.object_store();
+    let mut files: Vec<String> = metas
+        .into_iter()
+        .filter(|m| {
+            !m.location
+                .parts()
+                .any(|p| p.as_ref().starts_with('_') || p.as_ref().starts_with('.'))
+        })
+        .map(|m| format!("{}{}", base.as_str(), m.location))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_bad_records: u64) -> JsonLinesSpec {
+        JsonLinesSpec {
+            table: "t".into(),
+            files: vec![],
+            declared: vec![
+                Declared {
+                    name: "id".into(),
+                    data_type: "Int64".into(),
+                    nullable: false,
+                },
+                Declared {
+                    name: "v".into(),
+                    data_type: "Utf8".into(),
+                    nullable: true,
+                },
+            ],
+            max_bad_records,
+        }
+    }
+
+    #[test]
+    fn each_line_parses_or_says_why_not() -> Result<()> {
+        let s = spec(10);
+        let schema = s.schema()?;
+        let declared = Declared::schema(&s.declared)?;
+        let lines: Vec<(i64, &[u8])> = vec![
+            (1, br#"{"id": 1, "v": "a"}"#),
+            (2, b"not json"),
+            (4, br#"{"v": "no id"}"#),
+            (5, br#"{"id": "x"}"#),
+            (6, br#"{"id": 6}"#),
+        ];
+        let (batch, bad) = to_batch(&schema, &declared, "file:///d/a.json", &lines)?;
+        assert_eq!(batch.num_rows(), 5);
+        let lines_of_bad: Vec<i64> = bad.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lines_of_bad, [2, 4, 5]);
+        assert!(bad[0].1.contains("the line is not JSON"), "{bad:?}");
+        assert!(bad[1].1.contains("required field id"), "{bad:?}");
+        let column = |name: &str| -> Result<ArrayRef> {
+            Ok(Arc::clone(batch.column(schema.index_of(name)?)))
+        };
+        let ids = column("id")?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DataFusionError::Internal("id".into()))?;
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            [Some(1), None, None, None, Some(6)]
+        );
+        let raw = column("_raw")?;
+        let raw = raw
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| DataFusionError::Internal("_raw".into()))?;
+        assert_eq!(raw.value(1), "not json");
+        Ok(())
+    }
+}
