@@ -1021,6 +1021,25 @@ fn bad_json_lines_go_to_dead_letters_and_too_many_fail_the_batch() {
         why[2].contains("eleven") || why[2].contains("id"),
         "{why:?}"
     );
+    // Outside a stream, the table lists the directory (under a hidden
+    // temporary directory, subdirectories included).
+    let nested = src.join("2026/11/26");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::write(nested.join("n.json"), json_lines(30..33)).unwrap();
+    let counted = run_job_text(
+        tmp.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, v VARCHAR) STORED AS JSON LOCATION '{}/' \
+               OPTIONS ('max_bad_records' '3');\n\
+             SELECT count(*) AS all_lines, count(_error) AS bad FROM src;\n",
+            src.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&counted.stdout);
+    assert!(counted.status.success(), "{}", stderr(&counted));
+    assert!(text.contains("| 13        | 3   |"), "{text}");
 
     // Four bad lines in one file: over the threshold.
     put("c.json", b"{\"id\": 20}\nx\ny\nz\nw\n");
@@ -1028,7 +1047,9 @@ fn bad_json_lines_go_to_dead_letters_and_too_many_fail_the_batch() {
     assert!(!failed.status.success());
     let err = stderr(&failed);
     assert!(
-        err.contains("c.json: line 5: 4 bad lines in this file, over max_bad_records 3"),
+        err.contains(
+            "c.json: line 5: bad line 4 of this file, over max_bad_records 3: the line is not JSON"
+        ),
         "{err}"
     );
     assert_eq!(
@@ -1041,4 +1062,24 @@ fn bad_json_lines_go_to_dead_letters_and_too_many_fail_the_batch() {
         [0, 1, 2, 3, 4, 10, 12],
         "a failed batch landed"
     );
+}
+
+/// Files a producer writes under date prefixes (`yyyy/MM/dd/`) are each
+/// taken once, as they arrive; a hidden directory's are not.
+#[test]
+fn files_under_subdirectories_are_each_read_once() {
+    let (_tmp, src, out, ck, job) = file_stream("JSON");
+    let day = |d: &str| {
+        let dir = src.join(d);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    json_input(&day("2026/11/26"), "a.json", 0..10);
+    json_input(&day("_staging"), "x.json", 100..110);
+    let first = one_batch(&job, &ck);
+    assert_eq!(first["rows_written"], 10, "{first}");
+    json_input(&day("2026/11/27"), "b.json", 10..30);
+    let second = one_batch(&job, &ck);
+    assert_eq!(second["rows_written"], 20, "{second}");
+    assert_eq!(local_ids(&out), exactly(30));
 }

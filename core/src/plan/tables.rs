@@ -46,19 +46,22 @@ impl TableProviderFactory for DataFilesFactory {
             && let Some(session) = state.as_any().downcast_ref::<SessionState>()
         {
             let url = ListingTableUrl::parse(location)?.with_table_ref(cmd.name.clone());
+            if JsonLinesSpec::wanted(cmd) {
+                let files = match session
+                    .config()
+                    .get_extension::<BatchFiles>()
+                    .and_then(|b| b.files(url.as_str()).map(<[String]>::to_vec))
+                {
+                    Some(files) => files,
+                    None if url.is_collection() => {
+                        crate::source::json_lines::list_files(state, &url).await?
+                    }
+                    None => vec![url.as_str().to_string()],
+                };
+                let spec = JsonLinesSpec::from_command(cmd, files)?;
+                return Ok(Arc::new(JsonLinesTable::try_new(spec)?));
+            }
             if url.is_collection() {
-                if JsonLinesSpec::wanted(cmd) {
-                    let files = match session
-                        .config()
-                        .get_extension::<BatchFiles>()
-                        .and_then(|b| b.files(url.as_str()).map(<[String]>::to_vec))
-                    {
-                        Some(files) => files,
-                        None => crate::source::json_lines::list_files(state, &url).await?,
-                    };
-                    let spec = JsonLinesSpec::from_command(cmd, files)?;
-                    return Ok(Arc::new(JsonLinesTable::try_new(spec)?));
-                }
                 if let Some(batch) = session.config().get_extension::<BatchFiles>()
                     && let Some(files) = batch.files(url.as_str())
                 {
@@ -182,7 +185,7 @@ async fn batch_table(
 ) -> Result<Arc<dyn TableProvider>> {
     if !cmd.table_partition_cols.is_empty() {
         return plan_err!(
-            "{}: a streaming file source reads a flat directory; PARTITIONED BY is not supported",
+            "{}: a streaming file source reads its files' own columns; PARTITIONED BY is not supported",
             cmd.name
         );
     }

@@ -225,25 +225,33 @@ impl ExecutionPlan for JsonLinesScanExec {
         let spec = Arc::new(self.spec.clone());
         let schema = Arc::clone(&self.schema);
         let input = Arc::clone(&self.input);
-        let read = async move {
-            let indices =
-                crate::exec::part_indices(&input, partition, Arc::clone(&context)).await?;
-            let mut out = Vec::new();
-            for i in indices {
-                let Some(url) = spec.files.get(i) else {
-                    return Err(DataFusionError::Internal(format!(
-                        "JsonLinesScanExec: no file {i}"
-                    )));
-                };
-                let span = tracing::info_span!("json_lines.read_file", file = %url);
-                let read = read_file(&spec, &schema, url, &context);
-                out.extend(tracing::Instrument::instrument(read, span).await?);
-            }
-            Ok::<_, DataFusionError>(out)
+        let indices = async move {
+            let indices = crate::exec::part_indices(&input, partition, Arc::clone(&context)).await;
+            (indices, context)
         };
-        let stream = futures::stream::once(read)
-            .map(|r| match r {
-                Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+        // File by file, a chunk of lines at a time: a task holds one chunk.
+        let stream = futures::stream::once(indices)
+            .map(move |(indices, context)| match indices {
+                Ok(indices) => {
+                    let (spec, schema) = (Arc::clone(&spec), Arc::clone(&schema));
+                    futures::stream::iter(indices)
+                        .map(move |i| match spec.files.get(i) {
+                            Some(url) => read_file(
+                                Arc::clone(&spec),
+                                Arc::clone(&schema),
+                                url.clone(),
+                                Arc::clone(&context),
+                            ),
+                            None => futures::stream::once(async move {
+                                Err(DataFusionError::Internal(format!(
+                                    "JsonLinesScanExec: no file {i}"
+                                )))
+                            })
+                            .boxed(),
+                        })
+                        .flatten()
+                        .boxed()
+                }
                 Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
             })
             .flatten();
@@ -254,46 +262,130 @@ impl ExecutionPlan for JsonLinesScanExec {
     }
 }
 
-/// One file's lines as batches of the table's schema.
-async fn read_file(
-    spec: &JsonLinesSpec,
-    schema: &SchemaRef,
-    url: &str,
-    context: &TaskContext,
-) -> Result<Vec<RecordBatch>> {
-    let failed = |what: String| DataFusionError::Execution(format!("{url}: {what}"));
-    let parsed = ListingTableUrl::parse(url)?;
-    let store = context.runtime_env().object_store(parsed.object_store())?;
-    let get = async {
-        let got = store.get(parsed.prefix()).await?;
-        got.bytes().await
+/// Where a file's read is.
+struct Reading {
+    spec: Arc<JsonLinesSpec>,
+    schema: SchemaRef,
+    declared: SchemaRef,
+    url: String,
+    chunks: Option<futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>>,
+    /// Bytes after the last newline seen.
+    carry: Vec<u8>,
+    /// The number of the next line.
+    line: i64,
+    bad: u64,
+    done: bool,
+}
+
+/// One file's lines as batches of the table's schema, read chunk by chunk
+/// (each chunk's wait bounded by [`READ_TIMEOUT`]).
+fn read_file(
+    spec: Arc<JsonLinesSpec>,
+    schema: SchemaRef,
+    url: String,
+    context: Arc<TaskContext>,
+) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+    let declared = match Declared::schema(&spec.declared) {
+        Ok(d) => d,
+        Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
     };
-    let bytes = tokio::time::timeout(READ_TIMEOUT, get)
-        .await
-        .map_err(|_| failed(format!("reading took over {READ_TIMEOUT:?}")))?
-        .map_err(|e| failed(format!("reading failed: {e}")))?;
-    let declared = Declared::schema(&spec.declared)?;
-    let lines: Vec<(i64, &[u8])> = bytes
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .map(|(i, l)| (i as i64 + 1, l.strip_suffix(b"\r").unwrap_or(l)))
-        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-        .collect();
-    let mut bad = 0u64;
-    let mut out = Vec::new();
-    for chunk in lines.chunks(BATCH_LINES) {
-        let (batch, chunk_bad) = to_batch(schema, &declared, url, chunk)?;
-        bad += chunk_bad.len() as u64;
-        if bad > spec.max_bad_records {
-            let (line, why) = chunk_bad.last().cloned().unwrap_or_default();
-            return Err(failed(format!(
-                "line {line}: {bad} bad lines in this file, over max_bad_records {}; the last: {why}",
-                spec.max_bad_records
-            )));
+    let state = Reading {
+        spec,
+        schema,
+        declared,
+        url,
+        chunks: None,
+        carry: Vec::new(),
+        line: 1,
+        bad: 0,
+        done: false,
+    };
+    let stream = futures::stream::try_unfold((state, context), |(mut r, context)| async move {
+        loop {
+            if r.done {
+                return Ok(None);
+            }
+            let failed = |what: String| DataFusionError::Execution(format!("{}: {what}", r.url));
+            if r.chunks.is_none() {
+                let parsed = ListingTableUrl::parse(&r.url)?;
+                let store = context.runtime_env().object_store(parsed.object_store())?;
+                let span = tracing::info_span!("json_lines.read_file", file = %r.url);
+                let get = tracing::Instrument::instrument(store.get(parsed.prefix()), span);
+                let got = tokio::time::timeout(READ_TIMEOUT, get)
+                    .await
+                    .map_err(|_| failed(format!("no answer within {READ_TIMEOUT:?}")))?
+                    .map_err(|e| failed(format!("reading failed: {e}")))?;
+                r.chunks = Some(got.into_stream());
+            }
+            let next = match r.chunks.as_mut() {
+                Some(chunks) => tokio::time::timeout(READ_TIMEOUT, chunks.next())
+                    .await
+                    .map_err(|_| failed(format!("no data within {READ_TIMEOUT:?}")))?,
+                None => None,
+            };
+            let at_end = match next {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|e| failed(format!("reading failed: {e}")))?;
+                    if r.line == 1 && r.carry.is_empty() {
+                        // A byte-order mark is not part of the first line.
+                        r.carry.extend_from_slice(
+                            chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&chunk),
+                        );
+                    } else {
+                        r.carry.extend_from_slice(&chunk);
+                    }
+                    false
+                }
+                None => true,
+            };
+            // Whole lines, or at the end the rest; on at most a chunk of lines.
+            let cut = if at_end {
+                r.carry.len()
+            } else {
+                match r.carry.iter().rposition(|b| *b == b'\n') {
+                    Some(i) => i + 1,
+                    None => continue,
+                }
+            };
+            let text: Vec<u8> = r.carry.drain(..cut).collect();
+            if at_end {
+                r.done = true;
+            }
+            let mut lines: Vec<(i64, &[u8])> = Vec::new();
+            for l in text.split(|b| *b == b'\n') {
+                let number = r.line;
+                r.line += 1;
+                let l = l.strip_suffix(b"\r").unwrap_or(l);
+                if !l.iter().all(u8::is_ascii_whitespace) {
+                    lines.push((number, l));
+                }
+            }
+            // `split` yields an empty piece after a final newline: not a line.
+            if text.last() == Some(&b'\n') {
+                r.line -= 1;
+            }
+            if lines.is_empty() {
+                continue;
+            }
+            let mut batches = Vec::new();
+            for chunk in lines.chunks(BATCH_LINES) {
+                let (batch, bad) = to_batch(&r.schema, &r.declared, &r.url, chunk)?;
+                let allowed = r.spec.max_bad_records.saturating_sub(r.bad) as usize;
+                if let Some((line, why)) = bad.get(allowed) {
+                    return Err(failed(format!(
+                        "line {line}: bad line {} of this file, over max_bad_records {}: {why}",
+                        r.bad + allowed as u64 + 1,
+                        r.spec.max_bad_records
+                    )));
+                }
+                r.bad += bad.len() as u64;
+                batches.push(batch);
+            }
+            let batch = arrow::compute::concat_batches(&r.schema, &batches)?;
+            return Ok(Some((batch, (r, context))));
         }
-        out.push(batch);
-    }
-    Ok(out)
+    });
+    stream.boxed()
 }
 
 /// The lines as a batch, and the bad ones' line numbers and reasons.
@@ -334,27 +426,30 @@ fn to_batch(
     Ok((RecordBatch::try_new(Arc::clone(schema), columns)?, bad))
 }
 
-/// The JSON files of a directory (full URLs), for a table outside a stream.
+/// The JSON files under a directory (full URLs, subdirectories included,
+/// hidden ones below it left out), for a table outside a stream.
 pub async fn list_files(session: &dyn Session, dir: &ListingTableUrl) -> Result<Vec<String>> {
     use futures::TryStreamExt;
     let store = session.runtime_env().object_store(dir.object_store())?;
-    let listing = dir
-        .list_all_files(session, store.as_ref(), ".json")
-        .await?
-        .try_collect::<Vec<_>>();
+    let listing = store.list(Some(dir.prefix())).try_collect::<Vec<_>>();
     let metas = tokio::time::timeout(READ_TIMEOUT, listing)
         .await
         .map_err(|_| {
             DataFusionError::Execution(format!("{dir}: listing took over {READ_TIMEOUT:?}"))
-        })??;
+        })?
+        .map_err(|e| DataFusionError::Execution(format!("{dir}: listing failed: {e}")))?;
     let base = dir.object_store();
+    // Hidden below the directory only: the directory's own path may hold
+    // a `.` or `_` name (a temporary directory).
+    let hidden = |m: &object_store::ObjectMeta| match m.location.prefix_match(dir.prefix()) {
+        Some(mut parts) => {
+            parts.any(|p| p.as_ref().starts_with('_') || p.as_ref().starts_with('.'))
+        }
+        None => true,
+    };
     let mut files: Vec<String> = metas
         .into_iter()
-        .filter(|m| {
-            !m.location
-                .parts()
-                .any(|p| p.as_ref().starts_with('_') || p.as_ref().starts_with('.'))
-        })
+        .filter(|m| m.location.as_ref().ends_with(".json") && !hidden(m))
         .map(|m| format!("{}{}", base.as_str(), m.location))
         .collect();
     files.sort();

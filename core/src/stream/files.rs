@@ -7,7 +7,9 @@
 //! ignores) files more than `max_file_age` older than the newest it took,
 //! so its memory and the checkpoint's state stay bounded. Producers must
 //! make a file appear whole (an S3 PUT, or a rename into the directory):
-//! a file is taken as it is when listed.
+//! a file is taken as it is when listed. Files in subdirectories are taken
+//! too (a producer's `yyyy/MM/dd/HH/` prefixes), except under hidden ones
+//! (`_x/`, `.x/`), by their path under the source.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -146,11 +148,6 @@ impl FileSource {
             let joined = name.join("/");
             if !joined.ends_with(&self.extension) {
                 continue;
-            }
-            if name.len() > 1 {
-                return Err(self.error(format!(
-                    "{joined} is in a subdirectory; a streaming file source reads one flat directory"
-                )));
             }
             out.push(Listed {
                 name: joined,
@@ -365,8 +362,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn available_now_ignores_later_files_and_subdirectories_are_refused()
-    -> Result<(), Box<dyn std::error::Error>> {
+    async fn available_now_ignores_later_files() -> Result<(), Box<dyn std::error::Error>> {
         let store = Arc::new(InMemory::new());
         put(&store, "a.json").await?;
         let mut s = source(Arc::clone(&store), 10)?;
@@ -374,15 +370,30 @@ mod tests {
         put(&store, "b.json").await?;
         let planned = s.plan().await?;
         assert_eq!(planned.ranges.len(), 1);
-        put(&store, "k=1/c.json").await?;
-        let err = s
-            .plan()
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("k=1/c.json is in a subdirectory"), "{err}");
-        assert!(err.contains("source src (memory:///in/)"), "{err}");
+        s.taken(&planned.ranges);
+        assert!(s.plan().await?.ranges.is_empty());
+        Ok(())
+    }
+
+    /// Files under subdirectories (a producer's `yyyy/MM/dd/` prefixes) are
+    /// taken as they arrive, by their path under the source; hidden
+    /// directories (`_staging/`, `.tmp/`) are not.
+    #[tokio::test]
+    async fn files_in_subdirectories_are_taken_and_hidden_ones_are_not()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let store = Arc::new(InMemory::new());
+        put(&store, "2026/11/26/a.json").await?;
+        put(&store, "_staging/x.json").await?;
+        put(&store, "2026/.tmp/y.json").await?;
+        let mut s = source(Arc::clone(&store), 10)?;
+        let first = s.plan().await?;
+        let splits: Vec<&str> = first.ranges.iter().map(|r| r.split.as_str()).collect();
+        assert_eq!(splits, ["2026/11/26/a.json"]);
+        s.taken(&first.ranges);
+        put(&store, "2026/11/27/b.json").await?;
+        let second = s.plan().await?;
+        let splits: Vec<&str> = second.ranges.iter().map(|r| r.split.as_str()).collect();
+        assert_eq!(splits, ["2026/11/27/b.json"]);
         Ok(())
     }
 }
