@@ -1082,4 +1082,14 @@ fn files_under_subdirectories_are_each_read_once() {
     let second = one_batch(&job, &ck);
     assert_eq!(second["rows_written"], 20, "{second}");
     assert_eq!(local_ids(&out), exactly(30));
+    // A checkpoint under the source would be read back as input.
+    let inside = src.join("ck").display().to_string();
+    let refused = run_stream(&job, &inside, &["--once"]);
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("is under the directory of file source src")
+            && err.contains("the stream would read its own checkpoint back as input"),
+        "{err}"
+    );
 }

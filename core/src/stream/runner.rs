@@ -220,6 +220,8 @@ impl StreamRunner {
         let mut vars = self.vars.clone();
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         let mut alarms = Vec::new();
+        let mut writes: Vec<String> = Vec::new();
+        let mut file_dirs: Vec<(String, String)> = Vec::new();
         for raw in split_statements(&self.source) {
             let text = substitute(&raw.text, &vars, &self.file, raw.line)?;
             match classify(&text, &self.file, raw.line)? {
@@ -308,8 +310,26 @@ impl StreamRunner {
                         self.options.files.clone(),
                         Arc::clone(&self.clock),
                     )?));
+                    file_dirs.push((cmd.name.to_string(), url.as_str().to_string()));
                 }
-                Action::Write { .. } => {}
+                Action::Write { url, .. } => writes.push(url),
+            }
+        }
+        // A file source takes every file under its directory: the stream's
+        // own checkpoint or output there would be read back as input.
+        let under = |location: &str, dir: &str| {
+            ListingTableUrl::parse(location)
+                .map(|u| format!("{}/", u.as_str().trim_end_matches('/')).starts_with(dir))
+                .unwrap_or(false)
+        };
+        let own = std::iter::once(("checkpoint", self.options.checkpoint.as_str()))
+            .chain(writes.iter().map(|w| ("output", w.as_str())));
+        for (what, location) in own {
+            if let Some((table, dir)) = file_dirs.iter().find(|(_, dir)| under(location, dir)) {
+                return Err(StreamError::Setting(format!(
+                    "{}: the {what} {location} is under the directory of file source {table} ({dir}): the stream would read its own {what} back as input",
+                    self.file
+                )));
             }
         }
         if sources.is_empty() {

@@ -47,6 +47,9 @@ const MAX_PAGES: u32 = 50;
 /// record for this plan (DynamoDB Streams says nothing about how far
 /// behind a page is); the next plan goes on from where this one stopped.
 const EMPTY_PAGES_AT_TIP: u32 = 2;
+/// The most pages one plan skips (records created before a `latest`
+/// start, on DynamoDB Streams) before it plans with what it has.
+const MAX_SKIP_PAGES: u32 = 2_000;
 /// The coarsest rounding of a DynamoDB stream record's creation time seen
 /// (DynamoDB Local's minute).
 const CREATION_TIME_ROUNDING_MS: i64 = 60_000;
@@ -250,22 +253,40 @@ impl ShardSource {
         // DynamoDB Streams has no iterator by time: a `Timestamp` start reads
         // from the trim horizon and skips what was created before it.
         // Creation times are "approximate" and rounded down (to the second
-        // by AWS's docs, to the minute by DynamoDB Local), so the whole
-        // minute is kept: a record written up to a minute before `latest`
-        // was resolved may be read, none written after it is lost.
+        // by AWS's docs, to the minute by DynamoDB Local), so a minute
+        // more than the minute is kept (a margin for the client's clock
+        // running ahead of the service's): a record written up to two
+        // minutes before `latest` was resolved may be read, none written
+        // after it is lost.
         let skip_before = match (&start, self.kind) {
             (At::Timestamp(since), Kind::DynamodbStream) if position.is_none() => {
-                Some(since - since.rem_euclid(CREATION_TIME_ROUNDING_MS))
+                let margin = since - CREATION_TIME_ROUNDING_MS;
+                Some(margin - margin.rem_euclid(CREATION_TIME_ROUNDING_MS))
             }
             _ => None,
         };
+        let mut last_skipped_ms: Option<i64> = None;
         let mut skipped = 0u64;
         let mut out: Vec<ShardRecord> = Vec::new();
         let mut empty = 0u32;
         let mut renewals = 0u32;
         let mut behind: Option<i64> = None;
         let mut at_tip = false;
-        for _ in 0..MAX_PAGES {
+        let (mut pages, mut skip_pages) = (0u32, 0u32);
+        loop {
+            // Pages only skipped count apart, against a larger bound: a
+            // restart may skip up to a day of a shard's records.
+            if out.is_empty() && skipped > 0 {
+                skip_pages += 1;
+                if skip_pages > MAX_SKIP_PAGES {
+                    break;
+                }
+            } else {
+                pages += 1;
+                if pages > MAX_PAGES {
+                    break;
+                }
+            }
             let Some(it) = iterator.clone() else {
                 return Ok((out, true, behind));
             };
@@ -292,8 +313,10 @@ impl ShardSource {
                 if self.frozen_at.is_some_and(|t| r.time_ms > t) {
                     return Ok((out, false, behind));
                 }
-                if out.is_empty() && skip_before.is_some_and(|t| r.time_ms < t) {
+                // A record without a creation time (0) is kept.
+                if out.is_empty() && skip_before.is_some_and(|t| r.time_ms > 0 && r.time_ms < t) {
                     skipped += 1;
+                    last_skipped_ms = Some(r.time_ms);
                     continue;
                 }
                 if out.is_empty() && skipped > 0 {
@@ -321,6 +344,15 @@ impl ShardSource {
                 at_tip = true;
                 break;
             }
+        }
+        // Cut short while skipping: behind by at least the last skipped
+        // record's age (the next plan goes on from the parked iterator).
+        if !at_tip
+            && out.is_empty()
+            && behind.is_none()
+            && let Some(t) = last_skipped_ms
+        {
+            behind = Some((self.clock.wall().timestamp_millis() - t).max(0));
         }
         // Cut short by the page limit with more to read: the reader is
         // behind by at least its last record's age. DynamoDB Streams says
@@ -405,6 +437,15 @@ impl ShardSource {
             .filter(|s| self.positions.contains_key(&s.id) || self.finished.contains(&s.id))
             .flat_map(|s| s.parents.iter().cloned())
             .collect();
+        for shard in &self.start_latest {
+            let unread = !self.positions.contains_key(shard) && !self.finished.contains(shard);
+            if unread && !ids.contains(shard) && !vouched.contains(shard) {
+                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(self.error(format!(
+                    "shard {shard} started at latest is no longer in the stream (trimmed: streams keep 24 hours) and was never read: the records written to it after the start were lost"
+                )));
+            }
+        }
         for (shard, position) in &self.positions {
             if !ids.contains(shard) && !self.finished.contains(shard) && !vouched.contains(shard) {
                 self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1093,7 +1134,7 @@ mod tests {
         let fake = Arc::new(Fake::default());
         fake.no_time_iterator
             .store(kind == Kind::DynamodbStream, Ordering::Relaxed);
-        let before = chrono::Utc::now().timestamp_millis() - 60_000;
+        let before = chrono::Utc::now().timestamp_millis() - 600_000;
         fake.add_shard("x", &[], 0, false);
         fake.append_at("x", 3, before);
         let source = |fake: &Arc<Fake>, cap: u64, latest: bool| {
@@ -1113,13 +1154,9 @@ mod tests {
         let since = mark.modified_ms.unwrap_or_default();
         assert!(since > before, "{mark:?}");
         // The process dies; records arrive; a new one takes the recorded
-        // start (as the runner replays `starts/`). The one created in the
-        // minute before is older than the start even rounded down.
-        fake.append_at(
-            "x",
-            1,
-            since - since.rem_euclid(CREATION_TIME_ROUNDING_MS) - 1,
-        );
+        // start (as the runner replays `starts/`). The one created two
+        // minutes before is older than the start even with the margin.
+        fake.append_at("x", 1, since - 2 * CREATION_TIME_ROUNDING_MS - 1);
         fake.append_at("x", 2, since + 500);
         let mut restarted = source(&fake, 100, true);
         restarted.taken(&planned.ranges);
@@ -1129,6 +1166,30 @@ mod tests {
         let mut from_state = source(&fake, 100, true);
         from_state.restore(&state)?;
         assert_eq!(batch(&mut from_state).await?, [("x".to_string(), 2)]);
+        Ok(())
+    }
+
+    /// A shard started at `latest` and never read that is gone from the
+    /// listing (the stream was down past its retention) lost whatever was
+    /// written to it after the start: the plan says so.
+    #[tokio::test]
+    async fn a_latest_shard_gone_unread_is_reported_lost() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("y", &[], 1, false);
+        let mut s = source(&fake, 100, true);
+        s.started = true;
+        s.start_latest.insert("x".into());
+        s.latest_since.insert("x".into(), 1);
+        let err = s
+            .plan()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("shard x started at latest is no longer in the stream"),
+            "{err}"
+        );
         Ok(())
     }
 
