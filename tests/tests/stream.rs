@@ -1040,6 +1040,25 @@ fn bad_json_lines_go_to_dead_letters_and_too_many_fail_the_batch() {
     let text = String::from_utf8_lossy(&counted.stdout);
     assert!(counted.status.success(), "{}", stderr(&counted));
     assert!(text.contains("| 13        | 3   |"), "{text}");
+    // An option the line reader does not take is one clear error.
+    let refused = run_job_text(
+        tmp.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL) STORED AS JSON LOCATION '{}/' \
+               OPTIONS ('max_bad_records' '3', 'compression' 'gzip');\n",
+            src.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    let err = stderr(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains(
+            "src: a JSON table with max_bad_records takes no other option, got format.compression"
+        ),
+        "{err}"
+    );
 
     // Four bad lines in one file: over the threshold.
     put("c.json", b"{\"id\": 20}\nx\ny\nz\nw\n");

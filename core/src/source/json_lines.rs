@@ -39,8 +39,6 @@ use super::kafka::{Declared, parse_values};
 pub const MAX_BAD_RECORDS: &str = "max_bad_records";
 /// How long reading one file may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
-/// Lines parsed (and rows emitted) at once.
-const BATCH_LINES: usize = 8192;
 
 /// What the table reads: enough to rebuild it on the scheduler and to scan
 /// it on an executor.
@@ -367,21 +365,17 @@ fn read_file(
             if lines.is_empty() {
                 continue;
             }
-            let mut batches = Vec::new();
-            for chunk in lines.chunks(BATCH_LINES) {
-                let (batch, bad) = to_batch(&r.schema, &r.declared, &r.url, chunk)?;
-                let allowed = r.spec.max_bad_records.saturating_sub(r.bad) as usize;
-                if let Some((line, why)) = bad.get(allowed) {
-                    return Err(failed(format!(
-                        "line {line}: bad line {} of this file, over max_bad_records {}: {why}",
-                        r.bad + allowed as u64 + 1,
-                        r.spec.max_bad_records
-                    )));
-                }
-                r.bad += bad.len() as u64;
-                batches.push(batch);
+            // One object-store chunk's lines: as bounded as the chunk.
+            let (batch, bad) = to_batch(&r.schema, &r.declared, &r.url, &lines)?;
+            let allowed = r.spec.max_bad_records.saturating_sub(r.bad) as usize;
+            if let Some((line, why)) = bad.get(allowed) {
+                return Err(failed(format!(
+                    "line {line}: bad line {} of this file, over max_bad_records {}: {why}",
+                    r.bad + allowed as u64 + 1,
+                    r.spec.max_bad_records
+                )));
             }
-            let batch = arrow::compute::concat_batches(&r.schema, &batches)?;
+            r.bad += bad.len() as u64;
             return Ok(Some((batch, (r, context))));
         }
     });
@@ -416,8 +410,9 @@ fn to_batch(
     for ((n, _), why) in lines.iter().zip(&parsed.errors) {
         match why {
             Some(why) => {
-                errors.append_value(why.replace("the value", "the line"));
-                bad.push((*n, why.replace("the value", "the line")));
+                let why = why.replace("the value", "the line");
+                errors.append_value(&why);
+                bad.push((*n, why));
             }
             None => errors.append_null(),
         }
