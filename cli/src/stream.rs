@@ -94,13 +94,14 @@ impl StreamObserver for Printer {
     }
 
     fn batch_failed(&self, batch_id: u64, error: &str, retry_in: Option<Duration>) {
-        match retry_in {
-            Some(d) => eprintln!(
-                "batch {batch_id} failed: {error}; retrying in {}",
-                humantime::format_duration(d)
-            ),
-            None => eprintln!("batch {batch_id} failed: {error}"),
-        }
+        // Without a retry the run ends, and its `error:` line says why.
+        let Some(d) = retry_in else { return };
+        let prefix = format!("batch {batch_id} failed: ");
+        let error = error.strip_prefix(&prefix).unwrap_or(error);
+        eprintln!(
+            "{prefix}{error}; retrying in {}",
+            humantime::format_duration(d)
+        );
     }
 
     fn alarm(&self, e: &AlarmEvent) {

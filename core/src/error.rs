@@ -43,6 +43,15 @@ pub enum SluiceError {
         #[source]
         source: Box<DataFusionError>,
     },
+    /// A committed micro-batch's write could not be published yet; the
+    /// stream tries again (and a restart does).
+    #[error("publishing write {write_id} of the committed batch to {url}: {source}")]
+    Publish {
+        write_id: String,
+        url: String,
+        #[source]
+        source: Box<DataFusionError>,
+    },
     #[error("unsupported output format '{format}' (supported: parquet, csv, json)")]
     UnsupportedFormat { format: String },
     #[error("invalid output location '{url}': {reason}")]

@@ -380,12 +380,13 @@ fn s3_counts(dir: &Path, out: &str) -> (u64, u64) {
 }
 
 /// On S3 (source, output and checkpoint): the stream process is SIGKILLed
-/// while its batch writes, and again while its batch commits (a proxy holds
-/// `CompleteMultipartUpload`); each restart re-runs the uncommitted batch
-/// over the same files: every row once, no upload left open, batch ids
-/// continue.
+/// while its batch writes, and again after its batch's commit record while
+/// it publishes (a proxy holds `CompleteMultipartUpload`). The first
+/// restart re-runs the uncommitted batch over the same files; the second
+/// publishes the committed one without running it again. Every row once,
+/// no upload left open, batch ids continue.
 #[test]
-fn on_s3_a_stream_killed_mid_write_or_mid_commit_resumes_exactly_once() {
+fn on_s3_a_stream_killed_mid_write_or_mid_publish_resumes_exactly_once() {
     let s3 = S3::from_env().unwrap();
     let bucket = s3.new_bucket("stream").unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -415,7 +416,15 @@ fn on_s3_a_stream_killed_mid_write_or_mid_commit_resumes_exactly_once() {
             .iter()
             .any(|o| o.key.contains(what))
     };
-    for (case, marker) in [("mid-write", "/uploads/"), ("mid-commit", "/commit.json")] {
+    // Batch 1's commit record is written and its publish is under way
+    // (the proxy holds every upload's completion for 4 s).
+    let publishing = || {
+        s3.list(&bucket, "ck/commits/")
+            .unwrap()
+            .iter()
+            .any(|o| o.key.ends_with(&format!("{:020}.json", 1)))
+    };
+    for case in ["mid-write", "mid-publish"] {
         put(&mut rows, 20_000);
         put(&mut rows, 20_000);
         // Slow S3 for the killed run: every request waits, so it is caught
@@ -433,7 +442,13 @@ fn on_s3_a_stream_killed_mid_write_or_mid_commit_resumes_exactly_once() {
         wait_for(
             &format!("the batch {case}"),
             Duration::from_secs(120),
-            || staged(marker),
+            || {
+                if case == "mid-write" {
+                    staged("/uploads/")
+                } else {
+                    publishing()
+                }
+            },
         );
         signal(&child, "-KILL");
         wait_child(child, "the killed stream");
@@ -442,22 +457,28 @@ fn on_s3_a_stream_killed_mid_write_or_mid_commit_resumes_exactly_once() {
             (n as i64) < rows,
             "{case}: the killed batch's rows are visible"
         );
-        // The restart (a healthy S3) runs the planned batch again.
+        // The restart (a healthy S3) runs the planned, uncommitted batch
+        // again, or publishes the committed one without running it again.
         let again = run_stream(&job, &ck, &["--available-now"]);
         assert!(again.status.success(), "{case}: {}", stderr(&again));
         let b = batches(&again.stdout);
-        assert_eq!(
-            b.len(),
-            1,
-            "{case}: {}",
-            String::from_utf8_lossy(&again.stdout)
-        );
-        assert_eq!(b[0]["resumed"], true, "{case}");
-        assert_eq!(
-            b[0]["batch_id"],
-            if case == "mid-write" { 0 } else { 1 },
-            "{case}"
-        );
+        if case == "mid-write" {
+            assert_eq!(
+                b.len(),
+                1,
+                "{case}: {}",
+                String::from_utf8_lossy(&again.stdout)
+            );
+            assert_eq!(b[0]["resumed"], true, "{case}");
+            assert_eq!(b[0]["batch_id"], 0, "{case}");
+        } else {
+            assert_eq!(
+                b.len(),
+                0,
+                "{case}: {}",
+                String::from_utf8_lossy(&again.stdout)
+            );
+        }
         assert_eq!(
             s3_counts(tmp.path(), &out),
             (rows as u64, rows as u64),
@@ -964,6 +985,96 @@ fn a_batch_whose_commit_record_was_lost_writes_nothing_twice() {
 /// and reason, and the good ones to the output, each once, in the same
 /// batch. A file with more bad lines than allowed fails the batch, naming
 /// the file and line, and nothing of that batch lands.
+/// A batch's writes become visible together or not at all: when its
+/// dead-letter write fails, the rows its first statement wrote stay
+/// invisible (taken back), and the re-run writes both once.
+#[test]
+fn a_batch_whose_dead_letter_write_fails_makes_none_of_its_writes_visible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out, errors) = (
+        tmp.path().join("in"),
+        tmp.path().join("out"),
+        tmp.path().join("errors"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let job = tmp.path().join("two_writes.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL) STORED AS JSON LOCATION '{}/' \
+               OPTIONS ('max_bad_records' '10');\n\
+             COPY (SELECT id FROM src WHERE _error IS NULL) TO '{}' STORED AS PARQUET;\n\
+             COPY (SELECT _file, _line, _raw, _error FROM src WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;\n",
+            src.display(),
+            out.display(),
+            errors.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(src.join("a.json"), b"{\"id\": 1}\n{\"id\": 2}\nnot json\n").unwrap();
+    // The dead-letter location is a file, so its write fails.
+    std::fs::write(&errors, b"in the way").unwrap();
+    let failed = run_stream(&job, &ck, &["--once"]);
+    assert!(!failed.status.success());
+    let err = stderr(&failed);
+    assert!(err.contains("errors"), "{err}");
+    assert_eq!(
+        sluice_test_support::visible_files(&out).unwrap_or_default(),
+        Vec::<String>::new(),
+        "the failed batch's first write is visible: {err}"
+    );
+    assert!(
+        !out.join("_sluice_staging").exists()
+            || std::fs::read_dir(out.join("_sluice_staging"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "the taken-back write left staging behind"
+    );
+    // Once the location is fixed, the batch runs again: both writes, once.
+    std::fs::remove_file(&errors).unwrap();
+    let again = one_batch(&job, &ck);
+    assert_eq!(again["batch_id"], 0, "{again}");
+    assert_eq!(again["resumed"], true, "{again}");
+    assert_eq!(again["rows_dead_lettered"], 1, "{again}");
+    assert_eq!(local_ids(&out), [1, 2]);
+    let dead: Vec<String> = sluice_test_support::visible_files(&errors)
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(errors.join(f))
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].contains("not json"), "{dead:?}");
+
+    // Two writes of one batch to the same output: the first is published
+    // before the second takes the output (no wait on its own lock).
+    let twice = tmp.path().join("twice");
+    let job = tmp.path().join("twice.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL) STORED AS JSON LOCATION '{}/' \
+               OPTIONS ('max_bad_records' '10');\n\
+             COPY (SELECT id FROM src WHERE _error IS NULL) TO '{out}' STORED AS PARQUET;\n\
+             COPY (SELECT id + 10 AS id FROM src WHERE _error IS NULL) TO '{out}' STORED AS PARQUET;\n",
+            src.display(),
+            out = twice.display(),
+        ),
+    )
+    .unwrap();
+    let ck = tmp.path().join("ck2").display().to_string();
+    let b = one_batch(&job, &ck);
+    assert_eq!(b["rows_written"], 4, "{b}");
+    assert_eq!(local_ids(&twice), [1, 2, 11, 12]);
+}
+
 #[test]
 fn bad_json_lines_go_to_dead_letters_and_too_many_fail_the_batch() {
     let tmp = tempfile::tempdir().unwrap();

@@ -15,4 +15,4 @@ pub use report::{
     DynamoOutcome, JobProgress, JobReport, NoProgress, Progress, StatementOutcome, WriteOutcome,
 };
 pub use rest::{SchedulerApi, connect, rest_base, wait_for_scheduler};
-pub use runner::{BatchWrites, Interrupter, JobRunner};
+pub use runner::{BatchWrites, DeferredWrite, Interrupter, JobRunner};

@@ -69,6 +69,34 @@ pub struct JobRunner {
     /// See [`JobRunner::no_executor_timeout`].
     no_executor_timeout: Duration,
     tls: Option<Arc<crate::tls::ClusterTls>>,
+    /// The current micro-batch's writes whose commits are recorded and not
+    /// yet published (see [`JobRunner::publish`]).
+    deferred: std::sync::Mutex<Vec<DeferredWrite>>,
+}
+
+/// A micro-batch write whose commit task recorded its intent and published
+/// nothing: [`JobRunner::publish`] makes it visible once the batch is
+/// committed. Holds the output's lock until then.
+pub struct DeferredWrite {
+    pub spec: WriteSpec,
+    guard: Option<LockGuard>,
+}
+
+impl DeferredWrite {
+    /// A write a committed batch's record names, to publish after a restart
+    /// (its lock is taken again then).
+    pub fn recorded(spec: WriteSpec) -> Self {
+        Self { spec, guard: None }
+    }
+}
+
+impl std::fmt::Debug for DeferredWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredWrite")
+            .field("write_id", &self.spec.write_id)
+            .field("url", &self.spec.url)
+            .finish()
+    }
 }
 
 /// The writes of one micro-batch (see `stream`): each statement's write id
@@ -108,6 +136,7 @@ impl JobRunner {
             endpoint: endpoint.to_string(),
             resubmit: 0,
             no_executor_timeout: DEFAULT_NO_EXECUTOR_TIMEOUT,
+            deferred: std::sync::Mutex::new(vec![]),
         })
     }
 
@@ -222,6 +251,7 @@ impl JobRunner {
         if let Some(b) = &self.batch {
             spec.write_id = format!("{}l{line}", b.prefix);
             spec.count_by = b.count_by.clone();
+            spec.defer_publish = true;
             if spec.lock_wait_ms == 0 {
                 spec.lock_wait_ms = spec.lock_ttl_ms.saturating_mul(2);
             }
@@ -446,7 +476,113 @@ impl JobRunner {
     }
 
     /// Runs every statement of `source` in order; stops at the first failure.
+    /// In a micro-batch, the writes are left to [`JobRunner::publish`]
+    /// (see [`JobRunner::take_deferred`]); when a statement fails, the
+    /// batch's earlier writes are taken back, so nothing of it is visible.
     pub async fn run(
+        &self,
+        file: &str,
+        source: &str,
+        cli_vars: &HashMap<String, String>,
+    ) -> Result<JobReport, SluiceError> {
+        // Left by an earlier batch that was cancelled mid-way: its re-run
+        // settles them.
+        self.deferred_writes().clear();
+        let result = self.run_statements(file, source, cli_vars).await;
+        if result.is_err() {
+            self.discard_deferred().await;
+        }
+        result
+    }
+
+    fn deferred_writes(&self) -> std::sync::MutexGuard<'_, Vec<DeferredWrite>> {
+        // A panic elsewhere cannot leave the list half-changed: take it as is.
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last run's writes whose publish waits for their batch's commit.
+    pub fn take_deferred(&self) -> Vec<DeferredWrite> {
+        std::mem::take(&mut *self.deferred_writes())
+    }
+
+    /// Takes back the recorded writes of a batch that failed: their
+    /// uploads aborted and staging removed, their locks released.
+    async fn discard_deferred(&self) {
+        let writes = self.take_deferred();
+        for w in writes {
+            let Some(guard) = w.guard else { continue };
+            if let Err(e) = self.cleanup(&w.spec, guard).await {
+                tracing::warn!(write_id = %w.spec.write_id, error = %e, "taking back a failed batch's write failed; its re-run settles it");
+            }
+        }
+    }
+
+    /// Publishes a committed batch's writes, each finishing its recorded
+    /// commit (idempotent: a write already published is left as it is).
+    /// A write without its lock (after a restart) takes it again first.
+    /// On failure the batch stays committed and the caller tries again.
+    pub async fn publish(&self, writes: Vec<DeferredWrite>) -> Result<(), SluiceError> {
+        for w in writes {
+            let mut spec = w.spec;
+            let guard = match w.guard {
+                Some(g) => g,
+                None => self.lock_output(&spec, "publish", 0).await?,
+            };
+            spec.lock_generation = Some(guard.generation());
+            let failed = |e: DataFusionError| SluiceError::Publish {
+                write_id: spec.write_id.clone(),
+                url: spec.url.clone(),
+                source: Box::new(e),
+            };
+            let store = self
+                .ctx
+                .runtime_env()
+                .object_store_registry
+                .get_store(&spec.output_url()?)
+                .map_err(failed)?;
+            let done = crate::sink::files::finish(&spec, &store)
+                .instrument(tracing::info_span!("sluice.publish", write_id = %spec.write_id, url = %spec.url))
+                .await
+                .map_err(failed)?;
+            match done {
+                Some(c) => {
+                    tracing::info!(write_id = %spec.write_id, files = c.files.len(), rows = c.rows, "published")
+                }
+                None => tracing::debug!(write_id = %spec.write_id, "already published"),
+            }
+            if let Err(e) = guard.release().await {
+                tracing::warn!(error = %e, "releasing the output lock failed; it expires");
+            }
+            if let Err(e) = self.sweep(&spec).await {
+                tracing::warn!(error = %e, write_id = %spec.write_id, "sweeping after the publish failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a batch writes to an output an earlier write of the same
+    /// batch wrote to (or one inside the other): that earlier write is
+    /// published first. Its lock would block this write, and an overwrite
+    /// must see it. The pair is then not published together.
+    async fn publish_overlapping(&self, url: &str) -> Result<(), SluiceError> {
+        let overlapping: Vec<DeferredWrite> = {
+            let mut all = self.deferred_writes();
+            let (hit, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|w| w.spec.url.starts_with(url) || url.starts_with(w.spec.url.as_str()));
+            *all = rest;
+            hit
+        };
+        if overlapping.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(%url, writes = overlapping.len(), "publishing the batch's earlier write to this output first");
+        self.publish(overlapping).await
+    }
+
+    async fn run_statements(
         &self,
         file: &str,
         source: &str,
@@ -661,6 +797,9 @@ impl JobRunner {
         let stmt_err = SluiceError::in_statement(file, line);
         self.check_protected(&spec)?;
         preflight_output(&spec, &self.ctx.runtime_env().object_store_registry).await?;
+        if spec.defer_publish {
+            self.publish_overlapping(&spec.url).await?;
+        }
         let mut spec = spec;
         let mut guard = self.lock_output(&spec, file, line).await?;
         spec.lock_generation = Some(guard.generation());
@@ -723,7 +862,13 @@ impl JobRunner {
                 other => break other,
             }
         };
+        let mut kept = None;
         let (job_id, batches) = match result {
+            // Published with the batch, still holding the output.
+            Ok(r) if spec.defer_publish => {
+                kept = Some(guard);
+                r
+            }
             Ok(r) => {
                 if let Err(e) = guard.release().await {
                     tracing::warn!(error = %e, "releasing the output lock failed; it expires");
@@ -790,6 +935,12 @@ impl JobRunner {
                     "the write returned no commit summary".into(),
                 ))
             })?;
+        if let Some(guard) = kept {
+            self.deferred_writes().push(DeferredWrite {
+                spec: spec.clone(),
+                guard: Some(guard),
+            });
+        }
         Ok((
             job_id,
             WriteOutcome {

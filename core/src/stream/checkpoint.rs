@@ -3,7 +3,10 @@
 //! - `metadata.json`: the stream's id, fixed at its first start (write ids
 //!   of its batches are made from it)
 //! - `offsets/N.json`: batch N's ranges, written before it runs
-//! - `commits/N.json`: batch N's report, written after its writes committed
+//! - `commits/N.json`: batch N's report, written once its writes recorded
+//!   their commits and before any of them is published: the batch's commit.
+//!   It lists those writes, so a restart publishes what a crash left
+//!   unpublished
 //! - `starts/N-*.json`: where sources start (a resolved `latest` or time, a
 //!   new partition), recorded when a plan found nothing to read yet, so a
 //!   restart before batch N does not resolve them again and skip what
@@ -33,7 +36,18 @@ use super::error::StreamError;
 use super::info::BatchInfo;
 use super::source::Range;
 use crate::clock::Clock;
+use crate::sink::files::WriteSpec;
 use crate::sink::files::lock::OutputLock;
+
+/// `commits/N.json`: the batch's report and the writes it commits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CommitRecord {
+    #[serde(flatten)]
+    info: BatchInfo,
+    /// Writes whose recorded commits are published after this record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    publishes: Vec<WriteSpec>,
+}
 
 /// How long one checkpoint call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -97,6 +111,9 @@ pub struct Recovered {
     pub pending: Option<BatchPlan>,
     pub next_batch: u64,
     pub last_commit: Option<BatchInfo>,
+    /// The last committed batch's writes: published again (a no-op for
+    /// those already published) in case a crash cut their publish short.
+    pub last_publishes: Vec<WriteSpec>,
 }
 
 #[derive(Clone)]
@@ -287,9 +304,26 @@ impl Checkpoint {
         self.read(&self.entry("offsets", batch_id)).await
     }
 
-    pub async fn write_commit(&self, info: &BatchInfo) -> Result<(), StreamError> {
-        self.create(&self.entry("commits", info.batch_id), info)
+    /// Commits the batch: its report and the writes to publish after it.
+    pub async fn write_commit(
+        &self,
+        info: &BatchInfo,
+        publishes: &[WriteSpec],
+    ) -> Result<(), StreamError> {
+        let record = CommitRecord {
+            info: info.clone(),
+            publishes: publishes.to_vec(),
+        };
+        self.create(&self.entry("commits", info.batch_id), &record)
             .await
+    }
+
+    /// Whether batch `batch_id`'s commit record is there.
+    pub async fn committed(&self, batch_id: u64) -> Result<bool, StreamError> {
+        Ok(self
+            .read::<CommitRecord>(&self.entry("commits", batch_id))
+            .await?
+            .is_some())
     }
 
     /// The last `n` batch reports, oldest first.
@@ -349,8 +383,13 @@ impl Checkpoint {
         if let Some(p) = &out.pending {
             out.next_batch = p.batch_id;
         }
-        if let Some(id) = last_commit_id {
-            out.last_commit = self.read(&self.entry("commits", id)).await?;
+        if let Some(id) = last_commit_id
+            && let Some(record) = self
+                .read::<CommitRecord>(&self.entry("commits", id))
+                .await?
+        {
+            out.last_commit = Some(record.info);
+            out.last_publishes = record.publishes;
         }
         Ok(out)
     }
@@ -442,7 +481,7 @@ mod tests {
         assert!(fresh.pending.is_none());
         for id in 0..3 {
             c.write_plan(&plan(id)).await?;
-            c.write_commit(&committed(id)).await?;
+            c.write_commit(&committed(id), &[]).await?;
         }
         c.write_plan(&plan(3)).await?;
         // The same batch cannot be planned twice.
@@ -451,7 +490,7 @@ mod tests {
         assert_eq!(r.replay.len(), 3);
         assert_eq!(r.pending.as_ref().map(|p| p.batch_id), Some(3));
         assert_eq!(r.next_batch, 3);
-        c.write_commit(&committed(3)).await?;
+        c.write_commit(&committed(3), &[]).await?;
         let r = c.recover().await?;
         assert!(r.pending.is_none());
         assert_eq!(r.next_batch, 4);
@@ -466,7 +505,7 @@ mod tests {
         let c = Checkpoint::new(store.clone(), &url)?;
         for id in 0..50 {
             c.write_plan(&plan(id)).await?;
-            c.write_commit(&committed(id)).await?;
+            c.write_commit(&committed(id), &[]).await?;
             if id % 10 == 9 {
                 let state = State {
                     batch_id: id,
@@ -507,7 +546,7 @@ mod tests {
         assert_eq!(r.starts.len(), 2);
         assert_eq!(r.starts[0].ranges, vec![start]);
         c.write_plan(&plan(0)).await?;
-        c.write_commit(&committed(0)).await?;
+        c.write_commit(&committed(0), &[]).await?;
         let state = State {
             batch_id: 0,
             sources: BTreeMap::new(),

@@ -26,9 +26,10 @@ use super::info::{BatchInfo, BatchWrite, SplitInput};
 use super::source::{BatchInputs, Range, Source};
 use super::trigger::Trigger;
 use crate::client::job::{Action, classify, split_statements, substitute};
-use crate::client::{BatchWrites, Interrupter, JobReport, JobRunner};
+use crate::client::{BatchWrites, DeferredWrite, Interrupter, JobReport, JobRunner};
 use crate::clock::Clock;
 use crate::error::{SluiceError, render};
+use crate::sink::files::WriteSpec;
 use crate::sink::files::lock::{Holder, LockError, LockGuard};
 use crate::sink::files::manifest::hostname;
 
@@ -422,6 +423,14 @@ impl StreamRunner {
             });
         }
         let mut pending = recovered.pending;
+        // The last committed batch's writes: a crash may have cut their
+        // publish short.
+        let mut unpublished: Option<(u64, Vec<WriteSpec>)> = recovered
+            .last_commit
+            .as_ref()
+            .map(|c| c.batch_id)
+            .filter(|_| !recovered.last_publishes.is_empty())
+            .map(|id| (id, recovered.last_publishes.clone()));
         let mut next_id = recovered.next_batch;
         self.observer
             .started(stream_id, pending.as_ref().map(|p| p.batch_id), next_id);
@@ -446,6 +455,28 @@ impl StreamRunner {
             }
             for e in alarms.on_time(self.clock.now() - last_commit, self.clock.wall()) {
                 self.alarm(notifier, &e);
+            }
+            if let Some((batch_id, specs)) = unpublished.take() {
+                let writes = specs.iter().cloned().map(DeferredWrite::recorded).collect();
+                if let Err(e) = self.runner.publish(writes).await {
+                    unpublished = Some((batch_id, specs));
+                    let e = StreamError::Batch {
+                        batch_id,
+                        source: Box::new(e),
+                    };
+                    match self.failed(batch_id, e, &mut failures, &mut stop).await? {
+                        true => continue,
+                        false => {
+                            summary.stopped = true;
+                            break;
+                        }
+                    }
+                }
+                tracing::info!(
+                    batch_id,
+                    writes = specs.len(),
+                    "published the committed batch's writes"
+                );
             }
             let now = self.clock.wall();
             if due > now {
@@ -618,13 +649,27 @@ impl StreamRunner {
                 let secs = info.processing_delay_ms as f64 / 1000.0;
                 (secs > 0.0).then(|| rows as f64 / secs)
             });
-            let recorded = match checkpoint.write_commit(&info).await {
+            let writes = self.runner.take_deferred();
+            let specs: Vec<WriteSpec> = writes.iter().map(|w| w.spec.clone()).collect();
+            let recorded = match checkpoint.write_commit(&info, &specs).await {
                 // An earlier attempt's record landed although it timed out.
                 Err(e) if e.already_exists() => Ok(()),
-                other => other,
+                // Whether it landed decides which way the writes go: the
+                // record is read back rather than guessed.
+                Err(e) => match checkpoint.committed(batch_id).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(e),
+                    Err(unknown) => {
+                        tracing::error!(batch_id, error = %crate::error::render(&e), "recording the batch's commit failed, and reading it back too");
+                        return Err(unknown);
+                    }
+                },
+                Ok(()) => Ok(()),
             };
             if let Err(e) = recorded {
-                // The writes may have committed: the re-run finds them.
+                // Not committed: the re-run takes back the recorded writes
+                // (their locks lapse with `writes`) and writes them again.
+                drop(writes);
                 pending = Some(plan);
                 match self.failed(batch_id, e, &mut failures, &mut stop).await? {
                     true => continue,
@@ -634,7 +679,9 @@ impl StreamRunner {
                     }
                 }
             }
-            // The record's own time, in the report the loop shows.
+            // Committed: from here its writes only go forward.
+            let published = self.runner.publish(writes).await;
+            // The record's and the publish's time, in the report the loop shows.
             info.committing_ms += (self.clock.now() - c0).as_millis() as u64;
             failures = 0;
             for s in &mut sources {
@@ -669,6 +716,21 @@ impl StreamRunner {
             summary.rows_written += info.rows_written;
             summary.files_written += info.files_written;
             summary.bytes_written += info.bytes_written;
+            if let Err(e) = published {
+                // Tried again before the next batch, or by a restart.
+                unpublished = Some((batch_id, specs));
+                let e = StreamError::Batch {
+                    batch_id,
+                    source: Box::new(e),
+                };
+                match self.failed(batch_id, e, &mut failures, &mut stop).await? {
+                    true => {}
+                    false => {
+                        summary.stopped = true;
+                        break;
+                    }
+                }
+            }
             if self.options.trigger == Trigger::Once {
                 break;
             }

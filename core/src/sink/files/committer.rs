@@ -172,28 +172,100 @@ pub async fn commit(
     batches: &[RecordBatch],
 ) -> Result<CommitSummary> {
     let started = Instant::now();
-    let fail = |reason: String| spec.commit_failed(reason);
     let staged = collect_staged(spec, expected, batches)?;
     let base = spec.base_path()?;
     let success_path = base.clone().join(SUCCESS_FILE);
 
     // An earlier attempt of this commit finished: report what it committed.
-    if let Some(done) = read_manifest(&store, &success_path).await?
-        && done.job_id == spec.write_id
-    {
-        tracing::info!(write_id = %spec.write_id, "commit already done by an earlier attempt");
-        remove_staging(spec, &store).await?;
+    if let Some(done) = committed_by(spec, &store, &success_path, started).await? {
+        return Ok(done);
+    }
+    spec.check_lock(&store).await?;
+    let intent = record_intent(spec, &store, &base, &success_path, &staged).await?;
+    if spec.defer_publish {
+        let files: Vec<CommittedFile> = intent.publishes.iter().map(Planned::committed).collect();
+        tracing::info!(
+            files = files.len(),
+            "commit recorded; the client publishes it with its batch"
+        );
         return Ok(CommitSummary {
-            rows: done.rows,
-            bytes: done.bytes,
-            files: done.files,
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
             commit_ms: started.elapsed().as_millis() as u64,
         });
     }
-    spec.check_lock(&store).await?;
-    // Names this attempt in the decision record.
-    let attempt = uuid::Uuid::new_v4().simple().to_string();
-    let intent = record_intent(spec, &store, &base, &success_path, &staged).await?;
+    publish_intent(spec, &store, &intent, &success_path, started).await
+}
+
+/// Publishes a deferred write (`WriteSpec::defer_publish`) whose commit
+/// task recorded its intent: run by the client once the write's batch is
+/// committed, and again after a crash until it is done. `None`: there is
+/// no intent left, because an earlier call finished (its staging, intent
+/// included, goes last).
+pub async fn finish(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Option<CommitSummary>> {
+    let started = Instant::now();
+    let success_path = spec.base_path()?.join(SUCCESS_FILE);
+    if let Some(done) = committed_by(spec, store, &success_path, started).await? {
+        return Ok(Some(done));
+    }
+    let Some(intent) = read_intent(spec, store, &spec.intent_path()?).await? else {
+        return Ok(None);
+    };
+    spec.check_lock(store).await?;
+    publish_intent(spec, store, &intent, &success_path, started)
+        .await
+        .map(Some)
+}
+
+/// The commit, if `_SUCCESS` names this write (its staging is then removed).
+async fn committed_by(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    success_path: &Path,
+    started: Instant,
+) -> Result<Option<CommitSummary>> {
+    let Some(done) = read_manifest(store, success_path).await? else {
+        return Ok(None);
+    };
+    if done.job_id != spec.write_id {
+        return Ok(None);
+    }
+    tracing::info!(write_id = %spec.write_id, "commit already done by an earlier attempt");
+    remove_staging(spec, store).await?;
+    Ok(Some(CommitSummary {
+        rows: done.rows,
+        bytes: done.bytes,
+        files: done.files,
+        commit_ms: started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// Makes the intent's files visible, deletes what an overwrite replaces,
+/// and writes `_SUCCESS`. A deferred write's batch is already committed:
+/// a failure here leaves the intent to be finished by the next call,
+/// never takes the write back.
+async fn publish_intent(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+    intent: &Intent,
+    success_path: &Path,
+    started: Instant,
+) -> Result<CommitSummary> {
+    let fail = |reason: String| spec.commit_failed(reason);
+    // Names this attempt in the decision record. A deferred write's
+    // publishes are one attempt however often they are retried.
+    let attempt = if spec.defer_publish {
+        "batch".to_string()
+    } else {
+        uuid::Uuid::new_v4().simple().to_string()
+    };
+    let store = Arc::clone(store);
+    let success_path = success_path.clone();
+    let intent = intent.clone();
 
     if spec.overwrite {
         // From here until the new `_SUCCESS`, the output has none: a reader
@@ -237,6 +309,15 @@ pub async fn commit(
             Ok(f) => files.push(f),
             Err((path, e)) => failures.push(format!("{path}: {e}")),
         }
+    }
+    if !failures.is_empty() && spec.defer_publish {
+        return Err(fail(format!(
+            "{} of {} files failed to publish; the batch is committed, so its publish is tried again: {}",
+            failures.len(),
+            intent.publishes.len(),
+            failures.join("; ")
+        ))
+        .into());
     }
     if !failures.is_empty() {
         roll_back(
@@ -283,6 +364,10 @@ pub async fn commit(
     // that lost it takes its files back but leaves `_SUCCESS` alone: it may
     // be the new holder's.
     if let Err(e) = spec.check_lock(&store).await {
+        if spec.defer_publish {
+            // The batch is committed: its next publish finishes this.
+            return Err(e.into());
+        }
         roll_back(
             spec,
             &store,
@@ -307,7 +392,7 @@ pub async fn commit(
         });
     }
     let (deleted, undeleted) = delete_previous(&store, &intent).await;
-    if !undeleted.is_empty() && deleted == 0 {
+    if !undeleted.is_empty() && deleted == 0 && !spec.defer_publish {
         // Nothing of the earlier output is gone yet: going back leaves it
         // whole, as a failed write should.
         record_decision(spec, &store, Decision::Back, &attempt, true).await?;
@@ -550,7 +635,11 @@ pub(super) async fn settle(
     match standing.decision {
         Decision::Back => {
             take_back(spec, store, None, &intent, &success_path, true).await;
-            Ok(Some("took back the files its commit had made visible"))
+            Ok(Some(if spec.defer_publish {
+                "took back the commit it recorded (its batch did not commit)"
+            } else {
+                "took back the files its commit had made visible"
+            }))
         }
         Decision::Forward => {
             let (_, undeleted) = delete_previous(store, &intent).await;
@@ -1060,6 +1149,57 @@ mod tests {
         let again = commit(&spec, Arc::clone(&local), 4, std::slice::from_ref(&batch)).await?;
         assert_eq!(again.files, done.files);
         assert_eq!(data_files(&local, &base).await?, committed);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_deferred_commit_publishes_nothing_until_finished_and_only_goes_forward() -> Result<()>
+    {
+        let (dir, mut spec) = overwrite_in_tempdir()?;
+        spec.defer_publish = true;
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let base = spec.base_path()?;
+        let old = base.clone().join("part-old-0.json");
+        local.put(&old, "{\"old\":1}\n".into()).await?;
+        let success = base.clone().join(SUCCESS_FILE);
+        local.put(&success, "{}".into()).await?;
+        let batch = stage(&spec, &local, &[Some(1), Some(2)]).await?;
+
+        // The commit task records the intent and reports the files.
+        let recorded = commit(&spec, Arc::clone(&local), 2, std::slice::from_ref(&batch)).await?;
+        assert_eq!((recorded.rows, recorded.files.len()), (3, 2));
+        // Nothing changed in the output: the old file and manifest stand.
+        assert_eq!(data_files(&local, &base).await?, [old.to_string()]);
+        assert_eq!(&local.get(&success).await?.bytes().await?[..], b"{}");
+
+        // The batch committed: the client publishes.
+        let done = finish(&spec, &local).await?.map(|c| c.rows);
+        assert_eq!(done, Some(3));
+        let mut published: Vec<String> = recorded.files.iter().map(|f| f.path.clone()).collect();
+        published.sort();
+        assert_eq!(data_files(&local, &base).await?, published);
+        let manifest: SuccessData =
+            serde_json::from_slice(&local.get(&success).await?.bytes().await?)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        assert_eq!(manifest.job_id, spec.write_id);
+        // Again (a restart publishing the last batch once more): the same
+        // commit, nothing moved.
+        assert_eq!(finish(&spec, &local).await?.map(|c| c.rows), Some(3));
+        assert_eq!(data_files(&local, &base).await?, published);
+        drop(dir);
+
+        // A deferred write whose batch never committed is taken back by
+        // the re-run's cleanup: nothing of it becomes visible.
+        let (dir, mut spec) = overwrite_in_tempdir()?;
+        spec.defer_publish = true;
+        let base = spec.base_path()?;
+        let batch = stage(&spec, &local, &[Some(4)]).await?;
+        commit(&spec, Arc::clone(&local), 1, std::slice::from_ref(&batch)).await?;
+        crate::sink::files::abandon(&spec, &local).await?;
+        assert!(data_files(&local, &base).await?.is_empty());
+        assert!(finish(&spec, &local).await?.is_none());
+        assert!(data_files(&local, &base).await?.is_empty());
+        drop(dir);
         Ok(())
     }
 

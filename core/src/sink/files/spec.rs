@@ -146,6 +146,12 @@ pub struct WriteSpec {
     /// batch accounts for its input split by split.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub count_by: Vec<String>,
+    /// A micro-batch's write: the commit task records the commit's intent
+    /// and publishes nothing; the client publishes every write of the batch
+    /// once the batch's commit record is written (`committer::finish`), so
+    /// no write of a batch is visible before the batch commits.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub defer_publish: bool,
 }
 
 /// How a partitioned write distributes rows to its writers
@@ -464,6 +470,7 @@ impl WriteSpec {
             lock_ttl_ms: lock_ttl.as_millis() as u64,
             lock_generation: None,
             count_by: vec![],
+            defer_publish: false,
         })
     }
 
