@@ -96,8 +96,11 @@ impl StreamObserver for Printer {
     fn batch_failed(&self, batch_id: u64, error: &str, retry_in: Option<Duration>) {
         // Without a retry the run ends, and its `error:` line says why.
         let Some(d) = retry_in else { return };
-        let prefix = format!("batch {batch_id} failed: ");
-        let error = error.strip_prefix(&prefix).unwrap_or(error);
+        let prefix = if error.starts_with(&format!("batch {batch_id} ")) {
+            String::new()
+        } else {
+            format!("batch {batch_id} failed: ")
+        };
         eprintln!(
             "{prefix}{error}; retrying in {}",
             humantime::format_duration(d)

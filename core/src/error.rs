@@ -43,9 +43,8 @@ pub enum SluiceError {
         #[source]
         source: Box<DataFusionError>,
     },
-    /// A committed micro-batch's write could not be published yet; the
-    /// stream tries again (and a restart does).
-    #[error("publishing write {write_id} of the committed batch to {url}: {source}")]
+    /// A micro-batch's recorded write could not be published.
+    #[error("publishing write {write_id} to {url}: {source}")]
     Publish {
         write_id: String,
         url: String,

@@ -56,7 +56,13 @@ impl S3 {
 
     /// Writes one object (as a producer would: one PUT, whole).
     pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
-        let url = format!("{}/{bucket}/{key}", self.endpoint.trim_end_matches('/'));
+        // Each part of the key escaped (`#`, `?`, `%` are names here).
+        let mut url = reqwest::Url::parse(&self.endpoint)?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("{}: not a base URL", self.endpoint))?
+            .pop_if_empty()
+            .push(bucket)
+            .extend(key.split('/'));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -64,7 +70,7 @@ impl S3 {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?;
-            anyhow::Ok(client.put(&url).body(body).send().await?.status())
+            anyhow::Ok(client.put(url.clone()).body(body).send().await?.status())
         })?;
         if !status.is_success() {
             bail!("PUT {url}: {status}");

@@ -1196,6 +1196,59 @@ fn bad_json_lines_go_to_dead_letters_and_too_many_fail_the_batch() {
 
 /// Files a producer writes under date prefixes (`yyyy/MM/dd/`) are each
 /// taken once, as they arrive; a hidden directory's are not.
+/// Names that are not plain in a URL (`#`, `?`, `%`, spaces; Spark writes
+/// `ts=10%3A00/` directories) are read, locally and on S3, in a stream and
+/// outside one: pasted into a URL they named another file, or none, and
+/// the batch took them without reading a row.
+#[test]
+fn files_whose_names_need_escaping_are_read() {
+    let names = [
+        "ts=10%3A00/a.json",
+        "b c#1.json",
+        "d?e.json",
+        "100% [f].json",
+    ];
+    let (tmp, src, out, ck, local_job) = file_stream("JSON");
+    for (i, name) in names.iter().enumerate() {
+        let path = src.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let i = i as i64 * 10;
+        std::fs::write(path, json_lines(i..i + 10)).unwrap();
+    }
+    let first = one_batch(&local_job, &ck);
+    assert_eq!(first["rows_written"], 40, "{first}");
+    assert_eq!(local_ids(&out), exactly(40));
+    // Outside a stream, the line reader lists and reads them too.
+    let counted = run_job_text(
+        tmp.path(),
+        &format!(
+            "CREATE EXTERNAL TABLE src (id BIGINT NOT NULL, v VARCHAR) STORED AS JSON LOCATION '{}/' \
+               OPTIONS ('max_bad_records' '0');\n\
+             SELECT count(*) AS n, count(DISTINCT id) AS ids FROM src;\n",
+            src.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&counted.stdout);
+    assert!(counted.status.success(), "{}", stderr(&counted));
+    assert!(text.contains("| 40 | 40  |"), "{text}");
+
+    // On S3.
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("names").unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let i = i as i64 * 10;
+        s3.put(&bucket, &format!("in/{name}"), json_lines(i..i + 10))
+            .unwrap();
+    }
+    let out = format!("s3://{bucket}/out");
+    let job = job(tmp.path(), &format!("s3://{bucket}/in"), "JSON", &out);
+    let b = one_batch(&job, &format!("s3://{bucket}/ck"));
+    assert_eq!(b["rows_written"], 40, "{b}");
+    assert_eq!(s3_counts(tmp.path(), &out), (40, 40));
+}
+
 #[test]
 fn files_under_subdirectories_are_each_read_once() {
     let (_tmp, src, out, ck, job) = file_stream("JSON");

@@ -524,33 +524,45 @@ impl JobRunner {
     /// A write without its lock (after a restart) takes it again first.
     /// On failure the batch stays committed and the caller tries again.
     pub async fn publish(&self, writes: Vec<DeferredWrite>) -> Result<(), SluiceError> {
-        for w in writes {
-            let mut spec = w.spec;
-            let guard = match w.guard {
-                Some(g) => g,
-                None => self.lock_output(&spec, "publish", 0).await?,
-            };
-            spec.lock_generation = Some(guard.generation());
-            let failed = |e: DataFusionError| SluiceError::Publish {
+        fn failed(spec: &WriteSpec) -> impl Fn(DataFusionError) -> SluiceError + '_ {
+            move |e| SluiceError::Publish {
                 write_id: spec.write_id.clone(),
                 url: spec.url.clone(),
                 source: Box::new(e),
-            };
+            }
+        }
+        for w in writes {
+            let mut spec = w.spec;
             let store = self
                 .ctx
                 .runtime_env()
                 .object_store_registry
                 .get_store(&spec.output_url()?)
-                .map_err(failed)?;
+                .map_err(failed(&spec))?;
+            let guard = match w.guard {
+                Some(g) => g,
+                None => {
+                    // After a restart, most are published already: no lock.
+                    let left = crate::sink::files::unpublished(&spec, &store)
+                        .await
+                        .map_err(failed(&spec))?;
+                    if !left {
+                        self.check_published(&spec, &store).await;
+                        continue;
+                    }
+                    self.lock_output(&spec, "publish", 0).await?
+                }
+            };
+            spec.lock_generation = Some(guard.generation());
             let done = crate::sink::files::finish(&spec, &store)
                 .instrument(tracing::info_span!("sluice.publish", write_id = %spec.write_id, url = %spec.url))
                 .await
-                .map_err(failed)?;
+                .map_err(failed(&spec))?;
             match done {
                 Some(c) => {
                     tracing::info!(write_id = %spec.write_id, files = c.files.len(), rows = c.rows, "published")
                 }
-                None => tracing::debug!(write_id = %spec.write_id, "already published"),
+                None => self.check_published(&spec, &store).await,
             }
             if let Err(e) = guard.release().await {
                 tracing::warn!(error = %e, "releasing the output lock failed; it expires");
@@ -560,6 +572,24 @@ impl JobRunner {
             }
         }
         Ok(())
+    }
+
+    /// For a committed batch's write with no recorded commit left: says so
+    /// loudly if nothing of it is visible either.
+    async fn check_published(&self, spec: &WriteSpec, store: &Arc<dyn object_store::ObjectStore>) {
+        let found = match self.committed_by_success(spec, store).await {
+            Ok(Some(_)) => true,
+            _ => matches!(self.committed_files(spec, store).await, Ok(Some(_))),
+        };
+        if found {
+            tracing::debug!(write_id = %spec.write_id, "already published");
+        } else {
+            tracing::warn!(
+                write_id = %spec.write_id,
+                url = %spec.url,
+                "a committed batch's write has no recorded commit left and no file of it is visible: it wrote no rows, or its recorded commit was removed"
+            );
+        }
     }
 
     /// Before a batch writes to an output an earlier write of the same

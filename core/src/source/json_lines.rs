@@ -445,8 +445,9 @@ pub async fn list_files(session: &dyn Session, dir: &ListingTableUrl) -> Result<
     let mut files: Vec<String> = metas
         .into_iter()
         .filter(|m| m.location.as_ref().ends_with(".json") && !hidden(m))
-        .map(|m| format!("{}{}", base.as_str(), m.location))
-        .collect();
+        .map(|m| crate::storage::object_url(base.as_str(), &m.location))
+        .collect::<Result<_, _>>()
+        .map_err(DataFusionError::Execution)?;
     files.sort();
     Ok(files)
 }

@@ -47,6 +47,12 @@ pub enum StreamError {
     BadAlarm { text: String, reason: String },
     #[error("bad stream setting: {0}")]
     Setting(String),
+    #[error("batch {batch_id} is committed, and publishing its writes failed (tried again)")]
+    Unpublished {
+        batch_id: u64,
+        #[source]
+        source: Box<SluiceError>,
+    },
     #[error("batch {batch_id} failed")]
     Batch {
         batch_id: u64,

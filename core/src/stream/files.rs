@@ -158,6 +158,18 @@ impl FileSource {
         Ok(out)
     }
 
+    /// A listed file's path: its name is the listing's path below the
+    /// directory (parts as the store encodes them, joined by `/`).
+    fn path_of(&self, name: &str) -> Path {
+        let joined = if self.prefix.as_ref().is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.prefix)
+        };
+        // Names come from the store's own listing, so they parse as they are.
+        Path::parse(&joined).unwrap_or_else(|_| Path::from(joined))
+    }
+
     fn too_old(&self, modified_ms: i64) -> bool {
         let age = self.options.max_file_age.as_millis() as i64;
         self.newest_ms != i64::MIN && modified_ms < self.newest_ms.saturating_sub(age)
@@ -238,8 +250,9 @@ impl Source for FileSource {
     fn bind(&self, ranges: &[&Range], batch: &mut BatchInputs) -> Result<(), StreamError> {
         let files = ranges
             .iter()
-            .map(|r| format!("{}{}", self.location, r.split))
-            .collect();
+            .map(|r| crate::storage::object_url(&self.location, &self.path_of(&r.split)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(e))?;
         batch
             .files
             .insert(&self.location, files)
@@ -257,7 +270,7 @@ impl Source for FileSource {
         let files: Vec<object_store::ObjectMeta> = ranges
             .iter()
             .map(|r| object_store::ObjectMeta {
-                location: self.prefix.clone().join(r.split.as_str()),
+                location: self.path_of(&r.split),
                 last_modified: chrono::DateTime::from_timestamp_millis(r.modified_ms.unwrap_or(0))
                     .unwrap_or_default(),
                 size: r.end.max(0) as u64,

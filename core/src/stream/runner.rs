@@ -35,6 +35,8 @@ use crate::sink::files::manifest::hostname;
 
 /// The longest wait between retries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How many times a batch's commit record is tried before the run ends.
+const COMMIT_RECORD_TRIES: u32 = 5;
 /// Job variables (`SET stream.alarm.x = '...'`) that add alarm rules.
 const ALARM_VAR: &str = "stream.alarm";
 
@@ -458,9 +460,15 @@ impl StreamRunner {
             }
             if let Some((batch_id, specs)) = unpublished.take() {
                 let writes = specs.iter().cloned().map(DeferredWrite::recorded).collect();
+                // A cancelled batch's interrupt would refuse the locks.
+                let interrupter = self.interrupter();
+                interrupter.reset();
+                if *stop.borrow() {
+                    interrupter.interrupt();
+                }
                 if let Err(e) = self.runner.publish(writes).await {
                     unpublished = Some((batch_id, specs));
-                    let e = StreamError::Batch {
+                    let e = StreamError::Unpublished {
                         batch_id,
                         source: Box::new(e),
                     };
@@ -651,31 +659,29 @@ impl StreamRunner {
             });
             let writes = self.runner.take_deferred();
             let specs: Vec<WriteSpec> = writes.iter().map(|w| w.spec.clone()).collect();
-            let recorded = match checkpoint.write_commit(&info, &specs).await {
-                // An earlier attempt's record landed although it timed out.
-                Err(e) if e.already_exists() => Ok(()),
-                // Whether it landed decides which way the writes go: the
-                // record is read back rather than guessed.
-                Err(e) => match checkpoint.committed(batch_id).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(e),
-                    Err(unknown) => {
-                        tracing::error!(batch_id, error = %crate::error::render(&e), "recording the batch's commit failed, and reading it back too");
-                        return Err(unknown);
-                    }
-                },
-                Ok(()) => Ok(()),
-            };
-            if let Err(e) = recorded {
-                // Not committed: the re-run takes back the recorded writes
-                // (their locks lapse with `writes`) and writes them again.
-                drop(writes);
-                pending = Some(plan);
-                match self.failed(batch_id, e, &mut failures, &mut stop).await? {
-                    true => continue,
-                    false => {
-                        summary.stopped = true;
-                        break;
+            // Once its writes are recorded, the batch is not run again in
+            // this process: the re-run would take them back, and a record
+            // that landed late (its call timed out) would then leave a
+            // committed batch with nothing to publish. The same record is
+            // tried until it is written; if it cannot be, the run ends and
+            // the restart finds the batch committed or not.
+            let mut tries = 0;
+            loop {
+                match checkpoint.write_commit(&info, &specs).await {
+                    Ok(()) => break,
+                    // An earlier try's record landed although it timed out.
+                    Err(e) if e.already_exists() => break,
+                    Err(e) => {
+                        tries += 1;
+                        if tries >= COMMIT_RECORD_TRIES || *stop.borrow() {
+                            return Err(e);
+                        }
+                        let wait = Duration::from_secs(1 << tries);
+                        tracing::warn!(batch_id, error = %render(&e), retry_in = ?wait, "recording the batch's commit failed; trying again");
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            _ = stop.changed() => {}
+                        }
                     }
                 }
             }
@@ -719,7 +725,7 @@ impl StreamRunner {
             if let Err(e) = published {
                 // Tried again before the next batch, or by a restart.
                 unpublished = Some((batch_id, specs));
-                let e = StreamError::Batch {
+                let e = StreamError::Unpublished {
                     batch_id,
                     source: Box::new(e),
                 };

@@ -47,8 +47,9 @@ pub struct CleanedWrite {
 /// Aborts the recorded uploads and removes the staging of every write to
 /// `output` whose newest staged object is older than `older_than`: writes
 /// whose client died before its own cleanup. The write holding the output's
-/// lock is live and left alone whatever its age; committed output is
-/// untouched.
+/// lock is live and left alone whatever its age, and so is a stream
+/// batch's recorded commit (its stream publishes it, or takes it back);
+/// committed output is untouched.
 pub async fn clean_abandoned(
     output: &str,
     older_than: std::time::Duration,
@@ -86,6 +87,12 @@ pub async fn clean_abandoned(
             write_id: write_id.clone(),
             ..template.clone()
         };
+        if super::committer::deferred_intent(&spec, &store).await? {
+            // Its batch may be committed and waiting for its stream to
+            // publish it: taking it back would lose the batch.
+            tracing::warn!(%write_id, "a stream batch's recorded commit: left to its stream");
+            continue;
+        }
         let aborted_uploads = abandon(&spec, &store).await?;
         tracing::info!(%write_id, aborted_uploads, "cleaned abandoned write");
         cleaned.push(CleanedWrite {

@@ -135,6 +135,13 @@ struct Intent {
     previous: Vec<String>,
     /// The `_SUCCESS` the overwrite removes first, put back if publishing fails.
     previous_success: Option<String>,
+    /// A micro-batch's write (`WriteSpec::defer_publish`): only its stream,
+    /// which knows whether the batch committed, may take it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deferred: bool,
+    /// The output lock generation of the attempt that recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -634,8 +641,10 @@ pub(super) async fn settle(
     let standing = record_decision(spec, store, Decision::Back, "cleanup", false).await?;
     match standing.decision {
         Decision::Back => {
-            take_back(spec, store, None, &intent, &success_path, true).await;
-            Ok(Some(if spec.defer_publish {
+            // A deferred write never touched `_SUCCESS`: the one there may
+            // be a later write's.
+            take_back(spec, store, None, &intent, &success_path, !intent.deferred).await;
+            Ok(Some(if intent.deferred {
                 "took back the commit it recorded (its batch did not commit)"
             } else {
                 "took back the files its commit had made visible"
@@ -651,6 +660,25 @@ pub(super) async fn settle(
             ))
         }
     }
+}
+
+/// Whether the write has a recorded, unpublished micro-batch commit: only
+/// its stream may settle that (publish it, or take it back when the batch
+/// did not commit).
+pub(super) async fn deferred_intent(
+    spec: &WriteSpec,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<bool> {
+    Ok(read_intent(spec, store, &spec.intent_path()?)
+        .await?
+        .is_some_and(|i| i.deferred))
+}
+
+/// Whether the write still has a recorded commit to publish.
+pub async fn unpublished(spec: &WriteSpec, store: &Arc<dyn ObjectStore>) -> Result<bool> {
+    Ok(read_intent(spec, store, &spec.intent_path()?)
+        .await?
+        .is_some())
 }
 
 /// The manifest at `path`, if there is a readable one.
@@ -675,9 +703,18 @@ async fn record_intent(
     staged: &[Staged],
 ) -> Result<Intent> {
     let path = spec.intent_path()?;
+    let mut mode = PutMode::Create;
     if let Some(intent) = read_intent(spec, store, &path).await? {
-        tracing::warn!(write_id = %spec.write_id, "finishing the commit an earlier attempt started");
-        return Ok(intent);
+        // A deferred intent publishes nothing: one an attempt under an
+        // earlier lock generation recorded (a job the scheduler lost, whose
+        // commit task ran after the re-run's cleanup) names files that
+        // cleanup removed, and is replaced.
+        if !(spec.defer_publish && intent.generation != spec.lock_generation) {
+            tracing::warn!(write_id = %spec.write_id, "finishing the commit an earlier attempt started");
+            return Ok(intent);
+        }
+        tracing::warn!(write_id = %spec.write_id, "replacing a deferred commit an earlier lock generation recorded");
+        mode = PutMode::Overwrite;
     }
     let (previous, previous_success) = if spec.overwrite {
         let previous = list_data_files(store, base)
@@ -715,10 +752,12 @@ async fn record_intent(
         publishes,
         previous,
         previous_success,
+        deferred: spec.defer_publish,
+        generation: spec.lock_generation,
     };
     let body = serde_json::to_vec(&intent).map_err(|e| spec.commit_failed(e.to_string()))?;
     let opts = PutOptions {
-        mode: PutMode::Create,
+        mode,
         ..Default::default()
     };
     match store.put_opts(&path, body.into(), opts).await {
@@ -1199,6 +1238,27 @@ mod tests {
         assert!(data_files(&local, &base).await?.is_empty());
         assert!(finish(&spec, &local).await?.is_none());
         assert!(data_files(&local, &base).await?.is_empty());
+
+        // A commit task of a lost job (an earlier lock generation) recorded
+        // its intent after the re-run's cleanup: the re-run's commit
+        // replaces it rather than finishing it.
+        let success = base.clone().join(SUCCESS_FILE);
+        spec.lock_generation = Some(1);
+        let late = stage(&spec, &local, &[Some(7)]).await?;
+        let staged = collect_staged(&spec, 1, std::slice::from_ref(&late))?;
+        record_intent(&spec, &local, &base, &success, &staged).await?;
+        spec.lock_generation = Some(2);
+        let rerun = stage(&spec, &local, &[Some(2), Some(3)]).await?;
+        let staged = collect_staged(&spec, 2, std::slice::from_ref(&rerun))?;
+        let intent = record_intent(&spec, &local, &base, &success, &staged).await?;
+        assert_eq!((intent.publishes.len(), intent.generation), (2, Some(2)));
+        // A second attempt under the same generation finishes that one.
+        let staged = collect_staged(&spec, 1, std::slice::from_ref(&late))?;
+        let again = record_intent(&spec, &local, &base, &success, &staged).await?;
+        assert_eq!(again.publishes.len(), 2);
+        spec.lock_generation = None;
+        assert_eq!(finish(&spec, &local).await?.map(|c| c.rows), Some(5));
+        assert_eq!(data_files(&local, &base).await?.len(), 2);
         drop(dir);
         Ok(())
     }

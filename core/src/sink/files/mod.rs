@@ -32,7 +32,7 @@ pub mod writer;
 
 pub use clean::{CleanedWrite, abandon, clean_abandoned, remove_staging};
 pub use commit::{CommitExec, CommitReport, write_result_schema};
-pub use committer::{commit, finish};
+pub use committer::{commit, finish, unpublished};
 pub use manifest::{CommittedFile, SuccessData};
 pub use node::{WriteNode, plan_write, size_skew_shuffles};
 pub use route::{RouteSpec, SkewRouteExec};
