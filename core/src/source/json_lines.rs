@@ -14,7 +14,6 @@
 //! One scan partition per file (a [`crate::exec::part_source`] index), read
 //! on the executor through the session's object stores, each call bounded.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +24,9 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
@@ -155,108 +153,45 @@ impl TableProvider for JsonLinesTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = crate::exec::part_source(self.spec.files.len())?;
-        let scan: Arc<dyn ExecutionPlan> =
-            Arc::new(JsonLinesScanExec::with_input(self.spec.clone(), input)?);
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(JsonLinesScanExec::try_new(self.spec.clone())?);
         crate::exec::project(scan, &self.schema, projection)
     }
 }
 
-/// Reads the files its input's part indices name.
-#[derive(Debug)]
-pub struct JsonLinesScanExec {
-    spec: JsonLinesSpec,
-    input: Arc<dyn ExecutionPlan>,
-    schema: SchemaRef,
-    properties: Arc<PlanProperties>,
-}
+/// Reads the files its input's part indices name, file by file, a chunk
+/// of lines at a time.
+pub type JsonLinesScanExec = crate::exec::PartScanExec<JsonLinesSpec>;
 
-impl JsonLinesScanExec {
-    pub fn with_input(spec: JsonLinesSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        let schema = spec.schema()?;
-        Ok(Self::assemble(spec, schema, input))
+impl crate::exec::PartRead for JsonLinesSpec {
+    const NAME: &'static str = "JsonLinesScanExec";
+
+    fn schema(&self) -> Result<SchemaRef> {
+        JsonLinesSpec::schema(self)
     }
 
-    fn assemble(spec: JsonLinesSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
-        let properties = crate::exec::part_properties(&schema, &input);
-        Self {
-            spec,
-            input,
-            schema,
-            properties,
-        }
+    fn parts(&self) -> usize {
+        self.files.len()
     }
 
-    fn rebuild(&self, input: Arc<dyn ExecutionPlan>) -> Self {
-        Self::assemble(self.spec.clone(), Arc::clone(&self.schema), input)
+    fn describe(&self) -> String {
+        format!("{} files of {}", self.files.len(), self.table)
     }
 
-    pub fn spec(&self) -> &JsonLinesSpec {
-        &self.spec
-    }
-}
-
-impl DisplayAs for JsonLinesScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "JsonLinesScanExec: {} files of {}",
-            self.spec.files.len(),
-            self.spec.table
-        )
-    }
-}
-
-impl ExecutionPlan for JsonLinesScanExec {
-    crate::exec::single_input_plan!("JsonLinesScanExec", rebuild);
-
-    // Splitting the part source would read a file twice.
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+    fn read_part(
+        self: Arc<Self>,
+        schema: SchemaRef,
+        i: usize,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let spec = Arc::new(self.spec.clone());
-        let schema = Arc::clone(&self.schema);
-        let input = Arc::clone(&self.input);
-        let indices = async move {
-            let indices = crate::exec::part_indices(&input, partition, Arc::clone(&context)).await;
-            (indices, context)
-        };
-        // File by file, a chunk of lines at a time: a task holds one chunk.
-        let stream = futures::stream::once(indices)
-            .map(move |(indices, context)| match indices {
-                Ok(indices) => {
-                    let (spec, schema) = (Arc::clone(&spec), Arc::clone(&schema));
-                    futures::stream::iter(indices)
-                        .map(move |i| match spec.files.get(i) {
-                            Some(url) => read_file(
-                                Arc::clone(&spec),
-                                Arc::clone(&schema),
-                                url.clone(),
-                                Arc::clone(&context),
-                            ),
-                            None => futures::stream::once(async move {
-                                Err(DataFusionError::Internal(format!(
-                                    "JsonLinesScanExec: no file {i}"
-                                )))
-                            })
-                            .boxed(),
-                        })
-                        .flatten()
-                        .boxed()
-                }
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+    ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+        match self.files.get(i).cloned() {
+            Some(url) => read_file(self, schema, url, context),
+            None => futures::stream::once(async move {
+                Err(DataFusionError::Internal(format!(
+                    "JsonLinesScanExec: no file {i}"
+                )))
             })
-            .flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.schema),
-            stream,
-        )))
+            .boxed(),
+        }
     }
 }
 

@@ -5,6 +5,9 @@
 //! A rule fires once when its condition has held for N batches in a row
 //! (1 by default) and clears once at the first batch where it does not
 //! (`no_commit` is checked on a timer too, and clears at the next commit).
+//! A stream that looks and finds nothing new has no backlog: its delay,
+//! share and lag alarms clear then too (its schedule starts again on time),
+//! all but `processing_delay`, which says how slow its last batch was.
 //! Each change is logged, counted (`sluice_stream_alarms_total`), shown in
 //! `sluice_stream_alarm_active`, and handed to the [`Notifier`], which posts
 //! it to a webhook and/or gives it to a command in the background, with
@@ -281,17 +284,22 @@ impl AlarmState {
         out
     }
 
-    /// The stream looked and found nothing new: it is caught up, so a
-    /// `no_commit` alarm clears (a quiet source is not a stalled stream).
+    /// The stream looked and found nothing new: it is caught up. A
+    /// `no_commit` alarm clears (a quiet source is not a stalled stream),
+    /// and so do the delay, share and lag alarms: the backlog is drained
+    /// and the schedule starts again on time.
     pub fn on_caught_up(&mut self, at: DateTime<Utc>) -> Vec<AlarmEvent> {
         let mut out = Vec::new();
         for i in 0..self.rules.len() {
             let r = &self.rules[i];
-            if r.rule.metric != Metric::NoCommit || !r.active {
+            if r.rule.metric == Metric::ProcessingDelay {
                 continue;
             }
-            out.push(self.change(r, Change::Cleared, 0.0, None, at));
+            if r.active {
+                out.push(self.change(r, Change::Cleared, 0.0, None, at));
+            }
             self.rules[i].active = false;
+            self.rules[i].streak = 0;
         }
         out
     }
@@ -466,6 +474,25 @@ mod tests {
         assert_eq!(cleared.len(), 1);
         assert_eq!(cleared[0].state, Change::Cleared);
         assert!(a.on_batch(&batch(5, 0, 5), now).is_empty());
+        // Fired again, then the backlog drains and the stream finds
+        // nothing new: caught up, it clears once without another batch,
+        // and the streak starts again.
+        for id in 6..9 {
+            a.on_batch(&batch(id, 9, 1), now);
+        }
+        let cleared = a.on_caught_up(now);
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].state, Change::Cleared);
+        assert!(a.on_caught_up(now).is_empty());
+        assert!(a.on_batch(&batch(9, 9, 1), now).is_empty());
+        // A slow batch stays slow however idle the stream is.
+        let mut slow = AlarmState::new(
+            vec![AlarmRule::parse("processing_delay > 1s", None)?],
+            "s",
+            "ck",
+        );
+        assert_eq!(slow.on_batch(&batch(0, 0, 5_000), now).len(), 1);
+        assert!(slow.on_caught_up(now).is_empty());
         Ok(())
     }
 

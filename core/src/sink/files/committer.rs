@@ -317,28 +317,25 @@ async fn publish_intent(
             Err((path, e)) => failures.push(format!("{path}: {e}")),
         }
     }
-    if !failures.is_empty() && spec.defer_publish {
-        return Err(fail(format!(
-            "{} of {} files failed to publish; the batch is committed, so its publish is tried again: {}",
-            failures.len(),
-            intent.publishes.len(),
-            failures.join("; ")
-        ))
-        .into());
-    }
     if !failures.is_empty() {
-        roll_back(
-            spec,
-            &store,
-            s3.as_ref(),
-            &intent,
-            &success_path,
-            &attempt,
-            true,
-        )
-        .await?;
+        // A deferred write's batch is committed: it only goes forward.
+        let outcome = if spec.defer_publish {
+            "publish; the batch is committed, so its publish is tried again"
+        } else {
+            roll_back(
+                spec,
+                &store,
+                s3.as_ref(),
+                &intent,
+                &success_path,
+                &attempt,
+                true,
+            )
+            .await?;
+            "commit (the earlier output is left as it was)"
+        };
         return Err(fail(format!(
-            "{} of {} files failed to commit (the earlier output is left as it was): {}",
+            "{} of {} files failed to {outcome}: {}",
             failures.len(),
             intent.publishes.len(),
             failures.join("; ")

@@ -4,7 +4,12 @@
 //!
 //! Pages are sized to about half a second of the partition's share, from
 //! the RCU per item the last page cost (the table's average item size at
-//! first), so no single call takes a large bite of the table's capacity.
+//! first), so no single call takes a large bite of the table's capacity;
+//! when a partition's work per page (its call, and the rest of the plan
+//! taking the page) takes longer than that, the page covers that time
+//! instead (up to `MAX_PAGE_SECONDS`), or the share could never be used: a
+//! segment is read one call at a time. A page is paid for after its call,
+//! from what DynamoDB says it consumed.
 //! Throttles and network errors are retried with backoff within
 //! `read.max_retry_secs`; anything else fails the read naming the table,
 //! the part and DynamoDB's message.
@@ -20,9 +25,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity, Select};
 use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::execution::TaskContext;
 use futures::StreamExt;
 
 use super::{Part, ScanSpec};
@@ -31,10 +34,12 @@ use crate::coordinator::leases::LeaseRequest;
 use crate::coordinator::limiter::{Limiter, unit_random};
 use crate::storage::dynamodb::{self as client, Capacity, Failure};
 
-/// The most items one call asks for.
-const MAX_PAGE_ITEMS: i32 = 5_000;
-/// A page is sized to about this much of the partition's share.
+/// The most items one call asks for (DynamoDB answers at most 1 MB).
+const MAX_PAGE_ITEMS: i32 = 50_000;
+/// A page is sized to about this much of the partition's share...
 const PAGE_SECONDS: f64 = 0.5;
+/// ...or to the partition's last round, up to this long.
+const MAX_PAGE_SECONDS: f64 = 10.0;
 
 /// Why a read failed; names the table and the part.
 #[derive(thiserror::Error)]
@@ -80,51 +85,22 @@ impl fmt::Display for Part {
     }
 }
 
-/// Reads the [`Part`]s its input names (`exec::part_source`: one per
-/// partition until Ballista narrows a task to its own).
-#[derive(Debug)]
-pub struct DynamoScanExec {
-    spec: ScanSpec,
-    input: Arc<dyn ExecutionPlan>,
-    schema: SchemaRef,
-    properties: Arc<PlanProperties>,
-}
+/// Reads the [`Part`]s its input names, each page by page.
+pub type DynamoScanExec = crate::exec::PartScanExec<ScanSpec>;
 
-impl DynamoScanExec {
-    pub fn try_new(spec: ScanSpec) -> Result<Self> {
-        let input = crate::exec::part_source(spec.parts.len())?;
-        Self::with_input(spec, input)
+impl crate::exec::PartRead for ScanSpec {
+    const NAME: &'static str = "DynamoScanExec";
+
+    fn schema(&self) -> Result<SchemaRef> {
+        ScanSpec::schema(self)
     }
 
-    /// The scan over `input`'s part indices.
-    pub fn with_input(spec: ScanSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        let schema = spec.schema()?;
-        Ok(Self::assemble(spec, schema, input))
+    fn parts(&self) -> usize {
+        self.parts.len()
     }
 
-    fn assemble(spec: ScanSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
-        let properties = crate::exec::part_properties(&schema, &input);
-        Self {
-            spec,
-            input,
-            schema,
-            properties,
-        }
-    }
-
-    fn rebuild(&self, input: Arc<dyn ExecutionPlan>) -> Self {
-        Self::assemble(self.spec.clone(), Arc::clone(&self.schema), input)
-    }
-
-    pub fn spec(&self) -> &ScanSpec {
-        &self.spec
-    }
-}
-
-impl DisplayAs for DynamoScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+    fn describe(&self) -> String {
         let queries = self
-            .spec
             .parts
             .iter()
             .filter(|p| matches!(p, Part::Query { .. }))
@@ -132,78 +108,39 @@ impl DisplayAs for DynamoScanExec {
         let how = if queries > 0 {
             format!("{queries} queries")
         } else {
-            format!("{} scan segments", self.spec.parts.len())
+            format!("{} scan segments", self.parts.len())
         };
-        write!(
-            f,
-            "DynamoScanExec: table={}, {how}, read budget {:.0} RCU/s",
-            self.spec.table, self.spec.budget_hint
+        format!(
+            "table={}, {how}, read budget {:.0} RCU/s",
+            self.table, self.budget_hint
         )
     }
-}
 
-impl ExecutionPlan for DynamoScanExec {
-    crate::exec::single_input_plan!("DynamoScanExec", rebuild);
-
-    // Splitting the part source would read a part twice.
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+    fn read_part(
+        self: Arc<Self>,
+        schema: SchemaRef,
+        i: usize,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let schema = Arc::clone(&self.schema);
-        let spec = self.spec.clone();
-        let input = Arc::clone(&self.input);
+    ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+        let Some(part) = self.parts.get(i).cloned() else {
+            let e = DataFusionError::Internal(format!(
+                "DynamoScanExec: part {i} of {}",
+                self.parts.len()
+            ));
+            return futures::stream::once(async move { Err(e) }).boxed();
+        };
         let coordinator = CoordinatorHandle::of(context.session_config());
-        let out_schema = Arc::clone(&schema);
-        let indices = async move { crate::exec::part_indices(&input, partition, context).await };
-        let stream = futures::stream::once(indices)
-            .map(
-                move |indices| -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
-                    let indices = match indices {
-                        Ok(i) => i,
-                        Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
-                    };
-                    let spec = spec.clone();
-                    let schema = Arc::clone(&schema);
-                    let coordinator = Arc::clone(&coordinator);
-                    futures::stream::iter(indices)
-                        .map(
-                            move |i| -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
-                                let Some(part) = spec.parts.get(i).cloned() else {
-                                    let e = DataFusionError::Internal(format!(
-                                        "DynamoScanExec: part {i} of {}",
-                                        spec.parts.len()
-                                    ));
-                                    return futures::stream::once(async move { Err(e) }).boxed();
-                                };
-                                let reader =
-                                    Reader::new(spec.clone(), part, i, Arc::clone(&coordinator));
-                                let schema = Arc::clone(&schema);
-                                futures::stream::try_unfold(reader, move |mut r| {
-                                    let schema = Arc::clone(&schema);
-                                    async move {
-                                        match r.next_page().await? {
-                                            Some(page) => {
-                                                Ok(Some((r.to_batch(&schema, &page)?, r)))
-                                            }
-                                            None => Ok(None),
-                                        }
-                                    }
-                                })
-                                .boxed()
-                            },
-                        )
-                        .flatten()
-                        .boxed()
-                },
-            )
-            .flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+        let reader = Reader::new(self.as_ref().clone(), part, i, coordinator);
+        futures::stream::try_unfold(reader, move |mut r| {
+            let schema = Arc::clone(&schema);
+            async move {
+                match r.next_page().await? {
+                    Some(page) => Ok(Some((r.to_batch(&schema, &page)?, r))),
+                    None => Ok(None),
+                }
+            }
+        })
+        .boxed()
     }
 }
 
@@ -224,6 +161,9 @@ struct Running {
     start_key: Option<HashMap<String, AttributeValue>>,
     done: bool,
     rcu_per_item: f64,
+    /// When the last page was asked for, and how long it waited for its
+    /// share: the partition's work in a round is the rest.
+    last_round: Option<(Instant, Duration)>,
     started: Instant,
     items: u64,
     consumed: f64,
@@ -299,6 +239,7 @@ impl Reader {
             start_key: None,
             done: false,
             rcu_per_item: self.spec.rcu_per_item(),
+            last_round: None,
             started: Instant::now(),
             items: 0,
             consumed: 0.0,
@@ -380,13 +321,13 @@ impl Reader {
                     last,
                 }));
             }
-            let share = state.limiter.rate();
-            let limit = ((share * PAGE_SECONDS / state.rcu_per_item) as i64)
-                .clamp(1, i64::from(MAX_PAGE_ITEMS)) as i32;
-            // Never less than one read unit: the smallest a call costs.
-            let estimated = (f64::from(limit) * state.rcu_per_item).max(0.5);
-            match state.limiter.acquire(estimated).await {
-                Ok(waited) => state.waited += waited,
+            // A page is paid for once DynamoDB says what it cost: the
+            // next call waits off the debt, less what the share refilled
+            // while the partition worked (the bucket keeps no more than a
+            // fifth of a second, so paying first would lose the rest).
+            let round_started = Instant::now();
+            let waited = match state.limiter.acquire(0.0).await {
+                Ok(waited) => waited,
                 Err(reason) => {
                     return Err(self.error(|table, part| ReadError::Stopped {
                         table,
@@ -394,7 +335,21 @@ impl Reader {
                         reason,
                     }));
                 }
-            }
+            };
+            state.waited += waited;
+            let work = state.last_round.map_or(0.0, |(t, w)| {
+                round_started
+                    .duration_since(t)
+                    .saturating_sub(w)
+                    .as_secs_f64()
+            });
+            state.last_round = Some((round_started, waited));
+            let seconds = work.clamp(PAGE_SECONDS, MAX_PAGE_SECONDS);
+            let share = state.limiter.rate();
+            let limit = ((share * seconds / state.rcu_per_item) as i64)
+                .clamp(1, i64::from(MAX_PAGE_ITEMS)) as i32;
+            // Never less than one read unit: the smallest a call costs.
+            let estimated = (f64::from(limit) * state.rcu_per_item).max(0.5);
             state.calls += 1;
             let call = call(
                 &state.client,
@@ -416,7 +371,7 @@ impl Reader {
             match answer {
                 Ok(page) => {
                     let consumed = page.consumed.unwrap_or(estimated);
-                    state.limiter.record(estimated, consumed, false);
+                    state.limiter.record(0.0, consumed, false);
                     state.consumed += consumed;
                     if page.count > 0 {
                         state.rcu_per_item = (consumed / page.count as f64).max(1.0 / 1024.0);
@@ -425,7 +380,9 @@ impl Reader {
                 }
                 Err((failure, message)) => {
                     let throttled = failure == Failure::Throttled;
-                    state.limiter.record(estimated, 0.0, throttled);
+                    state.limiter.record(0.0, 0.0, throttled);
+                    // After a backoff, pages start again at half a second.
+                    state.last_round = None;
                     state.throttles += u64::from(throttled);
                     if matches!(failure, Failure::Fatal | Failure::Invalid) {
                         return Err(self.error(|table, part| ReadError::Call {

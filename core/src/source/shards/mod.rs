@@ -36,10 +36,9 @@ use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::common::{DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::ExecutionPlan;
 use serde::{Deserialize, Serialize};
 
 use self::api::{ApiError, At, Body, Change, Failure, Retry, ShardApi, ShardRecord};
@@ -513,101 +512,33 @@ impl TableProviderFactory for ShardTableFactory {
     }
 }
 
-/// Reads the ranges its input names (`exec::part_source`: one per
-/// partition until Ballista narrows a task to its own).
-#[derive(Debug)]
-pub struct ShardScanExec {
-    spec: ShardSpec,
-    input: Arc<dyn ExecutionPlan>,
-    schema: SchemaRef,
-    properties: Arc<PlanProperties>,
-}
+/// Reads the ranges its input names, part by part, and a snapshot's
+/// segments (the parts after the ranges) page by page.
+pub type ShardScanExec = crate::exec::PartScanExec<ShardSpec>;
 
-impl ShardScanExec {
-    pub fn try_new(spec: ShardSpec) -> Result<Self> {
-        // The snapshot's segments are parts after the ranges.
-        let snapshot = spec.snapshot.as_ref().map_or(0, |s| s.parts.len());
-        let input = crate::exec::part_source(spec.ranges.len() + snapshot)?;
-        Self::with_input(spec, input)
+impl crate::exec::PartRead for ShardSpec {
+    const NAME: &'static str = "ShardScanExec";
+
+    fn schema(&self) -> Result<SchemaRef> {
+        ShardSpec::schema(self)
     }
 
-    /// The scan over `input`'s range indices.
-    pub fn with_input(spec: ShardSpec, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        let schema = spec.schema()?;
-        Ok(Self::assemble(spec, schema, input))
+    fn parts(&self) -> usize {
+        self.ranges.len() + self.snapshot.as_ref().map_or(0, |s| s.parts.len())
     }
 
-    fn assemble(spec: ShardSpec, schema: SchemaRef, input: Arc<dyn ExecutionPlan>) -> Self {
-        let properties = crate::exec::part_properties(&schema, &input);
-        Self {
-            spec,
-            input,
-            schema,
-            properties,
-        }
+    fn describe(&self) -> String {
+        format!("{} ranges of {}", self.ranges.len(), self.location)
     }
 
-    fn rebuild(&self, input: Arc<dyn ExecutionPlan>) -> Self {
-        Self::assemble(self.spec.clone(), Arc::clone(&self.schema), input)
-    }
-
-    pub fn spec(&self) -> &ShardSpec {
-        &self.spec
-    }
-}
-
-impl DisplayAs for ShardScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "ShardScanExec: {} ranges of {}",
-            self.spec.ranges.len(),
-            self.spec.location
-        )
-    }
-}
-
-impl ExecutionPlan for ShardScanExec {
-    crate::exec::single_input_plan!("ShardScanExec", rebuild);
-
-    // Splitting the range source would read a range twice.
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
+    fn read_part(
+        self: Arc<Self>,
+        schema: SchemaRef,
+        i: usize,
         context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        use futures::StreamExt;
-        let spec = Arc::new(self.spec.clone());
-        let schema = Arc::clone(&self.schema);
-        let input = Arc::clone(&self.input);
+    ) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
         let coordinator = crate::coordinator::CoordinatorHandle::of(context.session_config());
-        let indices = async move { crate::exec::part_indices(&input, partition, context).await };
-        // Part by part, and a snapshot's segment page by page: a task holds
-        // one page of a table, not the table.
-        let stream = futures::stream::once(indices)
-            .map(move |indices| match indices {
-                Ok(indices) => {
-                    let (spec, schema, coordinator) = (
-                        Arc::clone(&spec),
-                        Arc::clone(&schema),
-                        Arc::clone(&coordinator),
-                    );
-                    futures::stream::iter(indices)
-                        .map(move |i| part_stream(&spec, &schema, &coordinator, i))
-                        .flatten()
-                        .boxed()
-                }
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-            })
-            .flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.schema),
-            stream,
-        )))
+        part_stream(&self, &schema, &coordinator, i)
     }
 }
 

@@ -203,7 +203,7 @@ pub enum Bench {
     /// through the read-capacity proxy: RCU/s against the budget, items/s,
     /// at read.percent 0.5 and 1.0 (servers from `scripts/test-servers.sh`).
     Scan {
-        /// Items of about 830 bytes loaded and read.
+        /// Items loaded and read (about 30 bytes plus `--item-bytes` each).
         #[arg(long, default_value_t = 20_000)]
         items: u64,
         /// The table's provisioned read capacity.
@@ -211,6 +211,13 @@ pub enum Bench {
         rcu: u64,
         #[arg(long, default_value_t = 8)]
         segments: u32,
+        /// Distinct partition keys (DynamoDB Local cuts scan segments by
+        /// their hash: few keys make uneven segments).
+        #[arg(long, default_value_t = 100)]
+        keys: u64,
+        /// Bytes of each item's payload attribute.
+        #[arg(long, default_value_t = 800)]
+        item_bytes: usize,
     },
     /// One write of `s3-commit`'s ledger pass (run by it, through its proxy).
     #[command(hide = true)]
@@ -331,10 +338,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             items,
             rcu,
             segments,
+            keys,
+            item_bytes,
         } => {
             let scratch = tempfile::tempdir()?;
-            let report =
-                scan::scan_bench(items, rcu.max(1), segments.max(1), scratch.path()).await?;
+            let shape = scan::Shape {
+                items,
+                rcu: rcu.max(1),
+                segments: segments.max(1),
+                keys: keys.max(1),
+                item_bytes,
+            };
+            let report = scan::scan_bench(&shape, scratch.path()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

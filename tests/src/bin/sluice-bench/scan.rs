@@ -25,13 +25,29 @@ CREATE EXTERNAL TABLE out (pk VARCHAR, sk BIGINT, n DOUBLE, body VARCHAR)
 INSERT INTO out SELECT * FROM src;
 ";
 
-pub(crate) async fn scan_bench(items: u64, rcu: u64, segments: u32, dir: &Path) -> Result<Value> {
+/// The table a scan bench reads.
+pub(crate) struct Shape {
+    pub items: u64,
+    pub rcu: u64,
+    pub segments: u32,
+    pub keys: u64,
+    pub item_bytes: usize,
+}
+
+pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
+    let &Shape {
+        items,
+        rcu,
+        segments,
+        keys,
+        item_bytes,
+    } = shape;
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .context("AWS_ENDPOINT_URL_DYNAMODB: run beside scripts/test-servers.sh")?;
     let t0 = Instant::now();
     let table = tokio::task::spawn_blocking(move || -> Result<String> {
         let table = create_table_with("bench-scan", rcu as i64, 1000)?;
-        load_items(&table, items, 100, 800)?;
+        load_items(&table, items, keys, item_bytes)?;
         Ok(table)
     })
     .await??;
@@ -66,7 +82,8 @@ pub(crate) async fn scan_bench(items: u64, rcu: u64, segments: u32, dir: &Path) 
     Ok(json!({
         "bench": "dynamodb_scan",
         "items": items,
-        "item_bytes": 830,
+        "payload_bytes": item_bytes,
+        "partition_keys": keys,
         "table_rcu": rcu,
         "segments": segments,
         "executors": 2,

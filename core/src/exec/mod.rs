@@ -2,6 +2,11 @@
 //! a single-input operator, and the checks of its partition and children.
 //! Lives below every sink so operators of any sink can use it.
 
+mod parts;
+
+pub(crate) use parts::part_properties;
+pub use parts::{PartRead, PartScanExec};
+
 /// The `ExecutionPlan` methods sluice's write and commit operators share:
 /// each holds `input`, `spec` and `properties`, is rebuilt with
 /// `Self::new(child, spec)`, and has no expressions of its own.
@@ -347,87 +352,5 @@ pub(crate) fn project(
         .collect::<Vec<_>>();
     Ok(Arc::new(
         datafusion::physical_plan::projection::ProjectionExec::try_new(exprs, scan)?,
-    ))
-}
-
-/// The input of a source whose partitions read planned parts (scan
-/// segments, shard ranges): one in-memory partition per part, holding one
-/// row with the part's index. Ballista's scheduler narrows a task to its
-/// own partitions only for the leaves it knows (in-memory and file
-/// sources); a custom leaf would be read whole by every task, so the
-/// source reads the indices of its input instead.
-pub(crate) fn part_source(
-    parts: usize,
-) -> datafusion::common::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-    use std::sync::Arc;
-
-    use arrow::array::{RecordBatch, UInt32Array};
-    use arrow::datatypes::{DataType, Field, Schema};
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "part",
-        DataType::UInt32,
-        false,
-    )]));
-    let mut partitions = (0..parts)
-        .map(|i| {
-            RecordBatch::try_new(
-                Arc::clone(&schema),
-                vec![Arc::new(UInt32Array::from(vec![i as u32]))],
-            )
-            .map(|b| vec![b])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if partitions.is_empty() {
-        partitions.push(vec![]);
-    }
-    let exec: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
-        datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-            &partitions,
-            schema,
-            None,
-        )?;
-    Ok(exec)
-}
-
-/// The part indices of `input`'s `partition` (see [`part_source`]).
-pub(crate) async fn part_indices(
-    input: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-    partition: usize,
-    context: std::sync::Arc<datafusion::execution::TaskContext>,
-) -> datafusion::common::Result<Vec<usize>> {
-    use arrow::array::AsArray;
-    use futures::TryStreamExt;
-    let batches: Vec<arrow::array::RecordBatch> =
-        input.execute(partition, context)?.try_collect().await?;
-    let mut out = Vec::new();
-    for b in &batches {
-        let parts = b
-            .column(0)
-            .as_primitive_opt::<arrow::datatypes::UInt32Type>()
-            .ok_or_else(|| {
-                datafusion::common::DataFusionError::Internal(
-                    "a part source's column is not UInt32".into(),
-                )
-            })?;
-        out.extend(parts.values().iter().map(|v| *v as usize));
-    }
-    Ok(out)
-}
-
-/// The properties of a source that reads its input's parts: as many
-/// partitions as the input, unordered, incremental, bounded.
-pub(crate) fn part_properties(
-    schema: &arrow::datatypes::SchemaRef,
-    input: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-) -> std::sync::Arc<datafusion::physical_plan::PlanProperties> {
-    use datafusion::physical_plan::ExecutionPlanProperties;
-    use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-    std::sync::Arc::new(datafusion::physical_plan::PlanProperties::new(
-        datafusion::physical_expr::EquivalenceProperties::new(std::sync::Arc::clone(schema)),
-        datafusion::physical_plan::Partitioning::UnknownPartitioning(
-            input.output_partitioning().partition_count(),
-        ),
-        EmissionType::Incremental,
-        Boundedness::Bounded,
     ))
 }
