@@ -11,7 +11,7 @@
 //! than `max_bad_records` bad lines in one file fail the read, naming the
 //! file and line. Blank lines are skipped, as JSON readers do.
 //!
-//! One scan partition per file (a [`crate::exec::part_source`] index), read
+//! One scan partition per file (an `exec::PartScanExec` part), read
 //! on the executor through the session's object stores, each call bounded.
 
 use std::sync::Arc;

@@ -5,9 +5,11 @@
 //! A rule fires once when its condition has held for N batches in a row
 //! (1 by default) and clears once at the first batch where it does not
 //! (`no_commit` is checked on a timer too, and clears at the next commit).
-//! A stream that looks and finds nothing new has no backlog: its delay,
-//! share and lag alarms clear then too (its schedule starts again on time),
-//! all but `processing_delay`, which says how slow its last batch was.
+//! A stream that looks and finds nothing new is back on its schedule: its
+//! delay and share alarms clear then too (the next batch starts on time).
+//! Lag alarms wait for a batch (a source may find nothing to read yet while
+//! it is behind: a skip cut short, empty pages of a lagging shard), and
+//! `processing_delay` says how slow the last batch was.
 //! Each change is logged, counted (`sluice_stream_alarms_total`), shown in
 //! `sluice_stream_alarm_active`, and handed to the [`Notifier`], which posts
 //! it to a webhook and/or gives it to a command in the background, with
@@ -286,13 +288,19 @@ impl AlarmState {
 
     /// The stream looked and found nothing new: it is caught up. A
     /// `no_commit` alarm clears (a quiet source is not a stalled stream),
-    /// and so do the delay, share and lag alarms: the backlog is drained
-    /// and the schedule starts again on time.
+    /// and so do the delay and share alarms: the schedule starts again on
+    /// time.
     pub fn on_caught_up(&mut self, at: DateTime<Utc>) -> Vec<AlarmEvent> {
         let mut out = Vec::new();
         for i in 0..self.rules.len() {
             let r = &self.rules[i];
-            if r.rule.metric == Metric::ProcessingDelay {
+            if !matches!(
+                r.rule.metric,
+                Metric::NoCommit
+                    | Metric::SchedulingShare
+                    | Metric::SchedulingDelay
+                    | Metric::TotalDelay
+            ) {
                 continue;
             }
             if r.active {
@@ -485,13 +493,23 @@ mod tests {
         assert_eq!(cleared[0].state, Change::Cleared);
         assert!(a.on_caught_up(now).is_empty());
         assert!(a.on_batch(&batch(9, 9, 1), now).is_empty());
-        // A slow batch stays slow however idle the stream is.
+        // A slow batch stays slow however idle the stream is, and a lag
+        // waits for a batch that reads.
         let mut slow = AlarmState::new(
-            vec![AlarmRule::parse("processing_delay > 1s", None)?],
+            vec![
+                AlarmRule::parse("processing_delay > 1s", None)?,
+                AlarmRule::parse("lag_records > 10", None)?,
+            ],
             "s",
             "ck",
         );
-        assert_eq!(slow.on_batch(&batch(0, 0, 5_000), now).len(), 1);
+        let mut behind = batch(0, 0, 5_000);
+        behind.lag = vec![crate::stream::source::SourceLag {
+            source: "src".into(),
+            pending: 50,
+            ..Default::default()
+        }];
+        assert_eq!(slow.on_batch(&behind, now).len(), 2);
         assert!(slow.on_caught_up(now).is_empty());
         Ok(())
     }

@@ -705,10 +705,22 @@ async fn record_intent(
         // A deferred intent publishes nothing: one an attempt under an
         // earlier lock generation recorded (a job the scheduler lost, whose
         // commit task ran after the re-run's cleanup) names files that
-        // cleanup removed, and is replaced.
-        if !(spec.defer_publish && intent.generation != spec.lock_generation) {
+        // cleanup removed, and is replaced. One a later generation recorded
+        // is the live attempt's: this one is fenced off.
+        let (recorded, ours) = (
+            intent.generation.unwrap_or(0),
+            spec.lock_generation.unwrap_or(0),
+        );
+        if !spec.defer_publish || recorded == ours {
             tracing::warn!(write_id = %spec.write_id, "finishing the commit an earlier attempt started");
             return Ok(intent);
+        }
+        if recorded > ours {
+            return Err(spec
+                .commit_failed(format!(
+                    "a later attempt (lock generation {recorded}) recorded this write's commit; this one (generation {ours}) stops"
+                ))
+                .into());
         }
         tracing::warn!(write_id = %spec.write_id, "replacing a deferred commit an earlier lock generation recorded");
         mode = PutMode::Overwrite;

@@ -38,8 +38,8 @@ use crate::storage::dynamodb::{self as client, Capacity, Failure};
 const MAX_PAGE_ITEMS: i32 = 50_000;
 /// A page is sized to about this much of the partition's share...
 const PAGE_SECONDS: f64 = 0.5;
-/// ...or to the partition's last round, up to this long.
-const MAX_PAGE_SECONDS: f64 = 10.0;
+/// ...or to the partition's work per page, up to this long.
+const MAX_PAGE_SECONDS: f64 = 2.0;
 
 /// Why a read failed; names the table and the part.
 #[derive(thiserror::Error)]
@@ -279,6 +279,11 @@ impl Reader {
         state.start_key = page.next.take();
         if state.start_key.is_none() {
             state.done = true;
+            // The last page is paid for too before the share goes back:
+            // the next part's lease starts without this debt.
+            if let Err(reason) = state.limiter.acquire(0.0).await {
+                tracing::debug!(%reason, "the read's lease ended before its last page was paid for");
+            }
             state.limiter.release().await;
             let l = [("table", self.spec.table.clone())];
             metrics::counter!("sluice_dynamodb_read_items_total", &l).increment(state.items);
@@ -323,8 +328,8 @@ impl Reader {
             }
             // A page is paid for once DynamoDB says what it cost: the
             // next call waits off the debt, less what the share refilled
-            // while the partition worked (the bucket keeps no more than a
-            // fifth of a second, so paying first would lose the rest).
+            // while the partition worked (the bucket keeps little, a fifth
+            // of a second of share, so paying first would lose the rest).
             let round_started = Instant::now();
             let waited = match state.limiter.acquire(0.0).await {
                 Ok(waited) => waited,
