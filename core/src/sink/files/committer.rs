@@ -1265,6 +1265,17 @@ mod tests {
         let staged = collect_staged(&spec, 1, std::slice::from_ref(&late))?;
         let again = record_intent(&spec, &local, &base, &success, &staged).await?;
         assert_eq!(again.publishes.len(), 2);
+        // The lost job's task, resuming after the re-run recorded its
+        // intent, is fenced off and leaves that intent alone.
+        spec.lock_generation = Some(1);
+        let fenced = record_intent(&spec, &local, &base, &success, &staged).await;
+        assert!(
+            fenced.is_err_and(|e| e.to_string().contains("lock generation 2")),
+            "an older attempt replaced a newer intent"
+        );
+        spec.lock_generation = Some(2);
+        let kept = record_intent(&spec, &local, &base, &success, &staged).await?;
+        assert_eq!(kept.publishes.len(), 2);
         spec.lock_generation = None;
         assert_eq!(finish(&spec, &local).await?.map(|c| c.rows), Some(5));
         assert_eq!(data_files(&local, &base).await?.len(), 2);

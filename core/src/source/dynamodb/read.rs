@@ -6,9 +6,9 @@
 //! the RCU per item the last page cost (the table's average item size at
 //! first), so no single call takes a large bite of the table's capacity;
 //! when a partition's work per page (its call, and the rest of the plan
-//! taking the page) takes longer than that, the page covers that time
-//! instead (up to `MAX_PAGE_SECONDS`), or the share could never be used: a
-//! segment is read one call at a time. A page is paid for after its call,
+//! taking the page) takes longer than that, the page covers one and a half
+//! times that work instead (up to `MAX_PAGE_SECONDS`), or the share could
+//! never be used: a segment is read one call at a time. A page is paid for after its call,
 //! from what DynamoDB says it consumed.
 //! Throttles and network errors are retried with backoff within
 //! `read.max_retry_secs`; anything else fails the read naming the table,
@@ -38,7 +38,10 @@ use crate::storage::dynamodb::{self as client, Capacity, Failure};
 const MAX_PAGE_ITEMS: i32 = 50_000;
 /// A page is sized to about this much of the partition's share...
 const PAGE_SECONDS: f64 = 0.5;
-/// ...or to the partition's work per page, up to this long.
+/// ...or to this many times the partition's work per page (so the share,
+/// not the work, sets the pace when the work varies)...
+const WORK_PAGES: f64 = 1.5;
+/// ...up to this long.
 const MAX_PAGE_SECONDS: f64 = 2.0;
 
 /// Why a read failed; names the table and the part.
@@ -349,7 +352,7 @@ impl Reader {
                     .as_secs_f64()
             });
             state.last_round = Some((round_started, waited));
-            let seconds = work.clamp(PAGE_SECONDS, MAX_PAGE_SECONDS);
+            let seconds = (work * WORK_PAGES).clamp(PAGE_SECONDS, MAX_PAGE_SECONDS);
             let share = state.limiter.rate();
             let limit = ((share * seconds / state.rcu_per_item) as i64)
                 .clamp(1, i64::from(MAX_PAGE_ITEMS)) as i32;
