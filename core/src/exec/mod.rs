@@ -11,14 +11,14 @@ pub use parts::{PartRead, PartScanExec};
 /// each holds `input`, `spec` and `properties`, is rebuilt with
 /// `Self::new(child, spec)`, and has no expressions of its own.
 macro_rules! single_input_plan {
-    ($name:literal) => {
+    ($name:expr) => {
         $crate::exec::single_input_plan!(@body $name, |this: &Self, child| Self::new(child, this.spec.clone()));
     };
     // An operator with state beyond its spec rebuilds itself with `$rebuild`.
-    ($name:literal, $rebuild:ident) => {
+    ($name:expr, $rebuild:ident) => {
         $crate::exec::single_input_plan!(@body $name, |this: &Self, child| this.$rebuild(child));
     };
-    (@body $name:literal, $make:expr) => {
+    (@body $name:expr, $make:expr) => {
         fn name(&self) -> &str {
             $name
         }

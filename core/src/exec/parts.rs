@@ -69,6 +69,10 @@ impl<S: PartRead> PartScanExec<S> {
         }
     }
 
+    fn rebuild(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self::assemble(self.spec.clone(), Arc::clone(&self.schema), input)
+    }
+
     pub fn spec(&self) -> &S {
         &self.spec
     }
@@ -81,38 +85,7 @@ impl<S: PartRead> DisplayAs for PartScanExec<S> {
 }
 
 impl<S: PartRead> ExecutionPlan for PartScanExec<S> {
-    fn name(&self) -> &str {
-        S::NAME
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(
-            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
-        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
-    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let child = super::only_child(children, S::NAME)?;
-        Ok(Arc::new(Self::assemble(
-            self.spec.clone(),
-            Arc::clone(&self.schema),
-            child,
-        )))
-    }
+    super::single_input_plan!(S::NAME, rebuild);
 
     // Splitting the part source would read a part twice.
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
