@@ -20,12 +20,11 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use async_trait::async_trait;
-use datafusion::catalog::{Session, TableProvider};
+use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result, plan_err};
-use datafusion::datasource::TableType;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::logical_expr::CreateExternalTable;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -123,38 +122,16 @@ fn fixed_fields() -> Vec<Field> {
 }
 
 /// The files' lines as a table.
-#[derive(Debug, Clone)]
-pub struct JsonLinesTable {
-    pub spec: JsonLinesSpec,
-    schema: SchemaRef,
-}
-
-impl JsonLinesTable {
-    pub fn try_new(spec: JsonLinesSpec) -> Result<Self> {
-        let schema = spec.schema()?;
-        Ok(Self { spec, schema })
-    }
-}
+pub type JsonLinesTable = super::SourceTable<JsonLinesSpec>;
 
 #[async_trait]
-impl TableProvider for JsonLinesTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+impl super::SourceSpec for JsonLinesSpec {
+    fn table_schema(&self) -> Result<SchemaRef> {
+        self.schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(JsonLinesScanExec::try_new(self.spec.clone())?);
-        crate::exec::project(scan, &self.schema, projection)
+    async fn plan_scan(&self, _state: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(JsonLinesScanExec::try_new(self.clone())?))
     }
 }
 

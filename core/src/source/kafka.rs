@@ -31,10 +31,9 @@ use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::common::stats::Precision;
 use datafusion::common::{DataFusionError, Result, Statistics, plan_err};
-use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::logical_expr::CreateExternalTable;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs,
@@ -331,38 +330,16 @@ impl KafkaSpec {
 }
 
 /// A Kafka topic's table for one batch (or, outside a stream, no rows).
-#[derive(Debug, Clone)]
-pub struct KafkaTable {
-    pub spec: KafkaSpec,
-    schema: SchemaRef,
-}
-
-impl KafkaTable {
-    pub fn try_new(spec: KafkaSpec) -> Result<Self> {
-        let schema = spec.schema()?;
-        Ok(Self { spec, schema })
-    }
-}
+pub type KafkaTable = super::SourceTable<KafkaSpec>;
 
 #[async_trait]
-impl TableProvider for KafkaTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+impl super::SourceSpec for KafkaSpec {
+    fn table_schema(&self) -> Result<SchemaRef> {
+        self.schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(KafkaScanExec::of(self.spec.clone())?);
-        crate::exec::project(scan, &self.schema, projection)
+    async fn plan_scan(&self, _state: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(KafkaScanExec::of(self.clone())?))
     }
 }
 

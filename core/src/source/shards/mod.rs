@@ -35,9 +35,8 @@ use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::common::{DataFusionError, Result, plan_err};
-use datafusion::datasource::TableType;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{CreateExternalTable, Expr};
+use datafusion::logical_expr::CreateExternalTable;
 use datafusion::physical_plan::ExecutionPlan;
 use serde::{Deserialize, Serialize};
 
@@ -423,37 +422,17 @@ pub async fn api(kind: Kind, stream: &str, retry: Retry) -> Box<dyn ShardApi> {
 }
 
 /// A shard table for one batch (or, outside a stream, no rows).
-#[derive(Debug, Clone)]
-pub struct ShardTable {
-    pub spec: ShardSpec,
-    schema: SchemaRef,
-}
-
-impl ShardTable {
-    pub fn try_new(spec: ShardSpec) -> Result<Self> {
-        let schema = spec.schema()?;
-        Ok(Self { spec, schema })
-    }
-}
+pub type ShardTable = crate::source::SourceTable<ShardSpec>;
 
 #[async_trait]
-impl TableProvider for ShardTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+impl crate::source::SourceSpec for ShardSpec {
+    fn table_schema(&self) -> Result<SchemaRef> {
+        self.schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut spec = self.spec.clone();
+    /// A snapshot's segments are planned here, on the scheduler, once.
+    async fn plan_scan(&self, state: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut spec = self.clone();
         if spec.snapshot_segments > 0 && spec.snapshot.is_none() {
             let table = parse_location(spec.kind, &spec.location)?;
             spec.snapshot = Some(
@@ -466,8 +445,7 @@ impl TableProvider for ShardTable {
                 .await?,
             );
         }
-        let scan: Arc<dyn ExecutionPlan> = Arc::new(ShardScanExec::try_new(spec)?);
-        crate::exec::project(scan, &self.schema, projection)
+        Ok(Arc::new(ShardScanExec::try_new(spec)?))
     }
 }
 
