@@ -185,6 +185,21 @@ impl S3 {
         })
     }
 
+    /// Copies every object under `prefix` to `dir` (keys become paths
+    /// below it), for readers that take a local directory.
+    pub fn download(&self, bucket: &str, prefix: &str, dir: &std::path::Path) -> Result<usize> {
+        let objects = self.list(bucket, prefix)?;
+        for o in &objects {
+            let rel = o.key.strip_prefix(prefix).unwrap_or(&o.key);
+            let path = dir.join(rel.trim_start_matches('/'));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, self.get(bucket, &o.key)?)?;
+        }
+        Ok(objects.len())
+    }
+
     /// Multipart uploads still open under `prefix` (ListMultipartUploads).
     pub fn open_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         let (status, body) = self.request(

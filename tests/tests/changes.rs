@@ -1,9 +1,10 @@
 //! DynamoDB Streams and Kinesis as stream sources, against DynamoDB Local
-//! (streams on) and moto's Kinesis, both started by `scripts/test-servers.sh`:
+//! (streams on) and kinesalite, both started by `scripts/test-servers.sh`:
 //! the chat pipeline of workload 5 (`jobs/chat_changes.sql`) with a loader
 //! writing 25-item batches for 10 LivestreamIDs while the stream runs and a
-//! SIGKILL mid-batch, read back by Python's JSON reader; a Kinesis shard
-//! split mid-stream; and the bad inputs that must fail clearly.
+//! SIGKILL mid-batch, read back by DuckDB's JSON reader, and the same job on
+//! a scheduler and two executors writing to moto's S3; Kinesis shard splits
+//! and merges mid-stream; and the bad inputs that must fail clearly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -274,8 +275,12 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
         for line in std::fs::read_to_string(p).unwrap().lines() {
             let row: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(row["event_hour"], hour.as_str(), "{rel}: {line}");
+            // event_time is UTC, as Hive's timestamps (a space, no zone).
             assert!(
-                row["event_time"].as_str().unwrap().starts_with(&hour),
+                row["event_time"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&hour.replace('T', " ")),
                 "{rel}: {line}"
             );
         }
@@ -323,6 +328,12 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
             );
             assert_eq!(read, written + dead, "{x}");
             assert_eq!(a["filtered"], 0, "{x}");
+            // Each layout balances on its own, not only the larger.
+            let by_output = a["written_by_output"].as_object().unwrap();
+            assert_eq!(by_output.len(), 2, "{x}");
+            for n in by_output.values() {
+                assert_eq!(read, n.as_u64().unwrap() + dead, "{x}");
+            }
         }
     }
     let mut on_disk = changes::ndjson_counts(&out.join("by_stream"), "shard_id").unwrap();
@@ -335,6 +346,132 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
         assert_eq!(landed, *read, "shard {shard}: {on_disk:?} {dead_on_disk:?}");
     }
     assert_eq!(read_per_shard.values().sum::<u64>(), 3_151);
+}
+
+/// The same job on a scheduler and two executor processes, writing to
+/// moto's S3 with its checkpoint there too, hours in a zone 5:30 ahead of
+/// UTC: 600 inserts, 40 MODIFYs, 20 REMOVEs and one bad item drained in
+/// batches of 250 (`--available-now`), read back from S3 by DuckDB: every
+/// change once per id in both layouts, each row under the hour of its
+/// event time in that zone, the bad item in errors/, and every batch's
+/// accounts balanced shard by shard.
+#[test]
+fn chat_changes_reach_s3_from_a_cluster_with_hours_in_a_zone() {
+    use sluice_test_support::s3::S3;
+    let cluster = sluice_test_support::Cluster::start(2, 2).unwrap();
+    let s3 = S3::from_env().unwrap();
+    let bucket = s3.new_bucket("chat").unwrap();
+    let table =
+        changes::create_chat_table("chats3", Some(StreamViewType::NewAndOldImages)).unwrap();
+    changes::load_chat(&table, 0, 600, 100_000).unwrap();
+    changes::modify_chat(&table, 0..40).unwrap();
+    changes::remove_chat(&table, 40..60).unwrap();
+    put_bad_item(&table);
+    let job = workspace_root().join("jobs/chat_changes.sql");
+    let mut cmd = sluice().unwrap();
+    cmd.arg("stream")
+        .arg(&job)
+        .args(["--var", &format!("table={table}")])
+        .args(["--var", &format!("output=s3://{bucket}/chat")])
+        .args(["--var", "batch=250", "--var", "zone=Asia/Kolkata"])
+        .args(["--checkpoint", &format!("s3://{bucket}/ck")])
+        .args(["--available-now", "--output", "json"])
+        .args(["--scheduler", &cluster.endpoint])
+        .env("SLUICE_COORDINATOR", &cluster.coordinator);
+    let o = run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}\n{}", cluster.scheduler_log());
+    let b: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("batch_id").is_some())
+        .collect();
+    // 661 records in batches of at most 250 (per shard, over the stream).
+    assert!(b.len() >= 3, "{text}");
+    assert!(
+        b.iter()
+            .all(|x| !x["job_ids"].as_array().unwrap().is_empty()),
+        "{text}"
+    );
+    assert_eq!(
+        b.iter()
+            .map(|x| x["input_rows"].as_u64().unwrap())
+            .sum::<u64>(),
+        661,
+        "{text}"
+    );
+    for x in &b {
+        for a in x["accounts"].as_array().unwrap() {
+            let (read, dead) = (
+                a["read"].as_u64().unwrap(),
+                a["dead_lettered"].as_u64().unwrap(),
+            );
+            assert_eq!(read, a["written"].as_u64().unwrap() + dead, "{x}");
+            assert_eq!(a["filtered"], 0, "{x}");
+            let by_output = a["written_by_output"].as_object().unwrap();
+            assert_eq!(by_output.len(), 2, "{x}");
+            for n in by_output.values() {
+                assert_eq!(read, n.as_u64().unwrap() + dead, "{x}");
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("chat");
+    assert!(s3.download(&bucket, "chat/", &out).unwrap() > 0);
+    let mut expected = std::collections::BTreeMap::new();
+    for uid in (0..600u64).chain(0..60) {
+        *expected.entry(livestream_of(uid)).or_insert(0u64) += 1;
+    }
+    for layout in ["by_stream", "by_hour"] {
+        let mut counts = changes::ndjson_counts(&out.join(layout), "LivestreamID").unwrap();
+        assert_eq!(counts.remove("__duplicates__"), Some(0), "{layout}");
+        assert_eq!(counts, expected, "{layout}: changes per LivestreamID");
+    }
+    let errors = changes::ndjson_counts(&out.join("errors"), "errorCode").unwrap();
+    assert_eq!(errors.get("Record.DecodeFailed"), Some(&1), "{errors:?}");
+    // Each row sits under its event time's hour in Asia/Kolkata (+05:30),
+    // which is not the UTC hour.
+    let mut files = 0;
+    for p in walk(&out.join("by_hour")) {
+        if p.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        files += 1;
+        let rel = p
+            .strip_prefix(out.join("by_hour"))
+            .unwrap()
+            .display()
+            .to_string();
+        let parts: Vec<&str> = rel.split('/').collect();
+        assert_eq!(parts.len(), 5, "{rel}");
+        let hour = format!("{}-{}-{}T{}", parts[0], parts[1], parts[2], parts[3]);
+        for line in std::fs::read_to_string(&p).unwrap().lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let utc = chrono::NaiveDateTime::parse_from_str(
+                row["event_time"].as_str().unwrap(),
+                "%Y-%m-%d %H:%M:%S%.3f",
+            )
+            .unwrap();
+            let local = utc + chrono::Duration::minutes(5 * 60 + 30);
+            assert_eq!(
+                local.format("%Y-%m-%dT%H").to_string(),
+                hour,
+                "{rel}: {line}"
+            );
+            assert_ne!(utc.format("%Y-%m-%dT%H").to_string(), hour, "{rel}: {line}");
+            assert_eq!(row["event_hour"], hour.as_str(), "{rel}: {line}");
+        }
+    }
+    assert!(files > 0);
+    // Nothing left staged or half-uploaded.
+    assert_eq!(
+        s3.open_uploads(&bucket, "chat/").unwrap(),
+        Vec::<String>::new()
+    );
 }
 
 fn put_bad_item(table: &str) {
@@ -381,7 +518,7 @@ fn kinesis_job(dir: &Path, stream: &str, out: &Path) -> PathBuf {
         f,
         "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL) STORED AS KINESIS LOCATION 'kinesis://{stream}' \
          OPTIONS ('max_records_per_batch' '60');\n\
-         COPY (SELECT n, shard_id, sequence_number, partition_key FROM k WHERE _error IS NULL) TO '{}' STORED AS JSON;",
+         COPY (SELECT n, shard_id, sequence_number, partition_key, data_text FROM k WHERE _error IS NULL) TO '{}' STORED AS JSON;",
         out.display()
     )
     .unwrap();
@@ -442,6 +579,15 @@ fn assert_each_once(out: &Path, expected: std::ops::Range<u64>) {
         counts.values().all(|c| *c == 1),
         "a record twice: {counts:?}"
     );
+    // The record's data as text too, as the producer wrote it.
+    let mut texts = changes::ndjson_counts(out, "data_text").unwrap();
+    texts.remove("__duplicates__");
+    let want: BTreeSet<String> = expected_texts(&seen);
+    assert_eq!(texts.keys().cloned().collect::<BTreeSet<_>>(), want);
+}
+
+fn expected_texts(ns: &BTreeSet<u64>) -> BTreeSet<String> {
+    ns.iter().map(|n| format!("{{\"n\": {n}}}")).collect()
 }
 
 /// No batch reads a record of a child shard before (or in) the last batch
@@ -639,7 +785,7 @@ fn stream_with(job: &Path, ck: &Path, trigger: &str, env: &[(&str, &str)]) -> (b
         .arg(job)
         .arg("--checkpoint")
         .arg(ck)
-        .arg(trigger)
+        .args(trigger.split(' '))
         .args(["--output", "json"]);
     for (k, v) in env {
         // An empty value removes the variable.
@@ -756,6 +902,24 @@ fn bad_change_sources_fail_clearly() {
         }
         assert!(!text.contains("panicked"), "{text}");
     }
+    // No retry gives a table a stream, a missing stream shards or the
+    // process credentials: a stream running `--every` ends on them too (at
+    // once, not after retries); an unreachable endpoint may come back, so
+    // that one is retried.
+    for i in [0, 1, 2, 5] {
+        let (job, env, want) = &cases[i];
+        let (ok, text) = stream_with(
+            job,
+            &tmp.path().join(format!("every{i}")),
+            "--every 1s",
+            env,
+        );
+        assert!(!ok, "{job:?} succeeded: {text}");
+        for w in want {
+            assert!(text.contains(w), "{job:?}: no '{w}' in: {text}");
+        }
+        assert!(!text.contains("retrying"), "{job:?} was retried: {text}");
+    }
 }
 
 /// DynamoDB's Kinesis streaming destination: records of that JSON shape,
@@ -858,6 +1022,86 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
             .any(|r| r.contains("field avatar: the binary value is not base64")),
         "{bad_rows:?}"
     );
+    // Two bad records over a limit of one: the batch fails saying so, and
+    // nothing of it is visible.
+    let strict = tmp.path().join("strict.sql");
+    let strict_out = tmp.path().join("strict-out");
+    std::fs::write(
+        &strict,
+        std::fs::read_to_string(&job)
+            .unwrap()
+            .replace("'max_bad_records' '5'", "'max_bad_records' '1'")
+            .replace(
+                &out.display().to_string(),
+                &strict_out.display().to_string(),
+            )
+            .replace(
+                &bad.display().to_string(),
+                &tmp.path().join("strict-bad").display().to_string(),
+            ),
+    )
+    .unwrap();
+    let (ok, text) = stream_once(&strict, &tmp.path().join("ck-strict"), &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("2 bad records in this batch's range, over max_bad_records 1"),
+        "{text}"
+    );
+    assert!(ndjson_rows(&strict_out).is_empty());
+}
+
+/// The sink's item mapping read the other way from a stream's images:
+/// items `sluice run` wrote through a typed `STORED AS DYNAMODB` table
+/// (decimals, timestamps, lists, a number set, booleans, doubles) come out
+/// of the table's change stream into the same declared columns.
+#[test]
+fn stream_images_read_into_the_sinks_typed_columns() {
+    let table = changes::create_chat_table("typed", Some(StreamViewType::NewAndOldImages)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let columns = "\"LivestreamID\" VARCHAR NOT NULL, \"UID\" BIGINT NOT NULL, score DOUBLE, ok BOOLEAN, \
+                   price DECIMAL(10, 2), at TIMESTAMP, tags VARCHAR[], nums BIGINT[]";
+    let write = tmp.path().join("write.sql");
+    std::fs::write(
+        &write,
+        format!(
+            "CREATE EXTERNAL TABLE t ({columns}) STORED AS DYNAMODB LOCATION 'dynamodb://{table}' \
+               OPTIONS ('write.percent' '100', 'write.set_columns' 'nums');\n\
+             INSERT INTO t SELECT 'live-1', id, CAST(id AS DOUBLE) / 4, id % 2 = 0, \
+               CAST(id AS DECIMAL(10, 2)) / 100, CAST(1700000000 + id AS TIMESTAMP), \
+               make_array('a', CAST(id AS VARCHAR)), make_array(id, 1) FROM range(0, 10);"
+        ),
+    )
+    .unwrap();
+    let o = run_with_timeout(
+        sluice().unwrap().arg("run").arg(&write),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let job = tmp.path().join("read.sql");
+    let out = tmp.path().join("out");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE EXTERNAL TABLE c ({columns}) STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://{table}';\n\
+             COPY (SELECT \"UID\", score, ok, CAST(price AS VARCHAR) AS price, CAST(at AS VARCHAR) AS at, \
+                   array_to_string(tags, ',') AS tags, array_to_string(array_sort(nums), ',') AS nums \
+                   FROM c WHERE _error IS NULL) TO '{}' STORED AS JSON;",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let (ok, text) = stream_once(&job, &tmp.path().join("ck"), &[]);
+    assert!(ok, "{text}");
+    let rows = ndjson_rows(&out);
+    assert_eq!(rows.len(), 10, "{rows:?}");
+    let row = rows.iter().find(|r| r["UID"] == 7).unwrap();
+    assert_eq!(row["score"], 1.75, "{row}");
+    assert_eq!(row["ok"], false, "{row}");
+    assert_eq!(row["price"], "0.07", "{row}");
+    assert_eq!(row["at"], "2023-11-14T22:13:27", "{row}");
+    assert_eq!(row["tags"], "a,7", "{row}");
+    assert_eq!(row["nums"], "1,7", "{row}");
 }
 
 /// `--available-now` on a change stream: what is there at the start, in
@@ -961,19 +1205,28 @@ fn a_replaced_table_stream_fails_naming_both_streams() {
     let (ok, text) = stream_once(&job, &ck, &[]);
     assert!(!ok, "{text}");
     assert!(text.contains("the table's stream changed"), "{text}");
+    // ...and ends: what was written between the streams is lost, and no
+    // retry brings it back.
     let deadline = Instant::now() + Duration::from_secs(90);
-    let noticed = loop {
-        let err = std::fs::read_to_string(&live_err).unwrap_or_default();
-        if err.contains("the table's stream changed") || Instant::now() > deadline {
-            break err;
+    let status = loop {
+        if let Some(status) = live.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = live.kill();
+            let _ = live.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(300));
     };
-    let _ = live.kill();
-    let _ = live.wait();
+    let noticed = std::fs::read_to_string(&live_err).unwrap_or_default();
     assert!(
         noticed.contains("the table's stream changed"),
         "the running stream did not notice: {noticed}"
+    );
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the running stream did not end with a failure ({status:?}): {noticed}"
     );
 }
 

@@ -35,6 +35,14 @@ pub enum StreamError {
         location: String,
         what: String,
     },
+    /// A source failure no retry mends (records lost, the stream replaced
+    /// or missing, no credentials): it ends a run even with `--every`.
+    #[error("source {table} ({location}): {what}")]
+    SourceFatal {
+        table: String,
+        location: String,
+        what: String,
+    },
     #[error(
         "checkpoint {url}: batch {batch_id} was planned by another version of {file} (its text or variables changed) and did not commit; its writes are named by the job's lines, so a changed job could write them twice: restore it and run it once (`--once`) to finish batch {batch_id}, then change the job"
     )]
@@ -76,6 +84,27 @@ pub enum StreamError {
 crate::error::debug_as_display!(StreamError);
 
 impl StreamError {
+    /// The same failure, marked as one no retry mends.
+    pub fn fatal(self) -> Self {
+        match self {
+            Self::Source {
+                table,
+                location,
+                what,
+            } => Self::SourceFatal {
+                table,
+                location,
+                what,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether retrying (with `--every`) cannot help: the run ends.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::SourceFatal { .. })
+    }
+
     /// A conditional create found the record already there.
     pub fn already_exists(&self) -> bool {
         matches!(self, Self::Checkpoint { source, .. } if matches!(**source, object_store::Error::AlreadyExists { .. }))

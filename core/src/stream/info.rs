@@ -63,7 +63,9 @@ impl From<&WriteOutcome> for BatchWrite {
 /// what the job's SQL dropped; below zero, more rows were written than
 /// read (twice, or a job that makes several rows of one record). With
 /// several data writes, `written` is the largest: a job that routes one
-/// split's records to different outputs shows the others as filtered.
+/// split's records to different outputs shows the others as filtered; each
+/// output's own count is in `written_by_output`, so a job writing every
+/// record to two layouts shows each layout's balance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SplitAccount {
     pub source: String,
@@ -72,6 +74,10 @@ pub struct SplitAccount {
     /// Rows of the data write (not dead letters) that wrote the most of
     /// this split's rows.
     pub written: Option<u64>,
+    /// Per data write's output: its rows of this split (with several
+    /// data writes; those that count by split).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub written_by_output: BTreeMap<String, u64>,
     pub dead_lettered: Option<u64>,
     pub filtered: Option<i64>,
 }
@@ -104,7 +110,16 @@ pub fn accounts(splits: &[SplitInput], writes: &[BatchWrite]) -> Vec<SplitAccoun
     };
     read.into_iter()
         .map(|((source, split), read)| {
-            let mut data = writes.iter().filter(|w| !w.dead_letter).peekable();
+            let mut written_by_output: BTreeMap<String, u64> = BTreeMap::new();
+            let data: Vec<&BatchWrite> = writes.iter().filter(|w| !w.dead_letter).collect();
+            if data.len() > 1 {
+                for w in &data {
+                    if let Some(n) = of(w, &split) {
+                        *written_by_output.entry(w.output.clone()).or_default() += n;
+                    }
+                }
+            }
+            let mut data = data.into_iter().peekable();
             let written = if data.peek().is_none() {
                 Some(0)
             } else {
@@ -128,6 +143,7 @@ pub fn accounts(splits: &[SplitInput], writes: &[BatchWrite]) -> Vec<SplitAccoun
                 split,
                 read,
                 written,
+                written_by_output,
                 dead_lettered,
                 filtered,
             }
@@ -267,7 +283,7 @@ mod tests {
             split("shard-a", Some(2)),
             split("shard-c", Some(0)),
         ];
-        let writes = [
+        let mut writes = [
             write(false, Some(&[("shard-a", 11), ("shard-b", 3)])),
             // A second layout of the same rows, one filtered more.
             write(false, Some(&[("shard-a", 10), ("shard-b", 3)])),
@@ -275,6 +291,8 @@ mod tests {
             // The same dead letters in a second layout count once.
             write(true, Some(&[("shard-a", 1)])),
         ];
+        writes[0].output = "s3://b/by_stream/".into();
+        writes[1].output = "s3://b/by_hour/".into();
         let got = accounts(&splits, &writes);
         let by = |s: &str| {
             got.iter()
@@ -287,6 +305,14 @@ mod tests {
         assert_eq!(
             (a.read, a.written, a.dead_lettered, a.filtered),
             (Some(12), Some(11), Some(1), Some(0))
+        );
+        // Each layout's own balance: by_hour/ lost one of shard-a's rows.
+        assert_eq!(
+            a.written_by_output.clone().into_iter().collect::<Vec<_>>(),
+            [
+                ("s3://b/by_hour/".to_string(), 10),
+                ("s3://b/by_stream/".to_string(), 11)
+            ]
         );
         let b = by("shard-b");
         assert_eq!(

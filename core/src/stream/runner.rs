@@ -537,9 +537,13 @@ impl StreamRunner {
             let mut timed_out = false;
             let mut ran = Ok(());
             for s in &mut sources {
-                if let Err(e) = s.prepare().await {
-                    ran = Err(SluiceError::Layer(Box::new(e)));
-                    break;
+                match s.prepare().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_fatal() => return Err(self.ended(batch_id, e)),
+                    Err(e) => {
+                        ran = Err(SluiceError::Layer(Box::new(e)));
+                        break;
+                    }
                 }
             }
             let ran = match ran {
@@ -758,7 +762,8 @@ impl StreamRunner {
 
     /// After a failure: with `--every`, waits (doubling up to a minute) and
     /// says to go on (`Ok(true)`), or to stop when asked to meanwhile
-    /// (`Ok(false)`); otherwise the failure ends the run.
+    /// (`Ok(false)`); otherwise, or when no retry can mend the failure
+    /// (records lost, a source gone), the failure ends the run.
     async fn failed(
         &self,
         batch_id: u64,
@@ -766,11 +771,10 @@ impl StreamRunner {
         failures: &mut u32,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<bool, StreamError> {
-        counter!("sluice_stream_batch_failures_total").increment(1);
-        if self.options.trigger.interval().is_none() {
-            self.observer.batch_failed(batch_id, &render(&error), None);
-            return Err(error);
+        if self.options.trigger.interval().is_none() || error.is_fatal() {
+            return Err(self.ended(batch_id, error));
         }
+        counter!("sluice_stream_batch_failures_total").increment(1);
         *failures += 1;
         let backoff = Duration::from_secs(1u64 << (*failures - 1).min(6)).min(MAX_BACKOFF);
         tracing::warn!(batch_id, error = %render(&error), retry_in = ?backoff, "batch failed; retrying");
@@ -780,6 +784,16 @@ impl StreamRunner {
             () = tokio::time::sleep(backoff) => Ok(!*stop.borrow()),
             _ = stop.changed() => Ok(false),
         }
+    }
+
+    /// A failure that ends the run: counted, said, and given back.
+    fn ended(&self, batch_id: u64, error: StreamError) -> StreamError {
+        counter!("sluice_stream_batch_failures_total").increment(1);
+        if error.is_fatal() {
+            tracing::error!(batch_id, error = %render(&error), "no retry can mend this: the stream stops");
+        }
+        self.observer.batch_failed(batch_id, &render(&error), None);
+        error
     }
 
     /// Plans batch `batch_id` from every source and records it; `None` when

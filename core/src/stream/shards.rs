@@ -108,6 +108,10 @@ pub struct ShardSource {
     frozen_at: Option<i64>,
     /// The last plan failed because records it had not read were trimmed.
     lost: std::sync::atomic::AtomicBool,
+    /// The last plan failed in a way no retry mends (records lost, the
+    /// stream replaced, a missing stream, no credentials): the run ends,
+    /// `--every` or not.
+    fatal: std::sync::atomic::AtomicBool,
     /// The next plan scans the table again (`on_trimmed 'snapshot'`).
     resnapshot: bool,
     /// Plans since the table's stream was last resolved.
@@ -141,6 +145,7 @@ impl ShardSource {
             parked: HashMap::new(),
             frozen_at: None,
             lost: std::sync::atomic::AtomicBool::new(false),
+            fatal: std::sync::atomic::AtomicBool::new(false),
             resnapshot: false,
             since_resolved: 0,
             clock,
@@ -155,6 +160,27 @@ impl ShardSource {
         }
     }
 
+    /// Records what kind of failure a call's error is: records trimmed
+    /// unread are lost (and fatal unless the job re-snapshots), a
+    /// `Fatal` one fails every retry the same way.
+    fn note(&self, failure: Failure) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match failure {
+            Failure::Trimmed => {
+                self.lost.store(true, Relaxed);
+                self.fatal.store(true, Relaxed);
+            }
+            Failure::Fatal => self.fatal.store(true, Relaxed),
+            Failure::Throttled | Failure::ExpiredIterator | Failure::Transient => {}
+        }
+    }
+
+    /// An outcome's error marked fatal when a call behind it said so.
+    fn marked<T>(&self, outcome: Result<T, StreamError>) -> Result<T, StreamError> {
+        let fatal = self.fatal.swap(false, std::sync::atomic::Ordering::Relaxed);
+        outcome.map_err(|e| if fatal { e.fatal() } else { e })
+    }
+
     /// Resolves the stream (a table's current stream ARN) and its client.
     async fn connect(&mut self) -> Result<(), StreamError> {
         if self.api.is_some() {
@@ -164,13 +190,17 @@ impl ShardSource {
             Kind::DynamodbStream => {
                 crate::source::shards::dynamodb::stream_arn(&self.name, self.options.retry())
                     .await
-                    .map_err(|e| self.error(e.to_string()))?
+                    .map_err(|e| {
+                        self.note(e.failure);
+                        self.error(e.to_string())
+                    })?
             }
             Kind::Kinesis => self.name.clone(),
         };
         if let Some(old) = &self.stream
             && *old != stream
         {
+            self.note(Failure::Fatal);
             return Err(self.error(format!(
                 "the table's stream changed (the checkpoint read {old}, the table now has {stream}): records written between the two streams were lost; start a new checkpoint to read the new stream"
             )));
@@ -224,9 +254,7 @@ impl ShardSource {
             return Err(self.error("no client".into()));
         };
         let fail = |e: &crate::source::shards::api::ApiError| {
-            if e.failure == Failure::Trimmed {
-                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.note(e.failure);
             self.error(format!("shard {}: {}", shard.id, describe(e)))
         };
         let position = self.positions.get(&shard.id).cloned();
@@ -294,6 +322,8 @@ impl ShardSource {
             let page = match api.records(&it, want).await {
                 Ok(p) => p,
                 Err(e) if e.failure == Failure::ExpiredIterator && renewals < MAX_RENEWALS => {
+                    // As the executors' reads: 100 ms doubling.
+                    tokio::time::sleep(Duration::from_millis(100 << renewals)).await;
                     renewals += 1;
                     let again = match out.last() {
                         Some(r) => At::After(r.sequence.clone()),
@@ -307,6 +337,7 @@ impl ShardSource {
                 }
                 Err(e) => return Err(fail(&e)),
             };
+            renewals = 0;
             behind = page.behind_ms.or(behind);
             let got = page.records.len();
             for r in page.records {
@@ -428,7 +459,10 @@ impl ShardSource {
         let Some(api) = self.api.as_ref() else {
             return Err(self.error("no client".into()));
         };
-        let listed = api.shards().await.map_err(|e| self.error(describe(&e)))?;
+        let listed = api.shards().await.map_err(|e| {
+            self.note(e.failure);
+            self.error(describe(&e))
+        })?;
         let ids: BTreeSet<String> = listed.iter().map(|s| s.id.clone()).collect();
         // A shard whose child has a position (or is done) was read to its
         // end: children start only then.
@@ -440,7 +474,7 @@ impl ShardSource {
         for shard in &self.start_latest {
             let unread = !self.positions.contains_key(shard) && !self.finished.contains(shard);
             if unread && !ids.contains(shard) && !vouched.contains(shard) {
-                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.note(Failure::Trimmed);
                 return Err(self.error(format!(
                     "shard {shard} started at latest is no longer in the stream (trimmed: streams keep 24 hours) and was never read: the records written to it after the start were lost"
                 )));
@@ -448,7 +482,7 @@ impl ShardSource {
         }
         for (shard, position) in &self.positions {
             if !ids.contains(shard) && !self.finished.contains(shard) && !vouched.contains(shard) {
-                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.note(Failure::Trimmed);
                 return Err(self.error(format!(
                     "shard {shard} is no longer in the stream (trimmed: streams keep 24 hours) and was not read to its end: records after sequence number {position} were lost"
                 )));
@@ -637,6 +671,8 @@ impl Source for ShardSource {
     }
 
     async fn plan(&mut self) -> Result<Planned, StreamError> {
+        self.fatal
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let mut planned = self.plan_ranges().await;
         let lost = self.lost.swap(false, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &planned
@@ -653,17 +689,22 @@ impl Source for ShardSource {
                 .retain(|m| m.first.as_deref() == Some(MARK_STREAM));
             self.started = false;
             self.resnapshot = true;
+            self.fatal
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             planned = self.plan_ranges().await;
         }
         if planned.is_err() {
             // The next plan resolves the stream and connects afresh.
             self.api = None;
         }
-        planned
+        self.marked(planned)
     }
 
     async fn prepare(&mut self) -> Result<(), StreamError> {
-        self.connect().await
+        self.fatal
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let connected = self.connect().await;
+        self.marked(connected)
     }
 
     fn taken(&mut self, ranges: &[Range]) {
@@ -1365,12 +1406,10 @@ mod tests {
         let mut s = source(&fake, 100, false);
         s.positions
             .insert("gone".into(), "000000000000000000000000000007".into());
-        let err = s
-            .plan()
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let failed = s.plan().await.err();
+        // No retry brings lost records back: the run ends, `--every` or not.
+        assert!(failed.as_ref().is_some_and(StreamError::is_fatal));
+        let err = failed.map(|e| e.to_string()).unwrap_or_default();
         assert!(
             err.contains("shard gone is no longer in the stream") && err.contains("were lost"),
             "{err}"
@@ -1382,12 +1421,9 @@ mod tests {
             .unwrap_or_else(|e| e.into_inner()) = Some(2);
         s.positions
             .insert("x".into(), "000000000000000000000000000001".into());
-        let err = s
-            .plan()
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let failed = s.plan().await.err();
+        assert!(failed.as_ref().is_some_and(StreamError::is_fatal));
+        let err = failed.map(|e| e.to_string()).unwrap_or_default();
         assert!(
             err.contains("TrimmedDataAccessException") && err.contains("were lost"),
             "{err}"

@@ -6,7 +6,7 @@
 //! `format 'dynamodb'`, DynamoDB's Kinesis streaming destination):
 //! `event_name` (INSERT, MODIFY, REMOVE), `keys`, `new_image`, `old_image`
 //! (plain JSON text), `approximate_creation_time`, `sequence_number`,
-//! `shard_id`. Of a raw Kinesis stream: `data` (bytes), `partition_key`,
+//! `shard_id`. Of a raw Kinesis stream: `data` (bytes), `data_text`, `partition_key`,
 //! `sequence_number`, `arrival_time`, `shard_id`. Then the declared columns,
 //! parsed as JSON from the new image (the old one for a REMOVE) or from a
 //! raw record's data, and `_error`, why that failed.
@@ -391,6 +391,8 @@ pub fn fixed_fields(format: RecordFormat) -> Vec<Field> {
         ],
         RecordFormat::Raw => vec![
             Field::new("data", DataType::Binary, false),
+            // The same bytes as text; null where they are not UTF-8.
+            Field::new("data_text", DataType::Utf8, true),
             Field::new("partition_key", DataType::Utf8, false),
             Field::new("sequence_number", DataType::Utf8, false),
             Field::new("arrival_time", time, false),
@@ -559,17 +561,21 @@ fn part_stream(
         Arc::clone(coordinator),
     );
     let now = chrono::Utc::now().timestamp_millis();
-    futures::stream::try_unfold((reader, 0usize), move |(mut reader, seen)| {
-        let (spec, schema, scan) = (Arc::clone(&spec), Arc::clone(&schema), scan.clone());
-        async move {
-            let Some(page) = reader.next_page().await? else {
-                return Ok(None);
-            };
-            let records = snapshot_records(&scan, segment, seen, now, &page.items);
-            let out = records_to_batches(&spec, &schema, "snapshot", &records)?;
-            Ok(Some((out, (reader, seen + records.len()))))
-        }
-    })
+    // Bad records count over the whole segment, not page by page.
+    futures::stream::try_unfold(
+        (reader, 0usize, 0u64),
+        move |(mut reader, seen, mut bad)| {
+            let (spec, schema, scan) = (Arc::clone(&spec), Arc::clone(&schema), scan.clone());
+            async move {
+                let Some(page) = reader.next_page().await? else {
+                    return Ok(None);
+                };
+                let records = snapshot_records(&scan, segment, seen, now, &page.items);
+                let out = records_to_batches(&spec, &schema, "snapshot", &records, &mut bad)?;
+                Ok(Some((out, (reader, seen + records.len(), bad))))
+            }
+        },
+    )
     .map(batches)
     .flatten()
     .boxed()
@@ -629,7 +635,7 @@ async fn read_batches(
         .map_err(|e| shard_err(spec, &range.shard, e))?;
     metrics::counter!("sluice_shard_records_read_total", "kind" => spec.kind.scheme())
         .increment(records.len() as u64);
-    records_to_batches(spec, schema, &range.shard, &records)
+    records_to_batches(spec, schema, &range.shard, &records, &mut 0)
 }
 
 /// Records as rows, parsing the declared columns; fails past
@@ -639,14 +645,14 @@ fn records_to_batches(
     schema: &SchemaRef,
     shard: &str,
     records: &[ShardRecord],
+    bad: &mut u64,
 ) -> Result<Vec<RecordBatch>> {
     let declared = spec.declared_schema()?;
-    let mut bad = 0u64;
     let mut out = Vec::new();
     for chunk in records.chunks(BATCH_ROWS) {
         let (batch, chunk_bad) = to_batch(spec, schema, &declared, shard, chunk)?;
-        bad += chunk_bad.len() as u64;
-        if bad > spec.options.max_bad_records {
+        *bad += chunk_bad.len() as u64;
+        if *bad > spec.options.max_bad_records {
             let (sequence, why) = chunk_bad.last().cloned().unwrap_or_default();
             return Err(shard_err(
                 spec,
@@ -970,6 +976,7 @@ fn to_batch(
         }
         RecordFormat::Raw => {
             let mut data = BinaryBuilder::new();
+            let mut data_texts = StringBuilder::new();
             let mut keys = StringBuilder::new();
             for (i, r) in records.iter().enumerate() {
                 match &r.body {
@@ -978,12 +985,14 @@ fn to_batch(
                         partition_key,
                     } => {
                         data.append_value(d);
+                        data_texts.append_option(std::str::from_utf8(d).ok());
                         keys.append_value(partition_key);
                         texts.push(Some(Cow::Borrowed(d.as_slice())));
                     }
                     Body::Change(c) => {
                         let text = image_of(c);
                         data.append_value(text.as_bytes());
+                        data_texts.append_value(text);
                         keys.append_value(&c.keys);
                         if binary {
                             match binary::hex_binary(declared.fields(), text) {
@@ -1000,6 +1009,7 @@ fn to_batch(
                 }
             }
             columns.push(Arc::new(data.finish()));
+            columns.push(Arc::new(data_texts.finish()));
             columns.push(Arc::new(keys.finish()));
             columns.push(Arc::new(sequences.finish()));
             columns.push(Arc::new(
