@@ -34,7 +34,7 @@ COPY (SELECT "LivestreamID", "UID", event_name, message, sent_at,
             FROM chat WHERE _error IS NULL))
   TO '${output}/by_hour/' STORED AS JSON PARTITIONED BY (yyyy, mm, dd, hh)
   OPTIONS ('write.partition_style' 'values');
-COPY (SELECT 1 AS "attemptsMade", approximate_creation_time AS "arrivalTimestamp",
+COPY (SELECT 1 AS "attemptsMade", CAST(approximate_creation_time AS BIGINT) AS "arrivalTimestamp",
              'Record.DecodeFailed' AS "errorCode", _error AS "errorMessage",
              COALESCE(new_image, old_image, keys) AS "rawData", shard_id, sequence_number
       FROM chat WHERE _error IS NOT NULL)

@@ -353,8 +353,8 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
 /// UTC: 600 inserts, 40 MODIFYs, 20 REMOVEs and one bad item drained in
 /// batches of 250 (`--available-now`), read back from S3 by DuckDB: every
 /// change once per id in both layouts, each row under the hour of its
-/// event time in that zone, the bad item in errors/, and every batch's
-/// accounts balanced shard by shard.
+/// event time in that zone, the bad item in errors/, every batch's
+/// accounts balanced shard by shard, and a lag alarm fired and cleared.
 #[test]
 fn chat_changes_reach_s3_from_a_cluster_with_hours_in_a_zone() {
     use sluice_test_support::s3::S3;
@@ -376,6 +376,7 @@ fn chat_changes_reach_s3_from_a_cluster_with_hours_in_a_zone() {
         .args(["--var", "batch=250", "--var", "zone=Asia/Kolkata"])
         .args(["--checkpoint", &format!("s3://{bucket}/ck")])
         .args(["--available-now", "--output", "json"])
+        .args(["--alarm", "lag_records > 0"])
         .args(["--scheduler", &cluster.endpoint])
         .env("SLUICE_COORDINATOR", &cluster.coordinator);
     let o = run_with_timeout(&mut cmd, Duration::from_secs(300)).unwrap();
@@ -385,6 +386,14 @@ fn chat_changes_reach_s3_from_a_cluster_with_hours_in_a_zone() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(o.status.success(), "{text}\n{}", cluster.scheduler_log());
+    // The first batches leave records behind their cap, the last none: the
+    // lag alarm fires, then clears.
+    let fired = text.find("alarm FIRING: lag_records > 0");
+    let cleared = text.find("alarm cleared: lag_records > 0");
+    assert!(
+        fired.is_some() && cleared.is_some() && fired < cleared,
+        "{text}"
+    );
     let b: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -433,6 +442,14 @@ fn chat_changes_reach_s3_from_a_cluster_with_hours_in_a_zone() {
     }
     let errors = changes::ndjson_counts(&out.join("errors"), "errorCode").unwrap();
     assert_eq!(errors.get("Record.DecodeFailed"), Some(&1), "{errors:?}");
+    // Firehose's arrivalTimestamp: epoch milliseconds.
+    let arrived = changes::ndjson_counts(&out.join("errors"), "arrivalTimestamp").unwrap();
+    assert!(
+        arrived
+            .keys()
+            .any(|k| k.parse::<i64>().is_ok_and(|ms| ms > 1_700_000_000_000)),
+        "{arrived:?}"
+    );
     // Each row sits under its event time's hour in Asia/Kolkata (+05:30),
     // which is not the UTC hour.
     let mut files = 0;
@@ -902,11 +919,9 @@ fn bad_change_sources_fail_clearly() {
         }
         assert!(!text.contains("panicked"), "{text}");
     }
-    // No retry gives a table a stream, a missing stream shards or the
-    // process credentials: a stream running `--every` ends on them too (at
-    // once, not after retries); an unreachable endpoint may come back, so
-    // that one is retried.
-    for i in [0, 1, 2, 5] {
+    // No retry gives a table a stream or a missing stream shards: a stream
+    // running `--every` ends on them too (at once, not after retries).
+    for i in [0, 1, 2] {
         let (job, env, want) = &cases[i];
         let (ok, text) = stream_with(
             job,
@@ -919,6 +934,47 @@ fn bad_change_sources_fail_clearly() {
             assert!(text.contains(w), "{job:?}: no '{w}' in: {text}");
         }
         assert!(!text.contains("retrying"), "{job:?} was retried: {text}");
+    }
+    // An unreachable endpoint and missing credentials may come back: those
+    // a stream running `--every` retries until it is stopped.
+    for i in [3, 5] {
+        let (job, env, want) = &cases[i];
+        let err_path = tmp.path().join(format!("retried{i}.err"));
+        let mut cmd = sluice().unwrap();
+        cmd.arg("stream")
+            .arg(job)
+            .arg("--checkpoint")
+            .arg(tmp.path().join(format!("retried{i}")))
+            .args(["--every", "1s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        for (k, v) in env {
+            match v {
+                &"" => cmd.env_remove(k),
+                v => cmd.env(k, v),
+            };
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let err = loop {
+            let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+            if err.contains("retrying in") || Instant::now() > deadline {
+                break err;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        signal(&child, "-TERM");
+        let mut child = child;
+        let status = child.wait().unwrap();
+        assert!(
+            err.contains("retrying in"),
+            "{job:?} was not retried: {err}"
+        );
+        assert!(want.iter().all(|w| err.contains(w)), "{job:?}: {err}");
+        assert!(
+            status.success(),
+            "{job:?} did not stop cleanly: {status}: {err}"
+        );
     }
 }
 

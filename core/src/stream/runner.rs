@@ -4,7 +4,9 @@
 //! [`JobRunner`] (each write named by the batch, so a re-run finds what an
 //! earlier attempt committed), records the commit (`commits/N`), reports,
 //! and checks the alarms. A failed batch is retried over the same ranges
-//! with backoff (`--every`) or fails the run (`--once`, `--available-now`).
+//! with backoff (`--every`) or fails the run (`--once`, `--available-now`);
+//! a source failure no retry mends (`StreamError::SourceFatal`: records
+//! lost, a stream gone) fails the run under `--every` too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -537,7 +539,7 @@ impl StreamRunner {
             let mut timed_out = false;
             let mut ran = Ok(());
             for s in &mut sources {
-                match s.prepare().await {
+                match s.prepare(&plan.ranges, resumed).await {
                     Ok(()) => {}
                     Err(e) if e.is_fatal() => return Err(self.ended(batch_id, e)),
                     Err(e) => {

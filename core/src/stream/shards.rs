@@ -12,7 +12,10 @@
 //! finished when it is closed and nothing follows its position, and its
 //! children start then, at their beginning. A stream with no positions
 //! starts at `starting_position`. A position the stream no longer keeps
-//! (trimmed after 24 h) fails the batch, saying records were lost.
+//! (trimmed after 24 h) fails the run, saying records were lost (or, with
+//! `on_trimmed 'snapshot'`, scans the table again); so does a stream that
+//! is gone or replaced, even under `--every`, where other failures are
+//! retried.
 //!
 //! With `snapshot 'true'` (DynamoDB Streams) the first batch scans the
 //! table (`source::dynamodb`) instead of reading the stream: its plan reads
@@ -109,7 +112,7 @@ pub struct ShardSource {
     /// The last plan failed because records it had not read were trimmed.
     lost: std::sync::atomic::AtomicBool,
     /// The last plan failed in a way no retry mends (records lost, the
-    /// stream replaced, a missing stream, no credentials): the run ends,
+    /// stream replaced or gone, a table without one): the run ends,
     /// `--every` or not.
     fatal: std::sync::atomic::AtomicBool,
     /// The next plan scans the table again (`on_trimmed 'snapshot'`).
@@ -161,8 +164,10 @@ impl ShardSource {
     }
 
     /// Records what kind of failure a call's error is: records trimmed
-    /// unread are lost (and fatal unless the job re-snapshots), a
-    /// `Fatal` one fails every retry the same way.
+    /// unread are lost (and fatal unless the job re-snapshots); a stream,
+    /// shard or table that is gone stays gone. Anything else (credentials
+    /// that may be refreshed, a denied call that may be granted, network
+    /// trouble) leaves a later batch to try again.
     fn note(&self, failure: Failure) {
         use std::sync::atomic::Ordering::Relaxed;
         match failure {
@@ -170,9 +175,41 @@ impl ShardSource {
                 self.lost.store(true, Relaxed);
                 self.fatal.store(true, Relaxed);
             }
-            Failure::Fatal => self.fatal.store(true, Relaxed),
-            Failure::Throttled | Failure::ExpiredIterator | Failure::Transient => {}
+            Failure::Gone => self.fatal.store(true, Relaxed),
+            Failure::Fatal | Failure::Throttled | Failure::ExpiredIterator | Failure::Transient => {
+            }
         }
+    }
+
+    /// A batch an earlier process recorded, about to re-run: its ranges
+    /// must still be in the stream. One trimmed meanwhile (the stream was
+    /// down past its retention) lost its records; the executors would
+    /// only fail on it batch after batch, so the run ends here, saying so.
+    async fn still_kept(&self, ranges: &[Range]) -> Result<(), StreamError> {
+        let Some(api) = self.api.as_ref() else {
+            return Err(self.error("no client".into()));
+        };
+        for r in ranges.iter().filter(|r| r.source == self.table) {
+            let (Some(first), Some(_)) = (&r.first, &r.last) else {
+                continue;
+            };
+            if first == MARK_SKIP || first == MARK_SNAPSHOT {
+                continue;
+            }
+            // A shard gone altogether was trimmed too; anything else the
+            // executors meet and say.
+            if let Err(e) = api.iterator(&r.split, &At::Sequence(first.clone())).await
+                && matches!(e.failure, Failure::Trimmed | Failure::Gone)
+            {
+                self.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(self.error(format!(
+                    "shard {}: the recorded batch re-runs from sequence number {first}, which the stream no longer keeps: {}",
+                    r.split,
+                    describe(&e)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// An outcome's error marked fatal when a call behind it said so.
@@ -200,7 +237,7 @@ impl ShardSource {
         if let Some(old) = &self.stream
             && *old != stream
         {
-            self.note(Failure::Fatal);
+            self.note(Failure::Gone);
             return Err(self.error(format!(
                 "the table's stream changed (the checkpoint read {old}, the table now has {stream}): records written between the two streams were lost; start a new checkpoint to read the new stream"
             )));
@@ -322,8 +359,11 @@ impl ShardSource {
             let page = match api.records(&it, want).await {
                 Ok(p) => p,
                 Err(e) if e.failure == Failure::ExpiredIterator && renewals < MAX_RENEWALS => {
-                    // As the executors' reads: 100 ms doubling.
-                    tokio::time::sleep(Duration::from_millis(100 << renewals)).await;
+                    // As the executors' reads: the first at once (a parked
+                    // iterator expires between plans), then 100 ms doubling.
+                    if renewals > 0 {
+                        tokio::time::sleep(Duration::from_millis(100 << (renewals - 1))).await;
+                    }
                     renewals += 1;
                     let again = match out.last() {
                         Some(r) => At::After(r.sequence.clone()),
@@ -692,6 +732,12 @@ impl Source for ShardSource {
             self.fatal
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             planned = self.plan_ranges().await;
+            // A trim racing the new snapshot's start: the next plan
+            // snapshots again rather than end the run.
+            if self.lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                self.fatal
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if planned.is_err() {
             // The next plan resolves the stream and connects afresh.
@@ -700,11 +746,14 @@ impl Source for ShardSource {
         self.marked(planned)
     }
 
-    async fn prepare(&mut self) -> Result<(), StreamError> {
+    async fn prepare(&mut self, ranges: &[Range], resumed: bool) -> Result<(), StreamError> {
         self.fatal
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        let connected = self.connect().await;
-        self.marked(connected)
+        let mut ready = self.connect().await;
+        if ready.is_ok() && resumed {
+            ready = self.still_kept(ranges).await;
+        }
+        self.marked(ready)
     }
 
     fn taken(&mut self, ranges: &[Range]) {
@@ -1093,6 +1142,33 @@ mod tests {
             "a second scan"
         );
         assert_eq!(again.ranges.iter().map(|r| r.end - r.start).sum::<i64>(), 2);
+        Ok(())
+    }
+
+    /// A batch recorded by an earlier process whose records the stream
+    /// trimmed before the re-run: the run ends there, saying they were
+    /// lost, instead of failing on the executors batch after batch. A batch
+    /// this process planned is not probed.
+    #[tokio::test]
+    async fn a_recorded_batch_whose_records_were_trimmed_ends_the_run() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 5, false);
+        let mut s = source(&fake, 100, false);
+        let planned = s.plan().await?;
+        s.prepare(&planned.ranges, true).await?;
+        *fake
+            .trimmed_before
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(2);
+        s.prepare(&planned.ranges, false).await?;
+        let failed = s.prepare(&planned.ranges, true).await.err();
+        assert!(failed.as_ref().is_some_and(StreamError::is_fatal));
+        let err = failed.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("the recorded batch re-runs from sequence number")
+                && err.contains("were lost"),
+            "{err}"
+        );
         Ok(())
     }
 

@@ -70,9 +70,10 @@ pub trait Source: Send + Sync {
     /// Ranges not taken yet, at most the source's cap per batch.
     async fn plan(&mut self) -> Result<Planned, StreamError>;
 
-    /// Connects before a batch recorded by an earlier process re-runs (its
-    /// plan was not made by this one).
-    async fn prepare(&mut self) -> Result<(), StreamError> {
+    /// Connects before a batch runs; a batch recorded by an earlier
+    /// process (`resumed`: its plan was not made by this one) may be
+    /// checked against the source: `ranges` are the whole batch's.
+    async fn prepare(&mut self, _ranges: &[Range], _resumed: bool) -> Result<(), StreamError> {
         Ok(())
     }
 

@@ -90,7 +90,11 @@ pub enum Failure {
     Trimmed,
     /// Network, timeout, server error: retried.
     Transient,
-    /// Missing stream or shard, access denied, a bad request.
+    /// The table, stream or shard does not exist, or the table has no
+    /// stream: not retried, and no later batch can read it either.
+    Gone,
+    /// Access denied, no credentials, a bad request: not retried here
+    /// (a stream's later batch may, once the cause is fixed).
     Fatal,
 }
 

@@ -40,6 +40,7 @@ pub(super) fn classify<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Fail
     match err.code() {
         Some("ExpiredIteratorException") => return Failure::ExpiredIterator,
         Some("TrimmedDataAccessException") => return Failure::Trimmed,
+        Some("ResourceNotFoundException") => return Failure::Gone,
         Some("KMSThrottlingException") => return Failure::Throttled,
         _ => {}
     }
@@ -82,7 +83,7 @@ pub async fn stream_arn(table: &str, retry: Retry) -> Result<String, ApiError> {
         Some(arn) if enabled => Ok(arn.to_string()),
         _ => Err(ApiError {
             call: "DescribeTable",
-            failure: Failure::Fatal,
+            failure: Failure::Gone,
             message: format!(
                 "table {table} has no stream enabled: turn it on with StreamSpecification (StreamEnabled, StreamViewType NEW_AND_OLD_IMAGES)"
             ),

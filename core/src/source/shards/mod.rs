@@ -710,7 +710,10 @@ pub async fn read_range(
                         range.count
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(100 << renewals)).await;
+                // The first at once, then 100 ms doubling.
+                if renewals > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 << (renewals - 1))).await;
+                }
                 renewals += 1;
                 iterator = api
                     .iterator(&range.shard, &at(&out))
@@ -976,7 +979,6 @@ fn to_batch(
         }
         RecordFormat::Raw => {
             let mut data = BinaryBuilder::new();
-            let mut data_texts = StringBuilder::new();
             let mut keys = StringBuilder::new();
             for (i, r) in records.iter().enumerate() {
                 match &r.body {
@@ -985,14 +987,12 @@ fn to_batch(
                         partition_key,
                     } => {
                         data.append_value(d);
-                        data_texts.append_option(std::str::from_utf8(d).ok());
                         keys.append_value(partition_key);
                         texts.push(Some(Cow::Borrowed(d.as_slice())));
                     }
                     Body::Change(c) => {
                         let text = image_of(c);
                         data.append_value(text.as_bytes());
-                        data_texts.append_value(text);
                         keys.append_value(&c.keys);
                         if binary {
                             match binary::hex_binary(declared.fields(), text) {
@@ -1008,8 +1008,12 @@ fn to_batch(
                     }
                 }
             }
-            columns.push(Arc::new(data.finish()));
-            columns.push(Arc::new(data_texts.finish()));
+            let data: ArrayRef = Arc::new(data.finish());
+            // The same buffers when every record is UTF-8 (no copy); null
+            // where one is not.
+            let texts = arrow::compute::cast(&data, &DataType::Utf8)?;
+            columns.push(data);
+            columns.push(texts);
             columns.push(Arc::new(keys.finish()));
             columns.push(Arc::new(sequences.finish()));
             columns.push(Arc::new(
@@ -1187,6 +1191,66 @@ mod tests {
                 "{k}: {err:?}"
             );
         }
+        Ok(())
+    }
+
+    /// Raw Kinesis rows: the data as bytes and as text (null where it is
+    /// not UTF-8), and bad records counted across the calls of one part
+    /// (a snapshot segment's pages) against `max_bad_records`.
+    #[test]
+    fn raw_rows_carry_their_text_and_bad_records_add_up() -> Result<()> {
+        use arrow::array::{Array, AsArray};
+        let spec = ShardSpec {
+            kind: Kind::Kinesis,
+            location: "kinesis://k".into(),
+            stream: "k".into(),
+            options: ShardOptions {
+                max_bad_records: 1,
+                ..Default::default()
+            },
+            declared: vec![Declared {
+                name: "n".into(),
+                data_type: DataType::Int64.to_string(),
+                nullable: true,
+            }],
+            ranges: vec![],
+            snapshot_segments: 0,
+            snapshot: None,
+        };
+        let schema = spec.schema()?;
+        let record = |n: u8, data: &[u8]| ShardRecord {
+            sequence: n.to_string(),
+            time_ms: 0,
+            body: Body::Data {
+                data: data.to_vec(),
+                partition_key: "p".into(),
+            },
+        };
+        let mut bad = 0;
+        let batches = records_to_batches(
+            &spec,
+            &schema,
+            "s",
+            &[record(1, br#"{"n": 1}"#), record(2, &[0xff, 0xfe])],
+            &mut bad,
+        )?;
+        let texts = batches[0]
+            .column_by_name("data_text")
+            .map(|c| c.as_string::<i32>().clone());
+        let texts = texts.ok_or_else(|| DataFusionError::Internal("no data_text".into()))?;
+        assert_eq!(texts.value(0), r#"{"n": 1}"#);
+        assert!(texts.is_null(1));
+        // The bytes that are not JSON were one bad record; a second, in the
+        // part's next page, goes over the limit of one.
+        assert_eq!(bad, 1);
+        let err = records_to_batches(&spec, &schema, "s", &[record(3, b"nope")], &mut bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("2 bad records in this batch's range, over max_bad_records 1"),
+            "{err}"
+        );
         Ok(())
     }
 
