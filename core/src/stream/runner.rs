@@ -427,6 +427,10 @@ impl StreamRunner {
             });
         }
         let mut pending = recovered.pending;
+        // The batch an earlier process recorded: its sources check it once
+        // (it may have waited past the stream's retention), not on every
+        // retry of this process.
+        let mut probe = pending.as_ref().map(|p| p.batch_id);
         // The last committed batch's writes: a crash may have cut their
         // publish short.
         let mut unpublished: Option<(u64, Vec<WriteSpec>)> = recovered
@@ -538,8 +542,9 @@ impl StreamRunner {
             let batch_id = plan.batch_id;
             let mut timed_out = false;
             let mut ran = Ok(());
+            let recorded_earlier = probe == Some(batch_id);
             for s in &mut sources {
-                match s.prepare(&plan.ranges, resumed).await {
+                match s.prepare(&plan.ranges, recorded_earlier).await {
                     Ok(()) => {}
                     Err(e) if e.is_fatal() => return Err(self.ended(batch_id, e)),
                     Err(e) => {
@@ -547,6 +552,9 @@ impl StreamRunner {
                         break;
                     }
                 }
+            }
+            if ran.is_ok() {
+                probe = None;
             }
             let ran = match ran {
                 Ok(()) => {

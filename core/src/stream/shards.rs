@@ -203,7 +203,7 @@ impl ShardSource {
             {
                 self.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(self.error(format!(
-                    "shard {}: the recorded batch re-runs from sequence number {first}, which the stream no longer keeps: {}",
+                    "shard {}: the recorded batch re-runs from sequence number {first}, which the stream no longer keeps: {}; start a new checkpoint (with snapshot 'true' it scans the table again)",
                     r.split,
                     describe(&e)
                 )));
@@ -290,11 +290,20 @@ impl ShardSource {
         let Some(api) = self.api.as_ref() else {
             return Err(self.error("no client".into()));
         };
+        let position = self.positions.get(&shard.id).cloned();
         let fail = |e: &crate::source::shards::api::ApiError| {
-            self.note(e.failure);
+            // A shard gone between the listing and this call (shards close
+            // and age out all the time): one read from a position was not
+            // read to its end, its records were lost; one never read is
+            // left out of the next listing, so the next plan goes on.
+            let failure = match (e.failure, &position) {
+                (Failure::Gone, Some(_)) => Failure::Trimmed,
+                (Failure::Gone, None) => Failure::Transient,
+                (other, _) => other,
+            };
+            self.note(failure);
             self.error(format!("shard {}: {}", shard.id, describe(e)))
         };
-        let position = self.positions.get(&shard.id).cloned();
         let parked = self
             .parked
             .get(&shard.id)
@@ -746,11 +755,15 @@ impl Source for ShardSource {
         self.marked(planned)
     }
 
-    async fn prepare(&mut self, ranges: &[Range], resumed: bool) -> Result<(), StreamError> {
+    async fn prepare(
+        &mut self,
+        ranges: &[Range],
+        recorded_earlier: bool,
+    ) -> Result<(), StreamError> {
         self.fatal
             .store(false, std::sync::atomic::Ordering::Relaxed);
         let mut ready = self.connect().await;
-        if ready.is_ok() && resumed {
+        if ready.is_ok() && recorded_earlier {
             ready = self.still_kept(ranges).await;
         }
         self.marked(ready)
@@ -915,6 +928,9 @@ mod tests {
         page_limit: Mutex<Option<usize>>,
         /// As DynamoDB Streams: no iterator by time (the trim horizon).
         no_time_iterator: std::sync::atomic::AtomicBool,
+        /// Shards still listed whose iterator says they are gone (aged out
+        /// between the listing and the call).
+        vanished: Mutex<Vec<String>>,
     }
 
     impl Fake {
@@ -970,11 +986,20 @@ mod tests {
         }
 
         async fn iterator(&self, shard: &str, at: &At) -> Result<Option<String>, ApiError> {
+            let vanished = self.vanished.lock().unwrap_or_else(|e| e.into_inner());
+            if vanished.iter().any(|v| v == shard) {
+                return Err(ApiError {
+                    call: "GetShardIterator",
+                    failure: Failure::Gone,
+                    message: format!("ResourceNotFoundException: shard {shard} does not exist"),
+                });
+            }
+            drop(vanished);
             let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
             let Some((_, records)) = shards.iter().find(|(s, _)| s.id == shard) else {
                 return Err(ApiError {
                     call: "GetShardIterator",
-                    failure: Failure::Fatal,
+                    failure: Failure::Gone,
                     message: format!("ResourceNotFoundException: no shard {shard}"),
                 });
             };
@@ -1145,10 +1170,35 @@ mod tests {
         Ok(())
     }
 
+    /// A shard that ages out between the listing and its iterator: one
+    /// never read is left to the next listing (the run goes on); one read
+    /// from a position lost what followed it (the run ends).
+    #[tokio::test]
+    async fn a_shard_gone_after_the_listing_ends_the_run_only_if_read_from()
+    -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 3, false);
+        fake.vanished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push("x".into());
+        let mut s = source(&fake, 100, false);
+        let failed = s.plan().await.err();
+        assert!(failed.as_ref().is_some_and(|e| !e.is_fatal()), "{failed:?}");
+        let mut s = source(&fake, 100, false);
+        s.positions.insert("x".into(), format!("{:030}", 1));
+        let failed = s.plan().await.err();
+        assert!(
+            failed.as_ref().is_some_and(StreamError::is_fatal),
+            "{failed:?}"
+        );
+        Ok(())
+    }
+
     /// A batch recorded by an earlier process whose records the stream
     /// trimmed before the re-run: the run ends there, saying they were
     /// lost, instead of failing on the executors batch after batch. A batch
-    /// this process planned is not probed.
+    /// this process planned (or already prepared) is not probed.
     #[tokio::test]
     async fn a_recorded_batch_whose_records_were_trimmed_ends_the_run() -> Result<(), StreamError> {
         let fake = Arc::new(Fake::default());

@@ -71,9 +71,13 @@ pub trait Source: Send + Sync {
     async fn plan(&mut self) -> Result<Planned, StreamError>;
 
     /// Connects before a batch runs; a batch recorded by an earlier
-    /// process (`resumed`: its plan was not made by this one) may be
+    /// process (`recorded_earlier`, until it was prepared once) may be
     /// checked against the source: `ranges` are the whole batch's.
-    async fn prepare(&mut self, _ranges: &[Range], _resumed: bool) -> Result<(), StreamError> {
+    async fn prepare(
+        &mut self,
+        _ranges: &[Range],
+        _recorded_earlier: bool,
+    ) -> Result<(), StreamError> {
         Ok(())
     }
 
