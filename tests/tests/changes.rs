@@ -911,28 +911,27 @@ fn bad_change_sources_fail_clearly() {
             vec!["column event_name is one of the DynamoDB stream table's own columns"],
         ),
     ];
-    for (i, (job, env, want)) in cases.iter().enumerate() {
-        let (ok, text) = stream_once(job, &tmp.path().join(format!("ck{i}")), env);
+    let failed_saying = |job: &Path, (ok, text): (bool, String), want: &[&str]| {
         assert!(!ok, "{job:?} succeeded: {text}");
         for w in want {
             assert!(text.contains(w), "{job:?}: no '{w}' in: {text}");
         }
         assert!(!text.contains("panicked"), "{text}");
+        text
+    };
+    for (i, (job, env, want)) in cases.iter().enumerate() {
+        failed_saying(
+            job,
+            stream_once(job, &tmp.path().join(format!("ck{i}")), env),
+            want,
+        );
     }
     // No retry gives a table a stream or a missing stream shards: a stream
     // running `--every` ends on them too (at once, not after retries).
     for i in [0, 1, 2] {
         let (job, env, want) = &cases[i];
-        let (ok, text) = stream_with(
-            job,
-            &tmp.path().join(format!("every{i}")),
-            "--every 1s",
-            env,
-        );
-        assert!(!ok, "{job:?} succeeded: {text}");
-        for w in want {
-            assert!(text.contains(w), "{job:?}: no '{w}' in: {text}");
-        }
+        let ck = tmp.path().join(format!("every{i}"));
+        let text = failed_saying(job, stream_with(job, &ck, "--every 1s", env), want);
         assert!(!text.contains("retrying"), "{job:?} was retried: {text}");
     }
     // An unreachable endpoint and missing credentials may come back: those
