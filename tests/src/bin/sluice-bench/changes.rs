@@ -1,7 +1,8 @@
 //! `sluice-bench changes`: change events a second from DynamoDB Local's
 //! stream and from kinesalite, through `jobs/chat_changes.sql` (both S3
-//! layouts on moto) and a raw Kinesis job, and the lag from a change's write
-//! to the commit of the batch that carried it, under a steady load. Run
+//! layouts on moto) and a raw Kinesis job (by hour and by shard), and, for
+//! both sources, the lag from a record's write to the commit of the batch
+//! that carried it, under a steady load. Run
 //! beside `scripts/test-servers.sh` (it reads the endpoints it exports).
 
 use std::collections::HashMap;
@@ -26,7 +27,9 @@ const KINESIS_JOB: &str = "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL, sent_at B
      to_char(arrival_time, '%Y') AS yyyy, to_char(arrival_time, '%m') AS mm, \
      to_char(arrival_time, '%d') AS dd, to_char(arrival_time, '%H') AS hh FROM k WHERE _error IS NULL) \
      TO '${output}/by_hour/' STORED AS JSON PARTITIONED BY (yyyy, mm, dd, hh) \
-     OPTIONS ('write.partition_style' 'values');\n";
+     OPTIONS ('write.partition_style' 'values');\n\
+     COPY (SELECT n, sent_at, shard_id, sequence_number, arrival_time FROM k WHERE _error IS NULL) \
+     TO '${output}/by_shard/' STORED AS JSON PARTITIONED BY (shard_id);\n";
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<BatchInfo>>);
@@ -267,6 +270,81 @@ pub(crate) async fn changes_bench(
     let mut kin = drain_figures(records, &seen.batches());
     kin["wall_seconds"] = json!(t0.elapsed().as_secs_f64());
 
+    // 4. Kinesis lag under a steady load: `rate` records a second, put a
+    // tenth of a second's worth at a time, while the stream runs.
+    let stream = blocking(|| changes::create_stream("benchlag", 4)).await?;
+    let seen = Arc::new(Collect::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let vars = HashMap::from([
+        ("stream".to_string(), stream.clone()),
+        ("output".to_string(), format!("s3://{bucket}/kinesis-lag")),
+        ("batch".to_string(), "20000".to_string()),
+    ]);
+    let running = {
+        let (endpoint, seen, ck) = (
+            endpoint.clone(),
+            Arc::clone(&seen),
+            format!("s3://{bucket}/ck-kinesis-lag"),
+        );
+        tokio::spawn(async move {
+            run_stream(
+                &endpoint,
+                KINESIS_JOB,
+                vars,
+                &ck,
+                Trigger::Every(Duration::from_secs(1)),
+                seen,
+                stop,
+            )
+            .await
+        })
+    };
+    let st = stream.clone();
+    let putter = std::thread::spawn(move || -> Result<()> {
+        let step = (rate / 10).max(1);
+        let start = Instant::now();
+        let mut put = 0;
+        while put < n {
+            let now = step.min(n - put);
+            changes::put_many(&st, put, now)?;
+            put += now;
+            let due = Duration::from_secs_f64(put as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(())
+    });
+    let deadline = Instant::now() + Duration::from_secs(seconds * 4 + 120);
+    loop {
+        let done: u64 = seen.batches().iter().filter_map(|x| x.input_rows).sum();
+        if done >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the Kinesis lag run took {done} of {n} records within its deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    putter
+        .join()
+        .map_err(|_| anyhow::anyhow!("the Kinesis putter panicked"))??;
+    let _ = stop_tx.send(true);
+    running.await.context("the Kinesis lag stream")??;
+    let kbatches = seen.batches();
+    let kl = {
+        let (s3, b, batches) = (S3::from_env()?, bucket.clone(), kbatches.clone());
+        blocking(move || lags(&s3, &b, "kinesis-lag/by_shard/", &batches)).await?
+    };
+    let klag = json!({
+        "rate_records_per_sec": rate,
+        "records": kl.len(),
+        "batches": kbatches.len(),
+        "median_ms": median(kl.clone()),
+        "p99_ms": percentile(kl, 0.99),
+        "median_batch_ms": median(kbatches.iter().map(|x| x.processing_delay_ms as f64).collect()),
+    });
+
     // Side by side from this run: who caps the pipeline (below 1, sluice
     // drains slower than the server takes writes).
     let ratio = |a: &Value, b: f64| {
@@ -277,6 +355,7 @@ pub(crate) async fn changes_bench(
         "dynamodb_drain_over_server_write": ratio(&ddb["events_per_sec"], items as f64 / load_secs),
         "kinesis_drain_over_put": ratio(&kin["events_per_sec"], records as f64 / put_secs),
         "lag_median_over_batch_time": ratio(&lag["median_ms"], lag["median_batch_ms"].as_f64().unwrap_or(0.0)),
+        "kinesis_lag_median_over_batch_time": ratio(&klag["median_ms"], klag["median_batch_ms"].as_f64().unwrap_or(0.0)),
     });
     Ok(json!({
         "bench": "changes",
@@ -293,6 +372,7 @@ pub(crate) async fn changes_bench(
             "records_put": records,
             "put_records_per_sec": records as f64 / put_secs,
             "drain": kin,
+            "lag": klag,
         },
         "note": "events_per_sec is events over the batches' start-to-commit time; planning_share is the client's read-ahead (one full read of every record), the rest is the executors' second read, the two NDJSON writes and the commits",
     }))
