@@ -67,6 +67,47 @@ async fn run_stream(
     Ok(())
 }
 
+/// Runs `job` every second while `load` writes `n` records on a thread of
+/// its own, until the batches have taken all `n` (within `deadline`);
+/// the batches.
+async fn steady_run(
+    endpoint: &str,
+    job: &'static str,
+    vars: HashMap<String, String>,
+    checkpoint: String,
+    n: u64,
+    deadline: Duration,
+    load: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<Vec<BatchInfo>> {
+    let seen = Arc::new(Collect::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = {
+        let (endpoint, seen) = (endpoint.to_string(), Arc::clone(&seen));
+        tokio::spawn(async move {
+            let every = Trigger::Every(Duration::from_secs(1));
+            run_stream(&endpoint, job, vars, &checkpoint, every, seen, stop).await
+        })
+    };
+    let loader = std::thread::spawn(load);
+    let until = Instant::now() + deadline;
+    loop {
+        let done: u64 = seen.batches().iter().filter_map(|x| x.input_rows).sum();
+        if done >= n {
+            break;
+        }
+        if Instant::now() > until {
+            bail!("the lag run took {done} of {n} records within its deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    loader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the loader panicked"))??;
+    let _ = stop_tx.send(true);
+    running.await.context("the lag stream")??;
+    Ok(seen.batches())
+}
+
 /// Runs `f` (which starts its own runtime) off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await?
@@ -94,6 +135,19 @@ fn drain_figures(items: u64, b: &[BatchInfo]) -> Value {
         "events_per_sec": if secs > 0.0 { input as f64 / secs } else { 0.0 },
         "planning_share": if processing > 0 { planning as f64 / processing as f64 } else { 0.0 },
         "committing_share": if processing > 0 { committing as f64 / processing as f64 } else { 0.0 },
+    })
+}
+
+/// A lag run's figures: write-to-commit median and p99 (ms) against the
+/// median batch time.
+fn lag_figures(rate: u64, lags: Vec<f64>, batches: &[BatchInfo]) -> Value {
+    json!({
+        "rate_per_sec": rate,
+        "records": lags.len(),
+        "batches": batches.len(),
+        "median_ms": median(lags.clone()),
+        "p99_ms": percentile(lags, 0.99),
+        "median_batch_ms": median(batches.iter().map(|x| x.processing_delay_ms as f64).collect()),
     })
 }
 
@@ -186,63 +240,27 @@ pub(crate) async fn changes_bench(
     // 2. Lag under a steady load.
     let table = blocking(move || changes::create_chat_table("benchlag", view)).await?;
     let n = rate * seconds;
-    let seen = Arc::new(Collect::default());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let vars = HashMap::from([
         ("table".to_string(), table.clone()),
         ("output".to_string(), format!("s3://{bucket}/lag")),
         ("batch".to_string(), "20000".to_string()),
     ]);
-    let running = {
-        let (endpoint, seen, ck) = (
-            endpoint.clone(),
-            Arc::clone(&seen),
-            format!("s3://{bucket}/ck-lag"),
-        );
-        tokio::spawn(async move {
-            run_stream(
-                &endpoint,
-                CHAT_JOB,
-                vars,
-                &ck,
-                Trigger::Every(Duration::from_secs(1)),
-                seen,
-                stop,
-            )
-            .await
-        })
-    };
     let t = table.clone();
-    let loader = std::thread::spawn(move || changes::load_chat(&t, 0, n, rate));
-    let deadline = Instant::now() + Duration::from_secs(seconds * 4 + 120);
-    loop {
-        let done: u64 = seen.batches().iter().filter_map(|x| x.input_rows).sum();
-        if done >= n {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the lag run took {done} of {n} changes within its deadline");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    loader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the loader panicked"))??;
-    let _ = stop_tx.send(true);
-    running.await.context("the lag stream")??;
-    let batches = seen.batches();
+    let batches = steady_run(
+        &endpoint,
+        CHAT_JOB,
+        vars,
+        format!("s3://{bucket}/ck-lag"),
+        n,
+        Duration::from_secs(seconds * 4 + 120),
+        move || changes::load_chat(&t, 0, n, rate),
+    )
+    .await?;
     let l = {
         let (b, batches) = (bucket.clone(), batches.clone());
         blocking(move || lags(&s3, &b, "lag/by_stream/", &batches)).await?
     };
-    let lag = json!({
-        "rate_items_per_sec": rate,
-        "changes": l.len(),
-        "batches": batches.len(),
-        "median_ms": median(l.clone()),
-        "p99_ms": percentile(l, 0.99),
-        "median_batch_ms": median(batches.iter().map(|x| x.processing_delay_ms as f64).collect()),
-    });
+    let lag = lag_figures(rate, l, &batches);
 
     // 3. Kinesis: a preloaded 4-shard stream, drained.
     let stream = blocking(|| changes::create_stream("bench", 4)).await?;
@@ -273,77 +291,42 @@ pub(crate) async fn changes_bench(
     // 4. Kinesis lag under a steady load: `rate` records a second, put a
     // tenth of a second's worth at a time, while the stream runs.
     let stream = blocking(|| changes::create_stream("benchlag", 4)).await?;
-    let seen = Arc::new(Collect::default());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let vars = HashMap::from([
         ("stream".to_string(), stream.clone()),
         ("output".to_string(), format!("s3://{bucket}/kinesis-lag")),
         ("batch".to_string(), "20000".to_string()),
     ]);
-    let running = {
-        let (endpoint, seen, ck) = (
-            endpoint.clone(),
-            Arc::clone(&seen),
-            format!("s3://{bucket}/ck-kinesis-lag"),
-        );
-        tokio::spawn(async move {
-            run_stream(
-                &endpoint,
-                KINESIS_JOB,
-                vars,
-                &ck,
-                Trigger::Every(Duration::from_secs(1)),
-                seen,
-                stop,
-            )
-            .await
-        })
-    };
     let st = stream.clone();
-    let putter = std::thread::spawn(move || -> Result<()> {
-        let step = (rate / 10).max(1);
-        let start = Instant::now();
-        let mut put = 0;
-        while put < n {
-            let now = step.min(n - put);
-            changes::put_many(&st, put, now)?;
-            put += now;
-            let due = Duration::from_secs_f64(put as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
+    let kbatches = steady_run(
+        &endpoint,
+        KINESIS_JOB,
+        vars,
+        format!("s3://{bucket}/ck-kinesis-lag"),
+        n,
+        Duration::from_secs(seconds * 4 + 120),
+        move || {
+            // A tenth of a second's records at a time.
+            let step = (rate / 10).max(1);
+            let start = Instant::now();
+            let mut put = 0;
+            while put < n {
+                let now = step.min(n - put);
+                changes::put_many(&st, put, now)?;
+                put += now;
+                let due = Duration::from_secs_f64(put as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
             }
-        }
-        Ok(())
-    });
-    let deadline = Instant::now() + Duration::from_secs(seconds * 4 + 120);
-    loop {
-        let done: u64 = seen.batches().iter().filter_map(|x| x.input_rows).sum();
-        if done >= n {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the Kinesis lag run took {done} of {n} records within its deadline");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    putter
-        .join()
-        .map_err(|_| anyhow::anyhow!("the Kinesis putter panicked"))??;
-    let _ = stop_tx.send(true);
-    running.await.context("the Kinesis lag stream")??;
-    let kbatches = seen.batches();
+            Ok(())
+        },
+    )
+    .await?;
     let kl = {
         let (s3, b, batches) = (S3::from_env()?, bucket.clone(), kbatches.clone());
         blocking(move || lags(&s3, &b, "kinesis-lag/by_shard/", &batches)).await?
     };
-    let klag = json!({
-        "rate_records_per_sec": rate,
-        "records": kl.len(),
-        "batches": kbatches.len(),
-        "median_ms": median(kl.clone()),
-        "p99_ms": percentile(kl, 0.99),
-        "median_batch_ms": median(kbatches.iter().map(|x| x.processing_delay_ms as f64).collect()),
-    });
+    let klag = lag_figures(rate, kl, &kbatches);
 
     // Side by side from this run: who caps the pipeline (below 1, sluice
     // drains slower than the server takes writes).
