@@ -59,9 +59,12 @@ fn stop(mut child: Child) -> String {
 }
 
 fn batches(stdout: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(stdout)
-        .unwrap_or_default()
-        .lines()
+    batch_lines(&std::fs::read_to_string(stdout).unwrap_or_default())
+}
+
+/// The batch reports (`--output json` lines) in `text`.
+fn batch_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v.get("batch_id").is_some())
         .collect()
@@ -394,11 +397,7 @@ fn chat_changes_reach_s3_from_a_cluster_with_hours_in_a_zone() {
         fired.is_some() && cleared.is_some() && fired < cleared,
         "{text}"
     );
-    let b: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("batch_id").is_some())
-        .collect();
+    let b = batch_lines(&String::from_utf8_lossy(&o.stdout));
     // 661 records in batches of at most 250 (per shard, over the stream).
     assert!(b.len() >= 3, "{text}");
     assert!(
@@ -1170,11 +1169,7 @@ fn available_now_drains_a_kinesis_stream_in_capped_batches_and_exits() {
     let job = kinesis_job(tmp.path(), &stream, &out);
     let (ok, text) = stream_with(&job, &ck, "--available-now", &[]);
     assert!(ok, "{text}");
-    let batches: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("batch_id").is_some())
-        .collect();
+    let batches = batch_lines(&text);
     // 150 records, at most 60 a batch.
     assert!(batches.len() >= 3, "{text}");
     assert!(
@@ -1514,9 +1509,8 @@ fn a_snapshot_killed_mid_batch_is_scanned_again_exactly_once() {
     );
     let (ok, text) = stream_with(&job, &ck, "--available-now", &[]);
     assert!(ok, "{text}");
-    let rerun = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let rerun = batch_lines(&text)
+        .into_iter()
         .find(|b| b["batch_id"] == 0)
         .unwrap_or_else(|| panic!("batch 0 never committed: {text}"));
     assert_eq!(rerun["resumed"], true, "{rerun}");
