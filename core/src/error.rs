@@ -208,7 +208,7 @@ const DEBUG_WRAPPERS: [&str; 2] = ["ParserError(\"", "TokenizerError(\""];
 
 /// The `Debug` wrappers of a task error as Ballista reports it
 /// (`Task failed ...: DataFusionError(Shared(External(...)))`).
-const DEBUG_ENUMS: [&str; 9] = [
+const DEBUG_ENUMS: [&str; 15] = [
     "DataFusionError(",
     "Shared(",
     "External(",
@@ -218,6 +218,13 @@ const DEBUG_ENUMS: [&str; 9] = [
     "Plan(",
     "ObjectStore(",
     "ExternalError(",
+    // Arrow's own: what a cast or a function failed on.
+    "CastError(",
+    "ParseError(",
+    "ComputeError(",
+    "InvalidArgumentError(",
+    "ArithmeticOverflow(",
+    "JsonError(",
 ];
 
 /// `text` with the enum wrappers of a `Debug`-printed error chain taken

@@ -1190,6 +1190,125 @@ fn available_now_drains_a_kinesis_stream_in_capped_batches_and_exits() {
     assert!(counts.values().all(|c| *c == 1));
 }
 
+/// A record the job's SQL cannot take (a cast of `amount`) would fail its
+/// batch on every retry. The stream finds it by running the job's queries
+/// over halves of the batch, and runs the batch again with it read as a
+/// bad record: the job's error output takes it (with why, and its
+/// sequence number in the batch report), everything else is written once.
+/// With `max_bad_records` 0 the run ends instead, naming the record, even
+/// under `--every`.
+#[test]
+fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
+    let stream = changes::create_stream("poison", 2).unwrap();
+    let amount = |n: u64| match n {
+        7 => "abc".to_string(),
+        31 => "12x".to_string(),
+        n => (n * 10).to_string(),
+    };
+    let records: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|n| {
+            let data = format!("{{\"n\": {n}, \"amount\": \"{}\"}}", amount(n));
+            (format!("key-{n}"), data.into_bytes())
+        })
+        .collect();
+    changes::put_records(&stream, &records).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, bad) = (tmp.path().join("out"), tmp.path().join("bad"));
+    let job = tmp.path().join("poison.sql");
+    let write_job = |limit: u64| {
+        std::fs::write(
+            &job,
+            format!(
+                "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL, amount VARCHAR) STORED AS KINESIS \
+                 LOCATION 'kinesis://{stream}' OPTIONS ('max_records_per_batch' '60', 'max_bad_records' '{limit}');\n\
+                 COPY (SELECT n, CAST(amount AS BIGINT) AS amount, shard_id FROM k WHERE _error IS NULL) \
+                 TO '{}' STORED AS JSON;\n\
+                 COPY (SELECT shard_id, sequence_number, data_text, _error FROM k WHERE _error IS NOT NULL) \
+                 TO '{}' STORED AS JSON;",
+                out.display(),
+                bad.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_job(5);
+    let (ok, text) = stream_with(&job, &tmp.path().join("ck"), "--available-now", &[]);
+    assert!(ok, "{text}");
+    // Every other record once, its amount cast.
+    let rows = ndjson_rows(&out);
+    let got: BTreeSet<(u64, u64)> = rows
+        .iter()
+        .map(|r| (r["n"].as_u64().unwrap(), r["amount"].as_u64().unwrap()))
+        .collect();
+    let want: BTreeSet<(u64, u64)> = (0..40)
+        .filter(|n| ![7, 31].contains(n))
+        .map(|n| (n, n * 10))
+        .collect();
+    assert_eq!((rows.len(), got), (38, want), "{text}");
+    // The two in the error output, saying why.
+    let bad_rows = ndjson_rows(&bad);
+    assert_eq!(bad_rows.len(), 2, "{bad_rows:?}");
+    let mut bad_texts: Vec<&str> = bad_rows
+        .iter()
+        .map(|r| r["data_text"].as_str().unwrap())
+        .collect();
+    bad_texts.sort();
+    assert_eq!(
+        bad_texts,
+        [
+            r#"{"n": 31, "amount": "12x"}"#,
+            r#"{"n": 7, "amount": "abc"}"#
+        ]
+    );
+    for r in &bad_rows {
+        let why = r["_error"].as_str().unwrap();
+        assert!(
+            why.contains("the job failed on this record alone: ")
+                && why.contains("poison.sql:2: statement failed: Cannot cast string")
+                && !why.contains("Job "),
+            "{why}"
+        );
+    }
+    // The batch reports them by sequence number, and its accounts balance.
+    let batches = batch_lines(&text);
+    let rejected: Vec<serde_json::Value> = batches
+        .iter()
+        .flat_map(|b| b["rejected"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let named: BTreeSet<String> = rejected
+        .iter()
+        .map(|r| r["record"].as_str().unwrap().to_string())
+        .collect();
+    let sequences: BTreeSet<String> = bad_rows
+        .iter()
+        .map(|r| format!("sequence number {}", r["sequence_number"].as_str().unwrap()))
+        .collect();
+    assert_eq!(named, sequences, "{text}");
+    for b in &batches {
+        for a in b["accounts"].as_array().unwrap() {
+            let n = |k: &str| a[k].as_u64().unwrap_or(0);
+            assert_eq!(n("read"), n("written") + n("dead_lettered"), "{a}");
+        }
+    }
+    // No bad record allowed: the run ends naming the first, under `--every`
+    // too, and writes nothing.
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&bad).unwrap();
+    write_job(0);
+    let (ok, text) = stream_with(&job, &tmp.path().join("ck-strict"), "--every 1s", &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("failed on 1 of its records alone")
+            && text.contains("k split shardId-")
+            && text.contains("sequence number ")
+            && text.contains("Cannot cast string '")
+            && text.contains("more than max_bad_records (0) of table k"),
+        "{text}"
+    );
+    assert!(!text.contains("retrying in"), "{text}");
+    assert!(ndjson_rows(&out).is_empty(), "{text}");
+}
+
 /// A table whose stream was turned off and on again has a new stream: a
 /// checkpoint of the old one fails naming both, instead of reading the new
 /// one from positions that do not belong to it.

@@ -488,11 +488,33 @@ impl JobRunner {
         // Left by an earlier batch that was cancelled mid-way: its re-run
         // settles them.
         self.deferred_writes().clear();
-        let result = self.run_statements(file, source, cli_vars).await;
+        let result = self.run_statements(file, source, cli_vars, false).await;
         if result.is_err() {
             self.discard_deferred().await;
         }
         result
+    }
+
+    /// Runs `source` as [`JobRunner::run`] does, but writes nothing: each
+    /// write's (or `INSERT`'s) query is run and its rows dropped. Whether
+    /// the job's SQL fails on the data the session's tables hold now (a
+    /// stream looks for the records a batch fails on with it).
+    pub async fn probe(
+        &self,
+        file: &str,
+        source: &str,
+        cli_vars: &HashMap<String, String>,
+    ) -> Result<(), SluiceError> {
+        self.run_statements(file, source, cli_vars, true)
+            .await
+            .map(drop)
+    }
+
+    /// Runs a query for [`JobRunner::probe`], dropping its rows.
+    async fn run_dropping(&self, plan: LogicalPlan) -> Result<Option<String>, DataFusionError> {
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let (job_id, _) = self.execute(df.create_physical_plan().await?).await?;
+        Ok(job_id)
     }
 
     fn deferred_writes(&self) -> std::sync::MutexGuard<'_, Vec<DeferredWrite>> {
@@ -617,6 +639,7 @@ impl JobRunner {
         file: &str,
         source: &str,
         cli_vars: &HashMap<String, String>,
+        probe: bool,
     ) -> Result<JobReport, SluiceError> {
         let started = Instant::now();
         let mut vars = cli_vars.clone();
@@ -638,7 +661,9 @@ impl JobRunner {
                 });
             }
             let text = substitute(&raw.text, &vars, file, raw.line)?;
-            self.progress.statement_started(i, total, raw.line, &text);
+            if !probe {
+                self.progress.statement_started(i, total, raw.line, &text);
+            }
             let span = tracing::info_span!("sluice.statement", file, line = raw.line);
             let t0 = Instant::now();
             super::preflight::refuse_secrets(&text, file, raw.line)?;
@@ -654,6 +679,28 @@ impl JobRunner {
                 batches: vec![],
             };
             match action {
+                Action::Sql(sql) if probe && starts_with_insert(&sql) => {
+                    self.set_job_name(file, raw.line);
+                    let plan = self.ctx.sql(&sql).await.map_err(stmt_err)?;
+                    let plan = match plan.into_unoptimized_plan() {
+                        LogicalPlan::Dml(insert) => Arc::unwrap_or_clone(insert.input),
+                        other => other,
+                    };
+                    outcome.job_id = self
+                        .run_dropping(plan)
+                        .instrument(span)
+                        .await
+                        .map_err(stmt_err)?;
+                }
+                Action::Write { query, .. } if probe => {
+                    self.set_job_name(file, raw.line);
+                    let plan = self.ctx.sql(&query).await.map_err(stmt_err)?;
+                    outcome.job_id = self
+                        .run_dropping(plan.into_unoptimized_plan())
+                        .instrument(span)
+                        .await
+                        .map_err(stmt_err)?;
+                }
                 Action::SetVar { key, value } => {
                     outcome.kind = "set";
                     // A `--var` wins: SETs in the file are defaults.
@@ -740,7 +787,9 @@ impl JobRunner {
                 }
             }
             outcome.duration_ms = t0.elapsed().as_millis() as u64;
-            self.progress.statement_finished(&outcome);
+            if !probe {
+                self.progress.statement_finished(&outcome);
+            }
             outcomes.push(outcome);
         }
         let writes = || outcomes.iter().filter_map(|o| o.write.as_ref());

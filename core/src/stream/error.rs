@@ -75,6 +75,18 @@ pub enum StreamError {
         batch_id: u64,
         after: std::time::Duration,
     },
+    /// Records of a batch the job's SQL fails on alone, more than may be
+    /// read as bad records: every retry would fail the same way.
+    #[error(
+        "batch {batch_id} failed on {} of its records alone ({}): {why}",
+        records.len(),
+        list(records)
+    )]
+    RecordsFail {
+        batch_id: u64,
+        records: Vec<super::info::RejectedRecord>,
+        why: String,
+    },
     #[error(transparent)]
     Job(#[from] SluiceError),
     #[error(transparent)]
@@ -82,6 +94,16 @@ pub enum StreamError {
 }
 
 crate::error::debug_as_display!(StreamError);
+
+/// The first few records, and how many more.
+fn list(records: &[super::info::RejectedRecord]) -> String {
+    const SHOWN: usize = 3;
+    let mut out: Vec<String> = records.iter().take(SHOWN).map(|r| r.to_string()).collect();
+    if records.len() > SHOWN {
+        out.push(format!("and {} more", records.len() - SHOWN));
+    }
+    out.join("; ")
+}
 
 impl StreamError {
     /// The same failure, marked as one no retry mends.
@@ -102,7 +124,7 @@ impl StreamError {
 
     /// Whether retrying (with `--every`) cannot help: the run ends.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::SourceFatal { .. })
+        matches!(self, Self::SourceFatal { .. } | Self::RecordsFail { .. })
     }
 
     /// A conditional create found the record already there.

@@ -24,6 +24,31 @@ pub struct SplitInput {
     pub rows: Option<u64>,
 }
 
+/// A record the job's SQL failed on alone (`stream::isolate`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    pub source: String,
+    pub split: String,
+    /// Its place in the batch's range of the split (from 0).
+    pub place: u64,
+    /// The record's own name, where the source tells (a sequence number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// Why the job failed on it.
+    pub error: String,
+}
+
+impl std::fmt::Display for RejectedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} split {} ", self.source, self.split)?;
+        match &self.record {
+            Some(name) => write!(f, "{name}")?,
+            None => write!(f, "record {} of the batch's range", self.place + 1)?,
+        }
+        write!(f, ": {}", self.error)
+    }
+}
+
 /// One write a batch committed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchWrite {
@@ -192,6 +217,10 @@ pub struct BatchInfo {
     /// Per split: rows read = written + dead-lettered + filtered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accounts: Vec<SplitAccount>,
+    /// Records the job's SQL failed on alone, read as bad records when the
+    /// batch ran again (`stream::isolate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedRecord>,
     pub job_ids: Vec<String>,
 }
 

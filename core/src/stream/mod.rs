@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod files;
 pub mod info;
+pub mod isolate;
 pub mod kafka;
 pub mod runner;
 pub mod shards;

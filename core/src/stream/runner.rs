@@ -24,8 +24,9 @@ use super::alarm::{AlarmEvent, AlarmRule, AlarmState, Notifier};
 use super::checkpoint::{BatchPlan, Checkpoint, State};
 use super::error::StreamError;
 use super::files::{FileSource, FileSourceOptions};
-use super::info::{BatchInfo, BatchWrite, SplitInput};
-use super::source::{BatchInputs, Range, Source};
+use super::info::{BatchInfo, BatchWrite, RejectedRecord, SplitInput};
+use super::isolate::{Outcome, Probe, Records, isolate};
+use super::source::{BatchInputs, Picks, Range, Source};
 use super::trigger::Trigger;
 use crate::client::job::{Action, classify, split_statements, substitute};
 use crate::client::{BatchWrites, DeferredWrite, Interrupter, JobReport, JobRunner};
@@ -451,6 +452,10 @@ impl StreamRunner {
         let mut previous_start = recovered.last_commit.map(|b| b.started_at);
         let mut due = self.clock.wall();
         let mut failures: u32 = 0;
+        // The batch whose failure was searched for records to blame, and
+        // the records found (read as bad records when it runs again).
+        let mut isolated: Option<u64> = None;
+        let mut rejected: Option<(u64, Vec<RejectedRecord>)> = None;
         loop {
             if *stop.borrow() {
                 summary.stopped = true;
@@ -553,6 +558,19 @@ impl StreamRunner {
                     }
                 }
             }
+            let prepared = ran.is_ok();
+            let picks = Picks {
+                window: None,
+                rejected: rejected
+                    .iter()
+                    .filter(|(id, _)| *id == batch_id)
+                    .flat_map(|(_, found)| found)
+                    .map(|r| {
+                        let why = format!("the job failed on this record alone: {}", r.error);
+                        (r.source.clone(), r.split.clone(), r.place, why)
+                    })
+                    .collect(),
+            };
             if ran.is_ok() {
                 probe = None;
             }
@@ -573,7 +591,7 @@ impl StreamRunner {
                     let mut stop_seen = false;
                     let timeout = self.options.batch_timeout;
                     let started_at = clock.now();
-                    let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id);
+                    let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id, picks);
                     tokio::pin!(batch);
                     // A batch that hangs (its job queued with no executor,
                     // a stuck task) is the stall `no_commit` is for: the
@@ -610,6 +628,24 @@ impl StreamRunner {
             let (report, split_rows) = match ran {
                 Ok(r) => r,
                 Err(e) => {
+                    // Once per batch and process: a batch its job fails
+                    // on a record of may run again without it.
+                    if prepared && !timed_out && !*stop.borrow() && isolated != Some(batch_id) {
+                        isolated = Some(batch_id);
+                        tracing::warn!(batch_id, error = %render(&e), "batch failed; looking for records its job fails on alone");
+                        match self.isolate(ctx, &sources, &plan, &stop).await {
+                            Ok(Some(found)) => {
+                                for r in &found {
+                                    tracing::warn!(batch_id, record = %r, "the job fails on this record alone; it is read as a bad record");
+                                }
+                                rejected = Some((batch_id, found));
+                                pending = Some(plan);
+                                continue;
+                            }
+                            Ok(None) => {}
+                            Err(e) => return Err(self.ended(batch_id, e)),
+                        }
+                    }
                     pending = Some(plan);
                     let e = match self.options.batch_timeout {
                         // The timeout's cancel is what failed it.
@@ -648,6 +684,10 @@ impl StreamRunner {
                 _ => None,
             };
             let mut info = batch_info(&plan, &report, split_rows, stream_id, resumed, counted);
+            if let Some((_, found)) = rejected.take().filter(|(id, _)| *id == batch_id) {
+                counter!("sluice_stream_records_rejected_total").increment(found.len() as u64);
+                info.rejected = found;
+            }
             info.input_bytes = plan
                 .ranges
                 .iter()
@@ -806,6 +846,79 @@ impl StreamRunner {
         error
     }
 
+    /// After batch `plan` failed: looks for records its job fails on alone
+    /// (`isolate`). `Some`: the batch runs again with them read as bad
+    /// records; `None`: none to blame (or a stop came), the usual retry;
+    /// `Err`: more than may be bad, and the run ends.
+    async fn isolate(
+        &self,
+        ctx: &SessionContext,
+        sources: &[Box<dyn Source>],
+        plan: &BatchPlan,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<Vec<RejectedRecord>>, StreamError> {
+        let batch_id = plan.batch_id;
+        let records = Records::of(&plan.ranges, sources);
+        if records.total() == 0 {
+            return Ok(None);
+        }
+        let limit = sources
+            .iter()
+            .map(|s| s.bad_record_limit())
+            .max()
+            .unwrap_or(0);
+        let mut probe = BatchProbe {
+            stream: self,
+            ctx,
+            sources,
+            plan,
+            records: &records,
+            stop: stop.clone(),
+            stopped: false,
+        };
+        let span = tracing::info_span!("sluice.isolate", batch_id, records = records.total());
+        let outcome = isolate(&mut probe, records.total(), limit)
+            .instrument(span)
+            .await;
+        if probe.stopped {
+            return Ok(None);
+        }
+        let (found, too_many) = match outcome {
+            Outcome::Reject(found) => (found, false),
+            Outcome::TooMany(found) => (found, true),
+            Outcome::NotFound(why) => {
+                tracing::info!(
+                    batch_id,
+                    why,
+                    "no record of the batch to blame for its failure"
+                );
+                return Ok(None);
+            }
+        };
+        let named = name_records(sources, plan, &records, found).await;
+        let over = sources.iter().find(|s| {
+            let n = named.iter().filter(|r| r.source == s.table()).count() as u64;
+            n > s.bad_record_limit()
+        });
+        let why = match over {
+            Some(s) => format!(
+                "more than max_bad_records ({}) of table {}; no retry mends this: fix the job, or raise max_bad_records to read such records as bad records (`_error` set) for the job to route",
+                s.bad_record_limit(),
+                s.table()
+            ),
+            None if too_many => format!(
+                "more than {} in one batch are not looked for; no retry mends this: fix the job",
+                super::isolate::MOST
+            ),
+            None => return Ok(Some(named)),
+        };
+        Err(StreamError::RecordsFail {
+            batch_id,
+            records: named,
+            why,
+        })
+    }
+
     /// Plans batch `batch_id` from every source and records it; `None` when
     /// no source has anything new.
     async fn plan(
@@ -863,22 +976,10 @@ impl StreamRunner {
         plan: &BatchPlan,
         resumed: bool,
         stream_id: &str,
+        picks: Picks,
     ) -> Result<(JobReport, Vec<Option<u64>>), SluiceError> {
         let span = tracing::info_span!("sluice.batch", batch_id = plan.batch_id, resumed);
-        drop_tables(ctx)?;
-        let mut inputs = BatchInputs::default();
-        for s in sources {
-            s.bind(&plan.ranges_of(s.table()), &mut inputs)
-                .map_err(|e| SluiceError::Layer(Box::new(e)))?;
-        }
-        {
-            let state = ctx.state_ref();
-            let mut state = state.write();
-            let config = state.config_mut();
-            config.set_extension(Arc::new(inputs.files));
-            config.set_extension(Arc::new(inputs.kafka));
-            config.set_extension(Arc::new(inputs.shards));
-        }
+        bind_inputs(ctx, sources, plan, picks)?;
         let id = stream_id.get(..12).unwrap_or(stream_id);
         let mut count_by: Vec<String> = Vec::new();
         for column in sources.iter().filter_map(|s| s.split_column()) {
@@ -903,6 +1004,124 @@ impl StreamRunner {
         // Ranges are reported in the plan's order, grouped by source.
         Ok((report?, rows))
     }
+}
+
+/// Tells the session what each source's table reads in this batch (the
+/// job's `CREATE` statements then run again over it).
+fn bind_inputs(
+    ctx: &SessionContext,
+    sources: &[Box<dyn Source>],
+    plan: &BatchPlan,
+    picks: Picks,
+) -> Result<(), SluiceError> {
+    drop_tables(ctx)?;
+    let mut inputs = BatchInputs {
+        picks,
+        ..Default::default()
+    };
+    for s in sources {
+        s.bind(&plan.ranges_of(s.table()), &mut inputs)
+            .map_err(|e| SluiceError::Layer(Box::new(e)))?;
+    }
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    let config = state.config_mut();
+    config.set_extension(Arc::new(inputs.files));
+    config.set_extension(Arc::new(inputs.kafka));
+    config.set_extension(Arc::new(inputs.shards));
+    Ok(())
+}
+
+/// Runs the job's queries, writing nothing, over some of a batch's records
+/// (`isolate`).
+struct BatchProbe<'a> {
+    stream: &'a StreamRunner,
+    ctx: &'a SessionContext,
+    sources: &'a [Box<dyn Source>],
+    plan: &'a BatchPlan,
+    records: &'a Records,
+    /// A stop asked for ends the search (a probe then fails, and what it
+    /// found is not used).
+    stop: tokio::sync::watch::Receiver<bool>,
+    stopped: bool,
+}
+
+impl BatchProbe<'_> {
+    fn picks(&self, from: u64, to: u64, rejected: &[(u64, String)]) -> Picks {
+        Picks {
+            window: Some(self.records.window(from, to)),
+            rejected: rejected
+                .iter()
+                .filter_map(|(i, why)| {
+                    let (table, split, place) = self.records.locate(*i)?;
+                    Some((table.to_string(), split.to_string(), place, why.clone()))
+                })
+                .collect(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Probe for BatchProbe<'_> {
+    async fn run(&mut self, from: u64, to: u64, rejected: &[(u64, String)]) -> Result<(), String> {
+        if self.stopped || *self.stop.borrow() {
+            self.stopped = true;
+            return Err("stopped".into());
+        }
+        bind_inputs(
+            self.ctx,
+            self.sources,
+            self.plan,
+            self.picks(from, to, rejected),
+        )
+        .map_err(|e| render(&e))?;
+        let stream = self.stream;
+        let probed = stream
+            .runner
+            .probe(&stream.file, &stream.source, &stream.vars)
+            .await;
+        probed.map_err(|e| super::isolate::why(&e))
+    }
+}
+
+/// The records found (batch number, why) with their source, split, place
+/// and, where the source tells, their own name.
+async fn name_records(
+    sources: &[Box<dyn Source>],
+    plan: &BatchPlan,
+    records: &Records,
+    found: Vec<(u64, String)>,
+) -> Vec<RejectedRecord> {
+    let mut out: Vec<RejectedRecord> = found
+        .into_iter()
+        .filter_map(|(i, error)| {
+            let (source, split, place) = records.locate(i)?;
+            Some(RejectedRecord {
+                source: source.to_string(),
+                split: split.to_string(),
+                place,
+                record: None,
+                error,
+            })
+        })
+        .collect();
+    for r in &plan.ranges {
+        let mine: Vec<usize> = (0..out.len())
+            .filter(|i| out[*i].source == r.source && out[*i].split == r.split)
+            .collect();
+        let Some(source) = sources.iter().find(|s| s.table() == r.source) else {
+            continue;
+        };
+        if mine.is_empty() {
+            continue;
+        }
+        let places: Vec<u64> = mine.iter().map(|i| out[*i].place).collect();
+        let names = source.name_records(r, &places).await;
+        for (i, name) in mine.into_iter().zip(names) {
+            out[i].record = name;
+        }
+    }
+    out
 }
 
 /// A parsed statement's `OPTIONS`, as the texts the table factory sees.

@@ -41,7 +41,7 @@ use super::source::{BatchInputs, Planned, Range, Source, SourceLag};
 use crate::clock::Clock;
 use crate::source::shards::api::{At, Failure, ShardApi, ShardInfo, ShardRecord, compare};
 use crate::source::shards::{
-    Kind, MAX_RENEWALS, OnTrimmed, ShardOptions, ShardRange, StartingPosition, describe,
+    Kind, MAX_RENEWALS, OnTrimmed, Rejected, ShardOptions, ShardRange, StartingPosition, describe,
 };
 
 /// Pages one shard's planning read takes at most.
@@ -882,11 +882,77 @@ impl Source for ShardSource {
                 count: (r.end - r.start).max(0) as u64,
             });
         }
+        let picks = &batch.picks;
+        if let Some(window) = &picks.window {
+            let mine = window
+                .iter()
+                .filter(|((table, _), _)| *table == self.table)
+                .map(|((_, shard), w)| (shard.clone(), *w))
+                .collect();
+            batch
+                .shards
+                .windows
+                .get_or_insert_default()
+                .insert(self.location.clone(), mine);
+        }
+        let rejected: Vec<Rejected> = picks
+            .rejected
+            .iter()
+            .filter(|(table, ..)| *table == self.table)
+            .map(|(_, shard, index, why)| Rejected {
+                shard: shard.clone(),
+                index: *index,
+                why: why.clone(),
+            })
+            .collect();
+        if !rejected.is_empty() {
+            batch
+                .shards
+                .rejected
+                .insert(self.location.clone(), rejected);
+        }
         batch
             .shards
             .by_location
             .insert(self.location.clone(), (stream.clone(), out));
         Ok(())
+    }
+
+    fn pickable(&self, range: &Range) -> Option<u64> {
+        match (range.first.as_deref(), &range.last) {
+            (Some(MARK_SKIP | MARK_SNAPSHOT), _) | (None, _) | (_, None) => None,
+            _ => Some((range.end - range.start).max(0) as u64),
+        }
+    }
+
+    fn bad_record_limit(&self) -> u64 {
+        self.options.max_bad_records
+    }
+
+    async fn name_records(&self, range: &Range, places: &[u64]) -> Vec<Option<String>> {
+        let unknown = vec![None; places.len()];
+        let (Some(api), Some(first), Some(last)) = (&self.api, &range.first, &range.last) else {
+            return unknown;
+        };
+        let range = ShardRange {
+            shard: range.split.clone(),
+            first: first.clone(),
+            last: last.clone(),
+            count: (range.end - range.start).max(0) as u64,
+        };
+        match crate::source::shards::read_range(api.as_ref(), &range).await {
+            Ok(records) => places
+                .iter()
+                .map(|i| {
+                    let r = records.get(usize::try_from(*i).ok()?)?;
+                    Some(format!("sequence number {}", r.sequence))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(shard = %range.shard, error = %e, "reading the records to name them failed");
+                unknown
+            }
+        }
     }
 
     async fn rows(&self, ranges: &[&Range]) -> Vec<Option<u64>> {

@@ -6,6 +6,8 @@
 //! reads exactly the same input; the source then tells the session which
 //! data its table holds for this batch ([`Source::bind`]).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,21 @@ pub struct BatchInputs {
     pub files: BatchFiles,
     pub kafka: BatchKafka,
     pub shards: BatchShards,
+    /// Which records the sources that can pick records read (see
+    /// [`Picks`]); the sources' `bind` applies it.
+    pub picks: Picks,
+}
+
+/// Records picked by their place in their range (`0..` the range's
+/// count), keyed by (table, split): how the runner finds the records a
+/// job's SQL fails on (`stream::isolate`) and reads them as bad records.
+#[derive(Debug, Clone, Default)]
+pub struct Picks {
+    /// Only these records are read (`from..to` per split; a split not
+    /// named reads nothing): `None` reads everything.
+    pub window: Option<HashMap<(String, String), (u64, u64)>>,
+    /// Read as bad records (`_error` set), with why.
+    pub rejected: Vec<(String, String, u64, String)>,
 }
 
 /// One part of one split that a batch reads.
@@ -104,6 +121,24 @@ pub trait Source: Send + Sync {
     /// have one: a batch's writes count their rows by it.
     fn split_column(&self) -> Option<&'static str> {
         None
+    }
+
+    /// Records of `range` that can be picked by their place ([`Picks`])
+    /// and read as bad records: how many; `None` where they cannot.
+    fn pickable(&self, _range: &Range) -> Option<u64> {
+        None
+    }
+
+    /// At most how many bad records a batch of this source may hold
+    /// (`max_bad_records`), for a source whose records can be picked.
+    fn bad_record_limit(&self) -> u64 {
+        0
+    }
+
+    /// Records of `range` by their place, named for a message (a sequence
+    /// number); `None` where that is not known.
+    async fn name_records(&self, _range: &Range, places: &[u64]) -> Vec<Option<String>> {
+        vec![None; places.len()]
     }
 
     /// Rows per range, where the source can tell cheaply (a Parquet footer).

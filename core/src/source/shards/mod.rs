@@ -354,6 +354,25 @@ pub struct BatchShards {
     pub by_location: HashMap<String, (String, Vec<ShardRange>)>,
     /// Locations whose batch includes the table's snapshot, and its segments.
     pub snapshots: HashMap<String, u32>,
+    /// While the runner looks for the records a job fails on: per location,
+    /// the only records read (see [`ShardSpec::window`]).
+    pub windows: Option<HashMap<String, Window>>,
+    /// Per location, records the job failed on, read as bad records.
+    pub rejected: HashMap<String, Vec<Rejected>>,
+}
+
+/// Per shard, the records of its range read (by place in the range,
+/// `from..to`); a shard not named reads nothing, nor does a snapshot.
+pub type Window = HashMap<String, (u64, u64)>;
+
+/// A record of a range (by its place in it) that the job's SQL failed on:
+/// it comes out with `_error` set and its declared columns null, like a
+/// record that did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub shard: String,
+    pub index: u64,
+    pub why: String,
 }
 
 /// What a shard table is: enough to rebuild it on the scheduler and to
@@ -374,6 +393,11 @@ pub struct ShardSpec {
     /// The snapshot's scan, once planned (on the scheduler).
     #[serde(default)]
     pub snapshot: Option<crate::source::dynamodb::ScanSpec>,
+    /// Only these records are read (`None`: all of them).
+    #[serde(default)]
+    pub window: Option<Window>,
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
 }
 
 /// The columns before the declared ones.
@@ -479,6 +503,14 @@ impl TableProviderFactory for ShardTableFactory {
             .as_ref()
             .and_then(|b| b.snapshots.get(location.as_str()).copied())
             .unwrap_or(0);
+        let window = batch.as_ref().and_then(|b| {
+            let windows = b.windows.as_ref()?;
+            Some(windows.get(location.as_str()).cloned().unwrap_or_default())
+        });
+        let rejected = batch
+            .as_ref()
+            .and_then(|b| b.rejected.get(location.as_str()).cloned())
+            .unwrap_or_default();
         Ok(Arc::new(ShardTable::try_new(ShardSpec {
             kind,
             location: location.clone(),
@@ -488,6 +520,8 @@ impl TableProviderFactory for ShardTableFactory {
             ranges,
             snapshot_segments,
             snapshot: None,
+            window,
+            rejected,
         })?))
     }
 }
@@ -535,12 +569,22 @@ fn part_stream(
         Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
     };
     let (spec, schema) = (Arc::clone(spec), Arc::clone(schema));
+    let nothing = || futures::stream::empty().boxed();
     if let Some(range) = spec.ranges.get(i).cloned() {
+        if spec.window.as_ref().is_some_and(|w| {
+            w.get(&range.shard)
+                .is_none_or(|(from, to)| from >= to || *from >= range.count)
+        }) {
+            return nothing();
+        }
         let read = async move {
             let span = tracing::info_span!("shards.read_range", location = %spec.location, shard = %range.shard, records = range.count);
             tracing::Instrument::instrument(read_batches(&spec, &schema, &range), span).await
         };
         return futures::stream::once(read).map(batches).flatten().boxed();
+    }
+    if spec.window.is_some() {
+        return nothing();
     }
     let segment = i - spec.ranges.len();
     let part = spec
@@ -571,7 +615,7 @@ fn part_stream(
                     return Ok(None);
                 };
                 let records = snapshot_records(&scan, segment, seen, now, &page.items);
-                let out = records_to_batches(&spec, &schema, "snapshot", &records, &mut bad)?;
+                let out = records_to_batches(&spec, &schema, "snapshot", &records, 0, &mut bad)?;
                 Ok(Some((out, (reader, seen + records.len(), bad))))
             }
         },
@@ -635,23 +679,49 @@ async fn read_batches(
         .map_err(|e| shard_err(spec, &range.shard, e))?;
     metrics::counter!("sluice_shard_records_read_total", "kind" => spec.kind.scheme())
         .increment(records.len() as u64);
-    records_to_batches(spec, schema, &range.shard, &records, &mut 0)
+    let (from, to) = match &spec.window {
+        Some(w) => w.get(&range.shard).copied().unwrap_or_default(),
+        None => (0, range.count),
+    };
+    let from = (from as usize).min(records.len());
+    let to = (to as usize).clamp(from, records.len());
+    records_to_batches(
+        spec,
+        schema,
+        &range.shard,
+        &records[from..to],
+        from as u64,
+        &mut 0,
+    )
 }
 
 /// Records as rows, parsing the declared columns; fails past
-/// `max_bad_records`.
+/// `max_bad_records`. `offset` is the first record's place in its range.
 fn records_to_batches(
     spec: &ShardSpec,
     schema: &SchemaRef,
     shard: &str,
     records: &[ShardRecord],
+    offset: u64,
     bad: &mut u64,
 ) -> Result<Vec<RecordBatch>> {
     let declared = spec.declared_schema()?;
+    let rejected: HashMap<u64, &str> = spec
+        .rejected
+        .iter()
+        .filter(|r| r.shard == shard)
+        .map(|r| (r.index, r.why.as_str()))
+        .collect();
     let mut out = Vec::new();
-    for chunk in records.chunks(BATCH_ROWS) {
-        let (batch, chunk_bad) = to_batch(spec, schema, &declared, shard, chunk)?;
-        *bad += chunk_bad.len() as u64;
+    for (n, chunk) in records.chunks(BATCH_ROWS).enumerate() {
+        let start = offset + (n * BATCH_ROWS) as u64;
+        let marks: Vec<(usize, &str)> = (0..chunk.len())
+            .filter_map(|i| Some((i, *rejected.get(&(start + i as u64))?)))
+            .collect();
+        let (batch, chunk_bad) = to_batch(spec, schema, &declared, shard, chunk, &marks)?;
+        // Rejected records are bad records too, but the runner counted them
+        // against the limit (over the batch) when it picked them.
+        *bad += chunk_bad.len().saturating_sub(marks.len()) as u64;
         if *bad > spec.options.max_bad_records {
             let (sequence, why) = chunk_bad.last().cloned().unwrap_or_default();
             return Err(shard_err(
@@ -901,13 +971,15 @@ fn image_of(c: &Change) -> &str {
 }
 
 /// The records as a batch of the table's schema; the bad ones' sequence
-/// numbers and reasons too.
+/// numbers and reasons too. `rejected` (place in `records`, why) are bad
+/// whatever they hold.
 fn to_batch(
     spec: &ShardSpec,
     schema: &SchemaRef,
     declared: &SchemaRef,
     shard: &str,
     records: &[ShardRecord],
+    rejected: &[(usize, &str)],
 ) -> Result<(RecordBatch, Vec<(String, String)>)> {
     let n = records.len();
     let mut sequences = StringBuilder::new();
@@ -1021,6 +1093,12 @@ fn to_batch(
                     .with_timezone("UTC"),
             ));
             columns.push(Arc::new(shards.finish()));
+        }
+    }
+    for (i, why) in rejected {
+        if let (Some(text), Some(error)) = (texts.get_mut(*i), decode_errors.get_mut(*i)) {
+            *text = None;
+            *error = Some((*why).to_string());
         }
     }
     let mut errors = StringBuilder::new();
@@ -1216,6 +1294,8 @@ mod tests {
             ranges: vec![],
             snapshot_segments: 0,
             snapshot: None,
+            window: None,
+            rejected: vec![],
         };
         let schema = spec.schema()?;
         let record = |n: u8, data: &[u8]| ShardRecord {
@@ -1232,6 +1312,7 @@ mod tests {
             &schema,
             "s",
             &[record(1, br#"{"n": 1}"#), record(2, &[0xff, 0xfe])],
+            0,
             &mut bad,
         )?;
         let texts = batches[0]
@@ -1243,7 +1324,7 @@ mod tests {
         // The bytes that are not JSON were one bad record; a second, in the
         // part's next page, goes over the limit of one.
         assert_eq!(bad, 1);
-        let err = records_to_batches(&spec, &schema, "s", &[record(3, b"nope")], &mut bad)
+        let err = records_to_batches(&spec, &schema, "s", &[record(3, b"nope")], 0, &mut bad)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -1251,6 +1332,79 @@ mod tests {
             err.contains("2 bad records in this batch's range, over max_bad_records 1"),
             "{err}"
         );
+        Ok(())
+    }
+
+    /// A record the job failed on (by its place in its range) reads as a
+    /// bad record: `_error` says why, its declared columns are null, its
+    /// data stays; the runner, not the read, counted it against
+    /// `max_bad_records`.
+    #[test]
+    fn rejected_records_read_as_bad_records_by_their_place() -> Result<()> {
+        use arrow::array::{Array, AsArray};
+        let spec = ShardSpec {
+            kind: Kind::Kinesis,
+            location: "kinesis://k".into(),
+            stream: "k".into(),
+            options: ShardOptions {
+                max_bad_records: 1,
+                ..Default::default()
+            },
+            declared: vec![Declared {
+                name: "n".into(),
+                data_type: DataType::Int64.to_string(),
+                nullable: true,
+            }],
+            ranges: vec![],
+            snapshot_segments: 0,
+            snapshot: None,
+            window: None,
+            rejected: vec![
+                Rejected {
+                    shard: "s".into(),
+                    index: 11,
+                    why: "line 4: Cast error".into(),
+                },
+                Rejected {
+                    shard: "other".into(),
+                    index: 10,
+                    why: "not this shard".into(),
+                },
+            ],
+        };
+        let schema = spec.schema()?;
+        let records: Vec<ShardRecord> = (10..13u8)
+            .map(|n| ShardRecord {
+                sequence: n.to_string(),
+                time_ms: 0,
+                body: Body::Data {
+                    data: format!(r#"{{"n": {n}}}"#).into_bytes(),
+                    partition_key: "p".into(),
+                },
+            })
+            .collect();
+        // Records 10..13 of the range.
+        let mut bad = 0;
+        let batches = records_to_batches(&spec, &schema, "s", &records, 10, &mut bad)?;
+        let batch = &batches[0];
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| DataFusionError::Internal(format!("no {name}")))
+        };
+        let n = column("n")?;
+        let n = n.as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!((n.value(0), n.is_null(1), n.value(2)), (10, true, 12));
+        let errors = column("_error")?;
+        let errors = errors.as_string::<i32>();
+        assert!(errors.is_null(0) && errors.is_null(2));
+        assert_eq!(errors.value(1), "line 4: Cast error");
+        assert_eq!(
+            column("data_text")?.as_string::<i32>().value(1),
+            r#"{"n": 11}"#
+        );
+        assert_eq!(bad, 0);
         Ok(())
     }
 
