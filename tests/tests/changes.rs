@@ -1102,6 +1102,17 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
         "{text}"
     );
     assert!(ndjson_rows(&strict_out).is_empty());
+    // The same records every time: under `--every` too the run ends,
+    // instead of retrying a batch that cannot pass.
+    let (ok, text) = stream_with(&strict, &tmp.path().join("ck-every"), "--every 1s", &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("holds more bad records than max_bad_records allows; no retry mends this")
+            && text.contains("2 bad records in this batch's range, over max_bad_records 1"),
+        "{text}"
+    );
+    assert!(!text.contains("retrying in"), "{text}");
+    assert!(ndjson_rows(&strict_out).is_empty());
 }
 
 /// The sink's item mapping read the other way from a stream's images:

@@ -87,6 +87,16 @@ pub enum StreamError {
         records: Vec<super::info::RejectedRecord>,
         why: String,
     },
+    /// A batch holding more records that do not decode than the source's
+    /// `max_bad_records`: its records do not change, nor would a retry.
+    #[error(
+        "batch {batch_id} holds more bad records than max_bad_records allows; no retry mends this: raise max_bad_records (the job's `_error` rows take them) or fix the producer and start a new checkpoint"
+    )]
+    OverBadRecordLimit {
+        batch_id: u64,
+        #[source]
+        source: Box<SluiceError>,
+    },
     #[error(transparent)]
     Job(#[from] SluiceError),
     #[error(transparent)]
@@ -124,7 +134,10 @@ impl StreamError {
 
     /// Whether retrying (with `--every`) cannot help: the run ends.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::SourceFatal { .. } | Self::RecordsFail { .. })
+        matches!(
+            self,
+            Self::SourceFatal { .. } | Self::RecordsFail { .. } | Self::OverBadRecordLimit { .. }
+        )
     }
 
     /// A conditional create found the record already there.

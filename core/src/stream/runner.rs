@@ -40,6 +40,10 @@ use crate::sink::files::manifest::hostname;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How many times a batch's commit record is tried before the run ends.
 const COMMIT_RECORD_TRIES: u32 = 5;
+/// What each source's error says when a range holds more bad records than
+/// `max_bad_records` (`source::shards`, `source::kafka`,
+/// `source::json_lines`).
+const OVER_BAD_RECORD_LIMIT: &str = ", over max_bad_records ";
 /// Job variables (`SET stream.alarm.x = '...'`) that add alarm rules.
 const ALARM_VAR: &str = "stream.alarm";
 
@@ -628,6 +632,16 @@ impl StreamRunner {
             let (report, split_rows) = match ran {
                 Ok(r) => r,
                 Err(e) => {
+                    // The source's own count, over the same records each
+                    // time (the message is the sources', through Ballista's
+                    // text).
+                    if prepared && !timed_out && render(&e).contains(OVER_BAD_RECORD_LIMIT) {
+                        let e = StreamError::OverBadRecordLimit {
+                            batch_id,
+                            source: Box::new(e),
+                        };
+                        return Err(self.ended(batch_id, e));
+                    }
                     // Once per batch and process: a batch its job fails
                     // on a record of may run again without it.
                     if prepared && !timed_out && !*stop.borrow() && isolated != Some(batch_id) {
