@@ -16,7 +16,10 @@ SET batch = 50000;
 SET zone = UTC;
 CREATE EXTERNAL TABLE chat ("LivestreamID" VARCHAR NOT NULL, "UID" BIGINT NOT NULL, message VARCHAR, sent_at BIGINT)
   STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://${table}'
-  OPTIONS ('starting_position' '${start}', 'max_records_per_batch' '${batch}', 'max_bad_records' '1000000');
+  -- Changes that do not decode, and those the SQL below fails on alone
+  -- (read as bad records, README "Records the job fails on"), go to errors/.
+  OPTIONS ('starting_position' '${start}', 'max_records_per_batch' '${batch}',
+           'max_bad_records' '1000000', 'max_failing_records' '16');
 COPY (SELECT "LivestreamID", "UID", event_name, message, sent_at,
              to_char(approximate_creation_time, '%Y-%m-%d %H:%M:%S%.3f') AS event_time,
              shard_id, sequence_number, new_image, old_image
@@ -35,7 +38,9 @@ COPY (SELECT "LivestreamID", "UID", event_name, message, sent_at,
   TO '${output}/by_hour/' STORED AS JSON PARTITIONED BY (yyyy, mm, dd, hh)
   OPTIONS ('write.partition_style' 'values');
 COPY (SELECT 1 AS "attemptsMade", CAST(approximate_creation_time AS BIGINT) AS "arrivalTimestamp",
-             'Record.DecodeFailed' AS "errorCode", _error AS "errorMessage",
+             CASE WHEN _error LIKE 'the job failed on this record alone:%'
+                  THEN 'Record.ProcessingFailed' ELSE 'Record.DecodeFailed' END AS "errorCode",
+             _error AS "errorMessage",
              COALESCE(new_image, old_image, keys) AS "rawData", shard_id, sequence_number
       FROM chat WHERE _error IS NOT NULL)
   TO '${output}/errors/' STORED AS JSON;

@@ -1231,7 +1231,7 @@ fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
             &job,
             format!(
                 "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL, amount VARCHAR) STORED AS KINESIS \
-                 LOCATION 'kinesis://{stream}' OPTIONS ('max_records_per_batch' '60', 'max_bad_records' '{limit}');\n\
+                 LOCATION 'kinesis://{stream}' OPTIONS ('max_records_per_batch' '60', 'max_failing_records' '{limit}');\n\
                  COPY (SELECT n, CAST(amount AS BIGINT) AS amount, shard_id FROM k WHERE _error IS NULL) \
                  TO '{}' STORED AS JSON;\n\
                  COPY (SELECT shard_id, sequence_number, data_text, _error FROM k WHERE _error IS NOT NULL) \
@@ -1313,11 +1313,18 @@ fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
             && text.contains("k split shardId-")
             && text.contains("sequence number ")
             && text.contains("Cannot cast string '")
-            && text.contains("more than max_bad_records (0) of table k"),
+            && text.contains("more than max_failing_records (0) of table k"),
         "{text}"
     );
     assert!(!text.contains("retrying in"), "{text}");
     assert!(ndjson_rows(&out).is_empty(), "{text}");
+    // The remedy it names: the changed job (a raised limit) takes the batch
+    // up on the next start, though the batch was planned under the old one.
+    write_job(5);
+    let (ok, text) = stream_with(&job, &tmp.path().join("ck-strict"), "--available-now", &[]);
+    assert!(ok, "{text}");
+    assert_eq!(ndjson_rows(&out).len(), 38, "{text}");
+    assert_eq!(ndjson_rows(&bad).len(), 2, "{text}");
 }
 
 /// A table whose stream was turned off and on again has a new stream: a

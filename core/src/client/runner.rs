@@ -72,6 +72,9 @@ pub struct JobRunner {
     /// The current micro-batch's writes whose commits are recorded and not
     /// yet published (see [`JobRunner::publish`]).
     deferred: std::sync::Mutex<Vec<DeferredWrite>>,
+    /// The last run published a write before the batch's commit (a later
+    /// write's output overlapped it): a failure cannot take that back.
+    published_early: std::sync::atomic::AtomicBool,
 }
 
 /// A micro-batch write whose commit task recorded its intent and published
@@ -137,6 +140,7 @@ impl JobRunner {
             resubmit: 0,
             no_executor_timeout: DEFAULT_NO_EXECUTOR_TIMEOUT,
             deferred: std::sync::Mutex::new(vec![]),
+            published_early: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -488,11 +492,20 @@ impl JobRunner {
         // Left by an earlier batch that was cancelled mid-way: its re-run
         // settles them.
         self.deferred_writes().clear();
+        self.published_early
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let result = self.run_statements(file, source, cli_vars, false).await;
         if result.is_err() {
             self.discard_deferred().await;
         }
         result
+    }
+
+    /// Whether the last [`JobRunner::run`] published a write of its batch
+    /// before the batch committed (which a failure does not take back).
+    pub fn published_early(&self) -> bool {
+        self.published_early
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs `source` as [`JobRunner::run`] does, but writes nothing: each
@@ -631,6 +644,8 @@ impl JobRunner {
             return Ok(());
         }
         tracing::info!(%url, writes = overlapping.len(), "publishing the batch's earlier write to this output first");
+        self.published_early
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.publish(overlapping).await
     }
 

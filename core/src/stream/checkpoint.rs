@@ -98,6 +98,20 @@ pub struct Starts {
     pub ranges: Vec<Range>,
 }
 
+/// A batch that may run under another job than the one it was planned
+/// with: the run ended on it with its writes taken back (`failed_under`,
+/// the job's digest then), and a later start took it up under a changed
+/// job (`runs_under`). `retakes/<batch>-<n>.json`, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Retake {
+    pub batch_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_under: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_under: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 /// What a restarted stream finds.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -108,7 +122,11 @@ pub struct Recovered {
     /// Committed batches after the state, oldest first.
     pub replay: Vec<BatchPlan>,
     /// A planned batch without a commit: it runs again over its ranges.
+    /// Its `job_digest` is the job it runs under (a retake's, if any).
     pub pending: Option<BatchPlan>,
+    /// The pending batch failed under that job and nothing of it stayed:
+    /// a changed job may take it up.
+    pub pending_taken_back: bool,
     pub next_batch: u64,
     pub last_commit: Option<BatchInfo>,
     /// The last committed batch's writes: published again (a no-op for
@@ -227,9 +245,10 @@ impl Checkpoint {
         Ok(ids)
     }
 
-    /// The `starts/` records: (batch they precede, path), by batch.
-    async fn starts(&self) -> Result<Vec<(u64, Path)>, StreamError> {
-        let prefix = self.base.clone().join("starts");
+    /// The records of `dir` named `<batch>-<suffix>.json` (`starts/`,
+    /// `retakes/`): (batch, path), by batch then name.
+    async fn listed(&self, dir: &str) -> Result<Vec<(u64, Path)>, StreamError> {
+        let prefix = self.base.clone().join(dir);
         let list = self.store.list(Some(&prefix)).try_collect::<Vec<_>>();
         let metas = tokio::time::timeout(CALL_TIMEOUT, list)
             .await
@@ -245,6 +264,19 @@ impl Checkpoint {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         Ok(out)
+    }
+
+    /// Records a retake of batch `batch_id` (see [`Retake`]).
+    pub async fn write_retake(&self, retake: &Retake) -> Result<(), StreamError> {
+        let n = self
+            .listed("retakes")
+            .await?
+            .iter()
+            .filter(|(id, _)| *id == retake.batch_id)
+            .count();
+        let name = format!("{:020}-{n:06}.json", retake.batch_id);
+        self.create(&self.base.clone().join("retakes").join(name), retake)
+            .await
     }
 
     /// Records where sources start, before batch `before_batch`.
@@ -353,7 +385,7 @@ impl Checkpoint {
             state,
             ..Default::default()
         };
-        for (id, path) in self.starts().await? {
+        for (id, path) in self.listed("starts").await? {
             if after.is_some_and(|a| id <= a) {
                 continue;
             }
@@ -380,8 +412,23 @@ impl Checkpoint {
             .max(last_commit_id)
             .max(after)
             .map_or(0, |n| n + 1);
-        if let Some(p) = &out.pending {
+        if let Some(p) = &mut out.pending {
             out.next_batch = p.batch_id;
+            for (id, path) in self.listed("retakes").await? {
+                if id != p.batch_id {
+                    continue;
+                }
+                let Some(r) = self.read::<Retake>(&path).await? else {
+                    continue;
+                };
+                if r.failed_under.is_some() && r.failed_under == p.job_digest {
+                    out.pending_taken_back = true;
+                }
+                if r.runs_under.is_some() {
+                    p.job_digest = r.runs_under;
+                    out.pending_taken_back = false;
+                }
+            }
         }
         if let Some(id) = last_commit_id
             && let Some(record) = self
@@ -418,8 +465,13 @@ impl Checkpoint {
             }
         }
         // The state holds the positions these recorded.
-        for (before, path) in self.starts().await? {
+        for (before, path) in self.listed("starts").await? {
             if before <= id {
+                doomed.push(path);
+            }
+        }
+        for (batch, path) in self.listed("retakes").await? {
+            if batch <= id {
                 doomed.push(path);
             }
         }
@@ -553,6 +605,48 @@ mod tests {
         };
         c.compact(&state, 5).await?;
         assert!(c.recover().await?.starts.is_empty());
+        Ok(())
+    }
+
+    /// A batch the run ended on with its writes taken back may run under
+    /// a changed job, once: then it is that job's, and only a failure
+    /// under it lets another job take it up.
+    #[tokio::test]
+    async fn a_batch_taken_back_may_be_taken_up_by_a_changed_job()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let url = url::Url::parse("memory:///ck/")?;
+        let c = Checkpoint::new(Arc::new(InMemory::new()), &url)?;
+        let mut p = plan(0);
+        p.job_digest = Some("a".into());
+        c.write_plan(&p).await?;
+        let state = |r: &Recovered| {
+            let digest = r.pending.as_ref().and_then(|p| p.job_digest.clone());
+            (digest, r.pending_taken_back)
+        };
+        assert_eq!(state(&c.recover().await?), (Some("a".into()), false));
+        let retake = |failed: Option<&str>, runs: Option<&str>| Retake {
+            batch_id: 0,
+            failed_under: failed.map(String::from),
+            runs_under: runs.map(String::from),
+            at: Utc::now(),
+        };
+        c.write_retake(&retake(Some("a"), None)).await?;
+        assert_eq!(state(&c.recover().await?), (Some("a".into()), true));
+        c.write_retake(&retake(None, Some("b"))).await?;
+        assert_eq!(state(&c.recover().await?), (Some("b".into()), false));
+        // A failure under the job it no longer runs under says nothing.
+        c.write_retake(&retake(Some("a"), None)).await?;
+        assert_eq!(state(&c.recover().await?), (Some("b".into()), false));
+        c.write_retake(&retake(Some("b"), None)).await?;
+        assert_eq!(state(&c.recover().await?), (Some("b".into()), true));
+        // Committed and compacted, its retakes go with its offsets.
+        c.write_commit(&committed(0), &[]).await?;
+        let state0 = State {
+            batch_id: 0,
+            sources: BTreeMap::new(),
+        };
+        c.compact(&state0, 5).await?;
+        assert!(c.listed("retakes").await?.is_empty());
         Ok(())
     }
 }

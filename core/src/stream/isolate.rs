@@ -14,8 +14,10 @@
 //! usual retry.
 //!
 //! A probe costs one run of the job's queries; finding k records among n
-//! takes about 2 k log2(n) of them, so at most [`MOST`] records are looked
-//! for in one batch.
+//! takes about 1.5 k log2(n) of them, so at most [`MOST`] records are
+//! looked for in one batch, and a search gives up after [`MAX_PROBES`]
+//! runs, or as soon as it sees the job fail on records of two halves
+//! together but on neither alone.
 
 use std::collections::HashMap;
 
@@ -26,6 +28,9 @@ use crate::error::{SluiceError, render};
 
 /// The most records picked out of one batch.
 pub const MOST: usize = 16;
+/// The most runs of the job's queries one search takes (finding [`MOST`]
+/// records among 100,000 takes about 450).
+const MAX_PROBES: u32 = 600;
 
 /// The batch's records that can be picked: its pickable ranges in the
 /// plan's order, numbered one after the other.
@@ -122,31 +127,64 @@ pub enum Outcome {
 /// Looks for the records the job fails on among `total`, `limit` of which
 /// may be bad.
 pub async fn isolate(probe: &mut dyn Probe, total: u64, limit: u64) -> Outcome {
-    let most = usize::try_from(limit).unwrap_or(usize::MAX).min(MOST);
-    if probe.run(0, 0, &[]).await.is_err() {
-        return Outcome::NotFound("the job fails without any of the batch's records");
-    }
-    let whole = match probe.run(0, total, &[]).await {
-        Ok(()) => {
-            return Outcome::NotFound(
-                "the job's queries pass over the batch's records: the failure was elsewhere (a write, a read)",
-            );
-        }
-        Err(why) => why,
+    let mut budget = Budget {
+        probe,
+        left: MAX_PROBES,
     };
-    // Depth first, lower half first: found in order, and the search stops
-    // one record past `most`.
-    let mut found: Vec<(u64, String)> = Vec::new();
-    let mut todo = Vec::new();
-    if total == 1 {
-        found.push((0, whole));
-    } else {
-        todo.push((total / 2, total));
-        todo.push((0, total / 2));
+    match search(&mut budget, total, limit).await {
+        Ok(outcome) | Err(outcome) => outcome,
     }
-    while let Some((from, to)) = todo.pop() {
-        let Err(why) = probe.run(from, to, &[]).await else {
-            continue;
+}
+
+/// The probes a search may run, counted.
+struct Budget<'a> {
+    probe: &'a mut dyn Probe,
+    left: u32,
+}
+
+impl Budget<'_> {
+    /// `Err` once the budget is spent: the search gives up.
+    async fn run(
+        &mut self,
+        from: u64,
+        to: u64,
+        rejected: &[(u64, String)],
+    ) -> Result<Result<(), String>, Outcome> {
+        if self.left == 0 {
+            return Err(Outcome::NotFound(
+                "the search ran the job's queries as often as it may without an answer",
+            ));
+        }
+        self.left -= 1;
+        Ok(self.probe.run(from, to, rejected).await)
+    }
+}
+
+/// [`isolate`], its early answers as `Err`.
+async fn search(b: &mut Budget<'_>, total: u64, limit: u64) -> Result<Outcome, Outcome> {
+    let most = usize::try_from(limit).unwrap_or(usize::MAX).min(MOST);
+    if b.run(0, 0, &[]).await?.is_err() {
+        return Err(Outcome::NotFound(
+            "the job fails without any of the batch's records",
+        ));
+    }
+    let Err(whole) = b.run(0, total, &[]).await? else {
+        return Err(Outcome::NotFound(
+            "the job's queries pass over the batch's records: the failure was elsewhere (a write, a read)",
+        ));
+    };
+    // Windows to search, with why when they are known to fail; depth
+    // first, lower half first: found in order, and the search stops one
+    // record past `most`.
+    let mut found: Vec<(u64, String)> = Vec::new();
+    let mut todo: Vec<(u64, u64, Option<String>)> = vec![(0, total, Some(whole))];
+    while let Some((from, to, known)) = todo.pop() {
+        let why = match known {
+            Some(why) => why,
+            None => match b.run(from, to, &[]).await? {
+                Ok(()) => continue,
+                Err(why) => why,
+            },
         };
         if to - from == 1 {
             found.push((from, why));
@@ -156,34 +194,49 @@ pub async fn isolate(probe: &mut dyn Probe, total: u64, limit: u64) -> Outcome {
             continue;
         }
         let mid = from + (to - from) / 2;
-        todo.push((mid, to));
-        todo.push((from, mid));
+        match b.run(from, mid, &[]).await? {
+            Err(lower) => {
+                todo.push((mid, to, None));
+                todo.push((from, mid, Some(lower)));
+            }
+            Ok(()) => match b.run(mid, to, &[]).await? {
+                Err(upper) => todo.push((mid, to, Some(upper))),
+                // Each half passes alone: records of both fail it together.
+                Ok(()) => {
+                    return Err(Outcome::NotFound(
+                        "the job fails on records together, not on one alone",
+                    ));
+                }
+            },
+        }
     }
     if found.is_empty() {
-        return Outcome::NotFound("no record fails the job alone");
+        return Err(Outcome::NotFound("no record fails the job alone"));
     }
     // Blaming a record needs a failure that is its content's, not its
     // read's (a source that stopped answering fails every window that
     // reads something) nor a moment's: read as a bad record it passes, and
-    // read as it is it fails again.
+    // read as it is it fails again, saying the same.
     for (i, why) in &found {
-        if probe.run(*i, i + 1, &[(*i, why.clone())]).await.is_err() {
-            return Outcome::NotFound(
+        if b.run(*i, i + 1, &[(*i, why.clone())]).await?.is_err() {
+            return Err(Outcome::NotFound(
                 "a record read as a bad record fails the job too: the failure is not in what it holds (a read that fails, or a job that does not leave out rows whose _error is set)",
-            );
+            ));
         }
-        if probe.run(*i, i + 1, &[]).await.is_ok() {
-            return Outcome::NotFound("a record that failed alone passed the second time");
+        if b.run(*i, i + 1, &[]).await?.err().as_ref() != Some(why) {
+            return Err(Outcome::NotFound(
+                "a record that failed alone did not fail the same way the second time",
+            ));
         }
     }
     if found.len() > most {
-        return Outcome::TooMany(found);
+        return Ok(Outcome::TooMany(found));
     }
-    match probe.run(0, total, &found).await {
-        Ok(()) => Outcome::Reject(found),
-        Err(_) => Outcome::NotFound(
-            "the job still fails with those records read as bad records (two records together?)",
-        ),
+    match b.run(0, total, &found).await? {
+        Ok(()) => Ok(Outcome::Reject(found)),
+        Err(_) => Err(Outcome::NotFound(
+            "the job still fails with those records read as bad records",
+        )),
     }
 }
 
@@ -201,6 +254,8 @@ mod tests {
         skips_rejected: bool,
         /// Every read of a record fails (the source stopped answering).
         reads_fail: bool,
+        /// Failures name the run they happened in.
+        flaky: bool,
         runs: usize,
     }
 
@@ -211,6 +266,7 @@ mod tests {
                 pair: None,
                 skips_rejected: true,
                 reads_fail: false,
+                flaky: false,
                 runs: 0,
             }
         }
@@ -233,7 +289,10 @@ mod tests {
                     && !(self.skips_rejected && rejected.iter().any(|(r, _)| r == i))
             };
             if let Some(i) = self.bad.iter().find(|i| read(i)) {
-                return Err(format!("cast failed on {i}"));
+                return Err(match self.flaky {
+                    true => format!("timed out in run {}", self.runs),
+                    false => format!("cast failed on {i}"),
+                });
             }
             match self.pair {
                 Some((a, b)) if read(&a) && read(&b) => Err("overflow".into()),
@@ -274,7 +333,12 @@ mod tests {
         let mut fake = Fake::new(&[]);
         fake.pair = Some((2, 70));
         let got = isolate(&mut fake, 100, 5).await;
-        assert_eq!(got, Outcome::NotFound("no record fails the job alone"));
+        assert_eq!(
+            got,
+            Outcome::NotFound("the job fails on records together, not on one alone")
+        );
+        // Found a few runs in, not after searching every window.
+        assert!(fake.runs <= 4, "{} runs", fake.runs);
         let got = isolate(&mut Fake::new(&[]), 100, 5).await;
         assert!(matches!(got, Outcome::NotFound(why) if why.contains("pass over")));
         // A job that reads rejected records anyway fails again.
@@ -282,6 +346,15 @@ mod tests {
         fake.skips_rejected = false;
         let got = isolate(&mut fake, 10, 5).await;
         assert!(matches!(got, Outcome::NotFound(why) if why.contains("_error")));
+        // A failure that says something else the second time is a
+        // moment's, not the record's.
+        let mut fake = Fake::new(&[3]);
+        fake.flaky = true;
+        let got = isolate(&mut fake, 10, 5).await;
+        assert!(
+            matches!(got, Outcome::NotFound(why) if why.contains("the same way")),
+            "{got:?}"
+        );
         // Reads that fail are not blamed on records, whatever the limit.
         for limit in [0, 5] {
             let mut fake = Fake::new(&[]);

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::alarm::{AlarmEvent, AlarmRule, AlarmState, Notifier};
-use super::checkpoint::{BatchPlan, Checkpoint, State};
+use super::checkpoint::{BatchPlan, Checkpoint, Retake, State};
 use super::error::StreamError;
 use super::files::{FileSource, FileSourceOptions};
 use super::info::{BatchInfo, BatchWrite, RejectedRecord, SplitInput};
@@ -425,11 +425,27 @@ impl StreamRunner {
         if let Some(p) = &recovered.pending
             && p.job_digest.as_ref().is_some_and(|d| *d != digest)
         {
-            return Err(StreamError::JobChanged {
-                url: checkpoint.url().to_string(),
-                file: self.file.clone(),
-                batch_id: p.batch_id,
-            });
+            if !recovered.pending_taken_back {
+                return Err(StreamError::JobChanged {
+                    url: checkpoint.url().to_string(),
+                    file: self.file.clone(),
+                    batch_id: p.batch_id,
+                });
+            }
+            // The run ended on it and took its writes back: the changed job
+            // (a fixed job, a raised limit) takes it up, over its ranges.
+            checkpoint
+                .write_retake(&Retake {
+                    batch_id: p.batch_id,
+                    failed_under: None,
+                    runs_under: Some(digest.clone()),
+                    at: self.clock.wall(),
+                })
+                .await?;
+            tracing::warn!(
+                batch_id = p.batch_id,
+                "the batch the last run ended on runs under the changed job"
+            );
         }
         let mut pending = recovered.pending;
         // The batch an earlier process recorded: its sources check it once
@@ -640,6 +656,7 @@ impl StreamRunner {
                             batch_id,
                             source: Box::new(e),
                         };
+                        self.taken_back(checkpoint, batch_id).await;
                         return Err(self.ended(batch_id, e));
                     }
                     // Once per batch and process: a batch its job fails
@@ -657,7 +674,10 @@ impl StreamRunner {
                                 continue;
                             }
                             Ok(None) => {}
-                            Err(e) => return Err(self.ended(batch_id, e)),
+                            Err(e) => {
+                                self.taken_back(checkpoint, batch_id).await;
+                                return Err(self.ended(batch_id, e));
+                            }
                         }
                     }
                     pending = Some(plan);
@@ -860,6 +880,25 @@ impl StreamRunner {
         error
     }
 
+    /// The run ends on batch `batch_id`, whose failed attempt took its
+    /// writes back: a restart with a changed job may take it up (a
+    /// [`Retake`]). Not when a write of it was published before the
+    /// failure, which nothing takes back.
+    async fn taken_back(&self, checkpoint: &Checkpoint, batch_id: u64) {
+        if self.runner.published_early() {
+            return;
+        }
+        let retake = Retake {
+            batch_id,
+            failed_under: Some(self.job_digest()),
+            runs_under: None,
+            at: self.clock.wall(),
+        };
+        if let Err(e) = checkpoint.write_retake(&retake).await {
+            tracing::warn!(batch_id, error = %render(&e), "recording that the batch's writes were taken back failed: a changed job cannot take it up");
+        }
+    }
+
     /// After batch `plan` failed: looks for records its job fails on alone
     /// (`isolate`). `Some`: the batch runs again with them read as bad
     /// records; `None`: none to blame (or a stop came), the usual retry;
@@ -878,7 +917,7 @@ impl StreamRunner {
         }
         let limit = sources
             .iter()
-            .map(|s| s.bad_record_limit())
+            .map(|s| s.failing_record_limit())
             .max()
             .unwrap_or(0);
         let mut probe = BatchProbe {
@@ -912,16 +951,16 @@ impl StreamRunner {
         let named = name_records(sources, plan, &records, found).await;
         let over = sources.iter().find(|s| {
             let n = named.iter().filter(|r| r.source == s.table()).count() as u64;
-            n > s.bad_record_limit()
+            n > s.failing_record_limit()
         });
         let why = match over {
             Some(s) => format!(
-                "more than max_bad_records ({}) of table {}; no retry mends this: fix the job, or raise max_bad_records to read such records as bad records (`_error` set) for the job to route",
-                s.bad_record_limit(),
+                "more than max_failing_records ({}) of table {}; no retry mends this: fix the job, or raise max_failing_records to read such records as bad records (`_error` set) for the job's error output, and start the stream again: the changed job takes the batch up",
+                s.failing_record_limit(),
                 s.table()
             ),
             None if too_many => format!(
-                "more than {} in one batch are not looked for; no retry mends this: fix the job",
+                "more than {} in one batch are not looked for; no retry mends this: fix the job and start the stream again (the changed job takes the batch up)",
                 super::isolate::MOST
             ),
             None => return Ok(Some(named)),
@@ -993,8 +1032,18 @@ impl StreamRunner {
         picks: Picks,
     ) -> Result<(JobReport, Vec<Option<u64>>), SluiceError> {
         let span = tracing::info_span!("sluice.batch", batch_id = plan.batch_id, resumed);
-        bind_inputs(ctx, sources, plan, picks)?;
         let id = stream_id.get(..12).unwrap_or(stream_id);
+        let mut prefix = format!("{id}b{}", plan.batch_id);
+        // Records read as bad records change what the batch writes: its
+        // writes are others than an attempt without them committed.
+        if !picks.rejected.is_empty() {
+            let mut h = crc32fast::Hasher::new();
+            for (table, split, place, _) in &picks.rejected {
+                h.update(format!("{table}\0{split}\0{place}\0").as_bytes());
+            }
+            prefix.push_str(&format!("r{:08x}", h.finalize()));
+        }
+        bind_inputs(ctx, sources, plan, picks)?;
         let mut count_by: Vec<String> = Vec::new();
         for column in sources.iter().filter_map(|s| s.split_column()) {
             if !count_by.iter().any(|c| c == column) {
@@ -1002,7 +1051,7 @@ impl StreamRunner {
             }
         }
         self.runner.set_batch(Some(BatchWrites {
-            prefix: format!("{id}b{}", plan.batch_id),
+            prefix,
             resuming: resumed,
             count_by,
         }));

@@ -925,8 +925,8 @@ impl Source for ShardSource {
         }
     }
 
-    fn bad_record_limit(&self) -> u64 {
-        self.options.max_bad_records
+    fn failing_record_limit(&self) -> u64 {
+        self.options.max_failing_records
     }
 
     async fn name_records(&self, range: &Range, places: &[u64]) -> Vec<Option<String>> {

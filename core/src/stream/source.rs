@@ -129,9 +129,10 @@ pub trait Source: Send + Sync {
         None
     }
 
-    /// At most how many bad records a batch of this source may hold
-    /// (`max_bad_records`), for a source whose records can be picked.
-    fn bad_record_limit(&self) -> u64 {
+    /// At most how many records of a batch the job's SQL may fail on alone
+    /// and have read as bad records instead (`max_failing_records`), for a
+    /// source whose records can be picked.
+    fn failing_record_limit(&self) -> u64 {
         0
     }
 

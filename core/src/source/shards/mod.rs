@@ -133,6 +133,11 @@ pub struct ShardOptions {
     pub starting_position: StartingPosition,
     pub max_records_per_batch: u64,
     pub max_bad_records: u64,
+    /// Records of a batch the job's SQL fails on alone that may be read as
+    /// bad records (`stream::isolate`); past it (by default, 0) the run ends
+    /// naming them.
+    #[serde(default)]
+    pub max_failing_records: u64,
     /// One call's timeout; a call and its retries end within three.
     pub request_timeout_ms: u64,
     pub format: RecordFormat,
@@ -174,6 +179,7 @@ impl Default for ShardOptions {
             starting_position: StartingPosition::TrimHorizon,
             max_records_per_batch: 100_000,
             max_bad_records: 0,
+            max_failing_records: 0,
             request_timeout_ms: 30_000,
             format: RecordFormat::Raw,
             snapshot: false,
@@ -190,7 +196,8 @@ impl Default for ShardOptions {
 impl ShardOptions {
     /// From `OPTIONS (...)`: `starting_position` (`trim_horizon`,
     /// `latest`), `max_records_per_batch`, `max_bad_records`,
-    /// `request_timeout_ms`, and for Kinesis `format` (`raw`, `dynamodb`).
+    /// `max_failing_records`, `request_timeout_ms`, and for Kinesis
+    /// `format` (`raw`, `dynamodb`).
     pub fn parse(kind: Kind, options: &HashMap<String, String>) -> Result<Self> {
         let mut out = Self {
             format: match kind {
@@ -238,6 +245,7 @@ impl ShardOptions {
                     }
                 }
                 "max_bad_records" => out.max_bad_records = number(value)?,
+                "max_failing_records" => out.max_failing_records = number(value)?,
                 "request_timeout_ms" => {
                     out.request_timeout_ms = number(value)?;
                     if !TIMEOUT_MS.contains(&out.request_timeout_ms) {
@@ -293,7 +301,7 @@ impl ShardOptions {
                 }
                 _ => {
                     return plan_err!(
-                        "unknown {what} option {raw_key} (known: starting_position, max_records_per_batch, max_bad_records, request_timeout_ms{})",
+                        "unknown {what} option {raw_key} (known: starting_position, max_records_per_batch, max_bad_records, max_failing_records, request_timeout_ms{})",
                         if kind == Kind::Kinesis {
                             ", format"
                         } else {
@@ -719,8 +727,8 @@ fn records_to_batches(
             .filter_map(|i| Some((i, *rejected.get(&(start + i as u64))?)))
             .collect();
         let (batch, chunk_bad) = to_batch(spec, schema, &declared, shard, chunk, &marks)?;
-        // Rejected records are bad records too, but the runner counted them
-        // against the limit (over the batch) when it picked them.
+        // Rejected records have their own limit, `max_failing_records`,
+        // counted by the runner over the batch when it picked them.
         *bad += chunk_bad.len().saturating_sub(marks.len()) as u64;
         if *bad > spec.options.max_bad_records {
             let (sequence, why) = chunk_bad.last().cloned().unwrap_or_default();
@@ -1337,8 +1345,8 @@ mod tests {
 
     /// A record the job failed on (by its place in its range) reads as a
     /// bad record: `_error` says why, its declared columns are null, its
-    /// data stays; the runner, not the read, counted it against
-    /// `max_bad_records`.
+    /// data stays; it counts against `max_failing_records` (the runner's),
+    /// not `max_bad_records`.
     #[test]
     fn rejected_records_read_as_bad_records_by_their_place() -> Result<()> {
         use arrow::array::{Array, AsArray};
