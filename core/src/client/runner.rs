@@ -475,6 +475,12 @@ impl JobRunner {
         Interrupter(Arc::clone(&self.interrupt_tx))
     }
 
+    /// Whether the running job was interrupted (a stop, a timeout) and
+    /// not reset since.
+    pub fn interrupted(&self) -> bool {
+        *self.interrupt.borrow()
+    }
+
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
@@ -526,7 +532,8 @@ impl JobRunner {
     /// Runs a query for [`JobRunner::probe`], dropping its rows.
     async fn run_dropping(&self, plan: LogicalPlan) -> Result<Option<String>, DataFusionError> {
         let df = self.ctx.execute_logical_plan(plan).await?;
-        let (job_id, _) = self.execute(df.create_physical_plan().await?).await?;
+        let physical = df.create_physical_plan().await?;
+        let (job_id, _) = self.execute_keeping(physical, false).await?;
         Ok(job_id)
     }
 
@@ -1182,8 +1189,31 @@ impl JobRunner {
         &self,
         plan: Arc<dyn ExecutionPlan>,
     ) -> Result<(Option<String>, Vec<RecordBatch>), DataFusionError> {
+        self.execute_keeping(plan, true).await
+    }
+
+    /// [`JobRunner::execute`]; without `keep_rows`, the rows are read and
+    /// dropped as they come (a probe's, whose outcome is all it wants).
+    async fn execute_keeping(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        keep_rows: bool,
+    ) -> Result<(Option<String>, Vec<RecordBatch>), DataFusionError> {
+        use futures::{FutureExt, StreamExt};
         let task_ctx = self.ctx.task_ctx();
-        let running = collect(Arc::clone(&plan), task_ctx);
+        let running = if keep_rows {
+            collect(Arc::clone(&plan), task_ctx).boxed()
+        } else {
+            let plan = Arc::clone(&plan);
+            async move {
+                let mut rows = datafusion::physical_plan::execute_stream(plan, task_ctx)?;
+                while let Some(batch) = rows.next().await {
+                    batch?;
+                }
+                Ok(vec![])
+            }
+            .boxed()
+        };
         tokio::pin!(running);
         let mut job_id: Option<String> = None;
         let mut ticker = tokio::time::interval(self.poll);

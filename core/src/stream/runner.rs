@@ -598,50 +598,19 @@ impl StreamRunner {
                 Ok(()) => {
                     // The batch borrows the runner; the alarm check beside
                     // it needs only the clock and the observer.
-                    let (clock, observer) = (Arc::clone(&self.clock), Arc::clone(&self.observer));
-                    // An earlier batch's timeout interrupted the runner; a
-                    // stop asked for meanwhile still interrupts this one.
-                    let interrupter = self.interrupter();
-                    interrupter.reset();
-                    // A stop sets `stop` before it interrupts: one that came
-                    // before the reset is not lost.
-                    if *stop.borrow() {
-                        interrupter.interrupt();
-                    }
-                    let mut stop_seen = false;
-                    let timeout = self.options.batch_timeout;
-                    let started_at = clock.now();
+                    let watch = Watch {
+                        clock: Arc::clone(&self.clock),
+                        observer: Arc::clone(&self.observer),
+                        interrupter: self.interrupter(),
+                        timeout: self.options.batch_timeout,
+                        batch_id,
+                    };
                     let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id, picks);
-                    tokio::pin!(batch);
-                    // A batch that hangs (its job queued with no executor,
-                    // a stuck task) is the stall `no_commit` is for: the
-                    // alarm is checked while it runs, not only between
-                    // batches; past `--batch-timeout` it is cancelled.
-                    loop {
-                        tokio::select! {
-                            r = &mut batch => break r,
-                            changed = stop.changed(), if !stop_seen => {
-                                stop_seen = true;
-                                if changed.is_err() || *stop.borrow() {
-                                    interrupter.interrupt();
-                                }
-                            }
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                                let stalled = clock.now() - last_commit;
-                                for e in alarms.on_time(stalled, clock.wall()) {
-                                    raise(observer.as_ref(), notifier, &e);
-                                }
-                                if let Some(limit) = timeout
-                                    && !timed_out
-                                    && clock.now() - started_at >= limit
-                                {
-                                    tracing::warn!(batch_id, timeout = ?limit, "the batch ran over --batch-timeout; cancelling it");
-                                    timed_out = true;
-                                    interrupter.interrupt();
-                                }
-                            }
-                        }
-                    }
+                    let (r, over) = watch
+                        .run(batch, &mut stop, &mut alarms, notifier, last_commit)
+                        .await;
+                    timed_out = over;
+                    r
                 }
                 Err(e) => Err(e),
             };
@@ -664,8 +633,22 @@ impl StreamRunner {
                     if prepared && !timed_out && !*stop.borrow() && isolated != Some(batch_id) {
                         isolated = Some(batch_id);
                         tracing::warn!(batch_id, error = %render(&e), "batch failed; looking for records its job fails on alone");
-                        match self.isolate(ctx, &sources, &plan, &stop).await {
-                            Ok(Some(found)) => {
+                        let watch = Watch {
+                            clock: Arc::clone(&self.clock),
+                            observer: Arc::clone(&self.observer),
+                            interrupter: self.interrupter(),
+                            timeout: self.options.batch_timeout,
+                            batch_id,
+                        };
+                        let probe_stop = stop.clone();
+                        let search = self.isolate(ctx, &sources, &plan, &probe_stop);
+                        let (found, _) = watch
+                            .run(search, &mut stop, &mut alarms, notifier, last_commit)
+                            .await;
+                        match found {
+                            // Searched again on the next failure.
+                            Ok(Searched::CutShort) => isolated = None,
+                            Ok(Searched::Found(found)) => {
                                 for r in &found {
                                     tracing::warn!(batch_id, record = %r, "the job fails on this record alone; it is read as a bad record");
                                 }
@@ -673,7 +656,7 @@ impl StreamRunner {
                                 pending = Some(plan);
                                 continue;
                             }
-                            Ok(None) => {}
+                            Ok(Searched::Nothing) => {}
                             Err(e) => {
                                 self.taken_back(checkpoint, batch_id).await;
                                 return Err(self.ended(batch_id, e));
@@ -900,20 +883,21 @@ impl StreamRunner {
     }
 
     /// After batch `plan` failed: looks for records its job fails on alone
-    /// (`isolate`). `Some`: the batch runs again with them read as bad
-    /// records; `None`: none to blame (or a stop came), the usual retry;
-    /// `Err`: more than may be bad, and the run ends.
+    /// (`isolate`). `Found`: the batch runs again with them read as bad
+    /// records; `Nothing` (none to blame) or `CutShort` (a stop, the
+    /// batch's timeout): the usual retry; `Err`: more than may be bad, and
+    /// the run ends.
     async fn isolate(
         &self,
         ctx: &SessionContext,
         sources: &[Box<dyn Source>],
         plan: &BatchPlan,
         stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> Result<Option<Vec<RejectedRecord>>, StreamError> {
+    ) -> Result<Searched, StreamError> {
         let batch_id = plan.batch_id;
         let records = Records::of(&plan.ranges, sources);
         if records.total() == 0 {
-            return Ok(None);
+            return Ok(Searched::Nothing);
         }
         let limit = sources
             .iter()
@@ -934,7 +918,7 @@ impl StreamRunner {
             .instrument(span)
             .await;
         if probe.stopped {
-            return Ok(None);
+            return Ok(Searched::CutShort);
         }
         let (found, too_many) = match outcome {
             Outcome::Reject(found) => (found, false),
@@ -945,7 +929,7 @@ impl StreamRunner {
                     why,
                     "no record of the batch to blame for its failure"
                 );
-                return Ok(None);
+                return Ok(Searched::Nothing);
             }
         };
         let named = name_records(sources, plan, &records, found).await;
@@ -963,7 +947,7 @@ impl StreamRunner {
                 "more than {} in one batch are not looked for; no retry mends this: fix the job and start the stream again (the changed job takes the batch up)",
                 super::isolate::MOST
             ),
-            None => return Ok(Some(named)),
+            None => return Ok(Searched::Found(named)),
         };
         Err(StreamError::RecordsFail {
             batch_id,
@@ -1069,6 +1053,76 @@ impl StreamRunner {
     }
 }
 
+/// What watches a batch's work (its run, or the search for the records it
+/// fails on) while it goes: a batch that hangs (its job queued with no
+/// executor, a stuck task) is the stall `no_commit` is for, so the alarm
+/// is checked every second, not only between batches; past
+/// `--batch-timeout`, or on a stop, the work is interrupted.
+struct Watch {
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn StreamObserver>,
+    interrupter: Interrupter,
+    timeout: Option<Duration>,
+    batch_id: u64,
+}
+
+impl Watch {
+    /// `work`'s outcome, and whether the timeout cut it short.
+    async fn run<T>(
+        self,
+        work: impl std::future::Future<Output = T>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        alarms: &mut AlarmState,
+        notifier: &Notifier,
+        last_commit: std::time::Instant,
+    ) -> (T, bool) {
+        let Self {
+            clock,
+            observer,
+            interrupter,
+            timeout,
+            batch_id,
+        } = self;
+        // An earlier batch's timeout interrupted the runner; a stop asked
+        // for meanwhile still interrupts this one.
+        interrupter.reset();
+        // A stop sets `stop` before it interrupts: one that came before the
+        // reset is not lost.
+        if *stop.borrow() {
+            interrupter.interrupt();
+        }
+        let mut stop_seen = false;
+        let mut timed_out = false;
+        let started_at = clock.now();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => return (r, timed_out),
+                changed = stop.changed(), if !stop_seen => {
+                    stop_seen = true;
+                    if changed.is_err() || *stop.borrow() {
+                        interrupter.interrupt();
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let stalled = clock.now() - last_commit;
+                    for e in alarms.on_time(stalled, clock.wall()) {
+                        raise(observer.as_ref(), notifier, &e);
+                    }
+                    if let Some(limit) = timeout
+                        && !timed_out
+                        && clock.now() - started_at >= limit
+                    {
+                        tracing::warn!(batch_id, timeout = ?limit, "the batch ran over --batch-timeout; cancelling it");
+                        timed_out = true;
+                        interrupter.interrupt();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Tells the session what each source's table reads in this batch (the
 /// job's `CREATE` statements then run again over it).
 fn bind_inputs(
@@ -1095,6 +1149,13 @@ fn bind_inputs(
     Ok(())
 }
 
+/// How the search for the records a batch fails on ended.
+enum Searched {
+    Found(Vec<RejectedRecord>),
+    Nothing,
+    CutShort,
+}
+
 /// Runs the job's queries, writing nothing, over some of a batch's records
 /// (`isolate`).
 struct BatchProbe<'a> {
@@ -1103,8 +1164,8 @@ struct BatchProbe<'a> {
     sources: &'a [Box<dyn Source>],
     plan: &'a BatchPlan,
     records: &'a Records,
-    /// A stop asked for ends the search (a probe then fails, and what it
-    /// found is not used).
+    /// A stop asked for, or the batch's timeout, ends the search (a probe
+    /// then fails, and what it found is not used).
     stop: tokio::sync::watch::Receiver<bool>,
     stopped: bool,
 }
@@ -1127,7 +1188,7 @@ impl BatchProbe<'_> {
 #[async_trait::async_trait]
 impl Probe for BatchProbe<'_> {
     async fn run(&mut self, from: u64, to: u64, rejected: &[(u64, String)]) -> Result<(), String> {
-        if self.stopped || *self.stop.borrow() {
+        if self.stopped || *self.stop.borrow() || self.stream.runner.interrupted() {
             self.stopped = true;
             return Err("stopped".into());
         }
@@ -1143,6 +1204,11 @@ impl Probe for BatchProbe<'_> {
             .runner
             .probe(&stream.file, &stream.source, &stream.vars)
             .await;
+        // Cut short (a stop, `--batch-timeout`): its failure is not the
+        // records'.
+        if stream.runner.interrupted() {
+            self.stopped = true;
+        }
         probed.map_err(|e| super::isolate::why(&e))
     }
 }
