@@ -1205,9 +1205,10 @@ fn available_now_drains_a_kinesis_stream_in_capped_batches_and_exits() {
 /// batch on every retry. The stream finds it by running the job's queries
 /// over halves of the batch, and runs the batch again with it read as a
 /// bad record: the job's error output takes it (with why, and its
-/// sequence number in the batch report), everything else is written once.
-/// With `max_bad_records` 0 the run ends instead, naming the record, even
-/// under `--every`.
+/// sequence number in the batch report), everything else is written once,
+/// on a cluster. With `max_failing_records` 0 the run ends instead, naming
+/// the record, even under `--every`; started again with a raised limit,
+/// the changed job takes the batch up.
 #[test]
 fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
     let stream = changes::create_stream("poison", 2).unwrap();
@@ -1243,8 +1244,17 @@ fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
         .unwrap();
     };
     write_job(5);
-    let (ok, text) = stream_with(&job, &tmp.path().join("ck"), "--available-now", &[]);
-    assert!(ok, "{text}");
+    // On a scheduler and two executors: the windows and the rejected
+    // records travel in the plan to the executors that read the shards.
+    let cluster = sluice_test_support::Cluster::start(2, 2).unwrap();
+    let (ok, text) = stream_with(
+        &job,
+        &tmp.path().join("ck"),
+        &format!("--available-now --scheduler {}", cluster.endpoint),
+        &[("SLUICE_COORDINATOR", &cluster.coordinator)],
+    );
+    assert!(ok, "{text}\n{}", cluster.scheduler_log());
+    drop(cluster);
     // Every other record once, its amount cast.
     let rows = ndjson_rows(&out);
     let got: BTreeSet<(u64, u64)> = rows
