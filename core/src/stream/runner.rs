@@ -598,13 +598,7 @@ impl StreamRunner {
                 Ok(()) => {
                     // The batch borrows the runner; the alarm check beside
                     // it needs only the clock and the observer.
-                    let watch = Watch {
-                        clock: Arc::clone(&self.clock),
-                        observer: Arc::clone(&self.observer),
-                        interrupter: self.interrupter(),
-                        timeout: self.options.batch_timeout,
-                        batch_id,
-                    };
+                    let watch = self.watch(batch_id);
                     let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id, picks);
                     let (r, over) = watch
                         .run(batch, &mut stop, &mut alarms, notifier, last_commit)
@@ -633,13 +627,7 @@ impl StreamRunner {
                     if prepared && !timed_out && !*stop.borrow() && isolated != Some(batch_id) {
                         isolated = Some(batch_id);
                         tracing::warn!(batch_id, error = %render(&e), "batch failed; looking for records its job fails on alone");
-                        let watch = Watch {
-                            clock: Arc::clone(&self.clock),
-                            observer: Arc::clone(&self.observer),
-                            interrupter: self.interrupter(),
-                            timeout: self.options.batch_timeout,
-                            batch_id,
-                        };
+                        let watch = self.watch(batch_id);
                         let probe_stop = stop.clone();
                         let search = self.isolate(ctx, &sources, &plan, &probe_stop);
                         let (found, _) = watch
@@ -861,6 +849,17 @@ impl StreamRunner {
         }
         self.observer.batch_failed(batch_id, &render(&error), None);
         error
+    }
+
+    /// What watches batch `batch_id`'s work.
+    fn watch(&self, batch_id: u64) -> Watch {
+        Watch {
+            clock: Arc::clone(&self.clock),
+            observer: Arc::clone(&self.observer),
+            interrupter: self.interrupter(),
+            timeout: self.options.batch_timeout,
+            batch_id,
+        }
     }
 
     /// The run ends on batch `batch_id`, whose failed attempt took its

@@ -1280,13 +1280,9 @@ mod tests {
         Ok(())
     }
 
-    /// Raw Kinesis rows: the data as bytes and as text (null where it is
-    /// not UTF-8), and bad records counted across the calls of one part
-    /// (a snapshot segment's pages) against `max_bad_records`.
-    #[test]
-    fn raw_rows_carry_their_text_and_bad_records_add_up() -> Result<()> {
-        use arrow::array::{Array, AsArray};
-        let spec = ShardSpec {
+    /// A raw Kinesis table of one declared BIGINT `n`, `max_bad_records` 1.
+    fn raw_spec(rejected: Vec<Rejected>) -> ShardSpec {
+        ShardSpec {
             kind: Kind::Kinesis,
             location: "kinesis://k".into(),
             stream: "k".into(),
@@ -1303,8 +1299,17 @@ mod tests {
             snapshot_segments: 0,
             snapshot: None,
             window: None,
-            rejected: vec![],
-        };
+            rejected,
+        }
+    }
+
+    /// Raw Kinesis rows: the data as bytes and as text (null where it is
+    /// not UTF-8), and bad records counted across the calls of one part
+    /// (a snapshot segment's pages) against `max_bad_records`.
+    #[test]
+    fn raw_rows_carry_their_text_and_bad_records_add_up() -> Result<()> {
+        use arrow::array::{Array, AsArray};
+        let spec = raw_spec(vec![]);
         let schema = spec.schema()?;
         let record = |n: u8, data: &[u8]| ShardRecord {
             sequence: n.to_string(),
@@ -1350,36 +1355,18 @@ mod tests {
     #[test]
     fn rejected_records_read_as_bad_records_by_their_place() -> Result<()> {
         use arrow::array::{Array, AsArray};
-        let spec = ShardSpec {
-            kind: Kind::Kinesis,
-            location: "kinesis://k".into(),
-            stream: "k".into(),
-            options: ShardOptions {
-                max_bad_records: 1,
-                ..Default::default()
+        let spec = raw_spec(vec![
+            Rejected {
+                shard: "s".into(),
+                index: 11,
+                why: "line 4: Cast error".into(),
             },
-            declared: vec![Declared {
-                name: "n".into(),
-                data_type: DataType::Int64.to_string(),
-                nullable: true,
-            }],
-            ranges: vec![],
-            snapshot_segments: 0,
-            snapshot: None,
-            window: None,
-            rejected: vec![
-                Rejected {
-                    shard: "s".into(),
-                    index: 11,
-                    why: "line 4: Cast error".into(),
-                },
-                Rejected {
-                    shard: "other".into(),
-                    index: 10,
-                    why: "not this shard".into(),
-                },
-            ],
-        };
+            Rejected {
+                shard: "other".into(),
+                index: 10,
+                why: "not this shard".into(),
+            },
+        ]);
         let schema = spec.schema()?;
         let records: Vec<ShardRecord> = (10..13u8)
             .map(|n| ShardRecord {
