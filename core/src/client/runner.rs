@@ -73,7 +73,8 @@ pub struct JobRunner {
     /// yet published (see [`JobRunner::publish`]).
     deferred: std::sync::Mutex<Vec<DeferredWrite>>,
     /// The last run published a write before the batch's commit (a later
-    /// write's output overlapped it): a failure cannot take that back.
+    /// write's output overlapped it), or found one an earlier attempt had:
+    /// a failure cannot take that back.
     published_early: std::sync::atomic::AtomicBool,
 }
 
@@ -508,7 +509,8 @@ impl JobRunner {
     }
 
     /// Whether the last [`JobRunner::run`] published a write of its batch
-    /// before the batch committed (which a failure does not take back).
+    /// before the batch committed, or found one published (which a failure
+    /// does not take back).
     pub fn published_early(&self) -> bool {
         self.published_early
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -908,6 +910,9 @@ impl JobRunner {
             match self.committed_earlier(&spec).await {
                 Ok(Some(done)) => {
                     tracing::info!(write_id = %spec.write_id, "the batch's earlier attempt committed this write");
+                    // Found done, it was visible before this batch's commit.
+                    self.published_early
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     if let Err(e) = guard.release().await {
                         tracing::warn!(error = %e, "releasing the output lock failed; it expires");
                     }

@@ -90,7 +90,7 @@ pub enum StreamError {
     /// A batch holding more records that do not decode than the source's
     /// `max_bad_records`: its records do not change, nor would a retry.
     #[error(
-        "batch {batch_id} holds more bad records than max_bad_records allows; no retry mends this: raise max_bad_records (the job's `_error` rows take them) and start the stream again, and the changed job takes the batch up"
+        "batch {batch_id} holds more bad records than max_bad_records allows; no retry mends this: raise max_bad_records (the job's `_error` rows take them) and start the stream again: the changed job takes the batch up, unless a write of it was published before it failed (the log says which)"
     )]
     OverBadRecordLimit {
         batch_id: u64,

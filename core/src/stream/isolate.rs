@@ -5,7 +5,7 @@
 //! ([`Source::pickable`]) fails, the runner runs the job's queries again,
 //! writing nothing ([`crate::client::JobRunner::probe`]), over halves of the
 //! batch's records until it has the records that fail alone. With no more
-//! of them than their source's `max_bad_records`, the batch runs again
+//! of them than their source's `max_failing_records`, the batch runs again
 //! with them read as bad records (`_error` says which statement failed and
 //! why), where the job's error output takes them, as Firehose's
 //! `processing-failed/` does; with more, the run ends naming them, as no

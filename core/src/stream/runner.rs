@@ -40,10 +40,10 @@ use crate::sink::files::manifest::hostname;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How many times a batch's commit record is tried before the run ends.
 const COMMIT_RECORD_TRIES: u32 = 5;
-/// What each source's error says when a range holds more bad records than
-/// `max_bad_records` (`source::shards`, `source::kafka`,
-/// `source::json_lines`).
-const OVER_BAD_RECORD_LIMIT: &str = ", over max_bad_records ";
+/// What a stream source's error says when a batch's range holds more bad
+/// records than `max_bad_records` (`source::shards`, `source::kafka`; not
+/// a directory table's, whose files a fix can replace).
+const OVER_BAD_RECORD_LIMIT: &str = "bad records in this batch's range, over max_bad_records ";
 /// Job variables (`SET stream.alarm.x = '...'`) that add alarm rules.
 const ALARM_VAR: &str = "stream.alarm";
 
@@ -425,7 +425,12 @@ impl StreamRunner {
         if let Some(p) = &recovered.pending
             && p.job_digest.as_ref().is_some_and(|d| *d != digest)
         {
-            if !recovered.pending_taken_back {
+            // The changed job must read what the batch recorded.
+            let reads_it = p
+                .ranges
+                .iter()
+                .all(|r| sources.iter().any(|s| s.table() == r.source));
+            if !recovered.pending_taken_back || !reads_it {
                 return Err(StreamError::JobChanged {
                     url: checkpoint.url().to_string(),
                     file: self.file.clone(),
@@ -446,6 +451,19 @@ impl StreamRunner {
                 batch_id = p.batch_id,
                 "the batch the last run ended on runs under the changed job"
             );
+        } else if let Some(p) = &recovered.pending
+            && recovered.pending_taken_back
+        {
+            // The same job runs it again: what this attempt writes is no
+            // longer taken back, so no other job may take it up after it.
+            checkpoint
+                .write_retake(&Retake {
+                    batch_id: p.batch_id,
+                    failed_under: None,
+                    runs_under: Some(digest.clone()),
+                    at: self.clock.wall(),
+                })
+                .await?;
         }
         let mut pending = recovered.pending;
         // The batch an earlier process recorded: its sources check it once
@@ -472,10 +490,12 @@ impl StreamRunner {
         let mut previous_start = recovered.last_commit.map(|b| b.started_at);
         let mut due = self.clock.wall();
         let mut failures: u32 = 0;
-        // The batch whose failure was searched for records to blame, and
-        // the records found (read as bad records when it runs again).
-        let mut isolated: Option<u64> = None;
+        // The records of a batch its job fails on alone, found by a search
+        // (read as bad records when it runs again), and the batch an
+        // attempt of which published a write before failing (nothing takes
+        // that back).
         let mut rejected: Option<(u64, Vec<RejectedRecord>)> = None;
+        let mut early: Option<u64> = None;
         loop {
             if *stop.borrow() {
                 summary.stopped = true;
@@ -599,7 +619,8 @@ impl StreamRunner {
                     // The batch borrows the runner; the alarm check beside
                     // it needs only the clock and the observer.
                     let watch = self.watch(batch_id);
-                    let batch = self.run_batch(ctx, &sources, &plan, resumed, stream_id, picks);
+                    let prefix = write_prefix(stream_id, batch_id, &picks, early != Some(batch_id));
+                    let batch = self.run_batch(ctx, &sources, &plan, resumed, prefix, picks);
                     let (r, over) = watch
                         .run(batch, &mut stop, &mut alarms, notifier, last_commit)
                         .await;
@@ -611,6 +632,10 @@ impl StreamRunner {
             let (report, split_rows) = match ran {
                 Ok(r) => r,
                 Err(e) => {
+                    if self.runner.published_early() {
+                        early = Some(batch_id);
+                    }
+                    let kept = early == Some(batch_id);
                     // The source's own count, over the same records each
                     // time (the message is the sources', through Ballista's
                     // text).
@@ -619,15 +644,18 @@ impl StreamRunner {
                             batch_id,
                             source: Box::new(e),
                         };
-                        self.taken_back(checkpoint, batch_id).await;
+                        self.taken_back(checkpoint, batch_id, kept).await;
                         return Err(self.ended(batch_id, e));
                     }
-                    // Once per batch and process: a batch its job fails
-                    // on a record of may run again without it.
-                    if prepared && !timed_out && !*stop.borrow() && isolated != Some(batch_id) {
-                        isolated = Some(batch_id);
+                    // Not again once found: the batch then runs with them
+                    // read as bad records, and a failure of that is retried.
+                    let searched = rejected.as_ref().is_some_and(|(id, _)| *id == batch_id);
+                    if prepared && !timed_out && !*stop.borrow() && !searched {
                         tracing::warn!(batch_id, error = %render(&e), "batch failed; looking for records its job fails on alone");
-                        let watch = self.watch(batch_id);
+                        // Each probe is bounded by `--batch-timeout`, not
+                        // the search.
+                        let mut watch = self.watch(batch_id);
+                        watch.timeout = None;
                         let probe_stop = stop.clone();
                         let search = self.isolate(ctx, &sources, &plan, &probe_stop);
                         let (found, _) = watch
@@ -635,7 +663,7 @@ impl StreamRunner {
                             .await;
                         match found {
                             // Searched again on the next failure.
-                            Ok(Searched::CutShort) => isolated = None,
+                            Ok(Searched::CutShort | Searched::Nothing) => {}
                             Ok(Searched::Found(found)) => {
                                 for r in &found {
                                     tracing::warn!(batch_id, record = %r, "the job fails on this record alone; it is read as a bad record");
@@ -644,9 +672,8 @@ impl StreamRunner {
                                 pending = Some(plan);
                                 continue;
                             }
-                            Ok(Searched::Nothing) => {}
                             Err(e) => {
-                                self.taken_back(checkpoint, batch_id).await;
+                                self.taken_back(checkpoint, batch_id, kept).await;
                                 return Err(self.ended(batch_id, e));
                             }
                         }
@@ -866,8 +893,12 @@ impl StreamRunner {
     /// writes back: a restart with a changed job may take it up (a
     /// [`Retake`]). Not when a write of it was published before the
     /// failure, which nothing takes back.
-    async fn taken_back(&self, checkpoint: &Checkpoint, batch_id: u64) {
-        if self.runner.published_early() {
+    async fn taken_back(&self, checkpoint: &Checkpoint, batch_id: u64, kept: bool) {
+        if kept {
+            tracing::warn!(
+                batch_id,
+                "a write of this batch was published before it failed: only the job it was planned with can run it again"
+            );
             return;
         }
         let retake = Retake {
@@ -876,8 +907,14 @@ impl StreamRunner {
             runs_under: None,
             at: self.clock.wall(),
         };
-        if let Err(e) = checkpoint.write_retake(&retake).await {
-            tracing::warn!(batch_id, error = %render(&e), "recording that the batch's writes were taken back failed: a changed job cannot take it up");
+        match checkpoint.write_retake(&retake).await {
+            Ok(()) => tracing::info!(
+                batch_id,
+                "the batch's writes were taken back: a changed job may take it up"
+            ),
+            Err(e) => {
+                tracing::warn!(batch_id, error = %render(&e), "recording that the batch's writes were taken back failed: a changed job cannot take it up")
+            }
         }
     }
 
@@ -911,6 +948,8 @@ impl StreamRunner {
             records: &records,
             stop: stop.clone(),
             stopped: false,
+            timeout: self.options.batch_timeout,
+            interrupter: self.interrupter(),
         };
         let span = tracing::info_span!("sluice.isolate", batch_id, records = records.total());
         let outcome = isolate(&mut probe, records.total(), limit)
@@ -938,12 +977,12 @@ impl StreamRunner {
         });
         let why = match over {
             Some(s) => format!(
-                "more than max_failing_records ({}) of table {}; no retry mends this: fix the job, or raise max_failing_records to read such records as bad records (`_error` set) for the job's error output, and start the stream again: the changed job takes the batch up",
+                "more than max_failing_records ({}) of table {}; no retry mends this: fix the job, or raise max_failing_records to read such records as bad records (`_error` set) for the job's error output, and start the stream again: the changed job takes the batch up, unless a write of it was published before it failed (the log says which)",
                 s.failing_record_limit(),
                 s.table()
             ),
             None if too_many => format!(
-                "more than {} in one batch are not looked for; no retry mends this: fix the job and start the stream again (the changed job takes the batch up)",
+                "more than {} in one batch are not looked for; no retry mends this: fix the job and start the stream again (the changed job takes the batch up, unless a write of it was published before it failed)",
                 super::isolate::MOST
             ),
             None => return Ok(Searched::Found(named)),
@@ -1011,21 +1050,10 @@ impl StreamRunner {
         sources: &[Box<dyn Source>],
         plan: &BatchPlan,
         resumed: bool,
-        stream_id: &str,
+        prefix: String,
         picks: Picks,
     ) -> Result<(JobReport, Vec<Option<u64>>), SluiceError> {
         let span = tracing::info_span!("sluice.batch", batch_id = plan.batch_id, resumed);
-        let id = stream_id.get(..12).unwrap_or(stream_id);
-        let mut prefix = format!("{id}b{}", plan.batch_id);
-        // Records read as bad records change what the batch writes: its
-        // writes are others than an attempt without them committed.
-        if !picks.rejected.is_empty() {
-            let mut h = crc32fast::Hasher::new();
-            for (table, split, place, _) in &picks.rejected {
-                h.update(format!("{table}\0{split}\0{place}\0").as_bytes());
-            }
-            prefix.push_str(&format!("r{:08x}", h.finalize()));
-        }
         bind_inputs(ctx, sources, plan, picks)?;
         let mut count_by: Vec<String> = Vec::new();
         for column in sources.iter().filter_map(|s| s.split_column()) {
@@ -1122,6 +1150,24 @@ impl Watch {
     }
 }
 
+/// What the batch's write ids start with: the stream and the batch, and
+/// with `own_ids` the records read as bad records (`picks`).
+fn write_prefix(stream_id: &str, batch_id: u64, picks: &Picks, own_ids: bool) -> String {
+    let id = stream_id.get(..12).unwrap_or(stream_id);
+    let mut prefix = format!("{id}b{batch_id}");
+    // Records read as bad records change what the batch writes: its
+    // writes are others than an attempt without them committed (unless
+    // one of those was published: then it is found and kept).
+    if own_ids && !picks.rejected.is_empty() {
+        let mut h = crc32fast::Hasher::new();
+        for (table, split, place, _) in &picks.rejected {
+            h.update(format!("{table}\0{split}\0{place}\0").as_bytes());
+        }
+        prefix.push_str(&format!("r{:08x}", h.finalize()));
+    }
+    prefix
+}
+
 /// Tells the session what each source's table reads in this batch (the
 /// job's `CREATE` statements then run again over it).
 fn bind_inputs(
@@ -1167,6 +1213,9 @@ struct BatchProbe<'a> {
     /// then fails, and what it found is not used).
     stop: tokio::sync::watch::Receiver<bool>,
     stopped: bool,
+    /// `--batch-timeout`, for each probe: one is at most a batch's work.
+    timeout: Option<Duration>,
+    interrupter: Interrupter,
 }
 
 impl BatchProbe<'_> {
@@ -1199,10 +1248,21 @@ impl Probe for BatchProbe<'_> {
         )
         .map_err(|e| render(&e))?;
         let stream = self.stream;
-        let probed = stream
+        let probe = stream
             .runner
-            .probe(&stream.file, &stream.source, &stream.vars)
-            .await;
+            .probe(&stream.file, &stream.source, &stream.vars);
+        tokio::pin!(probe);
+        let probed = match self.timeout {
+            Some(limit) => tokio::select! {
+                r = &mut probe => r,
+                () = tokio::time::sleep(limit) => {
+                    tracing::warn!(timeout = ?limit, "a probe ran over --batch-timeout; cancelling it");
+                    self.interrupter.interrupt();
+                    probe.await
+                }
+            },
+            None => probe.await,
+        };
         // Cut short (a stop, `--batch-timeout`): its failure is not the
         // records'.
         if stream.runner.interrupted() {
@@ -1377,5 +1437,28 @@ fn batch_info(
         accounts,
         job_ids: report.job_ids.clone(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch with records read as bad records writes under ids of its
+    /// own, the same for the same records; one whose earlier write was
+    /// published keeps the batch's ids, to find it.
+    #[test]
+    fn rejected_records_give_the_batch_write_ids_of_its_own() {
+        let picks = |place: u64| Picks {
+            window: None,
+            rejected: vec![("k".into(), "shard-0".into(), place, "why".into())],
+        };
+        let plain = write_prefix("0123456789abcdef", 7, &Picks::default(), true);
+        assert_eq!(plain, "0123456789abb7");
+        let own = write_prefix("0123456789abcdef", 7, &picks(3), true);
+        assert!(own.starts_with("0123456789abb7r") && own.len() == plain.len() + 9);
+        assert_eq!(own, write_prefix("0123456789abcdef", 7, &picks(3), true));
+        assert_ne!(own, write_prefix("0123456789abcdef", 7, &picks(4), true));
+        assert_eq!(write_prefix("0123456789abcdef", 7, &picks(3), false), plain);
     }
 }

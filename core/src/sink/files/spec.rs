@@ -641,7 +641,11 @@ impl WriteSpec {
     /// characters, or the whole id of a stream's batch (its stream's id and
     /// batch number, which must all be there to keep batches apart).
     pub fn file_tag(&self) -> &str {
-        if self.write_id.len() == 32 {
+        // A batch's id holds `b` and `l`, never all hex: one of 32
+        // characters is still a batch's.
+        let random =
+            self.write_id.len() == 32 && self.write_id.chars().all(|c| c.is_ascii_hexdigit());
+        if random {
             self.write_id.get(..12).unwrap_or(&self.write_id)
         } else {
             &self.write_id
@@ -752,6 +756,18 @@ mod tests {
         let staged = spec.staging_path("s001.0-t000002.0-p0003")?;
         assert!(staged.as_ref().contains(STAGING_DIR));
         assert!(staged.as_ref().contains(&spec.write_id));
+        Ok(())
+    }
+
+    /// A random write id's files carry its first 12 characters; a stream
+    /// batch's id whole, even one of 32 characters.
+    #[test]
+    fn file_tags_keep_a_batch_id_whole() -> Result<(), SluiceError> {
+        let mut spec = WriteSpec::new("/tmp/o", WriteFormat::Json, false, BTreeMap::new())?;
+        assert_eq!(spec.file_tag(), &spec.write_id[..12]);
+        spec.write_id = "6bc4c03a71a9b1000000r1a2b3c4dl23".into();
+        assert_eq!(spec.write_id.len(), 32);
+        assert_eq!(spec.file_tag(), spec.write_id);
         Ok(())
     }
 }
