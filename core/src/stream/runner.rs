@@ -422,48 +422,40 @@ impl StreamRunner {
             }
         }
         let digest = self.job_digest();
-        if let Some(p) = &recovered.pending
-            && p.job_digest.as_ref().is_some_and(|d| *d != digest)
-        {
-            // The changed job must read what the batch recorded.
-            let reads_it = p
-                .ranges
-                .iter()
-                .all(|r| sources.iter().any(|s| s.table() == r.source));
-            if !recovered.pending_taken_back || !reads_it {
-                return Err(StreamError::JobChanged {
-                    url: checkpoint.url().to_string(),
-                    file: self.file.clone(),
-                    batch_id: p.batch_id,
-                });
+        if let Some(p) = &recovered.pending {
+            if p.job_digest.as_ref().is_some_and(|d| *d != digest) {
+                // The changed job must read what the batch recorded.
+                let reads_it = p
+                    .ranges
+                    .iter()
+                    .all(|r| sources.iter().any(|s| s.table() == r.source));
+                if !recovered.pending_taken_back || !reads_it {
+                    return Err(StreamError::JobChanged {
+                        url: checkpoint.url().to_string(),
+                        file: self.file.clone(),
+                        batch_id: p.batch_id,
+                    });
+                }
+                // The run ended on it and took its writes back: the changed
+                // job (a fixed job, a raised limit) takes it up.
+                tracing::warn!(
+                    batch_id = p.batch_id,
+                    "the batch the last run ended on runs under the changed job"
+                );
             }
-            // The run ended on it and took its writes back: the changed job
-            // (a fixed job, a raised limit) takes it up, over its ranges.
-            checkpoint
-                .write_retake(&Retake {
-                    batch_id: p.batch_id,
-                    failed_under: None,
-                    runs_under: Some(digest.clone()),
-                    at: self.clock.wall(),
-                })
-                .await?;
-            tracing::warn!(
-                batch_id = p.batch_id,
-                "the batch the last run ended on runs under the changed job"
-            );
-        } else if let Some(p) = &recovered.pending
-            && recovered.pending_taken_back
-        {
-            // The same job runs it again: what this attempt writes is no
-            // longer taken back, so no other job may take it up after it.
-            checkpoint
-                .write_retake(&Retake {
-                    batch_id: p.batch_id,
-                    failed_under: None,
-                    runs_under: Some(digest.clone()),
-                    at: self.clock.wall(),
-                })
-                .await?;
+            // Taken up by a changed job or back by the same one, the batch
+            // is this job's: what it writes now is not taken back, so no
+            // other job may take the batch up after this attempt.
+            if recovered.pending_taken_back {
+                checkpoint
+                    .write_retake(&Retake {
+                        batch_id: p.batch_id,
+                        failed_under: None,
+                        runs_under: Some(digest.clone()),
+                        at: self.clock.wall(),
+                    })
+                    .await?;
+            }
         }
         let mut pending = recovered.pending;
         // The batch an earlier process recorded: its sources check it once
