@@ -262,6 +262,17 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
         err.contains("partition 0 offset") && err.contains("over max_bad_records 0"),
         "{err}"
     );
+    // The same records every time: under `--every` too the run ends rather
+    // than retrying a batch that cannot pass.
+    let failed = stream(&strict, &tmp.path().join("ck-every"), &["--every", "1s"]);
+    assert!(!failed.status.success());
+    let err = stderr(&failed);
+    assert!(
+        err.contains("holds more bad records than max_bad_records allows")
+            && err.contains("over max_bad_records 0")
+            && !err.contains("retrying in"),
+        "{err}"
+    );
 }
 
 fn job_with_threshold(dir: &Path, topic: &str) -> std::path::PathBuf {

@@ -516,6 +516,13 @@ impl JobRunner {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Forgets an earlier run's [`JobRunner::published_early`]: a batch's
+    /// attempt that fails before its job runs must not read the last one's.
+    pub fn forget_early_publish(&self) {
+        self.published_early
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Runs `source` as [`JobRunner::run`] does, but writes nothing: each
     /// write's (or `INSERT`'s) query is run and its rows dropped. Whether
     /// the job's SQL fails on the data the session's tables hold now (a

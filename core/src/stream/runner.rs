@@ -43,7 +43,10 @@ const COMMIT_RECORD_TRIES: u32 = 5;
 /// What a stream source's error says when a batch's range holds more bad
 /// records than `max_bad_records` (`source::shards`, `source::kafka`; not
 /// a directory table's, whose files a fix can replace).
-const OVER_BAD_RECORD_LIMIT: &str = "bad records in this batch's range, over max_bad_records ";
+const OVER_BAD_RECORD_LIMIT: [&str; 2] = [
+    " bad records in this batch's range",
+    ", over max_bad_records ",
+];
 /// Job variables (`SET stream.alarm.x = '...'`) that add alarm rules.
 const ALARM_VAR: &str = "stream.alarm";
 
@@ -457,6 +460,13 @@ impl StreamRunner {
                     .await?;
             }
         }
+        // The batch this start took up (or back) after a run ended on it:
+        // stopped again before it fails, it stays open to a changed job.
+        let retaken = recovered
+            .pending
+            .as_ref()
+            .filter(|_| recovered.pending_taken_back)
+            .map(|p| p.batch_id);
         let mut pending = recovered.pending;
         // The batch an earlier process recorded: its sources check it once
         // (it may have waited past the stream's retention), not on every
@@ -487,7 +497,10 @@ impl StreamRunner {
         // attempt of which published a write before failing (nothing takes
         // that back).
         let mut rejected: Option<(u64, Vec<RejectedRecord>)> = None;
-        let mut early: Option<u64> = None;
+        // With the write prefix that attempt used: later attempts keep it,
+        // to find that write.
+        let mut early: Option<(u64, String)> = None;
+
         loop {
             if *stop.borrow() {
                 summary.stopped = true;
@@ -578,6 +591,7 @@ impl StreamRunner {
                 .batch_started(plan.batch_id, plan.ranges.len(), resumed);
             let batch_id = plan.batch_id;
             let mut timed_out = false;
+            let mut attempt_prefix = String::new();
             let mut ran = Ok(());
             let recorded_earlier = probe == Some(batch_id);
             for s in &mut sources {
@@ -591,6 +605,7 @@ impl StreamRunner {
                 }
             }
             let prepared = ran.is_ok();
+            self.runner.forget_early_publish();
             let picks = Picks {
                 window: None,
                 rejected: rejected
@@ -611,7 +626,11 @@ impl StreamRunner {
                     // The batch borrows the runner; the alarm check beside
                     // it needs only the clock and the observer.
                     let watch = self.watch(batch_id);
-                    let prefix = write_prefix(stream_id, batch_id, &picks, early != Some(batch_id));
+                    let prefix = match &early {
+                        Some((id, prefix)) if *id == batch_id => prefix.clone(),
+                        _ => write_prefix(stream_id, batch_id, &picks),
+                    };
+                    attempt_prefix = prefix.clone();
                     let batch = self.run_batch(ctx, &sources, &plan, resumed, prefix, picks);
                     let (r, over) = watch
                         .run(batch, &mut stop, &mut alarms, notifier, last_commit)
@@ -624,14 +643,19 @@ impl StreamRunner {
             let (report, split_rows) = match ran {
                 Ok(r) => r,
                 Err(e) => {
-                    if self.runner.published_early() {
-                        early = Some(batch_id);
+                    if self.runner.published_early()
+                        && early.as_ref().is_none_or(|(id, _)| *id != batch_id)
+                    {
+                        early = Some((batch_id, attempt_prefix.clone()));
                     }
-                    let kept = early == Some(batch_id);
+                    let kept = early.as_ref().is_some_and(|(id, _)| *id == batch_id);
                     // The source's own count, over the same records each
                     // time (the message is the sources', through Ballista's
                     // text).
-                    if prepared && !timed_out && render(&e).contains(OVER_BAD_RECORD_LIMIT) {
+                    if prepared && !timed_out && {
+                        let text = render(&e);
+                        OVER_BAD_RECORD_LIMIT.iter().all(|t| text.contains(t))
+                    } {
                         let e = StreamError::OverBadRecordLimit {
                             batch_id,
                             source: Box::new(e),
@@ -826,6 +850,14 @@ impl StreamRunner {
                 plan.due_at
             };
             due = self.options.trigger.after_batch(from, self.clock.wall());
+        }
+        // Stopped before the batch this start took up failed again: its
+        // writes were taken back, and a changed job may still take it up.
+        if let Some(p) = &pending
+            && retaken == Some(p.batch_id)
+        {
+            let kept = early.as_ref().is_some_and(|(id, _)| *id == p.batch_id);
+            self.taken_back(checkpoint, p.batch_id, kept).await;
         }
         Ok(summary)
     }
@@ -1142,15 +1174,16 @@ impl Watch {
     }
 }
 
-/// What the batch's write ids start with: the stream and the batch, and
-/// with `own_ids` the records read as bad records (`picks`).
-fn write_prefix(stream_id: &str, batch_id: u64, picks: &Picks, own_ids: bool) -> String {
+/// What the batch's write ids start with: the stream, the batch, and the
+/// records read as bad records (`picks`).
+fn write_prefix(stream_id: &str, batch_id: u64, picks: &Picks) -> String {
     let id = stream_id.get(..12).unwrap_or(stream_id);
     let mut prefix = format!("{id}b{batch_id}");
     // Records read as bad records change what the batch writes: its
-    // writes are others than an attempt without them committed (unless
-    // one of those was published: then it is found and kept).
-    if own_ids && !picks.rejected.is_empty() {
+    // writes are others than an attempt without them committed (the
+    // runner keeps an attempt's prefix once one of its writes was
+    // published, to find it).
+    if !picks.rejected.is_empty() {
         let mut h = crc32fast::Hasher::new();
         for (table, split, place, _) in &picks.rejected {
             h.update(format!("{table}\0{split}\0{place}\0").as_bytes());
@@ -1437,20 +1470,18 @@ mod tests {
     use super::*;
 
     /// A batch with records read as bad records writes under ids of its
-    /// own, the same for the same records; one whose earlier write was
-    /// published keeps the batch's ids, to find it.
+    /// own, the same for the same records.
     #[test]
     fn rejected_records_give_the_batch_write_ids_of_its_own() {
         let picks = |place: u64| Picks {
             window: None,
             rejected: vec![("k".into(), "shard-0".into(), place, "why".into())],
         };
-        let plain = write_prefix("0123456789abcdef", 7, &Picks::default(), true);
+        let plain = write_prefix("0123456789abcdef", 7, &Picks::default());
         assert_eq!(plain, "0123456789abb7");
-        let own = write_prefix("0123456789abcdef", 7, &picks(3), true);
+        let own = write_prefix("0123456789abcdef", 7, &picks(3));
         assert!(own.starts_with("0123456789abb7r") && own.len() == plain.len() + 9);
-        assert_eq!(own, write_prefix("0123456789abcdef", 7, &picks(3), true));
-        assert_ne!(own, write_prefix("0123456789abcdef", 7, &picks(4), true));
-        assert_eq!(write_prefix("0123456789abcdef", 7, &picks(3), false), plain);
+        assert_eq!(own, write_prefix("0123456789abcdef", 7, &picks(3)));
+        assert_ne!(own, write_prefix("0123456789abcdef", 7, &picks(4)));
     }
 }
