@@ -56,6 +56,14 @@ impl StreamObserver for Printer {
         } else {
             String::new()
         };
+        // Records the job failed on alone, read as bad records: each named,
+        // so an operator sees what went to the error output and why.
+        for r in &info.rejected {
+            eprintln!(
+                "batch {}: the job failed on {r}; read as a bad record",
+                info.batch_id
+            );
+        }
         for a in info.accounts.iter().filter(|a| a.overcount().is_some()) {
             eprintln!(
                 "batch {}: split {} of {}: {} rows read, {} written, {} dead-lettered: rows were written more than once",
