@@ -178,11 +178,17 @@ async fn search(b: &mut Budget<'_>, total: u64, limit: u64) -> Result<Outcome, O
     // record past `most`.
     let mut found: Vec<(u64, String)> = Vec::new();
     let mut todo: Vec<(u64, u64, Option<String>)> = vec![(0, total, Some(whole))];
+    // Whether some record passes the job alone: when none does, the job
+    // or its settings (a bad time zone) fail, not the records.
+    let mut some_pass = false;
     while let Some((from, to, known)) = todo.pop() {
         let why = match known {
             Some(why) => why,
             None => match b.run(from, to, &[]).await? {
-                Ok(()) => continue,
+                Ok(()) => {
+                    some_pass = true;
+                    continue;
+                }
                 Err(why) => why,
             },
         };
@@ -199,19 +205,32 @@ async fn search(b: &mut Budget<'_>, total: u64, limit: u64) -> Result<Outcome, O
                 todo.push((mid, to, None));
                 todo.push((from, mid, Some(lower)));
             }
-            Ok(()) => match b.run(mid, to, &[]).await? {
-                Err(upper) => todo.push((mid, to, Some(upper))),
-                // Each half passes alone: records of both fail it together.
-                Ok(()) => {
-                    return Err(Outcome::NotFound(
-                        "the job fails on records together, not on one alone",
-                    ));
+            Ok(()) => {
+                some_pass = true;
+                match b.run(mid, to, &[]).await? {
+                    Err(upper) => todo.push((mid, to, Some(upper))),
+                    // Each half passes alone: records of both fail it together.
+                    Ok(()) => {
+                        return Err(Outcome::NotFound(
+                            "the job fails on records together, not on one alone",
+                        ));
+                    }
                 }
-            },
+            }
         }
     }
     if found.is_empty() {
         return Err(Outcome::NotFound("no record fails the job alone"));
+    }
+    // Stopped early on the first records: the last one tells.
+    let last = total - 1;
+    if !some_pass && !found.iter().any(|(i, _)| *i == last) {
+        some_pass = b.run(last, total, &[]).await?.is_ok();
+    }
+    if !some_pass {
+        return Err(Outcome::NotFound(
+            "no record of the batch passes the job alone: the job or its settings fail, not its records",
+        ));
     }
     // Blaming a record needs a failure that is its content's, not its
     // read's (a source that stopped answering fails every window that
@@ -252,7 +271,8 @@ mod tests {
         bad: BTreeSet<u64>,
         pair: Option<(u64, u64)>,
         skips_rejected: bool,
-        /// Every read of a record fails (the source stopped answering).
+        /// Every read of a record from the sixth on fails (a shard that
+        /// stopped answering).
         reads_fail: bool,
         /// Failures name the run they happened in.
         flaky: bool,
@@ -281,7 +301,7 @@ mod tests {
             rejected: &[(u64, String)],
         ) -> Result<(), String> {
             self.runs += 1;
-            if self.reads_fail && from < to {
+            if self.reads_fail && from < to && to > 5 {
                 return Err("shard s: connection refused".into());
             }
             let read = |i: &u64| {
@@ -321,7 +341,8 @@ mod tests {
         let got = isolate(&mut Fake::new(&[9]), 10, 0).await;
         assert_eq!(got, Outcome::TooMany(vec![(9, "cast failed on 9".into())]));
         // The cap holds whatever the limit.
-        let many: Vec<u64> = (0..40).collect();
+        // (The last passes: the job works on some record.)
+        let many: Vec<u64> = (0..39).collect();
         let Outcome::TooMany(got) = isolate(&mut Fake::new(&many), 40, 1_000_000).await else {
             panic!("not TooMany");
         };
@@ -346,6 +367,18 @@ mod tests {
         fake.skips_rejected = false;
         let got = isolate(&mut fake, 10, 5).await;
         assert!(matches!(got, Outcome::NotFound(why) if why.contains("_error")));
+        // Every record failing alone is the job's failure (a bad setting),
+        // not the records': none is blamed, with or without a limit.
+        let all: Vec<u64> = (0..40).collect();
+        for limit in [0, 100] {
+            let got = isolate(&mut Fake::new(&all), 40, limit).await;
+            assert!(
+                matches!(got, Outcome::NotFound(why) if why.contains("no record of the batch passes")),
+                "{got:?}"
+            );
+        }
+        let got = isolate(&mut Fake::new(&[0]), 1, 5).await;
+        assert!(matches!(got, Outcome::NotFound(_)), "{got:?}");
         // A failure that says something else the second time is a
         // moment's, not the record's.
         let mut fake = Fake::new(&[3]);
