@@ -1201,17 +1201,10 @@ fn available_now_drains_a_kinesis_stream_in_capped_batches_and_exits() {
     assert!(counts.values().all(|c| *c == 1));
 }
 
-/// A record the job's SQL cannot take (a cast of `amount`) would fail its
-/// batch on every retry. The stream finds it by running the job's queries
-/// over halves of the batch, and runs the batch again with it read as a
-/// bad record: the job's error output takes it (with why, and its
-/// sequence number in the batch report), everything else is written once,
-/// on a cluster. With `max_failing_records` 0 the run ends instead, naming
-/// the record, even under `--every`; started again with a raised limit,
-/// the changed job takes the batch up.
-#[test]
-fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
-    let stream = changes::create_stream("poison", 2).unwrap();
+/// A Kinesis stream of 40 records `{"n": n, "amount": "<10 n>"}`, but for
+/// n 7 and 31, whose amounts do not cast to a number.
+fn poison_stream(hint: &str) -> String {
+    let stream = changes::create_stream(hint, 2).unwrap();
     let amount = |n: u64| match n {
         7 => "abc".to_string(),
         31 => "12x".to_string(),
@@ -1224,25 +1217,88 @@ fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
         })
         .collect();
     changes::put_records(&stream, &records).unwrap();
+    stream
+}
+
+/// A job casting each amount into `out`, records with `_error` into `bad`.
+fn poison_job(job: &Path, stream: &str, out: &Path, bad: &Path, limit: u64, batch: u64) {
+    std::fs::write(
+        job,
+        format!(
+            "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL, amount VARCHAR) STORED AS KINESIS \
+             LOCATION 'kinesis://{stream}' OPTIONS ('max_records_per_batch' '{batch}', 'max_failing_records' '{limit}');\n\
+             COPY (SELECT n, CAST(amount AS BIGINT) AS amount, shard_id FROM k WHERE _error IS NULL) \
+             TO '{}' STORED AS JSON;\n\
+             COPY (SELECT shard_id, sequence_number, data_text, _error FROM k WHERE _error IS NOT NULL) \
+             TO '{}' STORED AS JSON;",
+            out.display(),
+            bad.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// SIGKILL while batches of records the job fails on are searched and run
+/// again (small batches: some searched, some in flight), then a restart:
+/// every record once, in the output or the error output, never both.
+#[test]
+fn a_sigkill_while_failing_records_are_handled_loses_and_repeats_nothing() {
+    let stream = poison_stream("poisonkill");
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, bad, ck) = (
+        tmp.path().join("out"),
+        tmp.path().join("bad"),
+        tmp.path().join("ck"),
+    );
+    let job = tmp.path().join("poison.sql");
+    poison_job(&job, &stream, &out, &bad, 5, 6);
+    let mut args = kinesis_args(&job, &ck);
+    args.extend(["--batch-timeout".to_string(), "60s".to_string()]);
+    let log = tmp.path().join("batches.jsonl");
+    let child = spawn(&args, &log);
+    kill_mid_batch(child, &ck);
+    // The killed process's claim lapses (`--lock-ttl 3s`).
+    std::thread::sleep(Duration::from_secs(4));
+    let (ok, text) = stream_with(&job, &ck, "--available-now --lock-ttl 3s", &[]);
+    assert!(ok, "{text}");
+    let ns: Vec<u64> = ndjson_rows(&out)
+        .iter()
+        .map(|r| r["n"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = (0..40).filter(|n| ![7, 31].contains(n)).collect();
+    let mut sorted = ns.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, want, "{text}");
+    let mut bad_texts: Vec<String> = ndjson_rows(&bad)
+        .iter()
+        .map(|r| r["data_text"].as_str().unwrap().to_string())
+        .collect();
+    bad_texts.sort();
+    assert_eq!(
+        bad_texts,
+        [
+            r#"{"n": 31, "amount": "12x"}"#,
+            r#"{"n": 7, "amount": "abc"}"#
+        ],
+        "{text}"
+    );
+}
+
+/// A record the job's SQL cannot take (a cast of `amount`) would fail its
+/// batch on every retry. The stream finds it by running the job's queries
+/// over halves of the batch, and runs the batch again with it read as a
+/// bad record: the job's error output takes it (with why, and its
+/// sequence number in the batch report), everything else is written once,
+/// on a cluster. With `max_failing_records` 0 the run ends instead, naming
+/// the record, even under `--every`; started again with a raised limit,
+/// the changed job takes the batch up.
+#[test]
+fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
+    let stream = poison_stream("poison");
     let tmp = tempfile::tempdir().unwrap();
     let (out, bad) = (tmp.path().join("out"), tmp.path().join("bad"));
     let job = tmp.path().join("poison.sql");
-    let write_job = |limit: u64| {
-        std::fs::write(
-            &job,
-            format!(
-                "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL, amount VARCHAR) STORED AS KINESIS \
-                 LOCATION 'kinesis://{stream}' OPTIONS ('max_records_per_batch' '60', 'max_failing_records' '{limit}');\n\
-                 COPY (SELECT n, CAST(amount AS BIGINT) AS amount, shard_id FROM k WHERE _error IS NULL) \
-                 TO '{}' STORED AS JSON;\n\
-                 COPY (SELECT shard_id, sequence_number, data_text, _error FROM k WHERE _error IS NOT NULL) \
-                 TO '{}' STORED AS JSON;",
-                out.display(),
-                bad.display()
-            ),
-        )
-        .unwrap();
-    };
+    let write_job = |limit: u64| poison_job(&job, &stream, &out, &bad, limit, 60);
     write_job(5);
     // On a scheduler and two executors: the windows and the rejected
     // records travel in the plan to the executors that read the shards.

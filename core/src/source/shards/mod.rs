@@ -723,9 +723,13 @@ fn records_to_batches(
     let mut out = Vec::new();
     for (n, chunk) in records.chunks(BATCH_ROWS).enumerate() {
         let start = offset + (n * BATCH_ROWS) as u64;
-        let marks: Vec<(usize, &str)> = (0..chunk.len())
-            .filter_map(|i| Some((i, *rejected.get(&(start + i as u64))?)))
-            .collect();
+        // Nothing to look up on the usual read.
+        let marks: Vec<(usize, &str)> = match rejected.is_empty() {
+            true => vec![],
+            false => (0..chunk.len())
+                .filter_map(|i| Some((i, *rejected.get(&(start + i as u64))?)))
+                .collect(),
+        };
         let (batch, chunk_bad) = to_batch(spec, schema, &declared, shard, chunk, &marks)?;
         // Rejected records have their own limit, `max_failing_records`,
         // counted by the runner over the batch when it picked them.
@@ -1189,6 +1193,7 @@ mod tests {
         )?;
         assert_eq!(o.format, RecordFormat::Dynamodb);
         assert_eq!(o.starting_position, StartingPosition::Latest);
+        assert_eq!(o.max_failing_records, 0);
         // A snapshot's scan takes the table's read options.
         let o = ShardOptions::parse(
             Kind::DynamodbStream,
@@ -1212,6 +1217,12 @@ mod tests {
                 "starting_position",
                 "soon",
                 "trim_horizon or latest",
+            ),
+            (
+                Kind::Kinesis,
+                "max_failing_records",
+                "some",
+                "option max_failing_records must be a number, got 'some'",
             ),
             (Kind::Kinesis, "max_records_per_batch", "0", "at least 1"),
             (
