@@ -17,9 +17,12 @@ SET zone = UTC;
 CREATE EXTERNAL TABLE chat ("LivestreamID" VARCHAR NOT NULL, "UID" BIGINT NOT NULL, message VARCHAR, sent_at BIGINT)
   STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://${table}'
   -- Changes that do not decode, and those the SQL below fails on alone
-  -- (read as bad records, README "Records the job fails on"), go to errors/.
+  -- (read as bad records, README "Records the job fails on"), go to errors/;
+  -- every other change to both layouts: a batch that loses one commits
+  -- nothing (max_filtered_records 0).
   OPTIONS ('starting_position' '${start}', 'max_records_per_batch' '${batch}',
-           'max_bad_records' '1000000', 'max_failing_records' '16');
+           'max_bad_records' '1000000', 'max_failing_records' '16',
+           'max_filtered_records' '0');
 COPY (SELECT "LivestreamID", "UID", event_name, message, sent_at,
              to_char(approximate_creation_time, '%Y-%m-%d %H:%M:%S%.3f') AS event_time,
              shard_id, sequence_number, new_image, old_image
@@ -41,6 +44,6 @@ COPY (SELECT 1 AS "attemptsMade", CAST(approximate_creation_time AS BIGINT) AS "
              CASE WHEN _error LIKE 'the job failed on this record alone:%'
                   THEN 'Record.ProcessingFailed' ELSE 'Record.DecodeFailed' END AS "errorCode",
              _error AS "errorMessage",
-             COALESCE(new_image, old_image, keys) AS "rawData", shard_id, sequence_number
+             COALESCE(data_text, new_image, old_image, keys) AS "rawData", shard_id, sequence_number
       FROM chat WHERE _error IS NOT NULL)
   TO '${output}/errors/' STORED AS JSON;

@@ -550,6 +550,16 @@ pub fn create_table(hint: &str, wcu: i64) -> Result<String> {
 
 /// [`create_table`] with `rcu` provisioned read capacity as well.
 pub fn create_table_with(hint: &str, rcu: i64, wcu: i64) -> Result<String> {
+    create_billed(hint, Some((rcu, wcu)))
+}
+
+/// A fresh on-demand (`PAY_PER_REQUEST`) table, keyed as [`create_table`].
+pub fn create_on_demand_table(hint: &str) -> Result<String> {
+    create_billed(hint, None)
+}
+
+/// A table with `(rcu, wcu)` provisioned, or on demand.
+fn create_billed(hint: &str, throughput: Option<(i64, i64)>) -> Result<String> {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
         ScalarAttributeType,
@@ -572,16 +582,19 @@ pub fn create_table_with(hint: &str, rcu: i64, wcu: i64) -> Result<String> {
                 .attribute_type(kind)
                 .build()
         };
-        client
-            .create_table()
-            .table_name(&name)
-            .billing_mode(BillingMode::Provisioned)
-            .provisioned_throughput(
-                ProvisionedThroughput::builder()
-                    .read_capacity_units(rcu)
-                    .write_capacity_units(wcu)
-                    .build()?,
-            )
+        let create = client.create_table().table_name(&name);
+        let create = match throughput {
+            Some((rcu, wcu)) => create
+                .billing_mode(BillingMode::Provisioned)
+                .provisioned_throughput(
+                    ProvisionedThroughput::builder()
+                        .read_capacity_units(rcu)
+                        .write_capacity_units(wcu)
+                        .build()?,
+                ),
+            None => create.billing_mode(BillingMode::PayPerRequest),
+        };
+        create
             .key_schema(key("pk", KeyType::Hash)?)
             .key_schema(key("sk", KeyType::Range)?)
             .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)

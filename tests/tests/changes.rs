@@ -134,6 +134,79 @@ fn kill_mid_batch(mut child: Child, ck: &Path) -> String {
     killed_at
 }
 
+/// Files staged under `out` by batch `id`'s writes (write ids
+/// `<stream>b<id>l<line>`, or `<stream>b<id>r<marks>l<line>`).
+fn staged_by(out: &Path, id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![out.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if !p.is_dir() {
+                continue;
+            }
+            if e.file_name() != "_sluice_staging" {
+                dirs.push(p);
+                continue;
+            }
+            for w in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                let name = w.file_name().to_string_lossy().into_owned();
+                let ours = name
+                    .split_once(&format!("b{id}"))
+                    .is_some_and(|(_, rest)| rest.starts_with('l') || rest.starts_with('r'));
+                if ours {
+                    found.extend(files_under(&w.path()));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// [`kill_mid_batch`], once the batch in flight has staged files under
+/// `out` (its writes begun, not published): returns the batch's record
+/// name and those files.
+fn kill_mid_write(mut child: Child, ck: &Path, out: &Path) -> (String, Vec<PathBuf>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let killed = loop {
+        let planned = entries(&ck.join("offsets"));
+        let committed = entries(&ck.join("commits"));
+        if !committed.is_empty()
+            && let Some(open) = planned.difference(&committed).next()
+        {
+            let id: u64 = open.trim_end_matches(".json").parse().unwrap();
+            let staged = staged_by(out, &id.to_string());
+            if !staged.is_empty() {
+                signal(&child, "-KILL");
+                break (open.clone(), staged);
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the stream exited ({status}) before a batch in flight staged a file");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no batch in flight with staged files to kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.wait().unwrap();
+    killed
+}
+
 fn chat_args(table: &str, out: &Path, ck: &Path, batch: u64) -> Vec<String> {
     let job = workspace_root().join("jobs/chat_changes.sql");
     vec![
@@ -174,12 +247,13 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
         let table = table.clone();
         std::thread::spawn(move || changes::load_chat(&table, 0, 3_000, 500))
     };
-    let killed_at = kill_mid_batch(spawn(&args, &log), &ck);
+    let (killed_at, staged) = kill_mid_write(spawn(&args, &log), &ck, &out);
     let committed_before = entries(&ck.join("commits"));
     assert!(
         !committed_before.contains(&killed_at),
         "the kill landed after the commit of {killed_at}"
     );
+    assert!(!staged.is_empty());
     let mut second = spawn(&args, &log);
     loader.join().unwrap().unwrap();
     changes::modify_chat(&table, 0..100).unwrap();
@@ -225,6 +299,12 @@ fn chat_changes_reach_both_layouts_exactly_once_across_a_sigkill() {
         .find(|x| x["batch_id"].as_u64() == Some(killed_id))
         .unwrap_or_else(|| panic!("batch {killed_id} never committed: {err}"));
     assert_eq!(rerun["resumed"], true, "{rerun}");
+    // What the killed attempt had staged was settled by the re-run.
+    let left = staged_by(&out, &killed_id.to_string());
+    assert!(
+        left.is_empty(),
+        "the killed attempt's staging is left: {left:?}"
+    );
 
     let mut expected = std::collections::BTreeMap::new();
     for uid in 0..3_000u64 {
@@ -666,11 +746,12 @@ fn a_kinesis_merge_after_a_sigkill_loses_and_repeats_nothing() {
     let (out, ck, log) = kinesis_paths(&tmp);
     changes::put_records(&stream, &numbered(0, 200)).unwrap();
     let args = kinesis_args(&job, &ck);
-    let killed_at = kill_mid_batch(spawn(&args, &log), &ck);
+    let (killed_at, staged) = kill_mid_write(spawn(&args, &log), &ck, &out);
     assert!(
         !entries(&ck.join("commits")).contains(&killed_at),
         "the kill landed after the commit of {killed_at}"
     );
+    assert!(!staged.is_empty());
     let (a, b) = changes::merge_open_shards(&stream).unwrap();
     changes::put_records(&stream, &numbered(200, 300)).unwrap();
     let mut second = spawn(&args, &log);
@@ -821,13 +902,14 @@ fn stream_with(job: &Path, ck: &Path, trigger: &str, env: &[(&str, &str)]) -> (b
     )
 }
 
-/// A table without a stream, a missing table, a missing Kinesis stream and
-/// an unreachable DynamoDB or Kinesis endpoint each fail the run with one
-/// line naming it.
+/// A table without a stream, a missing table, a missing Kinesis stream, a
+/// stream of keys only under image columns and an unreachable DynamoDB or
+/// Kinesis endpoint each fail the run with one line naming it.
 #[test]
 fn bad_change_sources_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let plain = changes::create_chat_table("nostream", None).unwrap();
+    let keys_only = changes::create_chat_table("keysonly", Some(StreamViewType::KeysOnly)).unwrap();
     let streamed =
         changes::create_chat_table("collide", Some(StreamViewType::NewAndOldImages)).unwrap();
     changes::load_chat(&streamed, 0, 3, 100).unwrap();
@@ -909,6 +991,22 @@ fn bad_change_sources_fail_clearly() {
             vec![],
             vec!["column event_name is one of the DynamoDB stream table's own columns"],
         ),
+        // A stream of keys only under columns the images would give: every
+        // row's would be null.
+        (
+            job(
+                "keysonly",
+                &format!(
+                    "(\"LivestreamID\" VARCHAR NOT NULL, \"UID\" BIGINT NOT NULL, message VARCHAR) STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://{keys_only}'"
+                ),
+            ),
+            vec![],
+            vec![
+                keys_only.as_str(),
+                "StreamViewType KEYS_ONLY",
+                "column(s) message would be null",
+            ],
+        ),
     ];
     let failed_saying = |job: &Path, (ok, text): (bool, String), want: &[&str]| {
         assert!(!ok, "{job:?} succeeded: {text}");
@@ -927,7 +1025,7 @@ fn bad_change_sources_fail_clearly() {
     }
     // No retry gives a table a stream or a missing stream shards: a stream
     // running `--every` ends on them too (at once, not after retries).
-    for i in [0, 1, 2] {
+    for i in [0, 1, 2, 7] {
         let (job, env, want) = &cases[i];
         let ck = tmp.path().join(format!("every{i}"));
         let text = failed_saying(job, stream_with(job, &ck, "--every 1s", env), want);
@@ -974,6 +1072,75 @@ fn bad_change_sources_fail_clearly() {
             "{job:?} did not stop cleanly: {status}: {err}"
         );
     }
+}
+
+/// `max_filtered_records`: a batch whose records are not all written or
+/// dead-lettered ends the run before anything of it is committed, naming
+/// the shard and the counts; a job whose writes cannot count by shard is
+/// refused; the fixed job takes the batch up and writes every record once.
+#[test]
+fn a_batch_that_does_not_account_for_its_records_commits_nothing() {
+    let stream = changes::create_stream("accounted", 1).unwrap();
+    let records: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|n| (format!("k{n}"), format!(r#"{{"n":{n}}}"#).into_bytes()))
+        .collect();
+    changes::put_records(&stream, &records).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("job.sql");
+    let write_job = |filter: &str, columns: &str| {
+        std::fs::write(
+            &job,
+            format!(
+                "CREATE EXTERNAL TABLE k (n BIGINT) STORED AS KINESIS LOCATION 'kinesis://{stream}' \
+                 OPTIONS ('max_filtered_records' '0');\n\
+                 COPY (SELECT {columns} FROM k WHERE _error IS NULL {filter}) TO '{}' STORED AS JSON;",
+                out.display()
+            ),
+        )
+        .unwrap();
+    };
+    let ck = tmp.path().join("ck");
+    // Two of the ten dropped by the WHERE.
+    write_job("AND n % 5 <> 0", "n, shard_id");
+    let (ok, text) = stream_with(&job, &ck, "--every 1s", &[]);
+    assert!(!ok, "{text}");
+    for want in [
+        "source k",
+        "2 of its records were neither written nor dead-lettered, more than max_filtered_records (0)",
+        "10 records read, 8 written, 0 dead-lettered",
+        "nothing of the batch was committed",
+    ] {
+        assert!(text.contains(want), "no '{want}' in: {text}");
+    }
+    assert!(!text.contains("retrying in"), "{text}");
+    assert!(walk(&out).is_empty(), "{:?}", walk(&out));
+    // Rows that do not name their shard cannot be accounted for.
+    write_job("", "n");
+    let (ok, text) = stream_once(&job, &ck, &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("select shard_id into each output"), "{text}");
+    assert!(walk(&out).is_empty(), "{:?}", walk(&out));
+    // Fixed: the changed job takes the batch up; every record once.
+    write_job("", "n, shard_id");
+    let (ok, text) = stream_once(&job, &ck, &[]);
+    assert!(ok, "{text}");
+    let mut got: Vec<i64> = walk(&out)
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..10).collect::<Vec<i64>>());
 }
 
 /// DynamoDB's Kinesis streaming destination: records of that JSON shape,
@@ -1026,7 +1193,7 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
             "CREATE EXTERNAL TABLE c (\"LivestreamID\" VARCHAR NOT NULL, \"UID\" BIGINT NOT NULL, message VARCHAR, avatar BYTEA) \
              STORED AS KINESIS LOCATION 'kinesis://{stream}' OPTIONS ('format' 'dynamodb', 'max_bad_records' '5');\n\
              COPY (SELECT event_name, \"UID\", message, keys, approximate_creation_time, encode(avatar, 'hex') AS avatar_hex FROM c WHERE _error IS NULL) TO '{}' STORED AS JSON;\n\
-             COPY (SELECT sequence_number, _error FROM c WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;",
+             COPY (SELECT sequence_number, _error, data_text, approximate_creation_time FROM c WHERE _error IS NOT NULL) TO '{}' STORED AS JSON;",
             out.display(),
             bad.display()
         ),
@@ -1066,9 +1233,24 @@ fn kinesis_records_from_dynamodb_decode_to_the_change_columns() {
         })
         .collect();
     assert_eq!(bad_rows.len(), 2, "{bad_rows:?}");
+    // The record that is not a change keeps its data and arrival time for
+    // the error output; one that decoded but does not fit has no data_text.
+    let not_change: serde_json::Value = bad_rows
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
+        .find(|r| {
+            r["_error"]
+                .as_str()
+                .unwrap()
+                .contains("the data is not JSON")
+        })
+        .unwrap_or_else(|| panic!("{bad_rows:?}"));
+    assert_eq!(not_change["data_text"], "not a change", "{not_change}");
     assert!(
-        bad_rows.iter().any(|r| r.contains("the data is not JSON")),
-        "{bad_rows:?}"
+        not_change["approximate_creation_time"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{not_change}"
     );
     assert!(
         bad_rows

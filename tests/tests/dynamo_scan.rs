@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
-use sluice_test_support::dynamo::{ThrottlingDynamo, create_table_with, load_items};
+use sluice_test_support::dynamo::{
+    ThrottlingDynamo, create_on_demand_table, create_table_with, load_items,
+};
 use sluice_test_support::{Cluster, run_with_timeout, sluice};
 
 fn ddb_endpoint() -> String {
@@ -175,6 +177,78 @@ fn a_backfill_reads_every_item_once_within_its_read_budget() {
         .find(|t| t["table"] == table.as_str() && t["capacity"] == "read")
         .unwrap_or_else(|| panic!("no read budget for {table}: {tables}"));
     assert_eq!(read["budget"], 80.0, "{read}");
+}
+
+/// An on-demand table has no read capacity to take a share of:
+/// `read.max_units` is its budget, which the coordinator holds and the
+/// read keeps to, every item once.
+#[test]
+fn an_on_demand_backfill_keeps_to_read_max_units() {
+    let proxy = ThrottlingDynamo::start(&ddb_endpoint()).unwrap();
+    let table = create_on_demand_table("ondemand").unwrap();
+    const ITEMS: u64 = 6_000;
+    load_items(&table, ITEMS, 40, 800).unwrap();
+    proxy.reset_stats();
+    let env = [("AWS_ENDPOINT_URL_DYNAMODB", proxy.endpoint.as_str())];
+    let cluster = Cluster::start_with_env(2, 2, &env).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sql = format!(
+        "CREATE EXTERNAL TABLE src (pk VARCHAR NOT NULL, sk BIGINT NOT NULL)
+           STORED AS DYNAMODB LOCATION 'dynamodb://{table}'
+           OPTIONS ('read.max_units' '40', 'read.segments' '4');
+         CREATE EXTERNAL TABLE out (pk VARCHAR, sk BIGINT) STORED AS PARQUET LOCATION '{}/';
+         INSERT INTO out SELECT pk, sk FROM src;",
+        out.display()
+    );
+    ok(&run(dir.path(), &sql, &[], Some(&cluster)));
+    let mut seen = BTreeSet::new();
+    for file in parquet_files(&out) {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let sk = batch
+                .column_by_name("sk")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                assert!(seen.insert(sk.value(i)), "item {} twice", sk.value(i));
+            }
+        }
+    }
+    assert_eq!(seen.len() as u64, ITEMS, "every item once");
+    let tables = cluster.coordinator_tables().unwrap();
+    let read = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table.as_str() && t["capacity"] == "read")
+        .unwrap_or_else(|| panic!("no read budget for {table}: {tables}"));
+    assert_eq!(read["budget"], 40.0, "{read}");
+    let (consumed, calls, first, last) = proxy.stats(|s| {
+        (
+            s.accepted_rcu,
+            s.scan_requests,
+            s.read_timeline.first().map_or(0.0, |t| t.0),
+            s.read_timeline.last().map_or(0.0, |t| t.0),
+        )
+    });
+    // 6,000 items of ~830 bytes: ~1,216 4 KB units, halved.
+    assert!((570.0..680.0).contains(&consumed), "{consumed} RCU");
+    let rate = consumed / (last - first);
+    eprintln!(
+        "on demand: {consumed:.0} RCU in {:.1} s = {rate:.1} RCU/s (read.max_units 40), {calls} scans",
+        last - first
+    );
+    assert!(
+        rate <= 40.0 * 1.05,
+        "{rate:.1} RCU/s over read.max_units 40"
+    );
 }
 
 const TYPED: &str = "CREATE EXTERNAL TABLE t (

@@ -560,7 +560,7 @@ impl JobRunner {
 
     /// Takes back the recorded writes of a batch that failed: their
     /// uploads aborted and staging removed, their locks released.
-    async fn discard_deferred(&self) {
+    pub async fn discard_deferred(&self) {
         let writes = self.take_deferred();
         for w in writes {
             let Some(guard) = w.guard else { continue };

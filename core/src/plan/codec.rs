@@ -85,7 +85,7 @@ enum PhysicalNode {
     SkewRoute(RouteSpec),
     KafkaScan(KafkaSpec),
     JsonLinesScan(JsonLinesSpec),
-    ShardScan(ShardSpec),
+    ShardScan(Box<ShardSpec>),
     DynamoScan(ScanSpec),
     Writer(WriteSpec),
     Commit(WriteSpec),
@@ -277,7 +277,7 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
                 one_input(inputs, "JsonLinesScanExec")?,
             )?),
             PhysicalNode::ShardScan(spec) => Arc::new(ShardScanExec::with_input(
-                spec,
+                *spec,
                 one_input(inputs, "ShardScanExec")?,
             )?),
             PhysicalNode::DynamoScan(spec) => Arc::new(DynamoScanExec::with_input(
@@ -348,7 +348,7 @@ impl PhysicalExtensionCodec for SluicePhysicalCodec {
             return encode(&PhysicalNode::JsonLinesScan(scan.spec().clone()), buf);
         }
         if let Some(scan) = node.downcast_ref::<ShardScanExec>() {
-            return encode(&PhysicalNode::ShardScan(scan.spec().clone()), buf);
+            return encode(&PhysicalNode::ShardScan(Box::new(scan.spec().clone())), buf);
         }
         if let Some(scan) = node.downcast_ref::<DynamoScanExec>() {
             return encode(&PhysicalNode::DynamoScan(scan.spec().clone()), buf);

@@ -123,6 +123,10 @@ pub struct KafkaOptions {
     pub max_records_per_batch: u64,
     /// Bad records one range may hold before the batch fails.
     pub max_bad_records: u64,
+    /// Records of a batch that may be neither written nor dead-lettered
+    /// (`stream::info::unaccounted`); `None`: not checked.
+    #[serde(default)]
+    pub max_filtered_records: Option<u64>,
     /// How long one broker call (connect, metadata, offsets, a fetch) may
     /// take before the batch fails.
     #[serde(default = "default_timeout_ms")]
@@ -139,6 +143,7 @@ impl Default for KafkaOptions {
             starting_offsets: StartingOffsets::Earliest,
             max_records_per_batch: 100_000,
             max_bad_records: 0,
+            max_filtered_records: None,
             request_timeout_ms: default_timeout_ms(),
         }
     }
@@ -189,6 +194,7 @@ impl KafkaOptions {
                     }
                 }
                 "max_bad_records" => out.max_bad_records = number(value)?,
+                "max_filtered_records" => out.max_filtered_records = Some(number(value)?),
                 "request_timeout_ms" => {
                     out.request_timeout_ms = number(value)?;
                     if !TIMEOUT_MS.contains(&out.request_timeout_ms) {
@@ -201,7 +207,7 @@ impl KafkaOptions {
                 }
                 _ => {
                     return plan_err!(
-                        "unknown Kafka option {raw_key} (known: starting_offsets, max_records_per_batch, max_bad_records, request_timeout_ms)"
+                        "unknown Kafka option {raw_key} (known: starting_offsets, max_records_per_batch, max_bad_records, max_filtered_records, request_timeout_ms)"
                     );
                 }
             }

@@ -308,3 +308,52 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableShape, Dynamo
         size_bytes: desc.table_size_bytes().map_or(0, |n| n.max(0) as u64),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_budgets_take_a_share_of_rcu_or_the_on_demand_cap() {
+        let share = |percent: f64, max_units: Option<f64>| CapacityShare { percent, max_units };
+        let provisioned = TableShape {
+            provisioned_rcu: Some(2000.0),
+            provisioned_wcu: Some(100.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            provisioned.budget_of(Capacity::Read, share(0.5, None)),
+            1000.0
+        );
+        // At most 97% of a table's capacity, and never over max_units.
+        assert_eq!(
+            provisioned.budget_of(Capacity::Read, share(1.0, None)),
+            1940.0
+        );
+        assert_eq!(
+            provisioned.budget_of(Capacity::Read, share(0.5, Some(300.0))),
+            300.0
+        );
+        // The write side is its own.
+        assert_eq!(
+            provisioned.budget_of(Capacity::Write, share(0.5, None)),
+            50.0
+        );
+        // On demand: read.max_units is the budget, whatever the percent;
+        // else the table's MaxReadRequestUnits share; else 40,000's.
+        let on_demand = TableShape::default();
+        assert_eq!(
+            on_demand.budget_of(Capacity::Read, share(0.5, Some(40.0))),
+            40.0
+        );
+        let capped = TableShape {
+            on_demand_max_read: Some(1000.0),
+            ..Default::default()
+        };
+        assert_eq!(capped.budget_of(Capacity::Read, share(0.5, None)), 500.0);
+        assert_eq!(
+            on_demand.budget_of(Capacity::Read, share(0.5, None)),
+            20_000.0
+        );
+    }
+}

@@ -97,6 +97,16 @@ pub enum StreamError {
         #[source]
         source: Box<SluiceError>,
     },
+    /// A batch whose records are not all written or dead-lettered, past
+    /// the source's `max_filtered_records`: its writes were taken back.
+    #[error(
+        "batch {batch_id}: source {table}: {what}; nothing of the batch was committed: fix the job (or raise max_filtered_records) and start the stream again, and the changed job takes the batch up"
+    )]
+    Unaccounted {
+        batch_id: u64,
+        table: String,
+        what: String,
+    },
     #[error(transparent)]
     Job(#[from] SluiceError),
     #[error(transparent)]
@@ -136,7 +146,10 @@ impl StreamError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::SourceFatal { .. } | Self::RecordsFail { .. } | Self::OverBadRecordLimit { .. }
+            Self::SourceFatal { .. }
+                | Self::RecordsFail { .. }
+                | Self::OverBadRecordLimit { .. }
+                | Self::Unaccounted { .. }
         )
     }
 

@@ -176,6 +176,63 @@ pub fn accounts(splits: &[SplitInput], writes: &[BatchWrite]) -> Vec<SplitAccoun
         .collect()
 }
 
+/// Where a batch's accounts show more than `limit` records neither
+/// written (to each data output) nor dead-lettered: how many, and the
+/// first split short of them. Splits whose counts are not known (a
+/// snapshot's) are not checked.
+pub fn unaccounted(accounts: &[SplitAccount], limit: u64) -> Option<String> {
+    // Per data output: records missing, and the first split they miss from.
+    let mut missing: BTreeMap<&str, (u64, String)> = BTreeMap::new();
+    for a in accounts {
+        let (Some(read), Some(dead)) = (a.read, a.dead_lettered) else {
+            continue;
+        };
+        let outputs: Vec<(&str, u64)> = if a.written_by_output.is_empty() {
+            match a.written {
+                Some(w) => vec![("", w)],
+                None => continue,
+            }
+        } else {
+            a.written_by_output
+                .iter()
+                .map(|(o, w)| (o.as_str(), *w))
+                .collect()
+        };
+        for (output, written) in outputs {
+            let gone = read.saturating_sub(written + dead);
+            if gone == 0 {
+                continue;
+            }
+            let entry = missing.entry(output).or_insert((0, String::new()));
+            if entry.0 == 0 {
+                let to = if output.is_empty() {
+                    String::new()
+                } else {
+                    format!(" to {output}")
+                };
+                entry.1 = format!(
+                    "split {}: {read} records read, {written} written{to}, {dead} dead-lettered",
+                    a.split
+                );
+            }
+            entry.0 += gone;
+        }
+    }
+    missing
+        .into_iter()
+        .find(|(_, (n, _))| *n > limit)
+        .map(|(output, (n, first))| {
+            let to = if output.is_empty() {
+                String::new()
+            } else {
+                format!(" to {output}")
+            };
+            format!(
+                "{n} of its records were neither written{to} nor dead-lettered, more than max_filtered_records ({limit}) allows (the job's WHERE dropped them, or a write lost them); {first}"
+            )
+        })
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchInfo {
     pub batch_id: u64,
@@ -301,6 +358,66 @@ mod tests {
             rows_by_split: counts.map(|c| c.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn records_neither_written_nor_dead_lettered_are_counted_per_output() {
+        let splits = [
+            split("shard-a", Some(10)),
+            split("shard-b", Some(5)),
+            // A snapshot's count is not known: not checked.
+            split("snapshot", None),
+        ];
+        let mut writes = [
+            write(
+                false,
+                Some(&[("shard-a", 9), ("shard-b", 5), ("snapshot", 4)]),
+            ),
+            write(false, Some(&[("shard-a", 9), ("shard-b", 3)])),
+            write(true, Some(&[("shard-a", 1)])),
+        ];
+        writes[0].output = "s3://b/by_stream/".into();
+        writes[1].output = "s3://b/by_hour/".into();
+        let got = accounts(&splits, &writes);
+        // by_stream has every record; by_hour misses 2 of shard-b.
+        let why = unaccounted(&got, 1).unwrap();
+        assert!(
+            why.starts_with("2 of its records were neither written to s3://b/by_hour/ nor dead-lettered, more than max_filtered_records (1)"),
+            "{why}"
+        );
+        assert!(
+            why.ends_with(
+                "split shard-b: 5 records read, 3 written to s3://b/by_hour/, 0 dead-lettered"
+            ),
+            "{why}"
+        );
+        assert_eq!(unaccounted(&got, 2), None);
+        // One output: its count is `written`.
+        let one = accounts(
+            &splits,
+            &[
+                write(false, Some(&[("shard-a", 7), ("shard-b", 5)])),
+                writes[2].clone(),
+            ],
+        );
+        let why = unaccounted(&one, 0).unwrap();
+        assert!(
+            why.starts_with("2 of its records were neither written nor dead-lettered"),
+            "{why}"
+        );
+        assert!(
+            why.ends_with("split shard-a: 10 records read, 7 written, 1 dead-lettered"),
+            "{why}"
+        );
+        // Every record written or dead-lettered: nothing to say at 0.
+        let whole = accounts(
+            &splits,
+            &[
+                write(false, Some(&[("shard-a", 9), ("shard-b", 5)])),
+                writes[2].clone(),
+            ],
+        );
+        assert_eq!(unaccounted(&whole, 0), None);
     }
 
     #[test]

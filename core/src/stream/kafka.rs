@@ -276,6 +276,10 @@ impl Source for KafkaSource {
         Some("partition")
     }
 
+    fn filtered_record_limit(&self) -> Option<u64> {
+        self.options.max_filtered_records
+    }
+
     fn table(&self) -> &str {
         &self.table
     }

@@ -270,14 +270,28 @@ impl StreamRunner {
                             &option_texts(&cmd.options),
                         )
                         .map_err(bad)?;
-                        sources.push(Box::new(super::shards::ShardSource::new(
-                            &cmd.name.to_string(),
-                            kind,
-                            location,
-                            &name,
-                            options,
-                            Arc::clone(&self.clock),
-                        )));
+                        let fixed = crate::source::shards::fixed_fields(options.format);
+                        // Named as SQL folds them: quoted names keep their case.
+                        let declared = cmd
+                            .columns
+                            .iter()
+                            .map(|c| match c.name.quote_style {
+                                Some(_) => c.name.value.clone(),
+                                None => c.name.value.to_lowercase(),
+                            })
+                            .filter(|n| !fixed.iter().any(|f| f.name() == n))
+                            .collect();
+                        sources.push(Box::new(
+                            super::shards::ShardSource::new(
+                                &cmd.name.to_string(),
+                                kind,
+                                location,
+                                &name,
+                                options,
+                                Arc::clone(&self.clock),
+                            )
+                            .with_declared(declared),
+                        ));
                         continue;
                     }
                     if format == crate::source::kafka::KAFKA {
@@ -736,6 +750,16 @@ impl StreamRunner {
                 counter!("sluice_stream_records_rejected_total").increment(found.len() as u64);
                 info.rejected = found;
             }
+            // Before anything of the batch is committed: a batch that does
+            // not account for its records is taken back, and no retry of
+            // the same job would account for them.
+            if let Some(e) = unaccounted(&sources, counted, &info) {
+                self.runner.discard_deferred().await;
+                let kept = self.runner.published_early()
+                    || early.as_ref().is_some_and(|(id, _)| *id == batch_id);
+                self.taken_back(checkpoint, batch_id, kept).await;
+                return Err(self.ended(batch_id, e));
+            }
             info.input_bytes = plan
                 .ranges
                 .iter()
@@ -1174,6 +1198,39 @@ impl Watch {
     }
 }
 
+/// A source's `max_filtered_records` broken by batch `info`: more of its
+/// records than that neither written nor dead-lettered, or no way to tell
+/// (its rows do not name their split in the writes, or another source's
+/// do).
+fn unaccounted(
+    sources: &[Box<dyn Source>],
+    counted: Option<&str>,
+    info: &BatchInfo,
+) -> Option<StreamError> {
+    sources.iter().find_map(|s| {
+        let limit = s.filtered_record_limit()?;
+        let column = s.split_column().unwrap_or("its split column");
+        let what = if counted != Some(s.table()) {
+            Some(
+                "max_filtered_records needs the batch's writes to count rows by one source's split, and this job reads several such sources".to_string(),
+            )
+        } else if info.accounts.is_empty() {
+            (info.input_rows != Some(0)).then(|| {
+                format!(
+                    "max_filtered_records needs every write to count its rows by {column}, and no write of the batch has that column: select {column} into each output"
+                )
+            })
+        } else {
+            super::info::unaccounted(&info.accounts, limit)
+        }?;
+        Some(StreamError::Unaccounted {
+            batch_id: info.batch_id,
+            table: s.table().to_string(),
+            what,
+        })
+    })
+}
+
 /// What the batch's write ids start with: the stream, the batch, and the
 /// records read as bad records (`picks`).
 fn write_prefix(stream_id: &str, batch_id: u64, picks: &Picks) -> String {
@@ -1206,6 +1263,7 @@ fn bind_inputs(
         picks,
         ..Default::default()
     };
+    inputs.shards.due_ms = Some(plan.due_at.timestamp_millis());
     for s in sources {
         s.bind(&plan.ranges_of(s.table()), &mut inputs)
             .map_err(|e| SluiceError::Layer(Box::new(e)))?;

@@ -119,6 +119,9 @@ pub struct ShardSource {
     resnapshot: bool,
     /// Plans since the table's stream was last resolved.
     since_resolved: u32,
+    /// The columns the job declares (checked against what the stream
+    /// carries).
+    declared: Vec<String>,
     clock: Arc<dyn Clock>,
 }
 
@@ -151,8 +154,15 @@ impl ShardSource {
             fatal: std::sync::atomic::AtomicBool::new(false),
             resnapshot: false,
             since_resolved: 0,
+            declared: Vec::new(),
             clock,
         }
+    }
+
+    /// The columns the job declares on the table.
+    pub fn with_declared(mut self, declared: Vec<String>) -> Self {
+        self.declared = declared;
+        self
     }
 
     fn error(&self, what: String) -> StreamError {
@@ -225,12 +235,21 @@ impl ShardSource {
         }
         let stream = match self.kind {
             Kind::DynamodbStream => {
-                crate::source::shards::dynamodb::stream_arn(&self.name, self.options.retry())
-                    .await
-                    .map_err(|e| {
-                        self.note(e.failure);
-                        self.error(e.to_string())
-                    })?
+                let found =
+                    crate::source::shards::dynamodb::stream_arn(&self.name, self.options.retry())
+                        .await
+                        .map_err(|e| {
+                            self.note(e.failure);
+                            self.error(e.to_string())
+                        })?;
+                if let Some(why) = found.refuses(&self.name, &self.declared) {
+                    self.note(Failure::Gone);
+                    return Err(self.error(why));
+                }
+                if let Some(caution) = found.caution() {
+                    tracing::warn!(table = %self.table, "{caution}");
+                }
+                found.arn
             }
             Kind::Kinesis => self.name.clone(),
         };
@@ -927,6 +946,10 @@ impl Source for ShardSource {
 
     fn failing_record_limit(&self) -> u64 {
         self.options.max_failing_records
+    }
+
+    fn filtered_record_limit(&self) -> Option<u64> {
+        self.options.max_filtered_records
     }
 
     async fn name_records(&self, range: &Range, places: &[u64]) -> Vec<Option<String>> {

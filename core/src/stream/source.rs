@@ -123,6 +123,13 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// At most how many records of a batch may be neither written (to each
+    /// data output) nor dead-lettered (`max_filtered_records`); `None`: not
+    /// checked.
+    fn filtered_record_limit(&self) -> Option<u64> {
+        None
+    }
+
     /// Records of `range` that can be picked by their place ([`Picks`])
     /// and read as bad records: how many; `None` where they cannot.
     fn pickable(&self, _range: &Range) -> Option<u64> {

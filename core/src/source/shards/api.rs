@@ -137,7 +137,8 @@ pub struct Retry {
 
 /// Runs `f` until it succeeds, retrying throttling and transient failures
 /// with doubling backoff (50 ms to 5 s) until `retry.deadline`; each
-/// attempt bounded by `retry.attempt`. Other failures return at once.
+/// attempt bounded by `retry.attempt` and by the time left, so the call
+/// ends by the deadline. Other failures return at once.
 pub async fn call<T, F, Fut>(name: &'static str, retry: Retry, mut f: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
@@ -148,13 +149,15 @@ where
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let failed = match tokio::time::timeout(retry.attempt, f()).await {
+        let left = retry.deadline.saturating_sub(start.elapsed());
+        let bound = retry.attempt.min(left).max(Duration::from_millis(1));
+        let failed = match tokio::time::timeout(bound, f()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e,
             Err(_) => ApiError {
                 call: name,
                 failure: Failure::Transient,
-                message: format!("no answer within {}s", retry.attempt.as_secs_f64()),
+                message: format!("no answer within {}s", bound.as_secs_f64()),
             },
         };
         if !matches!(failed.failure, Failure::Throttled | Failure::Transient) {
@@ -246,5 +249,21 @@ mod tests {
         .await;
         let text = got.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(text.contains("GetRecords: nope (gave up after"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_attempts_hang_ends_by_its_deadline() {
+        let retry = Retry {
+            deadline: Duration::from_millis(1600),
+            attempt: Duration::from_millis(1000),
+        };
+        let start = tokio::time::Instant::now();
+        let got: Result<(), _> = call("GetRecords", retry, std::future::pending).await;
+        let took = start.elapsed();
+        let text = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("gave up after 2 attempts"), "{text}");
+        // 1 s, then the 0.55 s left: not a second whole attempt, which
+        // would end at 2.05 s.
+        assert!(took < Duration::from_millis(1900), "{took:?}");
     }
 }

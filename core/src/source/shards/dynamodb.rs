@@ -63,8 +63,54 @@ where
     }
 }
 
-/// The stream of `table`: its ARN, or why there is none.
-pub async fn stream_arn(table: &str, retry: Retry) -> Result<String, ApiError> {
+/// A table's stream as `DescribeTable` tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStream {
+    pub arn: String,
+    /// `KEYS_ONLY`, `NEW_IMAGE`, `OLD_IMAGE` or `NEW_AND_OLD_IMAGES`.
+    pub view_type: Option<String>,
+    /// The table's key attributes.
+    pub keys: Vec<String>,
+}
+
+impl TableStream {
+    /// Why `declared` columns cannot be read from this stream: with
+    /// `KEYS_ONLY` every column but the keys would be null in every row,
+    /// a loss nothing else would show.
+    pub fn refuses(&self, table: &str, declared: &[String]) -> Option<String> {
+        if self.view_type.as_deref() != Some("KEYS_ONLY") {
+            return None;
+        }
+        let missing: Vec<&str> = declared
+            .iter()
+            .filter(|c| !self.keys.contains(c))
+            .map(String::as_str)
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "table {table}'s stream carries only its keys (StreamViewType KEYS_ONLY): the declared column(s) {} would be null in every row; give the table a stream with NEW_AND_OLD_IMAGES (or NEW_IMAGE), or declare only its keys ({})",
+                missing.join(", "),
+                self.keys.join(", ")
+            )
+        })
+    }
+
+    /// A caution for a view that leaves some events' columns null.
+    pub fn caution(&self) -> Option<&'static str> {
+        match self.view_type.as_deref() {
+            Some("OLD_IMAGE") => Some(
+                "the stream carries old images only (StreamViewType OLD_IMAGE): an INSERT's declared columns other than the keys are null",
+            ),
+            Some("NEW_IMAGE") => Some(
+                "the stream carries new images only (StreamViewType NEW_IMAGE): a REMOVE's declared columns other than the keys are null",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The stream of `table`: its ARN, view and keys, or why there is none.
+pub async fn stream_arn(table: &str, retry: Retry) -> Result<TableStream, ApiError> {
     let ddb = crate::storage::dynamodb::client().await;
     let described = call("DescribeTable", retry, || async {
         ddb.describe_table()
@@ -75,12 +121,23 @@ pub async fn stream_arn(table: &str, retry: Retry) -> Result<String, ApiError> {
     })
     .await?;
     let t = described.table();
-    let enabled = t
-        .and_then(|t| t.stream_specification())
-        .map(|s| s.stream_enabled())
-        .unwrap_or(false);
+    let spec = t.and_then(|t| t.stream_specification());
+    let enabled = spec.map(|s| s.stream_enabled()).unwrap_or(false);
     match t.and_then(|t| t.latest_stream_arn()) {
-        Some(arn) if enabled => Ok(arn.to_string()),
+        Some(arn) if enabled => Ok(TableStream {
+            arn: arn.to_string(),
+            view_type: spec
+                .and_then(|s| s.stream_view_type())
+                .map(|v| v.as_str().to_string()),
+            keys: t
+                .map(|t| {
+                    t.key_schema()
+                        .iter()
+                        .map(|k| k.attribute_name().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
         _ => Err(ApiError {
             call: "DescribeTable",
             failure: Failure::Gone,
@@ -302,6 +359,35 @@ fn write_value(v: &AttributeValue, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stream(view: &str) -> TableStream {
+        TableStream {
+            arn: "arn".into(),
+            view_type: Some(view.into()),
+            keys: vec!["LivestreamID".into(), "UID".into()],
+        }
+    }
+
+    #[test]
+    fn a_keys_only_stream_refuses_columns_beyond_the_keys() {
+        let declared = vec!["LivestreamID".to_string(), "message".to_string()];
+        let why = stream("KEYS_ONLY").refuses("chat", &declared).unwrap();
+        assert!(
+            why.contains("table chat's stream carries only its keys"),
+            "{why}"
+        );
+        assert!(why.contains("column(s) message would be null"), "{why}");
+        assert!(why.contains("(LivestreamID, UID)"), "{why}");
+        let keys = vec!["UID".to_string()];
+        assert_eq!(stream("KEYS_ONLY").refuses("chat", &keys), None);
+        assert_eq!(
+            stream("NEW_AND_OLD_IMAGES").refuses("chat", &declared),
+            None
+        );
+        assert_eq!(stream("NEW_IMAGE").refuses("chat", &declared), None);
+        assert!(stream("OLD_IMAGE").caution().unwrap().contains("INSERT"));
+        assert_eq!(stream("NEW_AND_OLD_IMAGES").caution(), None);
+    }
 
     #[test]
     fn images_become_plain_json() -> Result<(), serde_json::Error> {

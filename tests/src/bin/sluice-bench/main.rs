@@ -221,6 +221,10 @@ pub enum Bench {
         /// Bytes of each item's payload attribute.
         #[arg(long, default_value_t = 800)]
         item_bytes: usize,
+        /// Strongly consistent reads (`read.consistent`): the same RCU
+        /// budget in half the bytes.
+        #[arg(long)]
+        consistent: bool,
     },
     /// One write of `s3-commit`'s ledger pass (run by it, through its proxy).
     #[command(hide = true)]
@@ -343,6 +347,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             segments,
             keys,
             item_bytes,
+            consistent,
         } => {
             let scratch = tempfile::tempdir()?;
             let shape = scan::Shape {
@@ -351,6 +356,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 segments: segments.max(1),
                 keys: keys.max(1),
                 item_bytes,
+                consistent,
             };
             let report = scan::scan_bench(&shape, scratch.path()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -19,7 +19,8 @@ use sluice_test_support::dynamo::{ThrottlingDynamo, create_table_with, load_item
 const JOB: &str =
     "CREATE EXTERNAL TABLE src (pk VARCHAR NOT NULL, sk BIGINT NOT NULL, n DOUBLE, body VARCHAR)
   STORED AS DYNAMODB LOCATION 'dynamodb://${table}'
-  OPTIONS ('read.percent' '${percent}', 'read.segments' '${segments}');
+  OPTIONS ('read.percent' '${percent}', 'read.segments' '${segments}',
+    'read.consistent' '${consistent}');
 CREATE EXTERNAL TABLE out (pk VARCHAR, sk BIGINT, n DOUBLE, body VARCHAR)
   STORED AS PARQUET LOCATION '${output}/';
 INSERT INTO out SELECT * FROM src;
@@ -32,6 +33,10 @@ pub(crate) struct Shape {
     pub segments: u32,
     pub keys: u64,
     pub item_bytes: usize,
+    /// Strongly consistent reads: twice the RCU per byte, so a budget the
+    /// machine cannot serve with eventually consistent reads fits in half
+    /// the bytes.
+    pub consistent: bool,
 }
 
 pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
@@ -41,6 +46,7 @@ pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
         segments,
         keys,
         item_bytes,
+        consistent,
     } = shape;
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .context("AWS_ENDPOINT_URL_DYNAMODB: run beside scripts/test-servers.sh")?;
@@ -64,7 +70,7 @@ pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
         Cluster::start_with_env(2, 2, &env)
     })
     .await??;
-    let measured = measure(&proxy, &cluster, &table, items, rcu, segments, dir).await;
+    let measured = measure(&proxy, &cluster, &table, shape, dir).await;
     // The proxy owns a runtime: dropped off the async threads, error or not.
     tokio::task::spawn_blocking(move || {
         drop(cluster);
@@ -83,6 +89,7 @@ pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
         "bench": "dynamodb_scan",
         "items": items,
         "payload_bytes": item_bytes,
+        "consistent_reads": consistent,
         "partition_keys": keys,
         "table_rcu": rcu,
         "segments": segments,
@@ -98,11 +105,16 @@ async fn measure(
     proxy: &ThrottlingDynamo,
     cluster: &Cluster,
     table: &str,
-    items: u64,
-    rcu: u64,
-    segments: u32,
+    shape: &Shape,
     dir: &Path,
 ) -> Result<Vec<Value>> {
+    let &Shape {
+        items,
+        rcu,
+        segments,
+        consistent,
+        ..
+    } = shape;
     let mut runs = vec![];
     for percent in [0.5f64, 1.0] {
         // A session per run: each defines its own tables.
@@ -115,6 +127,7 @@ async fn measure(
             ("table".to_string(), table.to_string()),
             ("percent".to_string(), percent.to_string()),
             ("segments".to_string(), segments.to_string()),
+            ("consistent".to_string(), consistent.to_string()),
             ("output".to_string(), out.display().to_string()),
         ]);
         let t = Instant::now();
@@ -122,15 +135,24 @@ async fn measure(
         let secs = t.elapsed().as_secs_f64();
         let written = report.rows_written;
         anyhow::ensure!(written == items, "wrote {written} rows of {items} items");
-        let (consumed, throttles, calls, first, last) = proxy.stats(|s| {
+        let (consumed, throttles, calls, first, last, timeline) = proxy.stats(|s| {
             (
                 s.accepted_rcu,
                 s.read_throttles,
                 s.scan_requests,
                 s.read_timeline.first().map_or(0.0, |t| t.0),
                 s.read_timeline.last().map_or(0.0, |t| t.0),
+                s.read_timeline.clone(),
             )
         });
+        // RCU/s per tenth of the read, over the budget: where a shortfall
+        // is (the start, the steady middle, the tail of the last parts).
+        let tenth = ((last - first) / 10.0).max(1e-3);
+        let mut tenths = [0.0f64; 10];
+        for (t, rcu) in &timeline {
+            let i = (((t - first) / tenth) as usize).min(9);
+            tenths[i] += rcu;
+        }
         let budget = rcu as f64 * percent.min(0.97);
         let reading = (last - first).max(1e-3);
         let r = |x: f64| (x * 1000.0).round() / 1000.0;
@@ -143,6 +165,10 @@ async fn measure(
             "rcu_per_sec": r(consumed / reading),
             "rcu_per_sec_over_budget": r(consumed / reading / budget),
             "items_per_sec": r(items as f64 / reading),
+            "over_budget_by_tenth": tenths
+                .iter()
+                .map(|rcu| r(rcu / tenth / budget))
+                .collect::<Vec<f64>>(),
             "scan_calls": calls,
             "throttled_calls": throttles,
         }));
