@@ -137,7 +137,16 @@ fn a_kafka_topic_streams_exactly_once_with_bad_records_dead_lettered() {
         tmp.path().join("dlq"),
         tmp.path().join("ck"),
     );
-    let job = job(tmp.path(), &topic, &out, &dlq, 5, &broker());
+    // Every record written or dead-lettered, checked batch by batch.
+    let job = job_with(
+        tmp.path(),
+        &topic,
+        &out,
+        &dlq,
+        5,
+        &broker(),
+        ", 'max_filtered_records' '0'",
+    );
     let run = stream(&job, &ck, &["--available-now"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let b = batches(&run);

@@ -49,6 +49,10 @@ pub struct WriteOutcome {
     /// (`WHERE _error IS NOT NULL`): dead letters.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dead_letter: bool,
+    /// Found committed by an earlier attempt of the batch, not written by
+    /// this one (its per-split counts may be unknown).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub earlier: bool,
 }
 
 /// The summary of a DynamoDB write. Times are summed over writers.

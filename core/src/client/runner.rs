@@ -318,6 +318,7 @@ impl JobRunner {
                 dynamodb: None,
                 rows_by_split: crate::sink::files::manifest::rows_by_split(&done.files),
                 dead_letter: false,
+                earlier: true,
             }));
         }
         Ok(None)
@@ -359,6 +360,7 @@ impl JobRunner {
             dynamodb: None,
             rows_by_split: None,
             dead_letter: false,
+            earlier: true,
         }))
     }
 
@@ -1066,6 +1068,7 @@ impl JobRunner {
                 dynamodb: None,
                 rows_by_split: report.rows_by_split(),
                 dead_letter: false,
+                earlier: false,
             },
         ))
     }
@@ -1149,6 +1152,7 @@ impl JobRunner {
                 dynamodb: Some(d),
                 rows_by_split: None,
                 dead_letter: false,
+                earlier: false,
             },
         ))
     }

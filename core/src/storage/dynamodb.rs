@@ -232,8 +232,29 @@ pub enum DynamoError {
 
 crate::error::debug_as_display!(DynamoError);
 
-/// `DescribeTable`, reduced to what a write needs.
+/// Attempts of a throttled or failed `DescribeTable` (not of one that
+/// timed out: each waits [`DESCRIBE_TIMEOUT`]).
+const DESCRIBE_ATTEMPTS: u32 = 3;
+
+/// `DescribeTable`, reduced to what a write needs; throttling and network
+/// errors are tried again, twice, after 200 and 400 ms.
 pub async fn describe(client: &Client, table: &str) -> Result<TableShape, DynamoError> {
+    let mut attempt = 1;
+    loop {
+        match describe_once(client, table).await {
+            Ok(shape) => return Ok(shape),
+            Err((e, again)) if again && attempt < DESCRIBE_ATTEMPTS => {
+                tracing::debug!(table, error = %e, "DescribeTable failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200 << (attempt - 1))).await;
+                attempt += 1;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// One `DescribeTable`; on failure, whether trying again may help.
+async fn describe_once(client: &Client, table: &str) -> Result<TableShape, (DynamoError, bool)> {
     const CALL: &str = "DescribeTable";
     let call = client
         .describe_table()
@@ -242,19 +263,29 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableShape, Dynamo
         .instrument(tracing::debug_span!("dynamodb.describe_table", table));
     let out = tokio::time::timeout(DESCRIBE_TIMEOUT, call)
         .await
-        .map_err(|_| DynamoError::Timeout {
-            call: CALL,
-            table: table.to_string(),
-            after: DESCRIBE_TIMEOUT,
+        .map_err(|_| {
+            let e = DynamoError::Timeout {
+                call: CALL,
+                table: table.to_string(),
+                after: DESCRIBE_TIMEOUT,
+            };
+            (e, false)
         })?
-        .map_err(|e| DynamoError::Call {
+        .map_err(|e| {
+            let again = matches!(classify(&e), Failure::Throttled | Failure::Transient);
+            let e = DynamoError::Call {
+                call: CALL,
+                table: table.to_string(),
+                message: describe_error(&e),
+            };
+            (e, again)
+        })?;
+    let desc = out.table.ok_or_else(|| {
+        let e = DynamoError::NoTable {
             call: CALL,
             table: table.to_string(),
-            message: describe_error(&e),
-        })?;
-    let desc = out.table.ok_or_else(|| DynamoError::NoTable {
-        call: CALL,
-        table: table.to_string(),
+        };
+        (e, false)
     })?;
     let types: std::collections::HashMap<String, String> = desc
         .attribute_definitions()

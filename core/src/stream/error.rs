@@ -98,14 +98,21 @@ pub enum StreamError {
         source: Box<SluiceError>,
     },
     /// A batch whose records are not all written or dead-lettered, past
-    /// the source's `max_filtered_records`: its writes were taken back.
+    /// the source's `max_filtered_records`: its writes were taken back,
+    /// unless one was published before the check (`kept`).
     #[error(
-        "batch {batch_id}: source {table}: {what}; nothing of the batch was committed: fix the job (or raise max_filtered_records) and start the stream again, and the changed job takes the batch up"
+        "batch {batch_id}: source {table}: {what}; {}",
+        if *kept {
+            "a write of the batch was published before this check (an overlapping output, or an earlier attempt's), so no changed job may take the batch up: restarting the same job ends here again; only a new checkpoint goes past it"
+        } else {
+            "no file of the batch was committed (DynamoDB items it wrote stay): fix the job (or raise max_filtered_records) and start the stream again, and the changed job takes the batch up"
+        }
     )]
     Unaccounted {
         batch_id: u64,
         table: String,
         what: String,
+        kept: bool,
     },
     #[error(transparent)]
     Job(#[from] SluiceError),

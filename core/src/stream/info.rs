@@ -64,6 +64,9 @@ pub struct BatchWrite {
     /// It keeps only records the source could not decode.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_letter: bool,
+    /// Found committed by an earlier attempt of the batch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub earlier: bool,
 }
 
 impl From<&WriteOutcome> for BatchWrite {
@@ -77,6 +80,7 @@ impl From<&WriteOutcome> for BatchWrite {
             commit_ms: w.commit_ms,
             rows_by_split: w.rows_by_split.clone(),
             dead_letter: w.dead_letter,
+            earlier: w.earlier,
         }
     }
 }

@@ -277,7 +277,7 @@ impl StreamRunner {
                             .iter()
                             .map(|c| match c.name.quote_style {
                                 Some(_) => c.name.value.clone(),
-                                None => c.name.value.to_lowercase(),
+                                None => c.name.value.to_ascii_lowercase(),
                             })
                             .filter(|n| !fixed.iter().any(|f| f.name() == n))
                             .collect();
@@ -753,11 +753,17 @@ impl StreamRunner {
             // Before anything of the batch is committed: a batch that does
             // not account for its records is taken back, and no retry of
             // the same job would account for them.
-            if let Some(e) = unaccounted(&sources, counted, &info) {
+            if let Some((table, what)) = unaccounted(&sources, counted, &info) {
                 self.runner.discard_deferred().await;
                 let kept = self.runner.published_early()
                     || early.as_ref().is_some_and(|(id, _)| *id == batch_id);
                 self.taken_back(checkpoint, batch_id, kept).await;
+                let e = StreamError::Unaccounted {
+                    batch_id,
+                    table,
+                    what,
+                    kept,
+                };
                 return Err(self.ended(batch_id, e));
             }
             info.input_bytes = plan
@@ -1198,36 +1204,52 @@ impl Watch {
     }
 }
 
-/// A source's `max_filtered_records` broken by batch `info`: more of its
-/// records than that neither written nor dead-lettered, or no way to tell
-/// (its rows do not name their split in the writes, or another source's
-/// do).
+/// A source's `max_filtered_records` broken by batch `info` (the source,
+/// and how): more of its records than that neither written nor
+/// dead-lettered, or no way to tell (a write that does not count its rows
+/// by the split, or another source's split counted). A batch without
+/// records of the source has nothing to account for.
 fn unaccounted(
     sources: &[Box<dyn Source>],
     counted: Option<&str>,
     info: &BatchInfo,
-) -> Option<StreamError> {
+) -> Option<(String, String)> {
     sources.iter().find_map(|s| {
         let limit = s.filtered_record_limit()?;
+        let read_some = info
+            .splits
+            .iter()
+            .any(|x| x.source == s.table() && x.rows != Some(0));
+        if !read_some {
+            return None;
+        }
         let column = s.split_column().unwrap_or("its split column");
+        // Writes an earlier attempt committed may lack counts; this
+        // attempt's must all have them.
+        let uncounted = info
+            .writes
+            .iter()
+            .find(|w| w.rows_by_split.is_none() && !w.earlier);
         let what = if counted != Some(s.table()) {
             Some(
-                "max_filtered_records needs the batch's writes to count rows by one source's split, and this job reads several such sources".to_string(),
+                "max_filtered_records needs the batch's writes to count rows by one source's split, and this job reads several sources that have one".to_string(),
             )
-        } else if info.accounts.is_empty() {
-            (info.input_rows != Some(0)).then(|| {
+        } else if let Some(w) = uncounted {
+            Some(if w.output.starts_with("dynamodb://") {
                 format!(
-                    "max_filtered_records needs every write to count its rows by {column}, and no write of the batch has that column: select {column} into each output"
+                    "max_filtered_records cannot count the rows of the write to {} (DynamoDB items are not counted by {column})",
+                    w.output
+                )
+            } else {
+                format!(
+                    "max_filtered_records needs every write to count its rows by {column}, and the write to {} does not: select {column} into it (not as a PARTITIONED BY column)",
+                    w.output
                 )
             })
         } else {
             super::info::unaccounted(&info.accounts, limit)
         }?;
-        Some(StreamError::Unaccounted {
-            batch_id: info.batch_id,
-            table: s.table().to_string(),
-            what,
-        })
+        Some((s.table().to_string(), what))
     })
 }
 
@@ -1541,5 +1563,98 @@ mod tests {
         assert!(own.starts_with("0123456789abb7r") && own.len() == plain.len() + 9);
         assert_eq!(own, write_prefix("0123456789abcdef", 7, &picks(3)));
         assert_ne!(own, write_prefix("0123456789abcdef", 7, &picks(4)));
+    }
+
+    /// `max_filtered_records` is checked only for a batch holding records
+    /// of the source, against every write this attempt made.
+    #[test]
+    fn the_filtered_record_limit_is_checked_where_the_source_has_records() {
+        let location =
+            crate::source::kafka::KafkaLocation::parse("kafka://127.0.0.1:9/ev").unwrap();
+        let options = crate::source::kafka::KafkaOptions {
+            max_filtered_records: Some(0),
+            ..Default::default()
+        };
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        let sources: Vec<Box<dyn Source>> = vec![Box::new(crate::stream::kafka::KafkaSource::new(
+            "ev", location, options, clock,
+        ))];
+        let split = |source: &str, rows: u64| SplitInput {
+            source: source.into(),
+            split: "0".into(),
+            rows: Some(rows),
+            ..Default::default()
+        };
+        let write = |output: &str, counts: Option<u64>, earlier: bool| BatchWrite {
+            output: output.into(),
+            rows_by_split: counts.map(|n| [("0".to_string(), n)].into()),
+            earlier,
+            ..Default::default()
+        };
+        let check = |splits: Vec<SplitInput>, writes: Vec<BatchWrite>| {
+            let info = BatchInfo {
+                accounts: crate::stream::info::accounts(&splits, &writes),
+                splits,
+                writes,
+                ..Default::default()
+            };
+            unaccounted(&sources, Some("ev"), &info).map(|(_, what)| what)
+        };
+        // Only another source's records (new files): nothing to check.
+        assert_eq!(
+            check(
+                vec![split("files", 5)],
+                vec![write("s3://b/o/", None, false)]
+            ),
+            None
+        );
+        // Every record written.
+        assert_eq!(
+            check(
+                vec![split("ev", 3)],
+                vec![write("s3://b/o/", Some(3), false)]
+            ),
+            None
+        );
+        // One short.
+        let why = check(
+            vec![split("ev", 3)],
+            vec![write("s3://b/o/", Some(2), false)],
+        )
+        .unwrap();
+        assert!(
+            why.contains("1 of its records were neither written"),
+            "{why}"
+        );
+        // A write that does not count, and a DynamoDB one.
+        let why = check(
+            vec![split("ev", 3)],
+            vec![
+                write("s3://b/o/", Some(3), false),
+                write("s3://b/x/", None, false),
+            ],
+        )
+        .unwrap();
+        assert!(why.contains("the write to s3://b/x/ does not"), "{why}");
+        let why = check(
+            vec![split("ev", 3)],
+            vec![write("dynamodb://t", None, false)],
+        )
+        .unwrap();
+        assert!(
+            why.contains("cannot count the rows of the write to dynamodb://t"),
+            "{why}"
+        );
+        // An earlier attempt's write without counts is not held against it.
+        assert_eq!(
+            check(
+                vec![split("ev", 3)],
+                vec![
+                    write("s3://b/o/", Some(3), false),
+                    write("s3://b/x/", None, true)
+                ],
+            ),
+            None
+        );
     }
 }

@@ -86,6 +86,8 @@ pub struct ShardSource {
     api: Option<Box<dyn ShardApi>>,
     /// Last sequence number read, per shard.
     positions: BTreeMap<String, String>,
+    /// When the record at each position was created (ms), where known.
+    read_at: BTreeMap<String, i64>,
     /// Shards closed and read to their end.
     finished: BTreeSet<String>,
     /// Shards that start at their newest record (`latest`, for the shards
@@ -122,6 +124,8 @@ pub struct ShardSource {
     /// The columns the job declares (checked against what the stream
     /// carries).
     declared: Vec<String>,
+    /// The stream's view was warned about (once a run).
+    cautioned: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -143,6 +147,7 @@ impl ShardSource {
             stream: None,
             api: None,
             positions: BTreeMap::new(),
+            read_at: BTreeMap::new(),
             finished: BTreeSet::new(),
             start_latest: BTreeSet::new(),
             latest_since: BTreeMap::new(),
@@ -155,6 +160,7 @@ impl ShardSource {
             resnapshot: false,
             since_resolved: 0,
             declared: Vec::new(),
+            cautioned: false,
             clock,
         }
     }
@@ -246,7 +252,10 @@ impl ShardSource {
                     self.note(Failure::Gone);
                     return Err(self.error(why));
                 }
-                if let Some(caution) = found.caution() {
+                if let Some(caution) = found.caution()
+                    && !self.cautioned
+                {
+                    self.cautioned = true;
                     tracing::warn!(table = %self.table, "{caution}");
                 }
                 found.arn
@@ -333,7 +342,9 @@ impl ShardSource {
             None => match api.iterator(&shard.id, &start).await {
                 Ok(it) => it,
                 Err(e) if e.failure == Failure::Trimmed => {
-                    let kept = oldest_kept(api.as_ref(), &shard.id, self.clock.as_ref()).await;
+                    let read_at = self.read_at.get(&shard.id).copied();
+                    let kept =
+                        oldest_kept(api.as_ref(), &shard.id, self.clock.as_ref(), read_at).await;
                     let mut err = fail(&e);
                     if let (StreamError::Source { what, .. }, Some(kept)) = (&mut err, kept) {
                         what.push_str(&kept);
@@ -551,8 +562,14 @@ impl ShardSource {
         for (shard, position) in &self.positions {
             if !ids.contains(shard) && !self.finished.contains(shard) && !vouched.contains(shard) {
                 self.note(Failure::Trimmed);
+                let since = self
+                    .read_at
+                    .get(shard)
+                    .and_then(|t| ago(*t, self.clock.as_ref()))
+                    .map(|(at, ago)| format!(" (created at {at}, {ago} ago)"))
+                    .unwrap_or_default();
                 return Err(self.error(format!(
-                    "shard {shard} is no longer in the stream (trimmed: streams keep 24 hours) and was not read to its end: records after sequence number {position} were lost"
+                    "shard {shard} is no longer in the stream (trimmed: streams keep 24 hours) and was not read to its end: records after sequence number {position}{since} were lost"
                 )));
             }
         }
@@ -687,6 +704,7 @@ impl ShardSource {
                     end: records.len() as i64,
                     first: Some(first.sequence.clone()),
                     last: Some(last.sequence.clone()),
+                    last_ms: Some(last.time_ms),
                     ..Default::default()
                 }),
                 _ if ended => {
@@ -713,18 +731,40 @@ impl ShardSource {
     }
 }
 
-/// How much a trimmed position lost, as far as the shard tells: when the
-/// oldest record it still keeps was created.
-async fn oldest_kept(api: &dyn ShardApi, shard: &str, clock: &dyn Clock) -> Option<String> {
+/// A record time (ms) as RFC 3339, and how long ago that was.
+fn ago(time_ms: i64, clock: &dyn Clock) -> Option<(String, humantime::FormattedDuration)> {
+    let at = chrono::DateTime::from_timestamp_millis(time_ms)?;
+    let secs = (clock.wall() - at).num_seconds().max(0) as u64;
+    Some((
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        humantime::format_duration(Duration::from_secs(secs)),
+    ))
+}
+
+/// How much a trimmed position lost, as far as the shard tells: records
+/// created after the last one read (`read_at`, when the checkpoint knows
+/// it) and before the oldest the shard still keeps.
+async fn oldest_kept(
+    api: &dyn ShardApi,
+    shard: &str,
+    clock: &dyn Clock,
+    read_at: Option<i64>,
+) -> Option<String> {
     let it = api.iterator(shard, &At::TrimHorizon).await.ok()??;
     let page = api.records(&it, 1).await.ok()?;
     let first = page.records.first()?;
-    let created = chrono::DateTime::from_timestamp_millis(first.time_ms)?;
-    let ago = (clock.wall() - created).num_seconds().max(0) as u64;
+    let (kept, kept_ago) = ago(first.time_ms, clock)?;
+    let from = read_at.and_then(|t| {
+        let (at, _) = ago(t, clock)?;
+        let span = Duration::from_secs((first.time_ms - t).max(0) as u64 / 1000);
+        Some(format!(
+            " the last record read was created at {at}, so up to {} of records are gone:",
+            humantime::format_duration(span)
+        ))
+    });
     Some(format!(
-        "; the oldest record shard {shard} keeps was created at {} ({} ago): every record after the checkpoint's position and before it is gone",
-        created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        humantime::format_duration(Duration::from_secs(ago))
+        ";{} the oldest record shard {shard} keeps was created at {kept} ({kept_ago} ago): every record after the checkpoint's position and before it is gone",
+        from.unwrap_or_default()
     ))
 }
 
@@ -796,6 +836,7 @@ impl Source for ShardSource {
         });
         if snapshot {
             self.positions.clear();
+            self.read_at.clear();
             self.finished.clear();
             self.start_latest.clear();
         }
@@ -809,6 +850,10 @@ impl Source for ShardSource {
                         .is_none_or(|p| compare(last, p) == std::cmp::Ordering::Greater);
                     if newer {
                         self.positions.insert(r.split.clone(), last.clone());
+                        match r.last_ms {
+                            Some(t) => self.read_at.insert(r.split.clone(), t),
+                            None => self.read_at.remove(&r.split),
+                        };
                     }
                     self.parked.remove(&r.split);
                     self.start_latest.remove(&r.split);
@@ -841,6 +886,7 @@ impl Source for ShardSource {
         serde_json::json!({
             "stream": self.stream,
             "positions": self.positions,
+            "read_at": self.read_at,
             "finished": self.finished,
             "start_latest": self.start_latest,
             "latest_since": self.latest_since,
@@ -853,6 +899,8 @@ impl Source for ShardSource {
             stream: Option<String>,
             positions: BTreeMap<String, String>,
             #[serde(default)]
+            read_at: BTreeMap<String, i64>,
+            #[serde(default)]
             finished: BTreeSet<String>,
             #[serde(default)]
             start_latest: BTreeSet<String>,
@@ -863,6 +911,7 @@ impl Source for ShardSource {
             .map_err(|e| self.error(format!("its checkpointed state is unreadable: {e}")))?;
         self.stream = saved.stream;
         self.positions = saved.positions;
+        self.read_at = saved.read_at;
         self.finished = saved.finished;
         self.start_latest = saved.start_latest;
         self.latest_since = saved.latest_since;
@@ -1646,6 +1695,32 @@ mod tests {
         // How much: up to the oldest record the shard still keeps.
         assert!(
             err.contains("the oldest record shard x keeps was created at 1970-01-01T00:00:00Z"),
+            "{err}"
+        );
+        // And from the last record read, when the checkpoint knows its time
+        // (an hour before the oldest kept here).
+        let mut s = source(&fake, 100, false);
+        s.taken(&[Range {
+            source: s.table.clone(),
+            split: "x".into(),
+            start: 0,
+            end: 1,
+            first: Some("000000000000000000000000000001".into()),
+            last: Some("000000000000000000000000000001".into()),
+            last_ms: Some(-3_600_000),
+            ..Default::default()
+        }]);
+        let restored = s.snapshot();
+        let mut s = source(&fake, 100, false);
+        s.restore(&restored).unwrap();
+        let err = s
+            .plan()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("the last record read was created at 1969-12-31T23:00:00Z, so up to 1h of records are gone: the oldest record shard x keeps was created at 1970-01-01T00:00:00Z"),
             "{err}"
         );
     }

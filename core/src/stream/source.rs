@@ -59,6 +59,10 @@ pub struct Range {
     pub first: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<String>,
+    /// When the range's last record was created (shards; ms since the
+    /// epoch): the start of what a later trim of the shard lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ms: Option<i64>,
 }
 
 /// How far a source is behind after a batch was planned.

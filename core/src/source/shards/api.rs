@@ -126,6 +126,9 @@ pub fn compare(a: &str, b: &str) -> Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
+/// The shortest attempt worth making before a call's deadline.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+
 /// Retry bounds of [`call`].
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
@@ -167,7 +170,8 @@ where
             metrics::counter!("sluice_shard_throttled_total", "call" => name).increment(1);
         }
         let elapsed = start.elapsed();
-        if elapsed + backoff >= retry.deadline {
+        // No attempt too short to be answered: the last real error stands.
+        if elapsed + backoff + MIN_ATTEMPT >= retry.deadline {
             return Err(ApiError {
                 message: format!(
                     "{} (gave up after {attempts} attempts in {:.1}s)",

@@ -99,7 +99,7 @@ impl TableStream {
     pub fn caution(&self) -> Option<&'static str> {
         match self.view_type.as_deref() {
             Some("OLD_IMAGE") => Some(
-                "the stream carries old images only (StreamViewType OLD_IMAGE): an INSERT's declared columns other than the keys are null",
+                "the stream carries old images only (StreamViewType OLD_IMAGE): an INSERT's declared columns other than the keys are null, and a MODIFY's hold the values from before it",
             ),
             Some("NEW_IMAGE") => Some(
                 "the stream carries new images only (StreamViewType NEW_IMAGE): a REMOVE's declared columns other than the keys are null",
@@ -148,6 +148,16 @@ pub async fn stream_arn(table: &str, retry: Retry) -> Result<TableStream, ApiErr
     }
 }
 
+/// Waits until `every` after the last call `last` let through (callers
+/// queue on the lock), and records this one.
+async fn pace(last: &Mutex<Option<tokio::time::Instant>>, every: Duration) {
+    let mut last = last.lock().await;
+    if let Some(at) = *last {
+        tokio::time::sleep_until(at + every).await;
+    }
+    *last = Some(tokio::time::Instant::now());
+}
+
 /// One table's stream.
 pub struct StreamsApi {
     client: aws_sdk_dynamodbstreams::Client,
@@ -174,13 +184,7 @@ impl ShardApi for StreamsApi {
             let page = call("DescribeStream", self.retry, || async {
                 // Paced per call, retries included: DescribeStream allows
                 // 10 calls a second per account.
-                {
-                    let mut last = LAST_DESCRIBE.lock().await;
-                    if let Some(at) = *last {
-                        tokio::time::sleep_until(at + DESCRIBE_EVERY).await;
-                    }
-                    *last = Some(tokio::time::Instant::now());
-                }
+                pace(&LAST_DESCRIBE, DESCRIBE_EVERY).await;
                 self.client
                     .describe_stream()
                     .stream_arn(&self.arn)
@@ -366,6 +370,17 @@ mod tests {
             view_type: Some(view.into()),
             keys: vec!["LivestreamID".into(), "UID".into()],
         }
+    }
+
+    #[tokio::test]
+    async fn describe_calls_are_paced_even_when_they_queue_at_once() {
+        let last = Mutex::const_new(None);
+        let start = tokio::time::Instant::now();
+        // Five callers at once, as several sources planning together.
+        futures::future::join_all((0..5).map(|_| pace(&last, DESCRIBE_EVERY))).await;
+        // The first goes at once, each other 100 ms after the one before.
+        let took = start.elapsed();
+        assert!(took >= DESCRIBE_EVERY * 4, "{took:?}");
     }
 
     #[test]

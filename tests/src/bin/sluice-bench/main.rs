@@ -225,6 +225,10 @@ pub enum Bench {
         /// budget in half the bytes.
         #[arg(long)]
         consistent: bool,
+        /// Task slots per executor (2 executors): how many segments are
+        /// read at once.
+        #[arg(long, default_value_t = 2)]
+        vcores: u32,
     },
     /// One write of `s3-commit`'s ledger pass (run by it, through its proxy).
     #[command(hide = true)]
@@ -348,6 +352,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             keys,
             item_bytes,
             consistent,
+            vcores,
         } => {
             let scratch = tempfile::tempdir()?;
             let shape = scan::Shape {
@@ -357,6 +362,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 keys: keys.max(1),
                 item_bytes,
                 consistent,
+                vcores: vcores.max(1),
             };
             let report = scan::scan_bench(&shape, scratch.path()).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -37,6 +37,8 @@ pub(crate) struct Shape {
     /// machine cannot serve with eventually consistent reads fits in half
     /// the bytes.
     pub consistent: bool,
+    /// Task slots of each of the 2 executors.
+    pub vcores: u32,
 }
 
 pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
@@ -47,6 +49,7 @@ pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
         keys,
         item_bytes,
         consistent,
+        vcores,
     } = shape;
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
         .context("AWS_ENDPOINT_URL_DYNAMODB: run beside scripts/test-servers.sh")?;
@@ -67,7 +70,7 @@ pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
     )];
     let cluster = tokio::task::spawn_blocking(move || {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        Cluster::start_with_env(2, 2, &env)
+        Cluster::start_with_env(2, vcores as usize, &env)
     })
     .await??;
     let measured = measure(&proxy, &cluster, &table, shape, dir).await;
@@ -94,6 +97,7 @@ pub(crate) async fn scan_bench(shape: &Shape, dir: &Path) -> Result<Value> {
         "table_rcu": rcu,
         "segments": segments,
         "executors": 2,
+        "vcores_per_executor": vcores,
         "load_seconds": (load_secs * 1000.0).round() / 1000.0,
         "runs": runs,
         "ratios": { "items_per_sec_at_1_0_over_0_5": ratio },
