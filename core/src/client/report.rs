@@ -49,8 +49,8 @@ pub struct WriteOutcome {
     /// (`WHERE _error IS NOT NULL`): dead letters.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dead_letter: bool,
-    /// Found committed by an earlier attempt of the batch, not written by
-    /// this one (its per-split counts may be unknown).
+    /// Found committed (its files listed, no manifest naming it), not
+    /// written by this run: its per-split counts are unknown.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub earlier: bool,
 }

@@ -318,7 +318,7 @@ impl JobRunner {
                 dynamodb: None,
                 rows_by_split: crate::sink::files::manifest::rows_by_split(&done.files),
                 dead_letter: false,
-                earlier: true,
+                earlier: false,
             }));
         }
         Ok(None)

@@ -232,8 +232,9 @@ pub enum DynamoError {
 
 crate::error::debug_as_display!(DynamoError);
 
-/// Attempts of a throttled or failed `DescribeTable` (not of one that
-/// timed out: each waits [`DESCRIBE_TIMEOUT`]).
+/// Attempts of a throttled or failed `DescribeTable` (a refused or timed
+/// out connection included; not one that got no answer within
+/// [`DESCRIBE_TIMEOUT`]).
 const DESCRIBE_ATTEMPTS: u32 = 3;
 
 /// `DescribeTable`, reduced to what a write needs; throttling and network

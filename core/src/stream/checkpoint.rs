@@ -81,6 +81,19 @@ impl BatchPlan {
     pub fn ranges_of(&self, table: &str) -> Vec<&Range> {
         self.ranges.iter().filter(|r| r.source == table).collect()
     }
+
+    /// The batch's tables in the order their first range comes: how its
+    /// per-range counts are laid out (`SplitInput`s), whatever order a
+    /// (changed) job declares its sources in.
+    pub fn tables(&self) -> Vec<&str> {
+        let mut tables: Vec<&str> = Vec::new();
+        for r in &self.ranges {
+            if !tables.contains(&r.source.as_str()) {
+                tables.push(&r.source);
+            }
+        }
+        tables
+    }
 }
 
 /// Every source's position after a committed batch.

@@ -105,7 +105,7 @@ pub enum StreamError {
         if *kept {
             "a write of the batch was published before this check (an overlapping output, or an earlier attempt's), so no changed job may take the batch up: restarting the same job ends here again; only a new checkpoint goes past it"
         } else {
-            "no file of the batch was committed (DynamoDB items it wrote stay): fix the job (or raise max_filtered_records) and start the stream again, and the changed job takes the batch up"
+            "no file of the batch was committed: fix the job (or raise max_filtered_records) and start the stream again, and the changed job takes the batch up"
         }
     )]
     Unaccounted {

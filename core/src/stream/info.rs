@@ -64,7 +64,8 @@ pub struct BatchWrite {
     /// It keeps only records the source could not decode.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_letter: bool,
-    /// Found committed by an earlier attempt of the batch.
+    /// Found committed by an earlier attempt of the batch, its per-split
+    /// counts unknown.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub earlier: bool,
 }

@@ -1122,8 +1122,12 @@ impl StreamRunner {
         }));
         let counting = async {
             let mut rows = Vec::with_capacity(plan.ranges.len());
-            for s in sources {
-                rows.extend(s.rows(&plan.ranges_of(s.table())).await);
+            for table in plan.tables() {
+                let ranges = plan.ranges_of(table);
+                match sources.iter().find(|s| s.table() == table) {
+                    Some(s) => rows.extend(s.rows(&ranges).await),
+                    None => rows.extend(ranges.iter().map(|_| None)),
+                }
             }
             rows
         };
@@ -1224,12 +1228,21 @@ fn unaccounted(
             return None;
         }
         let column = s.split_column().unwrap_or("its split column");
-        // Writes an earlier attempt committed may lack counts; this
-        // attempt's must all have them.
+        // Writes an earlier attempt committed may lack counts (their files
+        // found, their manifest not): left out, so as not to blank the
+        // others' accounts. This attempt's must all have them.
+        let exempt = |w: &BatchWrite| w.earlier && w.rows_by_split.is_none();
         let uncounted = info
             .writes
             .iter()
             .find(|w| w.rows_by_split.is_none() && !w.earlier);
+        let writes: Vec<BatchWrite> = info.writes.iter().filter(|w| !exempt(w)).cloned().collect();
+        let splits: Vec<SplitInput> = info
+            .splits
+            .iter()
+            .filter(|x| x.source == s.table())
+            .cloned()
+            .collect();
         let what = if counted != Some(s.table()) {
             Some(
                 "max_filtered_records needs the batch's writes to count rows by one source's split, and this job reads several sources that have one".to_string(),
@@ -1246,8 +1259,15 @@ fn unaccounted(
                     w.output
                 )
             })
+        } else if writes.is_empty() {
+            // Every write found committed by an earlier attempt, counts
+            // unknown: nothing to check. No write at all: nothing holds
+            // the records.
+            (!info.writes.iter().any(exempt)).then(|| {
+                "max_filtered_records is set, and the job writes none of the source's records (no write)".to_string()
+            })
         } else {
-            super::info::unaccounted(&info.accounts, limit)
+            super::info::unaccounted(&super::info::accounts(&splits, &writes), limit)
         }?;
         Some((s.table().to_string(), what))
     })
@@ -1467,18 +1487,13 @@ fn batch_info(
     resumed: bool,
     counted: Option<&str>,
 ) -> BatchInfo {
-    // `run_batch` counted rows source by source, in source order; match
-    // them back to the ranges the same way.
-    let mut ordered: Vec<&Range> = Vec::new();
-    let mut tables: Vec<&str> = Vec::new();
-    for r in &plan.ranges {
-        if !tables.contains(&r.source.as_str()) {
-            tables.push(&r.source);
-        }
-    }
-    for t in &tables {
-        ordered.extend(plan.ranges.iter().filter(|r| r.source == *t));
-    }
+    // `run_batch` counted rows table by table, in `plan.tables()` order;
+    // match them back to the ranges the same way.
+    let ordered: Vec<&Range> = plan
+        .tables()
+        .into_iter()
+        .flat_map(|t| plan.ranges_of(t))
+        .collect();
     let splits: Vec<SplitInput> = ordered
         .iter()
         .zip(split_rows.iter().chain(std::iter::repeat(&None)))
@@ -1645,7 +1660,8 @@ mod tests {
             why.contains("cannot count the rows of the write to dynamodb://t"),
             "{why}"
         );
-        // An earlier attempt's write without counts is not held against it.
+        // An earlier attempt's write without counts is not held against it,
+        // nor does it hide a short count of this attempt's.
         assert_eq!(
             check(
                 vec![split("ev", 3)],
@@ -1656,5 +1672,24 @@ mod tests {
             ),
             None
         );
+        let why = check(
+            vec![split("ev", 3)],
+            vec![
+                write("s3://b/o/", Some(2), false),
+                write("s3://b/x/", None, true),
+            ],
+        )
+        .unwrap();
+        assert!(
+            why.contains("1 of its records were neither written nor dead-lettered"),
+            "{why}"
+        );
+        // Only such writes: nothing to check; no write at all: said.
+        assert_eq!(
+            check(vec![split("ev", 3)], vec![write("s3://b/x/", None, true)]),
+            None
+        );
+        let why = check(vec![split("ev", 3)], vec![]).unwrap();
+        assert!(why.contains("writes none of the source's records"), "{why}");
     }
 }

@@ -576,6 +576,7 @@ impl ShardSource {
         // Shards gone from the listing and done with are forgotten, so the
         // state stays as small as the stream.
         self.positions.retain(|s, _| ids.contains(s));
+        self.read_at.retain(|s, _| self.positions.contains_key(s));
         self.finished.retain(|s| ids.contains(s));
         self.start_latest.retain(|s| ids.contains(s));
         self.latest_since
@@ -790,6 +791,7 @@ impl Source for ShardSource {
             tracing::warn!(table = %self.table, error = %e, "records the stream no longer keeps were not read: scanning the table again (on_trimmed 'snapshot')");
             metrics::counter!("sluice_shard_resnapshots_total").increment(1);
             self.positions.clear();
+            self.read_at.clear();
             self.finished.clear();
             self.start_latest.clear();
             self.parked.clear();
