@@ -71,6 +71,35 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
 /// read at `read.percent` 0.5 by 8 segments over two executors: every item
 /// once, read no faster than the 80 RCU/s budget (5% slack) by the proxy's
 /// own count, without a throttling storm.
+/// The coordinator's read budget (RCU/s) for `table`.
+fn read_budget(cluster: &Cluster, table: &str) -> serde_json::Value {
+    let tables = cluster.coordinator_tables().unwrap();
+    tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table && t["capacity"] == "read")
+        .unwrap_or_else(|| panic!("no read budget for {table}: {tables}"))["budget"]
+        .clone()
+}
+
+/// What the proxy metered: RCU consumed, Scan calls, throttled reads, and
+/// the RCU/s from the first answered read to the last.
+fn metered(proxy: &ThrottlingDynamo) -> (f64, u64, u64, f64, f64) {
+    proxy.stats(|s| {
+        let first = s.read_timeline.first().map_or(0.0, |t| t.0);
+        let last = s.read_timeline.last().map_or(0.0, |t| t.0);
+        let rate = s.accepted_rcu / (last - first);
+        (
+            s.accepted_rcu,
+            s.scan_requests,
+            s.read_throttles,
+            last - first,
+            rate,
+        )
+    })
+}
+
 #[test]
 fn a_backfill_reads_every_item_once_within_its_read_budget() {
     let proxy = ThrottlingDynamo::start(&ddb_endpoint()).unwrap();
@@ -139,21 +168,11 @@ fn a_backfill_reads_every_item_once_within_its_read_budget() {
     assert_eq!(rows, ITEMS, "every item once");
     assert_eq!(seen.len() as u64, ITEMS);
 
-    let (consumed, throttles, reads, first, last) = proxy.stats(|s| {
-        (
-            s.accepted_rcu,
-            s.read_throttles,
-            s.scan_requests,
-            s.read_timeline.first().map_or(0.0, |t| t.0),
-            s.read_timeline.last().map_or(0.0, |t| t.0),
-        )
-    });
+    let (consumed, reads, throttles, secs, rate) = metered(&proxy);
     // 12,000 items of ~830 bytes: ~2,430 4 KB units, halved.
     assert!((1_150.0..1_400.0).contains(&consumed), "{consumed} RCU");
-    let rate = consumed / (last - first);
     eprintln!(
-        "backfill: {consumed:.0} RCU in {:.1} s = {rate:.1} RCU/s (budget 80), {reads} scans, {throttles} throttled",
-        last - first
+        "backfill: {consumed:.0} RCU in {secs:.1} s = {rate:.1} RCU/s (budget 80), {reads} scans, {throttles} throttled"
     );
     assert!(
         rate <= 80.0 * 1.05,
@@ -169,14 +188,7 @@ fn a_backfill_reads_every_item_once_within_its_read_budget() {
         .unwrap();
     assert!((charged - consumed).abs() <= 8.0, "{charged} vs {consumed}");
     // The read budget was the coordinator's, from the table's RCU.
-    let tables = cluster.coordinator_tables().unwrap();
-    let read = tables
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == table.as_str() && t["capacity"] == "read")
-        .unwrap_or_else(|| panic!("no read budget for {table}: {tables}"));
-    assert_eq!(read["budget"], 80.0, "{read}");
+    assert_eq!(read_budget(&cluster, &table), 80.0);
 }
 
 /// An on-demand table has no read capacity to take a share of:
@@ -222,28 +234,12 @@ fn an_on_demand_backfill_keeps_to_read_max_units() {
         }
     }
     assert_eq!(seen.len() as u64, ITEMS, "every item once");
-    let tables = cluster.coordinator_tables().unwrap();
-    let read = tables
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == table.as_str() && t["capacity"] == "read")
-        .unwrap_or_else(|| panic!("no read budget for {table}: {tables}"));
-    assert_eq!(read["budget"], 40.0, "{read}");
-    let (consumed, calls, first, last) = proxy.stats(|s| {
-        (
-            s.accepted_rcu,
-            s.scan_requests,
-            s.read_timeline.first().map_or(0.0, |t| t.0),
-            s.read_timeline.last().map_or(0.0, |t| t.0),
-        )
-    });
+    assert_eq!(read_budget(&cluster, &table), 40.0);
+    let (consumed, calls, _, secs, rate) = metered(&proxy);
     // 6,000 items of ~830 bytes: ~1,216 4 KB units, halved.
     assert!((570.0..680.0).contains(&consumed), "{consumed} RCU");
-    let rate = consumed / (last - first);
     eprintln!(
-        "on demand: {consumed:.0} RCU in {:.1} s = {rate:.1} RCU/s (read.max_units 40), {calls} scans",
-        last - first
+        "on demand: {consumed:.0} RCU in {secs:.1} s = {rate:.1} RCU/s (read.max_units 40), {calls} scans"
     );
     assert!(
         rate <= 40.0 * 1.05,

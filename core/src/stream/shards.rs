@@ -1487,12 +1487,7 @@ mod tests {
         s.started = true;
         s.start_latest.insert("x".into());
         s.latest_since.insert("x".into(), 1);
-        let err = s
-            .plan()
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = plan_error(&mut s).await;
         assert!(
             err.contains("shard x started at latest is no longer in the stream"),
             "{err}"
@@ -1715,16 +1710,20 @@ mod tests {
         let restored = s.snapshot();
         let mut s = source(&fake, 100, false);
         s.restore(&restored).unwrap();
-        let err = s
-            .plan()
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = plan_error(&mut s).await;
         assert!(
             err.contains("the last record read was created at 1969-12-31T23:00:00Z, so up to 1h of records are gone: the oldest record shard x keeps was created at 1970-01-01T00:00:00Z"),
             "{err}"
         );
+    }
+
+    /// Why `s`'s next plan failed ("" if it did not).
+    async fn plan_error(s: &mut ShardSource) -> String {
+        s.plan()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     fn shard(id: &str, parents: &[&str]) -> ShardInfo {
