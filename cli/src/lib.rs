@@ -1,6 +1,11 @@
 //! The `sluice` command's library: argument definitions, the embedded
 //! cluster, progress display and the summary. `main.rs` only wires them.
 
+// The stream runner's future is deep: computing its layout in
+// `stream::run_stream` needs more than the default 128 (seen in a build
+// from a fresh path, not in incremental ones).
+#![recursion_limit = "256"]
+
 pub mod args;
 pub mod display;
 pub mod embedded;

@@ -251,6 +251,34 @@ pub fn put_records(stream: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
 /// Puts records `{"n": i, "sent_at": <ms>}` for `i` in `from..from+count`,
 /// 500 to a `PutRecords`, retrying failed entries.
 pub fn put_many(stream: &str, from: u64, count: u64) -> Result<()> {
+    put_each(stream, from, count, |n| {
+        let data = format!("{{\"n\": {n}, \"sent_at\": {}}}", now_ms());
+        (format!("key-{n}"), data.into_bytes())
+    })
+}
+
+/// Puts chat changes `from..from+count` as DynamoDB's Kinesis streaming
+/// destination writes them (an INSERT each: `LivestreamID` `live-<i % 10>`,
+/// `UID` i, a message, `sent_at` now), keyed by `LivestreamID`, 500 to a
+/// `PutRecords`.
+pub fn put_chat_changes(stream: &str, from: u64, count: u64) -> Result<()> {
+    put_each(stream, from, count, |n| {
+        let (id, at) = (format!("live-{}", n % 10), now_ms());
+        let data = format!(
+            r#"{{"awsRegion":"us-east-1","eventID":"e{n}","eventName":"INSERT","tableName":"chat","recordFormat":"application/json","dynamodb":{{"ApproximateCreationDateTime":{at},"Keys":{{"LivestreamID":{{"S":"{id}"}},"UID":{{"N":"{n}"}}}},"NewImage":{{"LivestreamID":{{"S":"{id}"}},"UID":{{"N":"{n}"}},"message":{{"S":"message {n}"}},"sent_at":{{"N":"{at}"}}}},"SizeBytes":80}},"eventSource":"aws:dynamodb"}}"#
+        );
+        (id, data.into_bytes())
+    })
+}
+
+/// Puts record `make(i)` (partition key, data) for `i` in
+/// `from..from+count`, 500 to a `PutRecords`, retrying failed entries.
+fn put_each(
+    stream: &str,
+    from: u64,
+    count: u64,
+    make: impl Fn(u64) -> (String, Vec<u8>),
+) -> Result<()> {
     use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     runtime()?.block_on(async {
         let k = kinesis().await;
@@ -259,11 +287,10 @@ pub fn put_many(stream: &str, from: u64, count: u64) -> Result<()> {
             let mut entries: Vec<PutRecordsRequestEntry> = chunk
                 .iter()
                 .map(|n| {
+                    let (key, data) = make(*n);
                     PutRecordsRequestEntry::builder()
-                        .partition_key(format!("key-{n}"))
-                        .data(aws_sdk_kinesis::primitives::Blob::new(
-                            format!("{{\"n\": {n}, \"sent_at\": {}}}", now_ms()).into_bytes(),
-                        ))
+                        .partition_key(key)
+                        .data(aws_sdk_kinesis::primitives::Blob::new(data))
                         .build()
                 })
                 .collect::<Result<_, _>>()?;

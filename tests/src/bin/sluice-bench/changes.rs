@@ -1,6 +1,7 @@
 //! `sluice-bench changes`: change events a second from DynamoDB Local's
-//! stream and from kinesalite, through `jobs/chat_changes.sql` (both S3
-//! layouts on moto) and a raw Kinesis job (by hour and by shard), and, for
+//! stream and from kinesalite (DynamoDB change records, as the Kinesis
+//! streaming destination writes them), through `jobs/chat_changes.sql`
+//! (both S3 layouts on moto), and, for
 //! both sources, the lag from a record's write to the commit of the batch
 //! that carried it, under a steady load. Run
 //! beside `scripts/test-servers.sh` (it reads the endpoints it exports).
@@ -21,15 +22,21 @@ use crate::common::median;
 
 const CHAT_JOB: &str = include_str!("../../../../jobs/chat_changes.sql");
 
-const KINESIS_JOB: &str = "CREATE EXTERNAL TABLE k (n BIGINT NOT NULL, sent_at BIGINT) \
-     STORED AS KINESIS LOCATION 'kinesis://${stream}' OPTIONS ('max_records_per_batch' '${batch}');\n\
-     COPY (SELECT n, sent_at, shard_id, sequence_number, arrival_time, \
-     to_char(arrival_time, '%Y') AS yyyy, to_char(arrival_time, '%m') AS mm, \
-     to_char(arrival_time, '%d') AS dd, to_char(arrival_time, '%H') AS hh FROM k WHERE _error IS NULL) \
-     TO '${output}/by_hour/' STORED AS JSON PARTITIONED BY (yyyy, mm, dd, hh) \
-     OPTIONS ('write.partition_style' 'values');\n\
-     COPY (SELECT n, sent_at, shard_id, sequence_number, arrival_time FROM k WHERE _error IS NULL) \
-     TO '${output}/by_shard/' STORED AS JSON PARTITIONED BY (shard_id);\n";
+/// The chat job over DynamoDB's Kinesis streaming destination: the same
+/// SQL, its table a Kinesis stream of change records (`format 'dynamodb'`).
+static CHAT_KINESIS_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CHAT_JOB
+        .replacen(
+            "STORED AS DYNAMODB_STREAM LOCATION 'dynamodb://${table}'",
+            "STORED AS KINESIS LOCATION 'kinesis://${stream}'",
+            1,
+        )
+        .replacen(
+            "OPTIONS ('starting_position'",
+            "OPTIONS ('format' 'dynamodb', 'starting_position'",
+            1,
+        )
+});
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<BatchInfo>>);
@@ -262,11 +269,17 @@ pub(crate) async fn changes_bench(
     };
     let lag = lag_figures(rate, l, &batches);
 
-    // 3. Kinesis: a preloaded 4-shard stream, drained.
+    // 3. Kinesis: a preloaded 4-shard stream of chat changes, drained by
+    // the chat job.
+    anyhow::ensure!(
+        CHAT_KINESIS_JOB.contains("kinesis://${stream}")
+            && CHAT_KINESIS_JOB.contains("'format' 'dynamodb'"),
+        "jobs/chat_changes.sql no longer has the table line the Kinesis run rewrites"
+    );
     let stream = blocking(|| changes::create_stream("bench", 4)).await?;
     let t0 = Instant::now();
     let st = stream.clone();
-    blocking(move || changes::put_many(&st, 0, records)).await?;
+    blocking(move || changes::put_chat_changes(&st, 0, records)).await?;
     let put_secs = t0.elapsed().as_secs_f64();
     let seen = Arc::new(Collect::default());
     let vars = HashMap::from([
@@ -277,7 +290,7 @@ pub(crate) async fn changes_bench(
     let t0 = Instant::now();
     run_stream(
         &endpoint,
-        KINESIS_JOB,
+        CHAT_KINESIS_JOB.as_str(),
         vars,
         &format!("s3://{bucket}/ck-kinesis"),
         Trigger::AvailableNow,
@@ -299,7 +312,7 @@ pub(crate) async fn changes_bench(
     let st = stream.clone();
     let kbatches = steady_run(
         &endpoint,
-        KINESIS_JOB,
+        CHAT_KINESIS_JOB.as_str(),
         vars,
         format!("s3://{bucket}/ck-kinesis-lag"),
         n,
@@ -311,7 +324,7 @@ pub(crate) async fn changes_bench(
             let mut put = 0;
             while put < n {
                 let now = step.min(n - put);
-                changes::put_many(&st, put, now)?;
+                changes::put_chat_changes(&st, put, now)?;
                 put += now;
                 let due = Duration::from_secs_f64(put as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(start.elapsed()) {
@@ -324,7 +337,7 @@ pub(crate) async fn changes_bench(
     .await?;
     let kl = {
         let (s3, b, batches) = (S3::from_env()?, bucket.clone(), kbatches.clone());
-        blocking(move || lags(&s3, &b, "kinesis-lag/by_shard/", &batches)).await?
+        blocking(move || lags(&s3, &b, "kinesis-lag/by_stream/", &batches)).await?
     };
     let klag = lag_figures(rate, kl, &kbatches);
 
