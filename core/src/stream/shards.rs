@@ -450,7 +450,10 @@ impl ShardSource {
                 if at_tip {
                     break;
                 }
-            } else if page.behind_ms == Some(0) {
+            } else if page.behind_ms == Some(0) && got < want as usize {
+                // Caught up, by Kinesis's word; a full page is read on
+                // from (kinesalite says 0 whatever is left, and a page cut
+                // at the limit says nothing of what follows).
                 at_tip = true;
                 break;
             }
@@ -1066,6 +1069,8 @@ mod tests {
         expiring: Mutex<u32>,
         /// The most records a page holds, when smaller than asked.
         page_limit: Mutex<Option<usize>>,
+        /// Pages say `MillisBehindLatest` 0, whatever is left (kinesalite).
+        says_caught_up: std::sync::atomic::AtomicBool,
         /// As DynamoDB Streams: no iterator by time (the trim horizon).
         no_time_iterator: std::sync::atomic::AtomicBool,
         /// Shards still listed whose iterator says they are gone (aged out
@@ -1203,10 +1208,13 @@ mod tests {
             } else {
                 Some(format!("{shard}@{end}"))
             };
+            let caught_up = self
+                .says_caught_up
+                .load(std::sync::atomic::Ordering::Relaxed);
             Ok(Page {
                 records: records[index.min(end)..end].to_vec(),
                 next,
-                behind_ms: None,
+                behind_ms: caught_up.then_some(0),
             })
         }
     }
@@ -1590,6 +1598,22 @@ mod tests {
         let rest = s.plan().await?;
         assert_eq!(rest.ranges[0].end, 150);
         assert_eq!(rest.lag.age_ms, 0);
+        Ok(())
+    }
+
+    /// A full page that says it is caught up is read on from: the plan
+    /// takes the shard's records up to the cap, not one page of them.
+    #[tokio::test]
+    async fn full_pages_are_read_on_from_whatever_they_say_of_the_tip() -> Result<(), StreamError> {
+        let fake = Arc::new(Fake::default());
+        fake.add_shard("x", &[], 2_500, false);
+        fake.says_caught_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut s = source(&fake, 10_000, false);
+        let planned = s.plan().await?;
+        // Pages of 1,000, 1,000 and 500: the last, not full, ends the read.
+        assert_eq!(planned.ranges[0].end, 2_500);
+        assert_eq!(planned.lag.pending, 0);
         Ok(())
     }
 
