@@ -1453,19 +1453,7 @@ fn a_sigkill_while_failing_records_are_handled_loses_and_repeats_nothing() {
     let mut sorted = ns.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, want, "{text}");
-    let mut bad_texts: Vec<String> = ndjson_rows(&bad)
-        .iter()
-        .map(|r| r["data_text"].as_str().unwrap().to_string())
-        .collect();
-    bad_texts.sort();
-    assert_eq!(
-        bad_texts,
-        [
-            r#"{"n": 31, "amount": "12x"}"#,
-            r#"{"n": 7, "amount": "abc"}"#
-        ],
-        "{text}"
-    );
+    assert_eq!(poison_texts(&bad), POISON, "{text}");
 }
 
 /// A record the job's SQL cannot take (a cast of `amount`) would fail its
@@ -1509,18 +1497,7 @@ fn records_the_job_fails_on_go_to_its_error_output_or_end_the_run() {
     // The two in the error output, saying why.
     let bad_rows = ndjson_rows(&bad);
     assert_eq!(bad_rows.len(), 2, "{bad_rows:?}");
-    let mut bad_texts: Vec<&str> = bad_rows
-        .iter()
-        .map(|r| r["data_text"].as_str().unwrap())
-        .collect();
-    bad_texts.sort();
-    assert_eq!(
-        bad_texts,
-        [
-            r#"{"n": 31, "amount": "12x"}"#,
-            r#"{"n": 7, "amount": "abc"}"#
-        ]
-    );
+    assert_eq!(poison_texts(&bad), POISON);
     for r in &bad_rows {
         let why = r["_error"].as_str().unwrap();
         assert!(
@@ -1668,6 +1645,22 @@ fn a_replaced_table_stream_fails_naming_both_streams() {
 }
 
 /// Every NDJSON row under `dir`.
+/// The two records of the poison stream the job fails on, as they came.
+const POISON: [&str; 2] = [
+    r#"{"n": 31, "amount": "12x"}"#,
+    r#"{"n": 7, "amount": "abc"}"#,
+];
+
+/// The error output's records (`data_text`), sorted.
+fn poison_texts(bad: &Path) -> Vec<String> {
+    let mut texts: Vec<String> = ndjson_rows(bad)
+        .iter()
+        .map(|r| r["data_text"].as_str().unwrap().to_string())
+        .collect();
+    texts.sort();
+    texts
+}
+
 fn ndjson_rows(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = vec![];
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -83,21 +83,34 @@ fn read_budget(cluster: &Cluster, table: &str) -> serde_json::Value {
         .clone()
 }
 
-/// What the proxy metered: RCU consumed, Scan calls, throttled reads, and
-/// the RCU/s from the first answered read to the last.
-fn metered(proxy: &ThrottlingDynamo) -> (f64, u64, u64, f64, f64) {
-    proxy.stats(|s| {
+/// What the proxy metered (RCU consumed, Scan calls, throttled reads),
+/// checked: the RCU read in `rcu`, and the rate from the first answered
+/// read to the last at most 5% over `budget` RCU/s.
+fn within_budget(
+    proxy: &ThrottlingDynamo,
+    rcu: std::ops::Range<f64>,
+    budget: f64,
+) -> (f64, u64, u64) {
+    let (consumed, calls, throttles, secs) = proxy.stats(|s| {
         let first = s.read_timeline.first().map_or(0.0, |t| t.0);
         let last = s.read_timeline.last().map_or(0.0, |t| t.0);
-        let rate = s.accepted_rcu / (last - first);
         (
             s.accepted_rcu,
             s.scan_requests,
             s.read_throttles,
             last - first,
-            rate,
         )
-    })
+    });
+    assert!(rcu.contains(&consumed), "{consumed} RCU");
+    let rate = consumed / secs;
+    eprintln!(
+        "{consumed:.0} RCU in {secs:.1} s = {rate:.1} RCU/s (budget {budget}), {calls} scans, {throttles} throttled"
+    );
+    assert!(
+        rate <= budget * 1.05,
+        "{rate:.1} RCU/s over the {budget} RCU/s budget"
+    );
+    (consumed, calls, throttles)
 }
 
 #[test]
@@ -168,16 +181,8 @@ fn a_backfill_reads_every_item_once_within_its_read_budget() {
     assert_eq!(rows, ITEMS, "every item once");
     assert_eq!(seen.len() as u64, ITEMS);
 
-    let (consumed, reads, throttles, secs, rate) = metered(&proxy);
     // 12,000 items of ~830 bytes: ~2,430 4 KB units, halved.
-    assert!((1_150.0..1_400.0).contains(&consumed), "{consumed} RCU");
-    eprintln!(
-        "backfill: {consumed:.0} RCU in {secs:.1} s = {rate:.1} RCU/s (budget 80), {reads} scans, {throttles} throttled"
-    );
-    assert!(
-        rate <= 80.0 * 1.05,
-        "{rate:.1} RCU/s over the 80 RCU/s budget"
-    );
+    let (consumed, reads, throttles) = within_budget(&proxy, 1_150.0..1_400.0, 80.0);
     assert!(
         throttles * 20 <= reads,
         "{throttles} of {reads} reads throttled"
@@ -235,16 +240,8 @@ fn an_on_demand_backfill_keeps_to_read_max_units() {
     }
     assert_eq!(seen.len() as u64, ITEMS, "every item once");
     assert_eq!(read_budget(&cluster, &table), 40.0);
-    let (consumed, calls, _, secs, rate) = metered(&proxy);
     // 6,000 items of ~830 bytes: ~1,216 4 KB units, halved.
-    assert!((570.0..680.0).contains(&consumed), "{consumed} RCU");
-    eprintln!(
-        "on demand: {consumed:.0} RCU in {secs:.1} s = {rate:.1} RCU/s (read.max_units 40), {calls} scans"
-    );
-    assert!(
-        rate <= 40.0 * 1.05,
-        "{rate:.1} RCU/s over read.max_units 40"
-    );
+    within_budget(&proxy, 570.0..680.0, 40.0);
 }
 
 const TYPED: &str = "CREATE EXTERNAL TABLE t (

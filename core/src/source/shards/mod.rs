@@ -1259,6 +1259,12 @@ mod tests {
                 "some",
                 "option max_failing_records must be a number, got 'some'",
             ),
+            (
+                Kind::DynamodbStream,
+                "max_filtered_records",
+                "none",
+                "option max_filtered_records must be a number, got 'none'",
+            ),
             (Kind::Kinesis, "max_records_per_batch", "0", "at least 1"),
             (
                 Kind::DynamodbStream,
